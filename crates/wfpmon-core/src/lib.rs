@@ -1,0 +1,28 @@
+//! # wfpmon-core
+//!
+//! Everything of the wfpmon callout driver that does not need the kernel:
+//!
+//! - [`catalog`]: the callouts, their fixed keys and layers — the one place
+//!   wfpmon's GUIDs are defined;
+//! - [`flow`]: flow identity and the per-flow traffic counters the
+//!   per-packet path updates without locks;
+//! - [`stats`]: driver-wide counters and their snapshot;
+//! - [`unload`]: the callout unregistration protocol of "Unloading a Callout
+//!   Driver" (`STATUS_DEVICE_BUSY` → remove flow contexts → retry) as a
+//!   state machine;
+//! - [`protocol`]: the control device's IOCTL codes and request/response
+//!   layouts, with the request validator;
+//! - [`status`]: the `NTSTATUS` values this logic speaks in.
+//!
+//! The crate is `no_std`, allocation-free and has no WDK dependency, so all
+//! of it is tested on the development host with `cargo test`.
+
+#![cfg_attr(not(test), no_std)]
+
+pub mod catalog;
+pub mod flow;
+pub mod protocol;
+pub mod stats;
+pub mod status;
+pub mod unload;
+pub mod wire;

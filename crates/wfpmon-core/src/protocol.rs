@@ -1,0 +1,597 @@
+//! The control protocol of `\Device\WfpMon`: I/O control codes and the
+//! versioned, fixed-layout request and response structures.
+//!
+//! Defined once here and used by both the driver (which validates every
+//! request with [`parse_request`]) and `wfpmonctl` (which encodes requests
+//! and decodes responses). All IOCTLs are `METHOD_BUFFERED`. Multi-byte
+//! fields are little-endian (the only byte order Windows runs on).
+//!
+//! Every request starts with a [`Header`] whose `version` must equal
+//! [`PROTOCOL_VERSION`] and whose `size` must equal the input length; every
+//! response starts with a [`Header`] carrying the version and the encoded
+//! size of the whole response.
+
+use crate::status;
+use crate::wire::{Reader, Writer};
+
+/// Version of the structures below. Bumped on any layout change.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// `FILE_DEVICE_NETWORK`: device type of `\Device\WfpMon` and of its IOCTLs.
+pub const FILE_DEVICE_NETWORK: u32 = 0x0000_0012;
+/// `METHOD_BUFFERED` transfer type.
+pub const METHOD_BUFFERED: u32 = 0;
+/// `FILE_READ_ACCESS` required access.
+pub const FILE_READ_ACCESS: u32 = 0x0001;
+/// `FILE_WRITE_ACCESS` required access.
+pub const FILE_WRITE_ACCESS: u32 = 0x0002;
+
+/// The `CTL_CODE` macro of `devioctl.h`.
+#[must_use]
+pub const fn ctl_code(device_type: u32, function: u32, method: u32, access: u32) -> u32 {
+    (device_type << 16) | (access << 14) | (function << 2) | method
+}
+
+/// Read global statistics. Input [`QueryStatsRequest`], output [`Stats`].
+pub const IOCTL_WFPMON_QUERY_STATS: u32 =
+    ctl_code(FILE_DEVICE_NETWORK, 0x900, METHOD_BUFFERED, FILE_READ_ACCESS);
+/// List active flows. Input [`ListFlowsRequest`], output a
+/// [`FlowListHeader`] followed by `returned` [`FlowEntry`] records.
+pub const IOCTL_WFPMON_LIST_FLOWS: u32 =
+    ctl_code(FILE_DEVICE_NETWORK, 0x901, METHOD_BUFFERED, FILE_READ_ACCESS);
+/// Turn traffic counting on or off. Input [`SetCountingRequest`], no output.
+/// Changes driver state, so it also requires write access.
+pub const IOCTL_WFPMON_SET_COUNTING: u32 = ctl_code(
+    FILE_DEVICE_NETWORK,
+    0x902,
+    METHOD_BUFFERED,
+    FILE_READ_ACCESS | FILE_WRITE_ACCESS,
+);
+
+/// Leading fields of every request and response.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Header {
+    /// [`PROTOCOL_VERSION`].
+    pub version: u32,
+    /// Size in bytes of the whole structure (request: the input length).
+    pub size: u32,
+}
+
+impl Header {
+    /// Encoded size.
+    pub const SIZE: usize = 8;
+
+    const fn current(size: usize) -> Self {
+        #[allow(clippy::cast_possible_truncation)] // protocol sizes are small constants
+        Self { version: PROTOCOL_VERSION, size: size as u32 }
+    }
+
+    fn encode(self, w: &mut Writer<'_>) {
+        w.u32(self.version).u32(self.size);
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Option<Self> {
+        Some(Self { version: r.u32()?, size: r.u32()? })
+    }
+}
+
+/// Request of [`IOCTL_WFPMON_QUERY_STATS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueryStatsRequest {
+    /// Version and size.
+    pub header: Header,
+}
+
+/// Request of [`IOCTL_WFPMON_LIST_FLOWS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListFlowsRequest {
+    /// Version and size.
+    pub header: Header,
+    /// Most entries to return; 0 means as many as the output buffer holds.
+    pub max_entries: u32,
+    /// Must be zero.
+    pub reserved: u32,
+}
+
+/// Request of [`IOCTL_WFPMON_SET_COUNTING`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SetCountingRequest {
+    /// Version and size.
+    pub header: Header,
+    /// 1 to count traffic, 0 to stop counting (flows are still tracked).
+    pub enable: u32,
+    /// Must be zero.
+    pub reserved: u32,
+}
+
+/// Response of [`IOCTL_WFPMON_QUERY_STATS`]: driver-wide statistics.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Version and size.
+    pub header: Header,
+    /// 1 while traffic counting is enabled.
+    pub counting_enabled: u32,
+    /// Reserved, zero.
+    pub reserved: u32,
+    /// Flows currently carrying a wfpmon context.
+    pub flows_active: u64,
+    /// Flows a context was associated with since the driver started.
+    pub flows_tracked: u64,
+    /// Contexts deleted (flow ended or driver unloading).
+    pub flows_deleted: u64,
+    /// Flows left untracked because no memory was available.
+    pub allocation_failures: u64,
+    /// Flows left untracked because `FwpsFlowAssociateContext0` failed.
+    pub association_failures: u64,
+    /// Bytes received, all flows (active and ended).
+    pub bytes_inbound: u64,
+    /// Bytes sent, all flows.
+    pub bytes_outbound: u64,
+    /// Packets (datagrams or stream indications) received.
+    pub packets_inbound: u64,
+    /// Packets sent.
+    pub packets_outbound: u64,
+}
+
+/// Fixed part of the [`IOCTL_WFPMON_LIST_FLOWS`] response.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowListHeader {
+    /// Version and size (size = bytes of header plus returned entries).
+    pub header: Header,
+    /// Active flows at the time of the snapshot.
+    pub total_flows: u32,
+    /// Entries that follow this header.
+    pub returned: u32,
+    /// Size of one [`FlowEntry`] ([`FlowEntry::SIZE`]).
+    pub entry_size: u32,
+    /// Reserved, zero.
+    pub reserved: u32,
+    /// Output size that would have held every flow.
+    pub required_size: u64,
+}
+
+/// One active flow in the [`IOCTL_WFPMON_LIST_FLOWS`] response.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowEntry {
+    /// The filter engine's flow handle (`flowHandle` metadata).
+    pub flow_id: u64,
+    /// Process that owns the flow's endpoint.
+    pub process_id: u64,
+    /// Milliseconds since the flow was established.
+    pub age_ms: u64,
+    /// Bytes received.
+    pub bytes_inbound: u64,
+    /// Bytes sent.
+    pub bytes_outbound: u64,
+    /// Packets received.
+    pub packets_inbound: u64,
+    /// Packets sent.
+    pub packets_outbound: u64,
+    /// Local address (IPv4 in the first 4 bytes, network byte order).
+    pub local_address: [u8; 16],
+    /// Remote address (same encoding).
+    pub remote_address: [u8; 16],
+    /// Local port (host order).
+    pub local_port: u16,
+    /// Remote port (host order).
+    pub remote_port: u16,
+    /// `AF_INET` (2) or `AF_INET6` (23).
+    pub address_family: u16,
+    /// IP protocol number (6 TCP, 17 UDP, ...).
+    pub ip_protocol: u8,
+    /// Direction the flow was established in: 0 outbound, 1 inbound.
+    pub direction: u8,
+}
+
+// Layouts (x86-64 and every other target: only fixed-width fields).
+const _: () = {
+    use core::mem::{offset_of, size_of};
+    assert!(size_of::<Header>() == Header::SIZE);
+    assert!(size_of::<QueryStatsRequest>() == QueryStatsRequest::SIZE);
+    assert!(size_of::<ListFlowsRequest>() == ListFlowsRequest::SIZE);
+    assert!(offset_of!(ListFlowsRequest, max_entries) == 8);
+    assert!(size_of::<SetCountingRequest>() == SetCountingRequest::SIZE);
+    assert!(offset_of!(SetCountingRequest, enable) == 8);
+    assert!(size_of::<Stats>() == Stats::SIZE);
+    assert!(offset_of!(Stats, flows_active) == 16);
+    assert!(offset_of!(Stats, packets_outbound) == 80);
+    assert!(size_of::<FlowListHeader>() == FlowListHeader::SIZE);
+    assert!(offset_of!(FlowListHeader, required_size) == 24);
+    assert!(size_of::<FlowEntry>() == FlowEntry::SIZE);
+    assert!(offset_of!(FlowEntry, local_address) == 56);
+    assert!(offset_of!(FlowEntry, remote_address) == 72);
+    assert!(offset_of!(FlowEntry, local_port) == 88);
+    assert!(offset_of!(FlowEntry, address_family) == 92);
+    assert!(offset_of!(FlowEntry, ip_protocol) == 94);
+    assert!(offset_of!(FlowEntry, direction) == 95);
+};
+
+impl QueryStatsRequest {
+    /// Encoded size.
+    pub const SIZE: usize = 8;
+
+    /// A request of the current version.
+    #[must_use]
+    pub const fn new() -> Self {
+        Self { header: Header::current(Self::SIZE) }
+    }
+
+    /// Encodes the request.
+    #[must_use]
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut out = [0; Self::SIZE];
+        self.header.encode(&mut Writer::new(&mut out));
+        out
+    }
+}
+
+impl Default for QueryStatsRequest {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ListFlowsRequest {
+    /// Encoded size.
+    pub const SIZE: usize = 16;
+
+    /// A request of the current version.
+    #[must_use]
+    pub const fn new(max_entries: u32) -> Self {
+        Self { header: Header::current(Self::SIZE), max_entries, reserved: 0 }
+    }
+
+    /// Encodes the request.
+    #[must_use]
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut out = [0; Self::SIZE];
+        let mut w = Writer::new(&mut out);
+        self.header.encode(&mut w);
+        w.u32(self.max_entries).u32(self.reserved);
+        out
+    }
+}
+
+impl SetCountingRequest {
+    /// Encoded size.
+    pub const SIZE: usize = 16;
+
+    /// A request of the current version.
+    #[must_use]
+    pub const fn new(enable: bool) -> Self {
+        Self { header: Header::current(Self::SIZE), enable: enable as u32, reserved: 0 }
+    }
+
+    /// Encodes the request.
+    #[must_use]
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut out = [0; Self::SIZE];
+        let mut w = Writer::new(&mut out);
+        self.header.encode(&mut w);
+        w.u32(self.enable).u32(self.reserved);
+        out
+    }
+}
+
+impl Stats {
+    /// Encoded size.
+    pub const SIZE: usize = 88;
+
+    /// Encodes the response into `out`, which must hold [`Stats::SIZE`] bytes.
+    /// Returns the number of bytes written.
+    pub fn encode(&self, out: &mut [u8]) -> usize {
+        let mut w = Writer::new(out);
+        Header::current(Self::SIZE).encode(&mut w);
+        w.u32(self.counting_enabled).u32(0);
+        for v in [
+            self.flows_active,
+            self.flows_tracked,
+            self.flows_deleted,
+            self.allocation_failures,
+            self.association_failures,
+            self.bytes_inbound,
+            self.bytes_outbound,
+            self.packets_inbound,
+            self.packets_outbound,
+        ] {
+            w.u64(v);
+        }
+        w.position()
+    }
+
+    /// Decodes a response, checking its version and size.
+    ///
+    /// # Errors
+    /// [`DecodeError`] when the bytes are not a current-version `Stats`.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(bytes);
+        let header = check_header(&mut r, bytes.len(), Self::SIZE)?;
+        let counting_enabled = r.u32().ok_or(DecodeError::Truncated)?;
+        let reserved = r.u32().ok_or(DecodeError::Truncated)?;
+        let mut next = || r.u64().ok_or(DecodeError::Truncated);
+        Ok(Self {
+            header,
+            counting_enabled,
+            reserved,
+            flows_active: next()?,
+            flows_tracked: next()?,
+            flows_deleted: next()?,
+            allocation_failures: next()?,
+            association_failures: next()?,
+            bytes_inbound: next()?,
+            bytes_outbound: next()?,
+            packets_inbound: next()?,
+            packets_outbound: next()?,
+        })
+    }
+}
+
+impl FlowListHeader {
+    /// Encoded size.
+    pub const SIZE: usize = 32;
+
+    /// Encodes the header into `out[..SIZE]`.
+    pub fn encode(&self, out: &mut [u8]) -> usize {
+        let mut w = Writer::new(out);
+        self.header.encode(&mut w);
+        w.u32(self.total_flows)
+            .u32(self.returned)
+            .u32(self.entry_size)
+            .u32(0)
+            .u64(self.required_size);
+        w.position()
+    }
+
+    /// Decodes a header.
+    ///
+    /// # Errors
+    /// [`DecodeError`] on a short buffer, another version or inconsistent sizes.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(bytes);
+        let header = Header::decode(&mut r).ok_or(DecodeError::Truncated)?;
+        if header.version != PROTOCOL_VERSION {
+            return Err(DecodeError::Version(header.version));
+        }
+        let h = Self {
+            header,
+            total_flows: r.u32().ok_or(DecodeError::Truncated)?,
+            returned: r.u32().ok_or(DecodeError::Truncated)?,
+            entry_size: r.u32().ok_or(DecodeError::Truncated)?,
+            reserved: r.u32().ok_or(DecodeError::Truncated)?,
+            required_size: r.u64().ok_or(DecodeError::Truncated)?,
+        };
+        if h.entry_size as usize != FlowEntry::SIZE {
+            return Err(DecodeError::Size);
+        }
+        let expected = flow_list_size(h.returned as usize).ok_or(DecodeError::Size)?;
+        if h.header.size as usize != expected || bytes.len() < expected {
+            return Err(DecodeError::Size);
+        }
+        Ok(h)
+    }
+}
+
+impl FlowEntry {
+    /// Encoded size.
+    pub const SIZE: usize = 96;
+
+    /// Encodes the entry into `out[..SIZE]`.
+    pub fn encode(&self, out: &mut [u8]) -> usize {
+        let mut w = Writer::new(out);
+        w.u64(self.flow_id)
+            .u64(self.process_id)
+            .u64(self.age_ms)
+            .u64(self.bytes_inbound)
+            .u64(self.bytes_outbound)
+            .u64(self.packets_inbound)
+            .u64(self.packets_outbound)
+            .bytes(&self.local_address)
+            .bytes(&self.remote_address)
+            .u16(self.local_port)
+            .u16(self.remote_port)
+            .u16(self.address_family)
+            .u8(self.ip_protocol)
+            .u8(self.direction);
+        w.position()
+    }
+
+    /// Decodes one entry.
+    ///
+    /// # Errors
+    /// [`DecodeError::Truncated`] when fewer than [`FlowEntry::SIZE`] bytes remain.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(bytes);
+        let t = DecodeError::Truncated;
+        Ok(Self {
+            flow_id: r.u64().ok_or(t)?,
+            process_id: r.u64().ok_or(t)?,
+            age_ms: r.u64().ok_or(t)?,
+            bytes_inbound: r.u64().ok_or(t)?,
+            bytes_outbound: r.u64().ok_or(t)?,
+            packets_inbound: r.u64().ok_or(t)?,
+            packets_outbound: r.u64().ok_or(t)?,
+            local_address: r.array().ok_or(t)?,
+            remote_address: r.array().ok_or(t)?,
+            local_port: r.u16().ok_or(t)?,
+            remote_port: r.u16().ok_or(t)?,
+            address_family: r.u16().ok_or(t)?,
+            ip_protocol: r.u8().ok_or(t)?,
+            direction: r.u8().ok_or(t)?,
+        })
+    }
+}
+
+/// Decodes a whole [`IOCTL_WFPMON_LIST_FLOWS`] response into its header and
+/// an iterator over its entries.
+///
+/// # Errors
+/// [`DecodeError`] when the header is invalid or the buffer is short.
+pub fn decode_flow_list(
+    bytes: &[u8],
+) -> Result<(FlowListHeader, impl Iterator<Item = FlowEntry> + '_), DecodeError> {
+    let header = FlowListHeader::decode(bytes)?;
+    let body = &bytes[FlowListHeader::SIZE..header.header.size as usize];
+    Ok((
+        header,
+        body.chunks_exact(FlowEntry::SIZE).filter_map(|c| FlowEntry::decode(c).ok()),
+    ))
+}
+
+/// Bytes of a flow-list response holding `entries` entries, or `None` when
+/// that does not fit the protocol's 32-bit size field.
+#[must_use]
+pub fn flow_list_size(entries: usize) -> Option<usize> {
+    let size = entries.checked_mul(FlowEntry::SIZE)?.checked_add(FlowListHeader::SIZE)?;
+    u32::try_from(size).ok().map(|_| size)
+}
+
+fn check_header(r: &mut Reader<'_>, len: usize, size: usize) -> Result<Header, DecodeError> {
+    let header = Header::decode(r).ok_or(DecodeError::Truncated)?;
+    if header.version != PROTOCOL_VERSION {
+        return Err(DecodeError::Version(header.version));
+    }
+    if header.size as usize != size || len < size {
+        return Err(DecodeError::Size);
+    }
+    Ok(header)
+}
+
+/// Why a response could not be decoded (user-mode side).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The buffer ends before the structure does.
+    Truncated,
+    /// The response has another protocol version (driver and tool differ).
+    Version(u32),
+    /// The sizes in the response are inconsistent.
+    Size,
+}
+
+/// A validated request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// [`IOCTL_WFPMON_QUERY_STATS`].
+    QueryStats,
+    /// [`IOCTL_WFPMON_LIST_FLOWS`]: at most `capacity` entries fit the output.
+    ListFlows {
+        /// Entries that fit the output buffer, further limited by the
+        /// request's `max_entries`.
+        capacity: usize,
+    },
+    /// [`IOCTL_WFPMON_SET_COUNTING`].
+    SetCounting {
+        /// Requested state.
+        enable: bool,
+    },
+}
+
+/// Why a request was refused; each maps to one precise `NTSTATUS`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestError {
+    /// Not one of wfpmon's I/O control codes.
+    UnknownCode(u32),
+    /// Input length differs from the request structure's size.
+    InputSize {
+        /// Size of the request structure.
+        expected: usize,
+        /// Input length received.
+        actual: usize,
+    },
+    /// `header.version` is not [`PROTOCOL_VERSION`].
+    Version(u32),
+    /// `header.size` disagrees with the input length.
+    HeaderSize(u32),
+    /// A field holds a value outside its domain (reserved not zero, enable not 0/1).
+    InvalidField,
+    /// The output buffer cannot hold the fixed part of the response.
+    OutputTooSmall {
+        /// Smallest output size accepted.
+        required: usize,
+    },
+    /// A count in the request makes the response size overflow.
+    CountOverflow,
+}
+
+impl RequestError {
+    /// The `NTSTATUS` the driver completes the request with.
+    #[must_use]
+    pub const fn ntstatus(self) -> i32 {
+        match self {
+            Self::UnknownCode(_) => status::STATUS_INVALID_DEVICE_REQUEST,
+            Self::InputSize { .. } => status::STATUS_INVALID_BUFFER_SIZE,
+            Self::Version(_) => status::STATUS_REVISION_MISMATCH,
+            Self::HeaderSize(_) | Self::InvalidField => status::STATUS_INVALID_PARAMETER,
+            Self::OutputTooSmall { .. } => status::STATUS_BUFFER_TOO_SMALL,
+            Self::CountOverflow => status::STATUS_INTEGER_OVERFLOW,
+        }
+    }
+}
+
+/// Validates an IOCTL: its code, its input bytes and its output length.
+///
+/// # Errors
+/// A [`RequestError`] naming the first problem found.
+pub fn parse_request(code: u32, input: &[u8], output_len: usize) -> Result<Request, RequestError> {
+    let expected = match code {
+        IOCTL_WFPMON_QUERY_STATS => QueryStatsRequest::SIZE,
+        IOCTL_WFPMON_LIST_FLOWS => ListFlowsRequest::SIZE,
+        IOCTL_WFPMON_SET_COUNTING => SetCountingRequest::SIZE,
+        other => return Err(RequestError::UnknownCode(other)),
+    };
+    if input.len() != expected {
+        return Err(RequestError::InputSize { expected, actual: input.len() });
+    }
+    let mut r = Reader::new(input);
+    // The length check above guarantees the header and fields are present.
+    let header = Header::decode(&mut r).ok_or(RequestError::InputSize { expected, actual: 0 })?;
+    if header.version != PROTOCOL_VERSION {
+        return Err(RequestError::Version(header.version));
+    }
+    if header.size as usize != expected {
+        return Err(RequestError::HeaderSize(header.size));
+    }
+    let mut field = || r.u32().ok_or(RequestError::InvalidField);
+    match code {
+        IOCTL_WFPMON_QUERY_STATS => {
+            if output_len < Stats::SIZE {
+                return Err(RequestError::OutputTooSmall { required: Stats::SIZE });
+            }
+            Ok(Request::QueryStats)
+        }
+        IOCTL_WFPMON_LIST_FLOWS => {
+            let max_entries = field()?;
+            if field()? != 0 {
+                return Err(RequestError::InvalidField);
+            }
+            if max_entries != 0 && flow_list_size(max_entries as usize).is_none() {
+                return Err(RequestError::CountOverflow);
+            }
+            if output_len < FlowListHeader::SIZE {
+                return Err(RequestError::OutputTooSmall { required: FlowListHeader::SIZE });
+            }
+            let fits = (output_len - FlowListHeader::SIZE) / FlowEntry::SIZE;
+            // Never promise more than the 32-bit size field can describe.
+            let fits = fits.min((u32::MAX as usize - FlowListHeader::SIZE) / FlowEntry::SIZE);
+            let capacity = if max_entries == 0 { fits } else { fits.min(max_entries as usize) };
+            Ok(Request::ListFlows { capacity })
+        }
+        _ => {
+            let enable = match field()? {
+                0 => false,
+                1 => true,
+                _ => return Err(RequestError::InvalidField),
+            };
+            if field()? != 0 {
+                return Err(RequestError::InvalidField);
+            }
+            Ok(Request::SetCounting { enable })
+        }
+    }
+}
