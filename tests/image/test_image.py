@@ -1,0 +1,190 @@
+"""Static checks of the built wfpmon kernel image (PE file), with pefile.
+
+Each test checks one property that Windows' loader (or the emulator) relies
+on, and says in its message what is wrong and where it usually comes from.
+
+The image is WFPMON_SYS, by default
+target/x86_64-pc-windows-msvc/release/wfpmon.sys (scripts/linux/build.sh makes
+it). A missing image is a failure, not a skip: a green run must mean that an
+image was checked.
+
+Run:  scripts/linux/setup.sh && target/linux-wdk/venv/bin/python -m pytest tests/image
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pefile
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_IMAGE = REPO_ROOT / "target" / "x86_64-pc-windows-msvc" / "release" / "wfpmon.sys"
+
+# Kernel-mode modules a WFP callout driver may import from. Anything else
+# (kernel32.dll, vcruntime140.dll, fwpuclnt.dll, ...) is user mode and makes
+# the driver fail to load.
+KERNEL_MODULES = frozenset({"ntoskrnl.exe", "hal.dll", "fwpkclnt.sys", "netio.sys", "ndis.sys"})
+
+IMAGE_SUBSYSTEM_NATIVE = pefile.SUBSYSTEM_TYPE["IMAGE_SUBSYSTEM_NATIVE"]
+IMAGE_FILE_DLL = pefile.IMAGE_CHARACTERISTICS["IMAGE_FILE_DLL"]
+IMAGE_FILE_EXECUTABLE_IMAGE = pefile.IMAGE_CHARACTERISTICS["IMAGE_FILE_EXECUTABLE_IMAGE"]
+IMAGE_FILE_MACHINE_AMD64 = pefile.MACHINE_TYPE["IMAGE_FILE_MACHINE_AMD64"]
+SCN_MEM_WRITE = pefile.SECTION_CHARACTERISTICS["IMAGE_SCN_MEM_WRITE"]
+SCN_MEM_EXECUTE = pefile.SECTION_CHARACTERISTICS["IMAGE_SCN_MEM_EXECUTE"]
+SCN_MEM_NOT_PAGED = pefile.SECTION_CHARACTERISTICS["IMAGE_SCN_MEM_NOT_PAGED"]
+SCN_MEM_DISCARDABLE = pefile.SECTION_CHARACTERISTICS["IMAGE_SCN_MEM_DISCARDABLE"]
+
+# The emulator's stack is SizeOfStackCommit bytes (scripts/linux/setup.sh
+# links with /STACK:0x40000,0x6000); the real kernel ignores the value.
+MIN_STACK_COMMIT = 0x6000
+
+
+def image_path() -> Path:
+    return Path(os.environ.get("WFPMON_SYS") or DEFAULT_IMAGE)
+
+
+@pytest.fixture(scope="module")
+def pe() -> pefile.PE:
+    path = image_path()
+    if not path.is_file():
+        pytest.fail(
+            f"kernel image {path} does not exist: build it with scripts/linux/build.sh "
+            "(or point WFPMON_SYS at an image)"
+        )
+    image = pefile.PE(str(path), fast_load=True)
+    image.parse_data_directories(
+        directories=[
+            pefile.DIRECTORY_ENTRY["IMAGE_DIRECTORY_ENTRY_EXPORT"],
+            pefile.DIRECTORY_ENTRY["IMAGE_DIRECTORY_ENTRY_IMPORT"],
+        ]
+    )
+    yield image
+    image.close()
+
+
+def section_name(section: pefile.SectionStructure) -> str:
+    return section.Name.rstrip(b"\0").decode("ascii", "replace")
+
+
+def exports(pe: pefile.PE) -> dict[str, int]:
+    directory = getattr(pe, "DIRECTORY_ENTRY_EXPORT", None)
+    if directory is None:
+        return {}
+    return {sym.name.decode(): sym.address for sym in directory.symbols if sym.name}
+
+
+def test_machine_is_amd64(pe: pefile.PE) -> None:
+    assert pe.FILE_HEADER.Machine == IMAGE_FILE_MACHINE_AMD64, (
+        f"machine is {pe.FILE_HEADER.Machine:#x}, expected AMD64 ({IMAGE_FILE_MACHINE_AMD64:#x})"
+    )
+
+
+def test_subsystem_is_native(pe: pefile.PE) -> None:
+    subsystem = pe.OPTIONAL_HEADER.Subsystem
+    assert subsystem == IMAGE_SUBSYSTEM_NATIVE, (
+        f"subsystem is {subsystem} ({pefile.SUBSYSTEM_TYPE.get(subsystem, '?')}), a kernel driver "
+        f"needs IMAGE_SUBSYSTEM_NATIVE ({IMAGE_SUBSYSTEM_NATIVE}); is /SUBSYSTEM:NATIVE "
+        "(from wdk-build) reaching the linker?"
+    )
+
+
+def test_image_is_dll(pe: pefile.PE) -> None:
+    characteristics = pe.FILE_HEADER.Characteristics
+    assert characteristics & IMAGE_FILE_DLL, (
+        f"file characteristics {characteristics:#x} lack IMAGE_FILE_DLL: the driver must be a "
+        "cdylib linked with /DRIVER"
+    )
+    assert characteristics & IMAGE_FILE_EXECUTABLE_IMAGE, (
+        f"file characteristics {characteristics:#x} lack IMAGE_FILE_EXECUTABLE_IMAGE"
+    )
+
+
+def test_driver_entry_is_exported(pe: pefile.PE) -> None:
+    names = exports(pe)
+    assert "DriverEntry" in names, (
+        f"no DriverEntry export (exports: {sorted(names) or 'none'}); the driver must export "
+        '`DriverEntry` (#[unsafe(export_name = "DriverEntry")])'
+    )
+
+
+def test_entry_point_is_driver_entry(pe: pefile.PE) -> None:
+    entry = pe.OPTIONAL_HEADER.AddressOfEntryPoint
+    driver_entry = exports(pe).get("DriverEntry")
+    assert driver_entry is not None, "no DriverEntry export to compare the entry point with"
+    assert entry == driver_entry, (
+        f"entry point RVA {entry:#x} is not DriverEntry ({driver_entry:#x}); "
+        "wdk-build passes /ENTRY:DriverEntry"
+    )
+
+
+def test_imports_only_kernel_modules(pe: pefile.PE) -> None:
+    imported = {
+        entry.dll.decode().lower(): sorted(
+            (imp.name.decode() if imp.name else f"#{imp.ordinal}") for imp in entry.imports
+        )
+        for entry in getattr(pe, "DIRECTORY_ENTRY_IMPORT", [])
+    }
+    assert imported, "the image imports nothing: a driver imports at least ntoskrnl.exe"
+    foreign = {dll: names for dll, names in imported.items() if dll not in KERNEL_MODULES}
+    assert not foreign, (
+        f"imports from modules outside the kernel allow-list {sorted(KERNEL_MODULES)}: {foreign}. "
+        "A user-mode DLL (e.g. via windows-sys, or a raw-dylib import without "
+        '`modifiers = "+verbatim"`) cannot be loaded by a kernel driver'
+    )
+
+
+def test_every_section_has_characteristics(pe: pefile.PE) -> None:
+    bare = [section_name(s) for s in pe.sections if s.Characteristics == 0]
+    assert not bare, (
+        f"sections without characteristics: {bare}; Windows refuses to load such an image "
+        "(StartService error 998)"
+    )
+
+
+def test_no_retplne_section(pe: pefile.PE) -> None:
+    names = [section_name(s) for s in pe.sections]
+    assert ".retplne" not in names, (
+        f"sections {names} include lld-link's .retplne, which Windows refuses to load; "
+        "link with /MERGE:.retplne=.rdata (scripts/linux/setup.sh does)"
+    )
+
+
+def test_no_writable_and_executable_section(pe: pefile.PE) -> None:
+    wx = [
+        f"{section_name(s)} ({s.Characteristics:#010x})"
+        for s in pe.sections
+        if s.Characteristics & SCN_MEM_WRITE and s.Characteristics & SCN_MEM_EXECUTE
+    ]
+    assert not wx, f"sections both writable and executable: {wx}"
+
+
+def test_code_and_data_are_not_pageable(pe: pefile.PE) -> None:
+    # Pageable on purpose: PAGE* sections; discarded after load: INIT and .reloc.
+    pageable = [
+        f"{section_name(s)} ({s.Characteristics:#010x})"
+        for s in pe.sections
+        if not section_name(s).upper().startswith(("PAGE", "INIT"))
+        and not s.Characteristics & SCN_MEM_DISCARDABLE
+        and not s.Characteristics & SCN_MEM_NOT_PAGED
+    ]
+    assert not pageable, (
+        f"sections neither IMAGE_SCN_MEM_NOT_PAGED nor named PAGE*/INIT: {pageable}; code that "
+        "runs at DISPATCH_LEVEL must not be pageable"
+    )
+
+
+def test_checksum_is_valid(pe: pefile.PE) -> None:
+    stored = pe.OPTIONAL_HEADER.CheckSum
+    computed = pe.generate_checksum()
+    assert stored != 0, "PE checksum is 0: kernel images need one (link with /RELEASE)"
+    assert stored == computed, f"PE checksum {stored:#x} differs from the computed {computed:#x}"
+
+
+def test_stack_commit_fits_emulator(pe: pefile.PE) -> None:
+    commit = pe.OPTIONAL_HEADER.SizeOfStackCommit
+    assert commit >= MIN_STACK_COMMIT, (
+        f"SizeOfStackCommit is {commit:#x}; the emulator runs the driver on a stack of that "
+        f"size and needs at least {MIN_STACK_COMMIT:#x} (link with /STACK:0x40000,0x6000)"
+    )
