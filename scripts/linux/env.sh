@@ -36,8 +36,10 @@ export WFPMON_VENV="$WFPMON_LINUX_DIR/venv"
 #   WFPMON_WORKSPACE=/tmp/scratch-driver scripts/linux/build.sh
 export WFPMON_WORKSPACE="${WFPMON_WORKSPACE:-$WFPMON_REPO_ROOT}"
 export WFPMON_PACKAGE="${WFPMON_PACKAGE:-wfpmon}"
-# The driver image build.sh produces and tests/image reads.
-export WFPMON_SYS="${WFPMON_SYS:-$WFPMON_WORKSPACE/target/$WFPMON_TARGET/release/${WFPMON_PACKAGE//-/_}.sys}"
+# build.sh writes $WFPMON_WORKSPACE/target/$WFPMON_TARGET/release/<lib>.sys;
+# the tests read WFPMON_SYS (default: this repository's wfpmon.sys). It is
+# deliberately not derived here, where a value exported by an earlier
+# `source` would go stale when WFPMON_WORKSPACE changes.
 
 # The Linux cargo configuration ([patch.crates-io] wdk-build, linker, rustflags,
 # [env]) lives in a generated CARGO_HOME, not in the committed

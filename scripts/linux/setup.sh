@@ -94,7 +94,8 @@ mingw_root="/usr/x86_64-w64-mingw32"
 # ---------------------------------------------------------------------------
 if ! (cd "$WFPMON_WORKSPACE" && rustup target list --installed) | grep -qx "$WFPMON_TARGET"; then
     log "adding Rust target $WFPMON_TARGET"
-    (cd "$WFPMON_WORKSPACE" && rustup target add "$WFPMON_TARGET")
+    (cd "$WFPMON_WORKSPACE" && rustup target add "$WFPMON_TARGET") \
+        || die "rustup could not add $WFPMON_TARGET (it downloads from the Rust distribution server, not a package registry); install the target on this machine first"
 fi
 
 # ---------------------------------------------------------------------------
