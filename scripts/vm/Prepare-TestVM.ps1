@@ -1,0 +1,127 @@
+#Requires -Version 5.1
+#Requires -RunAsAdministrator
+<#
+.SYNOPSIS
+    Prepares a Hyper-V guest to test the wfpmon driver: test signing, Driver Verifier
+    on wfpmon.sys, DbgPrint visible, crash dumps on; then checkpoints the result.
+
+.DESCRIPTION
+    RUNS ONLY ON A WINDOWS HOST WITH HYPER-V (elevated PowerShell, Hyper-V PowerShell
+    module). The guest must run Windows 10/11 (or Server 2016+) and is reached over
+    PowerShell Direct with -Credential, a local administrator of the guest.
+
+    Steps:
+      1. checkpoint '<BaselineCheckpoint>' of the untouched VM (kept if it exists);
+      2. generation 2 VMs: Secure Boot must be off for test signing
+         (-DisableSecureBoot turns it off; the VM is shut down for that);
+      3. in the guest: bcdedit /set testsigning on; verifier /standard /driver wfpmon.sys;
+         Debug Print Filter DEFAULT = 0xF; crash dumps enabled;
+      4. restart the guest and wait for it; check that test signing is active and that
+         Driver Verifier lists wfpmon.sys;
+      5. checkpoint '<Checkpoint>' (replaced if it exists), the state that
+         Invoke-WfpMonVmTest.ps1 reverts to.
+
+    Last line: WFPMON-VM-PREPARE: PASS, or WFPMON-VM-PREPARE: FAIL: <reason>;
+    exit code 0 or 1.
+
+.PARAMETER VMName
+    Name of the Hyper-V VM.
+.PARAMETER Credential
+    Guest administrator credential (Get-Credential).
+.PARAMETER Checkpoint
+    Name of the checkpoint taken after preparation.
+.PARAMETER BaselineCheckpoint
+    Name of the checkpoint taken before anything is changed.
+.PARAMETER DisableSecureBoot
+    Turn Secure Boot off on a generation 2 VM (needed for test signing).
+.PARAMETER BootTimeoutSeconds
+    How long to wait for the guest after a start or restart.
+
+.EXAMPLE
+    .\Prepare-TestVM.ps1 -VMName wfpmon-test -Credential (Get-Credential) -DisableSecureBoot
+#>
+[CmdletBinding()]
+param(
+    [Parameter(Mandatory)][string]$VMName,
+    [Parameter(Mandatory)][pscredential]$Credential,
+    [string]$Checkpoint = 'wfpmon-prepared',
+    [string]$BaselineCheckpoint = 'wfpmon-baseline',
+    [switch]$DisableSecureBoot,
+    [ValidateRange(60, 3600)][int]$BootTimeoutSeconds = 600
+)
+
+Set-StrictMode -Version Latest
+$ErrorActionPreference = 'Stop'
+
+Import-Module (Join-Path $PSScriptRoot 'WfpMonVm.psm1') -Force
+
+$session = $null
+$failure = $null
+try {
+    Assert-WfpMonHost
+    $names = Get-WfpMonConstant
+    $vm = Get-WfpMonVm -VMName $VMName
+
+    New-WfpMonCheckpoint -VMName $VMName -Name $BaselineCheckpoint
+
+    if ($vm.Generation -eq 2) {
+        $firmware = Get-VMFirmware -VMName $VMName
+        if ($firmware.SecureBoot -eq 'On') {
+            if (-not $DisableSecureBoot) {
+                throw 'Secure Boot is on, so bcdedit cannot enable test signing; rerun with -DisableSecureBoot'
+            }
+            Write-WfpMonLog 'turning Secure Boot off (the VM is shut down for that)'
+            if ((Get-WfpMonVm -VMName $VMName).State -ne 'Off') {
+                Stop-VM -Name $VMName -Force
+            }
+            Set-VMFirmware -VMName $VMName -EnableSecureBoot Off
+        }
+    }
+
+    Start-WfpMonVm -VMName $VMName
+    Wait-WfpMonGuest -VMName $VMName -Credential $Credential -TimeoutSeconds $BootTimeoutSeconds | Out-Null
+    $session = New-WfpMonSession -VMName $VMName -Credential $Credential
+
+    Write-WfpMonLog 'bcdedit /set testsigning on'
+    Enable-WfpMonTestSigning -Session $session
+    Write-WfpMonLog "verifier /standard /driver $($names.ImageName)"
+    Enable-WfpMonVerifier -Session $session
+    Write-WfpMonLog 'Debug Print Filter: DEFAULT = 0xF'
+    Enable-WfpMonDebugPrint -Session $session
+    Enable-WfpMonCrashDump -Session $session
+
+    $session = Restart-WfpMonGuest -VMName $VMName -Credential $Credential -Session $session -TimeoutSeconds $BootTimeoutSeconds
+
+    if (-not (Test-WfpMonTestSigning -Session $session)) {
+        throw 'the guest booted without TESTSIGNING (is Secure Boot still on?)'
+    }
+    Write-WfpMonLog 'test signing is active'
+    if (-not (Test-WfpMonVerifierSetting -Session $session)) {
+        throw "verifier /querysettings does not list $($names.ImageName)"
+    }
+    Write-WfpMonLog "Driver Verifier will verify $($names.ImageName)"
+    $mask = Get-WfpMonDebugPrintMask -Session $session
+    if ($null -eq $mask -or ($mask -band 0x8) -eq 0) {
+        throw "Debug Print Filter DEFAULT is '$mask'; DbgPrint output would be filtered out"
+    }
+
+    Remove-PSSession -Session $session
+    $session = $null
+    New-WfpMonCheckpoint -VMName $VMName -Name $Checkpoint -Replace
+}
+catch {
+    $failure = $_.Exception.Message
+    Write-WfpMonLog $failure -Level Error
+}
+finally {
+    if ($null -ne $session) {
+        Remove-PSSession -Session $session -ErrorAction SilentlyContinue
+    }
+}
+
+if ($null -eq $failure) {
+    Write-Output 'WFPMON-VM-PREPARE: PASS'
+    exit 0
+}
+Write-Output "WFPMON-VM-PREPARE: FAIL: $failure"
+exit 1

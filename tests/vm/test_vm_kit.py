@@ -1,0 +1,243 @@
+"""The Hyper-V kit (scripts/vm) and the package layout, checked on Linux:
+static soundness of the PowerShell, and agreement of every name, file and
+GUID with their single sources (catalog.rs, Cargo.toml, the INF, Makefile.toml
+and wdk-build's own makefile)."""
+
+import re
+import sys
+import tomllib
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "inf"))
+
+import pytest  # noqa: E402
+
+import psstatic  # noqa: E402
+import wfpfacts  # noqa: E402
+from wfpinf import read_inf  # noqa: E402
+
+REPO = wfpfacts.REPO_ROOT
+KIT = REPO / "scripts" / "vm"
+CATALOG = wfpfacts.load_catalog()
+PACKAGE = wfpfacts.load_driver_package()
+MODULE_TEXT, SCRIPTS = psstatic.load_kit(KIT)
+GUID = re.compile(r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b")
+
+
+def module_constants() -> tuple[dict[str, str], dict[str, str]]:
+    """$script:WfpMon's scalar entries and its CalloutKeys table."""
+    table = re.search(r"\$script:WfpMon = \[ordered\]@\{(.*?)\n\}", MODULE_TEXT, re.S)
+    assert table, "no $script:WfpMon table in WfpMonVm.psm1"
+    body = table.group(1)
+    scalars = dict(re.findall(r"(?m)^\s{4}(\w+)\s*=\s*'([^']*)'", body))
+    callouts_block = re.search(r"CalloutKeys\s*=\s*\[ordered\]@\{(.*?)\}", body, re.S)
+    assert callouts_block, "no CalloutKeys table"
+    callouts = dict(re.findall(r"'([^']+)'\s*=\s*'([^']+)'", callouts_block.group(1)))
+    return scalars, callouts
+
+
+SCALARS, CALLOUTS = module_constants()
+
+
+# --- PowerShell soundness -----------------------------------------------------
+
+def test_kit_has_the_expected_files():
+    assert set(SCRIPTS) == {"Prepare-TestVM.ps1", "Invoke-WfpMonVmTest.ps1"}
+    assert (KIT / "WfpMonVm.psm1").is_file()
+
+
+@pytest.mark.parametrize("name", ["WfpMonVm.psm1", "Prepare-TestVM.ps1", "Invoke-WfpMonVmTest.ps1"])
+def test_static_check_passes(name):
+    problems = psstatic.check_kit(MODULE_TEXT, SCRIPTS)[name]
+    assert problems == [], "\n".join(str(p) for p in problems)
+
+
+@pytest.mark.parametrize(("script", "params"), [
+    ("Invoke-WfpMonVmTest.ps1", {"vmname", "packagepath", "ctlpath", "credential", "iterations", "checkpoint", "norevert"}),
+    ("Prepare-TestVM.ps1", {"vmname", "credential", "checkpoint", "disablesecureboot"}),
+])
+def test_script_parameters(script, params):
+    assert params <= psstatic.script_params(psstatic.scan(SCRIPTS[script]))
+
+
+def test_default_checkpoints_agree():
+    prepare = re.search(r"\[string\]\$Checkpoint = '([^']+)'", SCRIPTS["Prepare-TestVM.ps1"]).group(1)
+    invoke = re.search(r"\[string\]\$Checkpoint = '([^']+)'", SCRIPTS["Invoke-WfpMonVmTest.ps1"]).group(1)
+    assert prepare == invoke
+
+
+@pytest.mark.parametrize(("script", "tag"), [("Invoke-WfpMonVmTest.ps1", "WFPMON-VM-TEST"),
+                                             ("Prepare-TestVM.ps1", "WFPMON-VM-PREPARE")])
+def test_scripts_end_with_a_verdict_and_exit_code(script, tag):
+    text = SCRIPTS[script]
+    tail = text[text.rindex("if ($null -eq $failure) {"):]
+    assert f"'{tag}: PASS'" in tail and "exit 0" in tail
+    assert f'"{tag}: FAIL: $failure"' in tail and "exit 1" in tail
+    assert tail.rstrip().endswith("exit 1")
+
+
+def test_every_exported_function_is_used():
+    used = set()
+    for text in list(SCRIPTS.values()) + [MODULE_TEXT]:
+        used |= {name.lower() for _, name, _ in psstatic.commands_called(psstatic.scan(text))}
+    exported, _ = psstatic.exported_functions(psstatic.scan(MODULE_TEXT))
+    assert exported - used == set()
+
+
+# --- names and GUIDs against catalog.rs -----------------------------------------
+
+def test_service_image_and_device_names_match_the_catalog():
+    assert SCALARS["ServiceName"] == CATALOG.service_name
+    assert SCALARS["ImageName"] == CATALOG.image_name
+    assert SCALARS["DeviceName"] == CATALOG.device_name
+
+
+def test_package_file_names_match_cargo_and_wdk_build_naming():
+    assert SCALARS["ImageName"] == PACKAGE.sys_name
+    assert SCALARS["InfName"] == PACKAGE.inf_name
+    assert SCALARS["CatalogFileName"] == PACKAGE.cat_name
+    assert SCALARS["PackageDirName"] == PACKAGE.package_dir_name
+
+
+def test_provider_sublayer_and_callout_keys_match_the_catalog():
+    assert SCALARS["ProviderKey"] == CATALOG.guids["PROVIDER_KEY"]
+    assert SCALARS["SublayerKey"] == CATALOG.guids["SUBLAYER_KEY"]
+    assert CALLOUTS == dict(CATALOG.callouts)
+
+
+def test_no_stray_guid_in_the_kit():
+    owned = set(CATALOG.all_guids().values())
+    for name, text in [("WfpMonVm.psm1", MODULE_TEXT), *SCRIPTS.items()]:
+        for m in GUID.finditer(text):
+            assert m.group(0).lower() in owned, f"{name}: GUID {m.group(0)} is not one of catalog.rs's"
+
+
+def test_driver_file_names_in_code_are_the_package_files():
+    allowed = {PACKAGE.sys_name, PACKAGE.inf_name, PACKAGE.cat_name}
+    for name, text in [("WfpMonVm.psm1", MODULE_TEXT), *SCRIPTS.items()]:
+        sc = psstatic.scan(text)
+        literals = [content for _, content in sc.strings] + [sc.code]
+        for chunk in literals:
+            for m in re.finditer(r"\b[\w-]+\.(?:sys|inf|cat)\b", chunk):
+                assert m.group(0) in allowed, f"{name}: {m.group(0)} is not a file of the package"
+
+
+def test_guest_names_are_only_defined_once():
+    # The kit names the service, image, INF and GUIDs only in its constants table.
+    for name, text in SCRIPTS.items():
+        sc = psstatic.scan(text)
+        for _, content in sc.strings:
+            for literal in (CATALOG.service_name, CATALOG.image_name, PACKAGE.inf_name):
+                assert content != literal, f"{name}: literal '{literal}' (use Get-WfpMonConstant)"
+
+
+# --- the INF and the package the kit installs -------------------------------------
+
+def test_inf_installs_what_the_kit_expects():
+    inf = read_inf(REPO / "inf" / PACKAGE.inx_name)
+    source_files = {e.key for e in inf.section("SourceDisksFiles").entries}
+    assert source_files == {SCALARS["ImageName"]}
+    assert inf.section("Version").get("CatalogFile").field(0) == SCALARS["CatalogFileName"]
+    add = inf.section("DefaultInstall.NT$ARCH$.Services").get("AddService")
+    assert add.field(0) == SCALARS["ServiceName"]
+
+
+def test_kit_checks_exactly_the_package_files():
+    files = re.search(r"\$script:PackageFiles = @\(([^)]*)\)", MODULE_TEXT).group(1)
+    assert [f.strip() for f in files.split(",")] == [
+        "$script:WfpMon.ImageName", "$script:WfpMon.InfName", "$script:WfpMon.CatalogFileName"]
+
+
+# --- Makefile.toml: the package layout and the platform split --------------------
+
+MAKEFILE = tomllib.loads((REPO / "Makefile.toml").read_text(encoding="utf-8"))
+CARGO = tomllib.loads((REPO / "Cargo.toml").read_text(encoding="utf-8"))
+
+
+def test_makefile_extends_wdk_builds_flow_optionally():
+    assert MAKEFILE["extend"] == {"path": "target/rust-driver-makefile.toml", "optional": True}
+    config = MAKEFILE["config"]
+    assert "load_script" not in config, "a plain load_script would also run on Linux"
+    script = config["windows_load_script"]
+    assert "wdk_build::cargo_make::load_rust_driver_makefile()" in script
+    pinned = re.search(r'wdk-build = "([^"]+)"', script).group(1)
+    assert pinned == CARGO["build-dependencies"]["wdk-build"]
+    assert config["default_to_workspace"] is False
+
+
+def test_makefile_builds_the_driver_package_by_name():
+    flags = MAKEFILE["env"]["CARGO_MAKE_CARGO_BUILD_TEST_FLAGS"]
+    assert flags["value"] == f"--package {PACKAGE.name}"
+    assert flags["condition"]["platforms"] == ["windows"]
+
+
+def test_makefile_takes_the_inx_from_inf():
+    task = MAKEFILE["tasks"]["copy-inx-to-output"]
+    assert task["clear"] is True and task["condition"]["platforms"] == ["windows"]
+    assert "${CARGO_MAKE_WORKING_DIRECTORY}/inf/${CARGO_MAKE_CRATE_FS_NAME}.inx" in task["script"]
+    assert "${WDK_BUILD_OUTPUT_DIRECTORY}/${CARGO_MAKE_CRATE_FS_NAME}.inf" in task["script"]
+    assert (REPO / "inf" / PACKAGE.inx_name).is_file()
+
+
+@pytest.mark.parametrize(("task", "script"), [
+    ("linux-setup", "scripts/linux/setup.sh"),
+    ("linux-build", "scripts/linux/build.sh"),
+    ("linux-demo", "scripts/linux/demo.sh"),
+    ("linux-test", "scripts/test.sh"),
+])
+def test_linux_tasks_run_only_on_linux(task, script):
+    t = MAKEFILE["tasks"][task]
+    assert t["condition"]["platforms"] == ["linux"]
+    assert t["workspace"] is False
+    assert t["command"] == "bash" and t["args"][0] == script
+
+
+def test_windows_only_tasks_are_guarded():
+    tasks = MAKEFILE["tasks"]
+    assert tasks["wfpmonctl"]["condition"]["platforms"] == ["windows"]
+    for platform in ("linux", "mac"):
+        assert tasks["wdk-build-init"][platform] == {"clear": True}
+    assert tasks["default"] == {"linux_alias": "linux-build"}
+
+
+def _wdk_build_makefile() -> Path | None:
+    version = CARGO["build-dependencies"]["wdk-build"]
+    for root in (Path.home() / ".cargo" / "registry" / "src").glob("*"):
+        candidate = root / f"wdk-build-{version}" / "rust-driver-makefile.toml"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def test_wdk_build_flow_matches_the_layout_the_kit_expects():
+    path = _wdk_build_makefile()
+    if path is None:
+        pytest.skip("wdk-build's sources are not in the cargo registry here")
+    flow = tomllib.loads(path.read_text(encoding="utf-8"))["tasks"]
+    # stampinf edits the copy our copy-inx-to-output writes ...
+    assert "${WDK_BUILD_OUTPUT_DIRECTORY}/${CARGO_MAKE_CRATE_FS_NAME}.inf" in flow["stampinf"]["args"]
+    assert "copy-inx-to-output" in flow["stampinf"]["dependencies"]
+    # ... and inf2cat signs the <name>_package folder the kit copies.
+    assert "/driver:${WDK_BUILD_OUTPUT_DIRECTORY}/${CARGO_MAKE_CRATE_FS_NAME}_package" in flow["inf2cat"]["args"]
+    assert f"{PACKAGE.fs_name}_package" == SCALARS["PackageDirName"]
+    # The test certificate the kit trusts in the guest.
+    assert SCALARS["TestCertificate"] in flow["copy-certificate-to-package"]["script"]
+
+
+# --- docs/windows.md uses the same names ----------------------------------------------
+
+def test_windows_doc_names_only_package_files():
+    doc = REPO / "docs" / "windows.md"
+    if not doc.is_file():
+        pytest.skip("docs/windows.md not written yet")
+    text = doc.read_text(encoding="utf-8")
+    allowed = {PACKAGE.sys_name, PACKAGE.inf_name, PACKAGE.cat_name, PACKAGE.inx_name}
+    for m in re.finditer(r"\b[\w-]+\.(?:sys|inf|inx|cat)\b", text):
+        name = m.group(0)
+        if re.fullmatch(r"oem(\d+|NN)\.inf", name) or name in {"fwpkclnt.sys", "ntoskrnl.sys"}:
+            continue
+        assert name in allowed, f"docs/windows.md mentions {name}"
+    assert PACKAGE.package_dir_name in text
+    assert f"pnputil /add-driver {PACKAGE.inf_name} /install" in text
