@@ -130,11 +130,13 @@ const _: () = {
     assert!(offset_of!(FWPS_STREAM_CALLOUT_IO_PACKET0, streamAction) == 32);
 };
 
-// Stream flags. The reference pages give names and meanings only; the
-// values are the `#define`s of the WDK fwpsk.h, not reproduced on any
-// Microsoft page this crate could consult (see the crate docs). A driver
-// that must not depend on them can use the `*_DIRECTION` data field of the
-// stream layer for the direction instead.
+// Stream flags. The reference pages give names and meanings only, not the
+// values. These follow the layout of the WDK's fwpsk.h as transcribed from
+// memory of the header: receive flags in the low 16 bits (PUSH was added in
+// Vista SP1 as the next receive bit), send flags in the high 16 bits. No
+// public Microsoft page confirms them, so treat them as unverified: a driver
+// that must not depend on them (wfpmon does not) tests RECEIVE only, or
+// reads the stream layer's `*_DIRECTION` data field.
 
 /// `FWPS_STREAM_FLAG_RECEIVE`: inbound data (always set for inbound).
 pub const FWPS_STREAM_FLAG_RECEIVE: UINT32 = 0x0000_0001;
@@ -144,13 +146,16 @@ pub const FWPS_STREAM_FLAG_RECEIVE_EXPEDITED: UINT32 = 0x0000_0002;
 pub const FWPS_STREAM_FLAG_RECEIVE_DISCONNECT: UINT32 = 0x0000_0004;
 /// `FWPS_STREAM_FLAG_RECEIVE_ABORT`: inbound RST.
 pub const FWPS_STREAM_FLAG_RECEIVE_ABORT: UINT32 = 0x0000_0008;
+/// `FWPS_STREAM_FLAG_RECEIVE_PUSH`: inbound data arrived with TCP PUSH
+/// (Vista SP1 and later).
+pub const FWPS_STREAM_FLAG_RECEIVE_PUSH: UINT32 = 0x0000_0010;
 /// `FWPS_STREAM_FLAG_SEND`: outbound data (always set for outbound).
-pub const FWPS_STREAM_FLAG_SEND: UINT32 = 0x0000_0010;
+pub const FWPS_STREAM_FLAG_SEND: UINT32 = 0x0001_0000;
 /// `FWPS_STREAM_FLAG_SEND_EXPEDITED`: outbound out-of-band data.
-pub const FWPS_STREAM_FLAG_SEND_EXPEDITED: UINT32 = 0x0000_0020;
+pub const FWPS_STREAM_FLAG_SEND_EXPEDITED: UINT32 = 0x0002_0000;
 /// `FWPS_STREAM_FLAG_SEND_NODELAY`: the sender asked for no buffering.
-pub const FWPS_STREAM_FLAG_SEND_NODELAY: UINT32 = 0x0000_0040;
+pub const FWPS_STREAM_FLAG_SEND_NODELAY: UINT32 = 0x0004_0000;
 /// `FWPS_STREAM_FLAG_SEND_DISCONNECT`: FIN after this data.
-pub const FWPS_STREAM_FLAG_SEND_DISCONNECT: UINT32 = 0x0000_0080;
+pub const FWPS_STREAM_FLAG_SEND_DISCONNECT: UINT32 = 0x0008_0000;
 /// `FWPS_STREAM_FLAG_SEND_ABORT`: RST after this data.
-pub const FWPS_STREAM_FLAG_SEND_ABORT: UINT32 = 0x0000_0100;
+pub const FWPS_STREAM_FLAG_SEND_ABORT: UINT32 = 0x0010_0000;

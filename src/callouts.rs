@@ -1,0 +1,95 @@
+//! What wfpmon's callouts do, in safe code over arguments the kernel layer
+//! has decoded ([`crate::kernel::wfp`] owns the `extern "system"` entry
+//! points and the raw structures).
+//!
+//! Every function here runs at IRQL ≤ `DISPATCH_LEVEL`, possibly on all
+//! processors at once. The driver only observes: it never changes the fate
+//! of traffic, and writes `FWP_ACTION_CONTINUE` only where the engine grants
+//! `FWPS_RIGHT_ACTION_WRITE` (that is done by the kernel layer for every
+//! classify, before these handlers run).
+
+use core::ptr::NonNull;
+
+use wfpmon_core::catalog::{CALLOUTS, data_callout_for};
+use wfpmon_core::flow::{Association, Direction, FlowRecord};
+
+use crate::kernel::pool::PoolBox;
+use crate::kernel::wfp::{self, FlowEstablished};
+use crate::kernel::{Status, log, nt_success, time};
+use crate::shared::SHARED;
+
+/// ALE flow established: attach a [`FlowRecord`] to the new flow, owned by
+/// the data callout (stream for TCP, datagram-data otherwise) of the same
+/// family, which will count the flow's traffic.
+///
+/// Allocates once per flow (non-paged), never per packet.
+pub fn on_flow_established(flow: &FlowEstablished) {
+    // Cheap early-out; `insert` below re-checks under the lock.
+    if SHARED.flows.is_stopping() {
+        return;
+    }
+    let target = data_callout_for(flow.tuple.family, flow.tuple.ip_protocol);
+    let Some(target_id) = SHARED.callout_id(target) else {
+        return; // data callout not registered (teardown in progress)
+    };
+    let association = Association { flow_id: flow.flow_handle, callout: target };
+    let record = FlowRecord::new(association, flow.tuple, flow.process_id, time::interrupt_time());
+    let Some(record) = PoolBox::new(record) else {
+        SHARED.stats.allocation_failed();
+        return;
+    };
+    let context = record.as_non_null();
+    // Track before associating: from the moment the association exists the
+    // engine may call our flow-delete callback, which expects the record in
+    // the registry; and unload must be able to find it.
+    // SAFETY: `context` is a live pool allocation that stays valid until the
+    // flow-delete callback (or the failure path below) removes and frees it.
+    if unsafe { SHARED.flows.insert(context) }.is_err() {
+        return; // unload has begun: associate nothing new (record freed on drop)
+    }
+    let layer = CALLOUTS[target].runtime_layer;
+    let status = wfp::associate_flow_context(flow.flow_handle, layer, target_id, context);
+    if nt_success(status) {
+        SHARED.stats.flow_tracked();
+        // Ownership passes to the association; the flow-delete callback frees it.
+        let _ = record.into_raw();
+    } else {
+        SHARED.stats.association_failed();
+        // SAFETY: `context` was inserted above and never associated, so no
+        // flow-delete callback can race with this removal.
+        unsafe { SHARED.flows.remove(context, |_| ()) };
+        log!(
+            "FwpsFlowAssociateContext0(flow {:#x}, layer {layer}) -> {}",
+            flow.flow_handle,
+            Status(status)
+        );
+        drop(record);
+    }
+}
+
+/// Stream or datagram data of a flow carrying our context: count it.
+/// No allocation, no lock, no kernel call.
+pub fn on_flow_data(record: &FlowRecord, direction: Direction, bytes: u64, packets: u64) {
+    if SHARED.stats.counting() && packets > 0 {
+        record.traffic.record(direction, bytes, packets);
+    }
+}
+
+/// The engine deletes a flow that carries our context (the flow ended, or
+/// unload removed the context): retire its counters, free it, and wake a
+/// teardown that may be waiting for the last one.
+///
+/// # Safety
+/// `context` must be a context this driver associated (a [`FlowRecord`]
+/// from [`on_flow_established`]), delivered once by the engine.
+pub unsafe fn on_flow_delete(context: NonNull<FlowRecord>) {
+    // SAFETY: contract — a live record we associated and still track.
+    let removed = unsafe { SHARED.flows.remove(context, |r| SHARED.stats.retire(r)) };
+    // SAFETY: the engine delivers each context's deletion once; the record
+    // is unlinked now, so no one else can reach it.
+    drop(unsafe { PoolBox::from_raw(context) });
+    if removed.stopping {
+        SHARED.flow_deleted.set();
+    }
+}
+

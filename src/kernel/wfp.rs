@@ -1,0 +1,434 @@
+//! The filter engine: callout registration, flow contexts, the injection
+//! handle, and the classify / notify / flow-delete entry points the engine
+//! calls, which decode the raw structures into safe values for
+//! [`crate::callouts`].
+//!
+//! The `Fwps*` API is declared by the workspace's `fwpsk-sys` crate: no
+//! crate on crates.io binds fwpsk.h (wdk-sys does not include it, and
+//! windows-sys links `Fwpm*` to the user-mode fwpuclnt.dll).
+
+use core::ffi::c_void;
+use core::ptr::{self, NonNull};
+
+use fwpsk_sys as fwps;
+use wdk_sys::NTSTATUS;
+use wfpmon_core::catalog::{AddressFamily, CalloutRole, CalloutSpec};
+use wfpmon_core::flow::{Direction, FlowRecord, FlowTuple};
+
+use super::device::Device;
+use super::{Status, log, nt_success};
+use crate::callouts;
+use crate::shared::SHARED;
+
+// ---------------------------------------------------------------------------
+// Registration (PASSIVE_LEVEL)
+// ---------------------------------------------------------------------------
+
+/// `FwpsCalloutRegister1` for one catalog callout; returns its run-time id.
+///
+/// Version 1 is the oldest registration function whose classify function
+/// receives the classify context and `FWPS_FILTER1`; wfpmon needs nothing
+/// that versions 2 and 3 add (filter flags and provider context in the
+/// filter), so version 1 keeps the driver loadable on every Windows since 7.
+///
+/// # Errors
+/// The engine's status.
+pub fn register_callout(device: &Device, spec: &CalloutSpec) -> Result<u32, NTSTATUS> {
+    let k = spec.key;
+    let callout = fwps::FWPS_CALLOUT1 {
+        calloutKey: fwps::GUID { Data1: k.data1, Data2: k.data2, Data3: k.data3, Data4: k.data4 },
+        flags: if spec.conditional_on_flow() { fwps::FWP_CALLOUT_FLAG_CONDITIONAL_ON_FLOW } else { 0 },
+        classifyFn: Some(match spec.role {
+            CalloutRole::FlowEstablished => classify_flow_established,
+            CalloutRole::Stream => classify_stream,
+            CalloutRole::DatagramData => classify_datagram_data,
+        }),
+        notifyFn: Some(notify),
+        flowDeleteFn: if spec.conditional_on_flow() { Some(flow_delete) } else { None },
+    };
+    let mut id = 0u32;
+    // SAFETY: PASSIVE_LEVEL; a valid device object that outlives the
+    // registration (lifecycle order); `callout` is read during the call only.
+    let status = unsafe { fwps::FwpsCalloutRegister1(device.as_raw().cast(), &raw const callout, &raw mut id) };
+    log!("FwpsCalloutRegister1({}) -> {}, id {id}", spec.name, Status(status));
+    if nt_success(status) { Ok(id) } else { Err(status) }
+}
+
+/// `FwpsCalloutUnregisterById0`. `PASSIVE_LEVEL`.
+pub fn unregister_callout(id: u32) -> NTSTATUS {
+    // SAFETY: any id is accepted (unknown ones yield an error status).
+    unsafe { fwps::FwpsCalloutUnregisterById0(id) }
+}
+
+/// `FwpsFlowAssociateContext0`. IRQL ≤ `DISPATCH_LEVEL`.
+pub fn associate_flow_context(flow_id: u64, layer: u16, callout_id: u32, context: NonNull<FlowRecord>) -> NTSTATUS {
+    // SAFETY: the context is a pool allocation the caller tracks and frees
+    // only through the flow-delete callback or after a failed association.
+    unsafe { fwps::FwpsFlowAssociateContext0(flow_id, layer, callout_id, context.as_ptr() as u64) }
+}
+
+/// `FwpsFlowRemoveContext0`. IRQL ≤ `DISPATCH_LEVEL` (called at `PASSIVE`
+/// during teardown). May run the flow-delete callback before returning.
+pub fn remove_flow_context(flow_id: u64, layer: u16, callout_id: u32) -> NTSTATUS {
+    // SAFETY: any triple is accepted; unknown ones yield an error status.
+    unsafe { fwps::FwpsFlowRemoveContext0(flow_id, layer, callout_id) }
+}
+
+/// The packet-injection handle; destroyed (`FwpsInjectionHandleDestroy0`)
+/// when dropped.
+pub struct InjectionHandle {
+    raw: fwps::HANDLE,
+}
+
+impl InjectionHandle {
+    /// `FwpsInjectionHandleCreate0(AF_UNSPEC, FWPS_INJECTION_TYPE_STREAM |
+    /// FWPS_INJECTION_TYPE_TRANSPORT)`: the layers wfpmon's data callouts
+    /// observe. `PASSIVE_LEVEL`.
+    ///
+    /// # Errors
+    /// The engine's status.
+    pub fn create() -> Result<Self, NTSTATUS> {
+        let mut raw: fwps::HANDLE = ptr::null_mut();
+        // SAFETY: PASSIVE_LEVEL; `raw` receives the handle.
+        let status = unsafe {
+            fwps::FwpsInjectionHandleCreate0(
+                fwps::AF_UNSPEC,
+                fwps::FWPS_INJECTION_TYPE_STREAM | fwps::FWPS_INJECTION_TYPE_TRANSPORT,
+                &raw mut raw,
+            )
+        };
+        log!("FwpsInjectionHandleCreate0 -> {}", Status(status));
+        if nt_success(status) { Ok(Self { raw }) } else { Err(status) }
+    }
+
+    /// The handle, for publishing to classify.
+    pub const fn as_raw(&self) -> *mut c_void {
+        self.raw
+    }
+}
+
+impl Drop for InjectionHandle {
+    fn drop(&mut self) {
+        // SAFETY: created by us, destroyed once, after every callout that
+        // could use it is unregistered (lifecycle order). PASSIVE_LEVEL.
+        let status = unsafe { fwps::FwpsInjectionHandleDestroy0(self.raw) };
+        log!("FwpsInjectionHandleDestroy0 -> {}", Status(status));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Classify: decoding (IRQL <= DISPATCH_LEVEL)
+// ---------------------------------------------------------------------------
+
+/// A new flow, decoded from the flow-established layer's values.
+pub struct FlowEstablished {
+    /// The engine's flow handle.
+    pub flow_handle: u64,
+    /// Identity.
+    pub tuple: FlowTuple,
+    /// Owning process (0 when the engine did not supply it).
+    pub process_id: u64,
+}
+
+/// The incoming values of one classify call.
+struct Values<'a> {
+    values: &'a [fwps::FWPS_INCOMING_VALUE0],
+}
+
+impl<'a> Values<'a> {
+    /// # Safety
+    /// `raw` is null or the engine's `inFixedValues` for this classify.
+    unsafe fn from_raw(raw: *const fwps::FWPS_INCOMING_VALUES0) -> Option<(u16, Self)> {
+        // SAFETY: contract: valid for the duration of the classify call.
+        let v = unsafe { raw.as_ref() }?;
+        if v.incomingValue.is_null() {
+            return None;
+        }
+        // SAFETY: the engine supplies `valueCount` values at `incomingValue`.
+        let values = unsafe { core::slice::from_raw_parts(v.incomingValue, v.valueCount as usize) };
+        Some((v.layerId, Self { values }))
+    }
+
+    fn get(&self, index: u32, expected: fwps::FWP_DATA_TYPE) -> Option<&'a fwps::FWP_VALUE0> {
+        let v = &self.values.get(index as usize)?.value;
+        (v.r#type == expected).then_some(v)
+    }
+
+    fn u8(&self, index: u32) -> Option<u8> {
+        // SAFETY: the type tag says `uint8` is the valid member.
+        self.get(index, fwps::FWP_UINT8).map(|v| unsafe { v.Anonymous.uint8 })
+    }
+
+    fn u16(&self, index: u32) -> Option<u16> {
+        // SAFETY: the type tag says `uint16` is the valid member.
+        self.get(index, fwps::FWP_UINT16).map(|v| unsafe { v.Anonymous.uint16 })
+    }
+
+    fn u32(&self, index: u32) -> Option<u32> {
+        // SAFETY: the type tag says `uint32` is the valid member.
+        self.get(index, fwps::FWP_UINT32).map(|v| unsafe { v.Anonymous.uint32 })
+    }
+
+    /// An address field: `FWP_UINT32` (IPv4, host order) or
+    /// `FWP_BYTE_ARRAY16_TYPE` (IPv6, network order).
+    fn address(&self, index: u32, family: AddressFamily) -> Option<[u8; 16]> {
+        match family {
+            AddressFamily::V4 => self.u32(index).map(FlowTuple::ipv4_address),
+            AddressFamily::V6 => {
+                let v = self.get(index, fwps::FWP_BYTE_ARRAY16_TYPE)?;
+                // SAFETY: the type tag says `byteArray16` is the valid member.
+                let p = unsafe { v.Anonymous.byteArray16 };
+                // SAFETY: the engine's 16-byte array, valid during classify.
+                unsafe { p.as_ref() }.map(|a| a.byteArray16)
+            }
+        }
+    }
+}
+
+/// The classify metadata.
+struct Metadata<'a>(&'a fwps::FWPS_INCOMING_METADATA_VALUES0);
+
+impl<'a> Metadata<'a> {
+    /// # Safety
+    /// `raw` is null or the engine's `inMetaValues` for this classify.
+    unsafe fn from_raw(raw: *const fwps::FWPS_INCOMING_METADATA_VALUES0) -> Option<Self> {
+        // SAFETY: contract.
+        unsafe { raw.as_ref() }.map(Self)
+    }
+
+    /// `FWPS_IS_METADATA_FIELD_PRESENT`.
+    const fn has(&self, field: u32) -> bool {
+        self.0.currentMetadataValues & field == field
+    }
+
+    fn flow_handle(&self) -> Option<u64> {
+        self.has(fwps::FWPS_METADATA_FIELD_FLOW_HANDLE).then_some(self.0.flowHandle)
+    }
+
+    fn process_id(&self) -> u64 {
+        if self.has(fwps::FWPS_METADATA_FIELD_PROCESS_ID) { self.0.processId } else { 0 }
+    }
+}
+
+/// Field indices of the flow-established layer for one family.
+struct FlowEstablishedFields {
+    family: AddressFamily,
+    local_address: u32,
+    local_port: u32,
+    remote_address: u32,
+    remote_port: u32,
+    protocol: u32,
+    direction: u32,
+}
+
+const FLOW_ESTABLISHED_V4: FlowEstablishedFields = FlowEstablishedFields {
+    family: AddressFamily::V4,
+    local_address: fwps::FWPS_FIELD_ALE_FLOW_ESTABLISHED_V4_IP_LOCAL_ADDRESS,
+    local_port: fwps::FWPS_FIELD_ALE_FLOW_ESTABLISHED_V4_IP_LOCAL_PORT,
+    remote_address: fwps::FWPS_FIELD_ALE_FLOW_ESTABLISHED_V4_IP_REMOTE_ADDRESS,
+    remote_port: fwps::FWPS_FIELD_ALE_FLOW_ESTABLISHED_V4_IP_REMOTE_PORT,
+    protocol: fwps::FWPS_FIELD_ALE_FLOW_ESTABLISHED_V4_IP_PROTOCOL,
+    direction: fwps::FWPS_FIELD_ALE_FLOW_ESTABLISHED_V4_DIRECTION,
+};
+
+const FLOW_ESTABLISHED_V6: FlowEstablishedFields = FlowEstablishedFields {
+    family: AddressFamily::V6,
+    local_address: fwps::FWPS_FIELD_ALE_FLOW_ESTABLISHED_V6_IP_LOCAL_ADDRESS,
+    local_port: fwps::FWPS_FIELD_ALE_FLOW_ESTABLISHED_V6_IP_LOCAL_PORT,
+    remote_address: fwps::FWPS_FIELD_ALE_FLOW_ESTABLISHED_V6_IP_REMOTE_ADDRESS,
+    remote_port: fwps::FWPS_FIELD_ALE_FLOW_ESTABLISHED_V6_IP_REMOTE_PORT,
+    protocol: fwps::FWPS_FIELD_ALE_FLOW_ESTABLISHED_V6_IP_PROTOCOL,
+    direction: fwps::FWPS_FIELD_ALE_FLOW_ESTABLISHED_V6_DIRECTION,
+};
+
+fn decode_flow_established(layer: u16, values: &Values<'_>, meta: &Metadata<'_>) -> Option<FlowEstablished> {
+    let f = match layer {
+        fwps::FWPS_LAYER_ALE_FLOW_ESTABLISHED_V4 => &FLOW_ESTABLISHED_V4,
+        fwps::FWPS_LAYER_ALE_FLOW_ESTABLISHED_V6 => &FLOW_ESTABLISHED_V6,
+        _ => return None,
+    };
+    let tuple = FlowTuple {
+        family: f.family,
+        ip_protocol: values.u8(f.protocol)?,
+        local_address: values.address(f.local_address, f.family)?,
+        local_port: values.u16(f.local_port)?,
+        remote_address: values.address(f.remote_address, f.family)?,
+        remote_port: values.u16(f.remote_port)?,
+        direction: values.u32(f.direction).and_then(Direction::from_fwp).unwrap_or(Direction::Outbound),
+    };
+    Some(FlowEstablished { flow_handle: meta.flow_handle()?, tuple, process_id: meta.process_id() })
+}
+
+/// The action protocol of an observer: write `FWP_ACTION_CONTINUE` (let the
+/// next filter decide) only when the engine granted the right to write an
+/// action; otherwise leave `classifyOut` untouched.
+///
+/// # Safety
+/// `out` is null or the engine's `classifyOut` for this classify.
+unsafe fn observe_only(out: *mut fwps::FWPS_CLASSIFY_OUT0) {
+    // SAFETY: contract.
+    if let Some(out) = unsafe { out.as_mut() } {
+        if out.rights & fwps::FWPS_RIGHT_ACTION_WRITE != 0 {
+            out.actionType = fwps::FWP_ACTION_CONTINUE;
+        }
+    }
+}
+
+/// The flow context the engine passes to a data callout.
+///
+/// # Safety
+/// `flow_context` is 0 or a context this driver associated and whose
+/// flow-delete callback has not run (the engine defers it until classify
+/// returns).
+unsafe fn flow_record<'a>(flow_context: u64) -> Option<&'a FlowRecord> {
+    // SAFETY: contract: a live FlowRecord we associated.
+    NonNull::new(flow_context as *mut FlowRecord).map(|p| unsafe { p.as_ref() })
+}
+
+// ---------------------------------------------------------------------------
+// Entry points the engine calls
+// ---------------------------------------------------------------------------
+
+/// classifyFn of the ALE flow-established callouts.
+unsafe extern "system" fn classify_flow_established(
+    in_fixed_values: *const fwps::FWPS_INCOMING_VALUES0,
+    in_meta_values: *const fwps::FWPS_INCOMING_METADATA_VALUES0,
+    _layer_data: *mut c_void,
+    _classify_context: *const c_void,
+    _filter: *const fwps::FWPS_FILTER1,
+    _flow_context: u64,
+    classify_out: *mut fwps::FWPS_CLASSIFY_OUT0,
+) {
+    // SAFETY: the engine's arguments for this classify.
+    unsafe { observe_only(classify_out) };
+    // SAFETY: as above.
+    let Some((layer, values)) = (unsafe { Values::from_raw(in_fixed_values) }) else { return };
+    // SAFETY: as above.
+    let Some(meta) = (unsafe { Metadata::from_raw(in_meta_values) }) else { return };
+    if let Some(flow) = decode_flow_established(layer, &values, &meta) {
+        callouts::on_flow_established(&flow);
+    }
+}
+
+/// classifyFn of the stream callouts: `layerData` is the stream packet.
+unsafe extern "system" fn classify_stream(
+    in_fixed_values: *const fwps::FWPS_INCOMING_VALUES0,
+    _in_meta_values: *const fwps::FWPS_INCOMING_METADATA_VALUES0,
+    layer_data: *mut c_void,
+    _classify_context: *const c_void,
+    _filter: *const fwps::FWPS_FILTER1,
+    flow_context: u64,
+    classify_out: *mut fwps::FWPS_CLASSIFY_OUT0,
+) {
+    // SAFETY: the engine's arguments for this classify.
+    unsafe { observe_only(classify_out) };
+    // SAFETY: the engine passes our associated context (or 0).
+    let Some(record) = (unsafe { flow_record(flow_context) }) else { return };
+    // SAFETY: at the stream layers layerData is an FWPS_STREAM_CALLOUT_IO_PACKET0.
+    let Some(packet) = (unsafe { layer_data.cast::<fwps::FWPS_STREAM_CALLOUT_IO_PACKET0>().as_ref() }) else {
+        return;
+    };
+    // SAFETY: the packet's stream data, valid during classify.
+    let Some(data) = (unsafe { packet.streamData.as_ref() }) else { return };
+    // SAFETY: the engine's incoming values (or null).
+    let values = unsafe { Values::from_raw(in_fixed_values) };
+    let direction = stream_direction(values.as_ref(), data.flags);
+    let bytes = data.dataLength as u64;
+    if bytes > 0 {
+        callouts::on_flow_data(record, direction, bytes, 1);
+    }
+}
+
+/// Direction of a stream indication: the layer's documented `DIRECTION`
+/// field when the engine supplies it; otherwise the stream flags, where
+/// `FWPS_STREAM_FLAG_RECEIVE` marks inbound data and every other indication
+/// is outbound (`FWPS_STREAM_FLAG_SEND*`).
+fn stream_direction(values: Option<&(u16, Values<'_>)>, flags: u32) -> Direction {
+    let field = values.and_then(|(layer, v)| {
+        let index = match *layer {
+            fwps::FWPS_LAYER_STREAM_V4 => fwps::FWPS_FIELD_STREAM_V4_DIRECTION,
+            fwps::FWPS_LAYER_STREAM_V6 => fwps::FWPS_FIELD_STREAM_V6_DIRECTION,
+            _ => return None,
+        };
+        v.u32(index).and_then(Direction::from_fwp)
+    });
+    field.unwrap_or(if flags & fwps::FWPS_STREAM_FLAG_RECEIVE != 0 {
+        Direction::Inbound
+    } else {
+        Direction::Outbound
+    })
+}
+
+/// classifyFn of the datagram-data callouts: `layerData` is a
+/// `NET_BUFFER_LIST`; each `NET_BUFFER` in it is one datagram.
+unsafe extern "system" fn classify_datagram_data(
+    in_fixed_values: *const fwps::FWPS_INCOMING_VALUES0,
+    _in_meta_values: *const fwps::FWPS_INCOMING_METADATA_VALUES0,
+    layer_data: *mut c_void,
+    _classify_context: *const c_void,
+    _filter: *const fwps::FWPS_FILTER1,
+    flow_context: u64,
+    classify_out: *mut fwps::FWPS_CLASSIFY_OUT0,
+) {
+    // SAFETY: the engine's arguments for this classify.
+    unsafe { observe_only(classify_out) };
+    // SAFETY: the engine passes our associated context (or 0).
+    let Some(record) = (unsafe { flow_record(flow_context) }) else { return };
+    // SAFETY: as above.
+    let Some((layer, values)) = (unsafe { Values::from_raw(in_fixed_values) }) else { return };
+    let direction_field = match layer {
+        fwps::FWPS_LAYER_DATAGRAM_DATA_V4 => fwps::FWPS_FIELD_DATAGRAM_DATA_V4_DIRECTION,
+        fwps::FWPS_LAYER_DATAGRAM_DATA_V6 => fwps::FWPS_FIELD_DATAGRAM_DATA_V6_DIRECTION,
+        _ => return,
+    };
+    let Some(direction) = values.u32(direction_field).and_then(Direction::from_fwp) else { return };
+    let nbl = layer_data.cast::<fwps::NET_BUFFER_LIST_HEADER_VIEW>();
+    if nbl.is_null() || injected_by_us(nbl.cast()) {
+        return;
+    }
+    let (mut bytes, mut packets) = (0u64, 0u64);
+    // SAFETY: the engine's NET_BUFFER_LIST, valid during classify.
+    let mut nb = unsafe { (*nbl).FirstNetBuffer };
+    // SAFETY: each NET_BUFFER of the list is valid during classify; the
+    // chain ends with null.
+    while let Some(b) = unsafe { nb.as_ref() } {
+        // SAFETY: `NET_BUFFER_DATA_LENGTH()` reads the ULONG member; the
+        // union's SIZE_T member only widens it.
+        bytes += u64::from(unsafe { b.DataLength.DataLength });
+        packets += 1;
+        nb = b.Next;
+    }
+    callouts::on_flow_data(record, direction, bytes, packets);
+}
+
+/// Whether our own injection handle injected this packet (wfpmon never
+/// injects today, but a driver that owns an injection handle must not
+/// count its own packets twice). Before the handle exists nothing can be ours.
+fn injected_by_us(nbl: *mut c_void) -> bool {
+    let handle = SHARED.injection_handle();
+    if handle.is_null() {
+        return false;
+    }
+    // SAFETY: a live injection handle (withdrawn before it is destroyed) and
+    // the engine's NET_BUFFER_LIST; callable at IRQL <= DISPATCH_LEVEL.
+    let state = unsafe { fwps::FwpsQueryPacketInjectionState0(handle, nbl.cast(), ptr::null_mut()) };
+    matches!(state, fwps::FWPS_PACKET_INJECTED_BY_SELF | fwps::FWPS_PACKET_PREVIOUSLY_INJECTED_BY_SELF)
+}
+
+/// notifyFn: filters referencing our callouts come and go; nothing to do.
+unsafe extern "system" fn notify(
+    _notify_type: fwps::FWPS_CALLOUT_NOTIFY_TYPE,
+    _filter_key: *const fwps::GUID,
+    _filter: *mut fwps::FWPS_FILTER1,
+) -> NTSTATUS {
+    wdk_sys::STATUS_SUCCESS
+}
+
+/// flowDeleteFn of the data callouts: the engine is deleting a flow that
+/// carries our context (flow ended, or we removed the context).
+unsafe extern "system" fn flow_delete(_layer_id: u16, _callout_id: u32, flow_context: u64) {
+    if let Some(context) = NonNull::new(flow_context as *mut FlowRecord) {
+        // SAFETY: the engine hands back the context we associated, once.
+        unsafe { callouts::on_flow_delete(context) };
+    }
+}

@@ -1,0 +1,597 @@
+"""A fake Windows filter engine and kernel around the real wfpmon.sys.
+
+The driver image runs in the Speakeasy emulator. Every kernel and filter
+engine call it makes goes through the hooks below, which implement the
+documented rules of the functions involved:
+
+- FwpsCalloutRegister1 records the FWPS_CALLOUT1 (key, flags, classifyFn,
+  flowDeleteFn) and hands out a run-time id;
+- FwpsFlowAssociateContext0 attaches a context to (flow, layer, callout);
+- FwpsCalloutUnregisterById0 answers STATUS_DEVICE_BUSY while any context
+  of the callout exists (including one whose deletion is pending), and
+  STATUS_FWP_CALLOUT_NOT_FOUND for an unknown id;
+- FwpsFlowRemoveContext0 calls the callout's flowDeleteFn *synchronously*
+  (before returning STATUS_SUCCESS), or — for a flow whose classify is in
+  progress — returns STATUS_PENDING and calls flowDeleteFn later (here: when
+  the driver next waits on a kernel object, standing for the other
+  processor finishing its classify);
+- ExAllocatePool2 / ExFreePool(WithTag) are accounted, so leaks and double
+  frees are visible; any call can be made to fail (fault injection).
+
+Guest code is called from inside a hook through a small generated stub
+(`sub rsp,28h; mov rcx/rdx/r8, ...; call; add rsp,28h; mov eax, status;
+ret`): the hook redirects the guest to the stub instead of returning,
+which is how the real engine runs flowDeleteFn inside FwpsFlowRemoveContext0.
+
+Nothing here asserts; tests read `calls`, `pool`, `contexts`, `log` etc.
+"""
+
+from __future__ import annotations
+
+import ctypes as C
+import logging
+import struct
+from dataclasses import dataclass, field
+
+import speakeasy
+
+import wfp_layout as L
+
+logging.getLogger("speakeasy").setLevel(logging.CRITICAL)
+
+DRIVER_UNLOAD_OFFSET = 0x68  # DRIVER_OBJECT.DriverUnload on x64
+MAJOR_FUNCTION_OFFSET = 0x70  # DRIVER_OBJECT.MajorFunction[0]
+
+
+class InjectedFault(Exception):
+    pass
+
+
+@dataclass
+class Callout:
+    id: int
+    key: str
+    flags: int
+    classify: int
+    notify: int
+    flow_delete: int
+    registered: bool = True
+
+
+@dataclass
+class Call:
+    api: str
+    args: tuple
+    ret: int | None = None
+
+
+@dataclass
+class Flow:
+    handle: int
+    family: int  # 4 or 6
+    protocol: int
+
+
+class FakeEngine:
+    """One emulated boot of the driver: load, DriverEntry, traffic, unload."""
+
+    def __init__(self, image: str, faults: dict[str, dict[int, int]] | None = None,
+                 remove_mode=None):
+        # faults: api name -> {n-th call (1-based): status to return}
+        self.faults = faults or {}
+        self.counts: dict[str, int] = {}
+        self.calls: list[Call] = []
+        self.log: list[str] = []
+        self.pool: dict[int, tuple[int, int]] = {}  # addr -> (size, tag)
+        self.pool_errors: list[str] = []
+        self.alloc_total = 0
+        self.free_total = 0
+        self.callouts: dict[int, Callout] = {}
+        self.next_callout_id = 0x101
+        self.contexts: dict[tuple[int, int, int], int] = {}  # (flow, layer, id) -> ctx
+        self.pending: list[tuple[int, int, int, int, int]] = []  # (fn, flow, layer, id, ctx)
+        self.pending_keys: set[tuple[int, int, int]] = set()
+        self.flow_deletes: list[tuple[int, int, int]] = []  # (layer, id, ctx) seen
+        self.devices: set[int] = set()
+        self.deleted_devices: list[int] = []
+        self.security: list[bytes] = []
+        self.injection_handles: set[int] = set()
+        self.destroyed_handles: list[int] = []
+        self.injection_state: dict[int, int] = {}  # nbl -> FWPS_PACKET_* state
+        self.spin_depth = 0
+        self.driver_object = 0
+        self.remove_mode = remove_mode or (lambda flow, layer, cid: "sync")
+        self.waits = 0
+        self.interpositions: dict = {}
+        self.completed_irps: list[int] = []
+        self.device_name = ""
+        self.device_args: dict[str, int] = {}
+
+        self.se = speakeasy.Speakeasy()
+        self.module = self.se.load_module(image)
+        self._scratch = self.se.mem_alloc(0x100000, tag="wfpmon.test.scratch")
+        self._scratch_used = 0
+        self._install_hooks()
+
+    # ---------------------------------------------------------------- memory
+    def alloc(self, size: int, align: int = 16) -> int:
+        self._scratch_used = (self._scratch_used + align - 1) & ~(align - 1)
+        addr = self._scratch + self._scratch_used
+        self._scratch_used += size
+        if self._scratch_used > 0x100000:
+            self._scratch_used = 0  # recycle: tests only keep recent structures live
+            return self.alloc(size, align)
+        self.se.mem_write(addr, b"\0" * size)
+        return addr
+
+    def put(self, obj) -> int:
+        raw = bytes(obj)
+        addr = self.alloc(len(raw))
+        self.se.mem_write(addr, raw)
+        return addr
+
+    def read(self, cls, addr):
+        return cls.from_buffer_copy(self.se.mem_read(addr, C.sizeof(cls)))
+
+    def u64(self, addr: int) -> int:
+        return struct.unpack("<Q", self.se.mem_read(addr, 8))[0]
+
+    def unicode_string(self, addr: int) -> str:
+        length = struct.unpack("<H", self.se.mem_read(addr, 2))[0]
+        return self.se.mem_read(self.u64(addr + 8), length).decode("utf-16-le")
+
+    def cstr(self, addr: int, limit: int = 4096) -> str:
+        out = bytearray()
+        while len(out) < limit:
+            chunk = self.se.mem_read(addr + len(out), 16 - (addr + len(out)) % 16)
+            if b"\0" in chunk:
+                out += chunk.split(b"\0", 1)[0]
+                break
+            out += chunk
+        return out.decode("utf-8", "replace")
+
+    # ------------------------------------------------------------ guest calls
+    def _stub(self, calls: list[tuple[int, list[int]]], status: int) -> int:
+        """Code that calls each (fn, args) with the x64 calling convention
+        (four register arguments, the rest on the stack above the 32-byte
+        home area), then returns `status` to the instruction after the
+        hooked call. Entered like a function (return address on the stack)."""
+        stack_args = max([max(len(a) - 4, 0) for _, a in calls] + [0])
+        stack_args += stack_args % 2  # keep rsp 16-byte aligned at each call
+        frame = 0x28 + 8 * stack_args
+        code = bytearray(b"\x48\x81\xec" + struct.pack("<I", frame))  # sub rsp, frame
+        regs = [b"\x48\xb9", b"\x48\xba", b"\x49\xb8", b"\x49\xb9"]  # rcx rdx r8 r9
+        for fn, args in calls:
+            for i, arg in enumerate(args[4:]):
+                code += b"\x48\xb8" + struct.pack("<Q", arg & 0xFFFFFFFFFFFFFFFF)  # mov rax, arg
+                code += b"\x48\x89\x44\x24" + bytes([0x20 + 8 * i])  # mov [rsp+20h+8i], rax
+            for reg, arg in zip(regs, args):
+                code += reg + struct.pack("<Q", arg & 0xFFFFFFFFFFFFFFFF)
+            code += b"\x48\xb8" + struct.pack("<Q", fn) + b"\xff\xd0"  # mov rax, fn; call rax
+        code += b"\x48\x81\xc4" + struct.pack("<I", frame)  # add rsp, frame
+        code += b"\xb8" + struct.pack("<I", status & 0xFFFFFFFF)  # mov eax, status
+        code += b"\xc3"
+        addr = self.alloc(len(code))
+        self.se.mem_write(addr, bytes(code))
+        return addr
+
+    def _redirect(self, emu, calls, status) -> int:
+        emu.set_pc(self._stub(calls, status))
+        return status
+
+    def call(self, fn: int, args: list[int]) -> int:
+        self.se.call(fn, args)
+        run = self.se.emu.runs[-1] if self.se.emu.runs else None
+        err = getattr(run, "error", None) if run else None
+        if err:
+            raise RuntimeError(f"guest fault calling {fn:#x}: {err}")
+        return self.se.reg_read("rax") & 0xFFFFFFFFFFFFFFFF
+
+    # ------------------------------------------------------------------ hooks
+    def _fault(self, api: str) -> int | None:
+        n = self.counts.get(api, 0) + 1
+        self.counts[api] = n
+        return self.faults.get(api, {}).get(n)
+
+    def _record(self, api, args, ret):
+        self.calls.append(Call(api, tuple(args), ret))
+        return ret
+
+    def interpose(self, api: str, make_calls) -> None:
+        """The next time the driver calls `api`, run the guest calls that
+        `make_calls()` returns before the API returns to the driver (another
+        processor's classify running while the driver is inside that call)."""
+        self.interpositions[api] = make_calls
+
+    def _wrap(self, api: str, hook):
+        def wrapped(emu, name, orig, argv):
+            pc = emu.get_pc()
+            rv = hook(emu, name, orig, argv)
+            make_calls = self.interpositions.pop(api, None)
+            if make_calls is not None and emu.get_pc() == pc:
+                return self._redirect(emu, make_calls(), rv if rv is not None else 0)
+            return rv
+        return wrapped
+
+    def _install_hooks(self):
+        def h(cb, module, api, argc=0):
+            self.se.add_api_hook(self._wrap(api, cb), module, api, argc=argc)
+        # ntoskrnl: pool
+        h(self._ex_allocate_pool2, "ntoskrnl", "ExAllocatePool2")
+        h(self._ex_free_pool_with_tag, "ntoskrnl", "ExFreePoolWithTag")
+        h(self._ex_free_pool, "ntoskrnl", "ExFreePool")
+        # ntoskrnl: objects
+        h(self._io_create_device, "ntoskrnl", "IoCreateDevice")
+        h(self._io_delete_device, "ntoskrnl", "IoDeleteDevice")
+        h(self._ob_set_security, "ntoskrnl", "ObSetSecurityObjectByPointer")
+        # ntoskrnl: synchronisation and debug output
+        h(self._ke_wait, "ntoskrnl", "KeWaitForSingleObject")
+        h(self._ke_set_event, "ntoskrnl", "KeSetEvent")
+        h(self._ke_init_event, "ntoskrnl", "KeInitializeEvent")
+        h(self._spin_acquire, "ntoskrnl", "KeAcquireSpinLockRaiseToDpc")
+        h(self._spin_release, "ntoskrnl", "KeReleaseSpinLock")
+        h(self._dbg_print, "ntoskrnl", "DbgPrint")
+        h(self._complete_request, "ntoskrnl", "IofCompleteRequest")
+        # fwpkclnt
+        h(self._callout_register1, "fwpkclnt", "FwpsCalloutRegister1")
+        h(self._callout_unregister, "fwpkclnt", "FwpsCalloutUnregisterById0")
+        h(self._injection_create, "fwpkclnt", "FwpsInjectionHandleCreate0")
+        h(self._injection_destroy, "fwpkclnt", "FwpsInjectionHandleDestroy0")
+        h(self._flow_associate, "fwpkclnt", "FwpsFlowAssociateContext0", argc=4)
+        h(self._flow_remove, "fwpkclnt", "FwpsFlowRemoveContext0", argc=3)
+        h(self._query_injection, "fwpkclnt", "FwpsQueryPacketInjectionState0", argc=3)
+
+    def _ex_allocate_pool2(self, emu, api, orig, argv):
+        flags, size, tag = argv[0], argv[1], argv[2] & 0xFFFFFFFF
+        fault = self._fault("ExAllocatePool2")
+        if fault is not None:
+            return self._record("ExAllocatePool2", (flags, size, tag), 0)
+        addr = orig(argv)
+        if addr:
+            self.pool[addr] = (size, tag)
+            self.alloc_total += 1
+        return self._record("ExAllocatePool2", (flags, size, tag), addr)
+
+    def _free(self, api, addr, tag=None):
+        if addr not in self.pool:
+            self.pool_errors.append(f"{api}({addr:#x}): not an outstanding allocation")
+        else:
+            size, atag = self.pool.pop(addr)
+            if tag is not None and tag != atag:
+                self.pool_errors.append(f"{api}({addr:#x}): tag {tag:#x} != {atag:#x}")
+            self.free_total += 1
+        self._record(api, (addr,), None)
+
+    def _ex_free_pool_with_tag(self, emu, api, orig, argv):
+        self._free("ExFreePoolWithTag", argv[0], argv[1] & 0xFFFFFFFF)
+        return 0
+
+    def _ex_free_pool(self, emu, api, orig, argv):
+        self._free("ExFreePool", argv[0])
+        return 0
+
+    def _io_create_device(self, emu, api, orig, argv):
+        self.driver_object = argv[0]
+        fault = self._fault("IoCreateDevice")
+        if fault is not None:
+            return self._record("IoCreateDevice", (argv[2], argv[3], argv[4]), fault)
+        rv = orig(argv)
+        if rv == 0:
+            self.devices.add(self.u64(argv[6]))
+        name = self.unicode_string(argv[2]) if argv[2] else ""
+        self.device_name = name
+        self.device_args = {"type": argv[3], "characteristics": argv[4], "exclusive": argv[5]}
+        return self._record("IoCreateDevice", (name, argv[3], argv[4]), rv)
+
+    def _io_delete_device(self, emu, api, orig, argv):
+        if argv[0] not in self.devices:
+            self.pool_errors.append(f"IoDeleteDevice({argv[0]:#x}): unknown device")
+        self.devices.discard(argv[0])
+        self.deleted_devices.append(argv[0])
+        return self._record("IoDeleteDevice", (argv[0],), orig(argv))
+
+    def _ob_set_security(self, emu, api, orig, argv):
+        fault = self._fault("ObSetSecurityObjectByPointer")
+        self.security.append(self.se.mem_read(argv[2], 72))
+        rv = 0 if fault is None else fault
+        return self._record("ObSetSecurityObjectByPointer", (argv[0], argv[1]), rv)
+
+    def _ke_init_event(self, emu, api, orig, argv):
+        return self._record("KeInitializeEvent", (argv[1], argv[2]), orig(argv))
+
+    def _ke_set_event(self, emu, api, orig, argv):
+        return self._record("KeSetEvent", (), orig(argv))
+
+    def _ke_wait(self, emu, api, orig, argv):
+        """A wait lets the 'other processor' finish: pending flow deletions run."""
+        self.waits += 1
+        if self.pending:
+            batch, self.pending = self.pending, []
+            for _, flow, layer, cid, ctx in batch:
+                self.pending_keys.discard((flow, layer, cid))
+                self.flow_deletes.append((layer, cid, ctx))
+            self._record("KeWaitForSingleObject", (len(batch),), L.STATUS_SUCCESS)
+            return self._redirect(emu, [(fn, [layer, cid, ctx]) for fn, _, layer, cid, ctx in batch],
+                                  L.STATUS_SUCCESS)
+        return self._record("KeWaitForSingleObject", (0,), L.STATUS_TIMEOUT)
+
+    def _spin_acquire(self, emu, api, orig, argv):
+        self.spin_depth += 1
+        if self.spin_depth > 1:
+            self.pool_errors.append("spin lock acquired while held (would deadlock)")
+        return 0  # old IRQL: PASSIVE_LEVEL
+
+    def _spin_release(self, emu, api, orig, argv):
+        self.spin_depth -= 1
+        if self.spin_depth < 0:
+            self.pool_errors.append("spin lock released while not held")
+        return 0
+
+    def _dbg_print(self, emu, api, orig, argv):
+        fmt = self.cstr(argv[0])
+        text = self.cstr(argv[1]) if fmt == "%s" else fmt
+        self.log.append(text.rstrip("\n"))
+        return 0
+
+    def _complete_request(self, emu, api, orig, argv):
+        self.completed_irps.append(argv[0])
+        return 0
+
+    # fwpkclnt ---------------------------------------------------------------
+    def _callout_register1(self, emu, api, orig, argv):
+        callout = self.read(L.FWPS_CALLOUT1, argv[1])
+        key = callout.calloutKey.text()
+        fault = self._fault("FwpsCalloutRegister1")
+        if fault is not None:
+            return self._record("FwpsCalloutRegister1", (key,), fault)
+        if argv[0] not in self.devices:
+            return self._record("FwpsCalloutRegister1", (key,), L.STATUS_INVALID_PARAMETER)
+        if any(c.key == key and c.registered for c in self.callouts.values()):
+            return self._record("FwpsCalloutRegister1", (key,), L.STATUS_FWP_ALREADY_EXISTS)
+        cid = self.next_callout_id
+        self.next_callout_id += 1
+        self.callouts[cid] = Callout(cid, key, callout.flags, callout.classifyFn,
+                                     callout.notifyFn, callout.flowDeleteFn)
+        if argv[2]:
+            self.se.mem_write(argv[2], struct.pack("<I", cid))
+        return self._record("FwpsCalloutRegister1", (key,), L.STATUS_SUCCESS)
+
+    def _contexts_of(self, cid):
+        live = [k for k in self.contexts if k[2] == cid]
+        pend = [k for k in self.pending_keys if k[2] == cid]
+        return live + pend
+
+    def _callout_unregister(self, emu, api, orig, argv):
+        cid = argv[0] & 0xFFFFFFFF
+        c = self.callouts.get(cid)
+        if c is None or not c.registered:
+            rv = L.STATUS_FWP_CALLOUT_NOT_FOUND
+        elif self._contexts_of(cid):
+            rv = L.STATUS_DEVICE_BUSY
+        else:
+            fault = self._fault("FwpsCalloutUnregisterById0")
+            rv = L.STATUS_SUCCESS if fault is None else fault
+            if rv == L.STATUS_SUCCESS:
+                c.registered = False
+        return self._record("FwpsCalloutUnregisterById0", (cid,), rv)
+
+    def _injection_create(self, emu, api, orig, argv):
+        fault = self._fault("FwpsInjectionHandleCreate0")
+        if fault is not None:
+            return self._record("FwpsInjectionHandleCreate0", (argv[0], argv[1]), fault)
+        handle = self.alloc(16)
+        self.injection_handles.add(handle)
+        self.se.mem_write(argv[2], struct.pack("<Q", handle))
+        return self._record("FwpsInjectionHandleCreate0", (argv[0], argv[1]), L.STATUS_SUCCESS)
+
+    def _injection_destroy(self, emu, api, orig, argv):
+        ok = argv[0] in self.injection_handles
+        self.injection_handles.discard(argv[0])
+        self.destroyed_handles.append(argv[0])
+        rv = L.STATUS_SUCCESS if ok else L.STATUS_INVALID_PARAMETER
+        return self._record("FwpsInjectionHandleDestroy0", (argv[0],), rv)
+
+    def _flow_associate(self, emu, api, orig, argv):
+        flow, layer, cid, ctx = argv[0], argv[1] & 0xFFFF, argv[2] & 0xFFFFFFFF, argv[3]
+        fault = self._fault("FwpsFlowAssociateContext0")
+        c = self.callouts.get(cid)
+        if fault is not None:
+            rv = fault
+        elif c is None or not c.registered:
+            rv = L.STATUS_FWP_CALLOUT_NOT_FOUND
+        elif (flow, layer, cid) in self.contexts:
+            rv = 0x40000000  # STATUS_OBJECT_NAME_EXISTS
+        else:
+            self.contexts[(flow, layer, cid)] = ctx
+            rv = L.STATUS_SUCCESS
+        return self._record("FwpsFlowAssociateContext0", (flow, layer, cid), rv)
+
+    def _flow_remove(self, emu, api, orig, argv):
+        flow, layer, cid = argv[0], argv[1] & 0xFFFF, argv[2] & 0xFFFFFFFF
+        key = (flow, layer, cid)
+        ctx = self.contexts.get(key)
+        if ctx is None:
+            return self._record("FwpsFlowRemoveContext0", key, L.STATUS_UNSUCCESSFUL)
+        del self.contexts[key]
+        fn = self.callouts[cid].flow_delete
+        if self.remove_mode(flow, layer, cid) == "pending":
+            self.pending.append((fn, flow, layer, cid, ctx))
+            self.pending_keys.add(key)
+            return self._record("FwpsFlowRemoveContext0", key, L.STATUS_PENDING)
+        self.flow_deletes.append((layer, cid, ctx))
+        self._record("FwpsFlowRemoveContext0", key, L.STATUS_SUCCESS)
+        return self._redirect(emu, [(fn, [layer, cid, ctx])], L.STATUS_SUCCESS)
+
+    def _query_injection(self, emu, api, orig, argv):
+        state = self.injection_state.get(argv[1], L.FWPS_PACKET_NOT_INJECTED)
+        self._record("FwpsQueryPacketInjectionState0", (argv[0], argv[1]), state)
+        return state
+
+    # ---------------------------------------------------------------- driving
+    def driver_entry(self) -> int:
+        self.se.run_module(self.module, all_entrypoints=False)
+        run = self.se.emu.runs[0]
+        if getattr(run, "error", None):
+            raise RuntimeError(f"DriverEntry faulted: {run.error}")
+        return (run.ret_val or 0) & 0xFFFFFFFF
+
+    @property
+    def unload_routine(self) -> int:
+        return self.u64(self.driver_object + DRIVER_UNLOAD_OFFSET) if self.driver_object else 0
+
+    def major_function(self, index: int) -> int:
+        return self.u64(self.driver_object + MAJOR_FUNCTION_OFFSET + 8 * index)
+
+    def unload(self) -> None:
+        routine = self.unload_routine
+        if not routine:
+            raise RuntimeError("the driver set no unload routine")
+        self.call(routine, [self.driver_object])
+
+    def callout_by_key(self, key: str) -> Callout:
+        for c in self.callouts.values():
+            if c.key == key:
+                return c
+        raise KeyError(key)
+
+    # classify -----------------------------------------------------------------
+    def _values(self, layer: int, values: list[tuple[int, int]]) -> int:
+        arr = (L.FWP_VALUE0 * len(values))()
+        for i, (typ, val) in enumerate(values):
+            arr[i].type = typ
+            arr[i].value = val
+        arr_addr = self.put(arr)
+        return self.put(L.FWPS_INCOMING_VALUES0(layerId=layer, valueCount=len(values),
+                                               incomingValue=arr_addr))
+
+    def _address(self, family: int, addr: int | bytes) -> tuple[int, int]:
+        if family == 4:
+            return (L.FWP_UINT32, addr)
+        return (L.FWP_BYTE_ARRAY16_TYPE, self.put((C.c_uint8 * 16)(*addr)))
+
+    UNTOUCHED_ACTION = 0xAAAA
+
+    def classify_call(self, fn: int, values: int, meta: int, layer_data: int, flow_context: int,
+                      rights: int = L.FWPS_RIGHT_ACTION_WRITE) -> tuple[int, list[int], int]:
+        """(function, arguments, classifyOut address) of one classify call."""
+        out = self.put(L.FWPS_CLASSIFY_OUT0(actionType=self.UNTOUCHED_ACTION, rights=rights))
+        return fn, [values, meta, layer_data, 0, 0, flow_context, out], out
+
+    def classify(self, fn: int, values: int, meta: int, layer_data: int, flow_context: int,
+                 rights: int = L.FWPS_RIGHT_ACTION_WRITE) -> L.FWPS_CLASSIFY_OUT0:
+        fn, args, out = self.classify_call(fn, values, meta, layer_data, flow_context, rights)
+        self.call(fn, args)
+        return self.read(L.FWPS_CLASSIFY_OUT0, out)
+
+    def establish(self, *args, **kwargs) -> L.FWPS_CLASSIFY_OUT0:
+        fn, call_args, out = self.establish_call(*args, **kwargs)
+        self.call(fn, call_args)
+        return self.read(L.FWPS_CLASSIFY_OUT0, out)
+
+    def establish_call(self, key: str, family: int, protocol: int, local, lport: int, remote,
+                       rport: int, direction: int, flow_handle: int, pid: int,
+                       rights: int = L.FWPS_RIGHT_ACTION_WRITE, metadata_fields: int | None = None):
+        """Arguments of a flow-established classify for a new flow."""
+        c = self.callout_by_key(key)
+        layer = L.FWPS_LAYER_ALE_FLOW_ESTABLISHED_V4 if family == 4 else L.FWPS_LAYER_ALE_FLOW_ESTABLISHED_V6
+        vals = [(0, 0)] * L.FE_COUNT
+        vals[L.FE_LOCAL_ADDRESS] = self._address(family, local)
+        vals[L.FE_REMOTE_ADDRESS] = self._address(family, remote)
+        vals[L.FE_LOCAL_PORT] = (L.FWP_UINT16, lport)
+        vals[L.FE_REMOTE_PORT] = (L.FWP_UINT16, rport)
+        vals[L.FE_PROTOCOL] = (L.FWP_UINT8, protocol)
+        vals[L.FE_DIRECTION] = (L.FWP_UINT32, direction)
+        fields = (L.FWPS_METADATA_FIELD_FLOW_HANDLE | L.FWPS_METADATA_FIELD_PROCESS_ID
+                  if metadata_fields is None else metadata_fields)
+        meta = self.put(L.FWPS_INCOMING_METADATA_VALUES0(currentMetadataValues=fields,
+                                                        flowHandle=flow_handle, processId=pid))
+        return self.classify_call(c.classify, self._values(layer, vals), meta, 0, 0, rights)
+
+    def context_of(self, flow_handle: int) -> tuple[tuple[int, int, int], int] | None:
+        for k, ctx in self.contexts.items():
+            if k[0] == flow_handle:
+                return k, ctx
+        return None
+
+    def stream(self, flow_handle: int, nbytes: int, send: bool, rights=L.FWPS_RIGHT_ACTION_WRITE,
+               direction_field: bool = True):
+        """Stream data of a flow: FWPS_STREAM_DATA0 with the direction flag,
+        and (as the engine supplies it) the layer's DIRECTION data field."""
+        (flow, layer, cid), ctx = self.context_of(flow_handle)
+        data = self.put(L.FWPS_STREAM_DATA0(
+            flags=L.FWPS_STREAM_FLAG_SEND if send else L.FWPS_STREAM_FLAG_RECEIVE, dataLength=nbytes))
+        packet = self.put(L.FWPS_STREAM_CALLOUT_IO_PACKET0(streamData=data))
+        values = [(0, 0)] * L.ST_COUNT
+        if direction_field:
+            values[L.ST_DIRECTION] = (L.FWP_UINT32, L.FWP_DIRECTION_OUTBOUND if send else L.FWP_DIRECTION_INBOUND)
+        meta = self.put(L.FWPS_INCOMING_METADATA_VALUES0())
+        out = self.classify(self.callouts[cid].classify, self._values(layer, values), meta, packet, ctx, rights)
+        return out, self.read(L.FWPS_STREAM_CALLOUT_IO_PACKET0, packet)
+
+    def nbl(self, sizes: list[int]) -> int:
+        nxt = 0
+        for size in reversed(sizes):
+            nxt = self.put(L.NET_BUFFER(Next=nxt, DataLength=size))
+        return self.put(L.NET_BUFFER_LIST(FirstNetBuffer=nxt))
+
+    def datagram(self, flow_handle: int, sizes: list[int], inbound: bool, injected: int | None = None,
+                 rights=L.FWPS_RIGHT_ACTION_WRITE):
+        (flow, layer, cid), ctx = self.context_of(flow_handle)
+        nbl = self.nbl(sizes)
+        if injected is not None:
+            self.injection_state[nbl] = injected
+        vals = [(0, 0)] * L.DG_COUNT
+        vals[L.DG_DIRECTION] = (L.FWP_UINT32, L.FWP_DIRECTION_INBOUND if inbound else L.FWP_DIRECTION_OUTBOUND)
+        vals[L.DG_PROTOCOL] = (L.FWP_UINT8, 17)
+        meta = self.put(L.FWPS_INCOMING_METADATA_VALUES0())
+        return self.classify(self.callouts[cid].classify, self._values(layer, vals), meta, nbl, ctx, rights)
+
+    def end_flow(self, flow_handle: int) -> None:
+        """The flow ends: the engine removes every context of it, calling each
+        callout's flowDeleteFn."""
+        for key in [k for k in self.contexts if k[0] == flow_handle]:
+            ctx = self.contexts.pop(key)
+            _, layer, cid = key
+            self.flow_deletes.append((layer, cid, ctx))
+            self.call(self.callouts[cid].flow_delete, [layer, cid, ctx])
+
+    def api_sequence(self, *names: str) -> list[Call]:
+        wanted = set(names)
+        return [c for c in self.calls if c.api in wanted]
+
+    # control device -------------------------------------------------------------
+    IRP_MJ_CREATE, IRP_MJ_CLOSE, IRP_MJ_READ, IRP_MJ_WRITE = 0x00, 0x02, 0x03, 0x04
+    IRP_MJ_DEVICE_CONTROL, IRP_MJ_CLEANUP = 0x0E, 0x12
+    # x64 offsets (wdm.h): IRP.AssociatedIrp.SystemBuffer, IRP.IoStatus,
+    # IRP.Tail.Overlay.CurrentStackLocation; IO_STACK_LOCATION.Parameters.DeviceIoControl.
+    IRP_SYSTEM_BUFFER, IRP_IO_STATUS, IRP_CURRENT_STACK_LOCATION, IRP_SIZE = 0x18, 0x30, 0xB8, 0xD0
+    IOSL_OUTPUT_LENGTH, IOSL_INPUT_LENGTH, IOSL_IOCTL_CODE, IOSL_SIZE = 0x08, 0x10, 0x18, 0x48
+
+    def send_irp(self, major: int, code: int = 0, data: bytes = b"", out_len: int = 0):
+        """Sends an IRP the way the I/O manager does for METHOD_BUFFERED:
+        one system buffer of max(in, out) bytes. Returns (status,
+        information, output bytes the I/O manager would copy back)."""
+        size = max(len(data), out_len)
+        system_buffer = self.alloc(size) if size else 0
+        if data:
+            self.se.mem_write(system_buffer, data)
+        stack = self.alloc(self.IOSL_SIZE)
+        self.se.mem_write(stack, bytes([major]))
+        self.se.mem_write(stack + self.IOSL_OUTPUT_LENGTH, struct.pack("<I", out_len))
+        self.se.mem_write(stack + self.IOSL_INPUT_LENGTH, struct.pack("<I", len(data)))
+        self.se.mem_write(stack + self.IOSL_IOCTL_CODE, struct.pack("<I", code))
+        irp = self.alloc(self.IRP_SIZE)
+        self.se.mem_write(irp + self.IRP_IO_STATUS, struct.pack("<IIQ", 0xDEADBEEF, 0, 0xDEAD))
+        self.se.mem_write(irp + self.IRP_SYSTEM_BUFFER, struct.pack("<Q", system_buffer))
+        self.se.mem_write(irp + self.IRP_CURRENT_STACK_LOCATION, struct.pack("<Q", stack))
+        before = len(self.completed_irps)
+        returned = self.call(self.major_function(major), [min(self.devices or {0}), irp]) & 0xFFFFFFFF
+        completions = self.completed_irps[before:]
+        status, _, information = struct.unpack("<IIQ", self.se.mem_read(irp + self.IRP_IO_STATUS, 16))
+        if completions != [irp]:
+            raise AssertionError(f"IRP completed {len(completions)} times, expected once")
+        if returned != status:
+            raise AssertionError(f"dispatch returned {returned:#x} but completed with {status:#x}")
+        copied = min(information, out_len)
+        output = self.se.mem_read(system_buffer, copied) if copied else b""
+        return status, information, output

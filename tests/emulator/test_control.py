@@ -1,0 +1,122 @@
+"""The control device of the real wfpmon.sys: who may open it, and every
+IOCTL with valid and malformed buffers."""
+
+import struct
+
+import pytest
+
+import protocol as P
+import wfp_layout as L
+from conftest import KEYS
+
+DEVICE_CONTROL = 0x0E
+
+
+def ioctl(e, code, data=b"", out_len=0):
+    return e.send_irp(DEVICE_CONTROL, code, data, out_len)
+
+
+def make_flows(e, n, start=0x1000):
+    for i in range(n):
+        e.establish(KEYS["wfpmon-flow-established-v4"], 4, 17, 0x0A000001, 1000 + i,
+                    0x0A000002, 53, L.FWP_DIRECTION_OUTBOUND, start + i, 500 + i)
+
+
+def test_device_is_secured_to_system_and_administrators(loaded):
+    """The descriptor applied at creation is D:P(A;;GA;;;SY)(A;;GA;;;BA)."""
+    (sd,) = loaded.security
+    (call,) = loaded.api_sequence("ObSetSecurityObjectByPointer")
+    assert call.args[1] == 4, "DACL_SECURITY_INFORMATION"
+    rev, _, control, owner, group, sacl, dacl = struct.unpack_from("<BBHIIII", sd)
+    assert rev == 1 and control == 0x8000 | 0x1000 | 0x0004  # self-relative, protected, DACL
+    assert (owner, group, sacl) == (0, 0, 0)
+    acl_rev, _, acl_size, ace_count = struct.unpack_from("<BBHH", sd, dacl)
+    assert (acl_rev, ace_count, dacl + acl_size) == (2, 2, len(sd))
+    sids, at = [], dacl + 8
+    for _ in range(ace_count):
+        ace_type, _, size, mask = struct.unpack_from("<BBHI", sd, at)
+        assert ace_type == 0 and mask == 0x1F01FF  # ACCESS_ALLOWED, FILE_ALL_ACCESS
+        count = sd[at + 9]
+        subs = struct.unpack_from(f"<{count}I", sd, at + 16)
+        sids.append(f"S-{sd[at + 8]}-{int.from_bytes(sd[at + 10:at + 16], 'big')}-" + "-".join(map(str, subs)))
+        at += size
+    assert sids == ["S-1-5-18", "S-1-5-32-544"]
+
+
+@pytest.mark.parametrize("major", [0x00, 0x02, 0x12])  # CREATE, CLOSE, CLEANUP
+def test_open_and_close_succeed(loaded, major):
+    assert loaded.send_irp(major)[:2] == (0, 0)
+
+
+@pytest.mark.parametrize("major", [0x03, 0x04, 0x05, 0x0F, 0x10, 0x1B])
+def test_other_major_functions_fail_cleanly(loaded, major):
+    assert loaded.send_irp(major)[:2] == (L.STATUS_INVALID_DEVICE_REQUEST, 0)
+
+
+def test_stats_reflect_flows_created_through_classify(loaded):
+    make_flows(loaded, 7)
+    status, info, raw = ioctl(loaded, P.IOCTL_QUERY_STATS, P.query_stats_request(), 4096)
+    assert (status, info) == (0, P.STATS_SIZE)
+    s = P.parse_stats(raw)
+    assert s["flows_active"] == 7 and s["flows_tracked"] == 7 and s["counting_enabled"] == 1
+
+
+@pytest.mark.parametrize("code,data,out_len,expected", [
+    (P.IOCTL_QUERY_STATS, b"", 4096, L.STATUS_INVALID_BUFFER_SIZE),
+    (P.IOCTL_QUERY_STATS, b"\x01", 4096, L.STATUS_INVALID_BUFFER_SIZE),
+    (P.IOCTL_QUERY_STATS, P.query_stats_request()[:7], 4096, L.STATUS_INVALID_BUFFER_SIZE),
+    (P.IOCTL_QUERY_STATS, P.query_stats_request() + b"\0", 4096, L.STATUS_INVALID_BUFFER_SIZE),
+    (P.IOCTL_QUERY_STATS, b"\xff" * 65536, 4096, L.STATUS_INVALID_BUFFER_SIZE),
+    (P.IOCTL_QUERY_STATS, P.query_stats_request(), 0, L.STATUS_BUFFER_TOO_SMALL),
+    (P.IOCTL_QUERY_STATS, P.query_stats_request(), P.STATS_SIZE - 1, L.STATUS_BUFFER_TOO_SMALL),
+    (P.IOCTL_QUERY_STATS, struct.pack("<II", 2, 8), 4096, L.STATUS_REVISION_MISMATCH),
+    (P.IOCTL_QUERY_STATS, struct.pack("<II", 1, 9), 4096, L.STATUS_INVALID_PARAMETER),
+    (P.IOCTL_LIST_FLOWS, P.list_flows_request()[:15], 4096, L.STATUS_INVALID_BUFFER_SIZE),
+    (P.IOCTL_LIST_FLOWS, P.list_flows_request(reserved=1), 4096, L.STATUS_INVALID_PARAMETER),
+    (P.IOCTL_LIST_FLOWS, P.list_flows_request(0xFFFFFFFF), 4096, L.STATUS_INTEGER_OVERFLOW),
+    (P.IOCTL_LIST_FLOWS, P.list_flows_request(), P.LIST_HEADER_SIZE - 1, L.STATUS_BUFFER_TOO_SMALL),
+    (P.IOCTL_SET_COUNTING, P.set_counting_request(2), 0, L.STATUS_INVALID_PARAMETER),
+    (P.IOCTL_SET_COUNTING, P.set_counting_request(1, reserved=5), 0, L.STATUS_INVALID_PARAMETER),
+    (P.IOCTL_SET_COUNTING, b"", 0, L.STATUS_INVALID_BUFFER_SIZE),
+    (P.ctl_code(0x12, 0x903, 0, 1), P.query_stats_request(), 4096, L.STATUS_INVALID_DEVICE_REQUEST),
+    (P.ctl_code(0x22, 0x900, 0, 1), P.query_stats_request(), 4096, L.STATUS_INVALID_DEVICE_REQUEST),
+    (P.ctl_code(0x12, 0x900, 3, 1), P.query_stats_request(), 4096, L.STATUS_INVALID_DEVICE_REQUEST),
+    (0, b"", 0, L.STATUS_INVALID_DEVICE_REQUEST),
+])
+def test_malformed_requests_get_precise_statuses_and_no_output(loaded, code, data, out_len, expected):
+    status, info, raw = ioctl(loaded, code, data, out_len)
+    assert (status, info, raw) == (expected, 0, b"")
+
+
+def test_flow_list_reports_required_size_when_too_small(loaded):
+    make_flows(loaded, 5)
+    # Room for two entries: partial data, STATUS_BUFFER_OVERFLOW, and the
+    # size that would hold all five.
+    out_len = P.LIST_HEADER_SIZE + 2 * P.ENTRY_SIZE + P.ENTRY_SIZE - 1
+    status, info, raw = ioctl(loaded, P.IOCTL_LIST_FLOWS, P.list_flows_request(), out_len)
+    assert status == L.STATUS_BUFFER_OVERFLOW
+    assert info == P.LIST_HEADER_SIZE + 2 * P.ENTRY_SIZE
+    listing = P.parse_flow_list(raw)
+    assert (listing["total"], listing["returned"]) == (5, 2)
+    assert listing["required"] == P.LIST_HEADER_SIZE + 5 * P.ENTRY_SIZE
+    # Header only: the caller learns the size it needs.
+    status, info, raw = ioctl(loaded, P.IOCTL_LIST_FLOWS, P.list_flows_request(), P.LIST_HEADER_SIZE)
+    assert status == L.STATUS_BUFFER_OVERFLOW and P.parse_flow_list(raw)["required"] == listing["required"]
+    # max_entries limits the answer even when the buffer is larger.
+    status, info, raw = ioctl(loaded, P.IOCTL_LIST_FLOWS, P.list_flows_request(3), 1 << 16)
+    assert status == L.STATUS_BUFFER_OVERFLOW and P.parse_flow_list(raw)["returned"] == 3
+    status, info, raw = ioctl(loaded, P.IOCTL_LIST_FLOWS, P.list_flows_request(), listing["required"])
+    assert status == 0 and P.parse_flow_list(raw)["returned"] == 5
+
+
+def test_flows_listed_while_others_are_deleted(loaded):
+    make_flows(loaded, 40)
+    for round_ in range(4):
+        for i in range(round_ * 10, round_ * 10 + 5):
+            loaded.end_flow(0x1000 + i)
+        listing = P.parse_flow_list(ioctl(loaded, P.IOCTL_LIST_FLOWS, P.list_flows_request(), 1 << 16)[2])
+        ids = {f["flow_id"] for f in listing["flows"]}
+        expected = {0x1000 + i for i in range(40)} - {0x1000 + r * 10 + k for r in range(round_ + 1) for k in range(5)}
+        assert ids == expected and listing["total"] == len(expected)
+    loaded.unload()
+    assert loaded.pool == {}

@@ -1,0 +1,268 @@
+"""DriverEntry and Unload of the real wfpmon.sys against the fake engine:
+the documented order, the rollback of every failable step, and the
+BUSY → remove flow contexts → retry protocol of "Unloading a Callout Driver".
+"""
+
+import pytest
+
+import wfp_layout as L
+from conftest import CATALOG, KEYS, FakeEngine
+
+LIFECYCLE_APIS = (
+    "IoCreateDevice", "ObSetSecurityObjectByPointer", "FwpsCalloutRegister1",
+    "FwpsInjectionHandleCreate0", "FwpsCalloutUnregisterById0", "FwpsFlowRemoveContext0",
+    "IoDeleteDevice", "FwpsInjectionHandleDestroy0",
+)
+FILE_DEVICE_NETWORK = 0x12
+FILE_DEVICE_SECURE_OPEN = 0x100
+
+
+def lifecycle(e):
+    return [(c.api, c.args, c.ret) for c in e.api_sequence(*LIFECYCLE_APIS)]
+
+
+def assert_nothing_left(e: FakeEngine):
+    """After unload or a failed DriverEntry: nothing the engine or the kernel
+    could still call or that is still allocated."""
+    assert [c.key for c in e.callouts.values() if c.registered] == []
+    assert e.contexts == {} and e.pending == []
+    assert e.devices == set(), "device object not deleted"
+    assert e.injection_handles == set(), "injection handle not destroyed"
+    assert e.pool == {}, f"pool leak: {e.pool}"
+    assert e.pool_errors == []
+    assert len(e.deleted_devices) == len(set(e.deleted_devices)), "device deleted twice"
+    assert len(e.destroyed_handles) == len(set(e.destroyed_handles)), "handle destroyed twice"
+
+
+def test_driver_entry_creates_device_registers_callouts_then_opens_injection(loaded):
+    seq = lifecycle(loaded)
+    apis = [a for a, _, _ in seq]
+    assert apis == (["IoCreateDevice", "ObSetSecurityObjectByPointer"]
+                    + ["FwpsCalloutRegister1"] * 6 + ["FwpsInjectionHandleCreate0"])
+    assert all(ret == 0 for _, _, ret in seq)
+    assert seq[0][1] == ("\\Device\\WfpMon", FILE_DEVICE_NETWORK, FILE_DEVICE_SECURE_OPEN)
+    registered = [args[0] for api, args, _ in seq if api == "FwpsCalloutRegister1"]
+    assert registered == [key for key, _ in CATALOG]
+    assert loaded.unload_routine != 0, "DriverUnload not set"
+
+
+def test_callouts_are_registered_with_the_documented_flags(loaded):
+    for key, name in CATALOG:
+        c = loaded.callout_by_key(key)
+        assert c.classify != 0 and c.notify != 0
+        if "flow-established" in name:
+            assert c.flags == 0 and c.flow_delete == 0, name
+        else:
+            # The data callouts hold flow contexts: conditional on flow, with
+            # a flowDeleteFn to free them.
+            assert c.flags == L.FWP_CALLOUT_FLAG_CONDITIONAL_ON_FLOW, name
+            assert c.flow_delete != 0, name
+
+
+def test_unload_follows_the_documented_order(loaded):
+    before = len(lifecycle(loaded))
+    loaded.unload()
+    seq = lifecycle(loaded)[before:]
+    apis = [a for a, _, _ in seq]
+    assert apis == ["FwpsCalloutUnregisterById0"] * 6 + ["IoDeleteDevice", "FwpsInjectionHandleDestroy0"]
+    assert all(ret == 0 for _, _, ret in seq), seq
+    # Flow-established callouts (which create contexts) go first.
+    unregistered = [loaded.callouts[args[0]].key for api, args, _ in seq if api == "FwpsCalloutUnregisterById0"]
+    assert unregistered == [key for key, _ in reversed(CATALOG)]
+    assert_nothing_left(loaded)
+
+
+FAILABLE = [
+    ("IoCreateDevice", 1),
+    ("ObSetSecurityObjectByPointer", 1),
+    *[("FwpsCalloutRegister1", n) for n in range(1, 7)],
+    ("FwpsInjectionHandleCreate0", 1),
+]
+
+
+@pytest.mark.parametrize("api,nth", FAILABLE, ids=[f"{a}#{n}" for a, n in FAILABLE])
+def test_failure_at_each_step_rolls_back_everything(image, api, nth):
+    status = 0xC0000017  # STATUS_NO_MEMORY: any error must come back unchanged
+    e = FakeEngine(image, faults={api: {nth: status}})
+    assert e.driver_entry() == status
+    seq = lifecycle(e)
+    apis = [a for a, _, _ in seq]
+    fail_at = next(i for i, (a, _, r) in enumerate(seq) if a == api and r == status)
+    done, undo = seq[:fail_at], seq[fail_at + 1:]
+    registered = [args[0] for a, args, r in done if a == "FwpsCalloutRegister1" and r == 0]
+    device_created = any(a == "IoCreateDevice" and r == 0 for a, _, r in done)
+    # Exactly the completed steps are undone, in Unload's order.
+    expected = ["FwpsCalloutUnregisterById0"] * len(registered)
+    expected += ["IoDeleteDevice"] if device_created else []
+    assert [a for a, _, _ in undo] == expected, apis
+    unregistered = [e.callouts[args[0]].key for a, args, _ in undo if a == "FwpsCalloutUnregisterById0"]
+    assert unregistered == list(reversed(registered))
+    assert e.unload_routine == 0, "a failed DriverEntry must not leave an unload routine to call"
+    assert_nothing_left(e)
+
+
+def establish_many(e, count):
+    """`count` flows through the real flow-established classifyFn, mixed
+    TCP/UDP and IPv4/IPv6; returns their flow handles."""
+    flows = []
+    for i in range(count):
+        v6 = i % 2 == 1
+        tcp = i % 3 != 0
+        key = KEYS["wfpmon-flow-established-v6" if v6 else "wfpmon-flow-established-v4"]
+        local = bytes([0xfd] + [0] * 14 + [1]) if v6 else 0x0A000001
+        remote = bytes([0xfd] + [0] * 13 + [i >> 8, i & 0xFF]) if v6 else 0x0A010000 + i
+        handle = 0x5000 + i
+        e.establish(key, 6 if v6 else 4, 6 if tcp else 17, local, 40000 + i, remote, 443,
+                    L.FWP_DIRECTION_OUTBOUND, handle, 1000 + i)
+        flows.append(handle)
+    return flows
+
+
+def test_flows_get_contexts_on_the_data_callout_of_their_family_and_protocol(loaded):
+    flows = establish_many(loaded, 12)
+    assert len(loaded.contexts) == 12
+    layers = {L.FWPS_LAYER_STREAM_V4: "wfpmon-stream-v4", L.FWPS_LAYER_STREAM_V6: "wfpmon-stream-v6",
+              L.FWPS_LAYER_DATAGRAM_DATA_V4: "wfpmon-datagram-v4",
+              L.FWPS_LAYER_DATAGRAM_DATA_V6: "wfpmon-datagram-v6"}
+    for i, handle in enumerate(flows):
+        (flow, layer, cid), ctx = loaded.context_of(handle)
+        v6, tcp = i % 2 == 1, i % 3 != 0
+        name = f"wfpmon-{'stream' if tcp else 'datagram'}-{'v6' if v6 else 'v4'}"
+        assert layers[layer] == name
+        assert loaded.callouts[cid].key == KEYS[name]
+        assert ctx in loaded.pool and loaded.pool[ctx][1] == int.from_bytes(b"WfpM", "little")
+
+
+def test_unload_with_hundreds_of_flows_goes_busy_remove_retry(loaded):
+    establish_many(loaded, 300)
+    assert len(loaded.contexts) == 300
+    before = len(loaded.calls)
+    loaded.unload()
+    seq = [(c.api, c.args, c.ret) for c in loaded.calls[before:]
+           if c.api in ("FwpsCalloutUnregisterById0", "FwpsFlowRemoveContext0")]
+    # For each data callout: BUSY, one removal per flow of that callout, SUCCESS.
+    i = 0
+    per_callout = {}
+    while i < len(seq):
+        api, args, ret = seq[i]
+        assert api == "FwpsCalloutUnregisterById0"
+        cid = args[0]
+        if ret == L.STATUS_DEVICE_BUSY:
+            j = i + 1
+            while j < len(seq) and seq[j][0] == "FwpsFlowRemoveContext0":
+                assert seq[j][1][2] == cid and seq[j][2] == L.STATUS_SUCCESS
+                j += 1
+            per_callout[cid] = j - i - 1
+            assert seq[j] == ("FwpsCalloutUnregisterById0", (cid,), L.STATUS_SUCCESS)
+            i = j + 1
+        else:
+            assert ret == L.STATUS_SUCCESS
+            i += 1
+    assert sum(per_callout.values()) == 300
+    assert len(per_callout) == 4
+    assert len(loaded.flow_deletes) == 300
+    assert_nothing_left(loaded)
+
+
+def test_unload_waits_for_flow_deletions_that_are_pending(image):
+    # Every third removal finds the flow mid-classify: STATUS_PENDING, and
+    # flowDeleteFn runs later (when the driver waits).
+    state = {"n": 0}
+
+    def mode(flow, layer, cid):
+        state["n"] += 1
+        return "pending" if state["n"] % 3 == 0 else "sync"
+
+    e = FakeEngine(image, remove_mode=mode)
+    assert e.driver_entry() == 0
+    establish_many(e, 90)
+    e.unload()
+    removes = [c.ret for c in e.calls if c.api == "FwpsFlowRemoveContext0"]
+    assert removes.count(L.STATUS_PENDING) == 30 and removes.count(L.STATUS_SUCCESS) == 60
+    assert e.waits >= 1, "the driver never waited for pending flow deletions"
+    # The pending deletions ran before the device was deleted.
+    last_wait = max(i for i, c in enumerate(e.calls) if c.api == "KeWaitForSingleObject")
+    delete = next(i for i, c in enumerate(e.calls) if c.api == "IoDeleteDevice")
+    assert last_wait < delete
+    assert len(e.flow_deletes) == 90
+    assert_nothing_left(e)
+
+
+def test_flows_that_end_by_themselves_free_their_context(loaded):
+    flows = establish_many(loaded, 10)
+    for handle in flows[:6]:
+        loaded.end_flow(handle)
+    assert len(loaded.contexts) == 4
+    live = {ctx for ctx in loaded.contexts.values()}
+    assert all(ctx in loaded.pool for ctx in live)
+    assert len([a for a, (s, t) in loaded.pool.items() if t == int.from_bytes(b"WfpM", "little")]) == 4
+    loaded.unload()
+    assert_nothing_left(loaded)
+
+
+def test_no_association_once_unload_has_begun(loaded):
+    establish_many(loaded, 4)
+    # While the driver unregisters its first callout, another processor
+    # classifies a brand-new flow at the flow-established layer.
+    key = KEYS["wfpmon-flow-established-v4"]
+    late = {}
+
+    def new_flow():
+        fn, args, out = loaded.establish_call(key, 4, 6, 0x0A000001, 1, 0x0A000002, 2,
+                                              L.FWP_DIRECTION_OUTBOUND, 0x9999, 7)
+        late["out"] = out
+        return [(fn, args)]
+
+    loaded.interpose("FwpsCalloutUnregisterById0", new_flow)
+    associations = len(loaded.api_sequence("FwpsFlowAssociateContext0"))
+    loaded.unload()
+    assert "out" in late
+    assert len(loaded.api_sequence("FwpsFlowAssociateContext0")) == associations
+    assert (0x9999, L.FWPS_LAYER_STREAM_V4) not in {(k[0], k[1]) for k in loaded.contexts}
+    assert_nothing_left(loaded)
+
+
+def test_callouts_work_before_driver_entry_finishes_and_failure_leaves_nothing(image):
+    # Persistent filters may already reference the keys: the engine calls
+    # the callouts as soon as they are registered. Here flows are classified
+    # while DriverEntry is inside step 3, and step 3 then fails.
+    e = FakeEngine(image, faults={"FwpsInjectionHandleCreate0": {1: 0xC000009A}})
+    key4 = KEYS["wfpmon-flow-established-v4"]
+
+    def traffic():
+        calls = []
+        for i in range(5):
+            fn, args, _ = e.establish_call(key4, 4, 17, 0x0A000001, 5000 + i, 0x08080808, 53,
+                                           L.FWP_DIRECTION_OUTBOUND, 0x7000 + i, 42)
+            calls.append((fn, args))
+        return calls
+
+    e.interpose("FwpsInjectionHandleCreate0", traffic)
+    assert e.driver_entry() == 0xC000009A
+    associated = [c for c in e.calls if c.api == "FwpsFlowAssociateContext0" and c.ret == 0]
+    assert len(associated) == 5
+    # Rollback had to remove those contexts before the callout would go.
+    removed = [c for c in e.calls if c.api == "FwpsFlowRemoveContext0" and c.ret == 0]
+    assert len(removed) == 5
+    assert_nothing_left(e)
+
+
+def test_flow_context_allocation_failure_is_counted_and_harmless(image):
+    e = FakeEngine(image, faults={"ExAllocatePool2": {n: 0 for n in range(1, 1000)}})
+    assert e.driver_entry() == 0
+    out = e.establish(KEYS["wfpmon-flow-established-v4"], 4, 6, 1, 2, 3, 4,
+                      L.FWP_DIRECTION_OUTBOUND, 0x1234, 1)
+    assert out.actionType == L.FWP_ACTION_CONTINUE
+    assert e.contexts == {}
+    assert not e.api_sequence("FwpsFlowAssociateContext0")
+    e.unload()
+    assert_nothing_left(e)
+
+
+def test_association_failure_frees_the_context(image):
+    e = FakeEngine(image, faults={"FwpsFlowAssociateContext0": {1: L.STATUS_UNSUCCESSFUL}})
+    assert e.driver_entry() == 0
+    establish_many(e, 3)
+    assert len(e.contexts) == 2
+    e.unload()
+    assert_nothing_left(e)

@@ -1,0 +1,144 @@
+"""Per-packet counting through the real stream and datagram-data classifyFn,
+read back through the real control device, and the observe-only action
+protocol."""
+
+import pytest
+
+import protocol as P
+import wfp_layout as L
+from conftest import KEYS
+
+
+def flows_by_id(e):
+    status, info, raw = e.send_irp(e.IRP_MJ_DEVICE_CONTROL, P.IOCTL_LIST_FLOWS,
+                                   P.list_flows_request(), 64 * 1024)
+    assert status == 0, hex(status)
+    return {f["flow_id"]: f for f in P.parse_flow_list(raw)["flows"]}
+
+
+def stats(e):
+    status, info, raw = e.send_irp(e.IRP_MJ_DEVICE_CONTROL, P.IOCTL_QUERY_STATS,
+                                   P.query_stats_request(), P.STATS_SIZE)
+    assert (status, info) == (0, P.STATS_SIZE)
+    return P.parse_stats(raw)
+
+
+def tcp4(e, handle, pid=4242):
+    e.establish(KEYS["wfpmon-flow-established-v4"], 4, 6, 0xC0A80002, 50000, 0x5DB8D822, 443,
+                L.FWP_DIRECTION_OUTBOUND, handle, pid)
+
+
+def udp6(e, handle, pid=77):
+    local = bytes.fromhex("fe800000000000000000000000000001")
+    remote = bytes.fromhex("20010db8000000000000000000000053")
+    e.establish(KEYS["wfpmon-flow-established-v6"], 6, 17, local, 5353, remote, 53,
+                L.FWP_DIRECTION_INBOUND, handle, pid)
+
+
+def test_flow_identity_is_recorded(loaded):
+    tcp4(loaded, 0x100)
+    udp6(loaded, 0x200)
+    f = flows_by_id(loaded)
+    assert f[0x100]["family"] == 2 and f[0x100]["protocol"] == 6
+    assert f[0x100]["local"][:4] == bytes([192, 168, 0, 2])
+    assert f[0x100]["remote"][:4] == bytes([93, 184, 216, 34])
+    assert (f[0x100]["local_port"], f[0x100]["remote_port"]) == (50000, 443)
+    assert f[0x100]["process_id"] == 4242 and f[0x100]["direction"] == 0
+    assert f[0x200]["family"] == 23 and f[0x200]["protocol"] == 17
+    assert f[0x200]["local"] == bytes.fromhex("fe800000000000000000000000000001")
+    assert f[0x200]["remote"] == bytes.fromhex("20010db8000000000000000000000053")
+    assert f[0x200]["direction"] == 1 and f[0x200]["process_id"] == 77
+
+
+def test_stream_counting_per_direction(loaded):
+    tcp4(loaded, 0x100)
+    sent = [1, 1460, 65535, 3]
+    received = [512, 9000]
+    for n in sent:
+        loaded.stream(0x100, n, send=True)
+    for n in received:
+        loaded.stream(0x100, n, send=False)
+    loaded.stream(0x100, 0, send=True)  # a zero-length indication counts nothing
+    f = flows_by_id(loaded)[0x100]
+    assert (f["bytes_outbound"], f["packets_outbound"]) == (sum(sent), len(sent))
+    assert (f["bytes_inbound"], f["packets_inbound"]) == (sum(received), len(received))
+
+
+def test_stream_direction_falls_back_to_the_receive_flag(loaded):
+    tcp4(loaded, 0x100)
+    loaded.stream(0x100, 40, send=False, direction_field=False)
+    loaded.stream(0x100, 60, send=True, direction_field=False)
+    f = flows_by_id(loaded)[0x100]
+    assert (f["bytes_inbound"], f["bytes_outbound"]) == (40, 60)
+
+
+def test_datagram_counting_counts_every_net_buffer(loaded):
+    udp6(loaded, 0x200)
+    loaded.datagram(0x200, [100], inbound=True)
+    loaded.datagram(0x200, [200, 300, 400], inbound=True)
+    loaded.datagram(0x200, [1200], inbound=False)
+    f = flows_by_id(loaded)[0x200]
+    assert (f["bytes_inbound"], f["packets_inbound"]) == (1000, 4)
+    assert (f["bytes_outbound"], f["packets_outbound"]) == (1200, 1)
+
+
+def test_packets_injected_by_our_handle_are_not_counted(loaded):
+    udp6(loaded, 0x200)
+    loaded.datagram(0x200, [100], inbound=True, injected=L.FWPS_PACKET_INJECTED_BY_SELF)
+    loaded.datagram(0x200, [100], inbound=True, injected=L.FWPS_PACKET_PREVIOUSLY_INJECTED_BY_SELF)
+    loaded.datagram(0x200, [70], inbound=True, injected=L.FWPS_PACKET_INJECTED_BY_OTHER)
+    loaded.datagram(0x200, [30], inbound=True, injected=L.FWPS_PACKET_NOT_INJECTED)
+    f = flows_by_id(loaded)[0x200]
+    assert (f["bytes_inbound"], f["packets_inbound"]) == (100, 2)
+    queries = loaded.api_sequence("FwpsQueryPacketInjectionState0")
+    assert len(queries) == 4
+    assert all(q.args[0] in loaded.injection_handles for q in queries), "queried with a foreign handle"
+
+
+def test_totals_survive_the_end_of_a_flow(loaded):
+    tcp4(loaded, 0x100)
+    udp6(loaded, 0x200)
+    loaded.stream(0x100, 1000, send=True)
+    loaded.datagram(0x200, [10, 20], inbound=True)
+    loaded.end_flow(0x100)
+    s = stats(loaded)
+    assert s["flows_active"] == 1 and s["flows_tracked"] == 2 and s["flows_deleted"] == 1
+    assert (s["bytes_outbound"], s["packets_outbound"]) == (1000, 1)
+    assert (s["bytes_inbound"], s["packets_inbound"]) == (30, 2)
+    assert list(flows_by_id(loaded)) == [0x200]
+
+
+def test_counting_can_be_switched_off_and_on(loaded):
+    tcp4(loaded, 0x100)
+    off = loaded.send_irp(loaded.IRP_MJ_DEVICE_CONTROL, P.IOCTL_SET_COUNTING, P.set_counting_request(0))
+    assert off[:2] == (0, 0)
+    loaded.stream(0x100, 500, send=True)
+    assert stats(loaded)["counting_enabled"] == 0
+    assert flows_by_id(loaded)[0x100]["bytes_outbound"] == 0
+    loaded.send_irp(loaded.IRP_MJ_DEVICE_CONTROL, P.IOCTL_SET_COUNTING, P.set_counting_request(1))
+    loaded.stream(0x100, 500, send=True)
+    assert flows_by_id(loaded)[0x100]["bytes_outbound"] == 500
+
+
+@pytest.mark.parametrize("rights", [0, L.FWPS_RIGHT_ACTION_WRITE])
+def test_the_driver_only_observes(loaded, rights):
+    """The action is written only with FWPS_RIGHT_ACTION_WRITE, and is then
+    FWP_ACTION_CONTINUE: the traffic's fate is never changed."""
+    expected = L.FWP_ACTION_CONTINUE if rights else loaded.UNTOUCHED_ACTION
+    out = loaded.establish(KEYS["wfpmon-flow-established-v4"], 4, 6, 1, 2, 3, 4,
+                           L.FWP_DIRECTION_OUTBOUND, 0x300, 1, rights=rights)
+    assert out.actionType == expected
+    out, packet = loaded.stream(0x300, 10, send=True, rights=rights)
+    assert out.actionType == expected
+    assert packet.streamAction == 0 and packet.countBytesRequired == 0, "stream packet modified"
+    udp6(loaded, 0x301)
+    assert loaded.datagram(0x301, [5], inbound=True, rights=rights).actionType == expected
+    assert (out.flags, out.rights) == (0, rights)
+
+
+def test_flow_without_flow_handle_metadata_is_not_tracked(loaded):
+    out = loaded.establish(KEYS["wfpmon-flow-established-v4"], 4, 6, 1, 2, 3, 4,
+                           L.FWP_DIRECTION_OUTBOUND, 0x400, 1,
+                           metadata_fields=L.FWPS_METADATA_FIELD_PROCESS_ID)
+    assert out.actionType == L.FWP_ACTION_CONTINUE
+    assert loaded.contexts == {}
