@@ -46,10 +46,8 @@ unsafe extern "C" fn dispatch(_device: *mut DEVICE_OBJECT, irp: *mut IRP) -> NTS
 /// Every other major function.
 unsafe extern "C" fn dispatch_unsupported(_device: *mut DEVICE_OBJECT, irp: *mut IRP) -> NTSTATUS {
     // SAFETY: as above.
-    match unsafe { Irp::from_raw(irp) } {
-        Some(irp) => irp.complete(STATUS_INVALID_DEVICE_REQUEST, 0),
-        None => STATUS_INVALID_DEVICE_REQUEST,
-    }
+    let irp = unsafe { Irp::from_raw(irp) };
+    irp.map_or(STATUS_INVALID_DEVICE_REQUEST, |irp| irp.complete(STATUS_INVALID_DEVICE_REQUEST, 0))
 }
 
 fn device_control(mut irp: Irp) -> NTSTATUS {
@@ -110,7 +108,7 @@ fn list_flows(output: &mut [u8], capacity: usize) -> (NTSTATUS, usize) {
         header: Header { version: PROTOCOL_VERSION, size: u32::try_from(size).unwrap_or(u32::MAX) },
         total_flows: u32::try_from(total).unwrap_or(u32::MAX),
         returned: u32::try_from(returned).unwrap_or(u32::MAX),
-        entry_size: FlowEntry::SIZE as u32,
+        entry_size: ENTRY_SIZE,
         reserved: 0,
         required_size: required as u64,
     };
@@ -118,6 +116,11 @@ fn list_flows(output: &mut [u8], capacity: usize) -> (NTSTATUS, usize) {
     let status = if returned < total { STATUS_BUFFER_OVERFLOW } else { STATUS_SUCCESS };
     (status, size)
 }
+
+/// [`FlowEntry::SIZE`] as the header's 32-bit field.
+#[allow(clippy::cast_possible_truncation)] // 96, checked below
+const ENTRY_SIZE: u32 = FlowEntry::SIZE as u32;
+const _: () = assert!(ENTRY_SIZE as usize == FlowEntry::SIZE);
 
 fn entry(r: &wfpmon_core::flow::FlowRecord, now: u64) -> FlowEntry {
     let t = r.traffic.snapshot();

@@ -58,8 +58,5 @@ pub unsafe extern "system" fn driver_entry(
     // SAFETY: the I/O manager passes a valid, exclusively ours driver object
     // for the duration of DriverEntry.
     let driver = unsafe { kernel::driver::DriverObject::from_raw(driver) };
-    match driver {
-        Some(mut driver) => lifecycle::start(&mut driver),
-        None => wdk_sys::STATUS_INVALID_PARAMETER,
-    }
+    driver.map_or(wdk_sys::STATUS_INVALID_PARAMETER, |mut driver| lifecycle::start(&mut driver))
 }

@@ -24,7 +24,7 @@ impl DriverObject {
         self.raw.as_ptr()
     }
 
-    fn get(&mut self) -> &mut DRIVER_OBJECT {
+    const fn get(&mut self) -> &mut DRIVER_OBJECT {
         // SAFETY: valid and exclusively ours during DriverEntry (from_raw).
         unsafe { self.raw.as_mut() }
     }
@@ -36,10 +36,10 @@ impl DriverObject {
 
     /// Sets the dispatch routine of every IRP major function: `handler` for
     /// the listed ones, `fallback` for all others.
-    pub fn set_dispatch(&mut self, handled: &[u32], handler: PDRIVER_DISPATCH, fallback: PDRIVER_DISPATCH) {
+    pub fn set_dispatch(&mut self, handled: &[u32], dispatch: PDRIVER_DISPATCH, otherwise: PDRIVER_DISPATCH) {
         for (major, slot) in self.get().MajorFunction.iter_mut().enumerate() {
             let is_handled = handled.iter().any(|&m| m as usize == major);
-            *slot = if is_handled { handler } else { fallback };
+            *slot = if is_handled { dispatch } else { otherwise };
         }
     }
 }

@@ -2,7 +2,11 @@
 
 use core::ptr::NonNull;
 
-use wdk_sys::{IO_NO_INCREMENT, IRP, NTSTATUS, ntddk};
+use wdk_sys::{IRP, NTSTATUS, ntddk};
+
+/// `IO_NO_INCREMENT`: no priority boost for the requester (its value, 0,
+/// typed as the `CCHAR` `IofCompleteRequest` takes).
+const IO_NO_INCREMENT_BOOST: i8 = 0;
 
 /// An IRP sent to the control device; must be completed exactly once
 /// ([`Irp::complete`] consumes it).
@@ -31,13 +35,19 @@ impl Irp {
         NonNull::new(raw).map(|raw| Self { raw })
     }
 
+    const fn irp(&self) -> &IRP {
+        // SAFETY: a live IRP, ours until completed (from_raw's contract).
+        unsafe { self.raw.as_ref() }
+    }
+
     fn stack(&self) -> &wdk_sys::IO_STACK_LOCATION {
-        // SAFETY: a dispatched IRP has a current stack location
-        // (`IoGetCurrentIrpStackLocation`, an inline function in wdm.h that
-        // reads exactly this field).
-        unsafe {
-            &*self.raw.as_ref().Tail.Overlay.__bindgen_anon_2.__bindgen_anon_1.CurrentStackLocation
-        }
+        // SAFETY: while a driver processes the IRP, `Tail` holds `Overlay`.
+        let overlay = unsafe { &self.irp().Tail.Overlay };
+        // SAFETY: ... and this union member holds `CurrentStackLocation`
+        // (what wdm.h's inline `IoGetCurrentIrpStackLocation` reads).
+        let location = unsafe { overlay.__bindgen_anon_2.__bindgen_anon_1.CurrentStackLocation };
+        // SAFETY: a dispatched IRP has a valid current stack location.
+        unsafe { &*location }
     }
 
     /// `IRP_MJ_*` of the request.
@@ -63,9 +73,9 @@ impl Irp {
     /// the output on completion. `None` when both lengths are zero.
     pub fn system_buffer(&mut self, params: DeviceControl) -> Option<&mut [u8]> {
         let len = params.input_len.max(params.output_len);
-        // SAFETY: for METHOD_BUFFERED the I/O manager allocated SystemBuffer
-        // with max(input, output) bytes, ours until completion.
-        let ptr = unsafe { self.raw.as_ref().AssociatedIrp.SystemBuffer };
+        // SAFETY: for METHOD_BUFFERED the union holds SystemBuffer: the I/O
+        // manager allocated max(input, output) bytes, ours until completion.
+        let ptr = unsafe { self.irp().AssociatedIrp.SystemBuffer };
         if len == 0 || ptr.is_null() {
             return None;
         }
@@ -76,14 +86,14 @@ impl Irp {
     /// Completes the request with `status`, reporting `information` bytes
     /// of output.
     pub fn complete(self, status: NTSTATUS, information: usize) -> NTSTATUS {
-        let irp = self.raw.as_ptr();
-        // SAFETY: completing our IRP once; IofCompleteRequest may be called
-        // at IRQL <= DISPATCH_LEVEL. The IRP is not touched afterwards.
-        unsafe {
-            (*irp).IoStatus.__bindgen_anon_1.Status = status;
-            (*irp).IoStatus.Information = information as _;
-            ntddk::IofCompleteRequest(irp, IO_NO_INCREMENT as _);
-        }
+        let mut raw = self.raw;
+        // SAFETY: our IRP, not yet completed; exclusive access.
+        let irp = unsafe { raw.as_mut() };
+        irp.IoStatus.__bindgen_anon_1.Status = status;
+        irp.IoStatus.Information = information as u64;
+        // SAFETY: completing our IRP exactly once (this consumes `self`);
+        // callable at IRQL <= DISPATCH_LEVEL. The IRP is not touched after.
+        unsafe { ntddk::IofCompleteRequest(irp, IO_NO_INCREMENT_BOOST) };
         status
     }
 }

@@ -32,7 +32,7 @@ impl<T> PoolBox<T> {
 
     /// Gives up ownership: the memory must come back through
     /// [`PoolBox::from_raw`] to be freed.
-    pub fn into_raw(self) -> NonNull<T> {
+    pub const fn into_raw(self) -> NonNull<T> {
         let ptr = self.ptr;
         core::mem::forget(self);
         ptr

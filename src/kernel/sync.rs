@@ -41,6 +41,10 @@ unsafe impl Lock for SpinLock {
     }
 }
 
+/// `KernelMode` as the `KPROCESSOR_MODE` (`CCHAR`) the wait takes.
+#[allow(clippy::cast_possible_truncation)] // KernelMode is 0
+const KERNEL_MODE: i8 = wdk_sys::_MODE::KernelMode as i8;
+
 /// A kernel synchronization event (auto-reset) in static memory.
 pub struct Event {
     event: UnsafeCell<MaybeUninit<KEVENT>>,
@@ -94,7 +98,7 @@ impl Event {
             ntddk::KeWaitForSingleObject(
                 self.event.get().cast(),
                 wdk_sys::_KWAIT_REASON::Executive,
-                wdk_sys::_MODE::KernelMode as _,
+                KERNEL_MODE,
                 0,
                 &raw mut timeout,
             )

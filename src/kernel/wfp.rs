@@ -188,7 +188,7 @@ impl<'a> Values<'a> {
 /// The classify metadata.
 struct Metadata<'a>(&'a fwps::FWPS_INCOMING_METADATA_VALUES0);
 
-impl<'a> Metadata<'a> {
+impl Metadata<'_> {
     /// # Safety
     /// `raw` is null or the engine's `inMetaValues` for this classify.
     unsafe fn from_raw(raw: *const fwps::FWPS_INCOMING_METADATA_VALUES0) -> Option<Self> {
@@ -205,7 +205,7 @@ impl<'a> Metadata<'a> {
         self.has(fwps::FWPS_METADATA_FIELD_FLOW_HANDLE).then_some(self.0.flowHandle)
     }
 
-    fn process_id(&self) -> u64 {
+    const fn process_id(&self) -> u64 {
         if self.has(fwps::FWPS_METADATA_FIELD_PROCESS_ID) { self.0.processId } else { 0 }
     }
 }
@@ -265,12 +265,12 @@ fn decode_flow_established(layer: u16, values: &Values<'_>, meta: &Metadata<'_>)
 ///
 /// # Safety
 /// `out` is null or the engine's `classifyOut` for this classify.
-unsafe fn observe_only(out: *mut fwps::FWPS_CLASSIFY_OUT0) {
+const unsafe fn observe_only(out: *mut fwps::FWPS_CLASSIFY_OUT0) {
     // SAFETY: contract.
-    if let Some(out) = unsafe { out.as_mut() } {
-        if out.rights & fwps::FWPS_RIGHT_ACTION_WRITE != 0 {
-            out.actionType = fwps::FWP_ACTION_CONTINUE;
-        }
+    if let Some(out) = unsafe { out.as_mut() }
+        && out.rights & fwps::FWPS_RIGHT_ACTION_WRITE != 0
+    {
+        out.actionType = fwps::FWP_ACTION_CONTINUE;
     }
 }
 
@@ -416,7 +416,7 @@ fn injected_by_us(nbl: *mut c_void) -> bool {
 }
 
 /// notifyFn: filters referencing our callouts come and go; nothing to do.
-unsafe extern "system" fn notify(
+const unsafe extern "system" fn notify(
     _notify_type: fwps::FWPS_CALLOUT_NOTIFY_TYPE,
     _filter_key: *const fwps::GUID,
     _filter: *mut fwps::FWPS_FILTER1,

@@ -285,9 +285,9 @@ pub fn find_by_key(key: &Guid) -> Option<CalloutIndex> {
 pub const DEVICE_NAME: &str = "\\Device\\WfpMon";
 /// Path user mode opens the control device by, without a DOS symbolic link.
 pub const DEVICE_USER_PATH: &str = "\\\\.\\GLOBALROOT\\Device\\WfpMon";
-/// Service name (the INF's AddService name and `sc` name).
+/// Service name (the INF's `AddService` name and `sc` name).
 pub const SERVICE_NAME: &str = "wfpmon";
 /// File name of the driver image.
 pub const IMAGE_NAME: &str = "wfpmon.sys";
-/// Pool tag of every allocation the driver makes itself ('WfpM' in a pool dump).
+/// Pool tag of every allocation the driver makes itself (`WfpM` in a pool dump).
 pub const POOL_TAG: u32 = u32::from_le_bytes(*b"WfpM");

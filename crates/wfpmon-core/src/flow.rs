@@ -202,9 +202,10 @@ impl FlowRecord {
     }
 }
 
-/// A mutual-exclusion primitive the registry runs its critical sections
-/// under. The driver implements it with a kernel spin lock (so critical
-/// sections run at `DISPATCH_LEVEL` and must not block or allocate).
+/// A mutual-exclusion primitive for the registry's critical sections.
+///
+/// The driver implements it with a kernel spin lock (so critical sections
+/// run at `DISPATCH_LEVEL` and must not block or allocate).
 ///
 /// # Safety
 /// `with` must run `f` under mutual exclusion with every other `with` call
@@ -218,6 +219,18 @@ struct ListState {
     head: *mut FlowRecord,
     len: usize,
     pass: u32,
+}
+
+/// The links of a record.
+///
+/// # Safety
+/// `rec` must be valid, and the caller must hold the registry lock (links
+/// are only ever touched under it), for as long as the reference is used.
+unsafe fn links_of<'a>(rec: *mut FlowRecord) -> &'a mut Links {
+    // SAFETY: `rec` is valid (contract).
+    let cell = unsafe { &(*rec).links };
+    // SAFETY: exclusive under the registry lock (contract).
+    unsafe { &mut *cell.get() }
 }
 
 /// Why a record was refused.
@@ -249,8 +262,6 @@ pub struct FlowRegistry<L> {
 // is atomic. The raw record pointers are owned by the registry's caller,
 // whose contract (see `insert`) keeps them valid while linked.
 unsafe impl<L: Lock + Sync> Sync for FlowRegistry<L> {}
-// SAFETY: as above; the registry holds no thread-affine data.
-unsafe impl<L: Lock + Send> Send for FlowRegistry<L> {}
 
 impl<L: Lock> FlowRegistry<L> {
     /// An empty registry accepting flows.
@@ -306,17 +317,16 @@ impl<L: Lock> FlowRegistry<L> {
                 return Err(Stopping);
             }
             let rec = record.as_ptr();
-            // SAFETY: caller guarantees `record` is valid; its links are only
-            // touched under this lock, which we hold.
-            let links = unsafe { &mut *(*rec).links.get() };
+            // SAFETY: caller guarantees `record` is valid; we hold the lock.
+            let links = unsafe { links_of(rec) };
             debug_assert!(!links.linked, "record inserted twice");
             links.prev = ptr::null_mut();
             links.next = s.head;
             links.linked = true;
             if !s.head.is_null() {
-                // SAFETY: linked records are valid (insert's contract) and
-                // their links are guarded by the lock we hold.
-                unsafe { (*(*s.head).links.get()).prev = rec };
+                // SAFETY: linked records are valid (insert's contract); we
+                // hold the lock.
+                unsafe { links_of(s.head) }.prev = rec;
             }
             s.head = rec;
             s.len += 1;
@@ -333,18 +343,19 @@ impl<L: Lock> FlowRegistry<L> {
     pub unsafe fn remove(&self, record: NonNull<FlowRecord>, retire: impl FnOnce(&FlowRecord)) -> Removed {
         self.locked(|s| {
             let rec = record.as_ptr();
-            // SAFETY: caller guarantees validity; links guarded by the lock.
-            let links = unsafe { &mut *(*rec).links.get() };
+            // SAFETY: caller guarantees validity; we hold the lock.
+            let links = unsafe { links_of(rec) };
             if links.linked {
                 if links.prev.is_null() {
                     s.head = links.next;
                 } else {
-                    // SAFETY: neighbours of a linked record are linked, hence valid.
-                    unsafe { (*(*links.prev).links.get()).next = links.next };
+                    // SAFETY: neighbours of a linked record are linked, hence
+                    // valid; we hold the lock.
+                    unsafe { links_of(links.prev) }.next = links.next;
                 }
                 if !links.next.is_null() {
                     // SAFETY: as above.
-                    unsafe { (*(*links.next).links.get()).prev = links.prev };
+                    unsafe { links_of(links.next) }.prev = links.prev;
                 }
                 links.linked = false;
                 links.prev = ptr::null_mut();

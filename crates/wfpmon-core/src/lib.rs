@@ -12,6 +12,7 @@
 //!   state machine;
 //! - [`protocol`]: the control device's IOCTL codes and request/response
 //!   layouts, with the request validator;
+//! - [`security`]: the control device's security descriptor;
 //! - [`status`]: the `NTSTATUS` values this logic speaks in.
 //!
 //! The crate is `no_std`, allocation-free and has no WDK dependency, so all
@@ -22,6 +23,7 @@
 pub mod catalog;
 pub mod flow;
 pub mod protocol;
+pub mod security;
 pub mod stats;
 pub mod status;
 pub mod unload;

@@ -1,6 +1,7 @@
-//! The `NTSTATUS` values wfpmon's kernel-independent logic speaks in
-//! (ntstatus.h). Declared here, not taken from wdk-sys, so this crate stays
-//! free of any WDK dependency; the driver checks they agree with wdk-sys.
+//! The `NTSTATUS` values (ntstatus.h) wfpmon's kernel-independent logic uses.
+//!
+//! Declared here, not taken from wdk-sys, so this crate stays free of any
+//! WDK dependency; the driver checks they agree with wdk-sys.
 
 #![allow(clippy::cast_possible_wrap)] // NTSTATUS is the u32 bit pattern read as i32
 

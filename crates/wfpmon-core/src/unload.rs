@@ -145,10 +145,11 @@ impl Unregistration {
     }
 }
 
-/// Order in which callouts are unregistered: the reverse of
-/// [`crate::catalog::CALLOUTS`]' registration order, so the flow-established
-/// callouts (which create contexts) go before the data callouts (which hold
-/// them).
+/// Order in which callouts are unregistered.
+///
+/// The reverse of [`crate::catalog::CALLOUTS`]' registration order, so the
+/// flow-established callouts (which create contexts) go before the data
+/// callouts (which hold them).
 pub fn unregistration_order() -> impl Iterator<Item = CalloutIndex> {
     (0..CALLOUT_COUNT).rev()
 }

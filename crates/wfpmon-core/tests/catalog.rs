@@ -1,14 +1,15 @@
 //! Catalog invariants, and the management layer keys checked against an
-//! independent source (the `windows-sys` crate's FWPM_LAYER_* constants).
+//! independent source (the `windows-sys` crate's `FWPM_LAYER_*` constants).
 
 use std::collections::HashSet;
+use std::fmt::Write as _;
 
 use windows_sys::Win32::NetworkManagement::WindowsFilteringPlatform as wfp;
 use wfpmon_core::catalog::{
     self, AddressFamily, CALLOUTS, CalloutRole, Guid, PROVIDER_KEY, SUBLAYER_KEY, data_callout_for,
 };
 
-fn from_sys(g: windows_sys::core::GUID) -> Guid {
+const fn from_sys(g: windows_sys::core::GUID) -> Guid {
     Guid { data1: g.data1, data2: g.data2, data3: g.data3, data4: g.data4 }
 }
 
@@ -101,4 +102,42 @@ fn address_family_values_match_winsock() {
 #[test]
 fn pool_tag_reads_wfpm_in_a_pool_dump() {
     assert_eq!(catalog::POOL_TAG.to_le_bytes(), *b"WfpM");
+}
+
+/// The device descriptor decodes, field by field, to
+/// `D:P(A;;GA;;;SY)(A;;GA;;;BA)` with `GA` = `FILE_ALL_ACCESS`.
+#[test]
+fn device_security_descriptor_is_system_and_admins_only() {
+    use wfpmon_core::security::*;
+    let sd = device_security_descriptor().0;
+    let u16_at = |o: usize| u16::from_le_bytes([sd[o], sd[o + 1]]);
+    let u32_at = |o: usize| u32::from_le_bytes(sd[o..o + 4].try_into().unwrap());
+    assert_eq!(sd.len(), DEVICE_SD_SIZE);
+    assert_eq!(sd[0], 1, "revision");
+    assert_eq!(u16_at(2), SE_DACL_PRESENT | SE_DACL_PROTECTED | SE_SELF_RELATIVE);
+    assert_eq!((u32_at(4), u32_at(8), u32_at(12)), (0, 0, 0), "no owner, group, SACL");
+    let dacl = u32_at(16) as usize;
+    assert_eq!(sd[dacl], 2, "ACL revision");
+    assert_eq!(u16_at(dacl + 2) as usize, sd.len() - dacl, "ACL size");
+    assert_eq!(u16_at(dacl + 4), 2, "ACE count");
+    // Walk the ACEs and render their SIDs in S-R-I-S... form.
+    let mut at = dacl + 8;
+    let mut sids = Vec::new();
+    for _ in 0..2 {
+        assert_eq!(sd[at], 0, "ACCESS_ALLOWED_ACE_TYPE");
+        let size = u16_at(at + 2) as usize;
+        assert_eq!(u32_at(at + 4), FILE_ALL_ACCESS);
+        let sid = at + 8;
+        let count = sd[sid + 1] as usize;
+        assert_eq!(size, 8 + 8 + 4 * count);
+        let authority = u64::from_be_bytes([0, 0, sd[sid + 2], sd[sid + 3], sd[sid + 4], sd[sid + 5], sd[sid + 6], sd[sid + 7]]);
+        let mut text = format!("S-{}-{}", sd[sid], authority);
+        for k in 0..count {
+            write!(text, "-{}", u32_at(sid + 8 + 4 * k)).unwrap();
+        }
+        sids.push(text);
+        at += size;
+    }
+    assert_eq!(at, sd.len());
+    assert_eq!(sids, ["S-1-5-18", "S-1-5-32-544"]);
 }

@@ -22,7 +22,7 @@ unsafe impl Lock for StdLock {
     }
 }
 
-fn tuple() -> FlowTuple {
+const fn tuple() -> FlowTuple {
     FlowTuple {
         family: AddressFamily::V4,
         ip_protocol: 17,

@@ -96,14 +96,14 @@ struct Engine {
 }
 
 impl Engine {
-    fn unregister(&mut self) -> i32 {
+    const fn unregister(&self) -> i32 {
         if self.contexts + self.pending > 0 { STATUS_DEVICE_BUSY } else { STATUS_SUCCESS }
     }
-    fn remove_all(&mut self) -> usize {
+    const fn remove_all(&mut self) -> usize {
         while self.contexts > 0 {
             self.contexts -= 1;
             self.removed += 1;
-            if self.pending_every != 0 && self.removed % self.pending_every == 0 {
+            if self.pending_every != 0 && self.removed.is_multiple_of(self.pending_every) {
                 self.pending += 1;
             }
         }
@@ -114,7 +114,7 @@ impl Engine {
         }
         (self.contexts + self.pending) as usize
     }
-    fn wait(&mut self) {
+    const fn wait(&mut self) {
         self.pending = 0;
     }
 }
