@@ -673,7 +673,7 @@ function ConvertTo-WfpMonNumberTable {
     param([AllowNull()]$InputObject, [string]$Prefix = '')
     $table = [ordered]@{}
     if ($null -eq $InputObject) { return $table }
-    if ($InputObject -is [System.ValueType] -and -not ($InputObject -is [bool])) {
+    if ($InputObject -is [System.ValueType] -and -not ($InputObject -is [bool]) -and -not ($InputObject -is [datetime])) {
         $table[$Prefix] = [double]$InputObject
         return $table
     }
@@ -738,7 +738,7 @@ function Start-WfpMonDbgView {
     )
     return Invoke-Command -Session $Session -ArgumentList $GuestDbgViewPath, $GuestLogFile -ScriptBlock {
         param([string]$Exe, [string]$Log)
-        $p = Start-Process -FilePath $Exe -ArgumentList @('/accepteula', '/t', '/k', '/v', '/l', "`"$Log`"") -PassThru
+        $p = Start-Process -FilePath $Exe -ArgumentList @('/accepteula', '/k', '/v', '/l', "`"$Log`"") -PassThru
         $p.Id
     }
 }

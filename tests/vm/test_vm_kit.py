@@ -176,8 +176,12 @@ def test_makefile_builds_the_driver_package_by_name():
 def test_makefile_takes_the_inx_from_inf():
     task = MAKEFILE["tasks"]["copy-inx-to-output"]
     assert task["clear"] is True and task["condition"]["platforms"] == ["windows"]
-    assert "${CARGO_MAKE_WORKING_DIRECTORY}/inf/${CARGO_MAKE_CRATE_FS_NAME}.inx" in task["script"]
-    assert "${WDK_BUILD_OUTPUT_DIRECTORY}/${CARGO_MAKE_CRATE_FS_NAME}.inf" in task["script"]
+    script = task["script"]
+    assert task["script_runner"] == "@rust"
+    # <working dir>/inf/<fs name>.inx -> <WDK_BUILD_OUTPUT_DIRECTORY>/<fs name>.inf
+    assert 'var("CARGO_MAKE_WORKING_DIRECTORY")' in script and '.join("inf")' in script
+    assert 'format!("{name}.inx")' in script and 'var("CARGO_MAKE_CRATE_FS_NAME")' in script
+    assert 'var("WDK_BUILD_OUTPUT_DIRECTORY")' in script and 'output.join(format!("{name}.inf"))' in script
     assert (REPO / "inf" / PACKAGE.inx_name).is_file()
 
 
