@@ -2,6 +2,7 @@
 of inf/wfpmon.inx (made here, in memory) and asserts that the checker reports
 it at the right line with the right message."""
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -170,6 +171,18 @@ def test_missing_legacy_uninstall_flag():
     text = delete_line("LegacyUninstall = 1")
     assert_reported(run(text), line_of(text, "[DefaultUninstall.NT$ARCH$]"),
                     "has no LegacyUninstall=1")
+
+
+def test_missing_legacy_uninstall_sections():
+    rows = good_lines()
+    start = find(rows, "[DefaultUninstall.NT$ARCH$]")
+    end = find(rows, "[Strings]")
+    text = NL.join(rows[:start] + rows[end:]) + NL
+    assert_reported(run(text), line_of(text, "[DefaultInstall.NT$ARCH$]"),
+                    "no [DefaultUninstall.NT$ARCH$] section (with LegacyUninstall=1, for legacy callers)")
+    # ... which is accepted once the expectation is switched off
+    relaxed = dataclasses.replace(project_expectations(), require_legacy_uninstall=False)
+    assert check(parse_inf_bytes(text.encode("ascii")), relaxed) == []
 
 
 def test_manufacturer_section_is_rejected():

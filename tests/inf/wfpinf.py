@@ -365,6 +365,10 @@ class Expectations:
     package_files: frozenset[str]
     stamped: bool = False
     arch: str = "amd64"
+    # The legacy [DefaultUninstall.<d>] (LegacyUninstall=1) + .Services
+    # (DelService) pair. Windows 10 1903+ ignores it; if infverif /w on a
+    # real WDK ever rejects it, drop the sections and set this to False.
+    require_legacy_uninstall: bool = True
 
     @property
     def decoration(self) -> str:
@@ -693,6 +697,9 @@ def _check_uninstall(inf: InfFile, exp: Expectations, decoration: str | None,
     install = inf.section(f"DefaultInstall.{decoration}")
     line = install.line if install else 1
     uninstall = inf.section(f"DefaultUninstall.{decoration}")
+    services = inf.section(f"DefaultUninstall.{decoration}.Services")
+    if not exp.require_legacy_uninstall and uninstall is None and services is None:
+        return
     if uninstall is None:
         problems.append(Problem(line, f"no [DefaultUninstall.{decoration}] section "
                                       "(with LegacyUninstall=1, for legacy callers)"))
@@ -704,7 +711,6 @@ def _check_uninstall(inf: InfFile, exp: Expectations, decoration: str | None,
                                                     "DefaultUninstall section with it"))
         elif _parse_int(_value(inf, legacy)) != 1:
             problems.append(Problem(legacy.line, f"LegacyUninstall = {_value(inf, legacy)}: must be 1"))
-    services = inf.section(f"DefaultUninstall.{decoration}.Services")
     if services is None:
         problems.append(Problem(uninstall.line if uninstall else line,
                                 f"no [DefaultUninstall.{decoration}.Services] section with DelService"))
