@@ -3,7 +3,8 @@
 #
 #  1. set-up (idempotent) and the release image of the driver;
 #  2. host crates: cargo test (catalog, flow registry, unload protocol,
-#     control protocol incl. property tests, fwpsk-sys layouts, wfpmonctl);
+#     control protocol incl. property tests, fwpsk-sys layouts, wfpmonctl),
+#     and loom model checking of the flow registry's concurrency protocol;
 #  3. lints: clippy -D warnings for the host crates, for the driver on its
 #     kernel target, and for wfpmonctl on the Windows target (type-check);
 #  4. pytest: static checks of the image, the emulator suite on the real
@@ -24,6 +25,10 @@ host_crates=(-p wfpmon-core -p fwpsk-sys -p wfpmonctl)
 
 step "host tests (cargo test)"
 cargo test "${host_crates[@]}"
+
+step "model checking (loom): the flow registry's stop/insert/remove protocol"
+RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR="$root/target/loom" \
+    cargo test -p wfpmon-core --test loom_registry --release
 
 step "clippy: host crates (all targets)"
 cargo clippy "${host_crates[@]}" --all-targets -- -D warnings

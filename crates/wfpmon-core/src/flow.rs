@@ -11,7 +11,7 @@ use core::cell::UnsafeCell;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use crate::catalog::{AddressFamily, CalloutIndex};
+use crate::catalog::{AddressFamily, CALLOUT_COUNT, CalloutIndex};
 
 /// Direction of traffic, numbered like `FWP_DIRECTION` (fwptypes.h).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -215,12 +215,6 @@ pub unsafe trait Lock {
     fn with<R>(&self, f: impl FnOnce() -> R) -> R;
 }
 
-struct ListState {
-    head: *mut FlowRecord,
-    len: usize,
-    pass: u32,
-}
-
 /// The links of a record.
 ///
 /// # Safety
@@ -231,6 +225,91 @@ unsafe fn links_of<'a>(rec: *mut FlowRecord) -> &'a mut Links {
     let cell = unsafe { &(*rec).links };
     // SAFETY: exclusive under the registry lock (contract).
     unsafe { &mut *cell.get() }
+}
+
+/// One doubly linked list of records: the flows whose context belongs to
+/// one callout. Only touched under the registry lock.
+#[derive(Clone, Copy)]
+struct Chain {
+    head: *mut FlowRecord,
+    tail: *mut FlowRecord,
+    len: usize,
+}
+
+impl Chain {
+    const EMPTY: Self = Self { head: ptr::null_mut(), tail: ptr::null_mut(), len: 0 };
+
+    /// Links `rec` first.
+    ///
+    /// # Safety
+    /// Registry lock held; `rec` valid and unlinked; linked records valid.
+    unsafe fn push_front(&mut self, rec: *mut FlowRecord) {
+        // SAFETY: contract.
+        let links = unsafe { links_of(rec) };
+        links.prev = ptr::null_mut();
+        links.next = self.head;
+        links.linked = true;
+        if self.head.is_null() {
+            self.tail = rec;
+        } else {
+            // SAFETY: linked records are valid; lock held.
+            unsafe { links_of(self.head) }.prev = rec;
+        }
+        self.head = rec;
+        self.len += 1;
+    }
+
+    /// Links `rec` last.
+    ///
+    /// # Safety
+    /// As [`Chain::push_front`].
+    unsafe fn push_back(&mut self, rec: *mut FlowRecord) {
+        // SAFETY: contract.
+        let links = unsafe { links_of(rec) };
+        links.next = ptr::null_mut();
+        links.prev = self.tail;
+        links.linked = true;
+        if self.tail.is_null() {
+            self.head = rec;
+        } else {
+            // SAFETY: linked records are valid; lock held.
+            unsafe { links_of(self.tail) }.next = rec;
+        }
+        self.tail = rec;
+        self.len += 1;
+    }
+
+    /// Unlinks `rec`, which must be in this chain.
+    ///
+    /// # Safety
+    /// Registry lock held; `rec` valid and linked into this chain.
+    unsafe fn unlink(&mut self, rec: *mut FlowRecord) {
+        // SAFETY: contract.
+        let links = unsafe { links_of(rec) };
+        if links.prev.is_null() {
+            self.head = links.next;
+        } else {
+            // SAFETY: neighbours of a linked record are linked, hence valid.
+            unsafe { links_of(links.prev) }.next = links.next;
+        }
+        if links.next.is_null() {
+            self.tail = links.prev;
+        } else {
+            // SAFETY: as above.
+            unsafe { links_of(links.next) }.prev = links.prev;
+        }
+        links.prev = ptr::null_mut();
+        links.next = ptr::null_mut();
+        links.linked = false;
+        self.len -= 1;
+    }
+}
+
+struct ListState {
+    /// Records by the catalog index of the callout holding their context.
+    chains: [Chain; CALLOUT_COUNT],
+    len: usize,
+    pass: u32,
 }
 
 /// Why a record was refused.
@@ -269,7 +348,7 @@ impl<L: Lock> FlowRegistry<L> {
         Self {
             lock,
             stopping: AtomicBool::new(false),
-            state: UnsafeCell::new(ListState { head: ptr::null_mut(), len: 0, pass: 0 }),
+            state: UnsafeCell::new(ListState { chains: [Chain::EMPTY; CALLOUT_COUNT], len: 0, pass: 0 }),
         }
     }
 
@@ -310,25 +389,20 @@ impl<L: Lock> FlowRegistry<L> {
     ///
     /// # Safety
     /// `record` must be valid, unlinked, and stay valid (not moved or freed)
-    /// until [`FlowRegistry::remove`] has been called for it.
+    /// until [`FlowRegistry::remove`] has been called for it. Its
+    /// `association.callout` must be a catalog index.
     pub unsafe fn insert(&self, record: NonNull<FlowRecord>) -> Result<(), Stopping> {
         self.locked(|s| {
             if self.stopping.load(Ordering::Relaxed) {
                 return Err(Stopping);
             }
             let rec = record.as_ptr();
-            // SAFETY: caller guarantees `record` is valid; we hold the lock.
-            let links = unsafe { links_of(rec) };
-            debug_assert!(!links.linked, "record inserted twice");
-            links.prev = ptr::null_mut();
-            links.next = s.head;
-            links.linked = true;
-            if !s.head.is_null() {
-                // SAFETY: linked records are valid (insert's contract); we
-                // hold the lock.
-                unsafe { links_of(s.head) }.prev = rec;
-            }
-            s.head = rec;
+            // SAFETY: caller guarantees `record` is valid.
+            let chain = &mut s.chains[unsafe { (*rec).association.callout }];
+            // New records go first: a removal pass in progress hands out the
+            // unvisited records at the front of a chain (see next_for_removal).
+            // SAFETY: lock held; `rec` valid and unlinked (contract).
+            unsafe { chain.push_front(rec) };
             s.len += 1;
             Ok(())
         })
@@ -336,7 +410,7 @@ impl<L: Lock> FlowRegistry<L> {
 
     /// Unlinks `record` and runs `retire` on it inside the critical section
     /// (so that statistics never see a flow twice or not at all). Removing an
-    /// unlinked record is a no-op apart from `retire`.
+    /// unlinked record is a no-op.
     ///
     /// # Safety
     /// `record` must be valid, and linked into this registry or never linked.
@@ -344,25 +418,13 @@ impl<L: Lock> FlowRegistry<L> {
         self.locked(|s| {
             let rec = record.as_ptr();
             // SAFETY: caller guarantees validity; we hold the lock.
-            let links = unsafe { links_of(rec) };
-            if links.linked {
-                if links.prev.is_null() {
-                    s.head = links.next;
-                } else {
-                    // SAFETY: neighbours of a linked record are linked, hence
-                    // valid; we hold the lock.
-                    unsafe { links_of(links.prev) }.next = links.next;
-                }
-                if !links.next.is_null() {
-                    // SAFETY: as above.
-                    unsafe { links_of(links.next) }.prev = links.prev;
-                }
-                links.linked = false;
-                links.prev = ptr::null_mut();
-                links.next = ptr::null_mut();
+            if unsafe { links_of(rec) }.linked {
+                // SAFETY: valid (contract); shared access to immutable fields.
+                let record = unsafe { &*rec };
+                // SAFETY: linked, hence in the chain of its callout; lock held.
+                unsafe { s.chains[record.association.callout].unlink(rec) };
                 s.len -= 1;
-                // SAFETY: `rec` is valid (contract); shared access only.
-                retire(unsafe { &*rec });
+                retire(record);
             }
             Removed { now_empty: s.len == 0, stopping: self.stopping.load(Ordering::Relaxed) }
         })
@@ -380,42 +442,49 @@ impl<L: Lock> FlowRegistry<L> {
     /// The next record of `callout` not yet visited in `pass`, marked
     /// visited. Returns a copy of its association: the record itself may be
     /// freed (by the flow-delete callback) as soon as the lock is released.
+    ///
+    /// O(1): visited records move to the back of their chain, so the front
+    /// record is either unvisited or the pass is complete.
     pub fn next_for_removal(&self, pass: RemovalPass, callout: CalloutIndex) -> Option<Association> {
         self.locked(|s| {
-            let mut cur = s.head;
-            while !cur.is_null() {
-                // SAFETY: linked records are valid; links guarded by the lock.
-                let rec = unsafe { &*cur };
-                // SAFETY: as above; exclusive under the lock.
-                let links = unsafe { &mut *rec.links.get() };
-                if rec.association.callout == callout && links.removal_pass != pass.0 {
-                    links.removal_pass = pass.0;
-                    return Some(rec.association);
-                }
-                cur = links.next;
+            let chain = &mut s.chains[callout];
+            let head = chain.head;
+            if head.is_null() {
+                return None;
             }
-            None
+            // SAFETY: linked records are valid; lock held.
+            let links = unsafe { links_of(head) };
+            if links.removal_pass == pass.0 {
+                return None;
+            }
+            links.removal_pass = pass.0;
+            // SAFETY: `head` is linked into `chain`; lock held.
+            unsafe { chain.unlink(head) };
+            // SAFETY: as above; `head` is now unlinked and still valid.
+            unsafe { chain.push_back(head) };
+            // SAFETY: valid; immutable field.
+            Some(unsafe { (*head).association })
         })
     }
 
     /// Number of linked records whose context belongs to `callout`.
     pub fn count_for(&self, callout: CalloutIndex) -> usize {
-        let mut n = 0;
-        self.for_each(|r| n += usize::from(r.association.callout == callout));
-        n
+        self.locked(|s| s.chains[callout].len)
     }
 
     /// Runs `f` on every linked record, under the lock (so `f` runs at the
     /// lock's IRQL: it must not block, allocate or call into the engine).
     pub fn for_each(&self, mut f: impl FnMut(&FlowRecord)) {
         self.locked(|s| {
-            let mut cur = s.head;
-            while !cur.is_null() {
-                // SAFETY: linked records are valid while the lock is held.
-                let rec = unsafe { &*cur };
-                f(rec);
-                // SAFETY: as above.
-                cur = unsafe { (*rec.links.get()).next };
+            for chain in &s.chains {
+                let mut cur = chain.head;
+                while !cur.is_null() {
+                    // SAFETY: linked records are valid while the lock is held.
+                    let rec = unsafe { &*cur };
+                    f(rec);
+                    // SAFETY: as above.
+                    cur = unsafe { links_of(cur) }.next;
+                }
             }
         });
     }
