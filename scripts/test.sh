@@ -39,6 +39,7 @@ cargo clippy --release --target "$WFPMON_TARGET" -p wfpmon -- -D warnings
 step "clippy: wfpmonctl on x86_64-pc-windows-msvc (user mode, type-check)"
 cargo clippy --target "$WFPMON_TARGET" -p wfpmonctl -- -D warnings
 
-step "pytest: image, emulator, INF, VM kit"
+step "pytest: image, emulator (driver and wfpmonctl.exe), INF, VM kit"
 export WFPMON_SYS="$root/target/$WFPMON_TARGET/release/wfpmon.sys"
-exec "$WFPMON_VENV/bin/python" -m pytest -q tests/image tests/emulator tests/inf tests/vm
+exec "$WFPMON_VENV/bin/python" -m pytest -q tests/image tests/emulator tests/inf tests/vm \
+    tools/wfpmonctl/tests/emulator

@@ -58,8 +58,11 @@ flock 9
 #                         directory (intrinsic headers such as mmintrin.h)
 #   llvm                  llvm-nm and llvm-dlltool to make MSVC import libraries
 #   python3-venv          the tests' virtual environment
+#   gcc-mingw-w64-x86-64  linker for the x86_64-pc-windows-gnu build of
+#                         wfpmonctl.exe that the user-mode emulator test runs
+#                         (no MSVC CRT exists here to link the msvc build)
 # ---------------------------------------------------------------------------
-apt_packages=(mingw-w64-x86-64-dev clang libclang-dev llvm python3-venv)
+apt_packages=(mingw-w64-x86-64-dev clang libclang-dev llvm python3-venv gcc-mingw-w64-x86-64)
 missing=()
 for pkg in "${apt_packages[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
@@ -92,11 +95,16 @@ mingw_root="/usr/x86_64-w64-mingw32"
 # ---------------------------------------------------------------------------
 # 2. Rust target (the prebuilt core/alloc suffice: no -Zbuild-std)
 # ---------------------------------------------------------------------------
-if ! (cd "$WFPMON_WORKSPACE" && rustup target list --installed) | grep -qx "$WFPMON_TARGET"; then
-    log "adding Rust target $WFPMON_TARGET"
-    (cd "$WFPMON_WORKSPACE" && rustup target add "$WFPMON_TARGET") \
-        || die "rustup could not add $WFPMON_TARGET (it downloads from the Rust distribution server, not a package registry); install the target on this machine first"
-fi
+# x86_64-pc-windows-msvc: the driver (and wfpmonctl's type-check);
+# x86_64-pc-windows-gnu: the wfpmonctl.exe the user-mode emulator test runs.
+installed_targets="$(cd "$WFPMON_WORKSPACE" && rustup target list --installed)"
+for target in "$WFPMON_TARGET" x86_64-pc-windows-gnu; do
+    if ! grep -qx "$target" <<<"$installed_targets"; then
+        log "adding Rust target $target"
+        (cd "$WFPMON_WORKSPACE" && rustup target add "$target") \
+            || die "rustup could not add $target (it downloads from the Rust distribution server, not a package registry); install the target on this machine first"
+    fi
+done
 
 # ---------------------------------------------------------------------------
 # 3. WDK-shaped directory (WDKContentRoot):
