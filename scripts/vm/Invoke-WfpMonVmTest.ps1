@@ -21,7 +21,7 @@
        4. TCP and UDP loopback traffic over IPv4 and IPv6; wfpmonctl flows --json lists
           the open test connection; wfpmonctl stats --json byte counters grow;
        5. -Iterations times: sc.exe stop / sc.exe start under continuous traffic, which
-          must never fail (the filters carry PERMIT_IF_CALLOUT_UNREGISTERED);
+          must never fail (inspection filters are ignored while their callout is unregistered);
        6. with the driver stopped and the filters still there, traffic must still flow;
        7. DbgPrint output: DebugView's log if -DbgViewPath was given (otherwise attach a
           kernel debugger; see docs/windows.md);
