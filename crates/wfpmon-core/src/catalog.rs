@@ -261,6 +261,21 @@ pub const CALLOUTS: [CalloutSpec; CALLOUT_COUNT] = [
     },
 ];
 
+/// `FWPM_FILTER0` keys of the filters `wfpmonctl install` adds.
+///
+/// One per callout, index-aligned with [`CALLOUTS`] (filter `i` references
+/// callout `i` at its layer). Fixed keys let `wfpmonctl uninstall` delete exactly
+/// what install added without storing anything. Fixed forever: changing
+/// one would orphan filters an older `wfpmonctl` installed.
+pub const FILTER_KEYS: [Guid; CALLOUT_COUNT] = [
+    Guid::from_u128(0x8ea6_a57d_020d_460c_8725_b13a_3760_a548),
+    Guid::from_u128(0xf604_9f07_f2cd_4c95_bb7f_7cf8_fe18_9290),
+    Guid::from_u128(0x5e66_02ca_a877_4d7b_871e_981c_c9a6_560f),
+    Guid::from_u128(0xeffa_38c5_765d_492b_b05b_031b_d035_26ce),
+    Guid::from_u128(0x4790_ebf6_3d02_448f_beb0_c363_e551_8b57),
+    Guid::from_u128(0xff6a_85a6_3f06_45a5_9e44_de04_f5fe_f46a),
+];
+
 /// Index in [`CALLOUTS`] of the callout that counts a flow's data, given the
 /// flow's family and IP protocol: TCP flows are counted at the stream layer,
 /// every other protocol at the datagram-data layer.

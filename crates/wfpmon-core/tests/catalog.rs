@@ -29,6 +29,9 @@ fn every_key_is_unique() {
     let mut keys: HashSet<u128> = CALLOUTS.iter().map(|c| c.key.to_u128()).collect();
     assert_eq!(keys.len(), CALLOUTS.len());
     assert!(keys.insert(PROVIDER_KEY.to_u128()));
+    for filter in catalog::FILTER_KEYS {
+        assert!(keys.insert(filter.to_u128()), "filter key {filter} reused");
+    }
     assert!(keys.insert(SUBLAYER_KEY.to_u128()));
     let names: HashSet<&str> = CALLOUTS.iter().map(|c| c.name).collect();
     assert_eq!(names.len(), CALLOUTS.len());

@@ -18,8 +18,7 @@
 //!   make `status` able to ask for each filter by key. Their weakness: a
 //!   filter added by hand that references a wfpmon callout keeps that callout
 //!   alive; uninstall then fails with `FWP_E_IN_USE`, aborts, and says so.
-//!   (These keys would belong in `wfpmon_core::catalog`, next to the callout
-//!   keys; they live here until the catalog grows a filter-key table.)
+//!   The keys are defined in `wfpmon_core::catalog`, next to the callout keys.
 //! * **Fail open.** Every filter uses `FWP_ACTION_CALLOUT_INSPECTION`. The WDK
 //!   documents (`FwpsCalloutRegister0`, `FwpsCalloutUnregisterByKey0`) that a
 //!   filter of that action type is *ignored* while its callout is not
@@ -82,18 +81,7 @@ pub mod flags {
     pub const FILTER_DISABLED: u32 = 0x0000_0020;
 }
 
-/// Filter keys, one per callout of [`catalog::CALLOUTS`], at the same index.
-///
-/// Fixed forever: changing one would orphan filters installed by an older
-/// `wfpmonctl`.
-pub const FILTER_KEYS: [Guid; CALLOUT_COUNT] = [
-    Guid::from_u128(0x8ea6_a57d_020d_460c_8725_b13a_3760_a548),
-    Guid::from_u128(0xf604_9f07_f2cd_4c95_bb7f_7cf8_fe18_9290),
-    Guid::from_u128(0x5e66_02ca_a877_4d7b_871e_981c_c9a6_560f),
-    Guid::from_u128(0xeffa_38c5_765d_492b_b05b_031b_d035_26ce),
-    Guid::from_u128(0x4790_ebf6_3d02_448f_beb0_c363_e551_8b57),
-    Guid::from_u128(0xff6a_85a6_3f06_45a5_9e44_de04_f5fe_f46a),
-];
+pub use wfpmon_core::catalog::FILTER_KEYS;
 
 /// Weight of wfpmon's sublayer (`FWPM_SUBLAYER0.weight`).
 pub const SUBLAYER_WEIGHT: u16 = 0x0100;

@@ -65,7 +65,7 @@ PROVIDER_KEY, SUBLAYER_KEY, CALLOUTS = _catalog()
 
 
 def _filter_keys():
-    text = (ROOT / "tools/wfpmonctl/src/plan.rs").read_text()
+    text = (ROOT / "crates/wfpmon-core/src/catalog.rs").read_text()
     table = text[text.index("pub const FILTER_KEYS"):]
     table = table[: table.index("];")]
     keys = [_guid_text(k) for k in re.findall(r"Guid::from_u128\(0x([0-9a-f_]+)\)", table)]
