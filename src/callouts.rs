@@ -10,12 +10,14 @@
 
 use core::ptr::NonNull;
 
+use wdk_sys::STATUS_SUCCESS;
+
 use wfpmon_core::catalog::{CALLOUTS, data_callout_for};
 use wfpmon_core::flow::{Association, Direction, FlowRecord};
 
 use crate::kernel::pool::PoolBox;
 use crate::kernel::wfp::{self, FlowEstablished};
-use crate::kernel::{Status, log, nt_success, time};
+use crate::kernel::{Status, log, time};
 use crate::shared::SHARED;
 
 /// ALE flow established: attach a [`FlowRecord`] to the new flow, owned by
@@ -49,7 +51,10 @@ pub fn on_flow_established(flow: &FlowEstablished) {
     }
     let layer = CALLOUTS[target].runtime_layer;
     let status = wfp::associate_flow_context(flow.flow_handle, layer, target_id, context);
-    if nt_success(status) {
+    // Only STATUS_SUCCESS associates: STATUS_OBJECT_NAME_EXISTS (a context is
+    // already there, e.g. the flow was classified again) passes NT_SUCCESS()
+    // but leaves our context unowned.
+    if status == STATUS_SUCCESS {
         SHARED.stats.flow_tracked();
         // Ownership passes to the association; the flow-delete callback frees it.
         let _ = record.into_raw();

@@ -266,3 +266,18 @@ def test_association_failure_frees_the_context(image):
     assert len(e.contexts) == 2
     e.unload()
     assert_nothing_left(e)
+
+
+def test_a_flow_classified_twice_keeps_one_context(loaded):
+    """FwpsFlowAssociateContext0 answers STATUS_OBJECT_NAME_EXISTS — a
+    success-class status — when the flow already carries a context: the
+    second record must be freed, not tracked."""
+    key = KEYS["wfpmon-flow-established-v4"]
+    for _ in range(2):
+        loaded.establish(key, 4, 6, 1, 2, 3, 4, L.FWP_DIRECTION_OUTBOUND, 0x4242, 9)
+    rets = [c.ret for c in loaded.api_sequence("FwpsFlowAssociateContext0")]
+    assert rets == [0, 0x40000000]
+    wfpm = int.from_bytes(b"WfpM", "little")
+    assert [t for _, t in loaded.pool.values()].count(wfpm) == 1
+    loaded.unload()
+    assert_nothing_left(loaded)

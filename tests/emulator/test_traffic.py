@@ -142,3 +142,16 @@ def test_flow_without_flow_handle_metadata_is_not_tracked(loaded):
                            metadata_fields=L.FWPS_METADATA_FIELD_PROCESS_ID)
     assert out.actionType == L.FWP_ACTION_CONTINUE
     assert loaded.contexts == {}
+
+
+def test_per_packet_path_makes_no_kernel_call_but_the_injection_query(loaded):
+    """No allocation, no lock, no wait per packet: the stream classify calls
+    nothing; the datagram classify calls only FwpsQueryPacketInjectionState0."""
+    tcp4(loaded, 0x100)
+    udp6(loaded, 0x200)
+    before = len(loaded.calls)
+    for _ in range(5):
+        loaded.stream(0x100, 100, send=True)
+    assert loaded.calls[before:] == []
+    loaded.datagram(0x200, [10, 20], inbound=True)
+    assert [c.api for c in loaded.calls[before:]] == ["FwpsQueryPacketInjectionState0"]
