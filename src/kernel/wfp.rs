@@ -247,13 +247,16 @@ fn decode_flow_established(layer: u16, values: &Values<'_>, meta: &Metadata<'_>)
         fwps::FWPS_LAYER_ALE_FLOW_ESTABLISHED_V6 => &FLOW_ESTABLISHED_V6,
         _ => return None,
     };
+    // The protocol decides which data callout counts the flow, so it is
+    // required; an address or port the engine did not supply is recorded as
+    // zero rather than leaving the flow untracked.
     let tuple = FlowTuple {
         family: f.family,
         ip_protocol: values.u8(f.protocol)?,
-        local_address: values.address(f.local_address, f.family)?,
-        local_port: values.u16(f.local_port)?,
-        remote_address: values.address(f.remote_address, f.family)?,
-        remote_port: values.u16(f.remote_port)?,
+        local_address: values.address(f.local_address, f.family).unwrap_or_default(),
+        local_port: values.u16(f.local_port).unwrap_or_default(),
+        remote_address: values.address(f.remote_address, f.family).unwrap_or_default(),
+        remote_port: values.u16(f.remote_port).unwrap_or_default(),
         direction: values.u32(f.direction).and_then(Direction::from_fwp).unwrap_or(Direction::Outbound),
     };
     Some(FlowEstablished { flow_handle: meta.flow_handle()?, tuple, process_id: meta.process_id() })

@@ -155,3 +155,19 @@ def test_per_packet_path_makes_no_kernel_call_but_the_injection_query(loaded):
     assert loaded.calls[before:] == []
     loaded.datagram(0x200, [10, 20], inbound=True)
     assert [c.api for c in loaded.calls[before:]] == ["FwpsQueryPacketInjectionState0"]
+
+
+def test_a_flow_is_tracked_even_without_addresses_or_ports(loaded):
+    """Only the protocol (which picks the data callout) and the flow handle
+    are required; missing endpoint values are recorded as zero."""
+    key = KEYS["wfpmon-flow-established-v4"]
+    fn, args, out = loaded.establish_call(key, 4, 17, 1, 2, 3, 4, L.FWP_DIRECTION_OUTBOUND, 0x600, 5)
+    # Blank every value but the protocol (FWP_EMPTY), as a sparse engine might.
+    values = loaded.read(L.FWPS_INCOMING_VALUES0, args[0])
+    for i in range(values.valueCount):
+        if i != L.FE_PROTOCOL:
+            loaded.se.mem_write(values.incomingValue + 16 * i, bytes(16))
+    loaded.call(fn, args)
+    f = flows_by_id(loaded)[0x600]
+    assert (f["protocol"], f["local_port"], f["remote_port"]) == (17, 0, 0)
+    assert f["local"] == bytes(16) and f["remote"] == bytes(16)
