@@ -277,13 +277,16 @@ const unsafe fn observe_only(out: *mut fwps::FWPS_CLASSIFY_OUT0) {
     }
 }
 
-/// The flow context the engine passes to a data callout.
+/// The common start of a data callout's classify: the observer's action,
+/// then the flow context the engine passes (our [`FlowRecord`], if any).
 ///
 /// # Safety
-/// `flow_context` is 0 or a context this driver associated and whose
-/// flow-delete callback has not run (the engine defers it until classify
-/// returns).
-unsafe fn flow_record<'a>(flow_context: u64) -> Option<&'a FlowRecord> {
+/// `out` is null or the engine's `classifyOut`; `flow_context` is 0 or a
+/// context this driver associated and whose flow-delete callback has not
+/// run (the engine defers it until classify returns).
+unsafe fn begin_data_classify<'a>(out: *mut fwps::FWPS_CLASSIFY_OUT0, flow_context: u64) -> Option<&'a FlowRecord> {
+    // SAFETY: contract.
+    unsafe { observe_only(out) };
     // SAFETY: contract: a live FlowRecord we associated.
     NonNull::new(flow_context as *mut FlowRecord).map(|p| unsafe { p.as_ref() })
 }
@@ -324,9 +327,7 @@ unsafe extern "system" fn classify_stream(
     classify_out: *mut fwps::FWPS_CLASSIFY_OUT0,
 ) {
     // SAFETY: the engine's arguments for this classify.
-    unsafe { observe_only(classify_out) };
-    // SAFETY: the engine passes our associated context (or 0).
-    let Some(record) = (unsafe { flow_record(flow_context) }) else { return };
+    let Some(record) = (unsafe { begin_data_classify(classify_out, flow_context) }) else { return };
     // SAFETY: at the stream layers layerData is an FWPS_STREAM_CALLOUT_IO_PACKET0.
     let Some(packet) = (unsafe { layer_data.cast::<fwps::FWPS_STREAM_CALLOUT_IO_PACKET0>().as_ref() }) else {
         return;
@@ -374,9 +375,7 @@ unsafe extern "system" fn classify_datagram_data(
     classify_out: *mut fwps::FWPS_CLASSIFY_OUT0,
 ) {
     // SAFETY: the engine's arguments for this classify.
-    unsafe { observe_only(classify_out) };
-    // SAFETY: the engine passes our associated context (or 0).
-    let Some(record) = (unsafe { flow_record(flow_context) }) else { return };
+    let Some(record) = (unsafe { begin_data_classify(classify_out, flow_context) }) else { return };
     // SAFETY: as above.
     let Some((layer, values)) = (unsafe { Values::from_raw(in_fixed_values) }) else { return };
     let direction_field = match layer {
