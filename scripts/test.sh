@@ -16,6 +16,15 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$root/scripts/linux/env.sh"
 cd "$root"
 
+# Everything is also written to target/test-output.log; the last line is a
+# summary over every runner ("N passed, N failed, N skipped"), also kept in
+# target/test-summary.txt for .ci/run to repeat after cargo-make's own lines.
+mkdir -p "$root/target"
+output_log="$root/target/test-output.log"
+summary_file="$root/target/test-summary.txt"
+rm -f "$summary_file"
+exec > >(tee "$output_log") 2>&1
+
 step() { printf '\n=== %s\n' "$*"; }
 
 step "set-up and release build of wfpmon.sys"
@@ -41,5 +50,19 @@ cargo clippy --target "$WFPMON_TARGET" -p wfpmonctl -- -D warnings
 
 step "pytest: image, emulator (driver and wfpmonctl.exe), INF, VM kit"
 export WFPMON_SYS="$root/target/$WFPMON_TARGET/release/wfpmon.sys"
-exec "$WFPMON_VENV/bin/python" -m pytest -q tests/image tests/emulator tests/inf tests/vm \
+"$WFPMON_VENV/bin/python" -m pytest -q tests/image tests/emulator tests/inf tests/vm \
     tools/wfpmonctl/tests/emulator
+
+step "summary"
+# cargo test: "test result: ok. 9 passed; 0 failed; 1 ignored; ..."
+# pytest:     "240 passed, 1 skipped in 87.30s"
+awk '
+    /^test result: / { p += $4; f += $6; s += $8 }
+    /^[0-9]+ passed/ && / in [0-9.]+s/ {
+        for (i = 1; i < NF; i++) {
+            n = $i + 0; w = $(i + 1); sub(/,$/, "", w)
+            if (w == "passed") p += n; else if (w == "failed") f += n; else if (w == "skipped") s += n
+        }
+    }
+    END { printf "%d passed, %d failed, %d skipped\n", p, f, s }
+' "$output_log" | tee "$summary_file"

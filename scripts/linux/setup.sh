@@ -6,16 +6,18 @@
 # already there (and built from the same inputs) before doing anything, so a
 # second run takes well under a second. Everything it generates lives under
 # target/linux-wdk/ (see env.sh); nothing outside the repository is written
-# except Debian packages and the rustup target.
+# except Debian packages, the rustup targets and cargo-make.
 #
 # Steps:
 #   1. Debian packages (apt-get update only when something is missing)
-#   2. the Rust target x86_64-pc-windows-msvc
+#   2. the Rust targets x86_64-pc-windows-msvc (driver) and -gnu (wfpmonctl.exe
+#      for the user-mode emulator test)
 #   3. a WDK-shaped directory made from mingw-w64's DDK headers and import
 #      libraries (the WDKContentRoot that wdk-build/wdk-sys read)
 #   4. a Linux-host copy of wdk-build 0.6.0 and the generated CARGO_HOME whose
 #      config.toml wires it, the linker and the environment in
 #   5. the Python virtual environment of the tests (tests/requirements.txt)
+#   6. cargo-make (skipped when `cargo make --version` answers)
 #
 # Environment: WFPMON_SETUP_SKIP_VENV=1 skips step 5 (build-only machines).
 set -euo pipefail
@@ -319,4 +321,15 @@ if [[ "${WFPMON_SETUP_SKIP_VENV:-0}" != 1 ]]; then
         "$WFPMON_VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements"
         printf '%s\n' "$venv_fp" >"$venv_stamp"
     fi
+fi
+
+# ---------------------------------------------------------------------------
+# 6. cargo-make: the task runner of the Windows flow (wdk-build) and of the
+#    Linux tasks (`cargo make linux-test` is the test command CI runs).
+#    Installed once per machine into the user's own cargo home, not into
+#    target/ (a `cargo clean` would otherwise cost a 4-minute rebuild).
+# ---------------------------------------------------------------------------
+if ! cargo make --version >/dev/null 2>&1; then
+    log "installing cargo-make (about 4 minutes of compilation, once per machine)"
+    CARGO_HOME="${WFPMON_ORIG_CARGO_HOME:-$HOME/.cargo}" cargo install cargo-make --locked --version 0.37.24
 fi
