@@ -76,7 +76,7 @@ class FakeEngine:
     """One emulated boot of the driver: load, DriverEntry, traffic, unload."""
 
     def __init__(self, image: str, faults: dict[str, dict[int, int]] | None = None,
-                 remove_mode=None):
+                 remove_mode=None, pending_runs_on: str = "wait"):
         # faults: api name -> {n-th call (1-based): status to return}
         self.faults = faults or {}
         self.counts: dict[str, int] = {}
@@ -101,6 +101,11 @@ class FakeEngine:
         self.spin_depth = 0
         self.driver_object = 0
         self.remove_mode = remove_mode or (lambda flow, layer, cid: "sync")
+        # When deferred (STATUS_PENDING) flow deletions complete: at the
+        # driver's next wait ("wait"), or at its next unregister attempt
+        # ("unregister", an engine whose other processor finishes between
+        # two calls of the driver).
+        self.pending_runs_on = pending_runs_on
         self.waits = 0
         self.interpositions: dict = {}
         self.completed_irps: list[int] = []
@@ -305,14 +310,10 @@ class FakeEngine:
     def _ke_wait(self, emu, api, orig, argv):
         """A wait lets the 'other processor' finish: pending flow deletions run."""
         self.waits += 1
-        if self.pending:
-            batch, self.pending = self.pending, []
-            for _, flow, layer, cid, ctx in batch:
-                self.pending_keys.discard((flow, layer, cid))
-                self.flow_deletes.append((layer, cid, ctx))
-            self._record("KeWaitForSingleObject", (len(batch),), L.STATUS_SUCCESS)
-            return self._redirect(emu, [(fn, [layer, cid, ctx]) for fn, _, layer, cid, ctx in batch],
-                                  L.STATUS_SUCCESS)
+        if self.pending and self.pending_runs_on == "wait":
+            calls = self._run_pending()
+            self._record("KeWaitForSingleObject", (len(calls),), L.STATUS_SUCCESS)
+            return self._redirect(emu, calls, L.STATUS_SUCCESS)
         return self._record("KeWaitForSingleObject", (0,), L.STATUS_TIMEOUT)
 
     def _spin_acquire(self, emu, api, orig, argv):
@@ -361,8 +362,17 @@ class FakeEngine:
         pend = [k for k in self.pending_keys if k[2] == cid]
         return live + pend
 
+    def _run_pending(self) -> list[tuple[int, list[int]]]:
+        """Completes every deferred deletion; returns the guest calls to make."""
+        batch, self.pending = self.pending, []
+        for _, flow, layer, cid, ctx in batch:
+            self.pending_keys.discard((flow, layer, cid))
+            self.flow_deletes.append((layer, cid, ctx))
+        return [(fn, [layer, cid, ctx]) for fn, _, layer, cid, ctx in batch]
+
     def _callout_unregister(self, emu, api, orig, argv):
         cid = argv[0] & 0xFFFFFFFF
+        deferred = self._run_pending() if self.pending_runs_on == "unregister" else []
         c = self.callouts.get(cid)
         if c is None or not c.registered:
             rv = L.STATUS_FWP_CALLOUT_NOT_FOUND
@@ -373,7 +383,8 @@ class FakeEngine:
             rv = L.STATUS_SUCCESS if fault is None else fault
             if rv == L.STATUS_SUCCESS:
                 c.registered = False
-        return self._record("FwpsCalloutUnregisterById0", (cid,), rv)
+        self._record("FwpsCalloutUnregisterById0", (cid,), rv)
+        return self._redirect(emu, deferred, rv) if deferred else rv
 
     def _injection_create(self, emu, api, orig, argv):
         fault = self._fault("FwpsInjectionHandleCreate0")

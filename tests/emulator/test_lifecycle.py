@@ -281,3 +281,18 @@ def test_a_flow_classified_twice_keeps_one_context(loaded):
     assert [t for _, t in loaded.pool.values()].count(wfpm) == 1
     loaded.unload()
     assert_nothing_left(loaded)
+
+
+def test_pending_deletions_that_complete_between_unregister_calls(image):
+    """An engine whose other processor finishes the pending classify between
+    two calls of the driver (not while it waits): the retry loop still gets
+    every callout unregistered and every context freed."""
+    e = FakeEngine(image, remove_mode=lambda flow, layer, cid: "pending",
+                   pending_runs_on="unregister")
+    assert e.driver_entry() == 0
+    establish_many(e, 40)
+    e.unload()
+    removes = [c.ret for c in e.calls if c.api == "FwpsFlowRemoveContext0"]
+    assert removes == [L.STATUS_PENDING] * 40
+    assert len(e.flow_deletes) == 40
+    assert_nothing_left(e)
