@@ -50,7 +50,9 @@ pub fn on_flow_established(flow: &FlowEstablished) {
         return; // unload has begun: associate nothing new (record freed on drop)
     }
     let layer = CALLOUTS[target].runtime_layer;
-    let status = wfp::associate_flow_context(flow.flow_handle, layer, target_id, context);
+    // SAFETY: `record` stays alive: on success it is leaked below and freed
+    // only by the flow-delete callback; on failure we still own it.
+    let status = unsafe { wfp::associate_flow_context(flow.flow_handle, layer, target_id, context) };
     // Only STATUS_SUCCESS associates: STATUS_OBJECT_NAME_EXISTS (a context is
     // already there, e.g. the flow was classified again) passes NT_SUCCESS()
     // but leaves our context unowned.

@@ -51,27 +51,34 @@ unsafe extern "C" fn dispatch_unsupported(_device: *mut DEVICE_OBJECT, irp: *mut
 }
 
 fn device_control(mut irp: Irp) -> NTSTATUS {
-    let params = irp.device_control();
-    let mut empty = [0u8; 0];
-    let buffer = irp.system_buffer(params).unwrap_or(&mut empty);
-    // Lengths larger than the buffer cannot happen for METHOD_BUFFERED, but
-    // the slices below are bounded by the buffer all the same.
-    let input_len = params.input_len.min(buffer.len());
-    let output_len = params.output_len.min(buffer.len());
-    let request = match parse_request(params.code, &buffer[..input_len], output_len) {
-        Ok(request) => request,
-        Err(error) => return irp.complete(error.ntstatus(), 0),
-    };
-    let output = &mut buffer[..output_len];
-    let (status, written) = match request {
+    let (status, written) = irp.buffered_device_control().map_or(
+        // Every wfpmon IOCTL is METHOD_BUFFERED; anything else is unknown.
+        (STATUS_INVALID_DEVICE_REQUEST, 0),
+        |(params, buffer)| {
+            // Lengths larger than the buffer cannot happen for
+            // METHOD_BUFFERED; the slices are bounded by it all the same.
+            let input_len = params.input_len.min(buffer.len());
+            let output_len = params.output_len.min(buffer.len());
+            match parse_request(params.code, &buffer[..input_len], output_len) {
+                Ok(request) => execute(request, &mut buffer[..output_len]),
+                Err(error) => (error.ntstatus(), 0),
+            }
+        },
+    );
+    irp.complete(status, written)
+}
+
+/// Carries out a validated request; returns the status and the bytes of
+/// `output` written.
+fn execute(request: Request, output: &mut [u8]) -> (NTSTATUS, usize) {
+    match request {
         Request::QueryStats => (STATUS_SUCCESS, stats().encode(output)),
         Request::ListFlows { capacity } => list_flows(output, capacity),
         Request::SetCounting { enable } => {
             SHARED.stats.set_counting(enable);
             (STATUS_SUCCESS, 0)
         }
-    };
-    irp.complete(status, written)
+    }
 }
 
 /// Statistics: lifetime counters plus the traffic of active flows.

@@ -101,11 +101,11 @@ fn unregister(index: CalloutIndex, id: u32) -> Outcome {
                 let removed = remove_flow_contexts(index, id);
                 let left = SHARED.flows.count_for(index);
                 log!("{name}: asked {removed} flow contexts to go, {left} still tracked");
-                protocol.on_contexts_removed(left);
+                protocol.on_contexts_removed(removed, left);
             }
-            Step::WaitForFlowDeletes => {
+            Step::Wait => {
                 let wait = SHARED.flow_deleted.wait(FLOW_DELETE_WAIT_100NS);
-                log!("{name}: waited for flow deletion: {wait:?}");
+                log!("{name}: waited before retrying: {wait:?}");
                 protocol.on_waited();
             }
             Step::Finished(outcome) => {
@@ -133,22 +133,27 @@ fn remove_flow_contexts(index: CalloutIndex, id: u32) -> usize {
 }
 
 /// Waits, bounded, until no flow context of ours is left (flow-delete
-/// callbacks that `STATUS_PENDING` promised).
+/// callbacks that `STATUS_PENDING` promised) and no classify is still
+/// running driver code (one that was already past its entry when the
+/// callouts went away).
 fn wait_for_flow_contexts() {
     let mut waits = 0;
     loop {
         let left = SHARED.flows.len();
-        if left == 0 {
-            log!("teardown: no flow context left");
+        let running = SHARED.classifies_in_progress();
+        if left == 0 && running == 0 {
+            log!("teardown: no flow context left, no classify in progress");
             return;
         }
         if waits == MAX_FLOW_DELETE_WAITS {
-            log!("ERROR: teardown: {left} flow contexts still outstanding after {waits} waits");
+            log!("ERROR: teardown: {left} flow contexts, {running} classifies outstanding after {waits} waits");
             return;
         }
         let wait = SHARED.flow_deleted.wait(FLOW_DELETE_WAIT_100NS);
         waits += 1;
-        log!("teardown: {left} flow contexts outstanding, waited: {wait:?}");
+        if waits % 10 == 1 {
+            log!("teardown: {left} flow contexts, {running} classifies outstanding, waited: {wait:?}");
+        }
     }
 }
 

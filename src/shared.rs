@@ -7,7 +7,7 @@
 
 use core::ffi::c_void;
 use core::ptr;
-use core::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 
 use wfpmon_core::catalog::{CALLOUT_COUNT, CalloutIndex};
 use wfpmon_core::flow::FlowRegistry;
@@ -27,6 +27,8 @@ pub struct Shared {
     callout_ids: [AtomicU32; CALLOUT_COUNT],
     /// The packet-injection handle, null until created and after teardown.
     injection: AtomicPtr<c_void>,
+    /// Flow-established classifies currently executing driver code.
+    classifies: AtomicUsize,
 }
 
 /// The driver's one instance.
@@ -36,6 +38,7 @@ pub static SHARED: Shared = Shared {
     flow_deleted: Event::uninit(),
     callout_ids: [const { AtomicU32::new(0) }; CALLOUT_COUNT],
     injection: AtomicPtr::new(ptr::null_mut()),
+    classifies: AtomicUsize::new(0),
 };
 
 impl Shared {
@@ -60,5 +63,34 @@ impl Shared {
     /// Publishes (or, with null, withdraws) the injection handle.
     pub fn set_injection_handle(&self, handle: *mut c_void) {
         self.injection.store(handle, Ordering::Release);
+    }
+
+    /// Marks a flow-established classify as running driver code until the
+    /// guard drops. Teardown does not return while any is running: nothing
+    /// documents that unregistering a callout waits for classify calls
+    /// already in progress, and such a call may still free a context or log
+    /// after the callouts are gone. (A hand-made rundown reference: the
+    /// per-flow path pays two atomic operations, the per-packet path none.)
+    pub fn enter_classify(&self) -> ClassifyGuard<'_> {
+        self.classifies.fetch_add(1, Ordering::AcqRel);
+        ClassifyGuard(self)
+    }
+
+    /// Flow-established classifies running now.
+    pub fn classifies_in_progress(&self) -> usize {
+        self.classifies.load(Ordering::Acquire)
+    }
+}
+
+/// See [`Shared::enter_classify`].
+pub struct ClassifyGuard<'a>(&'a Shared);
+
+impl Drop for ClassifyGuard<'_> {
+    fn drop(&mut self) {
+        let before = self.0.classifies.fetch_sub(1, Ordering::AcqRel);
+        if before == 1 && self.0.flows.is_stopping() {
+            // The last one out wakes a teardown that may be waiting.
+            self.0.flow_deleted.set();
+        }
     }
 }

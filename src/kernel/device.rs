@@ -9,7 +9,9 @@ use super::driver::DriverObject;
 use super::{Status, WideStr, log, nt_success};
 
 const NAME_LEN: usize = catalog::DEVICE_NAME.len();
-static DEVICE_NAME: WideStr<NAME_LEN> = WideStr::new(catalog::DEVICE_NAME);
+/// The name and its terminating NUL (`IoCreateDevice` documents a
+/// null-terminated string; `Length` excludes the NUL, `MaximumLength` not).
+static DEVICE_NAME: WideStr<{ NAME_LEN + 1 }> = WideStr::with_nul(catalog::DEVICE_NAME);
 
 /// The device object; deleted (`IoDeleteDevice`) when dropped.
 ///
@@ -31,7 +33,7 @@ impl Device {
         let byte_len = (NAME_LEN * 2) as u16;
         let mut name = UNICODE_STRING {
             Length: byte_len,
-            MaximumLength: byte_len,
+            MaximumLength: byte_len + 2,
             Buffer: DEVICE_NAME.as_slice().as_ptr().cast_mut(),
         };
         let mut raw: *mut DEVICE_OBJECT = ptr::null_mut();
@@ -71,7 +73,7 @@ impl Device {
                 ptr::from_ref(&sd.0).cast_mut().cast(),
             )
         };
-        log!("ObSetSecurityObjectByPointer(D:P(A;;GA;;;SY)(A;;GA;;;BA)) -> {}", Status(status));
+        log!("ObSetSecurityObjectByPointer(D:P(A;;FA;;;SY)(A;;FA;;;BA)) -> {}", Status(status));
         if nt_success(status) { Ok(()) } else { Err(status) }
     }
 

@@ -2,7 +2,11 @@
 
 use core::ptr::NonNull;
 
-use wdk_sys::{IRP, NTSTATUS, ntddk};
+use wdk_sys::{IRP, IRP_MJ_DEVICE_CONTROL, NTSTATUS, ntddk};
+use wfpmon_core::protocol::METHOD_BUFFERED;
+
+/// The transfer-method bits of an I/O control code (`METHOD_FROM_CTL_CODE`).
+const TRANSFER_METHOD_MASK: u32 = 3;
 
 /// `IO_NO_INCREMENT`: no priority boost for the requester (its value, 0,
 /// typed as the `CCHAR` `IofCompleteRequest` takes).
@@ -55,11 +59,11 @@ impl Irp {
         u32::from(self.stack().MajorFunction)
     }
 
-    /// The device-control parameters (only meaningful for
-    /// `IRP_MJ_DEVICE_CONTROL`).
-    pub fn device_control(&self) -> DeviceControl {
+    /// The device-control parameters of an `IRP_MJ_DEVICE_CONTROL` request.
+    fn device_control(&self) -> DeviceControl {
+        debug_assert_eq!(self.major_function(), IRP_MJ_DEVICE_CONTROL);
         // SAFETY: reading the DeviceIoControl member of the parameters
-        // union; the caller only uses it for IRP_MJ_DEVICE_CONTROL.
+        // union; only called for IRP_MJ_DEVICE_CONTROL.
         let p = unsafe { self.stack().Parameters.DeviceIoControl };
         DeviceControl {
             code: p.IoControlCode,
@@ -68,19 +72,33 @@ impl Irp {
         }
     }
 
-    /// The `METHOD_BUFFERED` system buffer: one non-paged block of
-    /// `max(input_len, output_len)` bytes holding the input on entry and
-    /// the output on completion. `None` when both lengths are zero.
-    pub fn system_buffer(&mut self, params: DeviceControl) -> Option<&mut [u8]> {
-        let len = params.input_len.max(params.output_len);
-        // SAFETY: for METHOD_BUFFERED the union holds SystemBuffer: the I/O
-        // manager allocated max(input, output) bytes, ours until completion.
-        let ptr = unsafe { self.irp().AssociatedIrp.SystemBuffer };
-        if len == 0 || ptr.is_null() {
+    /// The parameters and the system buffer of an `IRP_MJ_DEVICE_CONTROL`
+    /// request that uses `METHOD_BUFFERED`: one non-paged block of
+    /// `max(input_len, output_len)` bytes holding the input on entry and the
+    /// output on completion (empty when both lengths are zero).
+    ///
+    /// `None` for any other request or transfer method: their buffers are
+    /// described elsewhere (an MDL, or the caller's own address space) and
+    /// `SystemBuffer` is not `max(input, output)` bytes long, so it is never
+    /// read for them.
+    pub fn buffered_device_control(&mut self) -> Option<(DeviceControl, &mut [u8])> {
+        if self.major_function() != IRP_MJ_DEVICE_CONTROL {
             return None;
         }
+        let params = self.device_control();
+        if params.code & TRANSFER_METHOD_MASK != METHOD_BUFFERED {
+            return None;
+        }
+        let len = params.input_len.max(params.output_len);
+        // SAFETY: for METHOD_BUFFERED the union holds SystemBuffer (checked
+        // above): the I/O manager allocated max(input, output) bytes, ours
+        // until completion.
+        let ptr = unsafe { self.irp().AssociatedIrp.SystemBuffer };
+        if len == 0 || ptr.is_null() {
+            return Some((params, &mut []));
+        }
         // SAFETY: see above: `len` valid bytes, exclusively ours.
-        Some(unsafe { core::slice::from_raw_parts_mut(ptr.cast::<u8>(), len) })
+        Some((params, unsafe { core::slice::from_raw_parts_mut(ptr.cast::<u8>(), len) }))
     }
 
     /// Completes the request with `status`, reporting `information` bytes

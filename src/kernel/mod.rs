@@ -39,22 +39,22 @@ pub const fn nt_success(status: wdk_sys::NTSTATUS) -> bool {
     status >= 0
 }
 
-/// A UTF-16 copy of an ASCII string, built at compile time, for kernel
-/// `UNICODE_STRING`s (no allocation, no `RtlInitUnicodeString`).
+/// A NUL-terminated UTF-16 copy of an ASCII string, built at compile time,
+/// for kernel `UNICODE_STRING`s (no allocation, no `RtlInitUnicodeString`).
 pub struct WideStr<const N: usize>([u16; N]);
 
 impl<const N: usize> WideStr<N> {
-    /// Encodes `s`, which must be ASCII and exactly `N` bytes long.
+    /// Encodes `s` followed by a NUL; `N` must be `s.len() + 1`.
     ///
     /// # Panics
-    /// At compile time, when `s` is not ASCII or not `N` bytes.
+    /// At compile time, when `s` is not ASCII or `N` is not its length + 1.
     #[must_use]
-    pub const fn new(s: &str) -> Self {
+    pub const fn with_nul(s: &str) -> Self {
         let bytes = s.as_bytes();
-        assert!(bytes.len() == N, "length mismatch");
+        assert!(bytes.len() + 1 == N, "length mismatch");
         let mut out = [0u16; N];
         let mut i = 0;
-        while i < N {
+        while i < bytes.len() {
             assert!(bytes[i].is_ascii(), "not ASCII");
             out[i] = bytes[i] as u16;
             i += 1;

@@ -3,6 +3,7 @@
 
 use core::cell::UnsafeCell;
 use core::mem::MaybeUninit;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use wdk_sys::{KEVENT, KSPIN_LOCK, LARGE_INTEGER, ntddk};
 use wfpmon_core::flow::Lock;
@@ -46,8 +47,13 @@ unsafe impl Lock for SpinLock {
 const KERNEL_MODE: i8 = wdk_sys::_MODE::KernelMode as i8;
 
 /// A kernel synchronization event (auto-reset) in static memory.
+///
+/// Setting or waiting before [`Event::initialize`] does nothing (a wait
+/// reports [`Wait::TimedOut`]): the kernel is never handed an uninitialised
+/// `KEVENT`.
 pub struct Event {
     event: UnsafeCell<MaybeUninit<KEVENT>>,
+    ready: AtomicBool,
 }
 
 // SAFETY: KEVENT is designed to be set and waited on from any processor.
@@ -65,15 +71,18 @@ pub enum Wait {
 impl Event {
     /// Storage for an event; [`Event::initialize`] must run before use.
     pub const fn uninit() -> Self {
-        Self { event: UnsafeCell::new(MaybeUninit::zeroed()) }
+        Self { event: UnsafeCell::new(MaybeUninit::zeroed()), ready: AtomicBool::new(false) }
     }
 
     /// `KeInitializeEvent(SynchronizationEvent, not signalled)`.
     /// `PASSIVE_LEVEL`, before any other use (`DriverEntry`, before the first
     /// callout is registered).
     pub fn initialize(&self) {
-        // SAFETY: non-paged static storage; called once before any waiter
-        // or setter can exist.
+        if self.ready.load(Ordering::Acquire) {
+            return;
+        }
+        // SAFETY: non-paged static storage; not yet published (`ready` is
+        // false), so no setter or waiter can use it concurrently.
         unsafe {
             ntddk::KeInitializeEvent(
                 self.event.get().cast(),
@@ -81,18 +90,26 @@ impl Event {
                 0,
             );
         }
+        self.ready.store(true, Ordering::Release);
     }
 
     /// `KeSetEvent` without a following wait. IRQL ≤ `DISPATCH_LEVEL`.
     pub fn set(&self) {
-        // SAFETY: initialised in DriverEntry before any callout could run.
+        if !self.ready.load(Ordering::Acquire) {
+            return;
+        }
+        // SAFETY: initialised (checked above); KeSetEvent without a
+        // following wait is callable at IRQL <= DISPATCH_LEVEL.
         unsafe { ntddk::KeSetEvent(self.event.get().cast(), 0, 0) };
     }
 
     /// Waits up to `timeout_100ns` (100 ns units). `PASSIVE_LEVEL` only.
     pub fn wait(&self, timeout_100ns: i64) -> Wait {
+        if !self.ready.load(Ordering::Acquire) {
+            return Wait::TimedOut;
+        }
         let mut timeout = LARGE_INTEGER { QuadPart: -timeout_100ns };
-        // SAFETY: initialised event; relative timeout on our stack; kernel
+        // SAFETY: initialised event (checked above); relative timeout on our stack; kernel
         // mode wait, not alertable, at PASSIVE_LEVEL (teardown only).
         let status = unsafe {
             ntddk::KeWaitForSingleObject(

@@ -61,9 +61,19 @@ pub fn unregister_callout(id: u32) -> NTSTATUS {
 }
 
 /// `FwpsFlowAssociateContext0`. IRQL ≤ `DISPATCH_LEVEL`.
-pub fn associate_flow_context(flow_id: u64, layer: u16, callout_id: u32, context: NonNull<FlowRecord>) -> NTSTATUS {
-    // SAFETY: the context is a pool allocation the caller tracks and frees
-    // only through the flow-delete callback or after a failed association.
+///
+/// # Safety
+/// On `STATUS_SUCCESS` the engine owns `context` until it hands it back to
+/// the callout's flow-delete callback: `context` must stay valid until then
+/// and must not be freed by anyone else. On any other status nothing is
+/// associated and the caller keeps ownership.
+pub unsafe fn associate_flow_context(
+    flow_id: u64,
+    layer: u16,
+    callout_id: u32,
+    context: NonNull<FlowRecord>,
+) -> NTSTATUS {
+    // SAFETY: the caller upholds the ownership contract above.
     unsafe { fwps::FwpsFlowAssociateContext0(flow_id, layer, callout_id, context.as_ptr() as u64) }
 }
 
@@ -186,27 +196,51 @@ impl<'a> Values<'a> {
 }
 
 /// The classify metadata.
-struct Metadata<'a>(&'a fwps::FWPS_INCOMING_METADATA_VALUES0);
+///
+/// Kept as a pointer, and read field by field: the structure grew across
+/// Windows versions (fwpsk-sys declares the newest, longest layout), so a
+/// reference to the whole of it could reach past what an older engine
+/// passes. The fields read here lead the structure on every version.
+struct Metadata(NonNull<fwps::FWPS_INCOMING_METADATA_VALUES0>);
 
-impl Metadata<'_> {
+impl Metadata {
     /// # Safety
-    /// `raw` is null or the engine's `inMetaValues` for this classify.
+    /// `raw` is null or the engine's `inMetaValues` for this classify, valid
+    /// for as long as the returned value is used.
     unsafe fn from_raw(raw: *const fwps::FWPS_INCOMING_METADATA_VALUES0) -> Option<Self> {
-        // SAFETY: contract.
-        unsafe { raw.as_ref() }.map(Self)
+        NonNull::new(raw.cast_mut()).map(Self)
     }
 
     /// `FWPS_IS_METADATA_FIELD_PRESENT`.
-    const fn has(&self, field: u32) -> bool {
-        self.0.currentMetadataValues & field == field
+    fn has(&self, field: u32) -> bool {
+        let p = self.0.as_ptr();
+        // SAFETY: `currentMetadataValues` leads every version of the
+        // structure (from_raw's contract); no reference to the whole.
+        let present = unsafe { &raw const (*p).currentMetadataValues };
+        // SAFETY: valid and aligned, in the engine's structure.
+        (unsafe { present.read() }) & field == field
     }
 
     fn flow_handle(&self) -> Option<u64> {
-        self.has(fwps::FWPS_METADATA_FIELD_FLOW_HANDLE).then_some(self.0.flowHandle)
+        if !self.has(fwps::FWPS_METADATA_FIELD_FLOW_HANDLE) {
+            return None;
+        }
+        let p = self.0.as_ptr();
+        // SAFETY: present in every version of the structure.
+        let handle = unsafe { &raw const (*p).flowHandle };
+        // SAFETY: valid and aligned; flagged as set.
+        Some(unsafe { handle.read() })
     }
 
-    const fn process_id(&self) -> u64 {
-        if self.has(fwps::FWPS_METADATA_FIELD_PROCESS_ID) { self.0.processId } else { 0 }
+    fn process_id(&self) -> u64 {
+        if !self.has(fwps::FWPS_METADATA_FIELD_PROCESS_ID) {
+            return 0;
+        }
+        let p = self.0.as_ptr();
+        // SAFETY: present in every version of the structure.
+        let pid = unsafe { &raw const (*p).processId };
+        // SAFETY: valid and aligned; flagged as set.
+        unsafe { pid.read() }
     }
 }
 
@@ -241,7 +275,7 @@ const FLOW_ESTABLISHED_V6: FlowEstablishedFields = FlowEstablishedFields {
     direction: fwps::FWPS_FIELD_ALE_FLOW_ESTABLISHED_V6_DIRECTION,
 };
 
-fn decode_flow_established(layer: u16, values: &Values<'_>, meta: &Metadata<'_>) -> Option<FlowEstablished> {
+fn decode_flow_established(layer: u16, values: &Values<'_>, meta: &Metadata) -> Option<FlowEstablished> {
     let f = match layer {
         fwps::FWPS_LAYER_ALE_FLOW_ESTABLISHED_V4 => &FLOW_ESTABLISHED_V4,
         fwps::FWPS_LAYER_ALE_FLOW_ESTABLISHED_V6 => &FLOW_ESTABLISHED_V6,
@@ -262,18 +296,35 @@ fn decode_flow_established(layer: u16, values: &Values<'_>, meta: &Metadata<'_>)
     Some(FlowEstablished { flow_handle: meta.flow_handle()?, tuple, process_id: meta.process_id() })
 }
 
-/// The action protocol of an observer: write `FWP_ACTION_CONTINUE` (let the
-/// next filter decide) only when the engine granted the right to write an
-/// action; otherwise leave `classifyOut` untouched.
+/// The action protocol of an observer. With `FWPS_RIGHT_ACTION_WRITE` only
+/// (otherwise `classifyOut` is left untouched):
+/// - a filter whose action is `FWP_ACTION_CALLOUT_TERMINATING` needs BLOCK
+///   or PERMIT — the engine treats anything else as BLOCK — so it gets
+///   `FWP_ACTION_PERMIT`, and the write right is cleared when the filter
+///   asks for it (`FWPS_FILTER_FLAG_CLEAR_ACTION_RIGHT`);
+/// - every other filter (inspection, unknown, or none passed) gets
+///   `FWP_ACTION_CONTINUE`: the next filter decides.
+///
+/// Either way the traffic's fate is what it would be without wfpmon.
 ///
 /// # Safety
-/// `out` is null or the engine's `classifyOut` for this classify.
-const unsafe fn observe_only(out: *mut fwps::FWPS_CLASSIFY_OUT0) {
+/// `out` and `filter` are null or the engine's `classifyOut` and `filter`
+/// for this classify.
+unsafe fn observe_only(out: *mut fwps::FWPS_CLASSIFY_OUT0, filter: *const fwps::FWPS_FILTER1) {
     // SAFETY: contract.
-    if let Some(out) = unsafe { out.as_mut() }
-        && out.rights & fwps::FWPS_RIGHT_ACTION_WRITE != 0
-    {
-        out.actionType = fwps::FWP_ACTION_CONTINUE;
+    let Some(out) = (unsafe { out.as_mut() }) else { return };
+    if out.rights & fwps::FWPS_RIGHT_ACTION_WRITE == 0 {
+        return;
+    }
+    // SAFETY: contract.
+    match unsafe { filter.as_ref() } {
+        Some(f) if f.action.r#type == fwps::FWP_ACTION_CALLOUT_TERMINATING => {
+            out.actionType = fwps::FWP_ACTION_PERMIT;
+            if u32::from(f.flags) & fwps::FWPS_FILTER_FLAG_CLEAR_ACTION_RIGHT != 0 {
+                out.rights &= !fwps::FWPS_RIGHT_ACTION_WRITE;
+            }
+        }
+        _ => out.actionType = fwps::FWP_ACTION_CONTINUE,
     }
 }
 
@@ -281,12 +332,17 @@ const unsafe fn observe_only(out: *mut fwps::FWPS_CLASSIFY_OUT0) {
 /// then the flow context the engine passes (our [`FlowRecord`], if any).
 ///
 /// # Safety
-/// `out` is null or the engine's `classifyOut`; `flow_context` is 0 or a
+/// `out` and `filter` are null or the engine's `classifyOut` and `filter`;
+/// `flow_context` is 0 or a
 /// context this driver associated and whose flow-delete callback has not
 /// run (the engine defers it until classify returns).
-unsafe fn begin_data_classify<'a>(out: *mut fwps::FWPS_CLASSIFY_OUT0, flow_context: u64) -> Option<&'a FlowRecord> {
+unsafe fn begin_data_classify<'a>(
+    out: *mut fwps::FWPS_CLASSIFY_OUT0,
+    filter: *const fwps::FWPS_FILTER1,
+    flow_context: u64,
+) -> Option<&'a FlowRecord> {
     // SAFETY: contract.
-    unsafe { observe_only(out) };
+    unsafe { observe_only(out, filter) };
     // SAFETY: contract: a live FlowRecord we associated.
     NonNull::new(flow_context as *mut FlowRecord).map(|p| unsafe { p.as_ref() })
 }
@@ -301,12 +357,13 @@ unsafe extern "system" fn classify_flow_established(
     in_meta_values: *const fwps::FWPS_INCOMING_METADATA_VALUES0,
     _layer_data: *mut c_void,
     _classify_context: *const c_void,
-    _filter: *const fwps::FWPS_FILTER1,
+    filter: *const fwps::FWPS_FILTER1,
     _flow_context: u64,
     classify_out: *mut fwps::FWPS_CLASSIFY_OUT0,
 ) {
+    let _running = SHARED.enter_classify();
     // SAFETY: the engine's arguments for this classify.
-    unsafe { observe_only(classify_out) };
+    unsafe { observe_only(classify_out, filter) };
     // SAFETY: as above.
     let Some((layer, values)) = (unsafe { Values::from_raw(in_fixed_values) }) else { return };
     // SAFETY: as above.
@@ -322,12 +379,12 @@ unsafe extern "system" fn classify_stream(
     _in_meta_values: *const fwps::FWPS_INCOMING_METADATA_VALUES0,
     layer_data: *mut c_void,
     _classify_context: *const c_void,
-    _filter: *const fwps::FWPS_FILTER1,
+    filter: *const fwps::FWPS_FILTER1,
     flow_context: u64,
     classify_out: *mut fwps::FWPS_CLASSIFY_OUT0,
 ) {
     // SAFETY: the engine's arguments for this classify.
-    let Some(record) = (unsafe { begin_data_classify(classify_out, flow_context) }) else { return };
+    let Some(record) = (unsafe { begin_data_classify(classify_out, filter, flow_context) }) else { return };
     // SAFETY: at the stream layers layerData is an FWPS_STREAM_CALLOUT_IO_PACKET0.
     let Some(packet) = (unsafe { layer_data.cast::<fwps::FWPS_STREAM_CALLOUT_IO_PACKET0>().as_ref() }) else {
         return;
@@ -370,12 +427,12 @@ unsafe extern "system" fn classify_datagram_data(
     _in_meta_values: *const fwps::FWPS_INCOMING_METADATA_VALUES0,
     layer_data: *mut c_void,
     _classify_context: *const c_void,
-    _filter: *const fwps::FWPS_FILTER1,
+    filter: *const fwps::FWPS_FILTER1,
     flow_context: u64,
     classify_out: *mut fwps::FWPS_CLASSIFY_OUT0,
 ) {
     // SAFETY: the engine's arguments for this classify.
-    let Some(record) = (unsafe { begin_data_classify(classify_out, flow_context) }) else { return };
+    let Some(record) = (unsafe { begin_data_classify(classify_out, filter, flow_context) }) else { return };
     // SAFETY: as above.
     let Some((layer, values)) = (unsafe { Values::from_raw(in_fixed_values) }) else { return };
     let direction_field = match layer {

@@ -76,7 +76,7 @@ class FakeEngine:
     """One emulated boot of the driver: load, DriverEntry, traffic, unload."""
 
     def __init__(self, image: str, faults: dict[str, dict[int, int]] | None = None,
-                 remove_mode=None, pending_runs_on: str = "wait"):
+                 remove_mode=None, pending_runs_on: str = "wait", pending_waits: int = 1):
         # faults: api name -> {n-th call (1-based): status to return}
         self.faults = faults or {}
         self.counts: dict[str, int] = {}
@@ -106,10 +106,14 @@ class FakeEngine:
         # ("unregister", an engine whose other processor finishes between
         # two calls of the driver).
         self.pending_runs_on = pending_runs_on
+        # How many waits of the driver a pending deletion takes to complete.
+        self.pending_waits = pending_waits
         self.waits = 0
         self.interpositions: dict = {}
+        self.pending_left: dict[tuple[int, int, int], int] = {}
         self.completed_irps: list[int] = []
         self.device_name = ""
+        self.device_name_terminated = False
         self.device_args: dict[str, int] = {}
 
         self.se = speakeasy.Speakeasy()
@@ -284,6 +288,10 @@ class FakeEngine:
         if rv == 0:
             self.devices.add(self.u64(argv[6]))
         name = self.unicode_string(argv[2]) if argv[2] else ""
+        if argv[2]:
+            length, maximum = struct.unpack("<HH", self.se.mem_read(argv[2], 4))
+            terminator = self.se.mem_read(self.u64(argv[2] + 8) + length, 2) if maximum >= length + 2 else b"??"
+            self.device_name_terminated = terminator == b"\0\0"
         self.device_name = name
         self.device_args = {"type": argv[3], "characteristics": argv[4], "exclusive": argv[5]}
         return self._record("IoCreateDevice", (name, argv[3], argv[4]), rv)
@@ -311,9 +319,10 @@ class FakeEngine:
         """A wait lets the 'other processor' finish: pending flow deletions run."""
         self.waits += 1
         if self.pending and self.pending_runs_on == "wait":
-            calls = self._run_pending()
-            self._record("KeWaitForSingleObject", (len(calls),), L.STATUS_SUCCESS)
-            return self._redirect(emu, calls, L.STATUS_SUCCESS)
+            calls = self._run_pending(all_of_them=False)
+            if calls:
+                self._record("KeWaitForSingleObject", (len(calls),), L.STATUS_SUCCESS)
+                return self._redirect(emu, calls, L.STATUS_SUCCESS)
         return self._record("KeWaitForSingleObject", (0,), L.STATUS_TIMEOUT)
 
     def _spin_acquire(self, emu, api, orig, argv):
@@ -362,9 +371,15 @@ class FakeEngine:
         pend = [k for k in self.pending_keys if k[2] == cid]
         return live + pend
 
-    def _run_pending(self) -> list[tuple[int, list[int]]]:
-        """Completes every deferred deletion; returns the guest calls to make."""
-        batch, self.pending = self.pending, []
+    def _run_pending(self, all_of_them: bool = True) -> list[tuple[int, list[int]]]:
+        """Completes the deferred deletions that are due (all of them, or
+        those whose remaining waits ran out); returns the guest calls."""
+        if all_of_them:
+            batch, self.pending = self.pending, []
+        else:
+            self.pending_left = {k: n - 1 for k, n in self.pending_left.items()}
+            batch = [p for p in self.pending if self.pending_left[p[1:4]] <= 0]
+            self.pending = [p for p in self.pending if self.pending_left[p[1:4]] > 0]
         for _, flow, layer, cid, ctx in batch:
             self.pending_keys.discard((flow, layer, cid))
             self.flow_deletes.append((layer, cid, ctx))
@@ -428,6 +443,7 @@ class FakeEngine:
         if self.remove_mode(flow, layer, cid) == "pending":
             self.pending.append((fn, flow, layer, cid, ctx))
             self.pending_keys.add(key)
+            self.pending_left[key] = self.pending_waits
             return self._record("FwpsFlowRemoveContext0", key, L.STATUS_PENDING)
         self.flow_deletes.append((layer, cid, ctx))
         self._record("FwpsFlowRemoveContext0", key, L.STATUS_SUCCESS)
@@ -484,9 +500,14 @@ class FakeEngine:
 
     def classify_call(self, fn: int, values: int, meta: int, layer_data: int, flow_context: int,
                       rights: int = L.FWPS_RIGHT_ACTION_WRITE) -> tuple[int, list[int], int]:
-        """(function, arguments, classifyOut address) of one classify call."""
+        """(function, arguments, classifyOut address) of one classify call.
+        The filter passed is `self.filter` (an FWPS_FILTER1, or NULL)."""
         out = self.put(L.FWPS_CLASSIFY_OUT0(actionType=self.UNTOUCHED_ACTION, rights=rights))
-        return fn, [values, meta, layer_data, 0, 0, flow_context, out], out
+        filt = self.put(self.filter) if self.filter is not None else 0
+        return fn, [values, meta, layer_data, 0, filt, flow_context, out], out
+
+    # The filter the engine passes to classify (None: a NULL pointer).
+    filter: "L.FWPS_FILTER1 | None" = None
 
     def classify(self, fn: int, values: int, meta: int, layer_data: int, flow_context: int,
                  rights: int = L.FWPS_RIGHT_ACTION_WRITE) -> L.FWPS_CLASSIFY_OUT0:
@@ -579,11 +600,16 @@ class FakeEngine:
     IOSL_OUTPUT_LENGTH, IOSL_INPUT_LENGTH, IOSL_IOCTL_CODE, IOSL_SIZE = 0x08, 0x10, 0x18, 0x48
 
     def send_irp(self, major: int, code: int = 0, data: bytes = b"", out_len: int = 0):
-        """Sends an IRP the way the I/O manager does for METHOD_BUFFERED:
-        one system buffer of max(in, out) bytes. Returns (status,
-        information, output bytes the I/O manager would copy back)."""
-        size = max(len(data), out_len)
+        """Sends an IRP the way the I/O manager does: for METHOD_BUFFERED one
+        system buffer of max(in, out) bytes; for METHOD_IN/OUT_DIRECT a system
+        buffer holding only the input (the output would be an MDL); for
+        METHOD_NEITHER no system buffer. Returns (status, information, output
+        bytes the I/O manager would copy back)."""
+        method = code & 3 if major == self.IRP_MJ_DEVICE_CONTROL else 0
+        size = {0: max(len(data), out_len), 1: len(data), 2: len(data), 3: 0}[method]
         system_buffer = self.alloc(size) if size else 0
+        if method == 3:
+            data = b""  # METHOD_NEITHER: the input stays in the caller's space
         if data:
             self.se.mem_write(system_buffer, data)
         stack = self.alloc(self.IOSL_SIZE)
@@ -603,6 +629,6 @@ class FakeEngine:
             raise AssertionError(f"IRP completed {len(completions)} times, expected once")
         if returned != status:
             raise AssertionError(f"dispatch returned {returned:#x} but completed with {status:#x}")
-        copied = min(information, out_len)
+        copied = min(information, out_len) if method == 0 else 0
         output = self.se.mem_read(system_buffer, copied) if copied else b""
         return status, information, output

@@ -23,7 +23,8 @@ def make_flows(e, n, start=0x1000):
 
 
 def test_device_is_secured_to_system_and_administrators(loaded):
-    """The descriptor applied at creation is D:P(A;;GA;;;SY)(A;;GA;;;BA)."""
+    """The descriptor applied at creation is D:P(A;;FA;;;SY)(A;;FA;;;BA):
+    SDDL_DEVOBJ_SYS_ALL_ADM_ALL with GA mapped to FILE_ALL_ACCESS."""
     (sd,) = loaded.security
     (call,) = loaded.api_sequence("ObSetSecurityObjectByPointer")
     assert call.args[1] == 4, "DACL_SECURITY_INFORMATION"

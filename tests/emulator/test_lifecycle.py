@@ -296,3 +296,49 @@ def test_pending_deletions_that_complete_between_unregister_calls(image):
     assert removes == [L.STATUS_PENDING] * 40
     assert len(e.flow_deletes) == 40
     assert_nothing_left(e)
+
+
+def test_unload_keeps_waiting_for_slow_pending_deletions(image):
+    """Deletions that complete only after a dozen waits: the callout is
+    unregistered before the device goes, and nothing is left."""
+    e = FakeEngine(image, remove_mode=lambda flow, layer, cid: "pending", pending_waits=12)
+    assert e.driver_entry() == 0
+    establish_many(e, 8)
+    e.unload()
+    assert e.waits >= 12
+    first_delete = next(i for i, c in enumerate(e.calls) if c.api == "IoDeleteDevice")
+    last_unregister = max(i for i, c in enumerate(e.calls) if c.api == "FwpsCalloutUnregisterById0")
+    assert last_unregister < first_delete
+    assert_nothing_left(e)
+
+
+def test_unregister_in_use_is_retried(image):
+    """STATUS_FWP_IN_USE (another thread is unregistering the callout): wait
+    and try again, for every callout."""
+    e = FakeEngine(image, faults={"FwpsCalloutUnregisterById0": {1: L.STATUS_FWP_IN_USE, 4: L.STATUS_FWP_IN_USE}})
+    assert e.driver_entry() == 0
+    establish_many(e, 6)
+    e.unload()
+    rets = [c.ret for c in e.api_sequence("FwpsCalloutUnregisterById0")]
+    assert rets.count(L.STATUS_FWP_IN_USE) == 2
+    assert_nothing_left(e)
+
+
+def test_device_name_is_a_null_terminated_unicode_string(loaded):
+    assert loaded.device_name == "\\Device\\WfpMon"
+    assert loaded.device_name_terminated
+
+
+def test_unload_waits_for_a_flow_established_classify_in_progress(loaded):
+    """Unload starts while a flow-established classify is inside
+    FwpsFlowAssociateContext0 (another processor). Teardown must not call
+    itself done while that classify still runs driver code: in this
+    single-threaded emulator the classify cannot finish meanwhile, so
+    teardown waits out its bound and says so before returning."""
+    key = KEYS["wfpmon-flow-established-v4"]
+    loaded.interpose("FwpsFlowAssociateContext0", lambda: [(loaded.unload_routine, [loaded.driver_object])])
+    loaded.establish(key, 4, 6, 1, 2, 3, 4, L.FWP_DIRECTION_OUTBOUND, 0x777, 1)
+    assert any("1 classifies outstanding" in line for line in loaded.log)
+    assert any(line.startswith("wfpmon: ERROR: teardown:") for line in loaded.log)
+    done = loaded.log.index("wfpmon: Unload complete")
+    assert any("classifies outstanding after" in line for line in loaded.log[:done])

@@ -171,3 +171,21 @@ def test_a_flow_is_tracked_even_without_addresses_or_ports(loaded):
     f = flows_by_id(loaded)[0x600]
     assert (f["protocol"], f["local_port"], f["remote_port"]) == (17, 0, 0)
     assert f["local"] == bytes(16) and f["remote"] == bytes(16)
+
+
+@pytest.mark.parametrize("action,flags,expected_action,rights_after", [
+    (L.FWP_ACTION_CALLOUT_INSPECTION, 0, L.FWP_ACTION_CONTINUE, L.FWPS_RIGHT_ACTION_WRITE),
+    (L.FWP_ACTION_CALLOUT_UNKNOWN, 0, L.FWP_ACTION_CONTINUE, L.FWPS_RIGHT_ACTION_WRITE),
+    # A terminating filter needs BLOCK or PERMIT (anything else counts as
+    # BLOCK): an observer permits, and gives up the right when asked to.
+    (L.FWP_ACTION_CALLOUT_TERMINATING, 0, L.FWP_ACTION_PERMIT, L.FWPS_RIGHT_ACTION_WRITE),
+    (L.FWP_ACTION_CALLOUT_TERMINATING, L.FWPS_FILTER_FLAG_CLEAR_ACTION_RIGHT, L.FWP_ACTION_PERMIT, 0),
+])
+def test_action_follows_the_filter_action_type(loaded, action, flags, expected_action, rights_after):
+    loaded.filter = L.FWPS_FILTER1(actionType=action, flags=flags, filterId=7)
+    out = loaded.establish(KEYS["wfpmon-flow-established-v4"], 4, 6, 1, 2, 3, 4,
+                           L.FWP_DIRECTION_OUTBOUND, 0x800, 1)
+    assert (out.actionType, out.rights) == (expected_action, rights_after)
+    out, _ = loaded.stream(0x800, 10, send=True)
+    assert (out.actionType, out.rights) == (expected_action, rights_after)
+    assert out.actionType != L.FWP_ACTION_BLOCK

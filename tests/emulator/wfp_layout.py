@@ -101,6 +101,24 @@ class FWPS_STREAM_CALLOUT_IO_PACKET0(C.Structure):
     ]
 
 
+class FWPS_FILTER1(C.Structure):
+    # filterId, weight (FWP_VALUE0), subLayerWeight, flags, numFilterConditions,
+    # filterCondition, action (FWPS_ACTION0: type, calloutId), context,
+    # providerContext.
+    _fields_ = [
+        ("filterId", u64),
+        ("weight", FWP_VALUE0),
+        ("subLayerWeight", u16),
+        ("flags", u16),
+        ("numFilterConditions", u32),
+        ("filterCondition", ptr),
+        ("actionType", u32),
+        ("calloutId", u32),
+        ("context", u64),
+        ("providerContext", ptr),
+    ]
+
+
 class NET_BUFFER(C.Structure):
     # Leading fields of NET_BUFFER (ndis/nbl.h): Next, CurrentMdl,
     # CurrentMdlOffset, DataLength (a ULONG in a union with SIZE_T).
@@ -138,6 +156,7 @@ _EXPECTED = {
 for (cls, field), off in _EXPECTED.items():
     assert getattr(cls, field).offset == off, (cls.__name__, field)
 assert C.sizeof(FWPS_CALLOUT1) == 48
+assert C.sizeof(FWPS_FILTER1) == 64 and FWPS_FILTER1.actionType.offset == 40
 assert C.sizeof(FWP_VALUE0) == 16
 assert C.sizeof(FWPS_CLASSIFY_OUT0) == 40
 assert C.sizeof(FWPS_STREAM_DATA0) == 64
@@ -152,6 +171,11 @@ FWP_ACTION_FLAG_NON_TERMINATING = 0x2000
 FWP_ACTION_BLOCK = 0x1 | FWP_ACTION_FLAG_TERMINATING
 FWP_ACTION_PERMIT = 0x2 | FWP_ACTION_FLAG_TERMINATING
 FWP_ACTION_CONTINUE = 0x6 | FWP_ACTION_FLAG_NON_TERMINATING
+FWP_ACTION_FLAG_CALLOUT = 0x4000
+FWP_ACTION_CALLOUT_TERMINATING = 0x3 | FWP_ACTION_FLAG_CALLOUT | FWP_ACTION_FLAG_TERMINATING
+FWP_ACTION_CALLOUT_INSPECTION = 0x4 | FWP_ACTION_FLAG_CALLOUT | FWP_ACTION_FLAG_NON_TERMINATING
+FWP_ACTION_CALLOUT_UNKNOWN = 0x5 | FWP_ACTION_FLAG_CALLOUT
+FWPS_FILTER_FLAG_CLEAR_ACTION_RIGHT = 0x1
 FWPS_RIGHT_ACTION_WRITE = 0x1
 FWP_CALLOUT_FLAG_CONDITIONAL_ON_FLOW = 0x1
 FWPS_METADATA_FIELD_PROCESS_ID = 0x20  # windows-sys (SDK metadata) agrees
@@ -205,3 +229,4 @@ STATUS_INSUFFICIENT_RESOURCES = 0xC000009A
 STATUS_INVALID_BUFFER_SIZE = 0xC0000206
 STATUS_FWP_CALLOUT_NOT_FOUND = 0xC0220001
 STATUS_FWP_ALREADY_EXISTS = 0xC0220009
+STATUS_FWP_IN_USE = 0xC022000A

@@ -4,11 +4,12 @@
 //! wdk-sys does not bind, so the driver does its two steps itself: create
 //! the device with `IoCreateDevice`, then apply this descriptor with
 //! `ObSetSecurityObjectByPointer`. The descriptor is the self-relative form
-//! of SDDL `D:P(A;;GA;;;SY)(A;;GA;;;BA)` (`SDDL_DEVOBJ_SYS_ALL_ADM_ALL`): a
-//! protected DACL granting all access to `LocalSystem` and to the
-//! Administrators alias, and nothing to anyone else. For file and device
-//! objects `GA` maps to `FILE_ALL_ACCESS`, which is written directly so the
-//! result does not depend on a generic mapping being applied.
+//! of SDDL `D:P(A;;FA;;;SY)(A;;FA;;;BA)`: a protected DACL granting all
+//! access to `LocalSystem` and to the Administrators alias, and nothing to
+//! anyone else. That is `SDDL_DEVOBJ_SYS_ALL_ADM_ALL`,
+//! `D:P(A;;GA;;;SY)(A;;GA;;;BA)`, with `GA` already mapped the way it is for
+//! file and device objects (`GENERIC_ALL` → `FILE_ALL_ACCESS`, SDDL `FA`), so
+//! the result does not depend on a generic mapping being applied.
 //!
 //! Layouts: `SECURITY_DESCRIPTOR_RELATIVE`, `ACL`, `ACE_HEADER`,
 //! `ACCESS_ALLOWED_ACE` and `SID` from winnt.h / ntifs.h.
@@ -56,7 +57,7 @@ pub const DEVICE_SD_SIZE: usize = HEADER_SIZE + ACL_SIZE;
 #[repr(C, align(8))]
 pub struct SecurityDescriptor(pub [u8; DEVICE_SD_SIZE]);
 
-/// Builds the self-relative descriptor of `D:P(A;;GA;;;SY)(A;;GA;;;BA)`.
+/// Builds the self-relative descriptor of `D:P(A;;FA;;;SY)(A;;FA;;;BA)`.
 #[must_use]
 #[allow(clippy::cast_possible_truncation)] // sizes are small constants
 pub fn device_security_descriptor() -> SecurityDescriptor {

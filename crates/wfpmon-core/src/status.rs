@@ -29,6 +29,9 @@ pub const STATUS_INTEGER_OVERFLOW: i32 = 0xC000_0095_u32 as i32;
 pub const STATUS_DEVICE_BUSY: i32 = 0x8000_0011_u32 as i32;
 /// `STATUS_INVALID_BUFFER_SIZE`.
 pub const STATUS_INVALID_BUFFER_SIZE: i32 = 0xC000_0206_u32 as i32;
+/// `STATUS_FWP_IN_USE`: the callout is being registered or unregistered
+/// by another thread.
+pub const STATUS_FWP_IN_USE: i32 = 0xC022_000A_u32 as i32;
 /// `STATUS_FWP_CALLOUT_NOT_FOUND`.
 pub const STATUS_FWP_CALLOUT_NOT_FOUND: i32 = 0xC022_0001_u32 as i32;
 /// `FWP_E_CALLOUT_NOT_FOUND`: the user-mode HRESULT of the same condition.

@@ -1,28 +1,41 @@
 //! The callout unregistration protocol of "Unloading a Callout Driver".
 //!
-//! For each callout: call `FwpsCalloutUnregisterById0`. `STATUS_SUCCESS`
-//! ends it; `STATUS_FWP_CALLOUT_NOT_FOUND` means nothing is left to undo.
-//! `STATUS_DEVICE_BUSY` means flows still carry a context of the callout:
-//! remove each one with `FwpsFlowRemoveContext0` (the engine runs the
-//! flow-delete callback at once, or later for a flow whose classify is in
-//! progress), wait for the stragglers, and try again — a bounded number of
-//! times. Any other status is final and reported.
+//! A callout driver must not return from its unload function until all its
+//! callouts are unregistered, and must delete its device object only after
+//! that. For each callout: call `FwpsCalloutUnregisterById0`.
+//! `STATUS_SUCCESS` ends it; `STATUS_FWP_CALLOUT_NOT_FOUND` means nothing is
+//! left to undo. `STATUS_DEVICE_BUSY` means flows still carry a context of
+//! the callout: remove each one with `FwpsFlowRemoveContext0` (the engine
+//! runs the flow-delete callback at once, or later for a flow whose classify
+//! is in progress), wait for the stragglers, and try again. Any other status
+//! (`STATUS_FWP_IN_USE`: another thread is registering or unregistering the
+//! callout) is retried after a wait as well.
+//!
+//! The retries are bounded so that an engine that never lets go cannot hang
+//! unload forever, but the bound is generous (about ten seconds of waiting
+//! per callout) and only a callout that stays registered through all of it
+//! is given up — loudly.
 //!
 //! [`Unregistration`] is that protocol for one callout as a state machine:
 //! the driver asks it for the next [`Step`], performs the kernel call, and
 //! feeds the result back. It holds no kernel state, so every path (BUSY,
-//! PENDING, a context that appears late, a callout that never frees) is
-//! tested on the host.
+//! PENDING, `IN_USE`, a context that appears late, a callout that never
+//! frees) is tested on the host.
 
 use crate::catalog::{CALLOUT_COUNT, CalloutIndex};
 use crate::status;
 
 /// How many times one callout's unregistration is tried before giving up.
-pub const MAX_UNREGISTER_ATTEMPTS: u32 = 8;
+/// Each retry that made no progress follows one wait of
+/// [`FLOW_DELETE_WAIT_100NS`], so this is about ten seconds per callout.
+pub const MAX_UNREGISTER_ATTEMPTS: u32 = 100;
 
-/// How many times the driver waits for outstanding flow-delete callbacks
-/// (one wait per step, see [`FLOW_DELETE_WAIT_100NS`]) before giving up.
-pub const MAX_FLOW_DELETE_WAITS: u32 = 50;
+/// How many times teardown waits for the last flow context and the last
+/// classify in progress before giving up.
+///
+/// One [`FLOW_DELETE_WAIT_100NS`] each, or less when a flow-delete callback
+/// signals: about 30 seconds.
+pub const MAX_FLOW_DELETE_WAITS: u32 = 300;
 
 /// Length of one wait for flow-delete callbacks: 100 ms, in the 100 ns
 /// units of a relative kernel timeout.
@@ -36,9 +49,9 @@ pub enum Step {
     /// Call `FwpsFlowRemoveContext0` for every tracked flow of the callout,
     /// then [`Unregistration::on_contexts_removed`].
     RemoveContexts,
-    /// Wait (bounded) for flow-delete callbacks still due, then
-    /// [`Unregistration::on_waited`].
-    WaitForFlowDeletes,
+    /// Wait once (bounded: [`FLOW_DELETE_WAIT_100NS`]) for flow-delete
+    /// callbacks or for the engine, then [`Unregistration::on_waited`].
+    Wait,
     /// Nothing more to do.
     Finished(Outcome),
 }
@@ -53,13 +66,11 @@ pub enum Outcome {
     },
     /// The engine no longer knew the callout.
     AlreadyGone,
-    /// The engine answered an unexpected status.
-    Failed {
-        /// That status.
-        status: i32,
+    /// Still not unregistered after [`MAX_UNREGISTER_ATTEMPTS`] calls.
+    GaveUp {
+        /// The last status the engine answered.
+        last_status: i32,
     },
-    /// Still busy after [`MAX_UNREGISTER_ATTEMPTS`] calls.
-    GaveUp,
 }
 
 impl Outcome {
@@ -116,31 +127,38 @@ impl Unregistration {
             status::STATUS_FWP_CALLOUT_NOT_FOUND | status::FWP_E_CALLOUT_NOT_FOUND => {
                 Step::Finished(Outcome::AlreadyGone)
             }
-            status::STATUS_DEVICE_BUSY if self.attempts >= self.max_attempts => {
-                Step::Finished(Outcome::GaveUp)
+            last_status if self.attempts >= self.max_attempts => {
+                Step::Finished(Outcome::GaveUp { last_status })
             }
             status::STATUS_DEVICE_BUSY => Step::RemoveContexts,
-            other => Step::Finished(Outcome::Failed { status: other }),
+            // STATUS_FWP_IN_USE and anything unexpected: the engine is busy
+            // with the callout; give it time, then try again.
+            _ => Step::Wait,
         };
     }
 
-    /// Feeds back how many flows of the callout are still tracked after
-    /// every tracked flow's context was asked to go (`FwpsFlowRemoveContext0`
-    /// answered `STATUS_PENDING` for them, or they were mid-association).
+    /// Feeds back one removal pass: how many flows of the callout were asked
+    /// to give up their context (`FwpsFlowRemoveContext0`), and how many are
+    /// still tracked afterwards (`STATUS_PENDING`, or mid-association).
+    ///
+    /// Retries at once when the pass removed contexts and none is left;
+    /// otherwise waits first — for the pending flow-delete callbacks, or,
+    /// when the engine said BUSY although we track nothing for the callout,
+    /// for the engine to catch up.
     ///
     /// # Panics
     /// In debug builds, when the current step is not [`Step::RemoveContexts`].
-    pub fn on_contexts_removed(&mut self, still_tracked: usize) {
+    pub fn on_contexts_removed(&mut self, removed: usize, still_tracked: usize) {
         debug_assert_eq!(self.next, Step::RemoveContexts, "removal result out of order");
-        self.next = if still_tracked == 0 { Step::Unregister } else { Step::WaitForFlowDeletes };
+        self.next = if removed > 0 && still_tracked == 0 { Step::Unregister } else { Step::Wait };
     }
 
-    /// Feeds back that a bounded wait for flow-delete callbacks ended.
+    /// Feeds back that a bounded wait ended.
     ///
     /// # Panics
-    /// In debug builds, when the current step is not [`Step::WaitForFlowDeletes`].
+    /// In debug builds, when the current step is not [`Step::Wait`].
     pub fn on_waited(&mut self) {
-        debug_assert_eq!(self.next, Step::WaitForFlowDeletes, "wait result out of order");
+        debug_assert_eq!(self.next, Step::Wait, "wait result out of order");
         self.next = Step::Unregister;
     }
 }

@@ -108,7 +108,7 @@ fn pool_tag_reads_wfpm_in_a_pool_dump() {
 }
 
 /// The device descriptor decodes, field by field, to
-/// `D:P(A;;GA;;;SY)(A;;GA;;;BA)` with `GA` = `FILE_ALL_ACCESS`.
+/// `D:P(A;;FA;;;SY)(A;;FA;;;BA)` (`FA` = `FILE_ALL_ACCESS`, what `GA` maps to).
 #[test]
 fn device_security_descriptor_is_system_and_admins_only() {
     use wfpmon_core::security::*;
