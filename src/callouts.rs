@@ -64,7 +64,10 @@ pub fn on_flow_established(flow: &FlowEstablished) {
         SHARED.stats.association_failed();
         // SAFETY: `context` was inserted above and never associated, so no
         // flow-delete callback can race with this removal.
-        unsafe { SHARED.flows.remove(context, |_| ()) };
+        let removed = unsafe { SHARED.flows.remove(context, |_| ()) };
+        if removed.stopping && removed.callout_done {
+            SHARED.flow_deleted.set();
+        }
         log!(
             "FwpsFlowAssociateContext0(flow {:#x}, layer {layer}) -> {}",
             flow.flow_handle,
@@ -95,7 +98,10 @@ pub unsafe fn on_flow_delete(context: NonNull<FlowRecord>) {
     // SAFETY: the engine delivers each context's deletion once; the record
     // is unlinked now, so no one else can reach it.
     drop(unsafe { PoolBox::from_raw(context) });
-    if removed.stopping {
+    // Teardown waits for a callout's flows to be gone, then for all flows:
+    // wake it when this was the last flow of its callout (once per callout,
+    // not per flow).
+    if removed.stopping && removed.callout_done {
         SHARED.flow_deleted.set();
     }
 }

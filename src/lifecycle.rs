@@ -9,7 +9,7 @@
 
 use core::cell::UnsafeCell;
 
-use wdk_sys::{DRIVER_OBJECT, NTSTATUS, STATUS_SUCCESS};
+use wdk_sys::{DRIVER_OBJECT, NTSTATUS, STATUS_PENDING, STATUS_SUCCESS};
 use wfpmon_core::catalog::{CALLOUT_COUNT, CALLOUTS, CalloutIndex};
 use wfpmon_core::unload::{
     FLOW_DELETE_WAIT_100NS, MAX_FLOW_DELETE_WAITS, Outcome, Step, Unregistration,
@@ -124,10 +124,21 @@ fn remove_flow_contexts(index: CalloutIndex, id: u32) -> usize {
     let mut asked = 0;
     // The registry hands out a copy of each association: the record itself
     // may be freed by the flow-delete callback inside the removal call.
+    let mut pending = 0;
     while let Some(flow) = SHARED.flows.next_for_removal(pass, index) {
         let status = wfp::remove_flow_context(flow.flow_id, layer, id);
-        log!("FwpsFlowRemoveContext0(flow {:#x}, layer {layer}, id {id}) -> {}", flow.flow_id, Status(status));
         asked += 1;
+        // SUCCESS (the common case) is summed up by the caller; anything
+        // else is worth a line of its own. Per-flow lines would flood the
+        // debugger when thousands of flows are open.
+        match status {
+            STATUS_SUCCESS => {}
+            STATUS_PENDING => pending += 1,
+            other => log!("FwpsFlowRemoveContext0(flow {:#x}, layer {layer}, id {id}) -> {}", flow.flow_id, Status(other)),
+        }
+    }
+    if pending > 0 {
+        log!("{}: {pending} flow deletions pending (classify in progress)", CALLOUTS[index].name);
     }
     asked
 }

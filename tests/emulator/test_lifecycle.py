@@ -342,3 +342,16 @@ def test_unload_waits_for_a_flow_established_classify_in_progress(loaded):
     assert any(line.startswith("wfpmon: ERROR: teardown:") for line in loaded.log)
     done = loaded.log.index("wfpmon: Unload complete")
     assert any("classifies outstanding after" in line for line in loaded.log[:done])
+
+
+def test_teardown_cost_per_flow_is_small_and_constant(loaded):
+    """Unload with a thousand flows: a handful of kernel calls per flow (no
+    per-flow logging, one event signal per callout rather than per flow), so
+    it also fits the emulator's default budget of API calls per run."""
+    establish_many(loaded, 1000)
+    loaded.unload()
+    api_calls = loaded.se.emu.runs[-1].get_api_count()
+    assert api_calls <= 7 * 1000, api_calls
+    sets = [c for c in loaded.api_sequence("KeSetEvent")]
+    assert len(sets) <= 4, "the flow-delete callback signals once per callout"
+    assert_nothing_left(loaded)

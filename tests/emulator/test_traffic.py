@@ -189,3 +189,4 @@ def test_action_follows_the_filter_action_type(loaded, action, flags, expected_a
     out, _ = loaded.stream(0x800, 10, send=True)
     assert (out.actionType, out.rights) == (expected_action, rights_after)
     assert out.actionType != L.FWP_ACTION_BLOCK
+

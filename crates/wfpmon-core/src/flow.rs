@@ -321,6 +321,8 @@ pub struct Stopping;
 pub struct Removed {
     /// The registry is now empty.
     pub now_empty: bool,
+    /// No flow of the removed record's callout is left.
+    pub callout_done: bool,
     /// Teardown has begun ([`FlowRegistry::stop`] was called).
     pub stopping: bool,
 }
@@ -417,16 +419,21 @@ impl<L: Lock> FlowRegistry<L> {
     pub unsafe fn remove(&self, record: NonNull<FlowRecord>, retire: impl FnOnce(&FlowRecord)) -> Removed {
         self.locked(|s| {
             let rec = record.as_ptr();
+            // SAFETY: valid (contract); shared access to an immutable field.
+            let callout = unsafe { (*rec).association.callout };
             // SAFETY: caller guarantees validity; we hold the lock.
             if unsafe { links_of(rec) }.linked {
-                // SAFETY: valid (contract); shared access to immutable fields.
-                let record = unsafe { &*rec };
                 // SAFETY: linked, hence in the chain of its callout; lock held.
-                unsafe { s.chains[record.association.callout].unlink(rec) };
+                unsafe { s.chains[callout].unlink(rec) };
                 s.len -= 1;
-                retire(record);
+                // SAFETY: valid (contract); shared access.
+                retire(unsafe { &*rec });
             }
-            Removed { now_empty: s.len == 0, stopping: self.stopping.load(Ordering::Relaxed) }
+            Removed {
+                now_empty: s.len == 0,
+                callout_done: s.chains[callout].len == 0,
+                stopping: self.stopping.load(Ordering::Relaxed),
+            }
         })
     }
 

@@ -103,8 +103,10 @@ proptest! {
                     // SAFETY: `r` is linked and valid.
                     let out = unsafe { reg.remove(r, |rec| { retired += 1; assert_eq!(rec.association.flow_id, id); }) };
                     prop_assert_eq!(retired, 1);
+                    let callout = model.iter().find(|m| m.0 == id).unwrap().1;
                     model.retain(|&(m, _)| m != id);
                     prop_assert_eq!(out.now_empty, model.is_empty());
+                    prop_assert_eq!(out.callout_done, !model.iter().any(|m| m.1 == callout));
                     prop_assert_eq!(out.stopping, stopped);
                     // SAFETY: unlinked now.
                     unsafe { free(r) };
