@@ -90,22 +90,35 @@ impl Callouts {
 fn unregister(index: CalloutIndex, id: u32) -> Outcome {
     let name = CALLOUTS[index].name;
     let mut protocol = Unregistration::default();
+    // Every status the engine answers is logged, but a run of identical
+    // answers only every LOG_EVERY-th time: a callout that stays busy for
+    // seconds would otherwise flood the debugger.
+    let mut last_status = None;
     loop {
+        let verbose = protocol.attempts() < 3 || protocol.attempts() % LOG_EVERY == 0;
         match protocol.step() {
             Step::Unregister => {
                 let status = wfp::unregister_callout(id);
-                log!("FwpsCalloutUnregisterById0({name}, id {id}) -> {}", Status(status));
+                if verbose || last_status != Some(status) {
+                    let attempt = protocol.attempts() + 1;
+                    log!("FwpsCalloutUnregisterById0({name}, id {id}) -> {} (attempt {attempt})", Status(status));
+                }
+                last_status = Some(status);
                 protocol.on_unregister(status);
             }
             Step::RemoveContexts => {
                 let removed = remove_flow_contexts(index, id);
                 let left = SHARED.flows.count_for(index);
-                log!("{name}: asked {removed} flow contexts to go, {left} still tracked");
+                if verbose || removed > 0 {
+                    log!("{name}: asked {removed} flow contexts to go, {left} still tracked");
+                }
                 protocol.on_contexts_removed(removed, left);
             }
             Step::Wait => {
                 let wait = SHARED.flow_deleted.wait(FLOW_DELETE_WAIT_100NS);
-                log!("{name}: waited before retrying: {wait:?}");
+                if verbose {
+                    log!("{name}: waited before retrying: {wait:?}");
+                }
                 protocol.on_waited();
             }
             Step::Finished(outcome) => {
@@ -115,6 +128,9 @@ fn unregister(index: CalloutIndex, id: u32) -> Outcome {
         }
     }
 }
+
+/// How often a repeated state of the unregistration loop is logged.
+const LOG_EVERY: u32 = 10;
 
 /// `FwpsFlowRemoveContext0` for every flow tracked for callout `index`,
 /// once each. Returns how many were asked.
@@ -162,7 +178,7 @@ fn wait_for_flow_contexts() {
         }
         let wait = SHARED.flow_deleted.wait(FLOW_DELETE_WAIT_100NS);
         waits += 1;
-        if waits % 10 == 1 {
+        if waits % LOG_EVERY == 1 {
             log!("teardown: {left} flow contexts, {running} classifies outstanding, waited: {wait:?}");
         }
     }

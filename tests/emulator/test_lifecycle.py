@@ -355,3 +355,19 @@ def test_teardown_cost_per_flow_is_small_and_constant(loaded):
     sets = [c for c in loaded.api_sequence("KeSetEvent")]
     assert len(sets) <= 4, "the flow-delete callback signals once per callout"
     assert_nothing_left(loaded)
+
+
+def test_retries_are_bounded_when_the_engine_never_lets_go(image):
+    """An engine that answers STATUS_FWP_IN_USE for ever: every callout is
+    tried MAX_UNREGISTER_ATTEMPTS (100) times with a wait between tries,
+    each given up loudly, and unload still terminates — with repeated
+    statuses logged sparsely, so it stays cheap."""
+    e = FakeEngine(image, faults={"FwpsCalloutUnregisterById0": {n: L.STATUS_FWP_IN_USE for n in range(1, 2000)}})
+    assert e.driver_entry() == 0
+    e.unload()
+    unregisters = e.api_sequence("FwpsCalloutUnregisterById0")
+    assert len(unregisters) == 6 * 100
+    assert e.waits >= 6 * 99
+    assert sum("is still registered" in line for line in e.log) == 6
+    assert len(e.log) < 300, "a stuck callout must not flood the debugger"
+    assert e.se.emu.runs[-1].get_api_count() < 5000
