@@ -32,6 +32,9 @@ scripts/linux/build.sh
 
 host_crates=(-p wfpmon-core -p fwpsk-sys -p wfpmonctl)
 
+step "formatting (cargo fmt --check)"
+cargo fmt --all -- --check
+
 step "host tests (cargo test)"
 cargo test "${host_crates[@]}"
 

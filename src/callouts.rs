@@ -34,8 +34,16 @@ pub fn on_flow_established(flow: &FlowEstablished) {
     let Some(target_id) = SHARED.callout_id(target) else {
         return; // data callout not registered (teardown in progress)
     };
-    let association = Association { flow_id: flow.flow_handle, callout: target };
-    let record = FlowRecord::new(association, flow.tuple, flow.process_id, time::interrupt_time());
+    let association = Association {
+        flow_id: flow.flow_handle,
+        callout: target,
+    };
+    let record = FlowRecord::new(
+        association,
+        flow.tuple,
+        flow.process_id,
+        time::interrupt_time(),
+    );
     let Some(record) = PoolBox::new(record) else {
         SHARED.stats.allocation_failed();
         return;
@@ -52,7 +60,8 @@ pub fn on_flow_established(flow: &FlowEstablished) {
     let layer = CALLOUTS[target].runtime_layer;
     // SAFETY: `record` stays alive: on success it is leaked below and freed
     // only by the flow-delete callback; on failure we still own it.
-    let status = unsafe { wfp::associate_flow_context(flow.flow_handle, layer, target_id, context) };
+    let status =
+        unsafe { wfp::associate_flow_context(flow.flow_handle, layer, target_id, context) };
     // Only STATUS_SUCCESS associates: STATUS_OBJECT_NAME_EXISTS (a context is
     // already there, e.g. the flow was classified again) passes NT_SUCCESS()
     // but leaves our context unowned.
@@ -105,4 +114,3 @@ pub unsafe fn on_flow_delete(context: NonNull<FlowRecord>) {
         SHARED.flow_deleted.set();
     }
 }
-

@@ -25,7 +25,12 @@ use crate::shared::SHARED;
 /// Installs the dispatch routines.
 pub fn install(driver: &mut DriverObject) {
     driver.set_dispatch(
-        &[IRP_MJ_CREATE, IRP_MJ_CLOSE, IRP_MJ_CLEANUP, IRP_MJ_DEVICE_CONTROL],
+        &[
+            IRP_MJ_CREATE,
+            IRP_MJ_CLOSE,
+            IRP_MJ_CLEANUP,
+            IRP_MJ_DEVICE_CONTROL,
+        ],
         Some(dispatch),
         Some(dispatch_unsupported),
     );
@@ -47,7 +52,9 @@ unsafe extern "C" fn dispatch(_device: *mut DEVICE_OBJECT, irp: *mut IRP) -> NTS
 unsafe extern "C" fn dispatch_unsupported(_device: *mut DEVICE_OBJECT, irp: *mut IRP) -> NTSTATUS {
     // SAFETY: as above.
     let irp = unsafe { Irp::from_raw(irp) };
-    irp.map_or(STATUS_INVALID_DEVICE_REQUEST, |irp| irp.complete(STATUS_INVALID_DEVICE_REQUEST, 0))
+    irp.map_or(STATUS_INVALID_DEVICE_REQUEST, |irp| {
+        irp.complete(STATUS_INVALID_DEVICE_REQUEST, 0)
+    })
 }
 
 fn device_control(mut irp: Irp) -> NTSTATUS {
@@ -112,7 +119,10 @@ fn list_flows(output: &mut [u8], capacity: usize) -> (NTSTATUS, usize) {
     let size = protocol::flow_list_size(returned).unwrap_or(FlowListHeader::SIZE);
     let required = protocol::flow_list_size(total).unwrap_or(usize::MAX);
     let header = FlowListHeader {
-        header: Header { version: PROTOCOL_VERSION, size: u32::try_from(size).unwrap_or(u32::MAX) },
+        header: Header {
+            version: PROTOCOL_VERSION,
+            size: u32::try_from(size).unwrap_or(u32::MAX),
+        },
         total_flows: u32::try_from(total).unwrap_or(u32::MAX),
         returned: u32::try_from(returned).unwrap_or(u32::MAX),
         entry_size: ENTRY_SIZE,
@@ -120,7 +130,11 @@ fn list_flows(output: &mut [u8], capacity: usize) -> (NTSTATUS, usize) {
         required_size: required as u64,
     };
     header.encode(output);
-    let status = if returned < total { STATUS_BUFFER_OVERFLOW } else { STATUS_SUCCESS };
+    let status = if returned < total {
+        STATUS_BUFFER_OVERFLOW
+    } else {
+        STATUS_SUCCESS
+    };
     (status, size)
 }
 

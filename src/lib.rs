@@ -58,5 +58,7 @@ pub unsafe extern "system" fn driver_entry(
     // SAFETY: the I/O manager passes a valid, exclusively ours driver object
     // for the duration of DriverEntry.
     let driver = unsafe { kernel::driver::DriverObject::from_raw(driver) };
-    driver.map_or(wdk_sys::STATUS_INVALID_PARAMETER, |mut driver| lifecycle::start(&mut driver))
+    driver.map_or(wdk_sys::STATUS_INVALID_PARAMETER, |mut driver| {
+        lifecycle::start(&mut driver)
+    })
 }

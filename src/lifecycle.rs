@@ -55,7 +55,9 @@ struct Callouts {
 
 impl Callouts {
     const fn none() -> Self {
-        Self { ids: [None; CALLOUT_COUNT] }
+        Self {
+            ids: [None; CALLOUT_COUNT],
+        }
     }
 
     /// Registers the catalog's callouts in order, publishing each id for the
@@ -79,7 +81,10 @@ impl Callouts {
                     self.ids[index] = None;
                     SHARED.set_callout_id(index, None);
                 } else {
-                    log!("ERROR: {} (id {id}) is still registered: {outcome:?}", CALLOUTS[index].name);
+                    log!(
+                        "ERROR: {} (id {id}) is still registered: {outcome:?}",
+                        CALLOUTS[index].name
+                    );
                 }
             }
         }
@@ -101,7 +106,10 @@ fn unregister(index: CalloutIndex, id: u32) -> Outcome {
                 let status = wfp::unregister_callout(id);
                 if verbose || last_status != Some(status) {
                     let attempt = protocol.attempts() + 1;
-                    log!("FwpsCalloutUnregisterById0({name}, id {id}) -> {} (attempt {attempt})", Status(status));
+                    log!(
+                        "FwpsCalloutUnregisterById0({name}, id {id}) -> {} (attempt {attempt})",
+                        Status(status)
+                    );
                 }
                 last_status = Some(status);
                 protocol.on_unregister(status);
@@ -150,11 +158,18 @@ fn remove_flow_contexts(index: CalloutIndex, id: u32) -> usize {
         match status {
             STATUS_SUCCESS => {}
             STATUS_PENDING => pending += 1,
-            other => log!("FwpsFlowRemoveContext0(flow {:#x}, layer {layer}, id {id}) -> {}", flow.flow_id, Status(other)),
+            other => log!(
+                "FwpsFlowRemoveContext0(flow {:#x}, layer {layer}, id {id}) -> {}",
+                flow.flow_id,
+                Status(other)
+            ),
         }
     }
     if pending > 0 {
-        log!("{}: {pending} flow deletions pending (classify in progress)", CALLOUTS[index].name);
+        log!(
+            "{}: {pending} flow deletions pending (classify in progress)",
+            CALLOUTS[index].name
+        );
     }
     asked
 }
@@ -173,13 +188,17 @@ fn wait_for_flow_contexts() {
             return;
         }
         if waits == MAX_FLOW_DELETE_WAITS {
-            log!("ERROR: teardown: {left} flow contexts, {running} classifies outstanding after {waits} waits");
+            log!(
+                "ERROR: teardown: {left} flow contexts, {running} classifies outstanding after {waits} waits"
+            );
             return;
         }
         let wait = SHARED.flow_deleted.wait(FLOW_DELETE_WAIT_100NS);
         waits += 1;
         if waits % LOG_EVERY == 1 {
-            log!("teardown: {left} flow contexts, {running} classifies outstanding, waited: {wait:?}");
+            log!(
+                "teardown: {left} flow contexts, {running} classifies outstanding, waited: {wait:?}"
+            );
         }
     }
 }
@@ -205,7 +224,11 @@ pub fn start(driver_object: &mut DriverObject) -> NTSTATUS {
         Ok(device) => device,
         Err(status) => return failed("IoCreateDevice", status),
     };
-    let mut driver = Driver { callouts: Callouts::none(), device, injection: None };
+    let mut driver = Driver {
+        callouts: Callouts::none(),
+        device,
+        injection: None,
+    };
 
     if let Err(status) = driver.callouts.register_all(&driver.device) {
         drop(driver);
@@ -233,7 +256,10 @@ pub fn start(driver_object: &mut DriverObject) -> NTSTATUS {
 }
 
 fn failed(step: &str, status: NTSTATUS) -> NTSTATUS {
-    log!("DriverEntry failed at {step}: {}; every earlier step was undone", Status(status));
+    log!(
+        "DriverEntry failed at {step}: {}; every earlier step was undone",
+        Status(status)
+    );
     status
 }
 

@@ -50,11 +50,17 @@ impl Device {
                 &raw mut raw,
             )
         };
-        log!("IoCreateDevice({}) -> {}", catalog::DEVICE_NAME, Status(status));
+        log!(
+            "IoCreateDevice({}) -> {}",
+            catalog::DEVICE_NAME,
+            Status(status)
+        );
         if !nt_success(status) {
             return Err(status);
         }
-        let device = Self { raw: NonNull::new(raw).ok_or(wdk_sys::STATUS_UNSUCCESSFUL)? };
+        let device = Self {
+            raw: NonNull::new(raw).ok_or(wdk_sys::STATUS_UNSUCCESSFUL)?,
+        };
         device.restrict_access()?;
         Ok(device)
     }
@@ -73,8 +79,15 @@ impl Device {
                 ptr::from_ref(&sd.0).cast_mut().cast(),
             )
         };
-        log!("ObSetSecurityObjectByPointer(D:P(A;;FA;;;SY)(A;;FA;;;BA)) -> {}", Status(status));
-        if nt_success(status) { Ok(()) } else { Err(status) }
+        log!(
+            "ObSetSecurityObjectByPointer(D:P(A;;FA;;;SY)(A;;FA;;;BA)) -> {}",
+            Status(status)
+        );
+        if nt_success(status) {
+            Ok(())
+        } else {
+            Err(status)
+        }
     }
 
     /// The raw device object, for `FwpsCalloutRegister1`.

@@ -36,7 +36,12 @@ impl DriverObject {
 
     /// Sets the dispatch routine of every IRP major function: `handler` for
     /// the listed ones, `fallback` for all others.
-    pub fn set_dispatch(&mut self, handled: &[u32], dispatch: PDRIVER_DISPATCH, otherwise: PDRIVER_DISPATCH) {
+    pub fn set_dispatch(
+        &mut self,
+        handled: &[u32],
+        dispatch: PDRIVER_DISPATCH,
+        otherwise: PDRIVER_DISPATCH,
+    ) {
         for (major, slot) in self.get().MajorFunction.iter_mut().enumerate() {
             let is_handled = handled.iter().any(|&m| m as usize == major);
             *slot = if is_handled { dispatch } else { otherwise };

@@ -49,7 +49,12 @@ impl Irp {
         let overlay = unsafe { &self.irp().Tail.Overlay };
         // SAFETY: ... and this union member holds `CurrentStackLocation`
         // (what wdm.h's inline `IoGetCurrentIrpStackLocation` reads).
-        let location = unsafe { overlay.__bindgen_anon_2.__bindgen_anon_1.CurrentStackLocation };
+        let location = unsafe {
+            overlay
+                .__bindgen_anon_2
+                .__bindgen_anon_1
+                .CurrentStackLocation
+        };
         // SAFETY: a dispatched IRP has a valid current stack location.
         unsafe { &*location }
     }
@@ -98,7 +103,9 @@ impl Irp {
             return Some((params, &mut []));
         }
         // SAFETY: see above: `len` valid bytes, exclusively ours.
-        Some((params, unsafe { core::slice::from_raw_parts_mut(ptr.cast::<u8>(), len) }))
+        Some((params, unsafe {
+            core::slice::from_raw_parts_mut(ptr.cast::<u8>(), len)
+        }))
     }
 
     /// Completes the request with `status`, reporting `information` bytes

@@ -2,8 +2,8 @@
 
 use core::ptr::NonNull;
 
-use wfpmon_core::catalog::POOL_TAG;
 use wdk_sys::{POOL_FLAG_NON_PAGED, SIZE_T, ntddk};
+use wfpmon_core::catalog::POOL_TAG;
 
 /// A `T` in non-paged, non-executable pool, tagged `WfpM`; freed on drop.
 ///
@@ -18,7 +18,12 @@ impl<T> PoolBox<T> {
     /// Allocates and moves `value` in. `None` when the pool is exhausted.
     /// IRQL ≤ `DISPATCH_LEVEL`.
     pub fn new(value: T) -> Option<Self> {
-        const { assert!(core::mem::align_of::<T>() <= 16, "pool blocks are 16-byte aligned on x64") };
+        const {
+            assert!(
+                core::mem::align_of::<T>() <= 16,
+                "pool blocks are 16-byte aligned on x64"
+            );
+        }
         // SAFETY: ExAllocatePool2 may be called at IRQL <= DISPATCH_LEVEL for
         // non-paged pool; POOL_FLAG_NON_PAGED memory is non-executable.
         let raw = unsafe {

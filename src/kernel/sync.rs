@@ -23,7 +23,9 @@ impl SpinLock {
     /// A released lock. On x64 `KeInitializeSpinLock` only stores zero (it
     /// is an inline function in wdm.h), so a zeroed lock is initialised.
     pub const fn new() -> Self {
-        Self { lock: UnsafeCell::new(0) }
+        Self {
+            lock: UnsafeCell::new(0),
+        }
     }
 }
 
@@ -71,7 +73,10 @@ pub enum Wait {
 impl Event {
     /// Storage for an event; [`Event::initialize`] must run before use.
     pub const fn uninit() -> Self {
-        Self { event: UnsafeCell::new(MaybeUninit::zeroed()), ready: AtomicBool::new(false) }
+        Self {
+            event: UnsafeCell::new(MaybeUninit::zeroed()),
+            ready: AtomicBool::new(false),
+        }
     }
 
     /// `KeInitializeEvent(SynchronizationEvent, not signalled)`.
@@ -108,7 +113,9 @@ impl Event {
         if !self.ready.load(Ordering::Acquire) {
             return Wait::TimedOut;
         }
-        let mut timeout = LARGE_INTEGER { QuadPart: -timeout_100ns };
+        let mut timeout = LARGE_INTEGER {
+            QuadPart: -timeout_100ns,
+        };
         // SAFETY: initialised event (checked above); relative timeout on our stack; kernel
         // mode wait, not alertable, at PASSIVE_LEVEL (teardown only).
         let status = unsafe {
@@ -120,6 +127,10 @@ impl Event {
                 &raw mut timeout,
             )
         };
-        if status == wdk_sys::STATUS_TIMEOUT { Wait::TimedOut } else { Wait::Signalled }
+        if status == wdk_sys::STATUS_TIMEOUT {
+            Wait::TimedOut
+        } else {
+            Wait::Signalled
+        }
     }
 }

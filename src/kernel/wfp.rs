@@ -36,22 +36,45 @@ use crate::shared::SHARED;
 pub fn register_callout(device: &Device, spec: &CalloutSpec) -> Result<u32, NTSTATUS> {
     let k = spec.key;
     let callout = fwps::FWPS_CALLOUT1 {
-        calloutKey: fwps::GUID { Data1: k.data1, Data2: k.data2, Data3: k.data3, Data4: k.data4 },
-        flags: if spec.conditional_on_flow() { fwps::FWP_CALLOUT_FLAG_CONDITIONAL_ON_FLOW } else { 0 },
+        calloutKey: fwps::GUID {
+            Data1: k.data1,
+            Data2: k.data2,
+            Data3: k.data3,
+            Data4: k.data4,
+        },
+        flags: if spec.conditional_on_flow() {
+            fwps::FWP_CALLOUT_FLAG_CONDITIONAL_ON_FLOW
+        } else {
+            0
+        },
         classifyFn: Some(match spec.role {
             CalloutRole::FlowEstablished => classify_flow_established,
             CalloutRole::Stream => classify_stream,
             CalloutRole::DatagramData => classify_datagram_data,
         }),
         notifyFn: Some(notify),
-        flowDeleteFn: if spec.conditional_on_flow() { Some(flow_delete) } else { None },
+        flowDeleteFn: if spec.conditional_on_flow() {
+            Some(flow_delete)
+        } else {
+            None
+        },
     };
     let mut id = 0u32;
     // SAFETY: PASSIVE_LEVEL; a valid device object that outlives the
     // registration (lifecycle order); `callout` is read during the call only.
-    let status = unsafe { fwps::FwpsCalloutRegister1(device.as_raw().cast(), &raw const callout, &raw mut id) };
-    log!("FwpsCalloutRegister1({}) -> {}, id {id}", spec.name, Status(status));
-    if nt_success(status) { Ok(id) } else { Err(status) }
+    let status = unsafe {
+        fwps::FwpsCalloutRegister1(device.as_raw().cast(), &raw const callout, &raw mut id)
+    };
+    log!(
+        "FwpsCalloutRegister1({}) -> {}, id {id}",
+        spec.name,
+        Status(status)
+    );
+    if nt_success(status) {
+        Ok(id)
+    } else {
+        Err(status)
+    }
 }
 
 /// `FwpsCalloutUnregisterById0`. `PASSIVE_LEVEL`.
@@ -108,7 +131,11 @@ impl InjectionHandle {
             )
         };
         log!("FwpsInjectionHandleCreate0 -> {}", Status(status));
-        if nt_success(status) { Ok(Self { raw }) } else { Err(status) }
+        if nt_success(status) {
+            Ok(Self { raw })
+        } else {
+            Err(status)
+        }
     }
 
     /// The handle, for publishing to classify.
@@ -166,17 +193,20 @@ impl<'a> Values<'a> {
 
     fn u8(&self, index: u32) -> Option<u8> {
         // SAFETY: the type tag says `uint8` is the valid member.
-        self.get(index, fwps::FWP_UINT8).map(|v| unsafe { v.Anonymous.uint8 })
+        self.get(index, fwps::FWP_UINT8)
+            .map(|v| unsafe { v.Anonymous.uint8 })
     }
 
     fn u16(&self, index: u32) -> Option<u16> {
         // SAFETY: the type tag says `uint16` is the valid member.
-        self.get(index, fwps::FWP_UINT16).map(|v| unsafe { v.Anonymous.uint16 })
+        self.get(index, fwps::FWP_UINT16)
+            .map(|v| unsafe { v.Anonymous.uint16 })
     }
 
     fn u32(&self, index: u32) -> Option<u32> {
         // SAFETY: the type tag says `uint32` is the valid member.
-        self.get(index, fwps::FWP_UINT32).map(|v| unsafe { v.Anonymous.uint32 })
+        self.get(index, fwps::FWP_UINT32)
+            .map(|v| unsafe { v.Anonymous.uint32 })
     }
 
     /// An address field: `FWP_UINT32` (IPv4, host order) or
@@ -275,7 +305,11 @@ const FLOW_ESTABLISHED_V6: FlowEstablishedFields = FlowEstablishedFields {
     direction: fwps::FWPS_FIELD_ALE_FLOW_ESTABLISHED_V6_DIRECTION,
 };
 
-fn decode_flow_established(layer: u16, values: &Values<'_>, meta: &Metadata) -> Option<FlowEstablished> {
+fn decode_flow_established(
+    layer: u16,
+    values: &Values<'_>,
+    meta: &Metadata,
+) -> Option<FlowEstablished> {
     let f = match layer {
         fwps::FWPS_LAYER_ALE_FLOW_ESTABLISHED_V4 => &FLOW_ESTABLISHED_V4,
         fwps::FWPS_LAYER_ALE_FLOW_ESTABLISHED_V6 => &FLOW_ESTABLISHED_V6,
@@ -287,13 +321,24 @@ fn decode_flow_established(layer: u16, values: &Values<'_>, meta: &Metadata) -> 
     let tuple = FlowTuple {
         family: f.family,
         ip_protocol: values.u8(f.protocol)?,
-        local_address: values.address(f.local_address, f.family).unwrap_or_default(),
+        local_address: values
+            .address(f.local_address, f.family)
+            .unwrap_or_default(),
         local_port: values.u16(f.local_port).unwrap_or_default(),
-        remote_address: values.address(f.remote_address, f.family).unwrap_or_default(),
+        remote_address: values
+            .address(f.remote_address, f.family)
+            .unwrap_or_default(),
         remote_port: values.u16(f.remote_port).unwrap_or_default(),
-        direction: values.u32(f.direction).and_then(Direction::from_fwp).unwrap_or(Direction::Outbound),
+        direction: values
+            .u32(f.direction)
+            .and_then(Direction::from_fwp)
+            .unwrap_or(Direction::Outbound),
     };
-    Some(FlowEstablished { flow_handle: meta.flow_handle()?, tuple, process_id: meta.process_id() })
+    Some(FlowEstablished {
+        flow_handle: meta.flow_handle()?,
+        tuple,
+        process_id: meta.process_id(),
+    })
 }
 
 /// The action protocol of an observer. With `FWPS_RIGHT_ACTION_WRITE` only
@@ -312,7 +357,9 @@ fn decode_flow_established(layer: u16, values: &Values<'_>, meta: &Metadata) -> 
 /// for this classify.
 unsafe fn observe_only(out: *mut fwps::FWPS_CLASSIFY_OUT0, filter: *const fwps::FWPS_FILTER1) {
     // SAFETY: contract.
-    let Some(out) = (unsafe { out.as_mut() }) else { return };
+    let Some(out) = (unsafe { out.as_mut() }) else {
+        return;
+    };
     if out.rights & fwps::FWPS_RIGHT_ACTION_WRITE == 0 {
         return;
     }
@@ -365,9 +412,13 @@ unsafe extern "system" fn classify_flow_established(
     // SAFETY: the engine's arguments for this classify.
     unsafe { observe_only(classify_out, filter) };
     // SAFETY: as above.
-    let Some((layer, values)) = (unsafe { Values::from_raw(in_fixed_values) }) else { return };
+    let Some((layer, values)) = (unsafe { Values::from_raw(in_fixed_values) }) else {
+        return;
+    };
     // SAFETY: as above.
-    let Some(meta) = (unsafe { Metadata::from_raw(in_meta_values) }) else { return };
+    let Some(meta) = (unsafe { Metadata::from_raw(in_meta_values) }) else {
+        return;
+    };
     if let Some(flow) = decode_flow_established(layer, &values, &meta) {
         callouts::on_flow_established(&flow);
     }
@@ -384,13 +435,21 @@ unsafe extern "system" fn classify_stream(
     classify_out: *mut fwps::FWPS_CLASSIFY_OUT0,
 ) {
     // SAFETY: the engine's arguments for this classify.
-    let Some(record) = (unsafe { begin_data_classify(classify_out, filter, flow_context) }) else { return };
+    let Some(record) = (unsafe { begin_data_classify(classify_out, filter, flow_context) }) else {
+        return;
+    };
     // SAFETY: at the stream layers layerData is an FWPS_STREAM_CALLOUT_IO_PACKET0.
-    let Some(packet) = (unsafe { layer_data.cast::<fwps::FWPS_STREAM_CALLOUT_IO_PACKET0>().as_ref() }) else {
+    let Some(packet) = (unsafe {
+        layer_data
+            .cast::<fwps::FWPS_STREAM_CALLOUT_IO_PACKET0>()
+            .as_ref()
+    }) else {
         return;
     };
     // SAFETY: the packet's stream data, valid during classify.
-    let Some(data) = (unsafe { packet.streamData.as_ref() }) else { return };
+    let Some(data) = (unsafe { packet.streamData.as_ref() }) else {
+        return;
+    };
     // SAFETY: the engine's incoming values (or null).
     let values = unsafe { Values::from_raw(in_fixed_values) };
     let direction = stream_direction(values.as_ref(), data.flags);
@@ -432,15 +491,21 @@ unsafe extern "system" fn classify_datagram_data(
     classify_out: *mut fwps::FWPS_CLASSIFY_OUT0,
 ) {
     // SAFETY: the engine's arguments for this classify.
-    let Some(record) = (unsafe { begin_data_classify(classify_out, filter, flow_context) }) else { return };
+    let Some(record) = (unsafe { begin_data_classify(classify_out, filter, flow_context) }) else {
+        return;
+    };
     // SAFETY: as above.
-    let Some((layer, values)) = (unsafe { Values::from_raw(in_fixed_values) }) else { return };
+    let Some((layer, values)) = (unsafe { Values::from_raw(in_fixed_values) }) else {
+        return;
+    };
     let direction_field = match layer {
         fwps::FWPS_LAYER_DATAGRAM_DATA_V4 => fwps::FWPS_FIELD_DATAGRAM_DATA_V4_DIRECTION,
         fwps::FWPS_LAYER_DATAGRAM_DATA_V6 => fwps::FWPS_FIELD_DATAGRAM_DATA_V6_DIRECTION,
         _ => return,
     };
-    let Some(direction) = values.u32(direction_field).and_then(Direction::from_fwp) else { return };
+    let Some(direction) = values.u32(direction_field).and_then(Direction::from_fwp) else {
+        return;
+    };
     let nbl = layer_data.cast::<fwps::NET_BUFFER_LIST_HEADER_VIEW>();
     if nbl.is_null() || injected_by_us(nbl.cast()) {
         return;
@@ -470,8 +535,12 @@ fn injected_by_us(nbl: *mut c_void) -> bool {
     }
     // SAFETY: a live injection handle (withdrawn before it is destroyed) and
     // the engine's NET_BUFFER_LIST; callable at IRQL <= DISPATCH_LEVEL.
-    let state = unsafe { fwps::FwpsQueryPacketInjectionState0(handle, nbl.cast(), ptr::null_mut()) };
-    matches!(state, fwps::FWPS_PACKET_INJECTED_BY_SELF | fwps::FWPS_PACKET_PREVIOUSLY_INJECTED_BY_SELF)
+    let state =
+        unsafe { fwps::FwpsQueryPacketInjectionState0(handle, nbl.cast(), ptr::null_mut()) };
+    matches!(
+        state,
+        fwps::FWPS_PACKET_INJECTED_BY_SELF | fwps::FWPS_PACKET_PREVIOUSLY_INJECTED_BY_SELF
+    )
 }
 
 /// notifyFn: filters referencing our callouts come and go; nothing to do.

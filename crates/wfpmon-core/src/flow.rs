@@ -124,10 +124,14 @@ impl TrafficCounters {
 
     /// Adds a whole snapshot (used to retire an ended flow's totals).
     pub fn add(&self, t: Traffic) {
-        self.bytes_inbound.fetch_add(t.bytes_inbound, Ordering::Relaxed);
-        self.bytes_outbound.fetch_add(t.bytes_outbound, Ordering::Relaxed);
-        self.packets_inbound.fetch_add(t.packets_inbound, Ordering::Relaxed);
-        self.packets_outbound.fetch_add(t.packets_outbound, Ordering::Relaxed);
+        self.bytes_inbound
+            .fetch_add(t.bytes_inbound, Ordering::Relaxed);
+        self.bytes_outbound
+            .fetch_add(t.bytes_outbound, Ordering::Relaxed);
+        self.packets_inbound
+            .fetch_add(t.packets_inbound, Ordering::Relaxed);
+        self.packets_outbound
+            .fetch_add(t.packets_outbound, Ordering::Relaxed);
     }
 
     /// Current values.
@@ -237,7 +241,11 @@ struct Chain {
 }
 
 impl Chain {
-    const EMPTY: Self = Self { head: ptr::null_mut(), tail: ptr::null_mut(), len: 0 };
+    const EMPTY: Self = Self {
+        head: ptr::null_mut(),
+        tail: ptr::null_mut(),
+        len: 0,
+    };
 
     /// Links `rec` first.
     ///
@@ -350,7 +358,11 @@ impl<L: Lock> FlowRegistry<L> {
         Self {
             lock,
             stopping: AtomicBool::new(false),
-            state: UnsafeCell::new(ListState { chains: [Chain::EMPTY; CALLOUT_COUNT], len: 0, pass: 0 }),
+            state: UnsafeCell::new(ListState {
+                chains: [Chain::EMPTY; CALLOUT_COUNT],
+                len: 0,
+                pass: 0,
+            }),
         }
     }
 
@@ -416,7 +428,11 @@ impl<L: Lock> FlowRegistry<L> {
     ///
     /// # Safety
     /// `record` must be valid, and linked into this registry or never linked.
-    pub unsafe fn remove(&self, record: NonNull<FlowRecord>, retire: impl FnOnce(&FlowRecord)) -> Removed {
+    pub unsafe fn remove(
+        &self,
+        record: NonNull<FlowRecord>,
+        retire: impl FnOnce(&FlowRecord),
+    ) -> Removed {
         self.locked(|s| {
             let rec = record.as_ptr();
             // SAFETY: valid (contract); shared access to an immutable field.
@@ -452,7 +468,11 @@ impl<L: Lock> FlowRegistry<L> {
     ///
     /// O(1): visited records move to the back of their chain, so the front
     /// record is either unvisited or the pass is complete.
-    pub fn next_for_removal(&self, pass: RemovalPass, callout: CalloutIndex) -> Option<Association> {
+    pub fn next_for_removal(
+        &self,
+        pass: RemovalPass,
+        callout: CalloutIndex,
+    ) -> Option<Association> {
         self.locked(|s| {
             let chain = &mut s.chains[callout];
             let head = chain.head;

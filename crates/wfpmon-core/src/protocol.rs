@@ -33,12 +33,20 @@ pub const fn ctl_code(device_type: u32, function: u32, method: u32, access: u32)
 }
 
 /// Read global statistics. Input [`QueryStatsRequest`], output [`Stats`].
-pub const IOCTL_WFPMON_QUERY_STATS: u32 =
-    ctl_code(FILE_DEVICE_NETWORK, 0x900, METHOD_BUFFERED, FILE_READ_ACCESS);
+pub const IOCTL_WFPMON_QUERY_STATS: u32 = ctl_code(
+    FILE_DEVICE_NETWORK,
+    0x900,
+    METHOD_BUFFERED,
+    FILE_READ_ACCESS,
+);
 /// List active flows. Input [`ListFlowsRequest`], output a
 /// [`FlowListHeader`] followed by `returned` [`FlowEntry`] records.
-pub const IOCTL_WFPMON_LIST_FLOWS: u32 =
-    ctl_code(FILE_DEVICE_NETWORK, 0x901, METHOD_BUFFERED, FILE_READ_ACCESS);
+pub const IOCTL_WFPMON_LIST_FLOWS: u32 = ctl_code(
+    FILE_DEVICE_NETWORK,
+    0x901,
+    METHOD_BUFFERED,
+    FILE_READ_ACCESS,
+);
 /// Turn traffic counting on or off. Input [`SetCountingRequest`], no output.
 /// Changes driver state, so it also requires write access.
 pub const IOCTL_WFPMON_SET_COUNTING: u32 = ctl_code(
@@ -64,7 +72,10 @@ impl Header {
 
     const fn current(size: usize) -> Self {
         #[allow(clippy::cast_possible_truncation)] // protocol sizes are small constants
-        Self { version: PROTOCOL_VERSION, size: size as u32 }
+        Self {
+            version: PROTOCOL_VERSION,
+            size: size as u32,
+        }
     }
 
     fn encode(self, w: &mut Writer<'_>) {
@@ -72,7 +83,10 @@ impl Header {
     }
 
     fn decode(r: &mut Reader<'_>) -> Option<Self> {
-        Some(Self { version: r.u32()?, size: r.u32()? })
+        Some(Self {
+            version: r.u32()?,
+            size: r.u32()?,
+        })
     }
 }
 
@@ -220,7 +234,9 @@ impl QueryStatsRequest {
     /// A request of the current version.
     #[must_use]
     pub const fn new() -> Self {
-        Self { header: Header::current(Self::SIZE) }
+        Self {
+            header: Header::current(Self::SIZE),
+        }
     }
 
     /// Encodes the request.
@@ -245,7 +261,11 @@ impl ListFlowsRequest {
     /// A request of the current version.
     #[must_use]
     pub const fn new(max_entries: u32) -> Self {
-        Self { header: Header::current(Self::SIZE), max_entries, reserved: 0 }
+        Self {
+            header: Header::current(Self::SIZE),
+            max_entries,
+            reserved: 0,
+        }
     }
 
     /// Encodes the request.
@@ -266,7 +286,11 @@ impl SetCountingRequest {
     /// A request of the current version.
     #[must_use]
     pub const fn new(enable: bool) -> Self {
-        Self { header: Header::current(Self::SIZE), enable: enable as u32, reserved: 0 }
+        Self {
+            header: Header::current(Self::SIZE),
+            enable: enable as u32,
+            reserved: 0,
+        }
     }
 
     /// Encodes the request.
@@ -440,7 +464,8 @@ pub fn decode_flow_list(
     let body = &bytes[FlowListHeader::SIZE..header.header.size as usize];
     Ok((
         header,
-        body.chunks_exact(FlowEntry::SIZE).filter_map(|c| FlowEntry::decode(c).ok()),
+        body.chunks_exact(FlowEntry::SIZE)
+            .filter_map(|c| FlowEntry::decode(c).ok()),
     ))
 }
 
@@ -448,7 +473,9 @@ pub fn decode_flow_list(
 /// that does not fit the protocol's 32-bit size field.
 #[must_use]
 pub fn flow_list_size(entries: usize) -> Option<usize> {
-    let size = entries.checked_mul(FlowEntry::SIZE)?.checked_add(FlowListHeader::SIZE)?;
+    let size = entries
+        .checked_mul(FlowEntry::SIZE)?
+        .checked_add(FlowListHeader::SIZE)?;
     u32::try_from(size).ok().map(|_| size)
 }
 
@@ -546,11 +573,17 @@ pub fn parse_request(code: u32, input: &[u8], output_len: usize) -> Result<Reque
         other => return Err(RequestError::UnknownCode(other)),
     };
     if input.len() != expected {
-        return Err(RequestError::InputSize { expected, actual: input.len() });
+        return Err(RequestError::InputSize {
+            expected,
+            actual: input.len(),
+        });
     }
     let mut r = Reader::new(input);
     // The length check above guarantees the header and fields are present.
-    let header = Header::decode(&mut r).ok_or(RequestError::InputSize { expected, actual: 0 })?;
+    let header = Header::decode(&mut r).ok_or(RequestError::InputSize {
+        expected,
+        actual: 0,
+    })?;
     if header.version != PROTOCOL_VERSION {
         return Err(RequestError::Version(header.version));
     }
@@ -561,7 +594,9 @@ pub fn parse_request(code: u32, input: &[u8], output_len: usize) -> Result<Reque
     match code {
         IOCTL_WFPMON_QUERY_STATS => {
             if output_len < Stats::SIZE {
-                return Err(RequestError::OutputTooSmall { required: Stats::SIZE });
+                return Err(RequestError::OutputTooSmall {
+                    required: Stats::SIZE,
+                });
             }
             Ok(Request::QueryStats)
         }
@@ -574,12 +609,18 @@ pub fn parse_request(code: u32, input: &[u8], output_len: usize) -> Result<Reque
                 return Err(RequestError::CountOverflow);
             }
             if output_len < FlowListHeader::SIZE {
-                return Err(RequestError::OutputTooSmall { required: FlowListHeader::SIZE });
+                return Err(RequestError::OutputTooSmall {
+                    required: FlowListHeader::SIZE,
+                });
             }
             let fits = (output_len - FlowListHeader::SIZE) / FlowEntry::SIZE;
             // Never promise more than the 32-bit size field can describe.
             let fits = fits.min((u32::MAX as usize - FlowListHeader::SIZE) / FlowEntry::SIZE);
-            let capacity = if max_entries == 0 { fits } else { fits.min(max_entries as usize) };
+            let capacity = if max_entries == 0 {
+                fits
+            } else {
+                fits.min(max_entries as usize)
+            };
             Ok(Request::ListFlows { capacity })
         }
         _ => {

@@ -75,7 +75,9 @@ pub fn device_security_descriptor() -> SecurityDescriptor {
     w.u8(ACL_REVISION).u8(0).u16(ACL_SIZE as u16).u16(2).u16(0);
     for (subs, authority) in [LOCAL_SYSTEM, ADMINISTRATORS] {
         // ACCESS_ALLOWED_ACE: ACE_HEADER, Mask, SID
-        w.u8(ACCESS_ALLOWED_ACE_TYPE).u8(0).u16(ace_size(subs.len()) as u16);
+        w.u8(ACCESS_ALLOWED_ACE_TYPE)
+            .u8(0)
+            .u16(ace_size(subs.len()) as u16);
         w.u32(FILE_ALL_ACCESS);
         w.u8(1).u8(subs.len() as u8).bytes(&authority);
         for &s in subs {

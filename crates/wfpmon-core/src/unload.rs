@@ -100,7 +100,11 @@ impl Unregistration {
     #[must_use]
     pub const fn new(max_attempts: u32) -> Self {
         let max_attempts = if max_attempts == 0 { 1 } else { max_attempts };
-        Self { attempts: 0, max_attempts, next: Step::Unregister }
+        Self {
+            attempts: 0,
+            max_attempts,
+            next: Step::Unregister,
+        }
     }
 
     /// The step to perform now.
@@ -120,10 +124,16 @@ impl Unregistration {
     /// # Panics
     /// In debug builds, when the current step is not [`Step::Unregister`].
     pub fn on_unregister(&mut self, status: i32) {
-        debug_assert_eq!(self.next, Step::Unregister, "unregister result out of order");
+        debug_assert_eq!(
+            self.next,
+            Step::Unregister,
+            "unregister result out of order"
+        );
         self.attempts += 1;
         self.next = match status {
-            status::STATUS_SUCCESS => Step::Finished(Outcome::Unregistered { attempts: self.attempts }),
+            status::STATUS_SUCCESS => Step::Finished(Outcome::Unregistered {
+                attempts: self.attempts,
+            }),
             status::STATUS_FWP_CALLOUT_NOT_FOUND | status::FWP_E_CALLOUT_NOT_FOUND => {
                 Step::Finished(Outcome::AlreadyGone)
             }
@@ -149,8 +159,16 @@ impl Unregistration {
     /// # Panics
     /// In debug builds, when the current step is not [`Step::RemoveContexts`].
     pub fn on_contexts_removed(&mut self, removed: usize, still_tracked: usize) {
-        debug_assert_eq!(self.next, Step::RemoveContexts, "removal result out of order");
-        self.next = if removed > 0 && still_tracked == 0 { Step::Unregister } else { Step::Wait };
+        debug_assert_eq!(
+            self.next,
+            Step::RemoveContexts,
+            "removal result out of order"
+        );
+        self.next = if removed > 0 && still_tracked == 0 {
+            Step::Unregister
+        } else {
+            Step::Wait
+        };
     }
 
     /// Feeds back that a bounded wait ended.

@@ -4,13 +4,18 @@
 use std::collections::HashSet;
 use std::fmt::Write as _;
 
-use windows_sys::Win32::NetworkManagement::WindowsFilteringPlatform as wfp;
 use wfpmon_core::catalog::{
     self, AddressFamily, CALLOUTS, CalloutRole, Guid, PROVIDER_KEY, SUBLAYER_KEY, data_callout_for,
 };
+use windows_sys::Win32::NetworkManagement::WindowsFilteringPlatform as wfp;
 
 const fn from_sys(g: windows_sys::core::GUID) -> Guid {
-    Guid { data1: g.data1, data2: g.data2, data3: g.data3, data4: g.data4 }
+    Guid {
+        data1: g.data1,
+        data2: g.data2,
+        data3: g.data3,
+        data4: g.data4,
+    }
 }
 
 #[test]
@@ -40,12 +45,30 @@ fn every_key_is_unique() {
 #[test]
 fn management_layers_match_windows_sys() {
     let expected = [
-        (catalog::management_layer::STREAM_V4, wfp::FWPM_LAYER_STREAM_V4),
-        (catalog::management_layer::STREAM_V6, wfp::FWPM_LAYER_STREAM_V6),
-        (catalog::management_layer::DATAGRAM_DATA_V4, wfp::FWPM_LAYER_DATAGRAM_DATA_V4),
-        (catalog::management_layer::DATAGRAM_DATA_V6, wfp::FWPM_LAYER_DATAGRAM_DATA_V6),
-        (catalog::management_layer::ALE_FLOW_ESTABLISHED_V4, wfp::FWPM_LAYER_ALE_FLOW_ESTABLISHED_V4),
-        (catalog::management_layer::ALE_FLOW_ESTABLISHED_V6, wfp::FWPM_LAYER_ALE_FLOW_ESTABLISHED_V6),
+        (
+            catalog::management_layer::STREAM_V4,
+            wfp::FWPM_LAYER_STREAM_V4,
+        ),
+        (
+            catalog::management_layer::STREAM_V6,
+            wfp::FWPM_LAYER_STREAM_V6,
+        ),
+        (
+            catalog::management_layer::DATAGRAM_DATA_V4,
+            wfp::FWPM_LAYER_DATAGRAM_DATA_V4,
+        ),
+        (
+            catalog::management_layer::DATAGRAM_DATA_V6,
+            wfp::FWPM_LAYER_DATAGRAM_DATA_V6,
+        ),
+        (
+            catalog::management_layer::ALE_FLOW_ESTABLISHED_V4,
+            wfp::FWPM_LAYER_ALE_FLOW_ESTABLISHED_V4,
+        ),
+        (
+            catalog::management_layer::ALE_FLOW_ESTABLISHED_V6,
+            wfp::FWPM_LAYER_ALE_FLOW_ESTABLISHED_V6,
+        ),
     ];
     for (ours, theirs) in expected {
         assert_eq!(ours, from_sys(theirs));
@@ -54,18 +77,35 @@ fn management_layers_match_windows_sys() {
 
 #[test]
 fn data_callouts_are_registered_before_flow_established_ones() {
-    let first_fe = CALLOUTS.iter().position(|c| c.role == CalloutRole::FlowEstablished).unwrap();
-    assert!(CALLOUTS[..first_fe].iter().all(|c| c.role != CalloutRole::FlowEstablished));
-    assert!(CALLOUTS[first_fe..].iter().all(|c| c.role == CalloutRole::FlowEstablished));
+    let first_fe = CALLOUTS
+        .iter()
+        .position(|c| c.role == CalloutRole::FlowEstablished)
+        .unwrap();
+    assert!(
+        CALLOUTS[..first_fe]
+            .iter()
+            .all(|c| c.role != CalloutRole::FlowEstablished)
+    );
+    assert!(
+        CALLOUTS[first_fe..]
+            .iter()
+            .all(|c| c.role == CalloutRole::FlowEstablished)
+    );
 }
 
 #[test]
 fn each_family_has_one_callout_per_role_with_the_matching_layer() {
     use catalog::runtime_layer as rt;
     for family in [AddressFamily::V4, AddressFamily::V6] {
-        for role in [CalloutRole::FlowEstablished, CalloutRole::Stream, CalloutRole::DatagramData] {
-            let matches: Vec<_> =
-                CALLOUTS.iter().filter(|c| c.family == family && c.role == role).collect();
+        for role in [
+            CalloutRole::FlowEstablished,
+            CalloutRole::Stream,
+            CalloutRole::DatagramData,
+        ] {
+            let matches: Vec<_> = CALLOUTS
+                .iter()
+                .filter(|c| c.family == family && c.role == role)
+                .collect();
             assert_eq!(matches.len(), 1, "{family:?} {role:?}");
             let layer = match (role, family) {
                 (CalloutRole::FlowEstablished, AddressFamily::V4) => rt::ALE_FLOW_ESTABLISHED_V4,
@@ -76,7 +116,10 @@ fn each_family_has_one_callout_per_role_with_the_matching_layer() {
                 (CalloutRole::DatagramData, AddressFamily::V6) => rt::DATAGRAM_DATA_V6,
             };
             assert_eq!(matches[0].runtime_layer, layer);
-            assert_eq!(matches[0].conditional_on_flow(), role != CalloutRole::FlowEstablished);
+            assert_eq!(
+                matches[0].conditional_on_flow(),
+                role != CalloutRole::FlowEstablished
+            );
         }
     }
 }
@@ -87,7 +130,11 @@ fn data_callout_choice_follows_protocol_and_family() {
         for proto in 0..=255u8 {
             let c = &CALLOUTS[data_callout_for(family, proto)];
             assert_eq!(c.family, family);
-            let role = if proto == 6 { CalloutRole::Stream } else { CalloutRole::DatagramData };
+            let role = if proto == 6 {
+                CalloutRole::Stream
+            } else {
+                CalloutRole::DatagramData
+            };
             assert_eq!(c.role, role, "protocol {proto}");
         }
     }
@@ -95,8 +142,14 @@ fn data_callout_choice_follows_protocol_and_family() {
 
 #[test]
 fn address_family_values_match_winsock() {
-    assert_eq!(AddressFamily::V4.to_af(), windows_sys::Win32::Networking::WinSock::AF_INET);
-    assert_eq!(AddressFamily::V6.to_af(), windows_sys::Win32::Networking::WinSock::AF_INET6);
+    assert_eq!(
+        AddressFamily::V4.to_af(),
+        windows_sys::Win32::Networking::WinSock::AF_INET
+    );
+    assert_eq!(
+        AddressFamily::V6.to_af(),
+        windows_sys::Win32::Networking::WinSock::AF_INET6
+    );
     assert_eq!(AddressFamily::from_af(2), Some(AddressFamily::V4));
     assert_eq!(AddressFamily::from_af(23), Some(AddressFamily::V6));
     assert_eq!(AddressFamily::from_af(0), None);
@@ -117,8 +170,15 @@ fn device_security_descriptor_is_system_and_admins_only() {
     let u32_at = |o: usize| u32::from_le_bytes(sd[o..o + 4].try_into().unwrap());
     assert_eq!(sd.len(), DEVICE_SD_SIZE);
     assert_eq!(sd[0], 1, "revision");
-    assert_eq!(u16_at(2), SE_DACL_PRESENT | SE_DACL_PROTECTED | SE_SELF_RELATIVE);
-    assert_eq!((u32_at(4), u32_at(8), u32_at(12)), (0, 0, 0), "no owner, group, SACL");
+    assert_eq!(
+        u16_at(2),
+        SE_DACL_PRESENT | SE_DACL_PROTECTED | SE_SELF_RELATIVE
+    );
+    assert_eq!(
+        (u32_at(4), u32_at(8), u32_at(12)),
+        (0, 0, 0),
+        "no owner, group, SACL"
+    );
     let dacl = u32_at(16) as usize;
     assert_eq!(sd[dacl], 2, "ACL revision");
     assert_eq!(u16_at(dacl + 2) as usize, sd.len() - dacl, "ACL size");
@@ -133,7 +193,16 @@ fn device_security_descriptor_is_system_and_admins_only() {
         let sid = at + 8;
         let count = sd[sid + 1] as usize;
         assert_eq!(size, 8 + 8 + 4 * count);
-        let authority = u64::from_be_bytes([0, 0, sd[sid + 2], sd[sid + 3], sd[sid + 4], sd[sid + 5], sd[sid + 6], sd[sid + 7]]);
+        let authority = u64::from_be_bytes([
+            0,
+            0,
+            sd[sid + 2],
+            sd[sid + 3],
+            sd[sid + 4],
+            sd[sid + 5],
+            sd[sid + 6],
+            sd[sid + 7],
+        ]);
         let mut text = format!("S-{}-{}", sd[sid], authority);
         for k in 0..count {
             write!(text, "-{}", u32_at(sid + 8 + 4 * k)).unwrap();

@@ -34,7 +34,15 @@ fn record(flow_id: u64) -> NonNull<FlowRecord> {
         remote_port: 2,
         direction: Direction::Outbound,
     };
-    let r = Box::new(FlowRecord::new(Association { flow_id, callout: 0 }, tuple, 0, 0));
+    let r = Box::new(FlowRecord::new(
+        Association {
+            flow_id,
+            callout: 0,
+        },
+        tuple,
+        0,
+        0,
+    ));
     NonNull::from(Box::leak(r))
 }
 

@@ -9,7 +9,11 @@ use wfpmon_core::protocol::{
 };
 use wfpmon_core::status::*;
 
-const CODES: [u32; 3] = [IOCTL_WFPMON_QUERY_STATS, IOCTL_WFPMON_LIST_FLOWS, IOCTL_WFPMON_SET_COUNTING];
+const CODES: [u32; 3] = [
+    IOCTL_WFPMON_QUERY_STATS,
+    IOCTL_WFPMON_LIST_FLOWS,
+    IOCTL_WFPMON_SET_COUNTING,
+];
 
 #[test]
 fn ioctl_codes_are_buffered_with_the_documented_access() {
@@ -26,20 +30,36 @@ fn ioctl_codes_are_buffered_with_the_documented_access() {
 #[test]
 fn valid_requests_parse() {
     assert_eq!(
-        parse_request(IOCTL_WFPMON_QUERY_STATS, &QueryStatsRequest::new().to_bytes(), Stats::SIZE),
+        parse_request(
+            IOCTL_WFPMON_QUERY_STATS,
+            &QueryStatsRequest::new().to_bytes(),
+            Stats::SIZE
+        ),
         Ok(Request::QueryStats)
     );
     let out = FlowListHeader::SIZE + 3 * FlowEntry::SIZE + 5;
     assert_eq!(
-        parse_request(IOCTL_WFPMON_LIST_FLOWS, &ListFlowsRequest::new(0).to_bytes(), out),
+        parse_request(
+            IOCTL_WFPMON_LIST_FLOWS,
+            &ListFlowsRequest::new(0).to_bytes(),
+            out
+        ),
         Ok(Request::ListFlows { capacity: 3 })
     );
     assert_eq!(
-        parse_request(IOCTL_WFPMON_LIST_FLOWS, &ListFlowsRequest::new(2).to_bytes(), out),
+        parse_request(
+            IOCTL_WFPMON_LIST_FLOWS,
+            &ListFlowsRequest::new(2).to_bytes(),
+            out
+        ),
         Ok(Request::ListFlows { capacity: 2 })
     );
     assert_eq!(
-        parse_request(IOCTL_WFPMON_SET_COUNTING, &SetCountingRequest::new(false).to_bytes(), 0),
+        parse_request(
+            IOCTL_WFPMON_SET_COUNTING,
+            &SetCountingRequest::new(false).to_bytes(),
+            0
+        ),
         Ok(Request::SetCounting { enable: false })
     );
 }
@@ -48,13 +68,48 @@ fn valid_requests_parse() {
 fn each_malformation_gets_its_precise_status() {
     let stats = QueryStatsRequest::new().to_bytes();
     let cases: Vec<(u32, Vec<u8>, usize, i32)> = vec![
-        (0x0012_6410, stats.to_vec(), 4096, STATUS_INVALID_DEVICE_REQUEST),
-        (IOCTL_WFPMON_QUERY_STATS, vec![], 4096, STATUS_INVALID_BUFFER_SIZE),
-        (IOCTL_WFPMON_QUERY_STATS, vec![1], 4096, STATUS_INVALID_BUFFER_SIZE),
-        (IOCTL_WFPMON_QUERY_STATS, stats[..7].to_vec(), 4096, STATUS_INVALID_BUFFER_SIZE),
-        (IOCTL_WFPMON_QUERY_STATS, [&stats[..], &[0]].concat(), 4096, STATUS_INVALID_BUFFER_SIZE),
-        (IOCTL_WFPMON_QUERY_STATS, stats.to_vec(), Stats::SIZE - 1, STATUS_BUFFER_TOO_SMALL),
-        (IOCTL_WFPMON_QUERY_STATS, stats.to_vec(), 0, STATUS_BUFFER_TOO_SMALL),
+        (
+            0x0012_6410,
+            stats.to_vec(),
+            4096,
+            STATUS_INVALID_DEVICE_REQUEST,
+        ),
+        (
+            IOCTL_WFPMON_QUERY_STATS,
+            vec![],
+            4096,
+            STATUS_INVALID_BUFFER_SIZE,
+        ),
+        (
+            IOCTL_WFPMON_QUERY_STATS,
+            vec![1],
+            4096,
+            STATUS_INVALID_BUFFER_SIZE,
+        ),
+        (
+            IOCTL_WFPMON_QUERY_STATS,
+            stats[..7].to_vec(),
+            4096,
+            STATUS_INVALID_BUFFER_SIZE,
+        ),
+        (
+            IOCTL_WFPMON_QUERY_STATS,
+            [&stats[..], &[0]].concat(),
+            4096,
+            STATUS_INVALID_BUFFER_SIZE,
+        ),
+        (
+            IOCTL_WFPMON_QUERY_STATS,
+            stats.to_vec(),
+            Stats::SIZE - 1,
+            STATUS_BUFFER_TOO_SMALL,
+        ),
+        (
+            IOCTL_WFPMON_QUERY_STATS,
+            stats.to_vec(),
+            0,
+            STATUS_BUFFER_TOO_SMALL,
+        ),
     ];
     for (code, input, out, status) in cases {
         let err = parse_request(code, &input, out).unwrap_err();
@@ -62,10 +117,16 @@ fn each_malformation_gets_its_precise_status() {
     }
     let mut v = QueryStatsRequest::new().to_bytes();
     v[0] = 2;
-    assert_eq!(parse_request(IOCTL_WFPMON_QUERY_STATS, &v, 4096), Err(RequestError::Version(2)));
+    assert_eq!(
+        parse_request(IOCTL_WFPMON_QUERY_STATS, &v, 4096),
+        Err(RequestError::Version(2))
+    );
     let mut v = QueryStatsRequest::new().to_bytes();
     v[4] = 9;
-    assert_eq!(parse_request(IOCTL_WFPMON_QUERY_STATS, &v, 4096), Err(RequestError::HeaderSize(9)));
+    assert_eq!(
+        parse_request(IOCTL_WFPMON_QUERY_STATS, &v, 4096),
+        Err(RequestError::HeaderSize(9))
+    );
     let mut v = SetCountingRequest::new(true).to_bytes();
     v[8] = 2;
     assert_eq!(
@@ -74,7 +135,10 @@ fn each_malformation_gets_its_precise_status() {
     );
     let mut v = ListFlowsRequest::new(1).to_bytes();
     v[12] = 1;
-    assert_eq!(parse_request(IOCTL_WFPMON_LIST_FLOWS, &v, 4096), Err(RequestError::InvalidField));
+    assert_eq!(
+        parse_request(IOCTL_WFPMON_LIST_FLOWS, &v, 4096),
+        Err(RequestError::InvalidField)
+    );
     let v = ListFlowsRequest::new(u32::MAX).to_bytes();
     assert_eq!(
         parse_request(IOCTL_WFPMON_LIST_FLOWS, &v, 4096).map_err(RequestError::ntstatus),
@@ -83,14 +147,18 @@ fn each_malformation_gets_its_precise_status() {
     let v = ListFlowsRequest::new(0).to_bytes();
     assert_eq!(
         parse_request(IOCTL_WFPMON_LIST_FLOWS, &v, FlowListHeader::SIZE - 1),
-        Err(RequestError::OutputTooSmall { required: FlowListHeader::SIZE })
+        Err(RequestError::OutputTooSmall {
+            required: FlowListHeader::SIZE
+        })
     );
 }
 
 #[test]
 fn huge_output_buffers_never_promise_more_than_the_size_field_holds() {
     let v = ListFlowsRequest::new(0).to_bytes();
-    let Ok(Request::ListFlows { capacity }) = parse_request(IOCTL_WFPMON_LIST_FLOWS, &v, usize::MAX) else {
+    let Ok(Request::ListFlows { capacity }) =
+        parse_request(IOCTL_WFPMON_LIST_FLOWS, &v, usize::MAX)
+    else {
         panic!("huge output buffer refused");
     };
     assert!(protocol::flow_list_size(capacity).is_some());
@@ -116,10 +184,19 @@ fn stats_round_trip_and_reject_other_versions() {
     assert_eq!(s.encode(&mut buf), Stats::SIZE);
     let d = Stats::decode(&buf).unwrap();
     assert_eq!(d.header.version, PROTOCOL_VERSION);
-    assert_eq!(Stats { header: d.header, ..s }, d);
+    assert_eq!(
+        Stats {
+            header: d.header,
+            ..s
+        },
+        d
+    );
     buf[0] = 7;
     assert_eq!(Stats::decode(&buf), Err(protocol::DecodeError::Version(7)));
-    assert_eq!(Stats::decode(&buf[..10]).map(|_| ()), Err(protocol::DecodeError::Version(7)));
+    assert_eq!(
+        Stats::decode(&buf[..10]).map(|_| ()),
+        Err(protocol::DecodeError::Version(7))
+    );
 }
 
 fn entry(i: u8) -> FlowEntry {
@@ -147,7 +224,10 @@ fn flow_list_round_trips() {
     let size = protocol::flow_list_size(entries.len()).unwrap();
     let mut buf = vec![0u8; size];
     let header = FlowListHeader {
-        header: protocol::Header { version: PROTOCOL_VERSION, size: u32::try_from(size).unwrap() },
+        header: protocol::Header {
+            version: PROTOCOL_VERSION,
+            size: u32::try_from(size).unwrap(),
+        },
         total_flows: 5,
         returned: 3,
         entry_size: u32::try_from(FlowEntry::SIZE).unwrap(),

@@ -17,7 +17,10 @@ struct StdLock(Mutex<()>);
 // SAFETY: a std mutex gives mutual exclusion and release/acquire ordering.
 unsafe impl Lock for StdLock {
     fn with<R>(&self, f: impl FnOnce() -> R) -> R {
-        let _guard = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _guard = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         f()
     }
 }
@@ -35,7 +38,12 @@ const fn tuple() -> FlowTuple {
 }
 
 fn record(flow_id: u64, callout: usize) -> NonNull<FlowRecord> {
-    let r = Box::new(FlowRecord::new(Association { flow_id, callout }, tuple(), 1, 0));
+    let r = Box::new(FlowRecord::new(
+        Association { flow_id, callout },
+        tuple(),
+        1,
+        0,
+    ));
     NonNull::from(Box::leak(r))
 }
 
@@ -48,7 +56,10 @@ unsafe fn free(r: NonNull<FlowRecord>) {
 
 #[test]
 fn ipv4_addresses_are_stored_in_network_order() {
-    assert_eq!(&FlowTuple::ipv4_address(0xc0a8_0001)[..4], &[192, 168, 0, 1]);
+    assert_eq!(
+        &FlowTuple::ipv4_address(0xc0a8_0001)[..4],
+        &[192, 168, 0, 1]
+    );
 }
 
 #[derive(Clone, Debug)]
@@ -146,7 +157,11 @@ fn removing_twice_retires_once() {
     let retired = AtomicUsize::new(0);
     for _ in 0..2 {
         // SAFETY: valid; linked the first time, unlinked the second.
-        unsafe { reg.remove(r, |_| { retired.fetch_add(1, Ordering::Relaxed); }) };
+        unsafe {
+            reg.remove(r, |_| {
+                retired.fetch_add(1, Ordering::Relaxed);
+            })
+        };
     }
     assert_eq!(retired.load(Ordering::Relaxed), 1);
     // SAFETY: unlinked.
@@ -220,7 +235,14 @@ fn concurrent_associate_delete_and_stop() {
             freed.fetch_add(1, Ordering::Relaxed);
         }
         assert!(reg.is_empty());
-        assert_eq!(inserted_after_stop.load(Ordering::Relaxed), 0, "round {round}");
-        assert_eq!(freed.load(Ordering::Relaxed), created.load(Ordering::Relaxed));
+        assert_eq!(
+            inserted_after_stop.load(Ordering::Relaxed),
+            0,
+            "round {round}"
+        );
+        assert_eq!(
+            freed.load(Ordering::Relaxed),
+            created.load(Ordering::Relaxed)
+        );
     }
 }

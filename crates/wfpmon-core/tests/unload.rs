@@ -12,7 +12,10 @@ fn success_first_time() {
     let mut u = Unregistration::default();
     assert_eq!(u.step(), Step::Unregister);
     u.on_unregister(STATUS_SUCCESS);
-    assert_eq!(u.step(), Step::Finished(Outcome::Unregistered { attempts: 1 }));
+    assert_eq!(
+        u.step(),
+        Step::Finished(Outcome::Unregistered { attempts: 1 })
+    );
 }
 
 #[test]
@@ -33,7 +36,10 @@ fn busy_then_remove_then_retry_at_once() {
     u.on_contexts_removed(3, 0);
     assert_eq!(u.step(), Step::Unregister);
     u.on_unregister(STATUS_SUCCESS);
-    assert_eq!(u.step(), Step::Finished(Outcome::Unregistered { attempts: 2 }));
+    assert_eq!(
+        u.step(),
+        Step::Finished(Outcome::Unregistered { attempts: 2 })
+    );
 }
 
 #[test]
@@ -62,7 +68,10 @@ fn in_use_and_unexpected_statuses_are_retried_after_a_wait() {
         assert_eq!(u.step(), Step::Wait);
         u.on_waited();
         u.on_unregister(STATUS_SUCCESS);
-        assert_eq!(u.step(), Step::Finished(Outcome::Unregistered { attempts: 2 }));
+        assert_eq!(
+            u.step(),
+            Step::Finished(Outcome::Unregistered { attempts: 2 })
+        );
     }
 }
 
@@ -75,7 +84,11 @@ fn a_callout_that_never_lets_go_is_given_up_after_the_bound() {
         match u.step() {
             Step::Unregister => {
                 calls += 1;
-                u.on_unregister(if calls % 2 == 0 { STATUS_FWP_IN_USE } else { STATUS_DEVICE_BUSY });
+                u.on_unregister(if calls % 2 == 0 {
+                    STATUS_FWP_IN_USE
+                } else {
+                    STATUS_DEVICE_BUSY
+                });
             }
             Step::RemoveContexts => u.on_contexts_removed(1, 1),
             Step::Wait => {
@@ -83,14 +96,23 @@ fn a_callout_that_never_lets_go_is_given_up_after_the_bound() {
                 u.on_waited();
             }
             Step::Finished(o) => {
-                assert_eq!(o, Outcome::GaveUp { last_status: STATUS_FWP_IN_USE });
+                assert_eq!(
+                    o,
+                    Outcome::GaveUp {
+                        last_status: STATUS_FWP_IN_USE
+                    }
+                );
                 assert!(!o.is_unregistered());
                 break;
             }
         }
     }
     assert_eq!(calls, MAX_UNREGISTER_ATTEMPTS);
-    assert_eq!(waits, MAX_UNREGISTER_ATTEMPTS - 1, "every retry without progress waits first");
+    assert_eq!(
+        waits,
+        MAX_UNREGISTER_ATTEMPTS - 1,
+        "every retry without progress waits first"
+    );
 }
 
 #[test]

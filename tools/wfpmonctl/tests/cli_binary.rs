@@ -4,7 +4,10 @@
 use std::process::{Command, Output};
 
 fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_wfpmonctl")).args(args).output().expect("the binary runs")
+    Command::new(env!("CARGO_BIN_EXE_wfpmonctl"))
+        .args(args)
+        .output()
+        .expect("the binary runs")
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -16,11 +19,22 @@ fn help_exits_zero_and_lists_subcommands_and_exit_codes() {
     let out = run(&["--help"]);
     assert_eq!(out.status.code(), Some(0));
     let help = text(&out.stdout);
-    for word in ["install", "uninstall", "status", "stats", "flows", "counting", "Exit codes:"] {
+    for word in [
+        "install",
+        "uninstall",
+        "status",
+        "stats",
+        "flows",
+        "counting",
+        "Exit codes:",
+    ] {
         assert!(help.contains(word), "{word} missing from:\n{help}");
     }
     for code in 0..=7 {
-        assert!(help.contains(&format!("\n  {code}  ")), "exit code {code} undocumented");
+        assert!(
+            help.contains(&format!("\n  {code}  ")),
+            "exit code {code} undocumented"
+        );
     }
 }
 
@@ -29,7 +43,10 @@ fn install_help_documents_the_lifetime_options() {
     let out = run(&["install", "--help"]);
     assert_eq!(out.status.code(), Some(0));
     let help = text(&out.stdout);
-    assert!(help.contains("--persistent") && help.contains("--boot-time"), "{help}");
+    assert!(
+        help.contains("--persistent") && help.contains("--boot-time"),
+        "{help}"
+    );
     assert!(help.contains("FWPM_FILTER_FLAG_BOOTTIME"), "{help}");
 }
 
@@ -44,7 +61,12 @@ fn usage_errors_exit_two() {
         &["counting", "sideways"][..],
     ] {
         let out = run(args);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
         assert!(!out.stderr.is_empty(), "{args:?} explains itself");
     }
 }
@@ -52,10 +74,18 @@ fn usage_errors_exit_two() {
 #[cfg(not(windows))]
 #[test]
 fn valid_commands_off_windows_exit_one_with_an_explanation() {
-    for args in [&["status"][..], &["install", "--persistent"][..], &["counting", "on"][..]] {
+    for args in [
+        &["status"][..],
+        &["install", "--persistent"][..],
+        &["counting", "on"][..],
+    ] {
         let out = run(args);
         assert_eq!(out.status.code(), Some(1), "{args:?}");
-        assert!(text(&out.stderr).contains("runs only on Windows"), "{}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains("runs only on Windows"),
+            "{}",
+            text(&out.stderr)
+        );
         assert!(out.stdout.is_empty());
     }
 }
