@@ -331,5 +331,6 @@ fi
 # ---------------------------------------------------------------------------
 if ! cargo make --version >/dev/null 2>&1; then
     log "installing cargo-make (about 4 minutes of compilation, once per machine)"
-    CARGO_HOME="${WFPMON_ORIG_CARGO_HOME:-$HOME/.cargo}" cargo install cargo-make --locked --version 0.37.24
+    # --force: cargo may still list it as installed when only the binary is gone.
+    CARGO_HOME="${WFPMON_ORIG_CARGO_HOME:-$HOME/.cargo}" cargo install cargo-make --locked --force --version 0.37.24
 fi
