@@ -92,7 +92,7 @@ pub fn on_flow_established(flow: &FlowEstablished) {
 /// No allocation, no lock, no kernel call.
 pub fn on_flow_data(record: &FlowRecord, direction: Direction, bytes: u64, packets: u64) {
     if SHARED.stats.counting() && packets > 0 {
-        record.traffic.record(direction, bytes, packets);
+        record.count(direction, bytes, packets);
     }
 }
 
@@ -109,10 +109,10 @@ pub unsafe fn on_flow_delete(context: NonNull<FlowRecord>) {
         // atomic counters are read.
         let record = unsafe { context.as_ref() };
         let age = time::interrupt_time().saturating_sub(record.established_at);
-        trace::flow_ended(record, &record.traffic.snapshot(), age / 10_000);
+        trace::flow_ended(record, &record.traffic(), age / 10_000);
     }
     // SAFETY: contract — a live record we associated and still track.
-    let removed = unsafe { SHARED.flows.remove(context, |r| SHARED.stats.retire(r)) };
+    let removed = unsafe { SHARED.flows.remove(context, |_| SHARED.stats.flow_deleted()) };
     // SAFETY: the engine delivers each context's deletion once; the record
     // is unlinked now, so no one else can reach it.
     drop(unsafe { PoolBox::from_raw(context) });

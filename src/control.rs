@@ -11,11 +11,10 @@ use wdk_sys::{
     DEVICE_OBJECT, IRP, IRP_MJ_CLEANUP, IRP_MJ_CLOSE, IRP_MJ_CREATE, IRP_MJ_DEVICE_CONTROL,
     NTSTATUS, STATUS_INVALID_DEVICE_REQUEST, STATUS_OBJECT_NAME_NOT_FOUND, STATUS_SUCCESS,
 };
-use wfpmon_core::flow::Traffic;
+use wfpmon_core::flow::{ListCursor, Listed};
 use wfpmon_core::protocol::{
     self, FlowEntry, FlowListHeader, Header, PROTOCOL_VERSION, Request, Stats, parse_request,
 };
-use wfpmon_core::status::STATUS_BUFFER_OVERFLOW;
 
 use crate::kernel::driver::DriverObject;
 use crate::kernel::irp::Irp;
@@ -87,7 +86,18 @@ fn device_control(mut irp: Irp) -> NTSTATUS {
 fn execute(request: Request, output: &mut [u8]) -> (NTSTATUS, usize) {
     match request {
         Request::QueryStats => (STATUS_SUCCESS, stats().encode(output)),
-        Request::ListFlows { capacity } => list_flows(output, capacity),
+        Request::ListFlows {
+            capacity,
+            cursor_bucket,
+            cursor_seq,
+        } => list_flows(
+            output,
+            capacity,
+            ListCursor {
+                bucket: cursor_bucket,
+                seq: cursor_seq,
+            },
+        ),
         Request::SetCounting { enable } => {
             SHARED.stats.set_counting(enable);
             (STATUS_SUCCESS, 0)
@@ -95,56 +105,57 @@ fn execute(request: Request, output: &mut [u8]) -> (NTSTATUS, usize) {
     }
 }
 
-/// Statistics: lifetime counters plus the traffic of active flows, taken
-/// in one critical section of the registry. A flow's traffic moves from
-/// "active" to "retired" under that same lock, so a flow ending during the
-/// query is counted exactly once.
+/// Statistics: lifetime counters, and the traffic of every flow, active or
+/// ended, summed bucket by bucket (`FlowRegistry::totals`): each bucket's
+/// ended flows and live flows are read in one critical section of that
+/// bucket, so a flow ending during the query is counted exactly once, and no
+/// lock is held for more than one bucket.
 fn stats() -> Stats {
-    SHARED.flows.inspect(|records| {
-        let (active, traffic) = records.fold((0u64, Traffic::default()), |(n, t), r| {
-            (n + 1, t.plus(r.traffic.snapshot()))
-        });
-        SHARED.stats.snapshot(active, traffic)
-    })
+    let (active, traffic) = SHARED.flows.totals();
+    SHARED.stats.snapshot(active, traffic)
 }
 
-/// Copies up to `capacity` flows into `output` (header first). When more
-/// flows exist, completes with `STATUS_BUFFER_OVERFLOW` and the size that
-/// would have held them all, as NT does for partial results.
-fn list_flows(output: &mut [u8], capacity: usize) -> (NTSTATUS, usize) {
+/// One batch of the flow list: at most `capacity` flows (≤
+/// `MAX_FLOWS_PER_CALL`) from the caller's cursor on, header first, and the
+/// cursor to continue with. The entries are written under one bucket's spin
+/// lock at a time (no allocation, no blocking; the output is non-paged
+/// system buffer memory). The total is the registry's maintained count.
+fn list_flows(output: &mut [u8], capacity: usize, cursor: ListCursor) -> (NTSTATUS, usize) {
     let now = time::interrupt_time();
-    let mut total = 0usize;
     let mut returned = 0usize;
-    // Runs under the registry's spin lock: no allocation, no blocking; the
-    // output is non-paged system buffer memory.
-    SHARED.flows.for_each(|r| {
-        if returned < capacity {
+    let listed = if capacity == 0 {
+        // Only the count was asked for: the cursor stays where it was.
+        Listed::More(cursor)
+    } else {
+        SHARED.flows.list(cursor, |r| {
+            if returned == capacity {
+                return false;
+            }
             let offset = FlowListHeader::SIZE + returned * FlowEntry::SIZE;
             entry(r, now).encode(&mut output[offset..offset + FlowEntry::SIZE]);
             returned += 1;
-        }
-        total += 1;
-    });
+            true
+        })
+    };
     let size = protocol::flow_list_size(returned).unwrap_or(FlowListHeader::SIZE);
-    let required = protocol::flow_list_size(total).unwrap_or(usize::MAX);
+    let (flags, next) = match listed {
+        Listed::Done => (0, ListCursor::default()),
+        Listed::More(next) => (protocol::FLOW_LIST_MORE, next),
+    };
     let header = FlowListHeader {
         header: Header {
             version: PROTOCOL_VERSION,
             size: u32::try_from(size).unwrap_or(u32::MAX),
         },
-        total_flows: u32::try_from(total).unwrap_or(u32::MAX),
+        total_flows: u32::try_from(SHARED.flows.len()).unwrap_or(u32::MAX),
         returned: u32::try_from(returned).unwrap_or(u32::MAX),
         entry_size: ENTRY_SIZE,
-        reserved: 0,
-        required_size: required as u64,
+        flags,
+        next_bucket: next.bucket,
+        next_seq: next.seq,
     };
     header.encode(output);
-    let status = if returned < total {
-        STATUS_BUFFER_OVERFLOW
-    } else {
-        STATUS_SUCCESS
-    };
-    (status, size)
+    (STATUS_SUCCESS, size)
 }
 
 /// [`FlowEntry::SIZE`] as the header's 32-bit field.
@@ -153,7 +164,7 @@ const ENTRY_SIZE: u32 = FlowEntry::SIZE as u32;
 const _: () = assert!(ENTRY_SIZE as usize == FlowEntry::SIZE);
 
 fn entry(r: &wfpmon_core::flow::FlowRecord, now: u64) -> FlowEntry {
-    let t = r.traffic.snapshot();
+    let t = r.traffic();
     FlowEntry {
         flow_id: r.association.flow_id,
         process_id: r.process_id,

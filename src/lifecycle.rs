@@ -256,7 +256,7 @@ impl core::fmt::Display for RemovalPass {
 /// (never a log line per flow: thousands of flows may be open).
 fn remove_flow_contexts(index: CalloutIndex, id: u32, fresh: bool) -> RemovalPass {
     let layer = CALLOUTS[index].runtime_layer;
-    let token = if fresh {
+    let mut token = if fresh {
         SHARED.flows.begin_removal_pass()
     } else {
         SHARED.flows.current_removal_pass()
@@ -264,7 +264,7 @@ fn remove_flow_contexts(index: CalloutIndex, id: u32, fresh: bool) -> RemovalPas
     let mut pass = RemovalPass::default();
     // The registry hands out a copy of each association: the record itself
     // may be freed by the flow-delete callback inside the removal call.
-    while let Some(flow) = SHARED.flows.next_for_removal(token, index) {
+    while let Some(flow) = SHARED.flows.next_for_removal(&mut token, index) {
         match wfp::remove_flow_context(flow.flow_id, layer, id) {
             STATUS_SUCCESS => pass.removed_now += 1,
             STATUS_PENDING => pass.pending += 1,

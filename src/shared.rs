@@ -27,7 +27,7 @@ pub struct Shared {
 
 /// The driver's one instance.
 pub static SHARED: Shared = Shared {
-    flows: FlowRegistry::new(SpinLock::new()),
+    flows: FlowRegistry::new(),
     stats: DriverStats::new(),
     flow_deleted: Event::uninit(),
     callout_ids: [const { AtomicU32::new(0) }; CALLOUT_COUNT],

@@ -1,16 +1,19 @@
-//! Synchronisation: a kernel spin lock for the flow registry, and the event
-//! the flow-delete callback signals during teardown.
+//! Synchronisation: the flow registry's per-bucket spin locks (in-stack
+//! queued), and the event the flow-delete callback signals during teardown.
 
 use core::cell::UnsafeCell;
 use core::mem::MaybeUninit;
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use wdk_sys::{KEVENT, KSPIN_LOCK, LARGE_INTEGER, ntddk};
-use wfpmon_core::flow::Lock;
+use wdk_sys::{KEVENT, KLOCK_QUEUE_HANDLE, KSPIN_LOCK, LARGE_INTEGER, ntddk};
+use wfpmon_core::flow::{ConstLock, Lock};
 
 use super::KERNEL_MODE;
 
-/// An executive spin lock (`KSPIN_LOCK`). Critical sections run at
+/// An executive spin lock (`KSPIN_LOCK`) taken as an in-stack queued spin
+/// lock (`KeAcquireInStackQueuedSpinLock`): waiters spin on their own queue
+/// entry, in order, instead of all on the lock's line — what Microsoft
+/// recommends for locks many processors take. Critical sections run at
 /// `DISPATCH_LEVEL`: they must not block, allocate paged memory or call
 /// into the filter engine.
 pub struct SpinLock {
@@ -31,19 +34,28 @@ impl SpinLock {
     }
 }
 
-// SAFETY: KeAcquireSpinLockRaiseToDpc/KeReleaseSpinLock give mutual
-// exclusion across processors with full barriers.
+// SAFETY: KeAcquireInStackQueuedSpinLock / KeReleaseInStackQueuedSpinLock
+// give mutual exclusion across processors with full barriers.
 unsafe impl Lock for SpinLock {
     /// IRQL ≤ `DISPATCH_LEVEL`.
     fn with<R>(&self, f: impl FnOnce() -> R) -> R {
+        // The queue entry lives on this stack frame for the whole critical
+        // section, as the in-stack protocol requires.
+        let mut handle = MaybeUninit::<KLOCK_QUEUE_HANDLE>::zeroed();
         // SAFETY: the lock lives in non-paged static memory and is only used
-        // through this pair of calls; IRQL <= DISPATCH_LEVEL by contract.
-        let old_irql = unsafe { ntddk::KeAcquireSpinLockRaiseToDpc(self.lock.get()) };
+        // through this pair of calls; `handle` outlives the critical
+        // section; IRQL <= DISPATCH_LEVEL by contract.
+        unsafe { ntddk::KeAcquireInStackQueuedSpinLock(self.lock.get(), handle.as_mut_ptr()) };
         let result = f();
-        // SAFETY: we hold the lock, acquired above with `old_irql`.
-        unsafe { ntddk::KeReleaseSpinLock(self.lock.get(), old_irql) };
+        // SAFETY: releases the acquisition recorded in `handle` above, on the
+        // same processor, at DISPATCH_LEVEL (restoring the saved IRQL).
+        unsafe { ntddk::KeReleaseInStackQueuedSpinLock(handle.as_mut_ptr()) };
         result
     }
+}
+
+impl ConstLock for SpinLock {
+    const RELEASED: Self = Self::new();
 }
 
 /// A kernel synchronization event (auto-reset) in static memory.

@@ -1,17 +1,25 @@
 //! Flow identity, per-flow traffic counters, and the registry of flows that
-//! carry a wfpmon context.
+//! carry a wfpmon context — built for a kernel at scale.
 //!
 //! A [`FlowRecord`] is the flow context the driver associates with a flow
-//! (`FwpsFlowAssociateContext0`). The per-packet path only touches its
-//! atomic [`TrafficCounters`]; insertion and removal go through the
-//! [`FlowRegistry`], whose list is guarded by a lock the driver supplies (a
-//! kernel spin lock; a `std` mutex in host tests).
+//! (`FwpsFlowAssociateContext0`): 128 bytes, laid out so that the counters of
+//! the two directions lie 64 bytes apart, in different cache lines (a flow's
+//! packets are often sent on one processor and received on another). The
+//! per-packet path touches only those atomic counters.
+//!
+//! The [`FlowRegistry`] hashes flows (by flow handle) into buckets, each
+//! guarded by its own lock (the driver: an in-stack queued spin lock), so
+//! flow set-up, flow deletion, the unload's removal pass, listing and
+//! statistics contend only within one bucket, and no operation holds a lock
+//! for more than one bucket. Totals that would otherwise need a walk are
+//! maintained: per-callout flow counts (each on its own cache line) and,
+//! per bucket, the traffic of the flows that ended there.
 
 use core::cell::UnsafeCell;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
-use crate::catalog::{AddressFamily, CALLOUT_COUNT, CalloutIndex};
+use crate::catalog::{AddressFamily, CalloutIndex};
 
 /// Direction of traffic, numbered like `FWP_DIRECTION` (fwptypes.h).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,6 +45,7 @@ impl Direction {
 
 /// The 5-tuple and family of a flow, as seen at flow establishment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
 pub struct FlowTuple {
     /// Address family.
     pub family: AddressFamily,
@@ -90,64 +99,45 @@ impl Traffic {
     }
 }
 
-/// Lock-free traffic counters: safe to update from classify on any number of
-/// processors at `DISPATCH_LEVEL` (relaxed atomic adds, no allocation).
+/// Lock-free counters of one direction: safe to update from classify on any
+/// number of processors at `DISPATCH_LEVEL` (relaxed atomic adds, no
+/// allocation, no call).
 #[derive(Debug, Default)]
-pub struct TrafficCounters {
-    bytes_inbound: AtomicU64,
-    bytes_outbound: AtomicU64,
-    packets_inbound: AtomicU64,
-    packets_outbound: AtomicU64,
+#[repr(C)]
+pub struct DirectionCounters {
+    bytes: AtomicU64,
+    packets: AtomicU64,
 }
 
-impl TrafficCounters {
-    /// All zero.
+impl DirectionCounters {
+    /// Zero.
     #[must_use]
     pub const fn new() -> Self {
         Self {
-            bytes_inbound: AtomicU64::new(0),
-            bytes_outbound: AtomicU64::new(0),
-            packets_inbound: AtomicU64::new(0),
-            packets_outbound: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            packets: AtomicU64::new(0),
         }
     }
 
-    /// Adds `bytes` and `packets` in `direction`.
-    pub fn record(&self, direction: Direction, bytes: u64, packets: u64) {
-        let (b, p) = match direction {
-            Direction::Inbound => (&self.bytes_inbound, &self.packets_inbound),
-            Direction::Outbound => (&self.bytes_outbound, &self.packets_outbound),
-        };
-        b.fetch_add(bytes, Ordering::Relaxed);
-        p.fetch_add(packets, Ordering::Relaxed);
+    /// Adds `bytes` and `packets`.
+    pub fn add(&self, bytes: u64, packets: u64) {
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.packets.fetch_add(packets, Ordering::Relaxed);
     }
 
-    /// Adds a whole snapshot (used to retire an ended flow's totals).
-    pub fn add(&self, t: Traffic) {
-        self.bytes_inbound
-            .fetch_add(t.bytes_inbound, Ordering::Relaxed);
-        self.bytes_outbound
-            .fetch_add(t.bytes_outbound, Ordering::Relaxed);
-        self.packets_inbound
-            .fetch_add(t.packets_inbound, Ordering::Relaxed);
-        self.packets_outbound
-            .fetch_add(t.packets_outbound, Ordering::Relaxed);
-    }
-
-    /// Current values.
+    /// (bytes, packets) now.
     #[must_use]
-    pub fn snapshot(&self) -> Traffic {
-        Traffic {
-            bytes_inbound: self.bytes_inbound.load(Ordering::Relaxed),
-            bytes_outbound: self.bytes_outbound.load(Ordering::Relaxed),
-            packets_inbound: self.packets_inbound.load(Ordering::Relaxed),
-            packets_outbound: self.packets_outbound.load(Ordering::Relaxed),
-        }
+    pub fn get(&self) -> (u64, u64) {
+        (
+            self.bytes.load(Ordering::Relaxed),
+            self.packets.load(Ordering::Relaxed),
+        )
     }
 }
 
 /// Where a flow's context is associated: what `FwpsFlowRemoveContext0` needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
 pub struct Association {
     /// The engine's flow handle (`flowHandle` metadata).
     pub flow_id: u64,
@@ -155,31 +145,50 @@ pub struct Association {
     pub callout: CalloutIndex,
 }
 
-/// List links and removal bookkeeping; touched only under the registry lock.
+/// List links and bucket bookkeeping; touched only under the bucket's lock.
 #[derive(Debug)]
+#[repr(C)]
 struct Links {
     prev: *mut FlowRecord,
     next: *mut FlowRecord,
-    /// Last removal pass that visited this record (0: none).
+    /// Order of insertion within the bucket (1, 2, ...; 0: not linked). A
+    /// bucket's list is in decreasing `seq` order.
+    seq: u32,
+    /// Last removal pass that handed this record out (0: none).
     removal_pass: u32,
-    linked: bool,
 }
 
 /// The flow context wfpmon associates with a flow.
+///
+/// Layout (`repr(C)`, 128 bytes, asserted below): the inbound counters and
+/// the flow's identity fill the first 64 bytes, the outbound counters and
+/// the registry's bookkeeping the second 64. The two directions' counters
+/// are 64 bytes apart, hence always in different cache lines (pool blocks
+/// are 16-byte aligned, so neither 16-byte counter pair straddles a line):
+/// a processor sending on the flow and one receiving on it never write the
+/// same line.
 #[derive(Debug)]
+#[repr(C)]
 pub struct FlowRecord {
-    /// Where the context is associated.
-    pub association: Association,
+    inbound: DirectionCounters,
     /// The flow's identity.
     pub tuple: FlowTuple,
-    /// Process that owns the local endpoint.
+    /// Process that owns the local endpoint (0: not supplied).
     pub process_id: u64,
-    /// System time (100 ns units) at flow establishment.
+    outbound: DirectionCounters,
+    /// Where the context is associated.
+    pub association: Association,
+    /// Interrupt time (100 ns units) at flow establishment.
     pub established_at: u64,
-    /// Traffic counted so far.
-    pub traffic: TrafficCounters,
     links: UnsafeCell<Links>,
 }
+
+const _: () = {
+    assert!(size_of::<FlowTuple>() == 40);
+    assert!(size_of::<FlowRecord>() == 128, "bytes per tracked flow");
+    assert!(core::mem::offset_of!(FlowRecord, inbound) == 0);
+    assert!(core::mem::offset_of!(FlowRecord, outbound) == 64, "a cache line apart");
+};
 
 impl FlowRecord {
     /// A new, unlinked record with zero counters.
@@ -191,17 +200,40 @@ impl FlowRecord {
         established_at: u64,
     ) -> Self {
         Self {
-            association,
+            inbound: DirectionCounters::new(),
             tuple,
             process_id,
+            outbound: DirectionCounters::new(),
+            association,
             established_at,
-            traffic: TrafficCounters::new(),
             links: UnsafeCell::new(Links {
                 prev: ptr::null_mut(),
                 next: ptr::null_mut(),
+                seq: 0,
                 removal_pass: 0,
-                linked: false,
             }),
+        }
+    }
+
+    /// Counts `bytes` and `packets` in `direction`: two relaxed atomic adds
+    /// on that direction's cache line.
+    pub fn count(&self, direction: Direction, bytes: u64, packets: u64) {
+        match direction {
+            Direction::Inbound => self.inbound.add(bytes, packets),
+            Direction::Outbound => self.outbound.add(bytes, packets),
+        }
+    }
+
+    /// The counters now.
+    #[must_use]
+    pub fn traffic(&self) -> Traffic {
+        let (bytes_inbound, packets_inbound) = self.inbound.get();
+        let (bytes_outbound, packets_outbound) = self.outbound.get();
+        Traffic {
+            bytes_inbound,
+            bytes_outbound,
+            packets_inbound,
+            packets_outbound,
         }
     }
 }
@@ -219,106 +251,96 @@ pub unsafe trait Lock {
     fn with<R>(&self, f: impl FnOnce() -> R) -> R;
 }
 
+/// A [`Lock`] with a released value usable in constant expressions (for a
+/// registry in a `static`).
+pub trait ConstLock: Lock {
+    /// A released lock.
+    const RELEASED: Self;
+}
+
 /// The links of a record.
 ///
 /// # Safety
-/// `rec` must be valid, and the caller must hold the registry lock (links
+/// `rec` must be valid, and the caller must hold its bucket's lock (links
 /// are only ever touched under it), for as long as the reference is used.
 unsafe fn links_of<'a>(rec: *mut FlowRecord) -> &'a mut Links {
     // SAFETY: `rec` is valid (contract).
     let cell = unsafe { &(*rec).links };
-    // SAFETY: exclusive under the registry lock (contract).
+    // SAFETY: exclusive under the bucket lock (contract).
     unsafe { &mut *cell.get() }
 }
 
-/// One doubly linked list of records: the flows whose context belongs to
-/// one callout. Only touched under the registry lock.
-#[derive(Clone, Copy)]
-struct Chain {
+/// One bucket's state, touched only under its lock.
+struct BucketState {
+    /// Records in decreasing `seq` order.
     head: *mut FlowRecord,
-    tail: *mut FlowRecord,
-    len: usize,
+    /// The next record to hand out in removal pass `cursor_pass`.
+    cursor: *mut FlowRecord,
+    cursor_pass: u32,
+    /// Traffic of the flows that ended in this bucket.
+    retired: Traffic,
 }
 
-impl Chain {
-    const EMPTY: Self = Self {
-        head: ptr::null_mut(),
-        tail: ptr::null_mut(),
-        len: 0,
-    };
+/// A bucket: its lock and its list, one cache line (with the driver's
+/// 8-byte spin lock).
+#[repr(C, align(64))]
+struct Bucket<L> {
+    lock: L,
+    /// The `seq` the next record gets (1 ..= `u32::MAX` - 1). Changed only
+    /// under the lock, read without it: 1 means "never used", so listing and
+    /// statistics skip such buckets without locking them, and `stop` need
+    /// not pass through them.
+    next_seq: AtomicU32,
+    state: UnsafeCell<BucketState>,
+}
 
-    /// Links `rec` first.
-    ///
-    /// # Safety
-    /// Registry lock held; `rec` valid and unlinked; linked records valid.
-    unsafe fn push_front(&mut self, rec: *mut FlowRecord) {
-        // SAFETY: contract.
-        let links = unsafe { links_of(rec) };
-        links.prev = ptr::null_mut();
-        links.next = self.head;
-        links.linked = true;
-        if self.head.is_null() {
-            self.tail = rec;
-        } else {
-            // SAFETY: linked records are valid; lock held.
-            unsafe { links_of(self.head) }.prev = rec;
+impl<L> Bucket<L> {
+    const fn new(lock: L) -> Self {
+        Self {
+            lock,
+            next_seq: AtomicU32::new(1),
+            state: UnsafeCell::new(BucketState {
+                head: ptr::null_mut(),
+                cursor: ptr::null_mut(),
+                cursor_pass: 0,
+                retired: Traffic {
+                    bytes_inbound: 0,
+                    bytes_outbound: 0,
+                    packets_inbound: 0,
+                    packets_outbound: 0,
+                },
+            }),
         }
-        self.head = rec;
-        self.len += 1;
-    }
-
-    /// Links `rec` last.
-    ///
-    /// # Safety
-    /// As [`Chain::push_front`].
-    unsafe fn push_back(&mut self, rec: *mut FlowRecord) {
-        // SAFETY: contract.
-        let links = unsafe { links_of(rec) };
-        links.next = ptr::null_mut();
-        links.prev = self.tail;
-        links.linked = true;
-        if self.tail.is_null() {
-            self.head = rec;
-        } else {
-            // SAFETY: linked records are valid; lock held.
-            unsafe { links_of(self.tail) }.next = rec;
-        }
-        self.tail = rec;
-        self.len += 1;
-    }
-
-    /// Unlinks `rec`, which must be in this chain.
-    ///
-    /// # Safety
-    /// Registry lock held; `rec` valid and linked into this chain.
-    unsafe fn unlink(&mut self, rec: *mut FlowRecord) {
-        // SAFETY: contract.
-        let links = unsafe { links_of(rec) };
-        if links.prev.is_null() {
-            self.head = links.next;
-        } else {
-            // SAFETY: neighbours of a linked record are linked, hence valid.
-            unsafe { links_of(links.prev) }.next = links.next;
-        }
-        if links.next.is_null() {
-            self.tail = links.prev;
-        } else {
-            // SAFETY: as above.
-            unsafe { links_of(links.next) }.prev = links.prev;
-        }
-        links.prev = ptr::null_mut();
-        links.next = ptr::null_mut();
-        links.linked = false;
-        self.len -= 1;
     }
 }
 
-struct ListState {
-    /// Records by the catalog index of the callout holding their context.
-    chains: [Chain; CALLOUT_COUNT],
-    len: usize,
-    pass: u32,
+impl<L: Lock> Bucket<L> {
+    /// Whether a record was ever linked here (read without the lock).
+    fn used(&self) -> bool {
+        self.next_seq.load(Ordering::SeqCst) != 1
+    }
+
+    fn locked<R>(&self, f: impl FnOnce(&mut BucketState) -> R) -> R {
+        self.lock.with(|| {
+            // SAFETY: `Lock::with` gives exclusive access for the closure's
+            // duration; no other reference to the state exists meanwhile.
+            let state = unsafe { &mut *self.state.get() };
+            f(state)
+        })
+    }
 }
+
+/// A counter alone on its cache line.
+#[repr(align(64))]
+struct PaddedCount(AtomicUsize);
+
+/// Number of data callouts that hold flow contexts (catalog indices
+/// `0..DATA_CALLOUTS`, see [`crate::catalog::data_callout_for`]).
+pub const DATA_CALLOUTS: usize = 4;
+
+/// Buckets of the driver's registry: 4096 × 64 bytes = 256 KiB of non-paged
+/// static memory; at a million flows, about 250 flows per bucket.
+pub const DEFAULT_BUCKETS: usize = 4096;
 
 /// Why a record was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -327,52 +349,95 @@ pub struct Stopping;
 /// What [`FlowRegistry::remove`] observed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Removed {
-    /// The registry is now empty.
-    pub now_empty: bool,
     /// No flow of the removed record's callout is left.
     pub callout_done: bool,
     /// Teardown has begun ([`FlowRegistry::stop`] was called).
     pub stopping: bool,
 }
 
-/// Token of one removal pass (see [`FlowRegistry::next_for_removal`]).
+/// Where a removal pass is (see [`FlowRegistry::next_for_removal`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RemovalPass(u32);
-
-/// The set of flows currently carrying a wfpmon context.
-pub struct FlowRegistry<L> {
-    lock: L,
-    stopping: AtomicBool,
-    state: UnsafeCell<ListState>,
+pub struct RemovalPass {
+    pass: u32,
+    bucket: usize,
 }
 
-// SAFETY: all access to `state` (and to the records' links) happens inside
-// `lock.with`, which `Lock`'s contract makes mutually exclusive; `stopping`
-// is atomic. The raw record pointers are owned by the registry's caller,
-// whose contract (see `insert`) keeps them valid while linked.
-unsafe impl<L: Lock + Sync> Sync for FlowRegistry<L> {}
+/// Where a listing resumes: the bucket, and within it the records older
+/// than `seq` (records are listed newest first per bucket).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListCursor {
+    /// Bucket to continue in.
+    pub bucket: u32,
+    /// List the bucket's records with a smaller `seq` (0: the whole bucket).
+    pub seq: u32,
+}
 
-impl<L: Lock> FlowRegistry<L> {
-    /// An empty registry accepting flows.
-    pub const fn new(lock: L) -> Self {
+/// The result of one [`FlowRegistry::list`] batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listed {
+    /// Every bucket was visited: the pass is complete.
+    Done,
+    /// The caller's sink was full: continue from here.
+    More(ListCursor),
+}
+
+/// The set of flows currently carrying a wfpmon context.
+///
+/// `BUCKETS` must be a power of two.
+pub struct FlowRegistry<L, const BUCKETS: usize = DEFAULT_BUCKETS> {
+    buckets: [Bucket<L>; BUCKETS],
+    per_callout: [PaddedCount; DATA_CALLOUTS],
+    stopping: AtomicBool,
+    pass: AtomicU32,
+}
+
+// SAFETY: all access to a bucket's state (and to its records' links)
+// happens inside that bucket's `lock.with`, which `Lock`'s contract makes
+// mutually exclusive; the counters are atomic. The raw record pointers are
+// owned by the registry's caller, whose contract (see `insert`) keeps them
+// valid while linked.
+unsafe impl<L: Lock + Sync, const B: usize> Sync for FlowRegistry<L, B> {}
+
+impl<L: ConstLock, const BUCKETS: usize> FlowRegistry<L, BUCKETS> {
+    /// An empty registry accepting flows, usable in a `static`.
+    #[must_use]
+    pub const fn new() -> Self {
+        Self::from_buckets([const { Bucket::new(L::RELEASED) }; BUCKETS])
+    }
+}
+
+impl<L: ConstLock, const BUCKETS: usize> Default for FlowRegistry<L, BUCKETS> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<L: Lock, const BUCKETS: usize> FlowRegistry<L, BUCKETS> {
+    /// An empty registry whose bucket locks `lock` makes (for locks without
+    /// a constant released value, e.g. in model checking).
+    pub fn with_locks(mut lock: impl FnMut() -> L) -> Self {
+        Self::from_buckets(core::array::from_fn(|_| Bucket::new(lock())))
+    }
+
+    const fn from_buckets(buckets: [Bucket<L>; BUCKETS]) -> Self {
+        assert!(BUCKETS.is_power_of_two() && BUCKETS <= 1 << 31);
         Self {
-            lock,
+            buckets,
+            per_callout: [const { PaddedCount(AtomicUsize::new(0)) }; DATA_CALLOUTS],
             stopping: AtomicBool::new(false),
-            state: UnsafeCell::new(ListState {
-                chains: [Chain::EMPTY; CALLOUT_COUNT],
-                len: 0,
-                pass: 0,
-            }),
+            pass: AtomicU32::new(0),
         }
     }
 
-    fn locked<R>(&self, f: impl FnOnce(&mut ListState) -> R) -> R {
-        self.lock.with(|| {
-            // SAFETY: `Lock::with` gives exclusive access for the closure's
-            // duration; no other reference to `state` exists meanwhile.
-            let state = unsafe { &mut *self.state.get() };
-            f(state)
-        })
+    /// The bucket of a flow handle (Fibonacci hashing of the handle).
+    const fn bucket_of(flow_id: u64) -> usize {
+        let bits = BUCKETS.trailing_zeros();
+        if bits == 0 {
+            return 0;
+        }
+        #[allow(clippy::cast_possible_truncation)] // < BUCKETS <= 2^31
+        let index = (flow_id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - bits)) as usize;
+        index
     }
 
     /// Whether teardown has begun. A cheap early-out for classify; the
@@ -381,14 +446,25 @@ impl<L: Lock> FlowRegistry<L> {
         self.stopping.load(Ordering::Acquire)
     }
 
-    /// Refuses every later [`FlowRegistry::insert`]. Idempotent.
+    /// Refuses every later [`FlowRegistry::insert`]. Idempotent. Returns
+    /// once every insert that was not refused is complete: it passes through
+    /// the lock of every bucket ever used, one at a time.
+    ///
+    /// An insert takes a `seq` (making its bucket "used") before it reads
+    /// the stopping flag, and `stop` sets the flag before it reads which
+    /// buckets are used, all sequentially consistent: so either the insert
+    /// sees the flag and refuses, or `stop` sees the bucket used and waits
+    /// for its lock.
     pub fn stop(&self) {
-        self.locked(|_| self.stopping.store(true, Ordering::Release));
+        self.stopping.store(true, Ordering::SeqCst);
+        for bucket in self.buckets.iter().filter(|b| b.used()) {
+            bucket.locked(|_| ());
+        }
     }
 
-    /// Number of records linked.
+    /// Number of records linked (a maintained count; no walk).
     pub fn len(&self) -> usize {
-        self.locked(|s| s.len)
+        (0..DATA_CALLOUTS).map(|c| self.count_for(c)).sum()
     }
 
     /// Whether no record is linked.
@@ -396,7 +472,16 @@ impl<L: Lock> FlowRegistry<L> {
         self.len() == 0
     }
 
-    /// Links `record`, unless teardown has begun.
+    /// Number of linked records whose context belongs to `callout` (a
+    /// maintained count; no walk).
+    pub fn count_for(&self, callout: CalloutIndex) -> usize {
+        self.per_callout
+            .get(callout)
+            .map_or(0, |c| c.0.load(Ordering::Acquire))
+    }
+
+    /// Links `record` into its bucket, unless teardown has begun. Holds one
+    /// bucket lock for O(1) work.
     ///
     /// # Errors
     /// [`Stopping`] after [`FlowRegistry::stop`]; the record is then not linked.
@@ -404,27 +489,44 @@ impl<L: Lock> FlowRegistry<L> {
     /// # Safety
     /// `record` must be valid, unlinked, and stay valid (not moved or freed)
     /// until [`FlowRegistry::remove`] has been called for it. Its
-    /// `association.callout` must be a catalog index.
+    /// `association.callout` must be below [`DATA_CALLOUTS`].
     pub unsafe fn insert(&self, record: NonNull<FlowRecord>) -> Result<(), Stopping> {
-        self.locked(|s| {
-            if self.stopping.load(Ordering::Relaxed) {
+        let rec = record.as_ptr();
+        // SAFETY: valid (contract); immutable field.
+        let association = unsafe { (*rec).association };
+        let bucket = &self.buckets[Self::bucket_of(association.flow_id)];
+        bucket.locked(|b| {
+            // Take the seq first (see `stop`). 1 ..= u32::MAX - 1: a listing
+            // cursor is `seq + 1`; 1 again only after 4 billion flows in one
+            // bucket, where the newest-first order within it wraps.
+            let seq = bucket.next_seq.load(Ordering::Relaxed);
+            let next = if seq >= u32::MAX - 1 { 2 } else { seq + 1 };
+            bucket.next_seq.store(next, Ordering::SeqCst);
+            if self.stopping.load(Ordering::SeqCst) {
                 return Err(Stopping);
             }
-            let rec = record.as_ptr();
-            // SAFETY: caller guarantees `record` is valid.
-            let chain = &mut s.chains[unsafe { (*rec).association.callout }];
-            // New records go first: a removal pass in progress hands out the
-            // unvisited records at the front of a chain (see next_for_removal).
             // SAFETY: lock held; `rec` valid and unlinked (contract).
-            unsafe { chain.push_front(rec) };
-            s.len += 1;
+            let links = unsafe { links_of(rec) };
+            links.prev = ptr::null_mut();
+            links.next = b.head;
+            links.seq = seq;
+            links.removal_pass = 0;
+            if !b.head.is_null() {
+                // SAFETY: linked records are valid; lock held.
+                unsafe { links_of(b.head) }.prev = rec;
+            }
+            b.head = rec;
+            self.per_callout[association.callout]
+                .0
+                .fetch_add(1, Ordering::AcqRel);
             Ok(())
         })
     }
 
-    /// Unlinks `record` and runs `retire` on it inside the critical section
-    /// (so that statistics never see a flow twice or not at all). Removing an
-    /// unlinked record is a no-op.
+    /// Unlinks `record`, adds its traffic to its bucket's retired totals and
+    /// runs `retire` on it, all inside the bucket's critical section (so
+    /// statistics never see a flow twice or not at all). Removing an
+    /// unlinked record is a no-op. Holds one bucket lock for O(1) work.
     ///
     /// # Safety
     /// `record` must be valid, and linked into this registry or never linked.
@@ -433,133 +535,208 @@ impl<L: Lock> FlowRegistry<L> {
         record: NonNull<FlowRecord>,
         retire: impl FnOnce(&FlowRecord),
     ) -> Removed {
-        self.locked(|s| {
-            let rec = record.as_ptr();
-            // SAFETY: valid (contract); shared access to an immutable field.
-            let callout = unsafe { (*rec).association.callout };
-            // SAFETY: caller guarantees validity; we hold the lock.
-            if unsafe { links_of(rec) }.linked {
-                // SAFETY: linked, hence in the chain of its callout; lock held.
-                unsafe { s.chains[callout].unlink(rec) };
-                s.len -= 1;
-                // SAFETY: valid (contract); shared access.
-                retire(unsafe { &*rec });
+        let rec = record.as_ptr();
+        // SAFETY: valid (contract); immutable field.
+        let association = unsafe { (*rec).association };
+        let bucket = &self.buckets[Self::bucket_of(association.flow_id)];
+        let callout_done = bucket.locked(|b| {
+            // SAFETY: valid (contract); lock held.
+            let links = unsafe { links_of(rec) };
+            if links.seq == 0 {
+                return false; // never linked, or removed before
             }
-            Removed {
-                now_empty: s.len == 0,
-                callout_done: s.chains[callout].len == 0,
-                stopping: self.stopping.load(Ordering::Relaxed),
+            let (prev, next) = (links.prev, links.next);
+            if prev.is_null() {
+                b.head = next;
+            } else {
+                // SAFETY: neighbours of a linked record are linked and valid.
+                unsafe { links_of(prev) }.next = next;
             }
-        })
+            if !next.is_null() {
+                // SAFETY: as above.
+                unsafe { links_of(next) }.prev = prev;
+            }
+            if b.cursor == rec {
+                b.cursor = next;
+            }
+            links.prev = ptr::null_mut();
+            links.next = ptr::null_mut();
+            links.seq = 0;
+            // SAFETY: valid (contract); shared access to atomics and
+            // immutable fields.
+            let r = unsafe { &*rec };
+            b.retired = b.retired.plus(r.traffic());
+            retire(r);
+            let before = self.per_callout[association.callout]
+                .0
+                .fetch_sub(1, Ordering::AcqRel);
+            before == 1
+        });
+        Removed {
+            callout_done,
+            stopping: self.stopping.load(Ordering::Acquire),
+        }
     }
 
-    /// Starts a removal pass: each record is handed out at most once per pass
-    /// by [`FlowRegistry::next_for_removal`].
+    /// Starts a fresh removal pass: every record is handed out (once) by
+    /// [`FlowRegistry::next_for_removal`].
     pub fn begin_removal_pass(&self) -> RemovalPass {
-        self.locked(|s| {
-            s.pass = s.pass.wrapping_add(1).max(1);
-            RemovalPass(s.pass)
-        })
+        let pass = self.pass.fetch_add(1, Ordering::AcqRel).wrapping_add(1).max(1);
+        RemovalPass { pass, bucket: 0 }
     }
 
-    /// The removal pass begun last, to continue it: only records linked
-    /// since (or never handed out in it) are handed out again.
+    /// The removal pass begun last, to continue it: records it has already
+    /// handed out are not handed out again (before any pass, this begins
+    /// the first).
     ///
     /// Teardown continues the pass while the engine's answers were final
     /// (`FwpsFlowRemoveContext0`: SUCCESS, PENDING, or UNSUCCESSFUL — no
     /// context), so a flow whose deletion is pending costs no kernel call per
     /// retry however long the wait; it begins a fresh pass (everything asked
     /// again) after any other answer ("an error occurred": the context may
-    /// still be there).
-    /// (Before any pass was begun, this begins the first.)
+    /// still be there). Records linked after a pass began are not part of it:
+    /// teardown stops new links before its first pass.
     pub fn current_removal_pass(&self) -> RemovalPass {
-        self.locked(|s| {
-            s.pass = s.pass.max(1);
-            RemovalPass(s.pass)
-        })
+        let current = self.pass.load(Ordering::Acquire);
+        if current == 0 {
+            return self.begin_removal_pass();
+        }
+        RemovalPass {
+            pass: current,
+            bucket: 0,
+        }
     }
 
-    /// The next record of `callout` not yet visited in `pass`, marked
-    /// visited. Returns a copy of its association: the record itself may be
-    /// freed (by the flow-delete callback) as soon as the lock is released.
+    /// The next record of `callout` not yet handed out in `pass`, marked
+    /// handed out. Returns a copy of its association: the record itself may
+    /// be freed (by the flow-delete callback) as soon as the lock is
+    /// released.
     ///
-    /// O(1): visited records move to the back of their chain and new ones
-    /// are linked at the front, so the front record is either unvisited or
-    /// the pass is complete.
+    /// Each bucket keeps the pass's position (adjusted when the record there
+    /// is removed), so the whole pass walks every record once: linear in the
+    /// number of flows, one bucket lock at a time.
     pub fn next_for_removal(
         &self,
-        pass: RemovalPass,
+        pass: &mut RemovalPass,
         callout: CalloutIndex,
     ) -> Option<Association> {
-        self.locked(|s| {
-            let chain = &mut s.chains[callout];
-            let head = chain.head;
-            if head.is_null() {
-                return None;
+        while let Some(bucket) = self.buckets.get(pass.bucket) {
+            if !bucket.used() {
+                pass.bucket += 1;
+                continue;
             }
-            // SAFETY: linked records are valid; lock held.
-            let links = unsafe { links_of(head) };
-            if links.removal_pass == pass.0 {
-                return None;
+            let found = bucket.locked(|b| {
+                if b.cursor_pass != pass.pass {
+                    b.cursor_pass = pass.pass;
+                    b.cursor = b.head;
+                }
+                while !b.cursor.is_null() {
+                    let rec = b.cursor;
+                    // SAFETY: linked records are valid; lock held.
+                    let links = unsafe { links_of(rec) };
+                    b.cursor = links.next;
+                    // SAFETY: valid; immutable field.
+                    let association = unsafe { (*rec).association };
+                    if association.callout == callout && links.removal_pass != pass.pass {
+                        links.removal_pass = pass.pass;
+                        return Some(association);
+                    }
+                }
+                None
+            });
+            if found.is_some() {
+                return found;
             }
-            links.removal_pass = pass.0;
-            // SAFETY: `head` is linked into `chain`; lock held.
-            unsafe { chain.unlink(head) };
-            // SAFETY: as above; `head` is now unlinked and still valid.
-            unsafe { chain.push_back(head) };
-            // SAFETY: valid; immutable field.
-            Some(unsafe { (*head).association })
-        })
-    }
-
-    /// Number of linked records whose context belongs to `callout`.
-    pub fn count_for(&self, callout: CalloutIndex) -> usize {
-        self.locked(|s| s.chains[callout].len)
-    }
-
-    /// Runs `f` on every linked record, under the lock (so `f` runs at the
-    /// lock's IRQL: it must not block, allocate or call into the engine).
-    pub fn for_each(&self, mut f: impl FnMut(&FlowRecord)) {
-        self.inspect(|records| records.for_each(&mut f));
-    }
-
-    /// Runs `f` under the lock with every linked record: one consistent
-    /// view, in which no record is added, removed or retired (a record's
-    /// `retire` also runs under the lock), so whatever `f` reads about
-    /// retired flows agrees with the records it sees.
-    pub fn inspect<R>(&self, f: impl FnOnce(Records<'_>) -> R) -> R {
-        self.locked(|s| {
-            f(Records {
-                chains: &s.chains,
-                chain: 0,
-                cur: ptr::null_mut(),
-            })
-        })
-    }
-}
-
-/// The linked records, during [`FlowRegistry::inspect`].
-pub struct Records<'a> {
-    chains: &'a [Chain; CALLOUT_COUNT],
-    /// Index of the next chain to start when `cur` is null.
-    chain: usize,
-    cur: *mut FlowRecord,
-}
-
-impl<'a> Iterator for Records<'a> {
-    type Item = &'a FlowRecord;
-
-    fn next(&mut self) -> Option<&'a FlowRecord> {
-        while self.cur.is_null() {
-            let chain = self.chains.get(self.chain)?;
-            self.chain += 1;
-            self.cur = chain.head;
+            pass.bucket += 1;
         }
-        // SAFETY: linked records are valid while the registry lock is held,
-        // which it is for the iterator's whole life (`inspect`).
-        let rec = unsafe { &*self.cur };
-        // SAFETY: as above; links are only touched under the lock.
-        self.cur = unsafe { links_of(self.cur) }.next;
-        Some(rec)
+        None
+    }
+
+    /// Lists records from `cursor` on: calls `sink` on each, newest first
+    /// within a bucket, under that bucket's lock (so `sink` runs at the
+    /// lock's IRQL: it must not block, allocate or call into the engine),
+    /// until `sink` answers `false` (full: the record it was given is not
+    /// consumed) or every bucket was visited. Holds one bucket's lock at a
+    /// time.
+    ///
+    /// Semantics of a listing pass (a sequence of batches from the default
+    /// cursor until [`Listed::Done`]), as conntrack dumps have them: a flow
+    /// present for the whole pass is listed exactly once; a flow that comes
+    /// or goes during the pass is listed at most once; no flow is listed
+    /// twice.
+    pub fn list(&self, cursor: ListCursor, mut sink: impl FnMut(&FlowRecord) -> bool) -> Listed {
+        let mut index = cursor.bucket as usize;
+        let mut below = cursor.seq;
+        while let Some(bucket) = self.buckets.get(index) {
+            if !bucket.used() {
+                index += 1;
+                below = 0;
+                continue;
+            }
+            let stopped_at = bucket.locked(|b| {
+                let mut rec = b.head;
+                while !rec.is_null() {
+                    // SAFETY: linked records are valid; lock held.
+                    let links = unsafe { links_of(rec) };
+                    let (seq, next) = (links.seq, links.next);
+                    if below == 0 || seq < below {
+                        // SAFETY: as above; shared access for the sink.
+                        if !sink(unsafe { &*rec }) {
+                            return Some(seq);
+                        }
+                        below = seq;
+                    }
+                    rec = next;
+                }
+                None
+            });
+            if let Some(seq) = stopped_at {
+                #[allow(clippy::cast_possible_truncation)] // BUCKETS <= 2^31
+                let bucket = index as u32;
+                return Listed::More(ListCursor {
+                    bucket,
+                    // Resume with this record (seq below `seq + 1`).
+                    seq: seq.wrapping_add(1),
+                });
+            }
+            index += 1;
+            below = 0;
+        }
+        Listed::Done
+    }
+
+    /// The traffic of every flow, active and ended, and the number of active
+    /// flows: per bucket, its retired totals and its records' counters, read
+    /// in one critical section of that bucket. A flow lives in one bucket
+    /// and moves from "active" to "retired" under its lock, so it is counted
+    /// exactly once, and no lock is held for more than one bucket.
+    pub fn totals(&self) -> (u64, Traffic) {
+        let mut active = 0u64;
+        let mut traffic = Traffic::default();
+        for bucket in self.buckets.iter().filter(|b| b.used()) {
+            bucket.locked(|b| {
+                traffic = traffic.plus(b.retired);
+                let mut rec = b.head;
+                while !rec.is_null() {
+                    // SAFETY: linked records are valid; lock held.
+                    let r = unsafe { &*rec };
+                    traffic = traffic.plus(r.traffic());
+                    active += 1;
+                    // SAFETY: as above.
+                    rec = unsafe { links_of(rec) }.next;
+                }
+            });
+        }
+        (active, traffic)
+    }
+
+    /// Runs `f` on every linked record, one bucket (under its lock) at a
+    /// time.
+    pub fn for_each(&self, mut f: impl FnMut(&FlowRecord)) {
+        let listed = self.list(ListCursor::default(), |r| {
+            f(r);
+            true
+        });
+        debug_assert_eq!(listed, Listed::Done);
     }
 }

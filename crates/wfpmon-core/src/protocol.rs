@@ -15,8 +15,19 @@ use crate::status;
 use crate::wire::{Reader, Writer};
 
 /// Version of the structures and codes below. Bumped on any change of
-/// layout or codes (2: the device type moved to the vendor range).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// layout or codes (2: the device type moved to the vendor range; 3: the
+/// flow list is paged with a resume cursor).
+pub const PROTOCOL_VERSION: u32 = 3;
+
+/// Most flows one [`IOCTL_WFPMON_LIST_FLOWS`] returns: a bounded batch
+/// (24 KiB of entries), whatever the buffer; a client pages through the rest
+/// with the cursor.
+pub const MAX_FLOWS_PER_CALL: usize = 256;
+
+/// Buckets of the driver's flow registry: a cursor's `bucket` is below this.
+#[allow(clippy::cast_possible_truncation)] // 4096, checked below
+pub const LIST_BUCKETS: u32 = crate::flow::DEFAULT_BUCKETS as u32;
+const _: () = assert!(LIST_BUCKETS as usize == crate::flow::DEFAULT_BUCKETS);
 
 /// Device type of `\Device\WfpMon` and of its IOCTLs. "Defining I/O
 /// Control Codes": types below 0x8000 are Microsoft's (`FILE_DEVICE_NETWORK`
@@ -39,8 +50,11 @@ pub const fn ctl_code(device_type: u32, function: u32, method: u32, access: u32)
 /// Read global statistics. Input [`QueryStatsRequest`], output [`Stats`].
 pub const IOCTL_WFPMON_QUERY_STATS: u32 =
     ctl_code(FILE_DEVICE_WFPMON, 0x900, METHOD_BUFFERED, FILE_READ_ACCESS);
-/// List active flows. Input [`ListFlowsRequest`], output a
-/// [`FlowListHeader`] followed by `returned` [`FlowEntry`] records.
+/// List active flows, one bounded batch per call.
+///
+/// Input [`ListFlowsRequest`] (a cursor; zero to begin), output a
+/// [`FlowListHeader`] (the cursor to continue with, unless the pass is
+/// complete) followed by `returned` [`FlowEntry`] records.
 pub const IOCTL_WFPMON_LIST_FLOWS: u32 =
     ctl_code(FILE_DEVICE_WFPMON, 0x901, METHOD_BUFFERED, FILE_READ_ACCESS);
 /// Turn traffic counting on or off. Input [`SetCountingRequest`], no output.
@@ -100,8 +114,14 @@ pub struct QueryStatsRequest {
 pub struct ListFlowsRequest {
     /// Version and size.
     pub header: Header,
-    /// Most entries to return; 0 means as many as the output buffer holds.
+    /// Most entries to return; 0 means as many as the output buffer holds
+    /// (never more than [`MAX_FLOWS_PER_CALL`]).
     pub max_entries: u32,
+    /// Where to continue: the previous response's `next_bucket` (0 to begin
+    /// a pass). Below [`LIST_BUCKETS`].
+    pub cursor_bucket: u32,
+    /// The previous response's `next_seq` (0 to begin a pass).
+    pub cursor_seq: u32,
     /// Must be zero.
     pub reserved: u32,
 }
@@ -154,17 +174,22 @@ pub struct Stats {
 pub struct FlowListHeader {
     /// Version and size (size = bytes of header plus returned entries).
     pub header: Header,
-    /// Active flows at the time of the snapshot.
+    /// Active flows when the batch was taken (a maintained count).
     pub total_flows: u32,
     /// Entries that follow this header.
     pub returned: u32,
     /// Size of one [`FlowEntry`] ([`FlowEntry::SIZE`]).
     pub entry_size: u32,
-    /// Reserved, zero.
-    pub reserved: u32,
-    /// Output size that would have held every flow.
-    pub required_size: u64,
+    /// [`FLOW_LIST_MORE`] when the pass is not complete.
+    pub flags: u32,
+    /// Cursor to pass back for the next batch (bucket).
+    pub next_bucket: u32,
+    /// Cursor to pass back for the next batch (position in the bucket).
+    pub next_seq: u32,
 }
+
+/// [`FlowListHeader::flags`]: more flows follow; call again with the cursor.
+pub const FLOW_LIST_MORE: u32 = 1;
 
 /// One active flow in the [`IOCTL_WFPMON_LIST_FLOWS`] response.
 #[repr(C)]
@@ -207,13 +232,15 @@ const _: () = {
     assert!(size_of::<QueryStatsRequest>() == QueryStatsRequest::SIZE);
     assert!(size_of::<ListFlowsRequest>() == ListFlowsRequest::SIZE);
     assert!(offset_of!(ListFlowsRequest, max_entries) == 8);
+    assert!(offset_of!(ListFlowsRequest, cursor_seq) == 16);
     assert!(size_of::<SetCountingRequest>() == SetCountingRequest::SIZE);
     assert!(offset_of!(SetCountingRequest, enable) == 8);
     assert!(size_of::<Stats>() == Stats::SIZE);
     assert!(offset_of!(Stats, flows_active) == 16);
     assert!(offset_of!(Stats, packets_outbound) == 80);
     assert!(size_of::<FlowListHeader>() == FlowListHeader::SIZE);
-    assert!(offset_of!(FlowListHeader, required_size) == 24);
+    assert!(offset_of!(FlowListHeader, next_bucket) == 24);
+    assert!(offset_of!(FlowListHeader, next_seq) == 28);
     assert!(size_of::<FlowEntry>() == FlowEntry::SIZE);
     assert!(offset_of!(FlowEntry, local_address) == 56);
     assert!(offset_of!(FlowEntry, remote_address) == 72);
@@ -252,14 +279,23 @@ impl Default for QueryStatsRequest {
 
 impl ListFlowsRequest {
     /// Encoded size.
-    pub const SIZE: usize = 16;
+    pub const SIZE: usize = 24;
 
-    /// A request of the current version.
+    /// The first batch of a pass.
     #[must_use]
     pub const fn new(max_entries: u32) -> Self {
+        Self::resume(max_entries, 0, 0)
+    }
+
+    /// The batch after a response whose header carried `next_bucket` and
+    /// `next_seq`.
+    #[must_use]
+    pub const fn resume(max_entries: u32, cursor_bucket: u32, cursor_seq: u32) -> Self {
         Self {
             header: Header::current(Self::SIZE),
             max_entries,
+            cursor_bucket,
+            cursor_seq,
             reserved: 0,
         }
     }
@@ -270,7 +306,10 @@ impl ListFlowsRequest {
         let mut out = [0; Self::SIZE];
         let mut w = Writer::new(&mut out);
         self.header.encode(&mut w);
-        w.u32(self.max_entries).u32(self.reserved);
+        w.u32(self.max_entries)
+            .u32(self.cursor_bucket)
+            .u32(self.cursor_seq)
+            .u32(self.reserved);
         out
     }
 }
@@ -364,8 +403,9 @@ impl FlowListHeader {
         w.u32(self.total_flows)
             .u32(self.returned)
             .u32(self.entry_size)
-            .u32(0)
-            .u64(self.required_size);
+            .u32(self.flags)
+            .u32(self.next_bucket)
+            .u32(self.next_seq);
         w.position()
     }
 
@@ -384,10 +424,11 @@ impl FlowListHeader {
             total_flows: r.u32().ok_or(DecodeError::Truncated)?,
             returned: r.u32().ok_or(DecodeError::Truncated)?,
             entry_size: r.u32().ok_or(DecodeError::Truncated)?,
-            reserved: r.u32().ok_or(DecodeError::Truncated)?,
-            required_size: r.u64().ok_or(DecodeError::Truncated)?,
+            flags: r.u32().ok_or(DecodeError::Truncated)?,
+            next_bucket: r.u32().ok_or(DecodeError::Truncated)?,
+            next_seq: r.u32().ok_or(DecodeError::Truncated)?,
         };
-        if h.entry_size as usize != FlowEntry::SIZE {
+        if h.entry_size as usize != FlowEntry::SIZE || h.returned as usize > MAX_FLOWS_PER_CALL {
             return Err(DecodeError::Size);
         }
         let expected = flow_list_size(h.returned as usize).ok_or(DecodeError::Size)?;
@@ -505,8 +546,12 @@ pub enum Request {
     /// [`IOCTL_WFPMON_LIST_FLOWS`]: at most `capacity` entries fit the output.
     ListFlows {
         /// Entries that fit the output buffer, further limited by the
-        /// request's `max_entries`.
+        /// request's `max_entries` and by [`MAX_FLOWS_PER_CALL`].
         capacity: usize,
+        /// Where to continue (bucket below [`LIST_BUCKETS`]).
+        cursor_bucket: u32,
+        /// Position in that bucket (0: all of it).
+        cursor_seq: u32,
     },
     /// [`IOCTL_WFPMON_SET_COUNTING`].
     SetCounting {
@@ -598,7 +643,9 @@ pub fn parse_request(code: u32, input: &[u8], output_len: usize) -> Result<Reque
         }
         IOCTL_WFPMON_LIST_FLOWS => {
             let max_entries = field()?;
-            if field()? != 0 {
+            let cursor_bucket = field()?;
+            let cursor_seq = field()?;
+            if field()? != 0 || cursor_bucket >= LIST_BUCKETS {
                 return Err(RequestError::InvalidField);
             }
             if max_entries != 0 && flow_list_size(max_entries as usize).is_none() {
@@ -609,15 +656,17 @@ pub fn parse_request(code: u32, input: &[u8], output_len: usize) -> Result<Reque
                     required: FlowListHeader::SIZE,
                 });
             }
-            let fits = (output_len - FlowListHeader::SIZE) / FlowEntry::SIZE;
-            // Never promise more than the 32-bit size field can describe.
-            let fits = fits.min((u32::MAX as usize - FlowListHeader::SIZE) / FlowEntry::SIZE);
+            let fits = ((output_len - FlowListHeader::SIZE) / FlowEntry::SIZE).min(MAX_FLOWS_PER_CALL);
             let capacity = if max_entries == 0 {
                 fits
             } else {
                 fits.min(max_entries as usize)
             };
-            Ok(Request::ListFlows { capacity })
+            Ok(Request::ListFlows {
+                capacity,
+                cursor_bucket,
+                cursor_seq,
+            })
         }
         _ => {
             let enable = match field()? {
