@@ -112,7 +112,11 @@ pub unsafe fn on_flow_delete(context: NonNull<FlowRecord>) {
         trace::flow_ended(record, &record.traffic(), age / 10_000);
     }
     // SAFETY: contract — a live record we associated and still track.
-    let removed = unsafe { SHARED.flows.remove(context, |_| SHARED.stats.flow_deleted()) };
+    let removed = unsafe {
+        SHARED
+            .flows
+            .remove(context, |_| SHARED.stats.flow_deleted())
+    };
     // SAFETY: the engine delivers each context's deletion once; the record
     // is unlinked now, so no one else can reach it.
     drop(unsafe { PoolBox::from_raw(context) });

@@ -460,7 +460,7 @@ unsafe extern "system" fn classify_flow_established(
 
 /// classifyFn of the stream callouts: `layerData` is the stream packet.
 unsafe extern "system" fn classify_stream(
-    in_fixed_values: *const fwps::FWPS_INCOMING_VALUES0,
+    _in_fixed_values: *const fwps::FWPS_INCOMING_VALUES0,
     _in_meta_values: *const fwps::FWPS_INCOMING_METADATA_VALUES0,
     layer_data: *mut c_void,
     _classify_context: *const c_void,
@@ -500,33 +500,24 @@ unsafe extern "system" fn classify_stream(
     let Some(record) = (unsafe { flow_record(flow_context) }) else {
         return;
     };
-    // SAFETY: the engine's incoming values (or null).
-    let values = unsafe { Values::from_raw(in_fixed_values) };
-    let direction = stream_direction(values.as_ref(), data.flags);
+    let direction = stream_direction(data.flags);
     let bytes = length as u64;
     if bytes > 0 {
         callouts::on_flow_data(record, direction, bytes, 1);
     }
 }
 
-/// Direction of a stream indication: the layer's documented `DIRECTION`
-/// field when the engine supplies it; otherwise the stream flags, where
-/// `FWPS_STREAM_FLAG_RECEIVE` marks inbound data and every other indication
-/// is outbound (`FWPS_STREAM_FLAG_SEND*`).
-fn stream_direction(values: Option<&(u16, Values<'_>)>, flags: u32) -> Direction {
-    let field = values.and_then(|(layer, v)| {
-        let index = match *layer {
-            fwps::FWPS_LAYER_STREAM_V4 => fwps::FWPS_FIELD_STREAM_V4_DIRECTION,
-            fwps::FWPS_LAYER_STREAM_V6 => fwps::FWPS_FIELD_STREAM_V6_DIRECTION,
-            _ => return None,
-        };
-        v.u32(index).and_then(Direction::from_fwp)
-    });
-    field.unwrap_or(if flags & fwps::FWPS_STREAM_FLAG_RECEIVE != 0 {
+/// Direction of a stream indication, from its flags: `FWPS_STREAM_DATA0`
+/// documents that `FWPS_STREAM_FLAG_RECEIVE` "is always set for inbound
+/// data streams" (and `FWPS_STREAM_FLAG_SEND` for outbound ones), so the
+/// flag alone decides — no need to decode the layer's incoming values on
+/// the per-packet path.
+const fn stream_direction(flags: u32) -> Direction {
+    if flags & fwps::FWPS_STREAM_FLAG_RECEIVE != 0 {
         Direction::Inbound
     } else {
         Direction::Outbound
-    })
+    }
 }
 
 /// classifyFn of the datagram-data callouts: `layerData` is a
@@ -555,24 +546,19 @@ unsafe extern "system" fn classify_datagram_data(
         return;
     };
     // SAFETY: as above.
-    let Some((layer, values)) = (unsafe { Values::from_raw(in_fixed_values) }) else {
+    let Some((_, values)) = (unsafe { Values::from_raw(in_fixed_values) }) else {
         return;
     };
-    let (direction_field, protocol_field) = match layer {
-        fwps::FWPS_LAYER_DATAGRAM_DATA_V4 => (
-            fwps::FWPS_FIELD_DATAGRAM_DATA_V4_DIRECTION,
-            fwps::FWPS_FIELD_DATAGRAM_DATA_V4_IP_PROTOCOL,
-        ),
-        fwps::FWPS_LAYER_DATAGRAM_DATA_V6 => (
-            fwps::FWPS_FIELD_DATAGRAM_DATA_V6_DIRECTION,
-            fwps::FWPS_FIELD_DATAGRAM_DATA_V6_IP_PROTOCOL,
-        ),
-        _ => return,
-    };
-    let Some(direction) = values.u32(direction_field).and_then(Direction::from_fwp) else {
+    // The datagram callouts are registered at the two datagram-data layers
+    // only, where these fields have the same indices (asserted below): the
+    // layer itself need not be looked at on the per-packet path.
+    let Some(direction) = values
+        .u32(fwps::FWPS_FIELD_DATAGRAM_DATA_V4_DIRECTION)
+        .and_then(Direction::from_fwp)
+    else {
         return;
     };
-    let protocol = values.u8(protocol_field);
+    let protocol = values.u8(fwps::FWPS_FIELD_DATAGRAM_DATA_V4_IP_PROTOCOL);
     let header = match (direction, protocol) {
         (Direction::Inbound, Some(IPPROTO_ICMP | IPPROTO_ICMPV6)) | (Direction::Outbound, _) => {
             // SAFETY: the engine's metadata for this classify (or null).
@@ -602,6 +588,12 @@ unsafe extern "system" fn classify_datagram_data(
     }
     callouts::on_flow_data(record, direction, bytes, packets);
 }
+
+const _: () = assert!(
+    fwps::FWPS_FIELD_DATAGRAM_DATA_V4_DIRECTION == fwps::FWPS_FIELD_DATAGRAM_DATA_V6_DIRECTION
+        && fwps::FWPS_FIELD_DATAGRAM_DATA_V4_IP_PROTOCOL
+            == fwps::FWPS_FIELD_DATAGRAM_DATA_V6_IP_PROTOCOL
+);
 
 /// `IPPROTO_ICMP`.
 const IPPROTO_ICMP: u8 = 1;

@@ -59,10 +59,11 @@ def main():
     e.stream(0x3003, 1000, send=True)
     mark = show(e, mark, "Flows established (flow-established classifyFn)")
 
-    _, _, raw = e.send_irp(e.IRP_MJ_DEVICE_CONTROL, P.IOCTL_LIST_FLOWS, P.list_flows_request(), 4096)
+    listed, _ = P.list_all(lambda request, out_len: e.send_irp(
+        e.IRP_MJ_DEVICE_CONTROL, P.IOCTL_LIST_FLOWS, request, out_len))
     print("\n== Flows as the driver reports them (IOCTL_WFPMON_LIST_FLOWS)")
     print(f"  {'flow':>6} {'proto':>5} {'local':>28} {'remote':>28} {'pid':>5} {'in B/pkt':>10} {'out B/pkt':>10}")
-    for f in sorted(P.parse_flow_list(raw)["flows"], key=lambda f: f["flow_id"]):
+    for f in sorted(listed, key=lambda f: f["flow_id"]):
         v6 = f["family"] == 23
         addr = (lambda b: ipaddress.IPv6Address(b) if v6 else ipaddress.IPv4Address(b[:4]))
         local = f"{addr(f['local'])}:{f['local_port']}"

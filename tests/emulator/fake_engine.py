@@ -54,7 +54,10 @@ import logging
 import struct
 from dataclasses import dataclass, field
 
+import copy
+
 import speakeasy
+from speakeasy.config import DEFAULT_CONFIG_DATA
 
 import wfp_layout as L
 
@@ -143,6 +146,8 @@ class FakeEngine:
         self.etw_traits: list[bytes] = []
         self.events: list[dict] = []
         self.spin_depth = 0
+        self.locks_held: dict[int, int] = {}  # in-stack queue handle -> lock
+        self.lock_acquisitions = 0
         self.driver_object = 0
         self.remove_mode = remove_mode or (lambda flow, layer, cid: "sync")
         # When deferred (STATUS_PENDING) flow deletions complete: at the
@@ -160,7 +165,11 @@ class FakeEngine:
         self.device_name_terminated = False
         self.device_args: dict[str, int] = {}
 
-        self.se = speakeasy.Speakeasy()
+        # Speakeasy stops a run after 10 000 API calls by default; an unload
+        # with a thousand flows makes more (a lock per bucket visited).
+        config = copy.deepcopy(DEFAULT_CONFIG_DATA)
+        config["max_api_count"] = 1_000_000
+        self.se = speakeasy.Speakeasy(config=config)
         self.module = self.se.load_module(image)
         self._scratch = self.se.mem_alloc(0x100000, tag="wfpmon.test.scratch")
         self._scratch_used = 0
@@ -302,6 +311,8 @@ class FakeEngine:
         h(self._ke_init_event, "ntoskrnl", "KeInitializeEvent")
         h(self._spin_acquire, "ntoskrnl", "KeAcquireSpinLockRaiseToDpc")
         h(self._spin_release, "ntoskrnl", "KeReleaseSpinLock")
+        h(self._queued_acquire, "ntoskrnl", "KeAcquireInStackQueuedSpinLock", argc=2)
+        h(self._queued_release, "ntoskrnl", "KeReleaseInStackQueuedSpinLock", argc=1)
         h(self._dbg_print, "ntoskrnl", "DbgPrint")
         h(self._complete_request, "ntoskrnl", "IofCompleteRequest")
         # ntoskrnl: ETW (TraceLogging)
@@ -489,6 +500,27 @@ class FakeEngine:
         self.spin_depth -= 1
         if self.spin_depth < 0:
             self.pool_errors.append("spin lock released while not held")
+        return 0
+
+    def _queued_acquire(self, emu, api, orig, argv):
+        """In-stack queued spin lock: the handle (on the caller's stack)
+        records which lock it holds. One processor here, so acquiring a lock
+        that is held, or holding two, is a deadlock in waiting."""
+        lock, handle = argv[0], argv[1]
+        self.spin_depth += 1
+        self.lock_acquisitions += 1
+        if self.spin_depth > 1:
+            self.pool_errors.append("spin lock acquired while another is held")
+        if lock in self.locks_held.values():
+            self.pool_errors.append(f"spin lock {lock:#x} acquired while held (deadlock)")
+        self.locks_held[handle] = lock
+        return 0
+
+    def _queued_release(self, emu, api, orig, argv):
+        handle = argv[0]
+        if self.locks_held.pop(handle, None) is None:
+            self.pool_errors.append(f"KeReleaseInStackQueuedSpinLock({handle:#x}): handle holds no lock")
+        self.spin_depth -= 1
         return 0
 
     def _dbg_print(self, emu, api, orig, argv):

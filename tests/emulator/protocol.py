@@ -4,7 +4,7 @@ fixed offsets), independently of the Rust encoders."""
 
 import struct
 
-VERSION = 2
+VERSION = 3
 # Vendor device type (0x8000-0xFFFF, "Defining I/O Control Codes").
 FILE_DEVICE_WFPMON = 0x8F4D
 
@@ -30,8 +30,13 @@ def query_stats_request():
     return struct.pack("<II", VERSION, 8)
 
 
-def list_flows_request(max_entries=0, reserved=0):
-    return struct.pack("<IIII", VERSION, 16, max_entries, reserved)
+MAX_FLOWS_PER_CALL = 256
+LIST_BUCKETS = 4096
+FLOW_LIST_MORE = 1
+
+
+def list_flows_request(max_entries=0, bucket=0, seq=0, reserved=0):
+    return struct.pack("<IIIIII", VERSION, 24, max_entries, bucket, seq, reserved)
 
 
 def set_counting_request(enable, reserved=0):
@@ -46,7 +51,7 @@ def parse_stats(raw):
 
 
 def parse_flow_list(raw):
-    version, size, total, returned, entry_size, _, required = struct.unpack_from("<IIIIIIQ", raw)
+    version, size, total, returned, entry_size, flags, bucket, seq = struct.unpack_from("<8I", raw)
     assert version == VERSION and entry_size == ENTRY_SIZE
     assert size == LIST_HEADER_SIZE + returned * ENTRY_SIZE == len(raw), (size, returned, len(raw))
     flows = []
@@ -59,4 +64,20 @@ def parse_flow_list(raw):
                           bytes_outbound=bout, packets_inbound=pin, packets_outbound=pout,
                           local=local, remote=remote, local_port=lport, remote_port=rport,
                           family=family, protocol=proto, direction=direction))
-    return dict(total=total, returned=returned, required=required, flows=flows)
+    return dict(total=total, returned=returned, more=bool(flags & FLOW_LIST_MORE), cursor=(bucket, seq),
+                flows=flows)
+
+
+def list_all(send, batch=0, out_len=64 * 1024):
+    """Pages through the whole list as a client does: `send(request,
+    out_len)` returns (status, information, output). Returns (flows, calls)."""
+    flows, cursor, calls = [], (0, 0), 0
+    while True:
+        status, _, raw = send(list_flows_request(batch, *cursor), out_len)
+        assert status == 0, hex(status)
+        calls += 1
+        page = parse_flow_list(raw)
+        flows += page["flows"]
+        if not page["more"]:
+            return flows, calls
+        cursor = page["cursor"]

@@ -71,8 +71,9 @@ def test_other_major_functions_fail_cleanly(loaded, major):
 
 def test_a_flow_ending_during_a_stats_query_is_counted_once(loaded):
     """Another processor deletes a flow right after the statistics query
-    released the registry lock: its traffic must be counted once (as
-    active, or as retired), never twice."""
+    released a bucket lock (before or after the flow's own bucket was read):
+    its traffic must be counted once (as active, or as retired), never
+    twice."""
     key = KEYS["wfpmon-flow-established-v4"]
     loaded.establish(key, 4, 6, 1, 2, 3, 4, L.FWP_DIRECTION_OUTBOUND, 0x51, 9)
     loaded.establish(key, 4, 6, 1, 5, 3, 4, L.FWP_DIRECTION_OUTBOUND, 0x52, 9)
@@ -85,7 +86,7 @@ def test_a_flow_ending_during_a_stats_query_is_counted_once(loaded):
         loaded.flow_deletes.append((layer, cid, ctx))
         return [(loaded.callouts[cid].flow_delete, [layer, cid, ctx])]
 
-    loaded.interpose("KeReleaseSpinLock", flow_ends)
+    loaded.interpose("KeReleaseInStackQueuedSpinLock", flow_ends)
     status, info, raw = ioctl(loaded, P.IOCTL_QUERY_STATS, P.query_stats_request(), 4096)
     assert (status, info) == (0, P.STATS_SIZE)
     s = P.parse_stats(raw)
@@ -111,9 +112,9 @@ def test_stats_reflect_flows_created_through_classify(loaded):
     (P.IOCTL_QUERY_STATS, b"\xff" * 65536, 4096, L.STATUS_INVALID_BUFFER_SIZE),
     (P.IOCTL_QUERY_STATS, P.query_stats_request(), 0, L.STATUS_BUFFER_TOO_SMALL),
     (P.IOCTL_QUERY_STATS, P.query_stats_request(), P.STATS_SIZE - 1, L.STATUS_BUFFER_TOO_SMALL),
-    (P.IOCTL_QUERY_STATS, struct.pack("<II", 1, 8), 4096, L.STATUS_REVISION_MISMATCH),
-        (P.IOCTL_QUERY_STATS, struct.pack("<II", 3, 8), 4096, L.STATUS_REVISION_MISMATCH),
-    (P.IOCTL_QUERY_STATS, struct.pack("<II", 2, 9), 4096, L.STATUS_INVALID_PARAMETER),
+    (P.IOCTL_QUERY_STATS, struct.pack("<II", P.VERSION - 1, 8), 4096, L.STATUS_REVISION_MISMATCH),
+    (P.IOCTL_QUERY_STATS, struct.pack("<II", P.VERSION + 1, 8), 4096, L.STATUS_REVISION_MISMATCH),
+    (P.IOCTL_QUERY_STATS, struct.pack("<II", P.VERSION, 9), 4096, L.STATUS_INVALID_PARAMETER),
     (P.IOCTL_LIST_FLOWS, P.list_flows_request()[:15], 4096, L.STATUS_INVALID_BUFFER_SIZE),
     (P.IOCTL_LIST_FLOWS, P.list_flows_request(reserved=1), 4096, L.STATUS_INVALID_PARAMETER),
     (P.IOCTL_LIST_FLOWS, P.list_flows_request(0xFFFFFFFF), 4096, L.STATUS_INTEGER_OVERFLOW),
@@ -133,25 +134,70 @@ def test_malformed_requests_get_precise_statuses_and_no_output(loaded, code, dat
     assert (status, info, raw) == (expected, 0, b"")
 
 
-def test_flow_list_reports_required_size_when_too_small(loaded):
+def send_list(e):
+    return lambda request, out_len: ioctl(e, P.IOCTL_LIST_FLOWS, request, out_len)
+
+
+def test_flow_list_is_paged_with_a_cursor(loaded):
+    """Each call returns a bounded batch (what the buffer holds, at most
+    max_entries, never more than 256) and the cursor to continue with; the
+    total is the maintained count. A small buffer simply means more calls."""
     make_flows(loaded, 5)
-    # Room for two entries: partial data, STATUS_BUFFER_OVERFLOW, and the
-    # size that would hold all five.
     out_len = P.LIST_HEADER_SIZE + 2 * P.ENTRY_SIZE + P.ENTRY_SIZE - 1
     status, info, raw = ioctl(loaded, P.IOCTL_LIST_FLOWS, P.list_flows_request(), out_len)
-    assert status == L.STATUS_BUFFER_OVERFLOW
-    assert info == P.LIST_HEADER_SIZE + 2 * P.ENTRY_SIZE
-    listing = P.parse_flow_list(raw)
-    assert (listing["total"], listing["returned"]) == (5, 2)
-    assert listing["required"] == P.LIST_HEADER_SIZE + 5 * P.ENTRY_SIZE
-    # Header only: the caller learns the size it needs.
+    assert status == 0 and info == P.LIST_HEADER_SIZE + 2 * P.ENTRY_SIZE
+    page = P.parse_flow_list(raw)
+    assert (page["total"], page["returned"], page["more"]) == (5, 2, True)
+    flows, calls = P.list_all(send_list(loaded), out_len=out_len)
+    assert sorted(f["flow_id"] for f in flows) == [0x1000 + i for i in range(5)]
+    assert calls == 3
+    # Header only: the count, and the cursor stays where it was.
     status, info, raw = ioctl(loaded, P.IOCTL_LIST_FLOWS, P.list_flows_request(), P.LIST_HEADER_SIZE)
-    assert status == L.STATUS_BUFFER_OVERFLOW and P.parse_flow_list(raw)["required"] == listing["required"]
-    # max_entries limits the answer even when the buffer is larger.
+    page = P.parse_flow_list(raw)
+    assert (status, page["total"], page["returned"], page["more"], page["cursor"]) == (0, 5, 0, True, (0, 0))
+    # max_entries limits a batch even when the buffer is larger.
     status, info, raw = ioctl(loaded, P.IOCTL_LIST_FLOWS, P.list_flows_request(3), 1 << 16)
-    assert status == L.STATUS_BUFFER_OVERFLOW and P.parse_flow_list(raw)["returned"] == 3
-    status, info, raw = ioctl(loaded, P.IOCTL_LIST_FLOWS, P.list_flows_request(), listing["required"])
-    assert status == 0 and P.parse_flow_list(raw)["returned"] == 5
+    assert P.parse_flow_list(raw)["returned"] == 3
+    # A cursor outside the registry is refused.
+    status, info, raw = ioctl(loaded, P.IOCTL_LIST_FLOWS, P.list_flows_request(0, P.LIST_BUCKETS), 4096)
+    assert (status, info) == (L.STATUS_INVALID_PARAMETER, 0)
+
+
+def test_a_batch_never_exceeds_256_flows_and_the_lock_is_taken_per_bucket(loaded):
+    make_flows(loaded, 300)
+    before = loaded.lock_acquisitions
+    status, info, raw = ioctl(loaded, P.IOCTL_LIST_FLOWS, P.list_flows_request(), 1 << 16)
+    page = P.parse_flow_list(raw)
+    assert (page["returned"], page["more"], page["total"]) == (256, True, 300)
+    # One bucket lock at a time: many short acquisitions, never two held.
+    assert loaded.lock_acquisitions - before > 100
+    assert loaded.pool_errors == []
+    flows, calls = P.list_all(send_list(loaded), out_len=1 << 16)
+    assert len({f["flow_id"] for f in flows}) == len(flows) == 300 and calls == 2
+
+
+def test_flows_coming_and_going_between_batches(loaded):
+    """A flow present for the whole listing pass is listed exactly once, a
+    flow that comes or goes during it at most once, none twice."""
+    make_flows(loaded, 60)
+    cursor, listed = (0, 0), []
+    new = 0x5000
+    while True:
+        _, _, raw = ioctl(loaded, P.IOCTL_LIST_FLOWS, P.list_flows_request(7, *cursor), 1 << 16)
+        page = P.parse_flow_list(raw)
+        listed += [f["flow_id"] for f in page["flows"]]
+        # Between batches: one old flow ends, one new flow arrives.
+        gone = 0x1000 + 3 * (len(listed) // 7)
+        if loaded.context_of(gone):
+            loaded.end_flow(gone)
+        make_flows(loaded, 1, start=new)
+        new += 1
+        if not page["more"]:
+            break
+        cursor = page["cursor"]
+    assert len(listed) == len(set(listed)), "a flow listed twice"
+    stable = {0x1000 + i for i in range(60) if i % 3 != 0}
+    assert stable <= set(listed)
 
 
 def test_flows_listed_while_others_are_deleted(loaded):
@@ -159,9 +205,9 @@ def test_flows_listed_while_others_are_deleted(loaded):
     for round_ in range(4):
         for i in range(round_ * 10, round_ * 10 + 5):
             loaded.end_flow(0x1000 + i)
-        listing = P.parse_flow_list(ioctl(loaded, P.IOCTL_LIST_FLOWS, P.list_flows_request(), 1 << 16)[2])
-        ids = {f["flow_id"] for f in listing["flows"]}
+        flows, _ = P.list_all(send_list(loaded))
+        ids = {f["flow_id"] for f in flows}
         expected = {0x1000 + i for i in range(40)} - {0x1000 + r * 10 + k for r in range(round_ + 1) for k in range(5)}
-        assert ids == expected and listing["total"] == len(expected)
+        assert ids == expected and len(flows) == len(expected)
     loaded.unload()
     assert loaded.pool == {}

@@ -10,10 +10,9 @@ from conftest import KEYS
 
 
 def flows_by_id(e):
-    status, info, raw = e.send_irp(e.IRP_MJ_DEVICE_CONTROL, P.IOCTL_LIST_FLOWS,
-                                   P.list_flows_request(), 64 * 1024)
-    assert status == 0, hex(status)
-    return {f["flow_id"]: f for f in P.parse_flow_list(raw)["flows"]}
+    flows, _ = P.list_all(lambda request, out_len: e.send_irp(
+        e.IRP_MJ_DEVICE_CONTROL, P.IOCTL_LIST_FLOWS, request, out_len))
+    return {f["flow_id"]: f for f in flows}
 
 
 def stats(e):

@@ -187,7 +187,10 @@ const _: () = {
     assert!(size_of::<FlowTuple>() == 40);
     assert!(size_of::<FlowRecord>() == 128, "bytes per tracked flow");
     assert!(core::mem::offset_of!(FlowRecord, inbound) == 0);
-    assert!(core::mem::offset_of!(FlowRecord, outbound) == 64, "a cache line apart");
+    assert!(
+        core::mem::offset_of!(FlowRecord, outbound) == 64,
+        "a cache line apart"
+    );
 };
 
 impl FlowRecord {
@@ -274,15 +277,14 @@ unsafe fn links_of<'a>(rec: *mut FlowRecord) -> &'a mut Links {
 struct BucketState {
     /// Records in decreasing `seq` order.
     head: *mut FlowRecord,
-    /// The next record to hand out in removal pass `cursor_pass`.
+    /// The next record to visit in the removal walk `cursor_key` names.
     cursor: *mut FlowRecord,
-    cursor_pass: u32,
     /// Traffic of the flows that ended in this bucket.
     retired: Traffic,
 }
 
 /// A bucket: its lock and its list, one cache line (with the driver's
-/// 8-byte spin lock).
+/// 8-byte spin lock; asserted where the driver instantiates it).
 #[repr(C, align(64))]
 struct Bucket<L> {
     lock: L,
@@ -291,18 +293,24 @@ struct Bucket<L> {
     /// statistics skip such buckets without locking them, and `stop` need
     /// not pass through them.
     next_seq: AtomicU32,
+    /// Which removal walk `state.cursor` belongs to: `pass * 8 + callout`
+    /// (0: none). Under the lock.
+    cursor_key: UnsafeCell<u32>,
     state: UnsafeCell<BucketState>,
 }
+
+// With an 8-byte lock (the driver's KSPIN_LOCK) a bucket is one cache line.
+const _: () = assert!(size_of::<Bucket<u64>>() == 64);
 
 impl<L> Bucket<L> {
     const fn new(lock: L) -> Self {
         Self {
             lock,
             next_seq: AtomicU32::new(1),
+            cursor_key: UnsafeCell::new(0),
             state: UnsafeCell::new(BucketState {
                 head: ptr::null_mut(),
                 cursor: ptr::null_mut(),
-                cursor_pass: 0,
                 retired: Traffic {
                     bytes_inbound: 0,
                     bytes_outbound: 0,
@@ -320,12 +328,15 @@ impl<L: Lock> Bucket<L> {
         self.next_seq.load(Ordering::SeqCst) != 1
     }
 
-    fn locked<R>(&self, f: impl FnOnce(&mut BucketState) -> R) -> R {
+    fn locked<R>(&self, f: impl FnOnce(&mut BucketState, &mut u32) -> R) -> R {
         self.lock.with(|| {
             // SAFETY: `Lock::with` gives exclusive access for the closure's
-            // duration; no other reference to the state exists meanwhile.
+            // duration; no other reference to the state or the cursor key
+            // exists meanwhile.
             let state = unsafe { &mut *self.state.get() };
-            f(state)
+            // SAFETY: as above.
+            let cursor_key = unsafe { &mut *self.cursor_key.get() };
+            f(state, cursor_key)
         })
     }
 }
@@ -458,7 +469,7 @@ impl<L: Lock, const BUCKETS: usize> FlowRegistry<L, BUCKETS> {
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::SeqCst);
         for bucket in self.buckets.iter().filter(|b| b.used()) {
-            bucket.locked(|_| ());
+            bucket.locked(|_, _| ());
         }
     }
 
@@ -495,7 +506,7 @@ impl<L: Lock, const BUCKETS: usize> FlowRegistry<L, BUCKETS> {
         // SAFETY: valid (contract); immutable field.
         let association = unsafe { (*rec).association };
         let bucket = &self.buckets[Self::bucket_of(association.flow_id)];
-        bucket.locked(|b| {
+        bucket.locked(|b, cursor_key| {
             // Take the seq first (see `stop`). 1 ..= u32::MAX - 1: a listing
             // cursor is `seq + 1`; 1 again only after 4 billion flows in one
             // bucket, where the newest-first order within it wraps.
@@ -511,6 +522,9 @@ impl<L: Lock, const BUCKETS: usize> FlowRegistry<L, BUCKETS> {
             links.next = b.head;
             links.seq = seq;
             links.removal_pass = 0;
+            // A removal walk in progress restarts (from the new head; records
+            // it handed out already are marked and skipped).
+            *cursor_key = 0;
             if !b.head.is_null() {
                 // SAFETY: linked records are valid; lock held.
                 unsafe { links_of(b.head) }.prev = rec;
@@ -539,7 +553,7 @@ impl<L: Lock, const BUCKETS: usize> FlowRegistry<L, BUCKETS> {
         // SAFETY: valid (contract); immutable field.
         let association = unsafe { (*rec).association };
         let bucket = &self.buckets[Self::bucket_of(association.flow_id)];
-        let callout_done = bucket.locked(|b| {
+        let callout_done = bucket.locked(|b, _| {
             // SAFETY: valid (contract); lock held.
             let links = unsafe { links_of(rec) };
             if links.seq == 0 {
@@ -581,7 +595,8 @@ impl<L: Lock, const BUCKETS: usize> FlowRegistry<L, BUCKETS> {
     /// Starts a fresh removal pass: every record is handed out (once) by
     /// [`FlowRegistry::next_for_removal`].
     pub fn begin_removal_pass(&self) -> RemovalPass {
-        let pass = self.pass.fetch_add(1, Ordering::AcqRel).wrapping_add(1).max(1);
+        // 1 ..= 2^28 - 1 (a cursor key is `pass * 8 + callout`).
+        let pass = (self.pass.fetch_add(1, Ordering::AcqRel).wrapping_add(1) % (1 << 28)).max(1);
         RemovalPass { pass, bucket: 0 }
     }
 
@@ -597,7 +612,7 @@ impl<L: Lock, const BUCKETS: usize> FlowRegistry<L, BUCKETS> {
     /// still be there). Records linked after a pass began are not part of it:
     /// teardown stops new links before its first pass.
     pub fn current_removal_pass(&self) -> RemovalPass {
-        let current = self.pass.load(Ordering::Acquire);
+        let current = self.pass.load(Ordering::Acquire) % (1 << 28);
         if current == 0 {
             return self.begin_removal_pass();
         }
@@ -610,11 +625,13 @@ impl<L: Lock, const BUCKETS: usize> FlowRegistry<L, BUCKETS> {
     /// The next record of `callout` not yet handed out in `pass`, marked
     /// handed out. Returns a copy of its association: the record itself may
     /// be freed (by the flow-delete callback) as soon as the lock is
-    /// released.
+    /// released. `callout` must be below [`DATA_CALLOUTS`].
     ///
-    /// Each bucket keeps the pass's position (adjusted when the record there
-    /// is removed), so the whole pass walks every record once: linear in the
-    /// number of flows, one bucket lock at a time.
+    /// Each bucket keeps the position of the walk for one (pass, callout)
+    /// (moved on when the record there is removed; restarted when a record
+    /// is linked or another walk comes by), so a pass walks every record of
+    /// a bucket about once: linear in the number of flows, one bucket lock
+    /// at a time.
     pub fn next_for_removal(
         &self,
         pass: &mut RemovalPass,
@@ -625,9 +642,11 @@ impl<L: Lock, const BUCKETS: usize> FlowRegistry<L, BUCKETS> {
                 pass.bucket += 1;
                 continue;
             }
-            let found = bucket.locked(|b| {
-                if b.cursor_pass != pass.pass {
-                    b.cursor_pass = pass.pass;
+            #[allow(clippy::cast_possible_truncation)] // callout < DATA_CALLOUTS
+            let key = pass.pass * 8 + callout as u32;
+            let found = bucket.locked(|b, cursor_key| {
+                if *cursor_key != key {
+                    *cursor_key = key;
                     b.cursor = b.head;
                 }
                 while !b.cursor.is_null() {
@@ -673,7 +692,7 @@ impl<L: Lock, const BUCKETS: usize> FlowRegistry<L, BUCKETS> {
                 below = 0;
                 continue;
             }
-            let stopped_at = bucket.locked(|b| {
+            let stopped_at = bucket.locked(|b, _| {
                 let mut rec = b.head;
                 while !rec.is_null() {
                     // SAFETY: linked records are valid; lock held.
@@ -714,7 +733,7 @@ impl<L: Lock, const BUCKETS: usize> FlowRegistry<L, BUCKETS> {
         let mut active = 0u64;
         let mut traffic = Traffic::default();
         for bucket in self.buckets.iter().filter(|b| b.used()) {
-            bucket.locked(|b| {
+            bucket.locked(|b, _| {
                 traffic = traffic.plus(b.retired);
                 let mut rec = b.head;
                 while !rec.is_null() {

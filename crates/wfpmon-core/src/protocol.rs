@@ -656,7 +656,8 @@ pub fn parse_request(code: u32, input: &[u8], output_len: usize) -> Result<Reque
                     required: FlowListHeader::SIZE,
                 });
             }
-            let fits = ((output_len - FlowListHeader::SIZE) / FlowEntry::SIZE).min(MAX_FLOWS_PER_CALL);
+            let fits =
+                ((output_len - FlowListHeader::SIZE) / FlowEntry::SIZE).min(MAX_FLOWS_PER_CALL);
             let capacity = if max_entries == 0 {
                 fits
             } else {

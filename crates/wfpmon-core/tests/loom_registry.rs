@@ -4,6 +4,11 @@
 //! interleaving loom can produce.
 //!
 //! Run with `RUSTFLAGS="--cfg loom" cargo test -p wfpmon-core --test loom_registry --release`.
+//!
+//! Loom explores the interleavings at the bucket locks (loom mutexes). The
+//! registry's own atomics are `core` atomics, which loom executes as
+//! sequentially consistent operations; the one protocol that depends on
+//! their ordering (`stop` against `insert`) uses `SeqCst` on both sides.
 #![cfg(loom)]
 
 use std::ptr::NonNull;
@@ -61,8 +66,11 @@ unsafe impl Send for SendPtr {}
 #[test]
 fn stop_insert_remove_and_drain_in_every_interleaving() {
     loom::model(|| {
-        let reg: &'static FlowRegistry<LoomLock> =
-            Box::leak(Box::new(FlowRegistry::new(LoomLock(Mutex::new(())))));
+        // Two buckets: the two flows may or may not share one.
+        let reg: &'static FlowRegistry<LoomLock, 2> =
+            Box::leak(Box::new(FlowRegistry::with_locks(|| {
+                LoomLock(Mutex::new(()))
+            })));
         let old = SendPtr(record(1));
         // SAFETY: fresh record; freed by the deleting thread below.
         unsafe { reg.insert(old.0) }.unwrap();
@@ -93,9 +101,9 @@ fn stop_insert_remove_and_drain_in_every_interleaving() {
         let unload = thread::spawn(move || {
             reg.stop();
             stopped.store(true, Ordering::SeqCst);
-            let pass = reg.begin_removal_pass();
+            let mut pass = reg.begin_removal_pass();
             let mut seen = Vec::new();
-            while let Some(a) = reg.next_for_removal(pass, 0) {
+            while let Some(a) = reg.next_for_removal(&mut pass, 0) {
                 seen.push(a.flow_id);
             }
             seen

@@ -47,7 +47,11 @@ fn valid_requests_parse() {
             &ListFlowsRequest::new(0).to_bytes(),
             out
         ),
-        Ok(Request::ListFlows { capacity: 3 })
+        Ok(Request::ListFlows {
+            capacity: 3,
+            cursor_bucket: 0,
+            cursor_seq: 0
+        })
     );
     assert_eq!(
         parse_request(
@@ -55,7 +59,32 @@ fn valid_requests_parse() {
             &ListFlowsRequest::new(2).to_bytes(),
             out
         ),
-        Ok(Request::ListFlows { capacity: 2 })
+        Ok(Request::ListFlows {
+            capacity: 2,
+            cursor_bucket: 0,
+            cursor_seq: 0
+        })
+    );
+    // A cursor is carried through; one outside the registry is refused.
+    assert_eq!(
+        parse_request(
+            IOCTL_WFPMON_LIST_FLOWS,
+            &ListFlowsRequest::resume(2, 17, 99).to_bytes(),
+            out
+        ),
+        Ok(Request::ListFlows {
+            capacity: 2,
+            cursor_bucket: 17,
+            cursor_seq: 99
+        })
+    );
+    assert_eq!(
+        parse_request(
+            IOCTL_WFPMON_LIST_FLOWS,
+            &ListFlowsRequest::resume(2, protocol::LIST_BUCKETS, 0).to_bytes(),
+            out
+        ),
+        Err(RequestError::InvalidField)
     );
     assert_eq!(
         parse_request(
@@ -138,7 +167,7 @@ fn each_malformation_gets_its_precise_status() {
         Err(STATUS_INVALID_PARAMETER)
     );
     let mut v = ListFlowsRequest::new(1).to_bytes();
-    v[12] = 1;
+    v[20] = 1; // reserved
     assert_eq!(
         parse_request(IOCTL_WFPMON_LIST_FLOWS, &v, 4096),
         Err(RequestError::InvalidField)
@@ -158,15 +187,21 @@ fn each_malformation_gets_its_precise_status() {
 }
 
 #[test]
-fn huge_output_buffers_never_promise_more_than_the_size_field_holds() {
+fn a_batch_is_bounded_whatever_the_buffer() {
     let v = ListFlowsRequest::new(0).to_bytes();
-    let Ok(Request::ListFlows { capacity }) =
+    let Ok(Request::ListFlows { capacity, .. }) =
         parse_request(IOCTL_WFPMON_LIST_FLOWS, &v, usize::MAX)
     else {
         panic!("huge output buffer refused");
     };
-    assert!(protocol::flow_list_size(capacity).is_some());
-    assert!(protocol::flow_list_size(capacity + 1).is_none());
+    assert_eq!(capacity, protocol::MAX_FLOWS_PER_CALL);
+    let v = ListFlowsRequest::new(100_000).to_bytes();
+    let Ok(Request::ListFlows { capacity, .. }) =
+        parse_request(IOCTL_WFPMON_LIST_FLOWS, &v, 1 << 30)
+    else {
+        panic!("refused");
+    };
+    assert_eq!(capacity, protocol::MAX_FLOWS_PER_CALL);
 }
 
 #[test]
@@ -235,8 +270,9 @@ fn flow_list_round_trips() {
         total_flows: 5,
         returned: 3,
         entry_size: u32::try_from(FlowEntry::SIZE).unwrap(),
-        reserved: 0,
-        required_size: protocol::flow_list_size(5).unwrap() as u64,
+        flags: protocol::FLOW_LIST_MORE,
+        next_bucket: 12,
+        next_seq: 345,
     };
     header.encode(&mut buf);
     for (i, e) in entries.iter().enumerate() {
@@ -266,12 +302,14 @@ proptest! {
                 prop_assert_eq!(&input[..], &QueryStatsRequest::new().to_bytes()[..]);
                 prop_assert!(output_len >= Stats::SIZE);
             }
-            Ok(Request::ListFlows { capacity }) => {
+            Ok(Request::ListFlows { capacity, cursor_bucket, cursor_seq }) => {
                 prop_assert_eq!(input.len(), ListFlowsRequest::SIZE);
                 let max = u32::from_le_bytes(input[8..12].try_into().unwrap());
-                prop_assert_eq!(&input[..], &ListFlowsRequest::new(max).to_bytes()[..]);
+                prop_assert_eq!(&input[..], &ListFlowsRequest::resume(max, cursor_bucket, cursor_seq).to_bytes()[..]);
                 prop_assert!(FlowListHeader::SIZE + capacity * FlowEntry::SIZE <= output_len);
                 prop_assert!(max == 0 || capacity <= max as usize);
+                prop_assert!(capacity <= protocol::MAX_FLOWS_PER_CALL);
+                prop_assert!(cursor_bucket < protocol::LIST_BUCKETS);
             }
             Ok(Request::SetCounting { enable }) => {
                 prop_assert_eq!(&input[..], &SetCountingRequest::new(enable).to_bytes()[..]);
