@@ -288,10 +288,11 @@ struct BucketState {
 #[repr(C, align(64))]
 struct Bucket<L> {
     lock: L,
-    /// The `seq` the next record gets (1 ..= `u32::MAX` - 1). Changed only
-    /// under the lock, read without it: 1 means "never used", so listing and
-    /// statistics skip such buckets without locking them, and `stop` need
-    /// not pass through them.
+    /// The `seq` the next record gets (1 ..= `u32::MAX` - 1; 0 before the
+    /// first, so that a registry in a `static` is all zeros and takes no
+    /// room in the image). Changed only under the lock, read without it: 0
+    /// means "never used", so listing and statistics skip such buckets
+    /// without locking them, and `stop` need not pass through them.
     next_seq: AtomicU32,
     /// Which removal walk `state.cursor` belongs to: `pass * 8 + callout`
     /// (0: none). Under the lock.
@@ -306,7 +307,7 @@ impl<L> Bucket<L> {
     const fn new(lock: L) -> Self {
         Self {
             lock,
-            next_seq: AtomicU32::new(1),
+            next_seq: AtomicU32::new(0),
             cursor_key: UnsafeCell::new(0),
             state: UnsafeCell::new(BucketState {
                 head: ptr::null_mut(),
@@ -325,7 +326,7 @@ impl<L> Bucket<L> {
 impl<L: Lock> Bucket<L> {
     /// Whether a record was ever linked here (read without the lock).
     fn used(&self) -> bool {
-        self.next_seq.load(Ordering::SeqCst) != 1
+        self.next_seq.load(Ordering::SeqCst) != 0
     }
 
     fn locked<R>(&self, f: impl FnOnce(&mut BucketState, &mut u32) -> R) -> R {
@@ -510,8 +511,8 @@ impl<L: Lock, const BUCKETS: usize> FlowRegistry<L, BUCKETS> {
             // Take the seq first (see `stop`). 1 ..= u32::MAX - 1: a listing
             // cursor is `seq + 1`; 1 again only after 4 billion flows in one
             // bucket, where the newest-first order within it wraps.
-            let seq = bucket.next_seq.load(Ordering::Relaxed);
-            let next = if seq >= u32::MAX - 1 { 2 } else { seq + 1 };
+            let seq = bucket.next_seq.load(Ordering::Relaxed).max(1);
+            let next = if seq >= u32::MAX - 1 { 1 } else { seq + 1 };
             bucket.next_seq.store(next, Ordering::SeqCst);
             if self.stopping.load(Ordering::SeqCst) {
                 return Err(Stopping);

@@ -32,7 +32,9 @@ impl Counter {
 /// Counters kept for the life of the driver.
 #[derive(Debug)]
 pub struct DriverStats {
-    counting: AtomicBool,
+    /// Counting is on unless this is set: stored inverted so that the
+    /// driver's statics are all zeros (`.bss`, no room in the image).
+    counting_off: AtomicBool,
     flows_tracked: Counter,
     flows_deleted: Counter,
     allocation_failures: Counter,
@@ -50,7 +52,7 @@ impl DriverStats {
     #[must_use]
     pub const fn new() -> Self {
         Self {
-            counting: AtomicBool::new(true),
+            counting_off: AtomicBool::new(false),
             flows_tracked: Counter::new(),
             flows_deleted: Counter::new(),
             allocation_failures: Counter::new(),
@@ -60,12 +62,12 @@ impl DriverStats {
 
     /// Whether classify should count traffic.
     pub fn counting(&self) -> bool {
-        self.counting.load(Ordering::Relaxed)
+        !self.counting_off.load(Ordering::Relaxed)
     }
 
     /// Turns counting on or off; returns the previous state.
     pub fn set_counting(&self, enable: bool) -> bool {
-        self.counting.swap(enable, Ordering::Relaxed)
+        !self.counting_off.swap(!enable, Ordering::Relaxed)
     }
 
     /// A context was associated with a flow.
