@@ -1,0 +1,469 @@
+//! Text output: human units, tables that fit the terminal, the flows and
+//! statistics views.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+use wfpmon_core::protocol::Stats;
+
+use crate::flows::{Flow, FlowsDoc};
+
+const IEC: [&str; 6] = [" B", " KiB", " MiB", " GiB", " TiB", " PiB"];
+
+/// `n` bytes in IEC units (`512 B`, `1.5 KiB`), or exact with `raw`.
+#[must_use]
+pub fn bytes(n: u64, raw: bool) -> String {
+    #[allow(clippy::cast_precision_loss)] // display only
+    if raw {
+        n.to_string()
+    } else {
+        scaled(n as f64, 1024.0, &IEC)
+    }
+}
+
+/// A rate in bytes per second, in IEC units (whole bytes with `raw`).
+#[must_use]
+pub fn rate(n: f64, raw: bool) -> String {
+    if raw {
+        format!("{n:.0}")
+    } else {
+        scaled(n, 1024.0, &IEC)
+    }
+}
+
+/// A count in SI units (`999`, `12.3k`), or exact with `raw`.
+#[must_use]
+pub fn count(n: u64, raw: bool) -> String {
+    #[allow(clippy::cast_precision_loss)] // display only
+    if raw {
+        n.to_string()
+    } else {
+        scaled(n as f64, 1000.0, &["", "k", "M", "G", "T", "P"])
+    }
+}
+
+fn scaled(mut n: f64, base: f64, units: &[&str]) -> String {
+    if n < base {
+        return format!("{n:.0}{}", units[0]);
+    }
+    let mut unit = 0;
+    while n >= base && unit + 1 < units.len() {
+        n /= base;
+        unit += 1;
+    }
+    format!("{n:.1}{}", units[unit])
+}
+
+/// Milliseconds as `2d03h`, `1h02m`, `2m03s` or `3.4s`; exact with `raw`.
+#[must_use]
+pub fn age(ms: u64, raw: bool) -> String {
+    let s = ms / 1000;
+    let (d, h, m, sec) = (s / 86_400, (s / 3600) % 24, (s / 60) % 60, s % 60);
+    match () {
+        () if raw => format!("{ms}ms"),
+        () if d > 0 => format!("{d}d{h:02}h"),
+        () if h > 0 => format!("{h}h{m:02}m"),
+        () if m > 0 => format!("{m}m{sec:02}s"),
+        () => format!("{sec}.{}s", (ms % 1000) / 100),
+    }
+}
+
+/// A table column.
+#[derive(Clone, Copy, Debug)]
+pub struct Column {
+    /// Header.
+    pub header: &'static str,
+    /// Right-aligned (numbers).
+    pub right: bool,
+    /// When the table is too wide, columns are dropped by this rank, lowest
+    /// first; 0: never dropped.
+    pub drop: u8,
+    /// Then shrunk down to this width (eliding the middle); 0: never shrunk.
+    pub min: usize,
+}
+
+const fn col(header: &'static str, right: bool, drop: u8, min: usize) -> Column {
+    Column {
+        header,
+        right,
+        drop,
+        min,
+    }
+}
+
+/// `cell` in at most `width` characters, eliding the middle.
+fn fit(cell: &str, width: usize) -> String {
+    let chars: Vec<char> = cell.chars().collect();
+    if chars.len() <= width {
+        return cell.to_owned();
+    }
+    let head = (width.saturating_sub(1)) / 2;
+    let tail = width.saturating_sub(1 + head);
+    let mut out: String = chars[..head].iter().collect();
+    out.push('…');
+    out.extend(&chars[chars.len() - tail..]);
+    out
+}
+
+/// Lays out `rows` under `columns`; with a `width`, drops and shrinks
+/// columns (see [`Column`]) until every line fits, if it can.
+#[must_use]
+pub fn table(columns: &[Column], rows: &[Vec<String>], width: Option<usize>) -> String {
+    let mut widths: Vec<usize> = columns.iter().map(|c| c.header.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut shown: Vec<bool> = vec![true; columns.len()];
+    let total = |widths: &[usize], shown: &[bool]| {
+        let visible = widths.iter().zip(shown).filter(|(_, s)| **s);
+        visible
+            .clone()
+            .map(|(w, _)| w + 2)
+            .sum::<usize>()
+            .saturating_sub(2)
+    };
+    if let Some(limit) = width {
+        let mut ranks: Vec<(u8, usize)> = columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.drop > 0)
+            .map(|(i, c)| (c.drop, i))
+            .collect();
+        ranks.sort_unstable();
+        for (_, i) in ranks {
+            if total(&widths, &shown) <= limit {
+                break;
+            }
+            shown[i] = false;
+        }
+        for (i, c) in columns.iter().enumerate().filter(|(_, c)| c.min > 0) {
+            let excess = total(&widths, &shown).saturating_sub(limit);
+            widths[i] = widths[i].saturating_sub(excess).max(c.min.min(widths[i]));
+        }
+    }
+    let mut out = String::new();
+    let headers: Vec<String> = columns.iter().map(|c| c.header.to_owned()).collect();
+    for row in std::iter::once(&headers).chain(rows) {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate().filter(|(i, _)| shown[*i]) {
+            let (cell, w) = (fit(cell, widths[i]), widths[i]);
+            if !line.is_empty() {
+                line.push_str("  ");
+            }
+            let _ = if columns[i].right {
+                write!(line, "{cell:>w$}")
+            } else {
+                write!(line, "{cell:<w$}")
+            };
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn endpoint(address: &str, port: Option<u16>) -> String {
+    match port {
+        Some(p) if address.contains(':') => format!("[{address}]:{p}"),
+        Some(p) => format!("{address}:{p}"),
+        None => address.to_owned(),
+    }
+}
+
+fn protocol(f: &Flow) -> String {
+    match (f.icmp_type, f.icmp_code) {
+        (Some(t), Some(c)) => format!("{} {t}/{c}", f.protocol),
+        _ => f.protocol.clone(),
+    }
+}
+
+/// The flows view as text (`raw`: exact numbers; `verbose`: flow handles).
+#[must_use]
+pub fn flows_text(doc: &FlowsDoc, raw: bool, verbose: bool, width: Option<usize>) -> String {
+    let rates = doc.interval_s.is_some();
+    let mut columns = vec![
+        col("PID", true, 0, 0),
+        col("PROCESS", false, 0, 6),
+        col("PROTO", false, 0, 0),
+        col("DIR", false, 4, 0),
+        col("LOCAL", false, 0, 13),
+        col("REMOTE", false, 0, 14),
+        col("AGE", true, 3, 0),
+        col("IN", true, 0, 0),
+        col("OUT", true, 0, 0),
+    ];
+    if rates {
+        columns.extend([col("IN/s", true, 0, 0), col("OUT/s", true, 0, 0)]);
+    }
+    columns.extend([col("PKTS IN", true, 1, 0), col("PKTS OUT", true, 2, 0)]);
+    if verbose {
+        columns.push(col("HANDLE", false, 5, 0));
+    }
+    let rows: Vec<Vec<String>> = doc
+        .flows
+        .iter()
+        .map(|f| {
+            let mut row = vec![
+                f.pid.to_string(),
+                f.process.clone(),
+                protocol(f),
+                f.direction.to_owned(),
+                endpoint(&f.local_address, f.local_port),
+                endpoint(&f.remote_address, f.remote_port),
+                age(f.age_ms, raw),
+                bytes(f.bytes_in, raw),
+                bytes(f.bytes_out, raw),
+            ];
+            if rates {
+                row.push(rate(f.rate_in.unwrap_or(0.0), raw));
+                row.push(rate(f.rate_out.unwrap_or(0.0), raw));
+            }
+            row.extend([count(f.packets_in, raw), count(f.packets_out, raw)]);
+            if verbose {
+                row.push(f.flow_handle.clone());
+            }
+            row
+        })
+        .collect();
+    let mut out = table(&columns, &rows, width);
+    let t = &doc.totals;
+    let (bin, bout) = (bytes(t.bytes_in, raw), bytes(t.bytes_out, raw));
+    let _ = write!(
+        out,
+        "{} of {} matching flows ({} active); in {bin}, out {bout}",
+        doc.flows.len(),
+        doc.matched,
+        doc.active
+    );
+    if let (Some(rin), Some(rout)) = (t.rate_in, t.rate_out) {
+        let _ = write!(
+            out,
+            "; now {}/s in, {}/s out",
+            rate(rin, raw),
+            rate(rout, raw)
+        );
+    }
+    out.push('\n');
+    out
+}
+
+/// The `wfpmon.stats/1` document.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StatsDoc {
+    /// `wfpmon.stats/1`.
+    pub schema: &'static str,
+    /// RFC 3339 UTC time of the query.
+    pub timestamp: String,
+    /// Control-protocol version the driver answered with.
+    pub protocol_version: u32,
+    /// Whether traffic counting is on.
+    pub counting: bool,
+    /// Flows carrying a wfpmon context now.
+    pub flows_active: u64,
+    /// Flows tracked since the driver started.
+    pub flows_tracked: u64,
+    /// Flow contexts deleted.
+    pub flows_deleted: u64,
+    /// Flows left untracked for lack of memory.
+    pub allocation_failures: u64,
+    /// Flows left untracked because the association failed.
+    pub association_failures: u64,
+    /// Bytes received, all flows.
+    pub bytes_in: u64,
+    /// Bytes sent, all flows.
+    pub bytes_out: u64,
+    /// Packets received.
+    pub packets_in: u64,
+    /// Packets sent.
+    pub packets_out: u64,
+}
+
+impl StatsDoc {
+    /// The document of `s`.
+    #[must_use]
+    pub const fn new(s: &Stats, timestamp: String) -> Self {
+        Self {
+            schema: "wfpmon.stats/1",
+            timestamp,
+            protocol_version: s.header.version,
+            counting: s.counting_enabled != 0,
+            flows_active: s.flows_active,
+            flows_tracked: s.flows_tracked,
+            flows_deleted: s.flows_deleted,
+            allocation_failures: s.allocation_failures,
+            association_failures: s.association_failures,
+            bytes_in: s.bytes_inbound,
+            bytes_out: s.bytes_outbound,
+            packets_in: s.packets_inbound,
+            packets_out: s.packets_outbound,
+        }
+    }
+
+    /// As a two-column table.
+    #[must_use]
+    pub fn text(&self, raw: bool) -> String {
+        let b = |n: u64| bytes(n, raw);
+        let rows = [
+            (
+                "counting",
+                (if self.counting { "on" } else { "off" }).to_owned(),
+            ),
+            ("flows active", self.flows_active.to_string()),
+            ("flows tracked", self.flows_tracked.to_string()),
+            ("flows deleted", self.flows_deleted.to_string()),
+            ("allocation failures", self.allocation_failures.to_string()),
+            (
+                "association failures",
+                self.association_failures.to_string(),
+            ),
+            ("bytes in", b(self.bytes_in)),
+            ("bytes out", b(self.bytes_out)),
+            ("packets in", count(self.packets_in, raw)),
+            ("packets out", count(self.packets_out, raw)),
+        ]
+        .map(|(k, v)| vec![k.to_owned(), v]);
+        table(
+            &[col("STATISTIC", false, 0, 0), col("VALUE", true, 0, 0)],
+            &rows,
+            None,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::FlowsArgs;
+    use crate::flows::tests::entries;
+    use crate::flows::{Flow, Previous};
+
+    #[test]
+    fn units() {
+        assert_eq!(bytes(0, false), "0 B");
+        assert_eq!(bytes(1023, false), "1023 B");
+        assert_eq!(bytes(1536, false), "1.5 KiB");
+        assert_eq!(bytes(5 << 30, false), "5.0 GiB");
+        assert_eq!(bytes(u64::MAX, true), u64::MAX.to_string());
+        assert_eq!(rate(1536.4, false), "1.5 KiB");
+        assert_eq!(rate(1536.4, true), "1536");
+        assert_eq!(count(999, false), "999");
+        assert_eq!(count(12_345, false), "12.3k");
+        assert_eq!(count(u64::MAX, true), u64::MAX.to_string());
+        assert_eq!(age(1_500, false), "1.5s");
+        assert_eq!(age(123_000, false), "2m03s");
+        assert_eq!(age(3_723_000, false), "1h02m");
+        assert_eq!(age(2 * 86_400_000 + 3_600_000 * 3, false), "2d03h");
+        assert_eq!(age(1_500, true), "1500ms");
+    }
+
+    #[test]
+    fn table_alignment_and_elision() {
+        let cols = [col("A", false, 0, 3), col("NUM", true, 0, 0)];
+        let rows = vec![
+            vec!["xyz".into(), "1".into()],
+            vec!["q".into(), "100".into()],
+        ];
+        assert_eq!(table(&cols, &rows, None), "A    NUM\nxyz    1\nq    100\n");
+        assert_eq!(fit("[2001:db8::53]:443", 9), "[200…:443");
+    }
+
+    fn doc(width_rates: bool) -> FlowsDoc {
+        let mut prev = Previous::of(&[]);
+        prev.elapsed = 1.0;
+        let p = width_rates.then_some(&prev);
+        let flows = entries()
+            .iter()
+            .map(|e| Flow::new(e, "a-rather-long-process-name.exe".into(), p))
+            .collect();
+        FlowsDoc::new(
+            &FlowsArgs::default(),
+            "t".into(),
+            3,
+            flows,
+            width_rates.then_some(1.0),
+        )
+    }
+
+    #[test]
+    fn flows_text_shows_every_flow_with_process_and_endpoints() {
+        let text = flows_text(&doc(false), false, false, None);
+        let lines: Vec<_> = text.lines().collect();
+        assert!(
+            lines[0].starts_with("PID")
+                && lines[0].contains("PKTS OUT")
+                && !lines[0].contains("HANDLE")
+        );
+        assert!(lines.iter().any(
+            |l| l.contains("[2001:db8:1234:5678:9abc:def0:1234:5678]:53") && l.contains(" in ")
+        ));
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("icmp 8/0") && l.trim_start().starts_with("4 "))
+        );
+        assert!(lines[1].contains("a-rather-long-process-name.exe"));
+        assert_eq!(
+            lines.last().unwrap(),
+            &"3 of 3 matching flows (3 active); in 600 B, out 60 B"
+        );
+        assert!(flows_text(&doc(false), true, true, None).contains("0x0000000000001001"));
+    }
+
+    #[test]
+    fn flows_text_fits_narrow_terminals() {
+        for width in [80, 100, 120] {
+            for rates in [false, true] {
+                let text = flows_text(&doc(rates), false, true, Some(width));
+                let table: Vec<_> = text.lines().collect();
+                for line in &table[..table.len() - 1] {
+                    assert!(line.chars().count() <= width, "{width}: {line}");
+                }
+                assert!(
+                    table.iter().any(|l| l.contains(":53")),
+                    "ports survive elision:\n{text}"
+                );
+                assert!(table[0].contains("IN") && table[0].contains("PID"));
+                assert_eq!(table[0].contains("IN/s"), rates);
+            }
+        }
+        let wide = flows_text(&doc(true), false, true, Some(400));
+        assert!(
+            wide.contains("HANDLE") && wide.contains("PKTS IN"),
+            "nothing dropped when it fits"
+        );
+    }
+
+    #[test]
+    fn stats_document_and_text() {
+        let s = Stats {
+            counting_enabled: 1,
+            flows_active: 3,
+            bytes_inbound: 2048,
+            packets_outbound: 7,
+            ..Stats::default()
+        };
+        let d = StatsDoc::new(&s, "t".into());
+        let v = serde_json::to_value(&d).unwrap();
+        assert_eq!(
+            (
+                v["schema"].as_str(),
+                v["counting"].as_bool(),
+                v["bytes_in"].as_u64()
+            ),
+            (Some("wfpmon.stats/1"), Some(true), Some(2048))
+        );
+        let t = d.text(false);
+        assert!(
+            t.lines()
+                .any(|l| l.starts_with("bytes in") && l.ends_with("2.0 KiB")),
+            "{t}"
+        );
+        assert!(
+            d.text(true)
+                .lines()
+                .any(|l| l.starts_with("bytes in") && l.ends_with(" 2048"))
+        );
+    }
+}
