@@ -12,7 +12,7 @@ use crate::cli::{Cli, Command, FlowsArgs, Switch, Watch};
 use crate::device::{self, ControlDevice};
 use crate::engine::{self, FilterEngine};
 use crate::error::{Error, Kind};
-use crate::flows::{self, Flow, FlowsDoc, Previous};
+use crate::flows::{self, FlowRow, FlowsDoc, Previous};
 use crate::render::{self, StatsDoc};
 use crate::status::{Observed, StatusDoc};
 
@@ -36,20 +36,11 @@ pub trait System {
     /// The open control device.
     type Device: ControlDevice;
     /// Opens a session; a `dynamic` one deletes what it added when closed.
-    ///
-    /// # Errors
-    /// The classified failure.
     fn engine(&mut self, dynamic: bool) -> Result<Self::Engine, Error>;
     /// Opens the control device, for writing too when `write`.
-    ///
-    /// # Errors
-    /// The classified failure ([`Kind::DriverNotLoaded`] when absent).
     fn device(&mut self, write: bool) -> Result<Self::Device, Error>;
     /// State name of a service (`not_installed` or a
     /// [`crate::status::SERVICE_STATES`] name).
-    ///
-    /// # Errors
-    /// The classified failure of the service control manager.
     fn service_state(&mut self, name: &str) -> Result<&'static str, Error>;
     /// Image file name of a process, if it can be read.
     fn process_name(&mut self, pid: u64) -> Option<String>;
@@ -123,9 +114,6 @@ fn repeat<S: System>(
 }
 
 /// Runs `cli`; returns the exit code.
-///
-/// # Errors
-/// The failure to report (its kind is the exit code).
 pub fn run<S: System>(cli: &Cli, sys: &mut S, out: &mut dyn Write) -> Result<u8, Error> {
     let terminal = sys.terminal();
     match &cli.command {
@@ -195,8 +183,13 @@ pub fn run<S: System>(cli: &Cli, sys: &mut S, out: &mut dyn Write) -> Result<u8,
             let mut dev = sys.device(false)?;
             let clear = watch.watch.is_some() && !as_json && terminal.is_some_and(|t| t.vt);
             repeat(sys, out, *watch, clear, |sys| {
-                let doc = StatsDoc::new(&device::query_stats(&mut dev)?, timestamp(sys.now().0));
-                Ok(if *as_json { json(&doc) } else { doc.text(*raw) })
+                let stats = device::query_stats(&mut dev)?;
+                let doc = StatsDoc::new(&stats, timestamp(sys.now().0));
+                Ok(if *as_json {
+                    json(&doc)
+                } else {
+                    doc.text(&stats, *raw)
+                })
             })
         }
         Command::Flows(args) => flows(sys, out, args, terminal),
@@ -234,14 +227,14 @@ fn flows<S: System>(
             &*p
         });
         let mut names: HashMap<u64, String> = HashMap::new();
-        let all: Vec<Flow> = list
+        let all: Vec<FlowRow> = list
             .entries
             .iter()
             .map(|e| {
                 let name = names.entry(e.process_id).or_insert_with(|| {
                     flows::process_name(e.process_id, &mut |p| sys.process_name(p))
                 });
-                Flow::new(e, name.clone(), previous_ref)
+                FlowRow::new(e, name.clone(), previous_ref)
             })
             .collect();
         let interval = previous_ref.map(|p| p.elapsed);

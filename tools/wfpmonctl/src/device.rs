@@ -24,9 +24,6 @@ pub enum IoctlError {
 /// A synchronous `DeviceIoControl` on the control device.
 pub trait ControlDevice {
     /// Sends `code` with `input`; returns the bytes written to `output`.
-    ///
-    /// # Errors
-    /// [`IoctlError`].
     fn ioctl(&mut self, code: u32, input: &[u8], output: &mut [u8]) -> Result<usize, IoctlError>;
 }
 
@@ -69,9 +66,6 @@ fn call<D: ControlDevice>(
 }
 
 /// Reads the driver-wide statistics.
-///
-/// # Errors
-/// The classified `DeviceIoControl` failure, or [`Kind::ProtocolMismatch`].
 pub fn query_stats<D: ControlDevice>(device: &mut D) -> Result<Stats, Error> {
     const IOCTL: (u32, &str) = (
         protocol::IOCTL_WFPMON_QUERY_STATS,
@@ -88,9 +82,6 @@ pub fn query_stats<D: ControlDevice>(device: &mut D) -> Result<Stats, Error> {
 }
 
 /// Turns traffic counting on or off.
-///
-/// # Errors
-/// The classified `DeviceIoControl` failure.
 pub fn set_counting<D: ControlDevice>(device: &mut D, enable: bool) -> Result<(), Error> {
     const IOCTL: (u32, &str) = (
         protocol::IOCTL_WFPMON_SET_COUNTING,
@@ -120,10 +111,6 @@ pub struct FlowList {
 /// When the driver answers `ERROR_MORE_DATA` with the size that would hold
 /// them all, the buffer grows to that size (plus slack) and the call is
 /// repeated, at most four times in all.
-///
-/// # Errors
-/// The classified `DeviceIoControl` failure, or [`Kind::ProtocolMismatch`]
-/// when a response does not decode.
 pub fn list_flows<D: ControlDevice>(device: &mut D) -> Result<FlowList, Error> {
     const IOCTL: (u32, &str) = (protocol::IOCTL_WFPMON_LIST_FLOWS, "IOCTL_WFPMON_LIST_FLOWS");
     let request = ListFlowsRequest::new(0).to_bytes();
@@ -152,7 +139,7 @@ pub fn list_flows<D: ControlDevice>(device: &mut D) -> Result<FlowList, Error> {
 }
 
 #[cfg(test)]
-pub(crate) mod sim {
+pub mod sim {
     //! A simulated driver: validates every request with the driver's own
     //! `parse_request` and answers as the protocol specifies.
 

@@ -10,24 +10,12 @@ use crate::plan::Object;
 /// The filter-engine operations the tool needs, on one session.
 pub trait FilterEngine {
     /// `FwpmTransactionBegin0` / `Commit0` / `Abort0`.
-    ///
-    /// # Errors
-    /// The engine's status code.
     fn transaction(&mut self, op: Transaction) -> Result<(), SystemCode>;
     /// `Fwpm{Provider,SubLayer,Callout,Filter}Add0`.
-    ///
-    /// # Errors
-    /// The engine's status code.
     fn add(&mut self, object: Object, persistent: bool) -> Result<(), SystemCode>;
     /// `Fwpm*DeleteByKey0`.
-    ///
-    /// # Errors
-    /// The engine's status code (including the `FWP_E_*_NOT_FOUND` codes).
     fn delete(&mut self, object: Object) -> Result<(), SystemCode>;
     /// `Fwpm*GetByKey0`: the object's flags, `None` when it does not exist.
-    ///
-    /// # Errors
-    /// The engine's status code for anything but "not found".
     fn flags(&mut self, object: Object) -> Result<Option<u32>, SystemCode>;
 }
 
@@ -75,10 +63,6 @@ fn in_transaction<E: FilterEngine, T>(
 }
 
 /// Adds every object in one transaction; returns them in the order added.
-///
-/// # Errors
-/// [`Kind::AlreadyInstalled`] when an object exists, otherwise the
-/// classified failure of the first call that failed; nothing is changed.
 pub fn install<E: FilterEngine>(engine: &mut E, persistent: bool) -> Result<Vec<Object>, Error> {
     in_transaction(engine, |engine| {
         let order = Object::add_order();
@@ -112,10 +96,6 @@ pub struct Uninstalled {
 
 /// Deletes every object in reverse add order, in one transaction; absent
 /// objects are skipped, so it can run any time.
-///
-/// # Errors
-/// The classified failure of a delete that failed for another reason (e.g.
-/// `FWP_E_IN_USE`: a foreign filter references a callout); nothing is deleted.
 pub fn uninstall<E: FilterEngine>(engine: &mut E) -> Result<Uninstalled, Error> {
     in_transaction(engine, |engine| {
         let mut report = Uninstalled::default();
@@ -140,9 +120,6 @@ pub fn uninstall<E: FilterEngine>(engine: &mut E) -> Result<Uninstalled, Error> 
 }
 
 /// The flags of every object (`None`: absent), in add order.
-///
-/// # Errors
-/// The classified failure of the first query that failed.
 pub fn query<E: FilterEngine>(engine: &mut E) -> Result<Vec<(Object, Option<u32>)>, Error> {
     Object::add_order()
         .into_iter()
@@ -156,7 +133,7 @@ pub fn query<E: FilterEngine>(engine: &mut E) -> Result<Vec<(Object, Option<u32>
 }
 
 #[cfg(test)]
-pub(crate) mod fake {
+pub mod fake {
     //! An in-memory engine with BFE's rules for what this tool does:
     //! transactions, duplicate keys, references, lifetimes.
 

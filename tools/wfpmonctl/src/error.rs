@@ -6,66 +6,70 @@ use windows_sys::Win32::Foundation::{
     E_ACCESSDENIED, ERROR_ACCESS_DENIED, ERROR_ARITHMETIC_OVERFLOW, ERROR_FILE_NOT_FOUND,
     ERROR_INSUFFICIENT_BUFFER, ERROR_INVALID_FUNCTION, ERROR_INVALID_PARAMETER,
     ERROR_INVALID_USER_BUFFER, ERROR_NO_SUCH_DEVICE, ERROR_PATH_NOT_FOUND, ERROR_REVISION_MISMATCH,
-    FWP_E_ALREADY_EXISTS, FWP_E_CALLOUT_NOT_FOUND, FWP_E_FILTER_NOT_FOUND, FWP_E_NOT_FOUND,
-    FWP_E_PROVIDER_NOT_FOUND, FWP_E_SUBLAYER_NOT_FOUND,
+    FWP_E_ALREADY_EXISTS,
 };
 use windows_sys::Win32::System::Rpc::{EPT_S_NOT_REGISTERED, RPC_S_SERVER_UNAVAILABLE};
 
-/// Kind of failure; the discriminant is the process exit code.
+/// Kind of failure; the discriminant is the process exit code, described
+/// in [`EXIT_CODES`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum Kind {
-    /// Any other failure.
     Other = 1,
-    /// A usage error (clap's code).
     Usage = 2,
-    /// Not elevated, or access denied.
     NotElevated = 3,
-    /// The Base Filtering Engine is not running.
     BfeNotRunning = 4,
-    /// The driver is not loaded (no control device).
     DriverNotLoaded = 5,
-    /// wfpmon's filter-engine objects already exist.
     AlreadyInstalled = 6,
-    /// Driver and tool speak different control protocols.
     ProtocolMismatch = 7,
-    /// `status --check`: monitoring is not fully active.
     Inactive = 8,
 }
 
-/// The exit codes and what they mean: the one table the help text, the
-/// README and the tests are checked against.
-pub const EXIT_CODES: [(Kind, &str); 8] = [
+/// Every exit code: its meaning (for `--help`) and the remedy appended to
+/// the messages of failures of that kind.
+pub const EXIT_CODES: [(Kind, &str, &str); 8] = [
     (
         Kind::Other,
         "any other failure (the Windows code is printed)",
+        "",
     ),
-    (Kind::Usage, "usage error"),
-    (Kind::NotElevated, "not elevated / access denied"),
+    (Kind::Usage, "usage error", ""),
+    (
+        Kind::NotElevated,
+        "not elevated / access denied",
+        "run it from an elevated prompt",
+    ),
     (
         Kind::BfeNotRunning,
         "the Base Filtering Engine is not running",
+        "`sc.exe start bfe`",
     ),
-    (Kind::DriverNotLoaded, "the wfpmon driver is not loaded"),
+    (
+        Kind::DriverNotLoaded,
+        "the wfpmon driver is not loaded",
+        "`sc.exe start wfpmon`",
+    ),
     (
         Kind::AlreadyInstalled,
-        "wfpmon's filter-engine objects are already installed",
+        "wfpmon's objects are already installed",
+        "`wfpmonctl uninstall` first",
     ),
     (
         Kind::ProtocolMismatch,
-        "the driver speaks another control-protocol version",
+        "the driver speaks another protocol version",
+        "driver and tool differ",
     ),
     (
         Kind::Inactive,
         "status --check: monitoring is not fully active",
+        "",
     ),
 ];
 
 /// The "Exit codes:" section of `--help`.
-#[must_use]
 pub fn exit_codes_help() -> String {
     let mut text = String::from("Exit codes:\n  0  success\n");
-    for (kind, meaning) in EXIT_CODES {
+    for (kind, meaning, _) in EXIT_CODES {
         let _ = writeln!(text, "  {}  {meaning}", kind as u8);
     }
     text
@@ -74,7 +78,6 @@ pub fn exit_codes_help() -> String {
 /// A status code returned by a Windows API.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SystemCode {
-    /// A Win32 error code.
     Win32(u32),
     /// An HRESULT that is not a wrapped Win32 code (e.g. `FWP_E_*`).
     HResult(i32),
@@ -83,7 +86,6 @@ pub enum SystemCode {
 impl SystemCode {
     /// Classifies the `DWORD` an `Fwpm*` function returned: an HRESULT when
     /// its top bit is set (unwrapping `HRESULT_FROM_WIN32`), else Win32.
-    #[must_use]
     pub const fn from_dword(value: u32) -> Self {
         if value & 0xFFFF_0000 == 0x8007_0000 {
             Self::Win32(value & 0xFFFF)
@@ -95,16 +97,16 @@ impl SystemCode {
     }
 
     /// Whether an `Fwpm*ByKey0` failure means "no such object".
-    #[must_use]
     pub const fn is_not_found(self) -> bool {
+        use windows_sys::Win32::Foundation as f;
         matches!(
             self,
             Self::HResult(
-                FWP_E_CALLOUT_NOT_FOUND
-                    | FWP_E_FILTER_NOT_FOUND
-                    | FWP_E_PROVIDER_NOT_FOUND
-                    | FWP_E_SUBLAYER_NOT_FOUND
-                    | FWP_E_NOT_FOUND
+                f::FWP_E_CALLOUT_NOT_FOUND
+                    | f::FWP_E_FILTER_NOT_FOUND
+                    | f::FWP_E_PROVIDER_NOT_FOUND
+                    | f::FWP_E_SUBLAYER_NOT_FOUND
+                    | f::FWP_E_NOT_FOUND
             )
         )
     }
@@ -123,44 +125,31 @@ impl fmt::Display for SystemCode {
 /// different things in different steps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Step {
-    /// A filter-engine call (`FwpmEngineOpen0`, transactions, objects).
     Engine,
-    /// An `Fwpm*Add0` call.
     Add,
-    /// `CreateFileW` on the control device.
     OpenDevice,
-    /// `DeviceIoControl` on the control device.
     DeviceControl,
-    /// A service-control-manager call.
     ServiceControl,
 }
 
 /// Maps a failed call to the kind of failure it reveals.
-#[must_use]
 pub const fn classify(step: Step, code: SystemCode) -> Kind {
-    const BFE_DOWN: [u32; 2] = [
-        EPT_S_NOT_REGISTERED.cast_unsigned(),
-        RPC_S_SERVER_UNAVAILABLE.cast_unsigned(),
-    ];
+    const EPT: u32 = EPT_S_NOT_REGISTERED.cast_unsigned();
+    const RPC: u32 = RPC_S_SERVER_UNAVAILABLE.cast_unsigned();
+    use SystemCode::Win32;
     match (step, code) {
-        (_, SystemCode::Win32(ERROR_ACCESS_DENIED) | SystemCode::HResult(E_ACCESSDENIED)) => {
-            Kind::NotElevated
-        }
-        (Step::Engine | Step::Add, SystemCode::Win32(c))
-            if c == BFE_DOWN[0] || c == BFE_DOWN[1] =>
-        {
-            Kind::BfeNotRunning
-        }
+        (_, Win32(ERROR_ACCESS_DENIED) | SystemCode::HResult(E_ACCESSDENIED)) => Kind::NotElevated,
+        (Step::Engine | Step::Add, Win32(EPT | RPC)) => Kind::BfeNotRunning,
         (Step::Add, SystemCode::HResult(FWP_E_ALREADY_EXISTS)) => Kind::AlreadyInstalled,
         (
             Step::OpenDevice,
-            SystemCode::Win32(ERROR_FILE_NOT_FOUND | ERROR_PATH_NOT_FOUND | ERROR_NO_SUCH_DEVICE),
+            Win32(ERROR_FILE_NOT_FOUND | ERROR_PATH_NOT_FOUND | ERROR_NO_SUCH_DEVICE),
         ) => Kind::DriverNotLoaded,
         // The driver refused a request encoded with the shared protocol
         // definitions: its idea of the protocol differs.
         (
             Step::DeviceControl,
-            SystemCode::Win32(
+            Win32(
                 ERROR_INVALID_FUNCTION
                 | ERROR_INVALID_PARAMETER
                 | ERROR_INSUFFICIENT_BUFFER
@@ -177,17 +166,12 @@ pub const fn classify(step: Step, code: SystemCode) -> Kind {
 /// says what to do, and the Windows code behind it when there is one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Error {
-    /// Kind of failure.
     pub kind: Kind,
-    /// Explanation.
     pub message: String,
-    /// The Windows status code, when a Windows call failed.
     pub system: Option<SystemCode>,
 }
 
 impl Error {
-    /// A failure without a Windows code.
-    #[must_use]
     pub fn new(kind: Kind, message: impl Into<String>) -> Self {
         Self {
             kind,
@@ -196,32 +180,23 @@ impl Error {
         }
     }
 
-    /// `what` failed with `code` during `step`; the message gains the remedy
-    /// of the kind [`classify`] gives.
-    #[must_use]
+    /// `what` failed with `code` during `step`; the message gains the
+    /// remedy of the kind [`classify`] gives.
     pub fn system(step: Step, code: SystemCode, what: &str) -> Self {
         let kind = classify(step, code);
-        let hint = match kind {
-            Kind::NotElevated => "; run wfpmonctl from an elevated (administrator) prompt",
-            Kind::BfeNotRunning => "; the Base Filtering Engine is not running (`sc start bfe`)",
-            Kind::DriverNotLoaded => "; the wfpmon driver is not loaded (`sc start wfpmon`)",
-            Kind::AlreadyInstalled => {
-                "; wfpmon's objects are already installed (run `wfpmonctl uninstall` first)"
-            }
-            Kind::ProtocolMismatch => {
-                "; driver and wfpmonctl come from different builds (control protocol)"
-            }
-            Kind::Usage | Kind::Other | Kind::Inactive => "",
+        let (_, meaning, remedy) = EXIT_CODES[kind as usize - 1];
+        let message = if remedy.is_empty() {
+            format!("{what} failed")
+        } else {
+            format!("{what} failed: {meaning} ({remedy})")
         };
         Self {
             kind,
-            message: format!("{what} failed{hint}"),
+            message,
             system: Some(code),
         }
     }
 
-    /// The process exit code.
-    #[must_use]
     pub const fn exit_code(&self) -> u8 {
         self.kind as u8
     }
@@ -230,10 +205,7 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.message)?;
-        if let Some(code) = self.system {
-            write!(f, " [{code}]")?;
-        }
-        Ok(())
+        self.system.map_or(Ok(()), |code| write!(f, " [{code}]"))
     }
 }
 
@@ -243,16 +215,19 @@ impl std::error::Error for Error {}
 mod tests {
     use super::*;
     use std::collections::HashSet;
-    use windows_sys::Win32::Foundation::FWP_E_IN_USE;
+    use windows_sys::Win32::Foundation::{FWP_E_FILTER_NOT_FOUND, FWP_E_IN_USE};
 
     #[test]
     fn exit_codes_are_distinct_and_in_the_help() {
-        let codes: HashSet<u8> = EXIT_CODES.iter().map(|(k, _)| *k as u8).collect();
+        let codes: HashSet<u8> = EXIT_CODES.iter().map(|(k, _, _)| *k as u8).collect();
+        for (i, (kind, _, _)) in EXIT_CODES.iter().enumerate() {
+            assert_eq!(*kind as usize, i + 1, "the table is indexed by code");
+        }
         assert_eq!(codes.len(), EXIT_CODES.len());
         assert!(!codes.contains(&0));
         assert_eq!(Kind::Usage as u8, 2, "clap's usage-error code");
         let help = exit_codes_help();
-        for (kind, meaning) in EXIT_CODES {
+        for (kind, meaning, _) in EXIT_CODES {
             assert!(
                 help.contains(&format!("\n  {}  {meaning}\n", kind as u8)),
                 "{help}"
@@ -319,7 +294,10 @@ mod tests {
         );
         assert_eq!(e.exit_code(), 6);
         let text = e.to_string();
-        assert!(text.starts_with("FwpmProviderAdd0 failed; "), "{text}");
+        assert!(
+            text.starts_with("FwpmProviderAdd0 failed: wfpmon's objects are already installed"),
+            "{text}"
+        );
         assert!(
             text.contains("uninstall") && text.ends_with("[HRESULT 0x80320009]"),
             "{text}"

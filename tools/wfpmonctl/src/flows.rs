@@ -21,7 +21,6 @@ use crate::cli::{Direction, Filter, FlowsArgs, SortKey};
 pub const PROTOCOLS: [(u8, &str); 4] = [(1, "icmp"), (6, "tcp"), (17, "udp"), (58, "icmpv6")];
 
 /// Name of an IP protocol number, or the number.
-#[must_use]
 pub fn protocol_name(p: u8) -> String {
     PROTOCOLS
         .iter()
@@ -30,9 +29,6 @@ pub fn protocol_name(p: u8) -> String {
 }
 
 /// Parses `--proto`: a name of [`PROTOCOLS`] or a number.
-///
-/// # Errors
-/// A message for clap.
 pub fn protocol_number(text: &str) -> Result<u8, String> {
     PROTOCOLS
         .iter()
@@ -57,7 +53,6 @@ pub struct Previous {
 
 impl Previous {
     /// The counters of `entries`, to compare the next snapshot with.
-    #[must_use]
     pub fn of(entries: &[FlowEntry]) -> Self {
         Self {
             elapsed: 0.0,
@@ -71,61 +66,40 @@ impl Previous {
 
 /// One flow as shown.
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Flow {
-    /// The filter engine's flow handle, `0x` + 16 hex digits.
+pub struct FlowRow {
     pub flow_handle: String,
-    /// Process id.
     pub pid: u64,
-    /// Image name, `System`, `Idle`, or `?` when it cannot be resolved.
     pub process: String,
-    /// `tcp`, `udp`, `icmp`, `icmpv6` or the number.
     pub protocol: String,
-    /// IP protocol number.
     pub ip_protocol: u8,
-    /// `ipv4` or `ipv6`.
     pub family: &'static str,
-    /// `in` or `out`.
     pub direction: &'static str,
-    /// Local address.
     pub local_address: String,
-    /// Remote address.
     pub remote_address: String,
-    /// Local port (not for ICMP).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub local_port: Option<u16>,
-    /// Remote port (not for ICMP).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub remote_port: Option<u16>,
-    /// ICMP type (ICMP only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub icmp_type: Option<u16>,
-    /// ICMP code (ICMP only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub icmp_code: Option<u16>,
-    /// Milliseconds since the flow was established.
     pub age_ms: u64,
-    /// Bytes received.
     pub bytes_in: u64,
-    /// Bytes sent.
     pub bytes_out: u64,
-    /// Packets received.
     pub packets_in: u64,
-    /// Packets sent.
     pub packets_out: u64,
-    /// Bytes per second received since the previous refresh (watch only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_in: Option<f64>,
-    /// Bytes per second sent since the previous refresh (watch only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_out: Option<f64>,
 }
 
-fn address(family: Option<AddressFamily>, bytes: &[u8; 16]) -> String {
-    match family {
-        Some(AddressFamily::V4) => {
-            Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]).to_string()
-        }
-        _ => Ipv6Addr::from(*bytes).to_string(),
+fn address(v4: bool, bytes: &[u8; 16]) -> String {
+    if v4 {
+        Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]).to_string()
+    } else {
+        Ipv6Addr::from(*bytes).to_string()
     }
 }
 
@@ -139,12 +113,11 @@ pub fn process_name(pid: u64, resolve: &mut impl FnMut(u64) -> Option<String>) -
     }
 }
 
-impl Flow {
+impl FlowRow {
     /// The view of `e`, with its rates when `previous` is known: counters
     /// of a flow absent from it all arrived since then.
-    #[must_use]
     pub fn new(e: &FlowEntry, process: String, previous: Option<&Previous>) -> Self {
-        let family = AddressFamily::from_af(e.address_family);
+        let v4 = AddressFamily::from_af(e.address_family) == Some(AddressFamily::V4);
         let icmp = is_icmp(e.ip_protocol);
         #[allow(clippy::cast_precision_loss)] // a rate: 52 bits are plenty
         let rate = |now: u64, before: u64, p: &Previous| {
@@ -163,14 +136,10 @@ impl Flow {
             process,
             protocol: protocol_name(e.ip_protocol),
             ip_protocol: e.ip_protocol,
-            family: if family == Some(AddressFamily::V4) {
-                "ipv4"
-            } else {
-                "ipv6"
-            },
+            family: if v4 { "ipv4" } else { "ipv6" },
             direction: if e.direction == 1 { "in" } else { "out" },
-            local_address: address(family, &e.local_address),
-            remote_address: address(family, &e.remote_address),
+            local_address: address(v4, &e.local_address),
+            remote_address: address(v4, &e.remote_address),
             local_port: (!icmp).then_some(e.local_port),
             remote_port: (!icmp).then_some(e.remote_port),
             icmp_type: icmp.then_some(e.local_port),
@@ -192,42 +161,30 @@ impl Flow {
 
 impl Filter {
     /// Whether `f` passes every filter given.
-    #[must_use]
-    pub fn matches(&self, f: &Flow) -> bool {
-        let family = self
-            .family
-            .as_deref()
-            .map(|v| if v == "4" { "ipv4" } else { "ipv6" });
-        let direction = self
-            .direction
-            .map(|d| if d == Direction::In { "in" } else { "out" });
+    pub fn matches(&self, f: &FlowRow) -> bool {
         let name = self.process.as_deref().map(str::to_lowercase);
         self.pid.is_none_or(|p| p == f.pid)
             && name.is_none_or(|n| f.process.to_lowercase().contains(&n))
             && self.protocol.is_none_or(|p| p == f.ip_protocol)
             && self
                 .port
-                .is_none_or(|p| f.local_port == Some(p) || f.remote_port == Some(p))
-            && family.is_none_or(|v| v == f.family)
-            && direction.is_none_or(|d| d == f.direction)
+                .is_none_or(|p| [f.local_port, f.remote_port].contains(&Some(p)))
+            && self.family.as_deref().is_none_or(|v| f.family.ends_with(v))
+            && self
+                .direction
+                .is_none_or(|d| (d == Direction::In) == (f.direction == "in"))
     }
 }
 
 /// Totals of the listed flows.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Totals {
-    /// Bytes received.
     pub bytes_in: u64,
-    /// Bytes sent.
     pub bytes_out: u64,
-    /// Packets received.
     pub packets_in: u64,
-    /// Packets sent.
     pub packets_out: u64,
-    /// Bytes per second received (watch only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_in: Option<f64>,
-    /// Bytes per second sent (watch only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_out: Option<f64>,
 }
@@ -235,49 +192,39 @@ pub struct Totals {
 /// The `wfpmon.flows/1` document.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct FlowsDoc {
-    /// `wfpmon.flows/1`.
     pub schema: &'static str,
-    /// RFC 3339 UTC time of the snapshot.
     pub timestamp: String,
-    /// Seconds since the previous snapshot (watch only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub interval_s: Option<f64>,
-    /// Active flows in the driver.
     pub active: u32,
-    /// Flows passing the filters.
     pub matched: usize,
-    /// Totals over the matched flows.
     pub totals: Totals,
-    /// The matched flows, sorted, at most `--top`.
-    pub flows: Vec<Flow>,
+    pub flows: Vec<FlowRow>,
 }
 
 impl FlowsDoc {
     /// Filters, totals, sorts and cuts `all` as `args` say.
-    #[must_use]
     pub fn new(
         args: &FlowsArgs,
         timestamp: String,
         active: u32,
-        all: Vec<Flow>,
+        all: Vec<FlowRow>,
         interval: Option<f64>,
     ) -> Self {
-        let mut flows: Vec<Flow> = all.into_iter().filter(|f| args.filter.matches(f)).collect();
-        let mut totals = Totals::default();
-        for f in &flows {
-            totals.bytes_in += f.bytes_in;
-            totals.bytes_out += f.bytes_out;
-            totals.packets_in += f.packets_in;
-            totals.packets_out += f.packets_out;
-            if interval.is_some() {
-                totals.rate_in = Some(totals.rate_in.unwrap_or(0.0) + f.rate_in.unwrap_or(0.0));
-                totals.rate_out = Some(totals.rate_out.unwrap_or(0.0) + f.rate_out.unwrap_or(0.0));
-            }
-        }
-        if interval.is_some() && flows.is_empty() {
-            (totals.rate_in, totals.rate_out) = (Some(0.0), Some(0.0));
-        }
-        let bytes = |f: &Flow| f.bytes_in + f.bytes_out;
+        let mut flows: Vec<FlowRow> = all.into_iter().filter(|f| args.filter.matches(f)).collect();
+        let sum = |field: fn(&FlowRow) -> u64| flows.iter().map(field).sum();
+        let rate = |field: fn(&FlowRow) -> Option<f64>| {
+            interval.map(|_| flows.iter().filter_map(field).sum())
+        };
+        let totals = Totals {
+            bytes_in: sum(|f| f.bytes_in),
+            bytes_out: sum(|f| f.bytes_out),
+            packets_in: sum(|f| f.packets_in),
+            packets_out: sum(|f| f.packets_out),
+            rate_in: rate(|f| f.rate_in),
+            rate_out: rate(|f| f.rate_out),
+        };
+        let bytes = |f: &FlowRow| f.bytes_in + f.bytes_out;
         match args.sort {
             SortKey::Bytes => flows.sort_by_key(|f| std::cmp::Reverse(bytes(f))),
             SortKey::Rate => {
@@ -302,7 +249,7 @@ impl FlowsDoc {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+pub mod tests {
     use super::*;
     use crate::device::sim::flow;
 
@@ -326,10 +273,10 @@ pub(crate) mod tests {
         vec![flow(1), udp6, icmp]
     }
 
-    fn flows(previous: Option<&Previous>) -> Vec<Flow> {
+    fn flows(previous: Option<&Previous>) -> Vec<FlowRow> {
         entries()
             .iter()
-            .map(|e| Flow::new(e, format!("p{}.exe", e.process_id), previous))
+            .map(|e| FlowRow::new(e, format!("p{}.exe", e.process_id), previous))
             .collect()
     }
 

@@ -48,7 +48,6 @@ pub enum Object {
 impl Object {
     /// Every object, in the order `install` adds them (a referenced object
     /// before the objects referencing it); `uninstall` uses the reverse.
-    #[must_use]
     pub fn add_order() -> Vec<Self> {
         let mut all = vec![Self::Provider, Self::Sublayer];
         all.extend((0..CALLOUT_COUNT).map(Self::Callout));
@@ -57,7 +56,6 @@ impl Object {
     }
 
     /// Lower-case noun, for messages.
-    #[must_use]
     pub const fn noun(self) -> &'static str {
         match self {
             Self::Provider => "provider",
@@ -68,7 +66,6 @@ impl Object {
     }
 
     /// The object's key.
-    #[must_use]
     pub const fn key(self) -> Guid {
         match self {
             Self::Provider => catalog::PROVIDER_KEY,
@@ -79,7 +76,6 @@ impl Object {
     }
 
     /// `displayData.name`.
-    #[must_use]
     pub fn name(self) -> String {
         match self {
             Self::Provider => "wfpmon".to_owned(),
@@ -90,7 +86,6 @@ impl Object {
     }
 
     /// `displayData.description`.
-    #[must_use]
     pub fn description(self) -> String {
         match self {
             Self::Provider => {
@@ -103,7 +98,6 @@ impl Object {
     }
 
     /// The management layer of a callout or filter (`applicableLayer`, `layerKey`).
-    #[must_use]
     pub const fn layer(self) -> Option<Guid> {
         match self {
             Self::Callout(i) | Self::Filter(i) => Some(CALLOUTS[i].management_layer),
@@ -112,7 +106,6 @@ impl Object {
     }
 
     /// The flags to add the object with.
-    #[must_use]
     pub const fn flags(self, persistent: bool) -> u32 {
         if !persistent {
             return 0;

@@ -1,17 +1,17 @@
 //! Text output: human units, tables that fit the terminal, the flows and
 //! statistics views.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde::Serialize;
 use wfpmon_core::protocol::Stats;
 
-use crate::flows::{Flow, FlowsDoc};
+use crate::flows::{FlowRow, FlowsDoc};
 
 const IEC: [&str; 6] = [" B", " KiB", " MiB", " GiB", " TiB", " PiB"];
 
 /// `n` bytes in IEC units (`512 B`, `1.5 KiB`), or exact with `raw`.
-#[must_use]
 pub fn bytes(n: u64, raw: bool) -> String {
     #[allow(clippy::cast_precision_loss)] // display only
     if raw {
@@ -22,7 +22,6 @@ pub fn bytes(n: u64, raw: bool) -> String {
 }
 
 /// A rate in bytes per second, in IEC units (whole bytes with `raw`).
-#[must_use]
 pub fn rate(n: f64, raw: bool) -> String {
     if raw {
         format!("{n:.0}")
@@ -32,7 +31,6 @@ pub fn rate(n: f64, raw: bool) -> String {
 }
 
 /// A count in SI units (`999`, `12.3k`), or exact with `raw`.
-#[must_use]
 pub fn count(n: u64, raw: bool) -> String {
     #[allow(clippy::cast_precision_loss)] // display only
     if raw {
@@ -55,7 +53,6 @@ fn scaled(mut n: f64, base: f64, units: &[&str]) -> String {
 }
 
 /// Milliseconds as `2d03h`, `1h02m`, `2m03s` or `3.4s`; exact with `raw`.
-#[must_use]
 pub fn age(ms: u64, raw: bool) -> String {
     let s = ms / 1000;
     let (d, h, m, sec) = (s / 86_400, (s / 3600) % 24, (s / 60) % 60, s % 60);
@@ -107,7 +104,6 @@ fn fit(cell: &str, width: usize) -> String {
 
 /// Lays out `rows` under `columns`; with a `width`, drops and shrinks
 /// columns (see [`Column`]) until every line fits, if it can.
-#[must_use]
 pub fn table(columns: &[Column], rows: &[Vec<String>], width: Option<usize>) -> String {
     let mut widths: Vec<usize> = columns.iter().map(|c| c.header.chars().count()).collect();
     for row in rows {
@@ -172,7 +168,7 @@ fn endpoint(address: &str, port: Option<u16>) -> String {
     }
 }
 
-fn protocol(f: &Flow) -> String {
+fn protocol(f: &FlowRow) -> String {
     match (f.icmp_type, f.icmp_code) {
         (Some(t), Some(c)) => format!("{} {t}/{c}", f.protocol),
         _ => f.protocol.clone(),
@@ -180,7 +176,6 @@ fn protocol(f: &Flow) -> String {
 }
 
 /// The flows view as text (`raw`: exact numbers; `verbose`: flow handles).
-#[must_use]
 pub fn flows_text(doc: &FlowsDoc, raw: bool, verbose: bool, width: Option<usize>) -> String {
     let rates = doc.interval_s.is_some();
     let mut columns = vec![
@@ -249,81 +244,58 @@ pub fn flows_text(doc: &FlowsDoc, raw: bool, verbose: bool, width: Option<usize>
     out
 }
 
-/// The `wfpmon.stats/1` document.
+/// The `wfpmon.stats/1` document: schema, time, and every counter of
+/// [`Stats`] under the name [`counters`] gives it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct StatsDoc {
-    /// `wfpmon.stats/1`.
     pub schema: &'static str,
-    /// RFC 3339 UTC time of the query.
     pub timestamp: String,
-    /// Control-protocol version the driver answered with.
     pub protocol_version: u32,
-    /// Whether traffic counting is on.
     pub counting: bool,
-    /// Flows carrying a wfpmon context now.
-    pub flows_active: u64,
-    /// Flows tracked since the driver started.
-    pub flows_tracked: u64,
-    /// Flow contexts deleted.
-    pub flows_deleted: u64,
-    /// Flows left untracked for lack of memory.
-    pub allocation_failures: u64,
-    /// Flows left untracked because the association failed.
-    pub association_failures: u64,
-    /// Bytes received, all flows.
-    pub bytes_in: u64,
-    /// Bytes sent, all flows.
-    pub bytes_out: u64,
-    /// Packets received.
-    pub packets_in: u64,
-    /// Packets sent.
-    pub packets_out: u64,
+    #[serde(flatten)]
+    pub counters: BTreeMap<&'static str, u64>,
+}
+
+/// The counters of [`Stats`] by name: the one list JSON and text share.
+pub const fn counters(s: &Stats) -> [(&'static str, u64); 9] {
+    [
+        ("flows_active", s.flows_active),
+        ("flows_tracked", s.flows_tracked),
+        ("flows_deleted", s.flows_deleted),
+        ("allocation_failures", s.allocation_failures),
+        ("association_failures", s.association_failures),
+        ("bytes_in", s.bytes_inbound),
+        ("bytes_out", s.bytes_outbound),
+        ("packets_in", s.packets_inbound),
+        ("packets_out", s.packets_outbound),
+    ]
 }
 
 impl StatsDoc {
-    /// The document of `s`.
-    #[must_use]
-    pub const fn new(s: &Stats, timestamp: String) -> Self {
+    pub fn new(s: &Stats, timestamp: String) -> Self {
         Self {
             schema: "wfpmon.stats/1",
             timestamp,
             protocol_version: s.header.version,
             counting: s.counting_enabled != 0,
-            flows_active: s.flows_active,
-            flows_tracked: s.flows_tracked,
-            flows_deleted: s.flows_deleted,
-            allocation_failures: s.allocation_failures,
-            association_failures: s.association_failures,
-            bytes_in: s.bytes_inbound,
-            bytes_out: s.bytes_outbound,
-            packets_in: s.packets_inbound,
-            packets_out: s.packets_outbound,
+            counters: counters(s).into_iter().collect(),
         }
     }
 
-    /// As a two-column table.
-    #[must_use]
-    pub fn text(&self, raw: bool) -> String {
-        let b = |n: u64| bytes(n, raw);
-        let rows = [
-            (
-                "counting",
-                (if self.counting { "on" } else { "off" }).to_owned(),
-            ),
-            ("flows active", self.flows_active.to_string()),
-            ("flows tracked", self.flows_tracked.to_string()),
-            ("flows deleted", self.flows_deleted.to_string()),
-            ("allocation failures", self.allocation_failures.to_string()),
-            (
-                "association failures",
-                self.association_failures.to_string(),
-            ),
-            ("bytes in", b(self.bytes_in)),
-            ("bytes out", b(self.bytes_out)),
-            ("packets in", count(self.packets_in, raw)),
-            ("packets out", count(self.packets_out, raw)),
-        ]
-        .map(|(k, v)| vec![k.to_owned(), v]);
+    /// As a two-column table, in [`counters`] order.
+    pub fn text(&self, s: &Stats, raw: bool) -> String {
+        let mut rows = vec![vec![
+            "counting".to_owned(),
+            (if self.counting { "on" } else { "off" }).to_owned(),
+        ]];
+        for (name, n) in counters(s) {
+            let value = match name.split('_').next() {
+                Some("bytes") => bytes(n, raw),
+                Some("packets") => count(n, raw),
+                _ => n.to_string(),
+            };
+            rows.push(vec![name.replace('_', " "), value]);
+        }
         table(
             &[col("STATISTIC", false, 0, 0), col("VALUE", true, 0, 0)],
             &rows,
@@ -337,7 +309,7 @@ mod tests {
     use super::*;
     use crate::cli::FlowsArgs;
     use crate::flows::tests::entries;
-    use crate::flows::{Flow, Previous};
+    use crate::flows::{FlowRow, Previous};
 
     #[test]
     fn units() {
@@ -375,7 +347,7 @@ mod tests {
         let p = width_rates.then_some(&prev);
         let flows = entries()
             .iter()
-            .map(|e| Flow::new(e, "a-rather-long-process-name.exe".into(), p))
+            .map(|e| FlowRow::new(e, "a-rather-long-process-name.exe".into(), p))
             .collect();
         FlowsDoc::new(
             &FlowsArgs::default(),
@@ -454,15 +426,21 @@ mod tests {
             ),
             (Some("wfpmon.stats/1"), Some(true), Some(2048))
         );
-        let t = d.text(false);
+        assert_eq!(v.as_object().unwrap().len(), 4 + 9);
+        let t = d.text(&s, false);
         assert!(
             t.lines()
                 .any(|l| l.starts_with("bytes in") && l.ends_with("2.0 KiB")),
             "{t}"
         );
         assert!(
-            d.text(true)
-                .lines()
+            t.lines()
+                .any(|l| l.starts_with("counting") && l.ends_with("on")),
+            "{t}"
+        );
+        let raw = d.text(&s, true);
+        assert!(
+            raw.lines()
                 .any(|l| l.starts_with("bytes in") && l.ends_with(" 2048"))
         );
     }

@@ -26,7 +26,6 @@ pub const SERVICE_STATES: [(u32, &str); 7] = [
 ];
 
 /// The name of a service state (`unknown` for other values).
-#[must_use]
 pub fn service_state_name(raw: u32) -> &'static str {
     SERVICE_STATES
         .iter()
@@ -50,52 +49,33 @@ pub struct Observed {
 /// One filter-engine object in `status`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ObjectState {
-    /// `provider`, `sublayer`, `callout` or `filter`.
     pub kind: &'static str,
-    /// Display name.
     pub name: String,
-    /// Key, without braces.
     pub key: String,
-    /// The object exists in the filter engine.
     pub present: bool,
-    /// For callouts: the driver has registered it (`false` for the others).
     pub registered: bool,
 }
 
 /// The `wfpmon.status/1` document.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct StatusDoc {
-    /// `wfpmon.status/1`.
     pub schema: &'static str,
-    /// RFC 3339 UTC time of the query.
     pub timestamp: String,
-    /// Whether monitoring is fully active.
     pub active: bool,
-    /// The verdict line.
     pub verdict: String,
-    /// What is missing, each with its remedy (empty when active).
     pub problems: Vec<String>,
-    /// State of the wfpmon service.
     pub driver_service: &'static str,
-    /// State of the BFE service.
     pub bfe_service: &'static str,
-    /// `present`, `absent` or `error`.
     pub device: &'static str,
-    /// Callouts registered by the driver (of `callouts_total`).
     pub callouts_registered: usize,
-    /// Callouts wfpmon defines.
     pub callouts_total: usize,
-    /// Filters present (of `filters_total`).
     pub filters_present: usize,
-    /// Filters `install` adds.
     pub filters_total: usize,
-    /// Every object (empty when the filter engine could not be queried).
     pub objects: Vec<ObjectState>,
 }
 
 impl StatusDoc {
     /// The verdict on `o`.
-    #[must_use]
     pub fn new(o: &Observed, timestamp: String) -> Self {
         let objects: Vec<ObjectState> = o.engine.as_ref().map_or_else(
             |_| Vec::new(),
@@ -168,7 +148,6 @@ impl StatusDoc {
     }
 
     /// The verdict, its problems, and with `verbose` every object.
-    #[must_use]
     pub fn text(&self, verbose: bool) -> String {
         let mut out = format!("{}\n", self.verdict);
         for p in &self.problems {

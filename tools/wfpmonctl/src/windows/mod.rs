@@ -93,7 +93,6 @@ pub struct Windows {
 
 impl Windows {
     /// Installs the Ctrl+C handler.
-    #[must_use]
     pub fn new() -> Self {
         // SAFETY: `on_ctrl` is a handler routine that lives as long as the
         // process and only stores to an atomic.
