@@ -2,11 +2,12 @@
 //! `crate::windows`, a simulated one in the tests.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::io::{self, Write};
 use std::time::{Duration, SystemTime};
 
+use serde::Serialize;
 use wfpmon_core::catalog;
+use wfpmon_core::protocol::FlowEntry;
 
 use crate::cli::{Cli, Command, FlowsArgs, Switch, Watch};
 use crate::device::{self, ControlDevice};
@@ -19,28 +20,24 @@ use crate::status::{Observed, StatusDoc};
 /// Service name of the Base Filtering Engine.
 pub const BFE_SERVICE: &str = "BFE";
 
-/// Standard output when it is a console.
+/// Standard output when it is a console: its width, and whether it takes
+/// escape sequences (virtual terminal processing), so a refresh can clear it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Terminal {
-    /// Columns of the window.
     pub width: usize,
-    /// Whether it interprets escape sequences (virtual terminal processing
-    /// could be enabled), so a refresh can clear the screen.
     pub vt: bool,
 }
 
 /// What the commands need from the operating system.
 pub trait System {
-    /// A filter-engine session.
     type Engine: FilterEngine;
-    /// The open control device.
     type Device: ControlDevice;
-    /// Opens a session; a `dynamic` one deletes what it added when closed.
+    /// Opens a filter-engine session; a `dynamic` one deletes what it added
+    /// when it closes.
     fn engine(&mut self, dynamic: bool) -> Result<Self::Engine, Error>;
     /// Opens the control device, for writing too when `write`.
     fn device(&mut self, write: bool) -> Result<Self::Device, Error>;
-    /// State name of a service (`not_installed` or a
-    /// [`crate::status::SERVICE_STATES`] name).
+    /// `not_installed` or a [`crate::status::SERVICE_STATES`] name.
     fn service_state(&mut self, name: &str) -> Result<&'static str, Error>;
     /// Image file name of a process, if it can be read.
     fn process_name(&mut self, pid: u64) -> Option<String>;
@@ -48,7 +45,6 @@ pub trait System {
     fn terminal(&mut self) -> Option<Terminal>;
     /// Wall-clock time and a monotonic time.
     fn now(&mut self) -> (SystemTime, Duration);
-    /// Sleeps.
     fn sleep(&mut self, duration: Duration);
     /// Whether Ctrl+C (or Ctrl+Break) was pressed.
     fn interrupted(&mut self) -> bool;
@@ -66,9 +62,11 @@ fn emit(out: &mut dyn Write, text: &str) -> Result<bool, Error> {
     }
 }
 
-fn json<T: serde::Serialize>(doc: &T) -> String {
+/// One compact JSON line, or the text.
+fn show<T: Serialize>(doc: &T, json: bool, text: impl FnOnce(&T) -> String) -> String {
     // Serializing these plain structures cannot fail.
-    serde_json::to_string(doc).unwrap_or_default() + "\n"
+    let line = || serde_json::to_string(doc).unwrap_or_default() + "\n";
+    if json { line() } else { text(doc) }
 }
 
 fn timestamp(time: SystemTime) -> String {
@@ -76,7 +74,8 @@ fn timestamp(time: SystemTime) -> String {
 }
 
 /// Renders once, or every `--watch` seconds until `--count`, Ctrl+C or a
-/// closed output; ends with exit code 0 in all three cases.
+/// closed output; ends with exit code 0 in all three cases. `clear` clears
+/// the screen before each refresh.
 fn repeat<S: System>(
     sys: &mut S,
     out: &mut dyn Write,
@@ -98,10 +97,7 @@ fn repeat<S: System>(
             return Ok(0);
         }
         let mut left = Duration::from_secs_f64(seconds);
-        while !left.is_zero() {
-            if sys.interrupted() {
-                return Ok(0);
-            }
+        while !left.is_zero() && !sys.interrupted() {
             let step = left.min(Duration::from_millis(100));
             sys.sleep(step);
             left -= step;
@@ -116,42 +112,28 @@ fn repeat<S: System>(
 /// Runs `cli`; returns the exit code.
 pub fn run<S: System>(cli: &Cli, sys: &mut S, out: &mut dyn Write) -> Result<u8, Error> {
     let terminal = sys.terminal();
+    let vt = terminal.is_some_and(|t| t.vt);
     match &cli.command {
         Command::Install { persistent } => {
-            let added = engine::install(&mut sys.engine(false)?, *persistent)?;
-            let mut text = String::new();
-            for o in &added {
-                let _ = writeln!(text, "added {} {} {{{}}}", o.noun(), o.name(), o.key());
-            }
-            let _ = writeln!(
-                text,
-                "installed {} filter-engine objects in one transaction; {}",
-                added.len(),
-                if *persistent {
-                    "they are persistent: they survive reboots until `wfpmonctl uninstall`"
-                } else {
-                    "they last until BFE stops (use --persistent to keep them across reboots)"
-                }
-            );
+            let added = engine::install(&mut sys.engine(false)?, *persistent)?.len();
+            let lifetime = if *persistent {
+                "persistent: they survive reboots until `wfpmonctl uninstall`"
+            } else {
+                "static: they last until BFE stops (--persistent keeps them across reboots)"
+            };
+            let text =
+                format!("installed {added} filter-engine objects in one transaction; {lifetime}\n");
             emit(out, &text).map(|_| 0)
         }
         Command::Uninstall => {
             let done = engine::uninstall(&mut sys.engine(false)?)?;
-            let mut text = String::new();
-            for o in &done.deleted {
-                let _ = writeln!(text, "deleted {} {} {{{}}}", o.noun(), o.name(), o.key());
-            }
-            let _ = writeln!(
-                text,
-                "uninstalled: {} objects deleted, {} already absent",
-                done.deleted.len(),
-                done.absent.len()
-            );
+            let (deleted, absent) = (done.deleted.len(), done.absent.len());
+            let text = format!("uninstalled: {deleted} objects deleted, {absent} already absent\n");
             emit(out, &text).map(|_| 0)
         }
         Command::Status {
             check,
-            json: as_json,
+            json,
             verbose,
         } => {
             let observed = Observed {
@@ -161,50 +143,28 @@ pub fn run<S: System>(cli: &Cli, sys: &mut S, out: &mut dyn Write) -> Result<u8,
                 engine: sys.engine(true).and_then(|mut e| engine::query(&mut e)),
             };
             let doc = StatusDoc::new(&observed, timestamp(sys.now().0));
-            emit(
-                out,
-                &if *as_json {
-                    json(&doc)
-                } else {
-                    doc.text(*verbose)
-                },
-            )?;
+            emit(out, &show(&doc, *json, |d| d.text(*verbose)))?;
             Ok(match &observed.engine {
                 Err(e) => e.exit_code(),
                 Ok(_) if *check && !doc.active => Kind::Inactive as u8,
                 Ok(_) => 0,
             })
         }
-        Command::Stats {
-            json: as_json,
-            raw,
-            watch,
-        } => {
+        Command::Stats { json, raw, watch } => {
             let mut dev = sys.device(false)?;
-            let clear = watch.watch.is_some() && !as_json && terminal.is_some_and(|t| t.vt);
+            let clear = watch.watch.is_some() && !json && vt;
             repeat(sys, out, *watch, clear, |sys| {
                 let stats = device::query_stats(&mut dev)?;
                 let doc = StatsDoc::new(&stats, timestamp(sys.now().0));
-                Ok(if *as_json {
-                    json(&doc)
-                } else {
-                    doc.text(&stats, *raw)
-                })
+                Ok(show(&doc, *json, |d| d.text(&stats, *raw)))
             })
         }
         Command::Flows(args) => flows(sys, out, args, terminal),
         Command::Counting { state } => {
             let on = *state == Switch::On;
             device::set_counting(&mut sys.device(true)?, on)?;
-            emit(
-                out,
-                if on {
-                    "traffic counting is on\n"
-                } else {
-                    "traffic counting is off\n"
-                },
-            )
-            .map(|_| 0)
+            let text = format!("traffic counting is {}\n", if on { "on" } else { "off" });
+            emit(out, &text).map(|_| 0)
         }
     }
 }
@@ -222,29 +182,24 @@ fn flows<S: System>(
     repeat(sys, out, args.watch, clear, |sys| {
         let list = device::list_flows(&mut dev)?;
         let (wall, now) = sys.now();
-        let previous_ref = previous.as_mut().map(|(at, p)| {
+        let before = previous.as_mut().map(|(at, p)| {
             p.elapsed = now.saturating_sub(*at).as_secs_f64();
             &*p
         });
         let mut names: HashMap<u64, String> = HashMap::new();
-        let all: Vec<FlowRow> = list
-            .entries
-            .iter()
-            .map(|e| {
-                let name = names.entry(e.process_id).or_insert_with(|| {
-                    flows::process_name(e.process_id, &mut |p| sys.process_name(p))
-                });
-                FlowRow::new(e, name.clone(), previous_ref)
-            })
-            .collect();
-        let interval = previous_ref.map(|p| p.elapsed);
+        let mut row = |e: &FlowEntry| {
+            let resolve = || flows::process_name(e.process_id, &mut |p| sys.process_name(p));
+            let name = names.entry(e.process_id).or_insert_with(resolve).clone();
+            FlowRow::new(e, name, before)
+        };
+        let all = list.entries.iter().map(&mut row).collect();
+        let interval = before.map(|p| p.elapsed);
         let doc = FlowsDoc::new(args, timestamp(wall), list.total, all, interval);
         previous = Some((now, Previous::of(&list.entries)));
-        Ok(if args.json {
-            json(&doc)
-        } else {
-            render::flows_text(&doc, args.raw, args.verbose, terminal.map(|t| t.width))
-        })
+        let width = terminal.map(|t| t.width);
+        Ok(show(&doc, args.json, |d| {
+            render::flows_text(d, args.raw, args.verbose, width)
+        }))
     })
 }
 
@@ -494,9 +449,10 @@ mod tests {
         sys.engine = Some(FakeEngine::default());
         let (code, out) = run_with(&mut sys, &["install"]);
         assert_eq!(code, Ok(0));
-        assert!(out.contains(
-            "installed 14 filter-engine objects in one transaction; they last until BFE stops"
-        ));
+        assert!(out.starts_with("installed 14 filter-engine objects in one transaction; static"));
+        sys.engine = Some(FakeEngine::default());
+        let (_, out) = run_with(&mut sys, &["install", "--persistent"]);
+        assert!(out.contains("; persistent: they survive reboots"), "{out}");
         sys.engine = Some(FakeEngine::default());
         let (_, out) = run_with(&mut sys, &["uninstall"]);
         assert!(

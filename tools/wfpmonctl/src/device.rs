@@ -5,8 +5,9 @@
 //! a paged flow list changes only here.
 
 use wfpmon_core::protocol::{
-    self, DecodeError, FlowEntry, FlowListHeader, ListFlowsRequest, QueryStatsRequest,
-    SetCountingRequest, Stats,
+    self, DecodeError, FlowEntry, FlowListHeader, IOCTL_WFPMON_LIST_FLOWS as LIST_FLOWS,
+    IOCTL_WFPMON_QUERY_STATS as QUERY_STATS, IOCTL_WFPMON_SET_COUNTING as SET_COUNTING,
+    ListFlowsRequest, PROTOCOL_VERSION, QueryStatsRequest, SetCountingRequest, Stats,
 };
 
 use crate::error::{Error, Kind, Step, SystemCode};
@@ -17,7 +18,6 @@ pub enum IoctlError {
     /// `ERROR_MORE_DATA` (the driver's `STATUS_BUFFER_OVERFLOW`): this many
     /// bytes of valid, partial output were copied.
     MoreData(usize),
-    /// Any other failure.
     Failed(SystemCode),
 }
 
@@ -34,66 +34,51 @@ const SLACK: usize = 64;
 /// Calls made before settling for a partial list.
 const MAX_ATTEMPTS: usize = 4;
 
-fn protocol_error(name: &str, e: DecodeError) -> Error {
-    let detail = match e {
-        DecodeError::Version(v) => format!(
-            "the driver speaks control-protocol version {v}, this wfpmonctl version {}",
-            protocol::PROTOCOL_VERSION
-        ),
-        DecodeError::Truncated | DecodeError::Size => "malformed response".to_owned(),
-    };
-    Error::new(
-        Kind::ProtocolMismatch,
-        format!("{name}: {detail}; driver and wfpmonctl come from different builds"),
-    )
-}
-
+/// Sends a request; the bytes received and whether they are partial.
 fn call<D: ControlDevice>(
     device: &mut D,
-    (code, name): (u32, &str),
+    code: u32,
     input: &[u8],
     output: &mut [u8],
 ) -> Result<(usize, bool), Error> {
-    match device.ioctl(code, input, output) {
-        Ok(n) => Ok((n.min(output.len()), false)),
-        Err(IoctlError::MoreData(n)) => Ok((n.min(output.len()), true)),
-        Err(IoctlError::Failed(c)) => Err(Error::system(
-            Step::DeviceControl,
-            c,
-            &format!("DeviceIoControl({name})"),
-        )),
-    }
+    let name = match code {
+        QUERY_STATS => "IOCTL_WFPMON_QUERY_STATS",
+        LIST_FLOWS => "IOCTL_WFPMON_LIST_FLOWS",
+        _ => "IOCTL_WFPMON_SET_COUNTING",
+    };
+    let response = match device.ioctl(code, input, output) {
+        Ok(n) => Ok((n, false)),
+        Err(IoctlError::MoreData(n)) => Ok((n, true)),
+        Err(IoctlError::Failed(c)) => {
+            let what = format!("DeviceIoControl({name})");
+            Err(Error::system(Step::DeviceControl, c, &what))
+        }
+    };
+    response.map(|(n, partial)| (n.min(output.len()), partial))
+}
+
+fn protocol_error(e: DecodeError) -> Error {
+    let detail = match e {
+        DecodeError::Version(v) => format!("control-protocol version {v}, not {PROTOCOL_VERSION}"),
+        DecodeError::Truncated | DecodeError::Size => "a malformed response".to_owned(),
+    };
+    let message =
+        format!("the driver sent {detail}: driver and wfpmonctl come from different builds");
+    Error::new(Kind::ProtocolMismatch, message)
 }
 
 /// Reads the driver-wide statistics.
 pub fn query_stats<D: ControlDevice>(device: &mut D) -> Result<Stats, Error> {
-    const IOCTL: (u32, &str) = (
-        protocol::IOCTL_WFPMON_QUERY_STATS,
-        "IOCTL_WFPMON_QUERY_STATS",
-    );
     let mut out = [0u8; Stats::SIZE];
-    let (n, _) = call(
-        device,
-        IOCTL,
-        &QueryStatsRequest::new().to_bytes(),
-        &mut out,
-    )?;
-    Stats::decode(&out[..n]).map_err(|e| protocol_error(IOCTL.1, e))
+    let request = QueryStatsRequest::new().to_bytes();
+    let (n, _) = call(device, QUERY_STATS, &request, &mut out)?;
+    Stats::decode(&out[..n]).map_err(protocol_error)
 }
 
 /// Turns traffic counting on or off.
 pub fn set_counting<D: ControlDevice>(device: &mut D, enable: bool) -> Result<(), Error> {
-    const IOCTL: (u32, &str) = (
-        protocol::IOCTL_WFPMON_SET_COUNTING,
-        "IOCTL_WFPMON_SET_COUNTING",
-    );
-    call(
-        device,
-        IOCTL,
-        &SetCountingRequest::new(enable).to_bytes(),
-        &mut [],
-    )
-    .map(drop)
+    let request = SetCountingRequest::new(enable).to_bytes();
+    call(device, SET_COUNTING, &request, &mut []).map(drop)
 }
 
 /// A snapshot of the flow table.
@@ -112,16 +97,14 @@ pub struct FlowList {
 /// them all, the buffer grows to that size (plus slack) and the call is
 /// repeated, at most four times in all.
 pub fn list_flows<D: ControlDevice>(device: &mut D) -> Result<FlowList, Error> {
-    const IOCTL: (u32, &str) = (protocol::IOCTL_WFPMON_LIST_FLOWS, "IOCTL_WFPMON_LIST_FLOWS");
     let request = ListFlowsRequest::new(0).to_bytes();
     let mut capacity = INITIAL_CAPACITY;
     for attempt in 1.. {
         let size = protocol::flow_list_size(capacity)
             .ok_or_else(|| Error::new(Kind::Other, "too many flows to list"))?;
         let mut out = vec![0u8; size];
-        let (n, overflow) = call(device, IOCTL, &request, &mut out)?;
-        let (header, entries) =
-            protocol::decode_flow_list(&out[..n]).map_err(|e| protocol_error(IOCTL.1, e))?;
+        let (n, overflow) = call(device, LIST_FLOWS, &request, &mut out)?;
+        let (header, entries) = protocol::decode_flow_list(&out[..n]).map_err(protocol_error)?;
         let list = FlowList {
             total: header.total_flows,
             entries: entries.collect(),

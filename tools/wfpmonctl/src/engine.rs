@@ -4,7 +4,7 @@
 
 use windows_sys::Win32::Foundation::FWP_E_IN_USE;
 
-use crate::error::{Error, Kind, Step, SystemCode};
+use crate::error::{Error, Step, SystemCode};
 use crate::plan::Object;
 
 /// The filter-engine operations the tool needs, on one session.
@@ -19,14 +19,11 @@ pub trait FilterEngine {
     fn flags(&mut self, object: Object) -> Result<Option<u32>, SystemCode>;
 }
 
-/// A transaction step.
+/// A transaction step (`FwpmTransaction{Begin,Commit,Abort}0`; read/write).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transaction {
-    /// `FwpmTransactionBegin0` (read/write).
     Begin,
-    /// `FwpmTransactionCommit0`.
     Commit,
-    /// `FwpmTransactionAbort0`.
     Abort,
 }
 
@@ -47,15 +44,14 @@ fn in_transaction<E: FilterEngine, T>(
     body: impl FnOnce(&mut E) -> Result<T, Error>,
 ) -> Result<T, Error> {
     let fail = |c, what| Error::system(Step::Engine, c, what);
-    engine
-        .transaction(Transaction::Begin)
-        .map_err(|c| fail(c, "FwpmTransactionBegin0"))?;
-    let result = body(engine).and_then(|value| {
-        engine
-            .transaction(Transaction::Commit)
-            .map(|()| value)
-            .map_err(|c| fail(c, "FwpmTransactionCommit0"))
-    });
+    let begun = engine.transaction(Transaction::Begin);
+    begun.map_err(|c| fail(c, "FwpmTransactionBegin0"))?;
+    let mut result = body(engine);
+    if result.is_ok()
+        && let Err(c) = engine.transaction(Transaction::Commit)
+    {
+        result = Err(fail(c, "FwpmTransactionCommit0"));
+    }
     if result.is_err() {
         let _ = engine.transaction(Transaction::Abort);
     }
@@ -67,30 +63,17 @@ pub fn install<E: FilterEngine>(engine: &mut E, persistent: bool) -> Result<Vec<
     in_transaction(engine, |engine| {
         let order = Object::add_order();
         for &object in &order {
-            engine.add(object, persistent).map_err(|c| {
-                let mut err = Error::system(Step::Add, c, &api(object, "Add"));
-                if err.kind == Kind::AlreadyInstalled {
-                    err.message = format!(
-                        "wfpmon's {} \"{}\" ({{{}}}) is already in the filter engine; nothing was \
-                         changed. Run `wfpmonctl uninstall` first to reinstall",
-                        object.noun(),
-                        object.name(),
-                        object.key()
-                    );
-                }
-                err
-            })?;
+            let added = engine.add(object, persistent);
+            added.map_err(|c| Error::system(Step::Add, c, &api(object, "Add")))?;
         }
         Ok(order)
     })
 }
 
-/// What `uninstall` found.
+/// What `uninstall` found: objects deleted (in order) and already absent.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Uninstalled {
-    /// Objects deleted, in order.
     pub deleted: Vec<Object>,
-    /// Objects that were already absent.
     pub absent: Vec<Object>,
 }
 
@@ -121,15 +104,15 @@ pub fn uninstall<E: FilterEngine>(engine: &mut E) -> Result<Uninstalled, Error> 
 
 /// The flags of every object (`None`: absent), in add order.
 pub fn query<E: FilterEngine>(engine: &mut E) -> Result<Vec<(Object, Option<u32>)>, Error> {
-    Object::add_order()
-        .into_iter()
-        .map(|o| {
-            engine
-                .flags(o)
-                .map(|f| (o, f))
-                .map_err(|c| Error::system(Step::Engine, c, &api(o, "GetByKey")))
-        })
-        .collect()
+    let mut all = Vec::new();
+    for o in Object::add_order() {
+        let flags = engine.flags(o);
+        all.push((
+            o,
+            flags.map_err(|c| Error::system(Step::Engine, c, &api(o, "GetByKey")))?,
+        ));
+    }
+    Ok(all)
 }
 
 #[cfg(test)]
@@ -271,7 +254,7 @@ mod tests {
         let err = install(&mut e, false).unwrap_err();
         assert_eq!(err.exit_code(), 6);
         assert!(
-            err.message.contains("already in the filter engine"),
+            err.message.contains("wfpmonctl uninstall"),
             "{}",
             err.message
         );
@@ -287,7 +270,7 @@ mod tests {
                 ..FakeEngine::default()
             };
             let err = install(&mut e, true).unwrap_err();
-            assert_eq!(err.kind, Kind::Other);
+            assert_eq!(err.kind, crate::error::Kind::Other);
             assert!(e.committed.is_empty(), "failure at {at}");
             assert_eq!(e.log.last().unwrap(), "Abort");
         }

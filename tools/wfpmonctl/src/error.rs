@@ -25,51 +25,22 @@ pub enum Kind {
     Inactive = 8,
 }
 
-/// Every exit code: its meaning (for `--help`) and the remedy appended to
-/// the messages of failures of that kind.
-pub const EXIT_CODES: [(Kind, &str, &str); 8] = [
-    (
-        Kind::Other,
-        "any other failure (the Windows code is printed)",
-        "",
-    ),
-    (Kind::Usage, "usage error", ""),
-    (
-        Kind::NotElevated,
-        "not elevated / access denied",
-        "run it from an elevated prompt",
-    ),
-    (
-        Kind::BfeNotRunning,
-        "the Base Filtering Engine is not running",
-        "`sc.exe start bfe`",
-    ),
-    (
-        Kind::DriverNotLoaded,
-        "the wfpmon driver is not loaded",
-        "`sc.exe start wfpmon`",
-    ),
-    (
-        Kind::AlreadyInstalled,
-        "wfpmon's objects are already installed",
-        "`wfpmonctl uninstall` first",
-    ),
-    (
-        Kind::ProtocolMismatch,
-        "the driver speaks another protocol version",
-        "driver and tool differ",
-    ),
-    (
-        Kind::Inactive,
-        "status --check: monitoring is not fully active",
-        "",
-    ),
+/// Every exit code and its meaning, as `--help` lists them.
+pub const EXIT_CODES: [(Kind, &str); 8] = [
+    (Kind::Other, "any other failure (Windows code printed)"),
+    (Kind::Usage, "usage error"),
+    (Kind::NotElevated, "not elevated / access denied"),
+    (Kind::BfeNotRunning, "Base Filtering Engine not running"),
+    (Kind::DriverNotLoaded, "wfpmon driver not loaded"),
+    (Kind::AlreadyInstalled, "objects already installed"),
+    (Kind::ProtocolMismatch, "control-protocol mismatch"),
+    (Kind::Inactive, "status --check: not fully active"),
 ];
 
 /// The "Exit codes:" section of `--help`.
 pub fn exit_codes_help() -> String {
     let mut text = String::from("Exit codes:\n  0  success\n");
-    for (kind, meaning, _) in EXIT_CODES {
+    for (kind, meaning) in EXIT_CODES {
         let _ = writeln!(text, "  {}  {meaning}", kind as u8);
     }
     text
@@ -184,12 +155,15 @@ impl Error {
     /// remedy of the kind [`classify`] gives.
     pub fn system(step: Step, code: SystemCode, what: &str) -> Self {
         let kind = classify(step, code);
-        let (_, meaning, remedy) = EXIT_CODES[kind as usize - 1];
-        let message = if remedy.is_empty() {
-            format!("{what} failed")
-        } else {
-            format!("{what} failed: {meaning} ({remedy})")
+        let remedy = match kind {
+            Kind::NotElevated => ": run wfpmonctl from an elevated prompt",
+            Kind::BfeNotRunning => ": the Base Filtering Engine is not running (sc.exe start bfe)",
+            Kind::DriverNotLoaded => ": the wfpmon driver is not loaded (`sc.exe start wfpmon`)",
+            Kind::AlreadyInstalled => ": wfpmon's objects are already there (wfpmonctl uninstall)",
+            Kind::ProtocolMismatch => ": driver and wfpmonctl come from different builds",
+            Kind::Other | Kind::Usage | Kind::Inactive => "",
         };
+        let message = format!("{what} failed{remedy}");
         Self {
             kind,
             message,
@@ -219,15 +193,15 @@ mod tests {
 
     #[test]
     fn exit_codes_are_distinct_and_in_the_help() {
-        let codes: HashSet<u8> = EXIT_CODES.iter().map(|(k, _, _)| *k as u8).collect();
-        for (i, (kind, _, _)) in EXIT_CODES.iter().enumerate() {
+        let codes: HashSet<u8> = EXIT_CODES.iter().map(|(k, _)| *k as u8).collect();
+        for (i, (kind, _)) in EXIT_CODES.iter().enumerate() {
             assert_eq!(*kind as usize, i + 1, "the table is indexed by code");
         }
         assert_eq!(codes.len(), EXIT_CODES.len());
         assert!(!codes.contains(&0));
         assert_eq!(Kind::Usage as u8, 2, "clap's usage-error code");
         let help = exit_codes_help();
-        for (kind, meaning, _) in EXIT_CODES {
+        for (kind, meaning) in EXIT_CODES {
             assert!(
                 help.contains(&format!("\n  {}  {meaning}\n", kind as u8)),
                 "{help}"
@@ -295,7 +269,7 @@ mod tests {
         assert_eq!(e.exit_code(), 6);
         let text = e.to_string();
         assert!(
-            text.starts_with("FwpmProviderAdd0 failed: wfpmon's objects are already installed"),
+            text.starts_with("FwpmProviderAdd0 failed: wfpmon's objects are already there"),
             "{text}"
         );
         assert!(

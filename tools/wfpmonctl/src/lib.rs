@@ -31,10 +31,15 @@ use clap::Parser;
 /// error, and returns the exit code (see `wfpmonctl --help`).
 #[must_use]
 pub fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
-    match run(&cli) {
-        Ok(code) => code.into(),
-        Err(e) => {
+    // Not `Cli::parse()`, which would end the process itself: help goes to
+    // stdout with 0, usage errors to stderr with 2, all through `main`'s return.
+    let result = cli::Cli::try_parse().map_err(|e| {
+        let _ = e.print();
+        u8::try_from(e.exit_code()).unwrap_or(2)
+    });
+    match result.map(|cli| run(&cli)) {
+        Ok(Ok(code)) | Err(code) => code.into(),
+        Ok(Err(e)) => {
             eprintln!("wfpmonctl: error: {e}");
             e.exit_code().into()
         }

@@ -178,6 +178,9 @@ fn protocol(f: &FlowRow) -> String {
 /// The flows view as text (`raw`: exact numbers; `verbose`: flow handles).
 pub fn flows_text(doc: &FlowsDoc, raw: bool, verbose: bool, width: Option<usize>) -> String {
     let rates = doc.interval_s.is_some();
+    // Dropped first when too wide: packets, age, direction, then the
+    // handle, and in a refresh the byte totals (the rates stay).
+    let totals = if rates { 6 } else { 0 };
     let mut columns = vec![
         col("PID", true, 0, 0),
         col("PROCESS", false, 0, 6),
@@ -186,8 +189,8 @@ pub fn flows_text(doc: &FlowsDoc, raw: bool, verbose: bool, width: Option<usize>
         col("LOCAL", false, 0, 13),
         col("REMOTE", false, 0, 14),
         col("AGE", true, 3, 0),
-        col("IN", true, 0, 0),
-        col("OUT", true, 0, 0),
+        col("IN", true, totals, 0),
+        col("OUT", true, totals, 0),
     ];
     if rates {
         columns.extend([col("IN/s", true, 0, 0), col("OUT/s", true, 0, 0)]);

@@ -7,6 +7,7 @@
 use std::ffi::c_void;
 use std::ptr;
 
+use wfpmon_core::catalog;
 use windows_sys::Win32::Foundation::HANDLE;
 use windows_sys::Win32::NetworkManagement::WindowsFilteringPlatform::{
     FWP_ACTION_CALLOUT_INSPECTION, FWP_UINT64, FWP_VALUE0, FWP_VALUE0_0, FWPM_ACTION0,
@@ -29,7 +30,7 @@ use crate::plan::{self, Object};
 /// transaction (the documented default, stated explicitly).
 const TXN_WAIT_TIMEOUT_MS: u32 = 15_000;
 
-const fn guid(g: wfpmon_core::catalog::Guid) -> GUID {
+const fn guid(g: catalog::Guid) -> GUID {
     GUID::from_u128(g.to_u128())
 }
 
@@ -55,11 +56,7 @@ impl Session {
                 name: name.as_mut_ptr(),
                 description: ptr::null_mut(),
             },
-            flags: if dynamic {
-                FWPM_SESSION_FLAG_DYNAMIC
-            } else {
-                0
-            },
+            flags: FWPM_SESSION_FLAG_DYNAMIC * u32::from(dynamic),
             txnWaitTimeoutInMSec: TXN_WAIT_TIMEOUT_MS,
             ..FWPM_SESSION0::default()
         };
@@ -127,16 +124,14 @@ impl FilterEngine for Session {
     }
 
     fn add(&mut self, object: Object, persistent: bool) -> Result<(), SystemCode> {
-        let (mut name, mut description) = (wide(&object.name()), wide(&object.description()));
+        let mut name = wide(&object.name());
+        let mut description = wide(&object.description());
         let display = FWPM_DISPLAY_DATA0 {
             name: name.as_mut_ptr(),
             description: description.as_mut_ptr(),
         };
-        let (key, flags, mut provider) = (
-            guid(object.key()),
-            object.flags(persistent),
-            guid(wfpmon_core::catalog::PROVIDER_KEY),
-        );
+        let (key, flags) = (guid(object.key()), object.flags(persistent));
+        let mut provider = guid(catalog::PROVIDER_KEY);
         let layer = object.layer().map(guid).unwrap_or_default();
         let sd = ptr::null_mut();
         result(match object {
@@ -184,7 +179,7 @@ impl FilterEngine for Session {
                     flags,
                     providerKey: &raw mut provider,
                     layerKey: layer,
-                    subLayerKey: guid(wfpmon_core::catalog::SUBLAYER_KEY),
+                    subLayerKey: guid(catalog::SUBLAYER_KEY),
                     weight: FWP_VALUE0 {
                         r#type: FWP_UINT64,
                         Anonymous: FWP_VALUE0_0 {

@@ -49,14 +49,13 @@ fn last_error() -> SystemCode {
 }
 
 /// A handle this process opened; closed once, on drop.
-struct Owned(HANDLE, unsafe extern "system" fn(HANDLE) -> BOOL);
+struct Owned(HANDLE, Close);
+
+type Close = unsafe extern "system" fn(HANDLE) -> BOOL;
 
 impl Owned {
     /// `handle` unless it is null or `INVALID_HANDLE_VALUE` (then the last error).
-    fn new(
-        handle: HANDLE,
-        close: unsafe extern "system" fn(HANDLE) -> BOOL,
-    ) -> Result<Self, SystemCode> {
+    fn new(handle: HANDLE, close: Close) -> Result<Self, SystemCode> {
         if handle.is_null() || handle == INVALID_HANDLE_VALUE {
             Err(last_error())
         } else {
@@ -97,15 +96,8 @@ impl Windows {
         // SAFETY: `on_ctrl` is a handler routine that lives as long as the
         // process and only stores to an atomic.
         unsafe { SetConsoleCtrlHandler(Some(on_ctrl), 1) };
-        Self {
-            start: Instant::now(),
-        }
-    }
-}
-
-impl Default for Windows {
-    fn default() -> Self {
-        Self::new()
+        let start = Instant::now();
+        Self { start }
     }
 }
 
@@ -115,10 +107,8 @@ pub struct Device(Owned);
 impl ControlDevice for Device {
     fn ioctl(&mut self, code: u32, input: &[u8], output: &mut [u8]) -> Result<usize, IoctlError> {
         let too_big = |_| IoctlError::Failed(SystemCode::Win32(ERROR_MORE_DATA));
-        let (in_len, out_len) = (
-            u32::try_from(input.len()).map_err(too_big)?,
-            u32::try_from(output.len()).map_err(too_big)?,
-        );
+        let in_len = u32::try_from(input.len()).map_err(too_big)?;
+        let out_len = u32::try_from(output.len()).map_err(too_big)?;
         let mut returned = 0u32;
         // SAFETY: the handle is open; the buffers are valid for the lengths
         // passed and outlive the call, which is synchronous (no OVERLAPPED,
@@ -154,11 +144,7 @@ impl System for Windows {
 
     fn device(&mut self, write: bool) -> Result<Device, Error> {
         let path = wide(catalog::DEVICE_USER_PATH);
-        let access = if write {
-            GENERIC_READ | GENERIC_WRITE
-        } else {
-            GENERIC_READ
-        };
+        let access = GENERIC_READ | if write { GENERIC_WRITE } else { 0 };
         // SAFETY: `path` is NUL-terminated and outlives the call; no
         // security attributes, no template.
         let handle = unsafe {
@@ -172,13 +158,10 @@ impl System for Windows {
                 std::ptr::null_mut(),
             )
         };
-        Owned::new(handle, CloseHandle).map(Device).map_err(|c| {
-            Error::system(
-                Step::OpenDevice,
-                c,
-                &format!("CreateFileW({})", catalog::DEVICE_USER_PATH),
-            )
-        })
+        // The last error is read before anything (an allocation) can change it.
+        let device = Owned::new(handle, CloseHandle).map(Device);
+        let what = format!("CreateFileW({})", catalog::DEVICE_USER_PATH);
+        device.map_err(|c| Error::system(Step::OpenDevice, c, &what))
     }
 
     fn service_state(&mut self, name: &str) -> Result<&'static str, Error> {
@@ -216,14 +199,9 @@ impl System for Windows {
     }
 
     fn process_name(&mut self, pid: u64) -> Option<String> {
+        let pid = u32::try_from(pid).ok()?;
         // SAFETY: no pointer arguments; a failure returns null.
-        let process = unsafe {
-            OpenProcess(
-                PROCESS_QUERY_LIMITED_INFORMATION,
-                0,
-                u32::try_from(pid).ok()?,
-            )
-        };
+        let process = unsafe { OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, 0, pid) };
         let process = Owned::new(process, CloseHandle).ok()?;
         let mut buffer = [0u16; 1024];
         let mut len = u32::try_from(buffer.len()).ok()?;
@@ -256,14 +234,8 @@ impl System for Windows {
         // SAFETY: `out` is a console output handle and `info` a valid out-pointer.
         let ok = unsafe { GetConsoleScreenBufferInfo(out, &raw mut info) } != 0;
         let width = i32::from(info.srWindow.Right) - i32::from(info.srWindow.Left) + 1;
-        Some(Terminal {
-            width: if ok {
-                usize::try_from(width).unwrap_or(80)
-            } else {
-                80
-            },
-            vt,
-        })
+        let width = usize::try_from(width).ok().filter(|_| ok).unwrap_or(80);
+        Some(Terminal { width, vt })
     }
 
     fn now(&mut self) -> (SystemTime, Duration) {
