@@ -10,46 +10,35 @@ use wfpmon_core::protocol::Stats;
 use crate::flows::{FlowRow, FlowsDoc};
 
 const IEC: [&str; 6] = [" B", " KiB", " MiB", " GiB", " TiB", " PiB"];
+const SI: [&str; 6] = ["", "k", "M", "G", "T", "P"];
 
 /// `n` bytes in IEC units (`512 B`, `1.5 KiB`), or exact with `raw`.
 pub fn bytes(n: u64, raw: bool) -> String {
-    #[allow(clippy::cast_precision_loss)] // display only
-    if raw {
-        n.to_string()
-    } else {
-        scaled(n as f64, 1024.0, &IEC)
-    }
-}
-
-/// A rate in bytes per second, in IEC units (whole bytes with `raw`).
-pub fn rate(n: f64, raw: bool) -> String {
-    if raw {
-        format!("{n:.0}")
-    } else {
-        scaled(n, 1024.0, &IEC)
-    }
+    human(n, raw, 1024, &IEC)
 }
 
 /// A count in SI units (`999`, `12.3k`), or exact with `raw`.
 pub fn count(n: u64, raw: bool) -> String {
-    #[allow(clippy::cast_precision_loss)] // display only
-    if raw {
-        n.to_string()
-    } else {
-        scaled(n as f64, 1000.0, &["", "k", "M", "G", "T", "P"])
-    }
+    human(n, raw, 1000, &SI)
 }
 
-fn scaled(mut n: f64, base: f64, units: &[&str]) -> String {
-    if n < base {
-        return format!("{n:.0}{}", units[0]);
+/// Bytes per second in IEC units, whole bytes with `raw`.
+pub fn rate(n: f64, raw: bool) -> String {
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // a rounded rate
+    human(n.round() as u64, raw, 1024, &IEC)
+}
+
+#[allow(clippy::cast_precision_loss)] // display only
+fn human(n: u64, raw: bool, base: u64, units: &[&str]) -> String {
+    if raw || n < base {
+        return format!("{n}{}", if raw { "" } else { units[0] });
     }
-    let mut unit = 0;
-    while n >= base && unit + 1 < units.len() {
-        n /= base;
+    let (mut value, mut unit) = (n as f64, 0);
+    while value >= base as f64 && unit + 1 < units.len() {
+        value /= base as f64;
         unit += 1;
     }
-    format!("{n:.1}{}", units[unit])
+    format!("{value:.1}{}", units[unit])
 }
 
 /// Milliseconds as `2d03h`, `1h02m`, `2m03s` or `3.4s`; exact with `raw`.
@@ -65,28 +54,11 @@ pub fn age(ms: u64, raw: bool) -> String {
     }
 }
 
-/// A table column.
+/// A table column: header, right-aligned (numbers), the rank by which
+/// columns are dropped when the table is too wide (lowest first; 0: never),
+/// and the width it may then be shrunk to by eliding the middle (0: never).
 #[derive(Clone, Copy, Debug)]
-pub struct Column {
-    /// Header.
-    pub header: &'static str,
-    /// Right-aligned (numbers).
-    pub right: bool,
-    /// When the table is too wide, columns are dropped by this rank, lowest
-    /// first; 0: never dropped.
-    pub drop: u8,
-    /// Then shrunk down to this width (eliding the middle); 0: never shrunk.
-    pub min: usize,
-}
-
-const fn col(header: &'static str, right: bool, drop: u8, min: usize) -> Column {
-    Column {
-        header,
-        right,
-        drop,
-        min,
-    }
-}
+pub struct Column(pub &'static str, pub bool, pub u8, pub usize);
 
 /// `cell` in at most `width` characters, eliding the middle.
 fn fit(cell: &str, width: usize) -> String {
@@ -102,56 +74,46 @@ fn fit(cell: &str, width: usize) -> String {
     out
 }
 
+/// Width of a table whose hidden columns have width 0.
+fn total(widths: &[usize]) -> usize {
+    let shown = widths.iter().filter(|w| **w > 0);
+    shown.map(|w| w + 2).sum::<usize>().saturating_sub(2)
+}
+
 /// Lays out `rows` under `columns`; with a `width`, drops and shrinks
 /// columns (see [`Column`]) until every line fits, if it can.
 pub fn table(columns: &[Column], rows: &[Vec<String>], width: Option<usize>) -> String {
-    let mut widths: Vec<usize> = columns.iter().map(|c| c.header.chars().count()).collect();
+    let mut widths: Vec<usize> = columns.iter().map(|c| c.0.chars().count()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
-    let mut shown: Vec<bool> = vec![true; columns.len()];
-    let total = |widths: &[usize], shown: &[bool]| {
-        let visible = widths.iter().zip(shown).filter(|(_, s)| **s);
-        visible
-            .clone()
-            .map(|(w, _)| w + 2)
-            .sum::<usize>()
-            .saturating_sub(2)
-    };
     if let Some(limit) = width {
-        let mut ranks: Vec<(u8, usize)> = columns
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| c.drop > 0)
-            .map(|(i, c)| (c.drop, i))
-            .collect();
+        let mut ranks: Vec<(u8, usize)> =
+            columns.iter().enumerate().map(|(i, c)| (c.2, i)).collect();
         ranks.sort_unstable();
-        for (_, i) in ranks {
-            if total(&widths, &shown) <= limit {
-                break;
+        for (_, i) in ranks.into_iter().filter(|(rank, _)| *rank > 0) {
+            if total(&widths) > limit {
+                widths[i] = 0;
             }
-            shown[i] = false;
         }
-        for (i, c) in columns.iter().enumerate().filter(|(_, c)| c.min > 0) {
-            let excess = total(&widths, &shown).saturating_sub(limit);
-            widths[i] = widths[i].saturating_sub(excess).max(c.min.min(widths[i]));
+        for (i, c) in columns.iter().enumerate().filter(|(_, c)| c.3 > 0) {
+            let excess = total(&widths).saturating_sub(limit);
+            widths[i] = widths[i].saturating_sub(excess).max(c.3.min(widths[i]));
         }
     }
     let mut out = String::new();
-    let headers: Vec<String> = columns.iter().map(|c| c.header.to_owned()).collect();
+    let headers: Vec<String> = columns.iter().map(|c| c.0.to_owned()).collect();
     for row in std::iter::once(&headers).chain(rows) {
         let mut line = String::new();
-        for (i, cell) in row.iter().enumerate().filter(|(i, _)| shown[*i]) {
+        for (i, cell) in row.iter().enumerate().filter(|(i, _)| widths[*i] > 0) {
             let (cell, w) = (fit(cell, widths[i]), widths[i]);
-            if !line.is_empty() {
-                line.push_str("  ");
-            }
-            let _ = if columns[i].right {
-                write!(line, "{cell:>w$}")
+            let sep = if line.is_empty() { "" } else { "  " };
+            let _ = if columns[i].1 {
+                write!(line, "{sep}{cell:>w$}")
             } else {
-                write!(line, "{cell:<w$}")
+                write!(line, "{sep}{cell:<w$}")
             };
         }
         out.push_str(line.trim_end());
@@ -182,22 +144,25 @@ pub fn flows_text(doc: &FlowsDoc, raw: bool, verbose: bool, width: Option<usize>
     // handle, and in a refresh the byte totals (the rates stay).
     let totals = if rates { 6 } else { 0 };
     let mut columns = vec![
-        col("PID", true, 0, 0),
-        col("PROCESS", false, 0, 6),
-        col("PROTO", false, 0, 0),
-        col("DIR", false, 4, 0),
-        col("LOCAL", false, 0, 13),
-        col("REMOTE", false, 0, 14),
-        col("AGE", true, 3, 0),
-        col("IN", true, totals, 0),
-        col("OUT", true, totals, 0),
+        Column("PID", true, 0, 0),
+        Column("PROCESS", false, 0, 6),
+        Column("PROTO", false, 0, 0),
+        Column("DIR", false, 4, 0),
+        Column("LOCAL", false, 0, 13),
+        Column("REMOTE", false, 0, 14),
+        Column("AGE", true, 3, 0),
+        Column("IN", true, totals, 0),
+        Column("OUT", true, totals, 0),
     ];
     if rates {
-        columns.extend([col("IN/s", true, 0, 0), col("OUT/s", true, 0, 0)]);
+        columns.extend([Column("IN/s", true, 0, 0), Column("OUT/s", true, 0, 0)]);
     }
-    columns.extend([col("PKTS IN", true, 1, 0), col("PKTS OUT", true, 2, 0)]);
+    columns.extend([
+        Column("PKTS IN", true, 1, 0),
+        Column("PKTS OUT", true, 2, 0),
+    ]);
     if verbose {
-        columns.push(col("HANDLE", false, 5, 0));
+        columns.push(Column("HANDLE", false, 5, 0));
     }
     let rows: Vec<Vec<String>> = doc
         .flows
@@ -300,7 +265,10 @@ impl StatsDoc {
             rows.push(vec![name.replace('_', " "), value]);
         }
         table(
-            &[col("STATISTIC", false, 0, 0), col("VALUE", true, 0, 0)],
+            &[
+                Column("STATISTIC", false, 0, 0),
+                Column("VALUE", true, 0, 0),
+            ],
             &rows,
             None,
         )
@@ -335,7 +303,7 @@ mod tests {
 
     #[test]
     fn table_alignment_and_elision() {
-        let cols = [col("A", false, 0, 3), col("NUM", true, 0, 0)];
+        let cols = [Column("A", false, 0, 3), Column("NUM", true, 0, 0)];
         let rows = vec![
             vec!["xyz".into(), "1".into()],
             vec!["q".into(), "100".into()],

@@ -77,26 +77,22 @@ pub struct StatusDoc {
 impl StatusDoc {
     /// The verdict on `o`.
     pub fn new(o: &Observed, timestamp: String) -> Self {
-        let objects: Vec<ObjectState> = o.engine.as_ref().map_or_else(
-            |_| Vec::new(),
-            |list| {
-                list.iter()
-                    .map(|(object, flags)| ObjectState {
-                        kind: object.noun(),
-                        name: object.name(),
-                        key: object.key().to_string(),
-                        present: flags.is_some(),
-                        registered: matches!(object, Object::Callout(_))
-                            && flags.is_some_and(|f| f & FWPM_CALLOUT_FLAG_REGISTERED != 0),
-                    })
-                    .collect()
-            },
-        );
-        let registered = objects.iter().filter(|s| s.registered).count();
-        let filters = objects
-            .iter()
-            .filter(|s| s.kind == "filter" && s.present)
-            .count();
+        let (mut objects, mut registered, mut filters) = (Vec::new(), 0, 0);
+        for &(object, flags) in o.engine.as_deref().unwrap_or_default() {
+            let (kind, present) = (object.noun(), flags.is_some());
+            let is_registered = flags.is_some_and(|f| f & FWPM_CALLOUT_FLAG_REGISTERED != 0);
+            let is_registered = kind == "callout" && is_registered;
+            registered += usize::from(is_registered);
+            filters += usize::from(kind == "filter" && present);
+            let (name, key) = (object.name(), object.key().to_string());
+            objects.push(ObjectState {
+                kind,
+                name,
+                key,
+                present,
+                registered: is_registered,
+            });
+        }
         let device = match &o.device {
             Ok(()) => "present",
             Err(e) if e.kind == Kind::DriverNotLoaded => "absent",
@@ -156,12 +152,10 @@ impl StatusDoc {
         if verbose {
             let _ = writeln!(out, "BFE service: {}", self.bfe_service.replace('_', " "));
             for s in &self.objects {
-                let state = if s.registered {
-                    "present, registered"
-                } else if s.present {
-                    "present"
-                } else {
-                    "absent"
+                let state = match (s.present, s.registered) {
+                    (_, true) => "present, registered",
+                    (true, false) => "present",
+                    (false, false) => "absent",
                 };
                 let _ = writeln!(out, "{:<9} {:<34} {{{}}}  {state}", s.kind, s.name, s.key);
             }
