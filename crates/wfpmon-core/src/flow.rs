@@ -162,6 +162,8 @@ struct Links {
     next: *mut FlowRecord,
     /// Last removal pass that visited this record (0: none).
     removal_pass: u32,
+    /// Handed out for removal once already (see `next_for_removal`).
+    removal_asked: bool,
     linked: bool,
 }
 
@@ -200,6 +202,7 @@ impl FlowRecord {
                 prev: ptr::null_mut(),
                 next: ptr::null_mut(),
                 removal_pass: 0,
+                removal_asked: false,
                 linked: false,
             }),
         }
@@ -462,12 +465,21 @@ impl<L: Lock> FlowRegistry<L> {
         })
     }
 
-    /// The next record of `callout` not yet visited in `pass`, marked
-    /// visited. Returns a copy of its association: the record itself may be
-    /// freed (by the flow-delete callback) as soon as the lock is released.
+    /// The next record of `callout` not yet visited in `pass` and never
+    /// handed out for removal before, marked both. Returns a copy of its
+    /// association: the record itself may be freed (by the flow-delete
+    /// callback) as soon as the lock is released.
     ///
-    /// O(1): visited records move to the back of their chain, so the front
-    /// record is either unvisited or the pass is complete.
+    /// A record is handed out at most once in its life: the engine answers
+    /// its `FwpsFlowRemoveContext0` with SUCCESS (the context is gone),
+    /// PENDING (the flow-delete callback will come) or UNSUCCESSFUL (no
+    /// context: gone or going), so asking again could only repeat
+    /// UNSUCCESSFUL — and a slow PENDING deletion would cost a kernel call
+    /// per flow on every retry of a teardown that may wait for minutes.
+    ///
+    /// O(1): handed-out records move to the back of their chain and new ones
+    /// are linked at the front, so the front record is either new or every
+    /// record of the chain has been handed out.
     pub fn next_for_removal(
         &self,
         pass: RemovalPass,
@@ -481,10 +493,11 @@ impl<L: Lock> FlowRegistry<L> {
             }
             // SAFETY: linked records are valid; lock held.
             let links = unsafe { links_of(head) };
-            if links.removal_pass == pass.0 {
+            if links.removal_pass == pass.0 || links.removal_asked {
                 return None;
             }
             links.removal_pass = pass.0;
+            links.removal_asked = true;
             // SAFETY: `head` is linked into `chain`; lock held.
             unsafe { chain.unlink(head) };
             // SAFETY: as above; `head` is now unlinked and still valid.
@@ -502,17 +515,46 @@ impl<L: Lock> FlowRegistry<L> {
     /// Runs `f` on every linked record, under the lock (so `f` runs at the
     /// lock's IRQL: it must not block, allocate or call into the engine).
     pub fn for_each(&self, mut f: impl FnMut(&FlowRecord)) {
+        self.inspect(|records| records.for_each(&mut f));
+    }
+
+    /// Runs `f` under the lock with every linked record: one consistent
+    /// view, in which no record is added, removed or retired (a record's
+    /// `retire` also runs under the lock), so whatever `f` reads about
+    /// retired flows agrees with the records it sees.
+    pub fn inspect<R>(&self, f: impl FnOnce(Records<'_>) -> R) -> R {
         self.locked(|s| {
-            for chain in &s.chains {
-                let mut cur = chain.head;
-                while !cur.is_null() {
-                    // SAFETY: linked records are valid while the lock is held.
-                    let rec = unsafe { &*cur };
-                    f(rec);
-                    // SAFETY: as above.
-                    cur = unsafe { links_of(cur) }.next;
-                }
-            }
-        });
+            f(Records {
+                chains: &s.chains,
+                chain: 0,
+                cur: ptr::null_mut(),
+            })
+        })
+    }
+}
+
+/// The linked records, during [`FlowRegistry::inspect`].
+pub struct Records<'a> {
+    chains: &'a [Chain; CALLOUT_COUNT],
+    /// Index of the next chain to start when `cur` is null.
+    chain: usize,
+    cur: *mut FlowRecord,
+}
+
+impl<'a> Iterator for Records<'a> {
+    type Item = &'a FlowRecord;
+
+    fn next(&mut self) -> Option<&'a FlowRecord> {
+        while self.cur.is_null() {
+            let chain = self.chains.get(self.chain)?;
+            self.chain += 1;
+            self.cur = chain.head;
+        }
+        // SAFETY: linked records are valid while the registry lock is held,
+        // which it is for the iterator's whole life (`inspect`).
+        let rec = unsafe { &*self.cur };
+        // SAFETY: as above; links are only touched under the lock.
+        self.cur = unsafe { links_of(self.cur) }.next;
+        Some(rec)
     }
 }

@@ -261,14 +261,14 @@ mod tests {
         assert_eq!(query_stats(&mut d).unwrap().flows_active, 42);
         set_counting(&mut d, false).unwrap();
         assert_eq!(d.counting, Some(false));
-        d.version = Some(protocol::PROTOCOL_VERSION + 1);
-        let err = query_stats(&mut d).unwrap_err();
-        assert_eq!(err.exit_code(), 7);
-        assert!(
-            err.message.contains("control-protocol version"),
-            "{}",
-            err.message
-        );
+        // A driver of the previous protocol version, and of a later one.
+        for version in [PROTOCOL_VERSION - 1, PROTOCOL_VERSION + 1] {
+            d.version = Some(version);
+            let err = query_stats(&mut d).unwrap_err();
+            assert_eq!(err.exit_code(), 7);
+            let expected = format!("control-protocol version {version}, not {PROTOCOL_VERSION}");
+            assert!(err.message.contains(&expected), "{}", err.message);
+        }
     }
 
     #[test]

@@ -184,7 +184,7 @@ def _protocol_const(name: str) -> int:
 def _ioctl(name: str) -> int:
     """CTL_CODE(type, function, METHOD_BUFFERED, access) of an IOCTL, with the
     device type and access named in protocol.rs resolved there too."""
-    m = re.search(rf"pub const {name}: u32 = ctl_code\(\s*(\w+),\s*(0x[0-9a-fA-F]+),\s*METHOD_BUFFERED,\s*([\w |]+?),?\s*\);",
+    m = re.search(rf"pub const {name}: u32 =\s*ctl_code\(\s*(\w+),\s*(0x[0-9a-fA-F]+),\s*METHOD_BUFFERED,\s*([\w |]+?),?\s*\);",
                   PROTOCOL_RS)
     access = sum(_protocol_const(a.strip()) for a in m.group(3).split("|"))
     return (_protocol_const(m.group(1)) << 16) | (access << 14) | (int(m.group(2), 16) << 2)
