@@ -9,7 +9,7 @@ use serde::Serialize;
 use wfpmon_core::catalog;
 use wfpmon_core::protocol::FlowEntry;
 
-use crate::cli::{Cli, Command, FlowsArgs, Switch, Watch};
+use crate::cli::{Cli, Command, FlowsArgs, Watch};
 use crate::device::{self, ControlDevice};
 use crate::engine::{self, FilterEngine};
 use crate::error::{Error, Kind};
@@ -37,7 +37,7 @@ pub trait System {
     fn engine(&mut self, dynamic: bool) -> Result<Self::Engine, Error>;
     /// Opens the control device, for writing too when `write`.
     fn device(&mut self, write: bool) -> Result<Self::Device, Error>;
-    /// `not_installed` or a [`crate::status::SERVICE_STATES`] name.
+    /// `not_installed` or a [`crate::status::service_state_name`].
     fn service_state(&mut self, name: &str) -> Result<&'static str, Error>;
     /// Image file name of a process, if it can be read.
     fn process_name(&mut self, pid: u64) -> Option<String>;
@@ -161,7 +161,7 @@ pub fn run<S: System>(cli: &Cli, sys: &mut S, out: &mut dyn Write) -> Result<u8,
         }
         Command::Flows(args) => flows(sys, out, args, terminal),
         Command::Counting { state } => {
-            let on = *state == Switch::On;
+            let on = state == "on";
             device::set_counting(&mut sys.device(true)?, on)?;
             let text = format!("traffic counting is {}\n", if on { "on" } else { "off" });
             emit(out, &text).map(|_| 0)

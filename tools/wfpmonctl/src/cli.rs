@@ -61,8 +61,9 @@ pub enum Command {
     Flows(FlowsArgs),
     /// Turn traffic counting on or off (flows are tracked either way).
     Counting {
-        /// The new state.
-        state: Switch,
+        /// on or off.
+        #[arg(value_name = "on|off", value_parser = ["on", "off"])]
+        state: String,
     },
 }
 
@@ -122,8 +123,8 @@ pub struct Filter {
     #[arg(long, value_parser = ["4", "6"])]
     pub family: Option<String>,
     /// Only flows established in this direction.
-    #[arg(long, value_enum)]
-    pub direction: Option<Direction>,
+    #[arg(long, value_parser = ["in", "out"])]
+    pub direction: Option<String>,
 }
 
 /// Sort orders of `flows`.
@@ -140,24 +141,6 @@ pub enum SortKey {
     Pid,
     /// Process name.
     Proc,
-}
-
-/// Direction a flow was established in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Direction {
-    /// Accepted by this machine.
-    In,
-    /// Initiated by this machine.
-    Out,
-}
-
-/// On or off.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Switch {
-    /// Count traffic.
-    On,
-    /// Stop counting.
-    Off,
 }
 
 fn seconds(text: &str) -> Result<f64, String> {
@@ -230,8 +213,8 @@ mod tests {
             (Some(4), Some("chrome"), Some(17), Some(53))
         );
         assert_eq!(
-            (f.family.as_deref(), f.direction),
-            (Some("6"), Some(Direction::In))
+            (f.family.as_deref(), f.direction.as_deref()),
+            (Some("6"), Some("in"))
         );
         assert_eq!((a.watch.watch, a.watch.count), (Some(0.5), Some(3)));
         let Command::Flows(d) = parse(&["flows"]).unwrap() else {
@@ -281,7 +264,7 @@ mod tests {
         ));
         assert!(matches!(
             parse(&["counting", "off"]),
-            Ok(Command::Counting { state: Switch::Off })
+            Ok(Command::Counting { state }) if state == "off"
         ));
         assert!(matches!(
             parse(&["stats", "--watch", "2", "--count", "1"]),

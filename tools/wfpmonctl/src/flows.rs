@@ -15,51 +15,47 @@ use serde::Serialize;
 use wfpmon_core::catalog::AddressFamily;
 use wfpmon_core::protocol::FlowEntry;
 
-use crate::cli::{Direction, Filter, FlowsArgs, SortKey};
+use crate::cli::{Filter, FlowsArgs, SortKey};
 
 /// IP protocol numbers and names.
 pub const PROTOCOLS: [(u8, &str); 4] = [(1, "icmp"), (6, "tcp"), (17, "udp"), (58, "icmpv6")];
 
 /// Name of an IP protocol number, or the number.
 pub fn protocol_name(p: u8) -> String {
-    PROTOCOLS
-        .iter()
-        .find(|(n, _)| *n == p)
-        .map_or_else(|| p.to_string(), |(_, name)| (*name).to_owned())
+    let known = PROTOCOLS.iter().find(|(n, _)| *n == p);
+    known.map_or_else(|| p.to_string(), |(_, name)| (*name).to_owned())
 }
 
 /// Parses `--proto`: a name of [`PROTOCOLS`] or a number.
 pub fn protocol_number(text: &str) -> Result<u8, String> {
-    PROTOCOLS
+    let known = PROTOCOLS
         .iter()
-        .find(|(_, name)| name.eq_ignore_ascii_case(text))
-        .map(|(n, _)| *n)
-        .or_else(|| text.parse().ok())
-        .ok_or_else(|| "expected tcp, udp, icmp, icmpv6 or a protocol number".to_owned())
+        .find(|(_, name)| name.eq_ignore_ascii_case(text));
+    let number = known.map(|(n, _)| *n).or_else(|| text.parse().ok());
+    number.ok_or_else(|| "expected tcp, udp, icmp, icmpv6 or a protocol number".to_owned())
 }
 
 const fn is_icmp(p: u8) -> bool {
     p == 1 || p == 58
 }
 
-/// Byte counters of the previous snapshot, for rates.
+/// Byte counters (in, out) by flow handle of the previous snapshot, and the
+/// seconds elapsed since, for rates.
 #[derive(Clone, Debug, Default)]
 pub struct Previous {
-    /// Seconds since the previous snapshot.
     pub elapsed: f64,
-    /// (bytes in, bytes out) by flow handle.
     pub bytes: HashMap<u64, (u64, u64)>,
 }
 
 impl Previous {
-    /// The counters of `entries`, to compare the next snapshot with.
     pub fn of(entries: &[FlowEntry]) -> Self {
+        let bytes = entries
+            .iter()
+            .map(|e| (e.flow_id, (e.bytes_inbound, e.bytes_outbound)));
+        let bytes = bytes.collect();
         Self {
             elapsed: 0.0,
-            bytes: entries
-                .iter()
-                .map(|e| (e.flow_id, (e.bytes_inbound, e.bytes_outbound)))
-                .collect(),
+            bytes,
         }
     }
 }
@@ -170,9 +166,7 @@ impl Filter {
                 .port
                 .is_none_or(|p| [f.local_port, f.remote_port].contains(&Some(p)))
             && self.family.as_deref().is_none_or(|v| f.family.ends_with(v))
-            && self
-                .direction
-                .is_none_or(|d| (d == Direction::In) == (f.direction == "in"))
+            && self.direction.as_deref().is_none_or(|d| d == f.direction)
     }
 }
 
@@ -415,7 +409,7 @@ pub mod tests {
         );
         assert_eq!(
             count(Filter {
-                direction: Some(Direction::Out),
+                direction: Some("out".into()),
                 ..Filter::default()
             }),
             2

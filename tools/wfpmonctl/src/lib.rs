@@ -1,11 +1,6 @@
-//! # wfpmonctl
-//!
-//! User-mode control tool of the wfpmon WFP callout driver. Everything but
-//! the `windows` module is platform-independent and tested on any host:
-//! `cli` (the command line), `app` (running a command against a `System`),
-//! `plan` and `engine` (the filter-engine objects), `device` (the control
-//! device's IOCTLs), `flows`, `status` and `render` (the views, as JSON
-//! documents and text), `error` (failures and exit codes).
+//! wfpmonctl, the control tool of the wfpmon WFP callout driver. Everything
+//! but the `windows` module is platform-independent and tested on any host;
+//! `tools/wfpmonctl/README.md` describes the modules.
 
 // Off Windows the commands are reached only from the tests; the clippy run
 // for x86_64-pc-windows-msvc checks for dead code with everything in use.

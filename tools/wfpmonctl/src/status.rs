@@ -14,29 +14,24 @@ use windows_sys::Win32::System::Services::{
 use crate::error::{Error, Kind};
 use crate::plan::Object;
 
-/// `SERVICE_STATUS_PROCESS.dwCurrentState` values and their names.
-pub const SERVICE_STATES: [(u32, &str); 7] = [
-    (SERVICE_STOPPED, "stopped"),
-    (SERVICE_START_PENDING, "start_pending"),
-    (SERVICE_STOP_PENDING, "stop_pending"),
-    (SERVICE_RUNNING, "running"),
-    (SERVICE_CONTINUE_PENDING, "continue_pending"),
-    (SERVICE_PAUSE_PENDING, "pause_pending"),
-    (SERVICE_PAUSED, "paused"),
-];
-
-/// The name of a service state (`unknown` for other values).
-pub fn service_state_name(raw: u32) -> &'static str {
-    SERVICE_STATES
-        .iter()
-        .find(|(v, _)| *v == raw)
-        .map_or("unknown", |(_, n)| n)
+/// The name of a `SERVICE_STATUS_PROCESS.dwCurrentState` value.
+pub const fn service_state_name(raw: u32) -> &'static str {
+    match raw {
+        SERVICE_STOPPED => "stopped",
+        SERVICE_START_PENDING => "start_pending",
+        SERVICE_STOP_PENDING => "stop_pending",
+        SERVICE_RUNNING => "running",
+        SERVICE_CONTINUE_PENDING => "continue_pending",
+        SERVICE_PAUSE_PENDING => "pause_pending",
+        SERVICE_PAUSED => "paused",
+        _ => "unknown",
+    }
 }
 
 /// What `status` observed.
 #[derive(Debug)]
 pub struct Observed {
-    /// State of the wfpmon service (`not_installed` or a [`SERVICE_STATES`] name).
+    /// State of the wfpmon service (`not_installed` or a [`service_state_name`]).
     pub driver: &'static str,
     /// State of the BFE service.
     pub bfe: &'static str,

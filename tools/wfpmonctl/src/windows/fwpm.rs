@@ -9,15 +9,7 @@ use std::ptr;
 
 use wfpmon_core::catalog;
 use windows_sys::Win32::Foundation::HANDLE;
-use windows_sys::Win32::NetworkManagement::WindowsFilteringPlatform::{
-    FWP_ACTION_CALLOUT_INSPECTION, FWP_UINT64, FWP_VALUE0, FWP_VALUE0_0, FWPM_ACTION0,
-    FWPM_ACTION0_0, FWPM_CALLOUT0, FWPM_DISPLAY_DATA0, FWPM_FILTER0, FWPM_PROVIDER0,
-    FWPM_SESSION_FLAG_DYNAMIC, FWPM_SESSION0, FWPM_SUBLAYER0, FwpmCalloutAdd0,
-    FwpmCalloutDeleteByKey0, FwpmCalloutGetByKey0, FwpmEngineClose0, FwpmEngineOpen0,
-    FwpmFilterAdd0, FwpmFilterDeleteByKey0, FwpmFilterGetByKey0, FwpmFreeMemory0, FwpmProviderAdd0,
-    FwpmProviderDeleteByKey0, FwpmProviderGetByKey0, FwpmSubLayerAdd0, FwpmSubLayerDeleteByKey0,
-    FwpmSubLayerGetByKey0, FwpmTransactionAbort0, FwpmTransactionBegin0, FwpmTransactionCommit0,
-};
+use windows_sys::Win32::NetworkManagement::WindowsFilteringPlatform as wfp;
 use windows_sys::Win32::System::Rpc::RPC_C_AUTHN_WINNT;
 use windows_sys::core::GUID;
 
@@ -26,7 +18,7 @@ use crate::engine::{FilterEngine, Transaction};
 use crate::error::{Error, Step, SystemCode};
 use crate::plan::{self, Object};
 
-/// How long `FwpmTransactionBegin0` waits for another session's
+/// How long `wfp::FwpmTransactionBegin0` waits for another session's
 /// transaction (the documented default, stated explicitly).
 const TXN_WAIT_TIMEOUT_MS: u32 = 15_000;
 
@@ -51,21 +43,21 @@ impl Session {
     /// added when it closes, so `install` uses a non-dynamic one.
     pub fn open(dynamic: bool) -> Result<Self, Error> {
         let mut name = wide("wfpmonctl");
-        let session = FWPM_SESSION0 {
-            displayData: FWPM_DISPLAY_DATA0 {
+        let session = wfp::FWPM_SESSION0 {
+            displayData: wfp::FWPM_DISPLAY_DATA0 {
                 name: name.as_mut_ptr(),
                 description: ptr::null_mut(),
             },
-            flags: FWPM_SESSION_FLAG_DYNAMIC * u32::from(dynamic),
+            flags: wfp::FWPM_SESSION_FLAG_DYNAMIC * u32::from(dynamic),
             txnWaitTimeoutInMSec: TXN_WAIT_TIMEOUT_MS,
-            ..FWPM_SESSION0::default()
+            ..wfp::FWPM_SESSION0::default()
         };
         let mut handle: HANDLE = ptr::null_mut();
         // SAFETY: `session` and its string outlive the call; `handle` is a
         // valid out-pointer; null server and identity select the local
         // engine with the caller's credentials.
         let rc = unsafe {
-            FwpmEngineOpen0(
+            wfp::FwpmEngineOpen0(
                 ptr::null(),
                 RPC_C_AUTHN_WINNT,
                 ptr::null(),
@@ -75,7 +67,7 @@ impl Session {
         };
         result(rc)
             .map(|()| Self(handle))
-            .map_err(|c| Error::system(Step::Engine, c, "FwpmEngineOpen0"))
+            .map_err(|c| Error::system(Step::Engine, c, "wfp::FwpmEngineOpen0"))
     }
 
     /// Reads the flags of an object a `Fwpm*GetByKey0` call returned, then frees it.
@@ -98,15 +90,15 @@ impl Session {
         let value = flags(unsafe { &*object });
         let mut memory = object.cast::<c_void>();
         // SAFETY: `memory` came from the engine's allocator and is freed once.
-        unsafe { FwpmFreeMemory0(&raw mut memory) };
+        unsafe { wfp::FwpmFreeMemory0(&raw mut memory) };
         Ok(Some(value))
     }
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
-        // SAFETY: the handle came from FwpmEngineOpen0 and is closed once.
-        unsafe { FwpmEngineClose0(self.0) };
+        // SAFETY: the handle came from wfp::FwpmEngineOpen0 and is closed once.
+        unsafe { wfp::FwpmEngineClose0(self.0) };
     }
 }
 
@@ -115,18 +107,18 @@ impl FilterEngine for Session {
         // SAFETY (all three): a valid session handle.
         result(match op {
             // SAFETY: as above; flags 0 is a read/write transaction.
-            Transaction::Begin => unsafe { FwpmTransactionBegin0(self.0, 0) },
+            Transaction::Begin => unsafe { wfp::FwpmTransactionBegin0(self.0, 0) },
             // SAFETY: as above.
-            Transaction::Commit => unsafe { FwpmTransactionCommit0(self.0) },
+            Transaction::Commit => unsafe { wfp::FwpmTransactionCommit0(self.0) },
             // SAFETY: as above.
-            Transaction::Abort => unsafe { FwpmTransactionAbort0(self.0) },
+            Transaction::Abort => unsafe { wfp::FwpmTransactionAbort0(self.0) },
         })
     }
 
     fn add(&mut self, object: Object, persistent: bool) -> Result<(), SystemCode> {
         let mut name = wide(&object.name());
         let mut description = wide(&object.description());
-        let display = FWPM_DISPLAY_DATA0 {
+        let display = wfp::FWPM_DISPLAY_DATA0 {
             name: name.as_mut_ptr(),
             description: description.as_mut_ptr(),
         };
@@ -138,75 +130,75 @@ impl FilterEngine for Session {
             Object::Provider => {
                 // No service name: BFE would skip the provider's persistent
                 // objects at boot unless that service starts automatically.
-                let p = FWPM_PROVIDER0 {
+                let p = wfp::FWPM_PROVIDER0 {
                     providerKey: key,
                     displayData: display,
                     flags,
-                    ..FWPM_PROVIDER0::default()
+                    ..wfp::FWPM_PROVIDER0::default()
                 };
                 // SAFETY: `p` and everything it points to outlive the call.
-                unsafe { FwpmProviderAdd0(self.0, &raw const p, sd) }
+                unsafe { wfp::FwpmProviderAdd0(self.0, &raw const p, sd) }
             }
             Object::Sublayer => {
-                let s = FWPM_SUBLAYER0 {
+                let s = wfp::FWPM_SUBLAYER0 {
                     subLayerKey: key,
                     displayData: display,
                     flags,
                     providerKey: &raw mut provider,
                     weight: plan::SUBLAYER_WEIGHT,
-                    ..FWPM_SUBLAYER0::default()
+                    ..wfp::FWPM_SUBLAYER0::default()
                 };
                 // SAFETY: `s` and everything it points to outlive the call.
-                unsafe { FwpmSubLayerAdd0(self.0, &raw const s, sd) }
+                unsafe { wfp::FwpmSubLayerAdd0(self.0, &raw const s, sd) }
             }
             Object::Callout(_) => {
-                let c = FWPM_CALLOUT0 {
+                let c = wfp::FWPM_CALLOUT0 {
                     calloutKey: key,
                     displayData: display,
                     flags,
                     providerKey: &raw mut provider,
                     applicableLayer: layer,
-                    ..FWPM_CALLOUT0::default()
+                    ..wfp::FWPM_CALLOUT0::default()
                 };
                 // SAFETY: `c` and everything it points to outlive the call.
-                unsafe { FwpmCalloutAdd0(self.0, &raw const c, sd, ptr::null_mut()) }
+                unsafe { wfp::FwpmCalloutAdd0(self.0, &raw const c, sd, ptr::null_mut()) }
             }
             Object::Filter(i) => {
                 let mut weight = plan::FILTER_WEIGHT;
-                let f = FWPM_FILTER0 {
+                let f = wfp::FWPM_FILTER0 {
                     filterKey: key,
                     displayData: display,
                     flags,
                     providerKey: &raw mut provider,
                     layerKey: layer,
                     subLayerKey: guid(catalog::SUBLAYER_KEY),
-                    weight: FWP_VALUE0 {
-                        r#type: FWP_UINT64,
-                        Anonymous: FWP_VALUE0_0 {
+                    weight: wfp::FWP_VALUE0 {
+                        r#type: wfp::FWP_UINT64,
+                        Anonymous: wfp::FWP_VALUE0_0 {
                             uint64: &raw mut weight,
                         },
                     },
-                    action: FWPM_ACTION0 {
-                        r#type: FWP_ACTION_CALLOUT_INSPECTION,
-                        Anonymous: FWPM_ACTION0_0 {
+                    action: wfp::FWPM_ACTION0 {
+                        r#type: wfp::FWP_ACTION_CALLOUT_INSPECTION,
+                        Anonymous: wfp::FWPM_ACTION0_0 {
                             calloutKey: guid(Object::Callout(i).key()),
                         },
                     },
-                    ..FWPM_FILTER0::default()
+                    ..wfp::FWPM_FILTER0::default()
                 };
                 // SAFETY: `f` and everything it points to (strings, provider
                 // key, the 64-bit weight) outlive the call.
-                unsafe { FwpmFilterAdd0(self.0, &raw const f, sd, ptr::null_mut()) }
+                unsafe { wfp::FwpmFilterAdd0(self.0, &raw const f, sd, ptr::null_mut()) }
             }
         })
     }
 
     fn delete(&mut self, object: Object) -> Result<(), SystemCode> {
         let delete: unsafe extern "system" fn(HANDLE, *const GUID) -> u32 = match object {
-            Object::Provider => FwpmProviderDeleteByKey0,
-            Object::Sublayer => FwpmSubLayerDeleteByKey0,
-            Object::Callout(_) => FwpmCalloutDeleteByKey0,
-            Object::Filter(_) => FwpmFilterDeleteByKey0,
+            Object::Provider => wfp::FwpmProviderDeleteByKey0,
+            Object::Sublayer => wfp::FwpmSubLayerDeleteByKey0,
+            Object::Callout(_) => wfp::FwpmCalloutDeleteByKey0,
+            Object::Filter(_) => wfp::FwpmFilterDeleteByKey0,
         };
         let key = guid(object.key());
         // SAFETY: a valid session handle and a key that outlives the call.
@@ -216,10 +208,10 @@ impl FilterEngine for Session {
     fn flags(&mut self, object: Object) -> Result<Option<u32>, SystemCode> {
         let key = guid(object.key());
         match object {
-            Object::Provider => self.flags_of(FwpmProviderGetByKey0, &key, |o| o.flags),
-            Object::Sublayer => self.flags_of(FwpmSubLayerGetByKey0, &key, |o| o.flags),
-            Object::Callout(_) => self.flags_of(FwpmCalloutGetByKey0, &key, |o| o.flags),
-            Object::Filter(_) => self.flags_of(FwpmFilterGetByKey0, &key, |o| o.flags),
+            Object::Provider => self.flags_of(wfp::FwpmProviderGetByKey0, &key, |o| o.flags),
+            Object::Sublayer => self.flags_of(wfp::FwpmSubLayerGetByKey0, &key, |o| o.flags),
+            Object::Callout(_) => self.flags_of(wfp::FwpmCalloutGetByKey0, &key, |o| o.flags),
+            Object::Filter(_) => self.flags_of(wfp::FwpmFilterGetByKey0, &key, |o| o.flags),
         }
     }
 }
