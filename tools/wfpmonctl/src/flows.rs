@@ -110,20 +110,29 @@ pub fn process_name(pid: u64, resolve: &mut impl FnMut(u64) -> Option<String>) -
 }
 
 impl FlowRow {
-    /// The view of `e`, with its rates when `previous` is known: counters
-    /// of a flow absent from it all arrived since then.
+    /// The view of `e`, with its rates when `previous` is known. A flow
+    /// absent from it is new (its counters arrived within its age, or the
+    /// interval if that is longer).
     pub fn new(e: &FlowEntry, process: String, previous: Option<&Previous>) -> Self {
         let v4 = AddressFamily::from_af(e.address_family) == Some(AddressFamily::V4);
         let icmp = is_icmp(e.ip_protocol);
         #[allow(clippy::cast_precision_loss)] // a rate: 52 bits are plenty
-        let rate = |now: u64, before: u64, p: &Previous| {
-            now.saturating_sub(before) as f64 / p.elapsed.max(1e-3)
-        };
+        let rate =
+            |now: u64, before: u64, seconds: f64| now.saturating_sub(before) as f64 / seconds;
         let (rate_in, rate_out) = previous.map_or((None, None), |p| {
-            let (bin, bout) = p.bytes.get(&e.flow_id).copied().unwrap_or_default();
+            let before = p.bytes.get(&e.flow_id).copied();
+            #[allow(clippy::cast_precision_loss)] // milliseconds: 52 bits are plenty
+            let age = e.age_ms as f64 / 1000.0;
+            let seconds = if before.is_some() {
+                p.elapsed
+            } else {
+                p.elapsed.max(age)
+            }
+            .max(1e-3);
+            let (bin, bout) = before.unwrap_or_default();
             (
-                Some(rate(e.bytes_inbound, bin, p)),
-                Some(rate(e.bytes_outbound, bout, p)),
+                Some(rate(e.bytes_inbound, bin, seconds)),
+                Some(rate(e.bytes_outbound, bout, seconds)),
             )
         });
         Self {
@@ -346,11 +355,19 @@ pub mod tests {
         );
         assert_eq!(
             f[1].rate_in,
+            Some(100.0),
+            "absent before: 200 bytes over its 2 s age"
+        );
+        let mut young = entries()[1];
+        young.age_ms = 200;
+        let young = FlowRow::new(&young, "x".into(), Some(&prev));
+        assert_eq!(
+            young.rate_in,
             Some(400.0),
-            "a new flow: all of its bytes are new"
+            "younger than the interval: 200 B in 0.5 s"
         );
         let d = FlowsDoc::new(&FlowsArgs::default(), "t".into(), 3, f, Some(0.5));
-        assert_eq!(d.totals.rate_in, Some(120.0 + 400.0 + 600.0));
+        assert_eq!(d.totals.rate_in, Some(120.0 + 100.0 + 100.0));
         assert_eq!(d.interval_s, Some(0.5));
     }
 
