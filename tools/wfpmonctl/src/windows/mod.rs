@@ -110,6 +110,12 @@ impl ControlDevice for Device {
         let in_len = u32::try_from(input.len()).map_err(too_big)?;
         let out_len = u32::try_from(output.len()).map_err(too_big)?;
         let mut returned = 0u32;
+        // No output (SET_COUNTING): a null buffer, not a dangling one.
+        let out = if output.is_empty() {
+            std::ptr::null_mut()
+        } else {
+            output.as_mut_ptr()
+        };
         // SAFETY: the handle is open; the buffers are valid for the lengths
         // passed and outlive the call, which is synchronous (no OVERLAPPED,
         // the device was not opened for overlapped I/O).
@@ -119,7 +125,7 @@ impl ControlDevice for Device {
                 code,
                 input.as_ptr().cast(),
                 in_len,
-                output.as_mut_ptr().cast(),
+                out.cast(),
                 out_len,
                 &raw mut returned,
                 std::ptr::null_mut(),
