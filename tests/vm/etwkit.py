@@ -295,3 +295,18 @@ def trace_stop_problems(text: str) -> list[psstatic.Problem]:
             problems.append(psstatic.Problem(line(lo + m.start(1)),
                                              f"'{m.group(1)}' inside the top-level try/catch (the verdict and exit code come after finally)"))
     return problems
+
+
+def uncounted_driver_calls(text: str) -> list[psstatic.Problem]:
+    """Every `Start-WfpMonDriver -Session $session` / `Stop-WfpMonDriver
+    -Session $session` statement must be followed by `$driverStarts++` /
+    `$driverStops++`: the trace check compares event counts with them."""
+    code = psstatic.scan(text).code
+    lines = code.splitlines()
+    problems = []
+    for i, line in enumerate(lines):
+        for verb, counter in (("Start", "$driverStarts++"), ("Stop", "$driverStops++")):
+            if re.match(rf"\s*{verb}-WfpMonDriver -Session \$session\s*$", line):
+                if i + 1 >= len(lines) or lines[i + 1].strip() != counter:
+                    problems.append(psstatic.Problem(i + 1, f"{verb}-WfpMonDriver is not followed by {counter}"))
+    return problems

@@ -107,13 +107,17 @@ def test_event_names_the_kit_knows_are_those_trace_rs_writes():
 
 
 def test_the_test_counts_every_driver_start_and_stop():
-    sc = psstatic.scan(INVOKE)
-    lines = sc.code.splitlines()
-    for i, text in enumerate(lines):
-        for verb, counter in (("Start", "$driverStarts++"), ("Stop", "$driverStops++")):
-            if re.match(rf"\s*{verb}-WfpMonDriver -Session \$session\s*$", text):
-                assert lines[i + 1].strip() == counter, f"line {i + 1}: {verb}-WfpMonDriver not counted"
+    assert etwkit.uncounted_driver_calls(INVOKE) == []
+    assert len(re.findall(r"(?m)^\s*\$driverStops\+\+$", INVOKE)) == 3  # loop, stopped-traffic check, final stop
+    assert len(re.findall(r"(?m)^\s*\$driverStarts\+\+$", INVOKE)) == 3  # first start, loop, restart
     assert "Test-WfpMonTraceCount -Count $eventCount -DriverStarts $driverStarts -DriverStops $driverStops" in INVOKE
+
+
+def test_an_uncounted_driver_stop_is_reported():
+    old = "    Stop-WfpMonDriver -Session $session\n    $driverStops++\n    $stopped = @("
+    broken = mutate(INVOKE, old, "    Stop-WfpMonDriver -Session $session\n    $stopped = @(")
+    problems = etwkit.uncounted_driver_calls(broken)
+    assert [p.message for p in problems] == ["Stop-WfpMonDriver is not followed by $driverStops++"]
 
 
 # --- the session is stopped on every way out ------------------------------------------
@@ -245,7 +249,8 @@ def test_windows_doc_describes_capture_and_every_event():
     text = (REPO / "docs" / "windows.md").read_text(encoding="utf-8")
     assert PROVIDER.guid in text and f"`{PROVIDER.name}`" in text
     assert "scripts\\windows\\wfpmon.wprp" in text or "scripts/windows/wfpmon.wprp" in text
-    assert f"-p {{{PROVIDER.guid}}} 0x7 0x5" in text
+    # Quoted: in PowerShell a bare {GUID} is a script block.
+    assert f'-p "{{{PROVIDER.guid}}}" 0x7 0x5' in text
     assert "tracerpt" in text and "-of XML" in text
     section = text[text.index("## 5."):text.index("## 6.")]
     for name in PROVIDER.event_names:
