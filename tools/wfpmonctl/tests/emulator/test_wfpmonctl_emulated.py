@@ -268,6 +268,7 @@ class Machine:
         self.processes = processes or {}  # pid -> image path
         self.console = console  # stdout console width, or None: stdout is a pipe
         self.closed_stdout_after = closed_stdout_after  # writes accepted before the pipe closes
+        self.ctrl_c_at_sleep = None  # Ctrl+C is pressed during the n-th Sleep (1-based)
 
 
 def installed_everything():
@@ -292,6 +293,7 @@ class Run:
         self.stderr = ""
         self.clock_ms = 0
         self.sleeps: list[int] = []
+        self.ctrl_handlers: list[int] = []
         self.stdout_writes = 0
         config = copy.deepcopy(DEFAULT_CONFIG_DATA)
         config["command_line"] = " ".join(["wfpmonctl.exe", *args])
@@ -337,6 +339,7 @@ class Run:
             # high-resolution timer, and Sleep advances Instant and nothing else.
             ("kernel32", "CreateWaitableTimerExW", 4, lambda emu, a: 0),
             ("kernel32", "Sleep", 1, self._sleep),
+            ("kernel32", "SetConsoleCtrlHandler", 2, self._set_ctrl_handler),
             ("kernel32", "QueryPerformanceFrequency", 1, self._qpf),
             ("kernel32", "QueryPerformanceCounter", 1, self._qpc),
             ("kernel32", "GetSystemTimePreciseAsFileTime", 1, self._filetime),
@@ -505,7 +508,17 @@ class Run:
     def _sleep(self, emu, args):
         self.sleeps.append(args[0])
         self.clock_ms += args[0]
+        if self.machine.ctrl_c_at_sleep == len(self.sleeps):
+            # The console delivers CTRL_C_EVENT: the registered handler runs
+            # as if Sleep had called it, and returns to Sleep's caller.
+            self.se.reg_write("rcx", 0)
+            self.se.set_pc(self.ctrl_handlers[-1])
         return 0
+
+    def _set_ctrl_handler(self, emu, args):
+        if args[1]:
+            self.ctrl_handlers.append(args[0])
+        return 1
 
     def _qpf(self, emu, args):
         self.se.mem_write(args[0], struct.pack("<q", 10_000_000))
@@ -865,6 +878,16 @@ def test_a_closed_pipe_ends_the_watch_quietly(exe):
     assert run.exit_code == 0
     assert machine.driver.requests == ["list", "list"], "stops at the first failed write"
     assert run.stderr == ""
+
+
+def test_ctrl_c_ends_the_watch_quietly(exe):
+    machine = flows_machine()
+    machine.ctrl_c_at_sleep = 1
+    run = Run(exe, ["flows", "--watch", "0.1"], machine=machine)
+    assert run.ctrl_handlers and run.ctrl_handlers[0] != 0, "a console control handler is installed"
+    assert run.exit_code == 0, run.stderr
+    assert run.sleeps == [100] and machine.driver.requests == ["list"], "no refresh after Ctrl+C"
+    assert run.stdout.count(" matching flows ") == 1 and run.stderr == ""
 
 
 def test_a_list_larger_than_the_first_buffer_is_fetched_whole(exe):
