@@ -1,281 +1,470 @@
-//! Running commands: the refresh loop, error reporting, and the decisions
-//! that combine several observations (BFE's service state with an engine
-//! failure, the parts of `status`). Platform-independent.
+//! Running a command against a [`System`]: the Windows one in
+//! `crate::windows`, a simulated one in the tests.
 
-use std::io::Write;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::io::{self, Write};
+use std::time::{Duration, SystemTime};
 
-use crate::engine::{DeviceState, ServiceState, StatusReport, WfpStatus};
-use crate::exit::{self, Error, Kind, Step, SystemCode};
+use serde::Serialize;
+use wfpmon_core::catalog;
+use wfpmon_core::protocol::FlowEntry;
 
-/// ANSI "clear screen, cursor home", used between refreshes on a terminal.
-pub const CLEAR_SCREEN: &str = "\x1b[2J\x1b[H";
+use crate::cli::{Cli, Command, FlowsArgs, Watch};
+use crate::device::{self, ControlDevice};
+use crate::engine::{self, FilterEngine};
+use crate::error::{Error, Kind};
+use crate::flows::{self, FlowRow, FlowsDoc, Previous};
+use crate::render::{self, StatsDoc};
+use crate::status::{Observed, StatusDoc};
 
-/// Writes `render()` to `out` once, or repeatedly with `watch`.
-///
-/// With `watch`, it renders every `watch` seconds until `render` fails or
-/// the output closes. `clear` clears the
-/// screen before each refresh (table output on a terminal); otherwise
-/// refreshes are separated by a blank line (JSON: one object per refresh).
-///
-/// # Errors
-/// The first error of `render`, or a failure to write the output.
-pub fn refresh<W, R, S>(
-    out: &mut W,
-    watch: Option<u64>,
+/// Service name of the Base Filtering Engine.
+pub const BFE_SERVICE: &str = "BFE";
+
+/// Standard output when it is a console: its width, and whether it takes
+/// escape sequences (virtual terminal processing), so a refresh can clear it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Terminal {
+    pub width: usize,
+    pub vt: bool,
+}
+
+/// What the commands need from the operating system.
+pub trait System {
+    type Engine: FilterEngine;
+    type Device: ControlDevice;
+    /// Opens a filter-engine session; a `dynamic` one deletes what it added
+    /// when it closes.
+    fn engine(&mut self, dynamic: bool) -> Result<Self::Engine, Error>;
+    /// Opens the control device, for writing too when `write`.
+    fn device(&mut self, write: bool) -> Result<Self::Device, Error>;
+    /// `not_installed` or a [`crate::status::service_state_name`].
+    fn service_state(&mut self, name: &str) -> Result<&'static str, Error>;
+    /// Image file name of a process, if it can be read.
+    fn process_name(&mut self, pid: u64) -> Option<String>;
+    /// Standard output as a console, or `None` (file, pipe).
+    fn terminal(&mut self) -> Option<Terminal>;
+    /// Wall-clock time and a monotonic time.
+    fn now(&mut self) -> (SystemTime, Duration);
+    fn sleep(&mut self, duration: Duration);
+    /// Whether Ctrl+C (or Ctrl+Break) was pressed.
+    fn interrupted(&mut self) -> bool;
+}
+
+/// Writes `text`; `false` when the reader went away (a closed pipe).
+fn emit(out: &mut dyn Write, text: &str) -> Result<bool, Error> {
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(Error::new(
+            Kind::Other,
+            format!("writing the output failed: {e}"),
+        )),
+    }
+}
+
+/// One compact JSON line, or the text.
+fn show<T: Serialize>(doc: &T, json: bool, text: impl FnOnce(&T) -> String) -> String {
+    // Serializing these plain structures cannot fail.
+    let line = || serde_json::to_string(doc).unwrap_or_default() + "\n";
+    if json { line() } else { text(doc) }
+}
+
+fn timestamp(time: SystemTime) -> String {
+    humantime::format_rfc3339_millis(time).to_string()
+}
+
+/// Renders once, or every `--watch` seconds until `--count`, Ctrl+C or a
+/// closed output; ends with exit code 0 in all three cases. `clear` clears
+/// the screen before each refresh.
+fn repeat<S: System>(
+    sys: &mut S,
+    out: &mut dyn Write,
+    watch: Watch,
     clear: bool,
-    mut render: R,
-    mut sleep: S,
-) -> Result<(), Error>
-where
-    W: Write,
-    R: FnMut() -> Result<String, Error>,
-    S: FnMut(Duration),
-{
-    let mut first = true;
-    loop {
-        let text = render()?;
-        let mut chunk = String::new();
+    mut render: impl FnMut(&mut S) -> Result<String, Error>,
+) -> Result<u8, Error> {
+    for n in 1.. {
+        let mut text = render(sys)?;
         if clear {
-            chunk.push_str(CLEAR_SCREEN);
-        } else if !first {
-            chunk.push('\n');
+            text.insert_str(0, "\x1b[H\x1b[2J");
+        } else if n > 1 && !text.starts_with('{') {
+            text.insert(0, '\n');
         }
-        chunk.push_str(&text);
-        if !text.ends_with('\n') {
-            chunk.push('\n');
+        let (Some(seconds), true) = (watch.watch, emit(out, &text)?) else {
+            return Ok(0);
+        };
+        if watch.count.is_some_and(|k| n >= k) {
+            return Ok(0);
         }
-        out.write_all(chunk.as_bytes())
-            .and_then(|()| out.flush())
-            .map_err(|e| Error::new(Kind::Other, format!("writing the output failed: {e}")))?;
-        first = false;
-        match watch {
-            None => return Ok(()),
-            Some(seconds) => sleep(Duration::from_secs(seconds)),
+        let mut left = Duration::from_secs_f64(seconds);
+        while !left.is_zero() && !sys.interrupted() {
+            let step = left.min(Duration::from_millis(100));
+            sys.sleep(step);
+            left -= step;
+        }
+        if sys.interrupted() {
+            return Ok(0);
+        }
+    }
+    Ok(0)
+}
+
+/// Runs `cli`; returns the exit code.
+pub fn run<S: System>(cli: &Cli, sys: &mut S, out: &mut dyn Write) -> Result<u8, Error> {
+    let terminal = sys.terminal();
+    let vt = terminal.is_some_and(|t| t.vt);
+    match &cli.command {
+        Command::Install { persistent } => {
+            let added = engine::install(&mut sys.engine(false)?, *persistent)?.len();
+            let lifetime = if *persistent {
+                "persistent: they survive reboots until `wfpmonctl uninstall`"
+            } else {
+                "static: they last until BFE stops (--persistent keeps them across reboots)"
+            };
+            let text =
+                format!("installed {added} filter-engine objects in one transaction; {lifetime}\n");
+            emit(out, &text).map(|_| 0)
+        }
+        Command::Uninstall => {
+            let done = engine::uninstall(&mut sys.engine(false)?)?;
+            let (deleted, absent) = (done.deleted.len(), done.absent.len());
+            let text = format!("uninstalled: {deleted} objects deleted, {absent} already absent\n");
+            emit(out, &text).map(|_| 0)
+        }
+        Command::Status {
+            check,
+            json,
+            verbose,
+        } => {
+            let observed = Observed {
+                driver: sys.service_state(catalog::SERVICE_NAME)?,
+                bfe: sys.service_state(BFE_SERVICE)?,
+                device: sys.device(false).map(drop),
+                engine: sys.engine(true).and_then(|mut e| engine::query(&mut e)),
+            };
+            let doc = StatusDoc::new(&observed, timestamp(sys.now().0));
+            emit(out, &show(&doc, *json, |d| d.text(*verbose)))?;
+            Ok(match &observed.engine {
+                Err(e) => e.exit_code(),
+                Ok(_) if *check && !doc.active => Kind::Inactive as u8,
+                Ok(_) => 0,
+            })
+        }
+        Command::Stats { json, raw, watch } => {
+            let mut dev = sys.device(false)?;
+            let clear = watch.watch.is_some() && !json && vt;
+            repeat(sys, out, *watch, clear, |sys| {
+                let stats = device::query_stats(&mut dev)?;
+                let doc = StatsDoc::new(&stats, timestamp(sys.now().0));
+                Ok(show(&doc, *json, |d| d.text(&stats, *raw)))
+            })
+        }
+        Command::Flows(args) => flows(sys, out, args, terminal),
+        Command::Counting { state } => {
+            let on = state == "on";
+            device::set_counting(&mut sys.device(true)?, on)?;
+            let text = format!("traffic counting is {}\n", if on { "on" } else { "off" });
+            emit(out, &text).map(|_| 0)
         }
     }
 }
 
-/// The error for a failed `FwpmEngineOpen0`, given BFE's service state
-/// when it could be read: a stopped BFE explains any failure to connect.
-#[must_use]
-pub fn engine_open_error(code: SystemCode, bfe: Option<ServiceState>) -> Error {
-    let mut err = Error::system(Step::EngineOpen, code, "FwpmEngineOpen0");
-    if err.kind != Kind::NotElevated
-        && let Some(state) = bfe.filter(|s| *s != ServiceState::Running)
-    {
-        err.kind = Kind::BfeNotRunning;
-        err.message = format!(
-            "FwpmEngineOpen0 failed: the Base Filtering Engine service is {} (start it with `sc start bfe`)",
-            state.describe()
-        );
-    }
-    err
-}
-
-/// Device state for `status`, from the result of opening the device.
-#[must_use]
-pub fn device_state(open: Result<(), Error>) -> DeviceState {
-    match open {
-        Ok(()) => DeviceState::Present,
-        Err(e) if e.kind == Kind::DriverNotLoaded => DeviceState::Absent,
-        Err(e) => DeviceState::Error(e.to_string()),
-    }
-}
-
-/// Assembles `status` and its exit code.
-///
-/// The code is 0 when the filter engine could be queried, otherwise the code of that failure (4 when BFE is down, 3 when
-/// access was denied). The driver's own state never fails `status`: it is
-/// what `status` reports.
-#[must_use]
-pub fn status_report(
-    driver_service: ServiceState,
-    bfe_service: ServiceState,
-    device: DeviceState,
-    wfp: Result<WfpStatus, Error>,
-) -> (StatusReport, u8) {
-    match wfp {
-        Ok(w) => (
-            StatusReport {
-                driver_service,
-                bfe_service,
-                device,
-                wfp: Some(w),
-                wfp_error: None,
-            },
-            exit::SUCCESS,
-        ),
-        Err(e) => (
-            StatusReport {
-                driver_service,
-                bfe_service,
-                device,
-                wfp: None,
-                wfp_error: Some(e.to_string()),
-            },
-            e.exit_code(),
-        ),
-    }
-}
-
-/// The line printed for a failure.
-#[must_use]
-pub fn error_line(e: &Error) -> String {
-    format!("wfpmonctl: error: {e}")
+/// `flows`: snapshots with process names, and rates from the previous one.
+fn flows<S: System>(
+    sys: &mut S,
+    out: &mut dyn Write,
+    args: &FlowsArgs,
+    terminal: Option<Terminal>,
+) -> Result<u8, Error> {
+    let mut dev = sys.device(false)?;
+    let clear = args.watch.watch.is_some() && !args.json && terminal.is_some_and(|t| t.vt);
+    let mut previous: Option<(Duration, Previous)> = None;
+    repeat(sys, out, args.watch, clear, |sys| {
+        let list = device::list_flows(&mut dev)?;
+        let (wall, now) = sys.now();
+        let before = previous.as_mut().map(|(at, p)| {
+            p.elapsed = now.saturating_sub(*at).as_secs_f64();
+            &*p
+        });
+        let mut names: HashMap<u64, String> = HashMap::new();
+        let mut row = |e: &FlowEntry| {
+            let resolve = || flows::process_name(e.process_id, &mut |p| sys.process_name(p));
+            let name = names.entry(e.process_id).or_insert_with(resolve).clone();
+            FlowRow::new(e, name, before)
+        };
+        let all = list.entries.iter().map(&mut row).collect();
+        let interval = before.map(|p| p.elapsed);
+        let doc = FlowsDoc::new(args, timestamp(wall), list.total, all, interval);
+        previous = Some((now, Previous::of(&list.entries)));
+        let width = terminal.map(|t| t.width);
+        Ok(show(&doc, args.json, |d| {
+            render::flows_text(d, args.raw, args.verbose, width)
+        }))
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exit::code;
+    use crate::device::sim::{SimDriver, flow};
+    use crate::engine::fake::FakeEngine;
+    use crate::error::{Step, SystemCode};
+    use clap::Parser;
+    use serde_json::Value;
+    use std::cell::RefCell;
+    use std::rc::Rc;
 
-    #[test]
-    fn single_shot_prints_once() {
+    #[derive(Default)]
+    struct Fake {
+        driver: Rc<RefCell<SimDriver>>,
+        engine: Option<FakeEngine>,
+        driver_state: &'static str,
+        terminal: Option<Terminal>,
+        clock: Duration,
+        sleeps: Vec<Duration>,
+        interrupt_after: Option<usize>,
+    }
+
+    struct Shared(Rc<RefCell<SimDriver>>);
+    impl ControlDevice for Shared {
+        fn ioctl(&mut self, c: u32, i: &[u8], o: &mut [u8]) -> Result<usize, device::IoctlError> {
+            self.0.borrow_mut().ioctl(c, i, o)
+        }
+    }
+
+    impl System for Fake {
+        type Engine = FakeEngine;
+        type Device = Shared;
+        fn engine(&mut self, _: bool) -> Result<FakeEngine, Error> {
+            self.engine.take().ok_or_else(|| {
+                Error::system(Step::Engine, SystemCode::Win32(1753), "FwpmEngineOpen0")
+            })
+        }
+        fn device(&mut self, _: bool) -> Result<Shared, Error> {
+            if self.driver_state == "running" {
+                Ok(Shared(self.driver.clone()))
+            } else {
+                Err(Error::system(
+                    Step::OpenDevice,
+                    SystemCode::Win32(2),
+                    "CreateFileW",
+                ))
+            }
+        }
+        fn service_state(&mut self, name: &str) -> Result<&'static str, Error> {
+            Ok(if name == "BFE" {
+                "running"
+            } else {
+                self.driver_state
+            })
+        }
+        fn process_name(&mut self, pid: u64) -> Option<String> {
+            (pid != 102).then(|| format!("app{pid}.exe"))
+        }
+        fn terminal(&mut self) -> Option<Terminal> {
+            self.terminal
+        }
+        fn now(&mut self) -> (SystemTime, Duration) {
+            (
+                SystemTime::UNIX_EPOCH + Duration::from_hours(500_000),
+                self.clock,
+            )
+        }
+        fn sleep(&mut self, d: Duration) {
+            self.clock += d;
+            self.sleeps.push(d);
+            // Traffic while sleeping: flow 1 receives 1000 bytes per second.
+            let mut drv = self.driver.borrow_mut();
+            if let Some(f) = drv.flows.iter_mut().find(|f| f.flow_id == 0x1001) {
+                f.bytes_inbound += u64::try_from(d.as_millis()).unwrap();
+            }
+        }
+        fn interrupted(&mut self) -> bool {
+            self.interrupt_after.is_some_and(|n| self.sleeps.len() >= n)
+        }
+    }
+
+    fn running() -> Fake {
+        let driver = SimDriver {
+            flows: (1..=3).map(flow).collect(),
+            ..SimDriver::default()
+        };
+        Fake {
+            driver: Rc::new(RefCell::new(driver)),
+            driver_state: "running",
+            ..Fake::default()
+        }
+    }
+
+    fn run_with(sys: &mut Fake, args: &[&str]) -> (Result<u8, Error>, String) {
+        let cli =
+            Cli::try_parse_from(std::iter::once("wfpmonctl").chain(args.iter().copied())).unwrap();
         let mut out = Vec::new();
-        let mut calls = 0;
-        refresh(
-            &mut out,
-            None,
-            false,
-            || {
-                calls += 1;
-                Ok("a".into())
-            },
-            |_| panic!("no sleep"),
-        )
-        .unwrap();
-        assert_eq!(calls, 1);
-        assert_eq!(String::from_utf8(out).unwrap(), "a\n");
+        let code = run(&cli, sys, &mut out);
+        (code, String::from_utf8(out).unwrap())
     }
 
     #[test]
-    fn watch_repeats_until_render_fails() {
-        let mut out = Vec::new();
-        let mut n = 0;
-        let mut slept = Vec::new();
-        let err = refresh(
-            &mut out,
-            Some(2),
-            false,
-            || {
-                n += 1;
-                if n == 4 {
-                    Err(Error::new(Kind::DriverNotLoaded, "gone"))
-                } else {
-                    Ok(format!("{{\"n\":{n}}}"))
-                }
-            },
-            |d| slept.push(d),
-        )
-        .unwrap_err();
-        assert_eq!(err.exit_code(), 5);
-        assert_eq!(slept, vec![Duration::from_secs(2); 3]);
+    fn flows_watch_json_is_ndjson_with_rates_from_the_second_line() {
+        let mut sys = running();
+        let (code, out) = run_with(
+            &mut sys,
+            &["flows", "--json", "--watch", "0.25", "--count", "3"],
+        );
+        assert_eq!(code, Ok(0));
+        let docs: Vec<Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(docs.len(), 3);
         assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "{\"n\":1}\n\n{\"n\":2}\n\n{\"n\":3}\n"
+            sys.sleeps.iter().sum::<Duration>(),
+            Duration::from_millis(500)
         );
-    }
-
-    #[test]
-    fn watch_on_a_terminal_clears_the_screen() {
-        let mut out = Vec::new();
-        let mut n = 0;
-        let _ = refresh(
-            &mut out,
-            Some(1),
-            true,
-            || {
-                n += 1;
-                if n == 3 {
-                    Err(Error::new(Kind::Other, "stop"))
-                } else {
-                    Ok("t\n".into())
-                }
-            },
-            |_| {},
+        assert!(
+            docs[0].get("interval_s").is_none() && docs[0]["flows"][0].get("rate_in").is_none()
         );
+        assert_eq!(docs[1]["interval_s"], 0.25);
+        let f1 = docs[1]["flows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["pid"] == 101)
+            .unwrap();
         assert_eq!(
-            String::from_utf8(out).unwrap(),
-            format!("{CLEAR_SCREEN}t\n{CLEAR_SCREEN}t\n")
+            (f1["rate_in"].as_f64(), f1["process"].as_str()),
+            (Some(1000.0), Some("app101.exe"))
         );
+        assert_eq!(docs[2]["totals"]["rate_in"], 1000.0);
+        assert_eq!(docs[0]["timestamp"], "2027-01-15T08:00:00.000Z");
+        let unresolved = docs[0]["flows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["pid"] == 102)
+            .unwrap();
+        assert_eq!(unresolved["process"], "?");
     }
 
     #[test]
-    fn closed_output_ends_the_loop() {
+    fn ctrl_c_and_a_closed_pipe_end_quietly() {
         struct Closed;
         impl Write for Closed {
-            fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
-                Err(std::io::ErrorKind::BrokenPipe.into())
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Err(io::ErrorKind::BrokenPipe.into())
             }
-            fn flush(&mut self) -> std::io::Result<()> {
+            fn flush(&mut self) -> io::Result<()> {
                 Ok(())
             }
         }
-        let err = refresh(&mut Closed, Some(1), false, || Ok("x".into()), |_| {}).unwrap_err();
-        assert_eq!(err.kind, Kind::Other);
+        let mut sys = running();
+        sys.interrupt_after = Some(2);
+        let (code, out) = run_with(&mut sys, &["flows", "--watch", "1"]);
+        assert_eq!(
+            (code, out.matches("PID").count(), sys.sleeps.len()),
+            (Ok(0), 1, 2)
+        );
+
+        let cli = Cli::try_parse_from(["wfpmonctl", "flows", "--watch", "1"]).unwrap();
+        let mut sys = running();
+        assert_eq!(run(&cli, &mut sys, &mut Closed), Ok(0));
+        assert!(sys.sleeps.is_empty(), "no refresh after the reader left");
     }
 
     #[test]
-    fn engine_open_failures() {
-        let e = engine_open_error(SystemCode::Win32(code::EPT_S_NOT_REGISTERED), None);
-        assert_eq!(e.exit_code(), 4);
-        // An unexplained failure while BFE is stopped is blamed on BFE.
-        let e = engine_open_error(SystemCode::Win32(1722 + 1), Some(ServiceState::Stopped));
-        assert_eq!(e.exit_code(), 4);
-        assert!(e.message.contains("stopped"), "{}", e.message);
-        let e = engine_open_error(SystemCode::Win32(1723), Some(ServiceState::Running));
-        assert_eq!(e.exit_code(), 1);
-        // Access denied stays access denied.
-        let e = engine_open_error(
-            SystemCode::Win32(code::ERROR_ACCESS_DENIED),
-            Some(ServiceState::Stopped),
+    fn watch_on_a_console_clears_and_fits_the_width() {
+        let mut sys = running();
+        sys.terminal = Some(Terminal {
+            width: 80,
+            vt: true,
+        });
+        let (_, out) = run_with(
+            &mut sys,
+            &[
+                "flows", "--watch", "1", "--count", "2", "--sort", "pid", "--top", "2",
+            ],
         );
-        assert_eq!(e.exit_code(), 3);
+        assert_eq!(out.matches("\x1b[H\x1b[2J").count(), 2);
+        assert!(
+            out.lines().filter(|l| !l.contains(" of ")).all(|l| l
+                .replace("\x1b[H\x1b[2J", "")
+                .chars()
+                .count()
+                <= 80),
+            "{out}"
+        );
+        assert!(out.contains("2 of 3 matching flows"));
+        sys.terminal = Some(Terminal {
+            width: 70,
+            vt: false,
+        });
+        let (_, out) = run_with(&mut sys, &["stats", "--watch", "1", "--count", "2"]);
+        assert!(
+            !out.contains('\x1b') && out.contains("\n\nSTATISTIC"),
+            "{out}"
+        );
     }
 
     #[test]
-    fn status_exit_codes() {
-        let w = WfpStatus {
-            provider: false,
-            sublayer: false,
-            callouts: vec![],
-            filters: vec![],
-        };
-        let (r, code) = status_report(
-            ServiceState::Stopped,
-            ServiceState::Running,
-            DeviceState::Absent,
-            Ok(w),
+    fn status_check_exit_codes() {
+        let mut sys = running();
+        let mut e = FakeEngine::default();
+        engine::install(&mut e, false).unwrap();
+        e.registered = (0..6).collect();
+        sys.engine = Some(e);
+        let (code, out) = run_with(&mut sys, &["status", "--check"]);
+        assert_eq!(
+            (code, out.as_str()),
+            (
+                Ok(0),
+                "monitoring active: driver running, 6/6 callouts registered, 6/6 filters\n"
+            )
         );
-        assert_eq!(code, 0);
-        assert!(r.wfp.is_some());
-        let (r, code) = status_report(
-            ServiceState::NotInstalled,
-            ServiceState::Stopped,
-            device_state(Err(Error::new(Kind::DriverNotLoaded, "x"))),
-            Err(engine_open_error(
-                SystemCode::Win32(code::EPT_S_NOT_REGISTERED),
-                Some(ServiceState::Stopped),
-            )),
+
+        let mut sys = running();
+        sys.engine = Some(FakeEngine::default());
+        let (code, out) = run_with(&mut sys, &["status", "--check", "--json"]);
+        assert_eq!(code, Ok(8));
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            (v["active"].as_bool(), v["filters_present"].as_u64()),
+            (Some(false), Some(0))
         );
-        assert_eq!(code, 4);
-        assert_eq!(r.device, DeviceState::Absent);
-        assert!(r.wfp_error.unwrap().contains("Base Filtering Engine"));
-        assert_eq!(device_state(Ok(())), DeviceState::Present);
-        assert!(matches!(
-            device_state(Err(Error::system(
-                Step::OpenDevice,
-                SystemCode::Win32(5),
-                "CreateFileW"
-            ))),
-            DeviceState::Error(_)
-        ));
+        sys.engine = Some(FakeEngine::default());
+        assert_eq!(
+            run_with(&mut sys, &["status"]).0,
+            Ok(0),
+            "without --check the verdict is not a failure"
+        );
+        assert_eq!(
+            run_with(&mut sys, &["status", "--check"]).0,
+            Ok(4),
+            "BFE down"
+        );
     }
 
     #[test]
-    fn error_lines() {
-        let e = Error::new(Kind::Usage, "bad");
-        assert_eq!(error_line(&e), "wfpmonctl: error: bad");
+    fn install_uninstall_counting() {
+        let mut sys = running();
+        sys.engine = Some(FakeEngine::default());
+        let (code, out) = run_with(&mut sys, &["install"]);
+        assert_eq!(code, Ok(0));
+        assert!(out.starts_with("installed 14 filter-engine objects in one transaction; static"));
+        sys.engine = Some(FakeEngine::default());
+        let (_, out) = run_with(&mut sys, &["install", "--persistent"]);
+        assert!(out.contains("; persistent: they survive reboots"), "{out}");
+        sys.engine = Some(FakeEngine::default());
+        let (_, out) = run_with(&mut sys, &["uninstall"]);
+        assert!(
+            out.ends_with("uninstalled: 0 objects deleted, 14 already absent\n"),
+            "{out}"
+        );
+        let (code, out) = run_with(&mut sys, &["counting", "off"]);
+        assert_eq!(
+            (code, out.as_str(), sys.driver.borrow().counting),
+            (Ok(0), "traffic counting is off\n", Some(false))
+        );
+        sys.driver_state = "stopped";
+        assert_eq!(run_with(&mut sys, &["stats"]).0.unwrap_err().exit_code(), 5);
     }
 }

@@ -30,7 +30,7 @@ fn help_exits_zero_and_lists_subcommands_and_exit_codes() {
     ] {
         assert!(help.contains(word), "{word} missing from:\n{help}");
     }
-    for code in 0..=7 {
+    for code in 0..=8 {
         assert!(
             help.contains(&format!("\n  {code}  ")),
             "exit code {code} undocumented"
@@ -39,15 +39,26 @@ fn help_exits_zero_and_lists_subcommands_and_exit_codes() {
 }
 
 #[test]
-fn install_help_documents_the_lifetime_options() {
-    let out = run(&["install", "--help"]);
+fn flows_help_documents_sorting_filtering_and_watching() {
+    let out = run(&["flows", "--help"]);
     assert_eq!(out.status.code(), Some(0));
     let help = text(&out.stdout);
-    assert!(
-        help.contains("--persistent") && help.contains("--boot-time"),
-        "{help}"
-    );
-    assert!(help.contains("FWPM_FILTER_FLAG_BOOTTIME"), "{help}");
+    for option in [
+        "--sort",
+        "--top",
+        "--pid",
+        "--proc",
+        "--proto",
+        "--port",
+        "--family",
+        "--direction",
+        "--watch",
+        "--count",
+        "--json",
+        "--raw",
+    ] {
+        assert!(help.contains(option), "{option} missing from:\n{help}");
+    }
 }
 
 #[test]
@@ -55,9 +66,9 @@ fn usage_errors_exit_two() {
     for args in [
         &[][..],
         &["bogus"][..],
-        &["install", "--persistent", "--boot-time"][..],
-        &["stats", "--watch", "0"][..],
-        &["flows", "--max", "x"][..],
+        &["install", "--boot-time"][..],
+        &["flows", "--watch", "0"][..],
+        &["flows", "--top", "x"][..],
         &["counting", "sideways"][..],
     ] {
         let out = run(args);

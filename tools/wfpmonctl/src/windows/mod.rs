@@ -1,257 +1,258 @@
-//! The Windows side: runs a parsed command against the real filter engine,
-//! service control manager and control device.
+//! The Windows [`System`].
 //!
-//! - [`fwpm`]: a filter-engine session implementing
-//!   [`crate::engine::FilterEngine`] with `Fwpm*0` calls, each `FWPM_*0`
-//!   structure built from a [`crate::plan::Object`];
-//! - [`device`]: the control device implementing
-//!   [`crate::device::ControlDevice`] with `CreateFileW` / `DeviceIoControl`;
-//! - [`system`]: service states (`QueryServiceStatusEx`) and token
-//!   elevation.
-//!
-//! The `windows` crate is referred to as `::windows` throughout: this
-//! module has the same name.
+//! The filter engine (`fwpm`), the control device (`DeviceIoControl`), the
+//! service control manager, process names and the console. The only module
+//! with `unsafe` code; every decision is left to the portable modules.
 
-pub mod device;
-pub mod fwpm;
-pub mod system;
+mod fwpm;
 
-use std::io::{IsTerminal as _, Write as _};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
 
-use ::windows::Win32::Foundation::{
-    E_ACCESSDENIED, ERROR_ACCESS_DENIED, ERROR_ARITHMETIC_OVERFLOW, ERROR_FILE_NOT_FOUND,
-    ERROR_INSUFFICIENT_BUFFER, ERROR_INVALID_FUNCTION, ERROR_INVALID_PARAMETER,
-    ERROR_INVALID_USER_BUFFER, ERROR_MORE_DATA, ERROR_NO_SUCH_DEVICE, ERROR_PATH_NOT_FOUND,
-    ERROR_REVISION_MISMATCH, ERROR_SERVICE_DOES_NOT_EXIST, FWP_E_ALREADY_EXISTS,
-    FWP_E_CALLOUT_NOT_FOUND, FWP_E_FILTER_NOT_FOUND, FWP_E_IN_USE, FWP_E_INVALID_FLAGS,
-    FWP_E_LIFETIME_MISMATCH, FWP_E_NOT_FOUND, FWP_E_PROVIDER_NOT_FOUND, FWP_E_SUBLAYER_NOT_FOUND,
+use wfpmon_core::catalog;
+use windows_sys::Win32::Foundation::{
+    CloseHandle, ERROR_MORE_DATA, ERROR_SERVICE_DOES_NOT_EXIST, GENERIC_READ, GENERIC_WRITE,
+    GetLastError, HANDLE, INVALID_HANDLE_VALUE,
 };
-use ::windows::Win32::NetworkManagement::WindowsFilteringPlatform::{
-    FWP_ACTION_CALLOUT_INSPECTION, FWP_ACTION_CALLOUT_TERMINATING, FWP_ACTION_CALLOUT_UNKNOWN,
-    FWPM_CALLOUT_FLAG_PERSISTENT, FWPM_CALLOUT_FLAG_REGISTERED,
-    FWPM_CALLOUT_FLAG_USES_PROVIDER_CONTEXT, FWPM_FILTER_FLAG_BOOTTIME,
-    FWPM_FILTER_FLAG_CLEAR_ACTION_RIGHT, FWPM_FILTER_FLAG_DISABLED,
-    FWPM_FILTER_FLAG_HAS_PROVIDER_CONTEXT, FWPM_FILTER_FLAG_PERMIT_IF_CALLOUT_UNREGISTERED,
-    FWPM_FILTER_FLAG_PERSISTENT, FWPM_LAYER_ALE_FLOW_ESTABLISHED_V4,
-    FWPM_LAYER_ALE_FLOW_ESTABLISHED_V6, FWPM_LAYER_DATAGRAM_DATA_V4, FWPM_LAYER_DATAGRAM_DATA_V6,
-    FWPM_LAYER_STREAM_V4, FWPM_LAYER_STREAM_V6, FWPM_PROVIDER_FLAG_PERSISTENT,
-    FWPM_SUBLAYER_FLAG_PERSISTENT,
+use windows_sys::Win32::Storage::FileSystem::{
+    CreateFileW, FILE_SHARE_READ, FILE_SHARE_WRITE, OPEN_EXISTING,
 };
-use ::windows::Win32::System::Rpc::{EPT_S_NOT_REGISTERED, RPC_S_SERVER_UNAVAILABLE};
-use ::windows::core::GUID;
-use wfpmon_core::catalog::{self, Guid, management_layer};
+use windows_sys::Win32::System::Console::{
+    CONSOLE_SCREEN_BUFFER_INFO, CTRL_BREAK_EVENT, CTRL_C_EVENT, ENABLE_VIRTUAL_TERMINAL_PROCESSING,
+    GetConsoleMode, GetConsoleScreenBufferInfo, GetStdHandle, STD_OUTPUT_HANDLE,
+    SetConsoleCtrlHandler, SetConsoleMode,
+};
+use windows_sys::Win32::System::IO::DeviceIoControl;
+use windows_sys::Win32::System::Services::{
+    CloseServiceHandle, OpenSCManagerW, OpenServiceW, QueryServiceStatusEx, SC_MANAGER_CONNECT,
+    SC_STATUS_PROCESS_INFO, SERVICE_QUERY_STATUS, SERVICE_STATUS_PROCESS,
+};
+use windows_sys::Win32::System::Threading::{
+    OpenProcess, PROCESS_NAME_WIN32, PROCESS_QUERY_LIMITED_INFORMATION, QueryFullProcessImageNameW,
+};
+use windows_sys::core::BOOL;
 
-use crate::app;
-use crate::cli::{Cli, Command, Switch};
-use crate::device as dev;
-use crate::engine;
-use crate::exit::{self, Error, Kind, code};
-use crate::output;
-use crate::plan::{self, ActionType, Plan};
+use crate::app::{System, Terminal};
+use crate::device::{ControlDevice, IoctlError};
+use crate::error::{Error, Step, SystemCode};
+use crate::status::service_state_name;
 
-/// Whether a catalog GUID and a `windows` crate GUID are the same.
-#[must_use]
-pub const fn same_guid(ours: Guid, theirs: GUID) -> bool {
-    ours.to_u128() == theirs.to_u128()
+/// A NUL-terminated UTF-16 copy of `s`.
+fn wide(s: &str) -> Vec<u16> {
+    s.encode_utf16().chain(std::iter::once(0)).collect()
 }
 
-/// A catalog GUID as a `windows` crate GUID.
-#[must_use]
-pub const fn to_guid(g: Guid) -> GUID {
-    GUID::from_u128(g.to_u128())
+/// The calling thread's last Win32 error.
+fn last_error() -> SystemCode {
+    // SAFETY: no preconditions.
+    SystemCode::Win32(unsafe { GetLastError() })
 }
 
-// The platform-independent modules declare the Windows constants they use
-// as plain numbers; check every one against the `windows` crate here, at
-// compile time, so a wrong value cannot build for Windows.
-const _: () = {
-    // Layers of the catalog.
-    assert!(same_guid(management_layer::STREAM_V4, FWPM_LAYER_STREAM_V4));
-    assert!(same_guid(management_layer::STREAM_V6, FWPM_LAYER_STREAM_V6));
-    assert!(same_guid(
-        management_layer::DATAGRAM_DATA_V4,
-        FWPM_LAYER_DATAGRAM_DATA_V4
-    ));
-    assert!(same_guid(
-        management_layer::DATAGRAM_DATA_V6,
-        FWPM_LAYER_DATAGRAM_DATA_V6
-    ));
-    assert!(same_guid(
-        management_layer::ALE_FLOW_ESTABLISHED_V4,
-        FWPM_LAYER_ALE_FLOW_ESTABLISHED_V4
-    ));
-    assert!(same_guid(
-        management_layer::ALE_FLOW_ESTABLISHED_V6,
-        FWPM_LAYER_ALE_FLOW_ESTABLISHED_V6
-    ));
+/// A handle this process opened; closed once, on drop.
+struct Owned(HANDLE, Close);
 
-    // Object flags of the plan.
-    assert!(plan::flags::PROVIDER_PERSISTENT == FWPM_PROVIDER_FLAG_PERSISTENT);
-    assert!(plan::flags::SUBLAYER_PERSISTENT == FWPM_SUBLAYER_FLAG_PERSISTENT);
-    assert!(plan::flags::CALLOUT_PERSISTENT == FWPM_CALLOUT_FLAG_PERSISTENT);
-    assert!(plan::flags::CALLOUT_USES_PROVIDER_CONTEXT == FWPM_CALLOUT_FLAG_USES_PROVIDER_CONTEXT);
-    assert!(plan::flags::CALLOUT_REGISTERED == FWPM_CALLOUT_FLAG_REGISTERED);
-    assert!(plan::flags::FILTER_PERSISTENT == FWPM_FILTER_FLAG_PERSISTENT.0);
-    assert!(plan::flags::FILTER_BOOTTIME == FWPM_FILTER_FLAG_BOOTTIME.0);
-    assert!(plan::flags::FILTER_HAS_PROVIDER_CONTEXT == FWPM_FILTER_FLAG_HAS_PROVIDER_CONTEXT.0);
-    assert!(plan::flags::FILTER_CLEAR_ACTION_RIGHT == FWPM_FILTER_FLAG_CLEAR_ACTION_RIGHT.0);
-    assert!(
-        plan::flags::FILTER_PERMIT_IF_CALLOUT_UNREGISTERED
-            == FWPM_FILTER_FLAG_PERMIT_IF_CALLOUT_UNREGISTERED.0
-    );
-    assert!(plan::flags::FILTER_DISABLED == FWPM_FILTER_FLAG_DISABLED.0);
+type Close = unsafe extern "system" fn(HANDLE) -> BOOL;
 
-    // Action types.
-    assert!(ActionType::CalloutInspection.raw() == FWP_ACTION_CALLOUT_INSPECTION.0);
-    assert!(ActionType::CalloutTerminating.raw() == FWP_ACTION_CALLOUT_TERMINATING.0);
-    assert!(ActionType::CalloutUnknown.raw() == FWP_ACTION_CALLOUT_UNKNOWN.0);
-
-    // Status codes the exit-code classification relies on.
-    assert!(code::ERROR_INVALID_FUNCTION == ERROR_INVALID_FUNCTION.0);
-    assert!(code::ERROR_FILE_NOT_FOUND == ERROR_FILE_NOT_FOUND.0);
-    assert!(code::ERROR_PATH_NOT_FOUND == ERROR_PATH_NOT_FOUND.0);
-    assert!(code::ERROR_ACCESS_DENIED == ERROR_ACCESS_DENIED.0);
-    assert!(code::ERROR_INVALID_PARAMETER == ERROR_INVALID_PARAMETER.0);
-    assert!(code::ERROR_INSUFFICIENT_BUFFER == ERROR_INSUFFICIENT_BUFFER.0);
-    assert!(code::ERROR_MORE_DATA == ERROR_MORE_DATA.0);
-    assert!(code::ERROR_NO_SUCH_DEVICE == ERROR_NO_SUCH_DEVICE.0);
-    assert!(code::ERROR_ARITHMETIC_OVERFLOW == ERROR_ARITHMETIC_OVERFLOW.0);
-    assert!(code::ERROR_SERVICE_DOES_NOT_EXIST == ERROR_SERVICE_DOES_NOT_EXIST.0);
-    assert!(code::ERROR_REVISION_MISMATCH == ERROR_REVISION_MISMATCH.0);
-    assert!(code::ERROR_INVALID_USER_BUFFER == ERROR_INVALID_USER_BUFFER.0);
-    assert!(code::RPC_S_SERVER_UNAVAILABLE == RPC_S_SERVER_UNAVAILABLE.0.cast_unsigned());
-    assert!(code::EPT_S_NOT_REGISTERED == EPT_S_NOT_REGISTERED.0.cast_unsigned());
-    assert!(code::E_ACCESSDENIED == E_ACCESSDENIED.0.cast_unsigned());
-    assert!(code::FWP_E_CALLOUT_NOT_FOUND == FWP_E_CALLOUT_NOT_FOUND.0.cast_unsigned());
-    assert!(code::FWP_E_FILTER_NOT_FOUND == FWP_E_FILTER_NOT_FOUND.0.cast_unsigned());
-    assert!(code::FWP_E_PROVIDER_NOT_FOUND == FWP_E_PROVIDER_NOT_FOUND.0.cast_unsigned());
-    assert!(code::FWP_E_SUBLAYER_NOT_FOUND == FWP_E_SUBLAYER_NOT_FOUND.0.cast_unsigned());
-    assert!(code::FWP_E_NOT_FOUND == FWP_E_NOT_FOUND.0.cast_unsigned());
-    assert!(code::FWP_E_ALREADY_EXISTS == FWP_E_ALREADY_EXISTS.0.cast_unsigned());
-    assert!(code::FWP_E_IN_USE == FWP_E_IN_USE.0.cast_unsigned());
-    assert!(code::FWP_E_INVALID_FLAGS == FWP_E_INVALID_FLAGS.0.cast_unsigned());
-    assert!(code::FWP_E_LIFETIME_MISMATCH == FWP_E_LIFETIME_MISMATCH.0.cast_unsigned());
-};
-
-/// Runs `cli` and returns the process exit code; failures are printed to
-/// standard error.
-#[must_use]
-pub fn run(cli: &Cli) -> u8 {
-    match dispatch(cli) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("{}", app::error_line(&e));
-            e.exit_code()
+impl Owned {
+    /// `handle` unless it is null or `INVALID_HANDLE_VALUE` (then the last error).
+    fn new(handle: HANDLE, close: Close) -> Result<Self, SystemCode> {
+        if handle.is_null() || handle == INVALID_HANDLE_VALUE {
+            Err(last_error())
+        } else {
+            Ok(Self(handle, close))
         }
     }
 }
 
-fn dispatch(cli: &Cli) -> Result<u8, Error> {
-    match &cli.command {
-        Command::Install(args) => {
-            let plan = Plan::install(args.options())
-                .map_err(|e| Error::new(Kind::Usage, e.to_string()))?;
-            require_elevation("install")?;
-            let mut session = fwpm::Session::open(false)?;
-            let report = engine::install(&mut session, &plan)?;
-            print_out(&output::install_text(&report, plan.lifetime()))?;
-            Ok(exit::SUCCESS)
-        }
-        Command::Uninstall => {
-            require_elevation("uninstall")?;
-            let mut session = fwpm::Session::open(false)?;
-            let report = engine::uninstall(&mut session, &Plan::uninstall())?;
-            print_out(&output::uninstall_text(&report))?;
-            Ok(exit::SUCCESS)
-        }
-        Command::Status(format) => {
-            let driver = system::service_state(catalog::SERVICE_NAME)?;
-            let bfe = system::service_state(system::BFE_SERVICE_NAME)?;
-            let device = app::device_state(device::Device::open(false).map(drop));
-            let wfp = fwpm::Session::open(true)
-                .and_then(|mut session| engine::wfp_status(&mut session, &Plan::uninstall()));
-            let (report, code) = app::status_report(driver, bfe, device, wfp);
-            let text = if format.json {
-                output::status_json(&report)
-            } else {
-                output::status_table(&report)
-            };
-            print_out(&text)?;
-            if let Some(e) = &report.wfp_error {
-                eprintln!("wfpmonctl: error: {e}");
-            }
-            Ok(code)
-        }
-        Command::Stats(view) => {
-            let mut device = device::Device::open(false)?;
-            watch(view.watch, view.json, || {
-                let stats = dev::query_stats(&mut device)?;
-                Ok(if view.json {
-                    output::stats_json(&stats)
-                } else {
-                    output::stats_table(&stats)
-                })
-            })
-        }
-        Command::Flows(args) => {
-            let mut device = device::Device::open(false)?;
-            watch(args.view.watch, args.view.json, || {
-                let list = dev::list_flows(&mut device, args.max)?;
-                Ok(if args.view.json {
-                    output::flows_json(&list)
-                } else {
-                    output::flows_table(&list)
-                })
-            })
-        }
-        Command::Counting(args) => {
-            require_elevation("counting")?;
-            let mut device = device::Device::open(true)?;
-            let on = args.state == Switch::On;
-            dev::set_counting(&mut device, on)?;
-            print_out(if on {
-                "traffic counting is on\n"
-            } else {
-                "traffic counting is off\n"
-            })?;
-            Ok(exit::SUCCESS)
+impl Drop for Owned {
+    fn drop(&mut self) {
+        // SAFETY: the handle was opened by this process, `close` is its
+        // closing function, and it is closed only here.
+        unsafe { (self.1)(self.0) };
+    }
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Console control handler: Ctrl+C and Ctrl+Break end a refresh loop
+/// quietly instead of killing the process.
+unsafe extern "system" fn on_ctrl(event: u32) -> BOOL {
+    let handled = event == CTRL_C_EVENT || event == CTRL_BREAK_EVENT;
+    if handled {
+        INTERRUPTED.store(true, Ordering::Relaxed);
+    }
+    BOOL::from(handled)
+}
+
+/// The Windows system.
+#[derive(Debug)]
+pub struct Windows {
+    start: Instant,
+}
+
+impl Windows {
+    /// Installs the Ctrl+C handler.
+    pub fn new() -> Self {
+        // SAFETY: `on_ctrl` is a handler routine that lives as long as the
+        // process and only stores to an atomic.
+        unsafe { SetConsoleCtrlHandler(Some(on_ctrl), 1) };
+        let start = Instant::now();
+        Self { start }
+    }
+}
+
+/// The open control device.
+pub struct Device(Owned);
+
+impl ControlDevice for Device {
+    fn ioctl(&mut self, code: u32, input: &[u8], output: &mut [u8]) -> Result<usize, IoctlError> {
+        let too_big = |_| IoctlError::Failed(SystemCode::Win32(ERROR_MORE_DATA));
+        let in_len = u32::try_from(input.len()).map_err(too_big)?;
+        let out_len = u32::try_from(output.len()).map_err(too_big)?;
+        let mut returned = 0u32;
+        // No output (SET_COUNTING): a null buffer, not a dangling one.
+        let out = if output.is_empty() {
+            std::ptr::null_mut()
+        } else {
+            output.as_mut_ptr()
+        };
+        // SAFETY: the handle is open; the buffers are valid for the lengths
+        // passed and outlive the call, which is synchronous (no OVERLAPPED,
+        // the device was not opened for overlapped I/O).
+        let ok = unsafe {
+            DeviceIoControl(
+                self.0.0,
+                code,
+                input.as_ptr().cast(),
+                in_len,
+                out.cast(),
+                out_len,
+                &raw mut returned,
+                std::ptr::null_mut(),
+            )
+        };
+        let bytes = (returned as usize).min(output.len());
+        match (ok, last_error()) {
+            (0, SystemCode::Win32(ERROR_MORE_DATA)) => Err(IoctlError::MoreData(bytes)),
+            (0, code) => Err(IoctlError::Failed(code)),
+            _ => Ok(bytes),
         }
     }
 }
 
-/// Refuses to go on in a process that is not elevated. When elevation cannot
-/// be determined, the operation is attempted and its own access check decides.
-fn require_elevation(what: &str) -> Result<(), Error> {
-    match system::is_elevated() {
-        Ok(false) => Err(Error::new(
-            Kind::NotElevated,
-            format!(
-                "`wfpmonctl {what}` needs administrator rights: run it from an elevated prompt"
-            ),
-        )),
-        Ok(true) | Err(_) => Ok(()),
+impl System for Windows {
+    type Engine = fwpm::Session;
+    type Device = Device;
+
+    fn engine(&mut self, dynamic: bool) -> Result<fwpm::Session, Error> {
+        fwpm::Session::open(dynamic)
     }
-}
 
-fn watch<R>(seconds: Option<u64>, json: bool, render: R) -> Result<u8, Error>
-where
-    R: FnMut() -> Result<String, Error>,
-{
-    let stdout = std::io::stdout();
-    let clear = seconds.is_some() && !json && stdout.is_terminal();
-    app::refresh(
-        &mut stdout.lock(),
-        seconds,
-        clear,
-        render,
-        std::thread::sleep,
-    )?;
-    Ok(exit::SUCCESS)
-}
+    fn device(&mut self, write: bool) -> Result<Device, Error> {
+        let path = wide(catalog::DEVICE_USER_PATH);
+        let access = GENERIC_READ | if write { GENERIC_WRITE } else { 0 };
+        // SAFETY: `path` is NUL-terminated and outlives the call; no
+        // security attributes, no template.
+        let handle = unsafe {
+            CreateFileW(
+                path.as_ptr(),
+                access,
+                FILE_SHARE_READ | FILE_SHARE_WRITE,
+                std::ptr::null(),
+                OPEN_EXISTING,
+                0,
+                std::ptr::null_mut(),
+            )
+        };
+        // The last error is read before anything (an allocation) can change it.
+        let device = Owned::new(handle, CloseHandle).map(Device);
+        let what = format!("CreateFileW({})", catalog::DEVICE_USER_PATH);
+        device.map_err(|c| Error::system(Step::OpenDevice, c, &what))
+    }
 
-fn print_out(text: &str) -> Result<(), Error> {
-    let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes())
-        .and_then(|()| out.flush())
-        .map_err(|e| Error::new(Kind::Other, format!("writing the output failed: {e}")))
+    fn service_state(&mut self, name: &str) -> Result<&'static str, Error> {
+        let fail = |c, what: &str| Error::system(Step::ServiceControl, c, what);
+        // SAFETY: null machine and database select the local, active
+        // database; SC_MANAGER_CONNECT is granted to every user.
+        let scm = unsafe { OpenSCManagerW(std::ptr::null(), std::ptr::null(), SC_MANAGER_CONNECT) };
+        let scm = Owned::new(scm, CloseServiceHandle).map_err(|c| fail(c, "OpenSCManagerW"))?;
+        let wname = wide(name);
+        // SAFETY: `scm` is open; `wname` is NUL-terminated and outlives the call.
+        let service = unsafe { OpenServiceW(scm.0, wname.as_ptr(), SERVICE_QUERY_STATUS) };
+        let service = match Owned::new(service, CloseServiceHandle) {
+            Ok(s) => s,
+            Err(SystemCode::Win32(ERROR_SERVICE_DOES_NOT_EXIST)) => return Ok("not_installed"),
+            Err(c) => return Err(fail(c, &format!("OpenServiceW({name})"))),
+        };
+        let mut status = SERVICE_STATUS_PROCESS::default();
+        let mut needed = 0u32;
+        let size = u32::try_from(size_of::<SERVICE_STATUS_PROCESS>()).unwrap_or(u32::MAX);
+        // SAFETY: `service` is open with SERVICE_QUERY_STATUS; `status` is a
+        // writable SERVICE_STATUS_PROCESS of `size` bytes; `needed` is valid.
+        let ok = unsafe {
+            QueryServiceStatusEx(
+                service.0,
+                SC_STATUS_PROCESS_INFO,
+                (&raw mut status).cast(),
+                size,
+                &raw mut needed,
+            )
+        };
+        if ok == 0 {
+            return Err(fail(last_error(), &format!("QueryServiceStatusEx({name})")));
+        }
+        Ok(service_state_name(status.dwCurrentState))
+    }
+
+    fn process_name(&mut self, pid: u64) -> Option<String> {
+        let pid = u32::try_from(pid).ok()?;
+        // SAFETY: no pointer arguments; a failure returns null.
+        let process = unsafe { OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, 0, pid) };
+        let process = Owned::new(process, CloseHandle).ok()?;
+        let mut buffer = [0u16; 1024];
+        let mut len = u32::try_from(buffer.len()).ok()?;
+        // SAFETY: the process handle is open with the access the call needs;
+        // `buffer` holds `len` characters and `len` is a valid in/out pointer.
+        let ok = unsafe {
+            QueryFullProcessImageNameW(
+                process.0,
+                PROCESS_NAME_WIN32,
+                buffer.as_mut_ptr(),
+                &raw mut len,
+            )
+        };
+        let path = String::from_utf16_lossy(buffer.get(..len as usize)?);
+        (ok != 0).then(|| path.rsplit('\\').next().unwrap_or(&path).to_owned())
+    }
+
+    fn terminal(&mut self) -> Option<Terminal> {
+        // SAFETY: no preconditions.
+        let out = unsafe { GetStdHandle(STD_OUTPUT_HANDLE) };
+        let mut mode = 0;
+        // SAFETY: `mode` is a valid out-pointer; a handle that is not a
+        // console makes the call fail.
+        if unsafe { GetConsoleMode(out, &raw mut mode) } == 0 {
+            return None;
+        }
+        // SAFETY: `out` is a console output handle.
+        let vt = unsafe { SetConsoleMode(out, mode | ENABLE_VIRTUAL_TERMINAL_PROCESSING) } != 0;
+        let mut info = CONSOLE_SCREEN_BUFFER_INFO::default();
+        // SAFETY: `out` is a console output handle and `info` a valid out-pointer.
+        let ok = unsafe { GetConsoleScreenBufferInfo(out, &raw mut info) } != 0;
+        let width = i32::from(info.srWindow.Right) - i32::from(info.srWindow.Left) + 1;
+        let width = usize::try_from(width).ok().filter(|_| ok).unwrap_or(80);
+        Some(Terminal { width, vt })
+    }
+
+    fn now(&mut self) -> (SystemTime, Duration) {
+        (SystemTime::now(), self.start.elapsed())
+    }
+
+    fn sleep(&mut self, duration: Duration) {
+        std::thread::sleep(duration);
+    }
+
+    fn interrupted(&mut self) -> bool {
+        INTERRUPTED.load(Ordering::Relaxed)
+    }
 }

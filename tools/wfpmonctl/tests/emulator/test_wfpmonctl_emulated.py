@@ -1,6 +1,10 @@
 """Runs the real wfpmonctl.exe under the Speakeasy emulator with the
-filter-engine API (fwpuclnt.dll) faked, and checks every FWPM_*0 structure
-it passes, call by call.
+Windows it talks to faked: the filter-engine API (fwpuclnt.dll), the service
+control manager, the control device (CreateFileW / DeviceIoControl answered
+by `FakeDriver`, which encodes the control protocol independently of the
+Rust encoders), process names, the console and the clock. `install` and
+`uninstall` are checked structure by structure; `status`, `stats`, `flows`
+and `counting` by their output, JSON documents and exit codes.
 
 The executable is a PE built for x86_64-pc-windows-gnu (the one Windows
 target whose C runtime and linker Debian provides: gcc-mingw-w64-x86-64).
@@ -16,6 +20,8 @@ Set WFPMONCTL_EXE to use an already built executable.
 
 import copy
 import ctypes as C
+import inspect
+import json
 import os
 import pathlib
 import re
@@ -165,20 +171,133 @@ def exe() -> str:
     return str(ROOT / "target" / TARGET / "release" / "wfpmonctl.exe")
 
 
+# --- the control protocol, written from protocol.rs's documented layouts --
+
+PROTOCOL_RS = (ROOT / "crates/wfpmon-core/src/protocol.rs").read_text()
+
+
+def _protocol_const(name: str) -> int:
+    value = re.search(rf"pub const {name}: u\d+ = (0x[0-9A-Fa-f_]+|\d+);", PROTOCOL_RS).group(1)
+    return int(value.replace("_", ""), 0)
+
+
+def _ioctl(name: str) -> int:
+    """CTL_CODE(type, function, METHOD_BUFFERED, access) of an IOCTL, with the
+    device type and access named in protocol.rs resolved there too."""
+    m = re.search(rf"pub const {name}: u32 =\s*ctl_code\(\s*(\w+),\s*(0x[0-9a-fA-F]+),\s*METHOD_BUFFERED,\s*([\w |]+?),?\s*\);",
+                  PROTOCOL_RS)
+    access = sum(_protocol_const(a.strip()) for a in m.group(3).split("|"))
+    return (_protocol_const(m.group(1)) << 16) | (access << 14) | (int(m.group(2), 16) << 2)
+
+
+VERSION = _protocol_const("PROTOCOL_VERSION")
+IOCTL_QUERY_STATS, IOCTL_LIST_FLOWS, IOCTL_SET_COUNTING = (
+    _ioctl(f"IOCTL_WFPMON_{n}") for n in ("QUERY_STATS", "LIST_FLOWS", "SET_COUNTING"))
+DEVICE_PATH = "\\\\.\\GLOBALROOT\\Device\\WfpMon"
+ERROR_FILE_NOT_FOUND, ERROR_INVALID_PARAMETER, ERROR_NO_DATA, ERROR_MORE_DATA = 2, 87, 232, 234
+ERROR_SERVICE_DOES_NOT_EXIST, ERROR_BROKEN_PIPE, STATUS_PIPE_BROKEN = 1060, 109, 0xC000014B
+FWPM_CALLOUT_FLAG_REGISTERED = 0x40000
+NOT_FOUND = {"Provider": 0x80320005, "SubLayer": 0x80320007, "Callout": 0x80320001, "Filter": 0x80320003}
+
+
+def flow(handle, pid, proto=6, family=2, local=("10.0.0.5", 50000), remote=("93.184.216.34", 443),
+         direction=0, age_ms=5000, bytes_in=0, bytes_out=0, packets_in=0, packets_out=0):
+    import ipaddress
+    addr = lambda a: ipaddress.ip_address(a).packed.ljust(16, b"\0")  # noqa: E731
+    return dict(handle=handle, pid=pid, proto=proto, family=family, local=addr(local[0]), lport=local[1],
+                remote=addr(remote[0]), rport=remote[1], direction=direction, age_ms=age_ms,
+                bytes_in=bytes_in, bytes_out=bytes_out, packets_in=packets_in, packets_out=packets_out)
+
+
+class FakeDriver:
+    """The driver's side of the control protocol: validates the header of
+    each request and answers with the documented little-endian layouts."""
+
+    def __init__(self, flows=(), counting=True, growth=None):
+        self.flows = [dict(f) for f in flows]
+        self.counting = counting
+        self.growth = growth  # callable(flows) run before every LIST_FLOWS
+        self.requests: list[str] = []
+
+    def stats(self):
+        sums = [sum(f[k] for f in self.flows) for k in ("bytes_in", "bytes_out", "packets_in", "packets_out")]
+        return (struct.pack("<IIII", VERSION, 88, int(self.counting), 0)
+                + struct.pack("<9Q", len(self.flows), len(self.flows) + 7, 7, 1, 0, *sums))
+
+    @staticmethod
+    def entry(f):
+        return (struct.pack("<7Q", f["handle"], f["pid"], f["age_ms"], f["bytes_in"], f["bytes_out"],
+                            f["packets_in"], f["packets_out"])
+                + f["local"] + f["remote"]
+                + struct.pack("<HHHBB", f["lport"], f["rport"], 23 if f["family"] == 23 else 2, f["proto"],
+                              f["direction"]))
+
+    def ioctl(self, code, request, out_len):
+        """(Win32 status, output bytes)."""
+        version, size = struct.unpack_from("<II", request)
+        if version != VERSION or size != len(request):
+            return ERROR_INVALID_PARAMETER, b""
+        if code == IOCTL_QUERY_STATS and len(request) == 8 and out_len >= 88:
+            self.requests.append("stats")
+            return 0, self.stats()
+        if code == IOCTL_SET_COUNTING and len(request) == 16:
+            self.counting = bool(struct.unpack_from("<I", request, 8)[0])
+            self.requests.append(f"counting {int(self.counting)}")
+            return 0, b""
+        if code == IOCTL_LIST_FLOWS and len(request) == 16 and out_len >= 32:
+            self.requests.append("list")
+            if self.growth:
+                self.growth(self.flows)
+            fit = min(len(self.flows), (out_len - 32) // 96)
+            header = struct.pack("<IIIIIIQ", VERSION, 32 + 96 * fit, len(self.flows), fit, 96, 0,
+                                 32 + 96 * len(self.flows))
+            body = b"".join(self.entry(f) for f in self.flows[:fit])
+            return (0 if fit == len(self.flows) else ERROR_MORE_DATA), header + body
+        return ERROR_INVALID_PARAMETER, b""
+
+
+class Machine:
+    """The emulated Windows around wfpmonctl.exe."""
+
+    def __init__(self, driver=None, services=None, installed=(), registered=(), processes=None,
+                 console=None, closed_stdout_after=None):
+        self.driver = driver  # FakeDriver, or None: the control device is absent
+        self.services = {"BFE": 4, "wfpmon": 4 if driver else 1} if services is None else services
+        self.installed = set(installed)  # keys of the filter-engine objects present
+        self.registered = set(registered)  # callout keys the driver has registered
+        self.processes = processes or {}  # pid -> image path
+        self.console = console  # stdout console width, or None: stdout is a pipe
+        self.closed_stdout_after = closed_stdout_after  # writes accepted before the pipe closes
+        self.ctrl_c_at_sleep = None  # Ctrl+C is pressed during the n-th Sleep (1-based)
+
+
+def installed_everything():
+    return {PROVIDER_KEY, SUBLAYER_KEY, *[c["key"] for c in CALLOUTS], *FILTER_KEYS}
+
+
 class Run:
     """One emulated `wfpmonctl.exe ARGS`, with fwpuclnt.dll answered by
-    `answers` ({api: status or callable(call_index) -> status})."""
+    `answers` ({api: status or callable(call_index) -> status}) and the rest
+    of Windows by `machine`."""
 
     HANDLE = 0x5EED
+    DEVICE = 0xD0D0
+    SCM = 0x5C00
+    FILETIME_2026 = (1_767_225_600 + 11_644_473_600) * 10_000_000  # 2026-01-01T00:00:00Z
 
-    def __init__(self, exe: str, args: list[str], answers: dict | None = None):
+    def __init__(self, exe: str, args: list[str], answers: dict | None = None, machine: Machine | None = None):
         self.answers = answers or {}
+        self.machine = machine or Machine()
         self.calls: list[tuple[str, object]] = []
         self.stdout = ""
         self.stderr = ""
+        self.clock_ms = 0
+        self.sleeps: list[int] = []
+        self.ctrl_handlers: list[int] = []
+        self.stdout_writes = 0
         config = copy.deepcopy(DEFAULT_CONFIG_DATA)
         config["command_line"] = " ".join(["wfpmonctl.exe", *args])
-        config["max_api_count"] = 200_000
+        config["max_api_count"] = 400_000
         self.se = speakeasy.Speakeasy(config=config)
         module = self.se.load_module(exe)
         for api, argc, parse in [
@@ -197,15 +316,55 @@ class Run:
             ("FwpmProviderDeleteByKey0", 2, lambda a: self._read(GUID, a[1]).text()),
         ]:
             self.se.add_api_hook(self._hook(api, parse), "fwpuclnt", api, argc=argc)
-        # Speakeasy's WriteConsoleW does not report the characters written,
-        # which Rust's stdout treats as a failed write: answer it here.
-        self.se.add_api_hook(self._write_console, "kernel32", "WriteConsoleW", argc=5)
+        for kind in NOT_FOUND:
+            self.se.add_api_hook(self._get_by_key(kind), "fwpuclnt", f"Fwpm{kind}GetByKey0", argc=3)
+        hooks = [
+            ("fwpuclnt", "FwpmFreeMemory0", 1, lambda emu, a: 0),
+            # Speakeasy's WriteConsoleW does not report the characters
+            # written, which Rust's stdout treats as a failed write.
+            ("kernel32", "WriteConsoleW", 5, self._write_console),
+            # Rust writes to a stdout that is no console with NtWriteFile.
+            ("ntdll", "NtWriteFile", 9, self._nt_write_file),
+            ("ntdll", "RtlNtStatusToDosError", 1, lambda emu, a: {STATUS_PIPE_BROKEN: ERROR_BROKEN_PIPE}.get(a[0], 317)),
+            ("kernel32", "GetStdHandle", 1, self._get_std_handle),
+            ("kernel32", "GetConsoleMode", 2, self._get_console_mode),
+            ("kernel32", "SetConsoleMode", 2, lambda emu, a: 1),
+            ("kernel32", "GetConsoleScreenBufferInfo", 2, self._screen_buffer_info),
+            ("kernel32", "CreateFileW", 7, self._create_file),
+            ("kernel32", "DeviceIoControl", 8, self._device_io_control),
+            ("kernel32", "CloseHandle", 1, self._close_handle),
+            ("kernel32", "OpenProcess", 3, self._open_process),
+            ("kernel32", "QueryFullProcessImageNameW", 4, self._image_name),
+            # The clock: std's sleep falls back to Sleep without a
+            # high-resolution timer, and Sleep advances Instant and nothing else.
+            ("kernel32", "CreateWaitableTimerExW", 4, lambda emu, a: 0),
+            ("kernel32", "Sleep", 1, self._sleep),
+            ("kernel32", "SetConsoleCtrlHandler", 2, self._set_ctrl_handler),
+            ("kernel32", "QueryPerformanceFrequency", 1, self._qpf),
+            ("kernel32", "QueryPerformanceCounter", 1, self._qpc),
+            ("kernel32", "GetSystemTimePreciseAsFileTime", 1, self._filetime),
+            ("advapi32", "OpenSCManagerW", 3, lambda emu, a: self.SCM),
+            ("advapi32", "OpenServiceW", 3, self._open_service),
+            ("advapi32", "QueryServiceStatusEx", 5, self._query_service),
+            ("advapi32", "CloseServiceHandle", 1, lambda emu, a: 1),
+        ]
         self.std_handles: dict[int, str] = {}
-        self.se.add_api_hook(self._get_std_handle, "kernel32", "GetStdHandle", argc=1)
+        self.services_by_handle: dict[int, str] = {}
+        for module_name, api, argc, fn in hooks:
+            self.se.add_api_hook(self._plain(fn), module_name, api, argc=argc)
         self.se.run_module(module, all_entrypoints=False)
         entry = self.se.get_report().model_dump()["entry_points"][-1]
         assert entry["error"] is None, entry["error"]
         self.exit_code = int(entry["ret_val"], 16)
+
+    @staticmethod
+    def _plain(fn):
+        """Hooks taking (emu, args) or Speakeasy's (emu, api_name, func, args)."""
+        short = len(inspect.signature(fn).parameters) == 2
+
+        def hook(emu, api_name, func, args):
+            return fn(emu, args) if short else fn(emu, api_name, func, args)
+        return hook
 
     def _read(self, cls, addr):
         return cls.from_buffer_copy(self.se.mem_read(addr, C.sizeof(cls)))
@@ -241,6 +400,21 @@ class Run:
             return status
         return hook
 
+    def _get_by_key(self, kind):
+        def hook(emu, api_name, func, args):
+            key = self._read(GUID, args[1]).text()
+            self.calls.append((api_name, key))
+            assert args[0] == self.HANDLE
+            if key not in self.machine.installed:
+                return NOT_FOUND[kind]
+            flags = FWPM_CALLOUT_FLAG_REGISTERED if key in self.machine.registered else 0
+            obj = self.se.mem_alloc(256)
+            # Every FWPM_*0 object has its flags at offset 32 (key, display data).
+            self.se.mem_write(obj, bytes(32) + struct.pack("<I", flags) + bytes(220))
+            self.se.mem_write(args[2], struct.pack("<Q", obj))
+            return 0
+        return hook
+
     def _get_std_handle(self, emu, api_name, func, args):
         handle = func(args)
         # STD_OUTPUT_HANDLE is (DWORD)-11, STD_ERROR_HANDLE (DWORD)-12.
@@ -249,14 +423,127 @@ class Run:
             self.std_handles[handle] = name
         return handle
 
-    def _write_console(self, emu, api_name, func, args):
-        handle, buf, count, written = args[:4]
-        text = self.se.mem_read(buf, count * 2).decode("utf-16-le")
+    def _get_console_mode(self, emu, api_name, func, args):
+        if self.std_handles.get(args[0]) == "stdout" and self.machine.console is None:
+            emu.set_last_error(6)  # ERROR_INVALID_HANDLE: a pipe, not a console
+            return 0
+        if args[1]:
+            self.se.mem_write(args[1], struct.pack("<I", 3))
+        return 1
+
+    def _screen_buffer_info(self, emu, args):
+        width = self.machine.console or 80
+        # COORD size, COORD cursor, WORD attributes, SMALL_RECT window, COORD max.
+        self.se.mem_write(args[1], struct.pack("<hhhhHhhhhhh", width, 300, 0, 0, 7, 0, 0, width - 1, 24, width, 300))
+        return 1
+
+    def _capture(self, emu, handle, text, count, written):
+        stream = self.std_handles.get(handle)
+        assert stream, f"write on unknown handle {handle:#x}"
+        if stream == "stdout":
+            self.stdout_writes += 1
+            closed = self.machine.closed_stdout_after
+            if closed is not None and self.stdout_writes > closed:
+                emu.set_last_error(ERROR_NO_DATA)  # what WriteConsoleW would say
+                return 0
         if written:
             self.se.mem_write(written, struct.pack("<I", count))
-        stream = self.std_handles.get(handle)
-        assert stream, f"WriteConsoleW on unknown handle {handle:#x}"
         setattr(self, stream, getattr(self, stream) + text)
+        return 1
+
+    def _write_console(self, emu, api_name, func, args):
+        handle, buf, count, written = args[:4]
+        return self._capture(emu, handle, self.se.mem_read(buf, count * 2).decode("utf-16-le"), count, written)
+
+    def _nt_write_file(self, emu, api_name, func, args):
+        handle, iosb, buf, count = args[0], args[4], args[5], args[6]
+        if handle not in self.std_handles:
+            return func(args)
+        if not self._capture(emu, handle, self.se.mem_read(buf, count).decode("utf-8"), count, 0):
+            return STATUS_PIPE_BROKEN
+        self.se.mem_write(iosb, struct.pack("<QQ", 0, count))  # IO_STATUS_BLOCK: Status, Information
+        return 0
+
+    def _create_file(self, emu, api_name, func, args):
+        path = self.wstr(args[0])
+        if path != DEVICE_PATH:
+            return func(args)
+        self.calls.append(("CreateFileW", (path, args[1])))
+        if self.machine.driver is None:
+            emu.set_last_error(ERROR_FILE_NOT_FOUND)
+            return 0xFFFFFFFFFFFFFFFF
+        return self.DEVICE
+
+    def _device_io_control(self, emu, args):
+        handle, code, inbuf, inlen, outbuf, outlen, returned = args[:7]
+        assert handle == self.DEVICE and args[7] == 0, "synchronous I/O on the device"
+        status, data = self.machine.driver.ioctl(code, self.se.mem_read(inbuf, inlen) if inlen else b"", outlen)
+        data = data[:outlen]
+        if data:
+            self.se.mem_write(outbuf, data)
+        self.se.mem_write(returned, struct.pack("<I", len(data)))
+        if status:
+            emu.set_last_error(status)
+        return int(status == 0)
+
+    def _close_handle(self, emu, api_name, func, args):
+        if args[0] == self.DEVICE or (args[0] >> 16) == 0x9:
+            self.calls.append(("CloseHandle", args[0]))
+            return 1
+        return func(args)
+
+    def _open_process(self, emu, args):
+        pid = args[2]
+        if pid not in self.machine.processes:
+            emu.set_last_error(ERROR_INVALID_PARAMETER)
+            return 0
+        return 0x90000 + pid
+
+    def _image_name(self, emu, args):
+        path = self.machine.processes[args[0] - 0x90000]
+        self.se.mem_write(args[2], path.encode("utf-16-le") + b"\0\0")
+        self.se.mem_write(args[3], struct.pack("<I", len(path)))
+        return 1
+
+    def _sleep(self, emu, args):
+        self.sleeps.append(args[0])
+        self.clock_ms += args[0]
+        if self.machine.ctrl_c_at_sleep == len(self.sleeps):
+            # The console delivers CTRL_C_EVENT: the registered handler runs
+            # as if Sleep had called it, and returns to Sleep's caller.
+            self.se.reg_write("rcx", 0)
+            self.se.set_pc(self.ctrl_handlers[-1])
+        return 0
+
+    def _set_ctrl_handler(self, emu, args):
+        if args[1]:
+            self.ctrl_handlers.append(args[0])
+        return 1
+
+    def _qpf(self, emu, args):
+        self.se.mem_write(args[0], struct.pack("<q", 10_000_000))
+        return 1
+
+    def _qpc(self, emu, args):
+        self.se.mem_write(args[0], struct.pack("<q", self.clock_ms * 10_000))
+        return 1
+
+    def _filetime(self, emu, args):
+        self.se.mem_write(args[0], struct.pack("<Q", self.FILETIME_2026 + self.clock_ms * 10_000))
+        return 0
+
+    def _open_service(self, emu, args):
+        name = self.wstr(args[1])
+        if name not in self.machine.services:
+            emu.set_last_error(ERROR_SERVICE_DOES_NOT_EXIST)
+            return 0
+        handle = 0x5C10 + len(self.services_by_handle)
+        self.services_by_handle[handle] = name
+        return handle
+
+    def _query_service(self, emu, args):
+        state = self.machine.services[self.services_by_handle[args[0]]]
+        self.se.mem_write(args[2], struct.pack("<9I", 1, state, 0, 0, 0, 0, 0, 0, 0))
         return 1
 
     def names(self) -> list[str]:
@@ -264,6 +551,9 @@ class Run:
 
     def added(self, api: str) -> list:
         return [detail for name, detail in self.calls if name == api]
+
+    def json_lines(self) -> list[dict]:
+        return [json.loads(line) for line in self.stdout.splitlines()]
 
 
 def install_calls():
@@ -318,8 +608,6 @@ def check_objects(run: Run, provider_flags, sublayer_flags, callout_flags, filte
     [
         ([], (0, 0, 0, 0)),
         (["--persistent"], (0x1, 0x1, 0x10000, 0x1)),
-        # Boot-time filters (0x2) may only reference persistent callouts.
-        (["--boot-time"], (0x1, 0x1, 0x10000, 0x2)),
     ],
 )
 def test_install_adds_every_object_in_one_transaction(exe, args, flags):
@@ -371,8 +659,11 @@ def test_bfe_not_running_exits_4(exe):
     assert "Base Filtering Engine" in run.stderr
 
 
-def test_persistent_with_boot_time_is_a_usage_error(exe):
-    run = Run(exe, ["install", "--persistent", "--boot-time"])
+def test_usage_errors_exit_2_and_touch_nothing(exe):
+    run = Run(exe, ["install", "--boot-time"])
+    assert run.exit_code == 2
+    assert run.calls == []
+    run = Run(exe, ["flows", "--watch", "0"])
     assert run.exit_code == 2
     assert run.calls == []
 
@@ -395,3 +686,228 @@ def test_uninstall_deletes_in_reverse_order_and_is_idempotent(exe):
     })
     assert gone.exit_code == 0, gone.stderr
     assert "14 already absent" in gone.stdout
+
+
+# --- status, stats, flows, counting against an emulated driver --------------
+
+ALL_CALLOUT_KEYS = {c["key"] for c in CALLOUTS}
+FIREFOX = r"C:\Program Files\Mozilla Firefox\firefox.exe"
+
+
+def running_machine(**kw):
+    kw.setdefault("driver", FakeDriver())
+    kw.setdefault("installed", installed_everything())
+    kw.setdefault("registered", ALL_CALLOUT_KEYS)
+    return Machine(**kw)
+
+
+def test_status_active_and_check(exe):
+    run = Run(exe, ["status", "--check"], machine=running_machine())
+    assert run.exit_code == 0, run.stderr
+    assert run.stdout == "monitoring active: driver running, 6/6 callouts registered, 6/6 filters\n"
+    session = run.calls[run.names().index("FwpmEngineOpen0")][1]
+    assert session.flags == 1, "status reads through a dynamic session"
+    queried = [key for name, key in run.calls if name.endswith("GetByKey0")]
+    assert sorted(queried) == sorted(installed_everything())
+    assert run.names()[-1] == "FwpmEngineClose0"
+
+
+def test_status_check_fails_unless_everything_is_active(exe):
+    stopped = Machine(driver=None, installed=installed_everything())
+    run = Run(exe, ["status", "--check"], machine=stopped)
+    assert run.exit_code == 8
+    assert run.stdout.splitlines()[0] == "monitoring INACTIVE: driver stopped, 0/6 callouts registered, 6/6 filters"
+    assert "sc.exe start wfpmon" in run.stdout
+    assert Run(exe, ["status"], machine=stopped).exit_code == 0, "without --check the verdict is no failure"
+
+    half = running_machine(registered=set(list(ALL_CALLOUT_KEYS)[:3]), installed=installed_everything() - {FILTER_KEYS[2]})
+    run = Run(exe, ["status", "--check", "-v"], machine=half)
+    assert run.exit_code == 8
+    assert "3/6 callouts registered, 5/6 filters" in run.stdout and "wfpmonctl install" in run.stdout
+    assert sum(" absent" in line for line in run.stdout.splitlines()) == 1
+
+    run = Run(exe, ["status", "--check"], {"FwpmEngineOpen0": EPT_S_NOT_REGISTERED}, machine=Machine(driver=None, services={"BFE": 1}))
+    assert run.exit_code == 4
+    assert "not_installed" not in run.stdout and "driver not installed" in run.stdout
+
+
+README = (HERE.parents[1] / "README.md").read_text()
+JSON_TYPES = {"string": str, "integer": int, "number": float, "boolean": bool, "array": list, "object": dict}
+
+
+def readme_schema(name: str) -> dict:
+    """{key path: (JSON type, optional)} from the README's table of `name`."""
+    section = README[README.index(f"### `{name}`"):]
+    section = section[:section.index("\n\n", section.index("| key |"))]
+    rows = re.findall(r"^\| `([^`]+)` \| (\w+) \| (.*) \|$", section, re.M)
+    assert rows, name
+    return {key: (JSON_TYPES[kind], "*optional*" in meaning) for key, kind, meaning in rows}
+
+
+def flatten(doc: dict, prefix=""):
+    for key, value in doc.items():
+        yield prefix + key, value
+        if isinstance(value, dict):
+            yield from flatten(value, f"{prefix}{key}.")
+        elif isinstance(value, list):
+            for item in value:
+                if isinstance(item, dict):
+                    yield from flatten(item, f"{prefix}{key}[].")
+
+
+def check_schema(doc: dict):
+    """Every key of `doc` is in the README's table of its schema, with that
+    JSON type; every key the table does not mark optional is there."""
+    schema = readme_schema(doc["schema"])
+    seen = set()
+    for path, value in flatten(doc):
+        assert path in schema, f"{doc['schema']}: undocumented key {path}"
+        kind, _ = schema[path]
+        assert isinstance(value, kind) and not (kind is int and isinstance(value, bool)), (path, value)
+        seen.add(path)
+    for path, (_, optional) in schema.items():
+        parent = path.rsplit("[].", 1)[0] if "[]." in path else None
+        if not optional and (parent is None or any(p.startswith(parent + "[].") for p in seen)):
+            assert path in seen, f"{doc['schema']}: {path} missing"
+
+
+def test_status_json_schema(exe):
+    (doc,) = Run(exe, ["status", "--json"], machine=running_machine()).json_lines()
+    check_schema(doc)
+    assert doc["schema"] == "wfpmon.status/1" and doc["timestamp"] == "2026-01-01T00:00:00.000Z"
+    assert (doc["active"], doc["driver_service"], doc["device"]) == (True, "running", "present")
+    assert len(doc["objects"]) == 14
+    (doc,) = Run(exe, ["status", "--json"], machine=Machine(driver=None)).json_lines()
+    check_schema(doc)
+    assert (doc["active"], doc["device"], doc["filters_present"]) == (False, "absent", 0)
+
+
+def sample_flows():
+    return [
+        flow(0xFFFF_A000_0000_0010, 1234, bytes_in=3 << 20, bytes_out=40_000, packets_in=2300, packets_out=900),
+        flow(0x20, 888, proto=17, family=23, local=("2001:db8:1234:5678:9abc:def0:1234:5678", 5353),
+             remote=("ff02::fb", 5353), direction=1, bytes_in=512, packets_in=4),
+        flow(0x30, 4, proto=1, local=("10.0.0.5", 8), remote=("8.8.8.8", 0), bytes_out=84, packets_out=1),
+    ]
+
+
+def test_stats_text_and_json(exe):
+    machine = running_machine(driver=FakeDriver(sample_flows()))
+    run = Run(exe, ["stats"], machine=machine)
+    assert run.exit_code == 0, run.stderr
+    rows = dict(line.rsplit(None, 1) if line.split()[-1] not in ("KiB", "MiB", "B") else
+                (line[:22].strip(), line[22:].strip()) for line in run.stdout.splitlines()[1:])
+    assert rows["flows active"] == "3" and rows["counting"] == "on"
+    assert rows["bytes in"] == "3.0 MiB", rows
+    (doc,) = Run(exe, ["stats", "--json"], machine=machine).json_lines()
+    assert doc["schema"] == "wfpmon.stats/1" and doc["protocol_version"] == VERSION
+    assert doc["bytes_in"] == (3 << 20) + 512 and doc["packets_out"] == 901 and doc["counting"] is True
+    check_schema(doc)
+    assert machine.driver.requests == ["stats", "stats"]
+
+
+def flows_machine(**kw):
+    return running_machine(driver=FakeDriver(sample_flows(), **kw), processes={1234: FIREFOX})
+
+
+def test_flows_table_names_sort_and_filters(exe):
+    run = Run(exe, ["flows"], machine=flows_machine())
+    assert run.exit_code == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0].split()[:6] == ["PID", "PROCESS", "PROTO", "DIR", "LOCAL", "REMOTE"]
+    first = lines[1].split()
+    assert first[:6] == ["1234", "firefox.exe", "tcp", "out", "10.0.0.5:50000", "93.184.216.34:443"]
+    assert "3.0 MiB" in lines[1] and "2.3k" in lines[1]
+    assert any(l.split()[:3] == ["4", "System", "icmp"] and "8/0" in l and "8.8.8.8 " in l + " " for l in lines)
+    assert any(l.split()[:2] == ["888", "?"] and "[2001:db8:1234:5678:9abc:def0:1234:5678]:5353" in l for l in lines)
+    assert lines[-1].startswith("3 of 3 matching flows (3 active)")
+    assert "0xffffa00000000010" not in run.stdout and "HANDLE" not in run.stdout
+
+    def pids(*args):
+        out = Run(exe, ["flows", *args], machine=flows_machine()).stdout.splitlines()[1:-1]
+        return [int(line.split()[0]) for line in out]
+
+    assert pids("--sort", "pid") == [4, 888, 1234]
+    assert pids("--proto", "icmp") == [4]
+    assert pids("--proc", "FIRE") == [1234]
+    assert pids("--family", "6") == [888]
+    assert pids("--port", "443") == [1234]
+    assert pids("--direction", "in") == [888]
+    assert pids("--sort", "bytes", "--top", "2") == [1234, 888]
+    raw = Run(exe, ["flows", "--raw", "-v", "--pid", "1234"], machine=flows_machine()).stdout
+    assert str(3 << 20) in raw and "0xffffa00000000010" in raw
+
+
+def test_flows_watch_json_is_ndjson_with_rates(exe):
+    def traffic(flows):
+        flows[0]["bytes_in"] += 1000
+    machine = flows_machine(growth=traffic)
+    run = Run(exe, ["flows", "--json", "--watch", "0.1", "--count", "2", "--sort", "rate"], machine=machine)
+    assert run.exit_code == 0, run.stderr
+    assert run.sleeps == [100] and machine.driver.requests == ["list", "list"]
+    first, second = run.json_lines()
+    assert "\x1b" not in run.stdout and len(run.stdout.splitlines()) == 2
+    for doc in (first, second):
+        check_schema(doc)
+        assert doc["schema"] == "wfpmon.flows/1"
+    assert "interval_s" not in first and "rate_in" not in first["flows"][0]
+    assert second["interval_s"] == 0.1 and second["timestamp"] == "2026-01-01T00:00:00.100Z"
+    top = second["flows"][0]
+    assert (top["pid"], top["process"], top["flow_handle"]) == (1234, "firefox.exe", "0xffffa00000000010")
+    assert top["rate_in"] == 10000.0 and top["rate_out"] == 0.0
+    assert second["totals"]["rate_in"] == 10000.0
+    icmp = next(f for f in second["flows"] if f["protocol"] == "icmp")
+    assert (icmp["icmp_type"], icmp["icmp_code"], "local_port" in icmp) == (8, 0, False)
+
+
+def test_flows_watch_on_a_console_clears_and_fits(exe):
+    machine = flows_machine()
+    machine.console = 80
+    run = Run(exe, ["flows", "--watch", "0.1", "--count", "2", "-v"], machine=machine)
+    assert run.exit_code == 0, run.stderr
+    assert run.stdout.count("\x1b[H\x1b[2J") == 2
+    table = [l.replace("\x1b[H\x1b[2J", "") for l in run.stdout.splitlines() if " matching flows " not in l]
+    assert all(len(line) <= 80 for line in table), [l for l in table if len(l) > 80]
+    assert any(":5353" in line for line in table), "IPv6 endpoints keep their port"
+
+
+def test_a_closed_pipe_ends_the_watch_quietly(exe):
+    machine = flows_machine()
+    machine.closed_stdout_after = 1
+    run = Run(exe, ["flows", "--watch", "0.1"], machine=machine)
+    assert run.exit_code == 0
+    assert machine.driver.requests == ["list", "list"], "stops at the first failed write"
+    assert run.stderr == ""
+
+
+def test_ctrl_c_ends_the_watch_quietly(exe):
+    machine = flows_machine()
+    machine.ctrl_c_at_sleep = 1
+    run = Run(exe, ["flows", "--watch", "0.1"], machine=machine)
+    assert run.ctrl_handlers and run.ctrl_handlers[0] != 0, "a console control handler is installed"
+    assert run.exit_code == 0, run.stderr
+    assert run.sleeps == [100] and machine.driver.requests == ["list"], "no refresh after Ctrl+C"
+    assert run.stdout.count(" matching flows ") == 1 and run.stderr == ""
+
+
+def test_a_list_larger_than_the_first_buffer_is_fetched_whole(exe):
+    many = [flow(0x1000 + i, 1234, bytes_in=i) for i in range(300)]
+    machine = running_machine(driver=FakeDriver(many), processes={1234: FIREFOX})
+    (doc,) = Run(exe, ["flows", "--json"], machine=machine).json_lines()
+    assert machine.driver.requests == ["list", "list"], "ERROR_MORE_DATA, then a buffer of the required size"
+    assert (doc["active"], doc["matched"], len(doc["flows"])) == (300, 300, 300)
+    assert doc["totals"]["bytes_in"] == sum(range(300))
+
+
+def test_counting_and_an_absent_driver(exe):
+    machine = running_machine()
+    run = Run(exe, ["counting", "off"], machine=machine)
+    assert (run.exit_code, run.stdout) == (0, "traffic counting is off\n"), run.stderr
+    assert machine.driver.counting is False and machine.driver.requests == ["counting 0"]
+    (_, access) = run.added("CreateFileW")[0]
+    assert access == 0xC0000000, "GENERIC_READ | GENERIC_WRITE: the request changes driver state"
+    assert ("CloseHandle", Run.DEVICE) in run.calls
+    for args in (["counting", "on"], ["stats"], ["flows"]):
+        run = Run(exe, args, machine=Machine(driver=None))
+        assert run.exit_code == 5, args
+        assert "wfpmon driver is not loaded" in run.stderr and run.stdout == ""
