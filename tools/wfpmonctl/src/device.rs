@@ -5,21 +5,17 @@
 //! a paged flow list changes only here.
 
 use wfpmon_core::protocol::{
-    self, DecodeError, FlowEntry, FlowListHeader, IOCTL_WFPMON_LIST_FLOWS as LIST_FLOWS,
+    self, DecodeError, FlowEntry, IOCTL_WFPMON_LIST_FLOWS as LIST_FLOWS,
     IOCTL_WFPMON_QUERY_STATS as QUERY_STATS, IOCTL_WFPMON_SET_COUNTING as SET_COUNTING,
     ListFlowsRequest, PROTOCOL_VERSION, QueryStatsRequest, SetCountingRequest, Stats,
 };
 
 use crate::error::{Error, Kind, Step, SystemCode};
 
-/// How a `DeviceIoControl` call ended when it did not fully succeed.
+/// How a `DeviceIoControl` call failed. (Protocol 3 has no partial
+/// answers: the flow list is paged, so `ERROR_MORE_DATA` is a failure too.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum IoctlError {
-    /// `ERROR_MORE_DATA` (the driver's `STATUS_BUFFER_OVERFLOW`): this many
-    /// bytes of valid, partial output were copied.
-    MoreData(usize),
-    Failed(SystemCode),
-}
+pub struct IoctlError(pub SystemCode);
 
 /// A synchronous `DeviceIoControl` on the control device.
 pub trait ControlDevice {
@@ -27,34 +23,25 @@ pub trait ControlDevice {
     fn ioctl(&mut self, code: u32, input: &[u8], output: &mut [u8]) -> Result<usize, IoctlError>;
 }
 
-/// Entries the first `LIST_FLOWS` call makes room for.
-const INITIAL_CAPACITY: usize = 256;
-/// Extra entries on a retry, for flows established between two calls.
-const SLACK: usize = 64;
-/// Calls made before settling for a partial list.
-const MAX_ATTEMPTS: usize = 4;
-
-/// Sends a request; the bytes received and whether they are partial.
+/// Sends a request; the bytes received.
 fn call<D: ControlDevice>(
     device: &mut D,
     code: u32,
     input: &[u8],
     output: &mut [u8],
-) -> Result<(usize, bool), Error> {
+) -> Result<usize, Error> {
     let name = match code {
         QUERY_STATS => "IOCTL_WFPMON_QUERY_STATS",
         LIST_FLOWS => "IOCTL_WFPMON_LIST_FLOWS",
         _ => "IOCTL_WFPMON_SET_COUNTING",
     };
-    let response = match device.ioctl(code, input, output) {
-        Ok(n) => Ok((n, false)),
-        Err(IoctlError::MoreData(n)) => Ok((n, true)),
-        Err(IoctlError::Failed(c)) => {
+    match device.ioctl(code, input, output) {
+        Ok(n) => Ok(n.min(output.len())),
+        Err(IoctlError(c)) => {
             let what = format!("DeviceIoControl({name})");
             Err(Error::system(Step::DeviceControl, c, &what))
         }
-    };
-    response.map(|(n, partial)| (n.min(output.len()), partial))
+    }
 }
 
 fn protocol_error(e: DecodeError) -> Error {
@@ -71,7 +58,7 @@ fn protocol_error(e: DecodeError) -> Error {
 pub fn query_stats<D: ControlDevice>(device: &mut D) -> Result<Stats, Error> {
     let mut out = [0u8; Stats::SIZE];
     let request = QueryStatsRequest::new().to_bytes();
-    let (n, _) = call(device, QUERY_STATS, &request, &mut out)?;
+    let n = call(device, QUERY_STATS, &request, &mut out)?;
     Stats::decode(&out[..n]).map_err(protocol_error)
 }
 
@@ -91,34 +78,35 @@ pub struct FlowList {
     pub entries: Vec<FlowEntry>,
 }
 
-/// Lists every active flow.
+/// Lists every active flow, page by page.
 ///
-/// When the driver answers `ERROR_MORE_DATA` with the size that would hold
-/// them all, the buffer grows to that size (plus slack) and the call is
-/// repeated, at most four times in all.
+/// Each call returns at most [`protocol::MAX_FLOWS_PER_CALL`] flows after
+/// the cursor of the previous answer, so a million flows need no huge
+/// buffer (about 4 000 calls of 24 KiB). Within one listing pass the driver
+/// lists a flow present throughout exactly once, and one that comes or goes
+/// meanwhile at most once.
 pub fn list_flows<D: ControlDevice>(device: &mut D) -> Result<FlowList, Error> {
-    let request = ListFlowsRequest::new(0).to_bytes();
-    let mut capacity = INITIAL_CAPACITY;
-    for attempt in 1.. {
-        let size = protocol::flow_list_size(capacity)
-            .ok_or_else(|| Error::new(Kind::Other, "too many flows to list"))?;
-        let mut out = vec![0u8; size];
-        let (n, overflow) = call(device, LIST_FLOWS, &request, &mut out)?;
+    let size = protocol::flow_list_size(protocol::MAX_FLOWS_PER_CALL)
+        .ok_or_else(|| Error::new(Kind::Other, "flow list batch too large"))?;
+    let mut out = vec![0u8; size];
+    let mut list = FlowList::default();
+    let mut cursor = (0, 0);
+    loop {
+        let request = ListFlowsRequest::resume(0, cursor.0, cursor.1).to_bytes();
+        let n = call(device, LIST_FLOWS, &request, &mut out)?;
         let (header, entries) = protocol::decode_flow_list(&out[..n]).map_err(protocol_error)?;
-        let list = FlowList {
-            total: header.total_flows,
-            entries: entries.collect(),
-        };
-        let needed = usize::try_from(header.required_size)
-            .ok()
-            .and_then(|r| r.checked_sub(FlowListHeader::SIZE))
-            .map_or(0, |body| body.div_ceil(FlowEntry::SIZE));
-        if !overflow || attempt == MAX_ATTEMPTS || needed <= capacity {
+        list.total = header.total_flows;
+        list.entries.extend(entries);
+        if header.flags & protocol::FLOW_LIST_MORE == 0 {
             return Ok(list);
         }
-        capacity = needed + SLACK;
+        let next = (header.next_bucket, header.next_seq);
+        if header.returned == 0 && next == cursor {
+            // No progress: the driver would be asked the same forever.
+            return Err(protocol_error(DecodeError::Size));
+        }
+        cursor = next;
     }
-    unreachable!("the loop returns by its last attempt")
 }
 
 #[cfg(test)]
@@ -127,7 +115,7 @@ pub mod sim {
     //! `parse_request` and answers as the protocol specifies.
 
     use super::*;
-    use wfpmon_core::protocol::{Header, Request, parse_request};
+    use wfpmon_core::protocol::{FlowListHeader, Header, Request, parse_request};
 
     #[derive(Debug, Default)]
     pub struct SimDriver {
@@ -166,7 +154,7 @@ pub mod sim {
     impl ControlDevice for SimDriver {
         fn ioctl(&mut self, code: u32, input: &[u8], out: &mut [u8]) -> Result<usize, IoctlError> {
             let request = parse_request(code, input, out.len())
-                .map_err(|_| IoctlError::Failed(SystemCode::Win32(87)))?;
+                .map_err(|_| IoctlError(SystemCode::Win32(87)))?;
             match request {
                 Request::QueryStats => {
                     let n = self.stats.encode(out);
@@ -179,33 +167,39 @@ pub mod sim {
                     self.counting = Some(enable);
                     Ok(0)
                 }
-                Request::ListFlows { capacity } => {
+                Request::ListFlows {
+                    capacity,
+                    cursor_bucket,
+                    ..
+                } => {
+                    // Pages by index (the cursor's bucket field); flows
+                    // appear at the end between calls.
                     self.list_calls += 1;
                     for _ in 0..self.growth_per_call {
                         self.flows.push(flow(self.flows.len() as u64));
                     }
-                    let returned = capacity.min(self.flows.len());
-                    let size = |n| protocol::flow_list_size(n).unwrap();
+                    let start = (cursor_bucket as usize).min(self.flows.len());
+                    let returned = capacity.min(self.flows.len() - start);
+                    let end = start + returned;
+                    let more = end < self.flows.len();
                     let header = FlowListHeader {
                         header: Header {
                             version: protocol::PROTOCOL_VERSION,
-                            size: u32::try_from(size(returned)).unwrap(),
+                            size: u32::try_from(protocol::flow_list_size(returned).unwrap())
+                                .unwrap(),
                         },
                         total_flows: u32::try_from(self.flows.len()).unwrap(),
                         returned: u32::try_from(returned).unwrap(),
                         entry_size: u32::try_from(FlowEntry::SIZE).unwrap(),
-                        reserved: 0,
-                        required_size: size(self.flows.len()) as u64,
+                        flags: if more { protocol::FLOW_LIST_MORE } else { 0 },
+                        next_bucket: if more { u32::try_from(end).unwrap() } else { 0 },
+                        next_seq: 0,
                     };
                     let mut at = header.encode(out);
-                    for f in &self.flows[..returned] {
+                    for f in &self.flows[start..end] {
                         at += f.encode(&mut out[at..]);
                     }
-                    if returned < self.flows.len() {
-                        Err(IoctlError::MoreData(at))
-                    } else {
-                        Ok(at)
-                    }
+                    Ok(at)
                 }
             }
         }
@@ -216,6 +210,7 @@ pub mod sim {
 mod tests {
     use super::sim::{SimDriver, flow};
     use super::*;
+    use wfpmon_core::protocol::FlowListHeader;
 
     fn driver(n: u64) -> SimDriver {
         SimDriver {
@@ -226,7 +221,7 @@ mod tests {
 
     #[test]
     fn small_and_empty_lists_take_one_call() {
-        for n in [0, 5] {
+        for n in [0, 5, 256] {
             let mut d = driver(n);
             let list = list_flows(&mut d).unwrap();
             assert_eq!(list.entries, d.flows);
@@ -236,22 +231,43 @@ mod tests {
     }
 
     #[test]
-    fn overflow_grows_the_buffer_once() {
-        let mut d = driver(INITIAL_CAPACITY as u64 * 3 + 7);
-        d.growth_per_call = 5;
+    fn long_lists_are_paged_in_bounded_batches() {
+        let mut d = driver(256 * 3 + 7);
         let list = list_flows(&mut d).unwrap();
         assert_eq!(list.entries, d.flows);
-        assert_eq!(d.list_calls, 2);
+        assert_eq!(d.list_calls, 4);
     }
 
     #[test]
-    fn runaway_growth_ends_with_a_partial_list() {
-        let mut d = driver(INITIAL_CAPACITY as u64 + 1);
-        d.growth_per_call = 10 * SLACK;
+    fn flows_appearing_between_batches_are_picked_up() {
+        let mut d = driver(600);
+        d.growth_per_call = 5;
         let list = list_flows(&mut d).unwrap();
-        assert_eq!(d.list_calls, MAX_ATTEMPTS);
-        assert!(list.entries.len() < list.total as usize);
-        assert_eq!(list.entries, d.flows[..list.entries.len()]);
+        assert_eq!(list.entries, d.flows);
+        assert_eq!(list.total as usize, d.flows.len());
+    }
+
+    #[test]
+    fn a_driver_that_makes_no_progress_is_a_protocol_error() {
+        struct Stuck;
+        impl ControlDevice for Stuck {
+            fn ioctl(&mut self, _: u32, _: &[u8], out: &mut [u8]) -> Result<usize, IoctlError> {
+                let header = FlowListHeader {
+                    header: wfpmon_core::protocol::Header {
+                        version: PROTOCOL_VERSION,
+                        size: u32::try_from(FlowListHeader::SIZE).unwrap(),
+                    },
+                    total_flows: 3,
+                    returned: 0,
+                    entry_size: u32::try_from(FlowEntry::SIZE).unwrap(),
+                    flags: protocol::FLOW_LIST_MORE,
+                    next_bucket: 0,
+                    next_seq: 0,
+                };
+                Ok(header.encode(out))
+            }
+        }
+        assert_eq!(list_flows(&mut Stuck).unwrap_err().exit_code(), 7);
     }
 
     #[test]
@@ -276,7 +292,7 @@ mod tests {
         struct Refusing(u32);
         impl ControlDevice for Refusing {
             fn ioctl(&mut self, _: u32, _: &[u8], _: &mut [u8]) -> Result<usize, IoctlError> {
-                Err(IoctlError::Failed(SystemCode::Win32(self.0)))
+                Err(IoctlError(SystemCode::Win32(self.0)))
             }
         }
         assert_eq!(list_flows(&mut Refusing(1306)).unwrap_err().exit_code(), 7);

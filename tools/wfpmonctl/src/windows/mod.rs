@@ -106,7 +106,7 @@ pub struct Device(Owned);
 
 impl ControlDevice for Device {
     fn ioctl(&mut self, code: u32, input: &[u8], output: &mut [u8]) -> Result<usize, IoctlError> {
-        let too_big = |_| IoctlError::Failed(SystemCode::Win32(ERROR_MORE_DATA));
+        let too_big = |_| IoctlError(SystemCode::Win32(ERROR_MORE_DATA));
         let in_len = u32::try_from(input.len()).map_err(too_big)?;
         let out_len = u32::try_from(output.len()).map_err(too_big)?;
         let mut returned = 0u32;
@@ -132,10 +132,10 @@ impl ControlDevice for Device {
             )
         };
         let bytes = (returned as usize).min(output.len());
-        match (ok, last_error()) {
-            (0, SystemCode::Win32(ERROR_MORE_DATA)) => Err(IoctlError::MoreData(bytes)),
-            (0, code) => Err(IoctlError::Failed(code)),
-            _ => Ok(bytes),
+        if ok == 0 {
+            Err(IoctlError(last_error()))
+        } else {
+            Ok(bytes)
         }
     }
 }

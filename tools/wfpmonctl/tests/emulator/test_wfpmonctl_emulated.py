@@ -244,15 +244,23 @@ class FakeDriver:
             self.counting = bool(struct.unpack_from("<I", request, 8)[0])
             self.requests.append(f"counting {int(self.counting)}")
             return 0, b""
-        if code == IOCTL_LIST_FLOWS and len(request) == 16 and out_len >= 32:
+        if code == IOCTL_LIST_FLOWS and len(request) == 24 and out_len >= 32:
+            # A paged list: at most 256 flows (or what fits) after the
+            # request's cursor; this fake pages by index (the cursor's
+            # bucket field) and sets FLOW_LIST_MORE while flows remain.
             self.requests.append("list")
             if self.growth:
                 self.growth(self.flows)
-            fit = min(len(self.flows), (out_len - 32) // 96)
-            header = struct.pack("<IIIIIIQ", VERSION, 32 + 96 * fit, len(self.flows), fit, 96, 0,
-                                 32 + 96 * len(self.flows))
-            body = b"".join(self.entry(f) for f in self.flows[:fit])
-            return (0 if fit == len(self.flows) else ERROR_MORE_DATA), header + body
+            max_entries, start, _seq, reserved = struct.unpack_from("<IIII", request, 8)
+            if reserved:
+                return ERROR_INVALID_PARAMETER, b""
+            fit = min(256, (out_len - 32) // 96, *( [max_entries] if max_entries else []))
+            batch = self.flows[start:start + fit]
+            end = start + len(batch)
+            more = end < len(self.flows)
+            header = struct.pack("<8I", VERSION, 32 + 96 * len(batch), len(self.flows), len(batch), 96,
+                                 1 if more else 0, end if more else 0, 0)
+            return 0, header + b"".join(self.entry(f) for f in batch)
         return ERROR_INVALID_PARAMETER, b""
 
 
@@ -890,11 +898,11 @@ def test_ctrl_c_ends_the_watch_quietly(exe):
     assert run.stdout.count(" matching flows ") == 1 and run.stderr == ""
 
 
-def test_a_list_larger_than_the_first_buffer_is_fetched_whole(exe):
+def test_a_list_larger_than_one_batch_is_paged_through(exe):
     many = [flow(0x1000 + i, 1234, bytes_in=i) for i in range(300)]
     machine = running_machine(driver=FakeDriver(many), processes={1234: FIREFOX})
     (doc,) = Run(exe, ["flows", "--json"], machine=machine).json_lines()
-    assert machine.driver.requests == ["list", "list"], "ERROR_MORE_DATA, then a buffer of the required size"
+    assert machine.driver.requests == ["list", "list"], "256 flows, then the rest from the cursor"
     assert (doc["active"], doc["matched"], len(doc["flows"])) == (300, 300, 300)
     assert doc["totals"]["bytes_in"] == sum(range(300))
 
