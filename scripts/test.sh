@@ -36,20 +36,20 @@ step "formatting (cargo fmt --check)"
 cargo fmt --all -- --check
 
 step "host tests (cargo test)"
-cargo test "${host_crates[@]}"
+cargo test --locked "${host_crates[@]}"
 
 step "model checking (loom): the flow registry's stop/insert/remove protocol"
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR="$root/target/loom" \
-    cargo test -p wfpmon-core --test loom_registry --release
+    cargo test --locked -p wfpmon-core --test loom_registry --release
 
 step "clippy: host crates (all targets)"
-cargo clippy "${host_crates[@]}" --all-targets -- -D warnings
+cargo clippy --locked "${host_crates[@]}" --all-targets -- -D warnings
 
 step "clippy: driver on x86_64-pc-windows-msvc (kernel image)"
-cargo clippy --release --target "$WFPMON_TARGET" -p wfpmon -- -D warnings
+cargo clippy --locked --release --target "$WFPMON_TARGET" -p wfpmon -- -D warnings
 
 step "clippy: wfpmonctl on x86_64-pc-windows-msvc (user mode, type-check)"
-cargo clippy --target "$WFPMON_TARGET" -p wfpmonctl -- -D warnings
+cargo clippy --locked --target "$WFPMON_TARGET" -p wfpmonctl -- -D warnings
 
 step "pytest: image, emulator (driver and wfpmonctl.exe), INF, VM kit"
 export WFPMON_SYS="$root/target/$WFPMON_TARGET/release/wfpmon.sys"

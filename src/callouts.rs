@@ -16,8 +16,8 @@ use wfpmon_core::catalog::{CALLOUTS, data_callout_for};
 use wfpmon_core::flow::{Association, Direction, FlowRecord};
 
 use crate::kernel::pool::PoolBox;
+use crate::kernel::time;
 use crate::kernel::wfp::{self, FlowEstablished};
-use crate::kernel::{Status, log, time};
 use crate::shared::SHARED;
 
 /// ALE flow established: attach a [`FlowRecord`] to the new flow, owned by
@@ -77,11 +77,9 @@ pub fn on_flow_established(flow: &FlowEstablished) {
         if removed.stopping && removed.callout_done {
             SHARED.flow_deleted.set();
         }
-        log!(
-            "FwpsFlowAssociateContext0(flow {:#x}, layer {layer}) -> {}",
-            flow.flow_handle,
-            Status(status)
-        );
+        // Counted, not logged: this runs at DISPATCH_LEVEL once per flow, and
+        // DbgPrint there costs time and floods the debugger (the count is in
+        // the statistics and in teardown's summary).
         drop(record);
     }
 }

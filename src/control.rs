@@ -9,7 +9,7 @@
 
 use wdk_sys::{
     DEVICE_OBJECT, IRP, IRP_MJ_CLEANUP, IRP_MJ_CLOSE, IRP_MJ_CREATE, IRP_MJ_DEVICE_CONTROL,
-    NTSTATUS, STATUS_INVALID_DEVICE_REQUEST, STATUS_SUCCESS,
+    NTSTATUS, STATUS_INVALID_DEVICE_REQUEST, STATUS_OBJECT_NAME_NOT_FOUND, STATUS_SUCCESS,
 };
 use wfpmon_core::flow::Traffic;
 use wfpmon_core::protocol::{
@@ -44,6 +44,13 @@ unsafe extern "C" fn dispatch(_device: *mut DEVICE_OBJECT, irp: *mut IRP) -> NTS
     };
     match irp.major_function() {
         IRP_MJ_DEVICE_CONTROL => device_control(irp),
+        // The device has no namespace: `\Device\WfpMon\anything` names
+        // nothing ("Controlling Device Namespace Access" — FILE_DEVICE_SECURE_OPEN
+        // already applies the device's ACL to such opens; refusing them
+        // leaves only the device itself to open).
+        IRP_MJ_CREATE if irp.opens_a_name_below_the_device() => {
+            irp.complete(STATUS_OBJECT_NAME_NOT_FOUND, 0)
+        }
         _ => irp.complete(STATUS_SUCCESS, 0),
     }
 }
@@ -88,15 +95,17 @@ fn execute(request: Request, output: &mut [u8]) -> (NTSTATUS, usize) {
     }
 }
 
-/// Statistics: lifetime counters plus the traffic of active flows.
+/// Statistics: lifetime counters plus the traffic of active flows, taken
+/// in one critical section of the registry. A flow's traffic moves from
+/// "active" to "retired" under that same lock, so a flow ending during the
+/// query is counted exactly once.
 fn stats() -> Stats {
-    let mut active = 0u64;
-    let mut traffic = Traffic::default();
-    SHARED.flows.for_each(|r| {
-        active += 1;
-        traffic = traffic.plus(r.traffic.snapshot());
-    });
-    SHARED.stats.snapshot(active, traffic)
+    SHARED.flows.inspect(|records| {
+        let (active, traffic) = records.fold((0u64, Traffic::default()), |(n, t), r| {
+            (n + 1, t.plus(r.traffic.snapshot()))
+        });
+        SHARED.stats.snapshot(active, traffic)
+    })
 }
 
 /// Copies up to `capacity` flows into `output` (header first). When more

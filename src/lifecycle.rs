@@ -2,25 +2,24 @@
 //!
 //! [`Driver`] owns the three resources of "Unloading a Callout Driver". Its
 //! field order is the teardown order: Rust drops fields in declaration
-//! order, after [`Driver`]'s own `Drop` has stopped new flow associations,
-//! unregistered every callout and waited for the last flow context. A
+//! order, after [`Driver`]'s own `Drop` has stopped new flow associations
+//! and unregistered every callout — which it does not stop trying to do,
+//! however long the engine takes. A
 //! `DriverEntry` that fails part-way drops the partly built `Driver`, so
 //! the rollback is the unload path, undoing exactly the completed steps.
 
 use core::cell::UnsafeCell;
 
-use wdk_sys::{DRIVER_OBJECT, NTSTATUS, STATUS_PENDING, STATUS_SUCCESS};
+use wdk_sys::{DRIVER_OBJECT, NTSTATUS, STATUS_PENDING, STATUS_SUCCESS, STATUS_UNSUCCESSFUL};
 use wfpmon_core::catalog::{CALLOUT_COUNT, CALLOUTS, CalloutIndex};
-use wfpmon_core::unload::{
-    FLOW_DELETE_WAIT_100NS, MAX_FLOW_DELETE_WAITS, Outcome, Step, Unregistration,
-    unregistration_order,
-};
+use wfpmon_core::flow::Traffic;
+use wfpmon_core::unload::{LogBackoff, Outcome, Step, Unregistration, unregistration_order};
 
 use crate::control;
 use crate::kernel::device::Device;
 use crate::kernel::driver::DriverObject;
 use crate::kernel::wfp::{self, InjectionHandle};
-use crate::kernel::{Status, log};
+use crate::kernel::{Status, log, time};
 use crate::shared::SHARED;
 
 /// Everything `DriverEntry` created. **Field order = teardown order.**
@@ -38,11 +37,35 @@ impl Drop for Driver {
     fn drop(&mut self) {
         log!("teardown: stopping new flow associations");
         SHARED.flows.stop();
+        // The per-flow failures classify counted instead of logging them.
+        let totals = SHARED.stats.snapshot(0, Traffic::default());
+        log!(
+            "teardown: {} flows tracked, {} deleted, {} allocation failures, {} association failures",
+            totals.flows_tracked,
+            totals.flows_deleted,
+            totals.allocation_failures,
+            totals.association_failures
+        );
+        // Returns only once every callout is unregistered: however long the
+        // engine takes, the device and the injection handle (the fields,
+        // dropped below) outlive every callout id.
         self.callouts.unregister_all();
-        wait_for_flow_contexts();
-        // Classify can no longer run; withdraw the handle before it is
-        // destroyed (field drop below) all the same.
-        SHARED.set_injection_handle(core::ptr::null_mut());
+        // The engine's classify barrier: a successful
+        // FwpsCalloutUnregisterById0 does not return while a classify of the
+        // callout is executing, and none starts after it (NETIO's
+        // KfdDeleteCalloutEntry; ebpf-for-windows issue #1272). And it does
+        // not succeed while a context of the callout exists, deferred
+        // flow-delete callbacks included. So from here on no wfpmon code runs
+        // on behalf of the engine, and every flow context has been handed
+        // back through flowDeleteFn. We rely on that rather than on a
+        // counter of our own, which could not prove that a CPU has left the
+        // image anyway (code runs after any decrement).
+        let left = SHARED.flows.len();
+        if left != 0 {
+            log!(
+                "ERROR: teardown: {left} flow records still tracked after every callout was unregistered (engine rule broken)"
+            );
+        }
         log!("teardown: deleting device, destroying injection handle");
         // Fields drop now: device, then injection handle.
     }
@@ -73,134 +96,140 @@ impl Callouts {
     }
 
     /// Unregisters every registered callout, flow-established ones first.
+    /// Does not return before each of them is unregistered.
     fn unregister_all(&mut self) {
         for index in unregistration_order() {
             if let Some(id) = self.ids[index] {
-                let outcome = unregister(index, id);
-                if outcome.is_unregistered() {
-                    self.ids[index] = None;
-                    SHARED.set_callout_id(index, None);
-                } else {
-                    log!(
-                        "ERROR: {} (id {id}) is still registered: {outcome:?}",
-                        CALLOUTS[index].name
-                    );
-                }
+                unregister(index, id);
+                self.ids[index] = None;
+                SHARED.set_callout_id(index, None);
             }
         }
     }
 }
 
-/// Runs the unregistration protocol for one callout (`PASSIVE_LEVEL`).
+/// Runs the unregistration protocol for one callout until the engine lets
+/// it go (`PASSIVE_LEVEL`). Never gives up: see [`wfpmon_core::unload`].
+///
+/// Logging stays readable however long that takes: the first answer, each
+/// removal pass that removed something, a "still registered" report on the
+/// [`LogBackoff`] schedule (1 s, then intervals doubling to one a minute),
+/// and the end.
 fn unregister(index: CalloutIndex, id: u32) -> Outcome {
     let name = CALLOUTS[index].name;
-    let mut protocol = Unregistration::default();
-    // Every status the engine answers is logged, but a run of identical
-    // answers only every LOG_EVERY-th time: a callout that stays busy for
-    // seconds would otherwise flood the debugger.
-    let mut last_status = None;
+    let mut protocol = Unregistration::new();
+    let started = time::interrupt_time();
+    let mut report = LogBackoff::new();
     loop {
-        let verbose = protocol.attempts() < 3 || protocol.attempts() % LOG_EVERY == 0;
         match protocol.step() {
             Step::Unregister => {
                 let status = wfp::unregister_callout(id);
-                if verbose || last_status != Some(status) {
-                    let attempt = protocol.attempts() + 1;
+                if protocol.attempts() == 0 {
                     log!(
-                        "FwpsCalloutUnregisterById0({name}, id {id}) -> {} (attempt {attempt})",
+                        "FwpsCalloutUnregisterById0({name}, id {id}) -> {}",
                         Status(status)
                     );
                 }
-                last_status = Some(status);
                 protocol.on_unregister(status);
             }
             Step::RemoveContexts => {
-                let removed = remove_flow_contexts(index, id);
+                let pass = remove_flow_contexts(index, id);
                 let left = SHARED.flows.count_for(index);
-                if verbose || removed > 0 {
-                    log!("{name}: asked {removed} flow contexts to go, {left} still tracked");
+                if pass.removed() > 0 || pass.other > 0 {
+                    log!("{name}: removal pass: {pass}; {left} flows still tracked");
                 }
-                protocol.on_contexts_removed(removed, left);
+                protocol.on_contexts_removed(pass.removed(), left);
             }
-            Step::Wait => {
-                let wait = SHARED.flow_deleted.wait(FLOW_DELETE_WAIT_100NS);
-                if verbose {
-                    log!("{name}: waited before retrying: {wait:?}");
+            Step::Wait { timeout_100ns } => {
+                let elapsed = time::interrupt_time().saturating_sub(started);
+                if report.due(elapsed) {
+                    log!(
+                        "{name} (id {id}) still registered after {} ms: {} attempts, last status {}, {} flows still tracked; waiting",
+                        elapsed / MILLISECONDS,
+                        protocol.attempts(),
+                        Status(protocol.last_status().unwrap_or_default()),
+                        SHARED.flows.count_for(index)
+                    );
                 }
+                SHARED.flow_deleted.wait(timeout_100ns);
                 protocol.on_waited();
             }
             Step::Finished(outcome) => {
-                log!("{name}: {outcome:?}");
+                let elapsed = time::interrupt_time().saturating_sub(started);
+                log!("{name}: {outcome:?} after {} ms", elapsed / MILLISECONDS);
                 return outcome;
             }
         }
     }
 }
 
-/// How often a repeated state of the unregistration loop is logged.
-const LOG_EVERY: u32 = 10;
+/// 100 ns units per millisecond, for log lines.
+const MILLISECONDS: u64 = 10_000;
 
-/// `FwpsFlowRemoveContext0` for every flow tracked for callout `index`,
-/// once each. Returns how many were asked.
-fn remove_flow_contexts(index: CalloutIndex, id: u32) -> usize {
-    let layer = CALLOUTS[index].runtime_layer;
-    let pass = SHARED.flows.begin_removal_pass();
-    let mut asked = 0;
-    // The registry hands out a copy of each association: the record itself
-    // may be freed by the flow-delete callback inside the removal call.
-    let mut pending = 0;
-    while let Some(flow) = SHARED.flows.next_for_removal(pass, index) {
-        let status = wfp::remove_flow_context(flow.flow_id, layer, id);
-        asked += 1;
-        // SUCCESS (the common case) is summed up by the caller; anything
-        // else is worth a line of its own. Per-flow lines would flood the
-        // debugger when thousands of flows are open.
-        match status {
-            STATUS_SUCCESS => {}
-            STATUS_PENDING => pending += 1,
-            other => log!(
-                "FwpsFlowRemoveContext0(flow {:#x}, layer {layer}, id {id}) -> {}",
-                flow.flow_id,
-                Status(other)
-            ),
-        }
-    }
-    if pending > 0 {
-        log!(
-            "{}: {pending} flow deletions pending (classify in progress)",
-            CALLOUTS[index].name
-        );
-    }
-    asked
+/// What one removal pass's `FwpsFlowRemoveContext0` calls answered.
+#[derive(Default)]
+struct RemovalPass {
+    /// `STATUS_SUCCESS`: the flow-delete callback already ran.
+    removed_now: usize,
+    /// `STATUS_PENDING`: a classify of the flow is in progress; the
+    /// callback runs when it returns.
+    pending: usize,
+    /// `STATUS_UNSUCCESSFUL`: no context (asked before, deletion pending).
+    no_context: usize,
+    /// Anything else, and the first such status.
+    other: usize,
+    first_other: NTSTATUS,
 }
 
-/// Waits, bounded, until no flow context of ours is left (flow-delete
-/// callbacks that `STATUS_PENDING` promised) and no classify is still
-/// running driver code (one that was already past its entry when the
-/// callouts went away).
-fn wait_for_flow_contexts() {
-    let mut waits = 0;
-    loop {
-        let left = SHARED.flows.len();
-        let running = SHARED.classifies_in_progress();
-        if left == 0 && running == 0 {
-            log!("teardown: no flow context left, no classify in progress");
-            return;
+impl RemovalPass {
+    /// Contexts this pass took away from the engine.
+    const fn removed(&self) -> usize {
+        self.removed_now + self.pending
+    }
+}
+
+impl core::fmt::Display for RemovalPass {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "{} removed, {} pending, {} without context",
+            self.removed_now, self.pending, self.no_context
+        )?;
+        if self.other > 0 {
+            write!(
+                f,
+                ", {} other (first: {})",
+                self.other,
+                Status(self.first_other)
+            )?;
         }
-        if waits == MAX_FLOW_DELETE_WAITS {
-            log!(
-                "ERROR: teardown: {left} flow contexts, {running} classifies outstanding after {waits} waits"
-            );
-            return;
-        }
-        let wait = SHARED.flow_deleted.wait(FLOW_DELETE_WAIT_100NS);
-        waits += 1;
-        if waits % LOG_EVERY == 1 {
-            log!(
-                "teardown: {left} flow contexts, {running} classifies outstanding, waited: {wait:?}"
-            );
+        Ok(())
+    }
+}
+
+/// `FwpsFlowRemoveContext0` for every flow tracked for callout `index`,
+/// once each, summed up (never a log line per flow: thousands of flows may
+/// be open).
+fn remove_flow_contexts(index: CalloutIndex, id: u32) -> RemovalPass {
+    let layer = CALLOUTS[index].runtime_layer;
+    let token = SHARED.flows.begin_removal_pass();
+    let mut pass = RemovalPass::default();
+    // The registry hands out a copy of each association: the record itself
+    // may be freed by the flow-delete callback inside the removal call.
+    while let Some(flow) = SHARED.flows.next_for_removal(token, index) {
+        match wfp::remove_flow_context(flow.flow_id, layer, id) {
+            STATUS_SUCCESS => pass.removed_now += 1,
+            STATUS_PENDING => pass.pending += 1,
+            STATUS_UNSUCCESSFUL => pass.no_context += 1,
+            other => {
+                if pass.other == 0 {
+                    pass.first_other = other;
+                }
+                pass.other += 1;
+            }
         }
     }
+    pass
 }
 
 /// The running driver, between `DriverEntry` and Unload. Touched only by
@@ -237,7 +266,6 @@ pub fn start(driver_object: &mut DriverObject) -> NTSTATUS {
 
     match InjectionHandle::create() {
         Ok(handle) => {
-            SHARED.set_injection_handle(handle.as_raw());
             driver.injection = Some(handle);
         }
         Err(status) => {

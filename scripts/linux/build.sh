@@ -42,7 +42,12 @@ fi
 # cargo discovers configuration from the working directory: run in the
 # workspace so its own .cargo/config.toml applies as on Windows.
 cd "$WFPMON_WORKSPACE"
-cargo build --release --target "$WFPMON_TARGET" -p "$WFPMON_PACKAGE" "$@"
+# wfpmon builds exactly its committed Cargo.lock (a scratch workspace may
+# have none yet).
+locked=()
+[[ -f "$WFPMON_WORKSPACE/Cargo.lock" ]] && git -C "$WFPMON_WORKSPACE" ls-files --error-unmatch Cargo.lock >/dev/null 2>&1 \
+    && locked=(--locked)
+cargo build "${locked[@]}" --release --target "$WFPMON_TARGET" -p "$WFPMON_PACKAGE" "$@"
 
 # A cdylib links as <lib>.dll; a kernel driver is installed as <lib>.sys.
 out_dir="$WFPMON_WORKSPACE/target/$WFPMON_TARGET/release"

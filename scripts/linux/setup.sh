@@ -167,7 +167,7 @@ if [[ ! -f "$wdk_stamp" || "$(cat "$wdk_stamp")" != "$wdk_fp" ]]; then
     ln -s "$(readlink -f "$mingw_root/include")" "$inc/shared"
 
     # Exports the overlay header declares but mingw 10's libntoskrnl.a lacks.
-    overlay_exports=(ExAllocatePool2 ExAllocatePool3 KeQuerySystemTimePrecise)
+    overlay_exports=(ExAllocatePool2 ExAllocatePool3)
     make_def "$mingw_root/lib/libntoskrnl.a" ntoskrnl.exe "${overlay_exports[@]}" >"$lib/ntoskrnl.def"
     make_def "$mingw_root/lib/libhal.a" hal.dll >"$lib/hal.def"
     make_def "$mingw_root/lib/libwmilib.a" wmilib.sys >"$lib/wmilib.def"
@@ -234,8 +234,13 @@ EOF
         cat <<EOF
 # wdk-build is a build-dependency (compiled for the host); 0.6.0 does not
 # compile on Linux. This copy is patched by scripts/linux/patch_wdk_build.py.
-[patch.crates-io]
-wdk-build = { path = $(toml_str "$patched_wdk_build") }
+# A path override, not [patch.crates-io]: a [patch] entry rewrites
+# Cargo.lock (the patched wdk-build loses its registry source and checksum),
+# so the committed, Windows-resolved lock file could not be used with
+# --locked. The override swaps the source only, and cargo warns once per
+# command that the copy declares its \`windows\` dependency for Windows hosts
+# only (that is the whole point of the patch).
+paths = [$(toml_str "$patched_wdk_build")]
 
 EOF
     fi

@@ -2,11 +2,14 @@
 
 use core::ptr::{self, NonNull};
 
-use wdk_sys::{DEVICE_OBJECT, FILE_DEVICE_SECURE_OPEN, NTSTATUS, UNICODE_STRING, ntddk};
+use wdk_sys::{
+    DEVICE_OBJECT, FILE_DEVICE_SECURE_OPEN, HANDLE, NTSTATUS, OBJ_KERNEL_HANDLE, UNICODE_STRING,
+    WRITE_DAC, ntddk,
+};
 use wfpmon_core::{catalog, protocol, security};
 
 use super::driver::DriverObject;
-use super::{Status, WideStr, log, nt_success};
+use super::{KERNEL_MODE, Status, WideStr, log, nt_success};
 
 const NAME_LEN: usize = catalog::DEVICE_NAME.len();
 /// The name and its terminating NUL (`IoCreateDevice` documents a
@@ -22,7 +25,7 @@ pub struct Device {
 }
 
 impl Device {
-    /// `IoCreateDevice` for `\Device\WfpMon` (`FILE_DEVICE_NETWORK`,
+    /// `IoCreateDevice` for `\Device\WfpMon` (`FILE_DEVICE_WFPMON`, a vendor device type,
     /// `FILE_DEVICE_SECURE_OPEN`, non-exclusive), then its security
     /// descriptor: SYSTEM and Administrators only. `PASSIVE_LEVEL`.
     ///
@@ -44,7 +47,7 @@ impl Device {
                 driver.as_raw(),
                 0,
                 &raw mut name,
-                protocol::FILE_DEVICE_NETWORK,
+                protocol::FILE_DEVICE_WFPMON,
                 FILE_DEVICE_SECURE_OPEN,
                 0,
                 &raw mut raw,
@@ -66,27 +69,64 @@ impl Device {
     }
 
     /// Applies [`security::device_security_descriptor`] to the device
-    /// object — the second half of what `IoCreateDeviceSecure` does.
+    /// object — the second half of what `IoCreateDeviceSecure` does — with
+    /// documented ntoskrnl routines (ntifs.h): `ObOpenObjectByPointer` for a
+    /// kernel handle with `WRITE_DAC`, `ZwSetSecurityObject` with the DACL,
+    /// `ZwClose`. Every status is checked; any failure fails the step (and
+    /// `create` then deletes the device).
+    ///
+    /// Why not `IoCreateDeviceSecure`: it lives in the static library
+    /// wdmsec.lib, which wdk-sys does not bind and which has no counterpart
+    /// in the Linux WDK substitute, so a hand declaration would only link on
+    /// Windows. `ObSetSecurityObjectByPointer`, an export the WDK headers do
+    /// not declare, is no option either: it does not compile against the
+    /// real WDK.
     fn restrict_access(&self) -> Result<(), NTSTATUS> {
-        let sd = security::device_security_descriptor();
-        // SAFETY: the device object is valid; the descriptor is a
-        // well-formed self-relative descriptor (host-tested) that the object
-        // manager copies before returning; PASSIVE_LEVEL.
+        let mut handle: HANDLE = ptr::null_mut();
+        // SAFETY: PASSIVE_LEVEL (DriverEntry); a valid device object; no
+        // access state; a NULL object type is allowed for KernelMode
+        // (ObOpenObjectByPointer reference); OBJ_KERNEL_HANDLE because
+        // DriverEntry may run outside the system process; `handle` receives
+        // the handle.
         let status = unsafe {
-            ntddk::ObSetSecurityObjectByPointer(
+            ntddk::ObOpenObjectByPointer(
                 self.raw.as_ptr().cast(),
+                OBJ_KERNEL_HANDLE,
+                ptr::null_mut(),
+                WRITE_DAC,
+                ptr::null_mut(),
+                KERNEL_MODE,
+                &raw mut handle,
+            )
+        };
+        log!("ObOpenObjectByPointer(WRITE_DAC) -> {}", Status(status));
+        if !nt_success(status) {
+            return Err(status);
+        }
+        let sd = security::device_security_descriptor();
+        // SAFETY: a kernel handle we own, opened with WRITE_DAC; the
+        // descriptor is a well-formed self-relative descriptor (host-tested)
+        // that the object manager copies before returning; PASSIVE_LEVEL.
+        let set = unsafe {
+            ntddk::ZwSetSecurityObject(
+                handle,
                 security::DACL_SECURITY_INFORMATION,
                 ptr::from_ref(&sd.0).cast_mut().cast(),
             )
         };
         log!(
-            "ObSetSecurityObjectByPointer(D:P(A;;FA;;;SY)(A;;FA;;;BA)) -> {}",
-            Status(status)
+            "ZwSetSecurityObject(D:P(A;;FA;;;SY)(A;;FA;;;BA)) -> {}",
+            Status(set)
         );
-        if nt_success(status) {
-            Ok(())
+        // SAFETY: the handle opened above, closed exactly once.
+        let closed = unsafe { ntddk::ZwClose(handle) };
+        log!("ZwClose -> {}", Status(closed));
+        if !nt_success(set) {
+            Err(set)
+        } else if !nt_success(closed) {
+            Err(closed)
         } else {
-            Err(status)
+            Ok(())
         }
     }
 

@@ -64,6 +64,18 @@ impl Irp {
         u32::from(self.stack().MajorFunction)
     }
 
+    /// Whether an `IRP_MJ_CREATE` opens a name inside the device's namespace
+    /// (`\Device\WfpMon\anything`: a non-empty `FileObject->FileName`)
+    /// rather than the device itself.
+    pub fn opens_a_name_below_the_device(&self) -> bool {
+        // SAFETY: the stack location's FileObject is the file object being
+        // opened (or null), valid while the IRP is ours.
+        let Some(file) = (unsafe { self.stack().FileObject.as_ref() }) else {
+            return false;
+        };
+        file.FileName.Length != 0
+    }
+
     /// The device-control parameters of an `IRP_MJ_DEVICE_CONTROL` request.
     fn device_control(&self) -> DeviceControl {
         debug_assert_eq!(self.major_function(), IRP_MJ_DEVICE_CONTROL);

@@ -33,6 +33,11 @@ impl core::fmt::Display for Status {
     }
 }
 
+/// `KernelMode` as the `KPROCESSOR_MODE` (`CCHAR`) that waits and object
+/// calls take.
+#[allow(clippy::cast_possible_truncation)] // KernelMode is 0
+pub const KERNEL_MODE: i8 = wdk_sys::_MODE::KernelMode as i8;
+
 /// `NT_SUCCESS()`.
 #[must_use]
 pub const fn nt_success(status: wdk_sys::NTSTATUS) -> bool {

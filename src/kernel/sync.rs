@@ -8,6 +8,8 @@ use core::sync::atomic::{AtomicBool, Ordering};
 use wdk_sys::{KEVENT, KSPIN_LOCK, LARGE_INTEGER, ntddk};
 use wfpmon_core::flow::Lock;
 
+use super::KERNEL_MODE;
+
 /// An executive spin lock (`KSPIN_LOCK`). Critical sections run at
 /// `DISPATCH_LEVEL`: they must not block, allocate paged memory or call
 /// into the filter engine.
@@ -43,10 +45,6 @@ unsafe impl Lock for SpinLock {
         result
     }
 }
-
-/// `KernelMode` as the `KPROCESSOR_MODE` (`CCHAR`) the wait takes.
-#[allow(clippy::cast_possible_truncation)] // KernelMode is 0
-const KERNEL_MODE: i8 = wdk_sys::_MODE::KernelMode as i8;
 
 /// A kernel synchronization event (auto-reset) in static memory.
 ///

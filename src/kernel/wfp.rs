@@ -18,7 +18,6 @@ use wfpmon_core::flow::{Direction, FlowRecord, FlowTuple};
 use super::device::Device;
 use super::{Status, log, nt_success};
 use crate::callouts;
-use crate::shared::SHARED;
 
 // ---------------------------------------------------------------------------
 // Registration (PASSIVE_LEVEL)
@@ -29,7 +28,9 @@ use crate::shared::SHARED;
 /// Version 1 is the oldest registration function whose classify function
 /// receives the classify context and `FWPS_FILTER1`; wfpmon needs nothing
 /// that versions 2 and 3 add (filter flags and provider context in the
-/// filter), so version 1 keeps the driver loadable on every Windows since 7.
+/// filter). The callout version is not what sets the image's minimum
+/// Windows version: `ExAllocatePool2` (Windows 10 version 2004) does — see
+/// the README.
 ///
 /// # Errors
 /// The engine's status.
@@ -42,11 +43,7 @@ pub fn register_callout(device: &Device, spec: &CalloutSpec) -> Result<u32, NTST
             Data3: k.data3,
             Data4: k.data4,
         },
-        flags: if spec.conditional_on_flow() {
-            fwps::FWP_CALLOUT_FLAG_CONDITIONAL_ON_FLOW
-        } else {
-            0
-        },
+        flags: callout_flags(spec),
         classifyFn: Some(match spec.role {
             CalloutRole::FlowEstablished => classify_flow_established,
             CalloutRole::Stream => classify_stream,
@@ -74,6 +71,29 @@ pub fn register_callout(device: &Device, spec: &CalloutSpec) -> Result<u32, NTST
         Ok(id)
     } else {
         Err(status)
+    }
+}
+
+/// The `FWPS_CALLOUT1.flags` of a catalog callout.
+///
+/// - `FWP_CALLOUT_FLAG_CONDITIONAL_ON_FLOW` for the data callouts: the
+///   engine calls them only for flows carrying a wfpmon context.
+/// - `FWP_CALLOUT_FLAG_ALLOW_OFFLOAD` for all of them. Without it the engine
+///   disables NIC offloads (checksum, LSO, RSC …) for all traffic that a
+///   filter referencing the callout matches — with wfpmon's match-all
+///   filters, the whole machine (`FWPS_CALLOUT1` reference). What wfpmon
+///   counts does not depend on offloading: the stream layer indicates the
+///   connection's bytes (`FWPS_STREAM_DATA0.dataLength`) whatever the
+///   segmentation, and at the datagram-data layer each `NET_BUFFER` is one
+///   datagram as the transport sees it. The newer `ALLOW_USO`/`ALLOW_URO`
+///   flags are deliberately not set: with them one `NET_BUFFER` may carry
+///   several datagrams (UDP segmentation / receive coalescing), and the
+///   packet counts would be wrong.
+const fn callout_flags(spec: &CalloutSpec) -> u32 {
+    if spec.conditional_on_flow() {
+        fwps::FWP_CALLOUT_FLAG_CONDITIONAL_ON_FLOW | fwps::FWP_CALLOUT_FLAG_ALLOW_OFFLOAD
+    } else {
+        fwps::FWP_CALLOUT_FLAG_ALLOW_OFFLOAD
     }
 }
 
@@ -109,6 +129,13 @@ pub fn remove_flow_context(flow_id: u64, layer: u16, callout_id: u32) -> NTSTATU
 
 /// The packet-injection handle; destroyed (`FwpsInjectionHandleDestroy0`)
 /// when dropped.
+///
+/// "Unloading a Callout Driver" has the driver own one, created in
+/// `DriverEntry` and destroyed last; wfpmon holds it for the packets a future
+/// feature may inject. It injects nothing today, so no packet can carry this
+/// handle's injection state, and classify does not ask
+/// (`FwpsQueryPacketInjectionState0` per datagram could only ever answer
+/// "not ours", for the price of a kernel call on the per-packet path).
 pub struct InjectionHandle {
     raw: fwps::HANDLE,
 }
@@ -136,11 +163,6 @@ impl InjectionHandle {
         } else {
             Err(status)
         }
-    }
-
-    /// The handle, for publishing to classify.
-    pub const fn as_raw(&self) -> *mut c_void {
-        self.raw
     }
 }
 
@@ -262,6 +284,19 @@ impl Metadata {
         Some(unsafe { handle.read() })
     }
 
+    /// `transportHeaderSize`, when the engine supplies it.
+    fn transport_header_size(&self) -> Option<u32> {
+        if !self.has(fwps::FWPS_METADATA_FIELD_TRANSPORT_HEADER_SIZE) {
+            return None;
+        }
+        let p = self.0.as_ptr();
+        // SAFETY: present in every version of the structure (it precedes
+        // processPath, which Vista's already has).
+        let size = unsafe { &raw const (*p).transportHeaderSize };
+        // SAFETY: valid and aligned; flagged as set.
+        Some(unsafe { size.read() })
+    }
+
     fn process_id(&self) -> u64 {
         if !self.has(fwps::FWPS_METADATA_FIELD_PROCESS_ID) {
             return 0;
@@ -351,17 +386,19 @@ fn decode_flow_established(
 ///   `FWP_ACTION_CONTINUE`: the next filter decides.
 ///
 /// Either way the traffic's fate is what it would be without wfpmon.
+/// Returns the action written, if any.
 ///
 /// # Safety
 /// `out` and `filter` are null or the engine's `classifyOut` and `filter`
 /// for this classify.
-unsafe fn observe_only(out: *mut fwps::FWPS_CLASSIFY_OUT0, filter: *const fwps::FWPS_FILTER1) {
+unsafe fn observe_only(
+    out: *mut fwps::FWPS_CLASSIFY_OUT0,
+    filter: *const fwps::FWPS_FILTER1,
+) -> Option<fwps::FWP_ACTION_TYPE> {
     // SAFETY: contract.
-    let Some(out) = (unsafe { out.as_mut() }) else {
-        return;
-    };
+    let out = unsafe { out.as_mut() }?;
     if out.rights & fwps::FWPS_RIGHT_ACTION_WRITE == 0 {
-        return;
+        return None;
     }
     // SAFETY: contract.
     match unsafe { filter.as_ref() } {
@@ -373,23 +410,17 @@ unsafe fn observe_only(out: *mut fwps::FWPS_CLASSIFY_OUT0, filter: *const fwps::
         }
         _ => out.actionType = fwps::FWP_ACTION_CONTINUE,
     }
+    Some(out.actionType)
 }
 
-/// The common start of a data callout's classify: the observer's action,
-/// then the flow context the engine passes (our [`FlowRecord`], if any).
+/// The flow context the engine passes to a data callout: our
+/// [`FlowRecord`], if any.
 ///
 /// # Safety
-/// `out` and `filter` are null or the engine's `classifyOut` and `filter`;
-/// `flow_context` is 0 or a
-/// context this driver associated and whose flow-delete callback has not
-/// run (the engine defers it until classify returns).
-unsafe fn begin_data_classify<'a>(
-    out: *mut fwps::FWPS_CLASSIFY_OUT0,
-    filter: *const fwps::FWPS_FILTER1,
-    flow_context: u64,
-) -> Option<&'a FlowRecord> {
-    // SAFETY: contract.
-    unsafe { observe_only(out, filter) };
+/// `flow_context` is 0 or a context this driver associated and whose
+/// flow-delete callback has not run (the engine defers it until classify
+/// returns).
+unsafe fn flow_record<'a>(flow_context: u64) -> Option<&'a FlowRecord> {
     // SAFETY: contract: a live FlowRecord we associated.
     NonNull::new(flow_context as *mut FlowRecord).map(|p| unsafe { p.as_ref() })
 }
@@ -408,7 +439,6 @@ unsafe extern "system" fn classify_flow_established(
     _flow_context: u64,
     classify_out: *mut fwps::FWPS_CLASSIFY_OUT0,
 ) {
-    let _running = SHARED.enter_classify();
     // SAFETY: the engine's arguments for this classify.
     unsafe { observe_only(classify_out, filter) };
     // SAFETY: as above.
@@ -435,14 +465,13 @@ unsafe extern "system" fn classify_stream(
     classify_out: *mut fwps::FWPS_CLASSIFY_OUT0,
 ) {
     // SAFETY: the engine's arguments for this classify.
-    let Some(record) = (unsafe { begin_data_classify(classify_out, filter, flow_context) }) else {
-        return;
-    };
-    // SAFETY: at the stream layers layerData is an FWPS_STREAM_CALLOUT_IO_PACKET0.
+    let action = unsafe { observe_only(classify_out, filter) };
+    // SAFETY: at the stream layers layerData is the engine's
+    // FWPS_STREAM_CALLOUT_IO_PACKET0, ours to update during classify.
     let Some(packet) = (unsafe {
         layer_data
             .cast::<fwps::FWPS_STREAM_CALLOUT_IO_PACKET0>()
-            .as_ref()
+            .as_mut()
     }) else {
         return;
     };
@@ -450,10 +479,22 @@ unsafe extern "system" fn classify_stream(
     let Some(data) = (unsafe { packet.streamData.as_ref() }) else {
         return;
     };
+    let length = data.dataLength;
+    if action == Some(fwps::FWP_ACTION_PERMIT) {
+        // A stream callout that permits states how much of the indication
+        // it accepts — all of it — and asks for nothing more; otherwise the
+        // engine indicates the rest again (FWPS_STREAM_CALLOUT_IO_PACKET0).
+        packet.countBytesEnforced = length;
+        packet.streamAction = fwps::FWPS_STREAM_ACTION_NONE;
+    }
+    // SAFETY: as above.
+    let Some(record) = (unsafe { flow_record(flow_context) }) else {
+        return;
+    };
     // SAFETY: the engine's incoming values (or null).
     let values = unsafe { Values::from_raw(in_fixed_values) };
     let direction = stream_direction(values.as_ref(), data.flags);
-    let bytes = data.dataLength as u64;
+    let bytes = length as u64;
     if bytes > 0 {
         callouts::on_flow_data(record, direction, bytes, 1);
     }
@@ -481,9 +522,16 @@ fn stream_direction(values: Option<&(u16, Values<'_>)>, flags: u32) -> Direction
 
 /// classifyFn of the datagram-data callouts: `layerData` is a
 /// `NET_BUFFER_LIST`; each `NET_BUFFER` in it is one datagram.
+///
+/// What is counted is the transport payload, in both directions: at this
+/// layer an inbound `NET_BUFFER` starts at the payload but an outbound one
+/// at the transport header ("Data offset positions"), so outbound datagrams
+/// are counted without the `transportHeaderSize` the metadata gives
+/// (without that field: the fixed 8-byte header of UDP, nothing for other
+/// protocols).
 unsafe extern "system" fn classify_datagram_data(
     in_fixed_values: *const fwps::FWPS_INCOMING_VALUES0,
-    _in_meta_values: *const fwps::FWPS_INCOMING_METADATA_VALUES0,
+    in_meta_values: *const fwps::FWPS_INCOMING_METADATA_VALUES0,
     layer_data: *mut c_void,
     _classify_context: *const c_void,
     filter: *const fwps::FWPS_FILTER1,
@@ -491,23 +539,46 @@ unsafe extern "system" fn classify_datagram_data(
     classify_out: *mut fwps::FWPS_CLASSIFY_OUT0,
 ) {
     // SAFETY: the engine's arguments for this classify.
-    let Some(record) = (unsafe { begin_data_classify(classify_out, filter, flow_context) }) else {
+    unsafe { observe_only(classify_out, filter) };
+    // SAFETY: as above.
+    let Some(record) = (unsafe { flow_record(flow_context) }) else {
         return;
     };
     // SAFETY: as above.
     let Some((layer, values)) = (unsafe { Values::from_raw(in_fixed_values) }) else {
         return;
     };
-    let direction_field = match layer {
-        fwps::FWPS_LAYER_DATAGRAM_DATA_V4 => fwps::FWPS_FIELD_DATAGRAM_DATA_V4_DIRECTION,
-        fwps::FWPS_LAYER_DATAGRAM_DATA_V6 => fwps::FWPS_FIELD_DATAGRAM_DATA_V6_DIRECTION,
+    let (direction_field, protocol_field) = match layer {
+        fwps::FWPS_LAYER_DATAGRAM_DATA_V4 => (
+            fwps::FWPS_FIELD_DATAGRAM_DATA_V4_DIRECTION,
+            fwps::FWPS_FIELD_DATAGRAM_DATA_V4_IP_PROTOCOL,
+        ),
+        fwps::FWPS_LAYER_DATAGRAM_DATA_V6 => (
+            fwps::FWPS_FIELD_DATAGRAM_DATA_V6_DIRECTION,
+            fwps::FWPS_FIELD_DATAGRAM_DATA_V6_IP_PROTOCOL,
+        ),
         _ => return,
     };
     let Some(direction) = values.u32(direction_field).and_then(Direction::from_fwp) else {
         return;
     };
+    let header = match direction {
+        Direction::Inbound => 0,
+        Direction::Outbound => {
+            // SAFETY: the engine's metadata for this classify (or null).
+            let meta = unsafe { Metadata::from_raw(in_meta_values) };
+            meta.and_then(|m| m.transport_header_size())
+                .unwrap_or_else(|| {
+                    if values.u8(protocol_field) == Some(IPPROTO_UDP) {
+                        UDP_HEADER_SIZE
+                    } else {
+                        0
+                    }
+                })
+        }
+    };
     let nbl = layer_data.cast::<fwps::NET_BUFFER_LIST_HEADER_VIEW>();
-    if nbl.is_null() || injected_by_us(nbl.cast()) {
+    if nbl.is_null() {
         return;
     }
     let (mut bytes, mut packets) = (0u64, 0u64);
@@ -518,30 +589,18 @@ unsafe extern "system" fn classify_datagram_data(
     while let Some(b) = unsafe { nb.as_ref() } {
         // SAFETY: `NET_BUFFER_DATA_LENGTH()` reads the ULONG member; the
         // union's SIZE_T member only widens it.
-        bytes += u64::from(unsafe { b.DataLength.DataLength });
+        let length = unsafe { b.DataLength.DataLength };
+        bytes += u64::from(length.saturating_sub(header));
         packets += 1;
         nb = b.Next;
     }
     callouts::on_flow_data(record, direction, bytes, packets);
 }
 
-/// Whether our own injection handle injected this packet (wfpmon never
-/// injects today, but a driver that owns an injection handle must not
-/// count its own packets twice). Before the handle exists nothing can be ours.
-fn injected_by_us(nbl: *mut c_void) -> bool {
-    let handle = SHARED.injection_handle();
-    if handle.is_null() {
-        return false;
-    }
-    // SAFETY: a live injection handle (withdrawn before it is destroyed) and
-    // the engine's NET_BUFFER_LIST; callable at IRQL <= DISPATCH_LEVEL.
-    let state =
-        unsafe { fwps::FwpsQueryPacketInjectionState0(handle, nbl.cast(), ptr::null_mut()) };
-    matches!(
-        state,
-        fwps::FWPS_PACKET_INJECTED_BY_SELF | fwps::FWPS_PACKET_PREVIOUSLY_INJECTED_BY_SELF
-    )
-}
+/// `IPPROTO_UDP`.
+const IPPROTO_UDP: u8 = 17;
+/// Size of a UDP header (RFC 768): fixed.
+const UDP_HEADER_SIZE: u32 = 8;
 
 /// notifyFn: filters referencing our callouts come and go; nothing to do.
 const unsafe extern "system" fn notify(

@@ -502,17 +502,46 @@ impl<L: Lock> FlowRegistry<L> {
     /// Runs `f` on every linked record, under the lock (so `f` runs at the
     /// lock's IRQL: it must not block, allocate or call into the engine).
     pub fn for_each(&self, mut f: impl FnMut(&FlowRecord)) {
+        self.inspect(|records| records.for_each(&mut f));
+    }
+
+    /// Runs `f` under the lock with every linked record: one consistent
+    /// view, in which no record is added, removed or retired (a record's
+    /// `retire` also runs under the lock), so whatever `f` reads about
+    /// retired flows agrees with the records it sees.
+    pub fn inspect<R>(&self, f: impl FnOnce(Records<'_>) -> R) -> R {
         self.locked(|s| {
-            for chain in &s.chains {
-                let mut cur = chain.head;
-                while !cur.is_null() {
-                    // SAFETY: linked records are valid while the lock is held.
-                    let rec = unsafe { &*cur };
-                    f(rec);
-                    // SAFETY: as above.
-                    cur = unsafe { links_of(cur) }.next;
-                }
-            }
-        });
+            f(Records {
+                chains: &s.chains,
+                chain: 0,
+                cur: ptr::null_mut(),
+            })
+        })
+    }
+}
+
+/// The linked records, during [`FlowRegistry::inspect`].
+pub struct Records<'a> {
+    chains: &'a [Chain; CALLOUT_COUNT],
+    /// Index of the next chain to start when `cur` is null.
+    chain: usize,
+    cur: *mut FlowRecord,
+}
+
+impl<'a> Iterator for Records<'a> {
+    type Item = &'a FlowRecord;
+
+    fn next(&mut self) -> Option<&'a FlowRecord> {
+        while self.cur.is_null() {
+            let chain = self.chains.get(self.chain)?;
+            self.chain += 1;
+            self.cur = chain.head;
+        }
+        // SAFETY: linked records are valid while the registry lock is held,
+        // which it is for the iterator's whole life (`inspect`).
+        let rec = unsafe { &*self.cur };
+        // SAFETY: as above; links are only touched under the lock.
+        self.cur = unsafe { links_of(self.cur) }.next;
+        Some(rec)
     }
 }

@@ -14,11 +14,15 @@
 use crate::status;
 use crate::wire::{Reader, Writer};
 
-/// Version of the structures below. Bumped on any layout change.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version of the structures and codes below. Bumped on any change of
+/// layout or codes (2: the device type moved to the vendor range).
+pub const PROTOCOL_VERSION: u32 = 2;
 
-/// `FILE_DEVICE_NETWORK`: device type of `\Device\WfpMon` and of its IOCTLs.
-pub const FILE_DEVICE_NETWORK: u32 = 0x0000_0012;
+/// Device type of `\Device\WfpMon` and of its IOCTLs. "Defining I/O
+/// Control Codes": types below 0x8000 are Microsoft's (`FILE_DEVICE_NETWORK`
+/// is 0x12), 0x8000–0xFFFF are for vendors.
+pub const FILE_DEVICE_WFPMON: u32 = 0x0000_8F4D;
+const _: () = assert!(FILE_DEVICE_WFPMON >= 0x8000 && FILE_DEVICE_WFPMON <= 0xFFFF);
 /// `METHOD_BUFFERED` transfer type.
 pub const METHOD_BUFFERED: u32 = 0;
 /// `FILE_READ_ACCESS` required access.
@@ -33,24 +37,16 @@ pub const fn ctl_code(device_type: u32, function: u32, method: u32, access: u32)
 }
 
 /// Read global statistics. Input [`QueryStatsRequest`], output [`Stats`].
-pub const IOCTL_WFPMON_QUERY_STATS: u32 = ctl_code(
-    FILE_DEVICE_NETWORK,
-    0x900,
-    METHOD_BUFFERED,
-    FILE_READ_ACCESS,
-);
+pub const IOCTL_WFPMON_QUERY_STATS: u32 =
+    ctl_code(FILE_DEVICE_WFPMON, 0x900, METHOD_BUFFERED, FILE_READ_ACCESS);
 /// List active flows. Input [`ListFlowsRequest`], output a
 /// [`FlowListHeader`] followed by `returned` [`FlowEntry`] records.
-pub const IOCTL_WFPMON_LIST_FLOWS: u32 = ctl_code(
-    FILE_DEVICE_NETWORK,
-    0x901,
-    METHOD_BUFFERED,
-    FILE_READ_ACCESS,
-);
+pub const IOCTL_WFPMON_LIST_FLOWS: u32 =
+    ctl_code(FILE_DEVICE_WFPMON, 0x901, METHOD_BUFFERED, FILE_READ_ACCESS);
 /// Turn traffic counting on or off. Input [`SetCountingRequest`], no output.
 /// Changes driver state, so it also requires write access.
 pub const IOCTL_WFPMON_SET_COUNTING: u32 = ctl_code(
-    FILE_DEVICE_NETWORK,
+    FILE_DEVICE_WFPMON,
     0x902,
     METHOD_BUFFERED,
     FILE_READ_ACCESS | FILE_WRITE_ACCESS,

@@ -3,7 +3,7 @@
 //! `IoCreateDeviceSecure` (wdmsec.lib) is a static-library function that
 //! wdk-sys does not bind, so the driver does its two steps itself: create
 //! the device with `IoCreateDevice`, then apply this descriptor with
-//! `ObSetSecurityObjectByPointer`. The descriptor is the self-relative form
+//! `ZwSetSecurityObject` on a handle from `ObOpenObjectByPointer`. The descriptor is the self-relative form
 //! of SDDL `D:P(A;;FA;;;SY)(A;;FA;;;BA)`: a protected DACL granting all
 //! access to `LocalSystem` and to the Administrators alias, and nothing to
 //! anyone else. That is `SDDL_DEVOBJ_SYS_ALL_ADM_ALL`,
@@ -30,7 +30,7 @@ pub const SECURITY_DESCRIPTOR_REVISION: u8 = 1;
 pub const ACL_REVISION: u8 = 2;
 /// `ACCESS_ALLOWED_ACE_TYPE`.
 pub const ACCESS_ALLOWED_ACE_TYPE: u8 = 0;
-/// `DACL_SECURITY_INFORMATION`: what `ObSetSecurityObjectByPointer` applies.
+/// `DACL_SECURITY_INFORMATION`: what `ZwSetSecurityObject` applies.
 pub const DACL_SECURITY_INFORMATION: u32 = 0x0000_0004;
 
 /// `SECURITY_NT_AUTHORITY` ({0,0,0,0,0,5}).

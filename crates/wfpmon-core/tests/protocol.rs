@@ -17,13 +17,16 @@ const CODES: [u32; 3] = [
 
 #[test]
 fn ioctl_codes_are_buffered_with_the_documented_access() {
-    // CTL_CODE(FILE_DEVICE_NETWORK, 0x900, METHOD_BUFFERED, FILE_READ_ACCESS)
-    assert_eq!(IOCTL_WFPMON_QUERY_STATS, 0x0012_6400);
-    assert_eq!(IOCTL_WFPMON_LIST_FLOWS, 0x0012_6404);
-    // CTL_CODE(FILE_DEVICE_NETWORK, 0x902, METHOD_BUFFERED, FILE_READ_ACCESS | FILE_WRITE_ACCESS)
-    assert_eq!(IOCTL_WFPMON_SET_COUNTING, 0x0012_E408);
+    // CTL_CODE(0x8F4D, 0x900, METHOD_BUFFERED, FILE_READ_ACCESS)
+    assert_eq!(IOCTL_WFPMON_QUERY_STATS, 0x8F4D_6400);
+    assert_eq!(IOCTL_WFPMON_LIST_FLOWS, 0x8F4D_6404);
+    // CTL_CODE(0x8F4D, 0x902, METHOD_BUFFERED, FILE_READ_ACCESS | FILE_WRITE_ACCESS)
+    assert_eq!(IOCTL_WFPMON_SET_COUNTING, 0x8F4D_E408);
     for code in CODES {
         assert_eq!(code & 3, protocol::METHOD_BUFFERED);
+        // DEVICE_TYPE_FROM_CTL_CODE: the vendor range ("Defining I/O
+        // Control Codes"), never a Microsoft type such as FILE_DEVICE_NETWORK.
+        assert!((0x8000..=0xFFFF).contains(&(code >> 16)), "{code:#x}");
     }
 }
 
@@ -115,11 +118,12 @@ fn each_malformation_gets_its_precise_status() {
         let err = parse_request(code, &input, out).unwrap_err();
         assert_eq!(err.ntstatus(), status, "{code:#x} {input:?} {out}: {err:?}");
     }
+    // A request of the previous protocol version (1) is refused.
     let mut v = QueryStatsRequest::new().to_bytes();
-    v[0] = 2;
+    v[0] = 1;
     assert_eq!(
         parse_request(IOCTL_WFPMON_QUERY_STATS, &v, 4096),
-        Err(RequestError::Version(2))
+        Err(RequestError::Version(1))
     );
     let mut v = QueryStatsRequest::new().to_bytes();
     v[4] = 9;

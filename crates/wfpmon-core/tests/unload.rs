@@ -4,7 +4,7 @@
 use proptest::prelude::*;
 use wfpmon_core::status::*;
 use wfpmon_core::unload::{
-    MAX_UNREGISTER_ATTEMPTS, Outcome, Step, Unregistration, unregistration_order,
+    LogBackoff, MAX_WAIT_100NS, MIN_WAIT_100NS, Outcome, Step, Unregistration, unregistration_order,
 };
 
 #[test]
@@ -24,7 +24,6 @@ fn not_found_counts_as_done_in_both_spellings() {
         let mut u = Unregistration::default();
         u.on_unregister(s);
         assert_eq!(u.step(), Step::Finished(Outcome::AlreadyGone));
-        assert!(Outcome::AlreadyGone.is_unregistered());
     }
 }
 
@@ -47,7 +46,12 @@ fn pending_contexts_are_waited_for() {
     let mut u = Unregistration::default();
     u.on_unregister(STATUS_DEVICE_BUSY);
     u.on_contexts_removed(3, 1);
-    assert_eq!(u.step(), Step::Wait);
+    assert_eq!(
+        u.step(),
+        Step::Wait {
+            timeout_100ns: MIN_WAIT_100NS
+        }
+    );
     u.on_waited();
     assert_eq!(u.step(), Step::Unregister);
 }
@@ -57,7 +61,7 @@ fn busy_with_nothing_to_remove_waits_before_retrying() {
     let mut u = Unregistration::default();
     u.on_unregister(STATUS_DEVICE_BUSY);
     u.on_contexts_removed(0, 0);
-    assert_eq!(u.step(), Step::Wait);
+    assert!(matches!(u.step(), Step::Wait { .. }));
 }
 
 #[test]
@@ -65,7 +69,7 @@ fn in_use_and_unexpected_statuses_are_retried_after_a_wait() {
     for s in [STATUS_FWP_IN_USE, STATUS_UNSUCCESSFUL] {
         let mut u = Unregistration::default();
         u.on_unregister(s);
-        assert_eq!(u.step(), Step::Wait);
+        assert!(matches!(u.step(), Step::Wait { .. }));
         u.on_waited();
         u.on_unregister(STATUS_SUCCESS);
         assert_eq!(
@@ -76,73 +80,103 @@ fn in_use_and_unexpected_statuses_are_retried_after_a_wait() {
 }
 
 #[test]
-fn a_callout_that_never_lets_go_is_given_up_after_the_bound() {
-    let mut u = Unregistration::default();
-    let mut calls = 0;
-    let mut waits = 0;
-    loop {
-        match u.step() {
-            Step::Unregister => {
-                calls += 1;
-                u.on_unregister(if calls % 2 == 0 {
-                    STATUS_FWP_IN_USE
-                } else {
-                    STATUS_DEVICE_BUSY
-                });
-            }
-            Step::RemoveContexts => u.on_contexts_removed(1, 1),
-            Step::Wait => {
-                waits += 1;
-                u.on_waited();
-            }
-            Step::Finished(o) => {
-                assert_eq!(
-                    o,
-                    Outcome::GaveUp {
-                        last_status: STATUS_FWP_IN_USE
-                    }
-                );
-                assert!(!o.is_unregistered());
-                break;
-            }
-        }
-    }
-    assert_eq!(calls, MAX_UNREGISTER_ATTEMPTS);
-    assert_eq!(
-        waits,
-        MAX_UNREGISTER_ATTEMPTS - 1,
-        "every retry without progress waits first"
-    );
-}
-
-#[test]
 fn unregistration_reverses_registration() {
     let order: Vec<_> = unregistration_order().collect();
     assert_eq!(order, vec![5, 4, 3, 2, 1, 0]);
 }
 
-/// A filter engine with the documented rules for one callout: unregister
-/// answers BUSY while contexts exist (including ones whose deletion is
-/// pending) and `IN_USE` while another thread holds the callout; removing a
-/// context deletes it at once (SUCCESS) or, for a flow mid-classify, only
-/// after some waits (PENDING); a context may also appear late (an
-/// association that raced with the start of unload).
+#[test]
+fn waits_without_progress_double_up_to_the_cap() {
+    let mut u = Unregistration::new();
+    let mut waits = Vec::new();
+    for _ in 0..12 {
+        u.on_unregister(STATUS_FWP_IN_USE);
+        let Step::Wait { timeout_100ns } = u.step() else {
+            panic!("expected a wait, got {:?}", u.step());
+        };
+        waits.push(timeout_100ns);
+        u.on_waited();
+    }
+    assert_eq!(waits[0], MIN_WAIT_100NS);
+    assert!(
+        waits
+            .windows(2)
+            .all(|w| w[1] == (w[0] * 2).min(MAX_WAIT_100NS))
+    );
+    assert_eq!(*waits.last().unwrap(), MAX_WAIT_100NS);
+}
+
+#[test]
+fn progress_brings_the_wait_back_to_its_minimum() {
+    let mut u = Unregistration::new();
+    // Busy with five pending deletions, then nothing moves for a while...
+    for left in [5, 5, 5, 5] {
+        u.on_unregister(STATUS_DEVICE_BUSY);
+        u.on_contexts_removed(0, left);
+        u.on_waited();
+    }
+    u.on_unregister(STATUS_DEVICE_BUSY);
+    // ...then two of them complete.
+    u.on_contexts_removed(0, 3);
+    assert_eq!(
+        u.step(),
+        Step::Wait {
+            timeout_100ns: MIN_WAIT_100NS
+        }
+    );
+}
+
+#[test]
+fn log_backoff_reports_after_one_second_then_at_doubling_intervals_capped_at_a_minute() {
+    let second = 10_000_000u64;
+    let mut log = LogBackoff::new();
+    let mut reports = Vec::new();
+    // Poll every 100 ms for 10 minutes.
+    for tick in 0..=6_000u64 {
+        let t = tick * second / 10;
+        if log.due(t) {
+            reports.push(t / second);
+        }
+    }
+    assert_eq!(&reports[..7], &[1, 3, 7, 15, 31, 63, 123]);
+    assert!(reports.windows(2).skip(6).all(|w| w[1] - w[0] == 60));
+    assert_eq!(*reports.last().unwrap(), 543);
+}
+
+#[test]
+fn log_backoff_reports_once_when_polled_late() {
+    let mut log = LogBackoff::new();
+    assert!(!log.due(0));
+    assert!(log.due(LogBackoff::CAP_100NS * 10), "overdue: report now");
+    assert!(!log.due(LogBackoff::CAP_100NS * 10 + 1), "but only once");
+}
+
+/// A filter engine with the documented rules for one callout, on a
+/// simulated clock: unregister answers BUSY while contexts exist (including
+/// ones whose deletion is pending) and `IN_USE` while another thread holds
+/// the callout; removing a context deletes it at once (SUCCESS) or, for a
+/// flow mid-classify, only once the clock reaches the moment that classify
+/// returns (PENDING); a context may also appear late (an association that
+/// raced with the start of unload). Waits advance the clock by their full
+/// timeout unless a deferred deletion completes first (the driver's event).
 #[derive(Debug)]
 struct Engine {
+    now: i64,
     contexts: u32,
-    /// Remaining waits of each pending deletion.
-    pending: Vec<u32>,
+    /// When each pending deletion completes (simulated time).
+    pending: Vec<i64>,
     pending_every: u32,
-    pending_waits: u32,
+    /// How long a pending deletion takes.
+    pending_delay: i64,
     late: u32,
-    in_use: u32,
+    /// `IN_USE` is answered until this time.
+    in_use_until: i64,
     removed: u32,
 }
 
 impl Engine {
-    const fn unregister(&mut self) -> i32 {
-        if self.in_use > 0 {
-            self.in_use -= 1;
+    const fn unregister(&self) -> i32 {
+        if self.now < self.in_use_until {
             STATUS_FWP_IN_USE
         } else if self.contexts as usize + self.pending.len() > 0 {
             STATUS_DEVICE_BUSY
@@ -156,7 +190,7 @@ impl Engine {
             self.contexts -= 1;
             self.removed += 1;
             if self.pending_every != 0 && self.removed.is_multiple_of(self.pending_every) {
-                self.pending.push(self.pending_waits);
+                self.pending.push(self.now + self.pending_delay);
             }
         }
         if self.late > 0 {
@@ -165,58 +199,91 @@ impl Engine {
         }
         (removed, self.contexts as usize + self.pending.len())
     }
-    fn wait(&mut self) {
-        self.pending.retain_mut(|w| {
-            *w = w.saturating_sub(1);
-            *w > 0
-        });
+    fn wait(&mut self, timeout: i64) {
+        let deadline = self.now + timeout;
+        let first_done = self.pending.iter().copied().min();
+        self.now = match first_done {
+            Some(t) if t <= deadline => t.max(self.now),
+            _ => deadline,
+        };
+        let now = self.now;
+        self.pending.retain(|&t| t > now);
     }
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(5_000))]
-
-    /// Whatever the contexts, pending removals (however slow), IN_USE
-    /// answers and late associations, the protocol terminates within the
-    /// bound and reports "unregistered" exactly when the engine let the
-    /// callout go; an engine that lets go within the bound is never given up.
-    #[test]
-    fn protocol_terminates_and_is_truthful(
-        contexts in 0u32..500, pending_every in 0u32..5, pending_waits in 1u32..20,
-        late in 0u32..12, in_use in 0u32..6, max in 1u32..120,
-    ) {
-        let mut e = Engine { contexts, pending: Vec::new(), pending_every, pending_waits, late, in_use, removed: 0 };
-        let mut u = Unregistration::new(max);
-        let mut unregister_calls = 0;
-        let outcome = loop {
-            match u.step() {
-                Step::Unregister => {
-                    unregister_calls += 1;
-                    u.on_unregister(e.unregister());
-                }
-                Step::RemoveContexts => {
-                    let (removed, left) = e.remove_all();
-                    u.on_contexts_removed(removed, left);
-                }
-                Step::Wait => { e.wait(); u.on_waited(); }
-                Step::Finished(o) => break o,
+/// Runs the protocol against `e` until it finishes; returns the outcome and
+/// the number of unregister calls. Checks the protocol's own invariants on
+/// the way: waits stay within [MIN, MAX].
+fn run(e: &mut Engine, u: &mut Unregistration) -> (Outcome, u32) {
+    let mut calls = 0;
+    loop {
+        match u.step() {
+            Step::Unregister => {
+                calls += 1;
+                u.on_unregister(e.unregister());
             }
-            prop_assert!(unregister_calls <= max);
-        };
-        prop_assert_eq!(u.attempts(), unregister_calls);
-        match outcome {
-            Outcome::Unregistered { attempts } => {
-                prop_assert_eq!(e.contexts as usize + e.pending.len(), 0);
-                prop_assert_eq!(attempts, unregister_calls);
+            Step::RemoveContexts => {
+                let (removed, left) = e.remove_all();
+                u.on_contexts_removed(removed, left);
             }
-            Outcome::GaveUp { .. } => {
-                prop_assert_eq!(unregister_calls, max);
-                // Giving up only happens when the engine kept the callout for
-                // (nearly) the whole budget: IN_USE answers, late contexts and
-                // slow pending deletions together need that many calls.
-                prop_assert!(in_use + late + pending_waits + 2 >= max, "gave up too early");
+            Step::Wait { timeout_100ns } => {
+                assert!((MIN_WAIT_100NS..=MAX_WAIT_100NS).contains(&timeout_100ns));
+                e.wait(timeout_100ns);
+                u.on_waited();
             }
-            Outcome::AlreadyGone => prop_assert!(false, "the callout was registered"),
+            Step::Finished(o) => return (o, calls),
         }
+    }
+}
+
+const MINUTE: i64 = 600_000_000;
+
+#[test]
+fn an_engine_that_lets_go_after_ten_minutes_is_waited_for() {
+    // Deferred deletions that complete only after 10 simulated minutes (a
+    // classify stuck that long), plus IN_USE for the first minute.
+    let mut e = Engine {
+        now: 0,
+        contexts: 300,
+        pending: Vec::new(),
+        pending_every: 7,
+        pending_delay: 10 * MINUTE,
+        late: 0,
+        in_use_until: MINUTE,
+        removed: 0,
+    };
+    let mut u = Unregistration::new();
+    let (outcome, calls) = run(&mut e, &mut u);
+    assert_eq!(outcome, Outcome::Unregistered { attempts: calls });
+    assert!(e.now >= 11 * MINUTE, "returned before the engine let go");
+    assert!(e.pending.is_empty() && e.contexts == 0);
+    // Waits of up to a second: about one call per second of waiting.
+    let seconds = u32::try_from(e.now / (MINUTE / 60)).unwrap();
+    assert!(calls <= seconds + 20, "{calls} calls in {seconds} s");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(3_000))]
+
+    /// Whatever the contexts, pending removals (however slow: up to an
+    /// hour), IN_USE answers and late associations, the protocol ends only
+    /// when the engine let the callout go, never gives up, and does not spin:
+    /// unregister calls grow with the waited time, not faster than one per
+    /// minimum wait plus one per removal pass that made progress.
+    #[test]
+    fn protocol_ends_only_when_the_engine_let_go(
+        contexts in 0u32..500, pending_every in 0u32..5,
+        pending_delay in 1i64..(60 * MINUTE), late in 0u32..12,
+        in_use_until in 0i64..(5 * MINUTE),
+    ) {
+        let mut e = Engine { now: 0, contexts, pending: Vec::new(), pending_every, pending_delay, late, in_use_until, removed: 0 };
+        let mut u = Unregistration::new();
+        let (outcome, calls) = run(&mut e, &mut u);
+        prop_assert_eq!(u.attempts(), calls);
+        prop_assert_eq!(outcome, Outcome::Unregistered { attempts: calls });
+        prop_assert_eq!(e.contexts as usize + e.pending.len(), 0);
+        prop_assert!(e.now >= in_use_until);
+        let bound = e.now / MAX_WAIT_100NS * 2 + i64::from(late) * 10 + 64;
+        prop_assert!(i64::from(calls) <= bound, "{} calls over {} (bound {})", calls, e.now, bound);
     }
 }

@@ -7,17 +7,22 @@
  * bindgen run of wdk-sys, before wdk-sys' own `#include "ntifs.h"` etc.
  * A Windows build never sees it: the real WDK declares all of this itself.
  *
- * Declarations follow Microsoft's documented prototypes. Exports added here
- * are also added to the generated ntoskrnl.lib by setup.sh.
+ * The rule: this file declares only what the real WDK headers declare and
+ * mingw-w64 lacks (each addition names the WDK header it mirrors), so that
+ * nothing compiles here that the real WDK would reject. Declarations follow
+ * Microsoft's documented prototypes. Exports added here are also added to
+ * the generated ntoskrnl.lib by setup.sh.
  */
 #ifndef WFPMON_LINUX_OVERLAY_H
 #define WFPMON_LINUX_OVERLAY_H
 
 /*
- * mingw defines KeGetCurrentIrql as a FORCEINLINE (CR8 read) on amd64 and
- * bindgen skips inline functions, so `wdk_sys::ntddk::KeGetCurrentIrql` (used
- * by `wdk::paged_code!`) would not exist. Rename mingw's inline definition
- * while its headers are parsed, then declare the real ntoskrnl export.
+ * KeGetCurrentIrql (WDK: wdm.h). mingw defines it as a FORCEINLINE (CR8
+ * read) on amd64 and bindgen skips such inline functions, so
+ * `wdk_sys::ntddk::KeGetCurrentIrql` (used by `wdk::paged_code!`) would not
+ * exist; with the real WDK, wdk-sys binds wdm.h's own definition. Rename
+ * mingw's inline definition while its headers are parsed, then declare the
+ * function with wdm.h's prototype.
  */
 #define KeGetCurrentIrql wfpmon_mingw_inline_KeGetCurrentIrql
 #include <ntifs.h>
@@ -27,7 +32,7 @@
 NTKERNELAPI KIRQL NTAPI KeGetCurrentIrql(VOID);
 
 /*
- * Pool API of Windows 10 2004+ (mingw 10 predates it). wdk-sys defines the
+ * Pool API of Windows 10 2004+ (WDK: wdm.h; mingw 10 predates it). wdk-sys defines the
  * POOL_FLAG_* values itself (the WDK's UI64-suffixed macros are invisible to
  * bindgen), so only the types and functions are declared here; defining the
  * macros would create a second, differently typed POOL_FLAG_* in wdk-sys.
@@ -79,23 +84,5 @@ NTKERNELAPI PVOID NTAPI ExAllocatePool3(
   ULONG Tag,
   PCPOOL_EXTENDED_PARAMETER ExtendedParameters,
   ULONG ExtendedParametersCount);
-
-/*
- * Exported by ntoskrnl and declared by the WDK's ntifs.h, missing from
- * mingw's headers (present in its import library).
- */
-NTKERNELAPI NTSTATUS NTAPI ObSetSecurityObjectByPointer(
-  PVOID Object,
-  SECURITY_INFORMATION SecurityInformation,
-  PSECURITY_DESCRIPTOR SecurityDescriptor);
-
-/*
- * On amd64, KeQuerySystemTime is a macro in both the WDK and mingw (it reads
- * KUSER_SHARED_DATA), so it never appears in wdk-sys. The Windows 8+ export
- * KeQuerySystemTimePrecise is the function-shaped alternative; the WDK
- * declares it, mingw 10 does not.
- */
-NTKERNELAPI VOID NTAPI KeQuerySystemTimePrecise(
-  PLARGE_INTEGER CurrentTime);
 
 #endif /* WFPMON_LINUX_OVERLAY_H */
