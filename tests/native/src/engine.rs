@@ -112,7 +112,9 @@ pub type ClassifyFn = unsafe extern "win64" fn(
 /// The flowDeleteFn type (`FWPS_CALLOUT_FLOW_DELETE_NOTIFY_FN0`).
 pub type FlowDeleteFn = unsafe extern "win64" fn(u16, u32, u64);
 
-/// A registered (or formerly registered) callout.
+/// A registered (or formerly registered) callout (on its own cache lines:
+/// the engine's per-callout counters must not make threads share memory).
+#[repr(align(128))]
 pub struct Callout {
     /// Run-time id.
     pub id: u32,
@@ -182,7 +184,8 @@ struct FlowState {
     ended: bool,
 }
 
-/// A flow the engine knows.
+/// A flow the engine knows (on its own cache lines, like the callouts).
+#[repr(align(128))]
 pub struct Flow {
     /// The flow handle (`FWPS_INCOMING_METADATA_VALUES0.flowHandle`).
     pub handle: u64,

@@ -11,7 +11,8 @@
 //! call the host makes into driver code): a callback that returns with a
 //! lock held or at another IRQL than it was called at is a violation, and
 //! [`crate::world::World::in_image`] counts the threads executing driver
-//! code at any moment.
+//! code at any moment (one flag per thread, on its own cache line, so that
+//! the bookkeeping does not make threads share memory the driver does not).
 //!
 //! Memory the driver gets (pool blocks, device objects, IRPs, system
 //! buffers) is allocated with the exact size from the C heap, with all
@@ -111,8 +112,8 @@ fn thread_label() -> String {
 }
 
 /// Runs `f`, which calls into the image, at `irql` on this thread, with the
-/// bookkeeping every entry into driver code gets: the world's in-image
-/// count, the check that the code returns at the IRQL it was called at
+/// bookkeeping every entry into driver code gets: the thread's in-image
+/// flag (see [`World::in_image`]), the check that the code returns at the IRQL it was called at
 /// with the same spin locks held, and the check that nothing runs the
 /// image after it was unloaded.
 pub fn call_into_image<R>(w: &World, what: &str, level: u8, f: impl FnOnce() -> R) -> R {
@@ -121,8 +122,9 @@ pub fn call_into_image<R>(w: &World, what: &str, level: u8, f: impl FnOnce() -> 
         w.kernel.violation(format!("host bug: {what} called at IRQL {level} below the current {outer_irql}"));
     }
     let depth = DEPTH.with(Cell::get);
-    if depth == 0 {
-        w.in_image.fetch_add(1, Ordering::SeqCst);
+    let slot = if depth == 0 { Some(w.in_image_slot()) } else { None };
+    if let Some(slot) = &slot {
+        slot.store(1, Ordering::SeqCst);
     }
     DEPTH.with(|d| d.set(depth + 1));
     if w.unloaded.load(Ordering::SeqCst) {
@@ -140,8 +142,8 @@ pub fn call_into_image<R>(w: &World, what: &str, level: u8, f: impl FnOnce() -> 
     }
     set_irql(outer_irql);
     DEPTH.with(|d| d.set(depth));
-    if depth == 0 {
-        w.in_image.fetch_sub(1, Ordering::SeqCst);
+    if let Some(slot) = slot {
+        slot.store(0, Ordering::SeqCst);
     }
     result
 }

@@ -8,7 +8,7 @@
 //! one world exists at a time per process ([`World::create`] serialises).
 
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use fwpsk_sys as fwps;
@@ -19,8 +19,24 @@ use crate::engine::{Callout, ClassifyFn, Engine, Flow, Mode};
 use crate::kernel::{self, Kernel, PASSIVE_LEVEL, call_into_image, host_alloc, host_free, lock};
 use crate::pe::Image;
 
+/// One thread's "executing driver code" flag, alone on its cache line.
+#[repr(align(128))]
+pub struct Slot(AtomicU32);
+
+impl std::ops::Deref for Slot {
+    type Target = AtomicU32;
+    fn deref(&self) -> &AtomicU32 {
+        &self.0
+    }
+}
+
+thread_local! {
+    static SLOT: std::cell::RefCell<Option<(usize, Arc<Slot>)>> = const { std::cell::RefCell::new(None) };
+}
+
 static CURRENT: AtomicPtr<World> = AtomicPtr::new(std::ptr::null_mut());
 static SERIAL: Mutex<()> = Mutex::new(());
+static NEXT_WORLD: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
 
 /// The current world (for the import models).
 ///
@@ -77,12 +93,17 @@ pub struct World {
     pub image: Image,
     /// The scenario's seed.
     pub seed: u64,
+    /// Unique per world in this process.
+    id: usize,
     /// Kernel models' state.
     pub kernel: Kernel,
     /// The fake filter engine.
     pub engine: Engine,
-    /// Threads executing driver code now.
-    pub in_image: AtomicUsize,
+    /// Per-thread "executing driver code" flags (see [`World::in_image`]).
+    slots: Mutex<Vec<Arc<Slot>>>,
+    /// Whether data classifies add to [`World::expected`] (benchmarks
+    /// switch it off to keep the path free of shared counters).
+    pub account: AtomicBool,
     /// Set once the image is unloaded (Unload returned, or DriverEntry
     /// failed): nothing may run it afterwards.
     pub unloaded: AtomicBool,
@@ -242,9 +263,11 @@ impl World {
         let boxed = Box::new(Self {
             image,
             seed: config.seed,
+            id: NEXT_WORLD.fetch_add(1, Ordering::Relaxed),
             kernel: Kernel::new(config.simulated_clock),
             engine: Engine::new(config.mode),
-            in_image: AtomicUsize::new(0),
+            slots: Mutex::new(Vec::new()),
+            account: AtomicBool::new(true),
             unloaded: AtomicBool::new(false),
             expected: Expected::default(),
             stop: AtomicBool::new(false),
@@ -264,6 +287,30 @@ impl World {
                 .expect("engine thread")
         });
         Ok(WorldGuard { world: w, worker, _serial: serial })
+    }
+
+    /// Threads executing driver code now.
+    #[must_use]
+    pub fn in_image(&self) -> usize {
+        lock(&self.slots).iter().filter(|s| s.0.load(Ordering::SeqCst) != 0).count()
+    }
+
+    /// The calling thread's in-image flag in this world (registered on
+    /// first use).
+    pub fn in_image_slot(&self) -> Arc<Slot> {
+        let me = self.id;
+        SLOT.with(|cell| {
+            let mut cell = cell.borrow_mut();
+            if let Some((owner, slot)) = cell.as_ref() {
+                if *owner == me {
+                    return Arc::clone(slot);
+                }
+            }
+            let slot = Arc::new(Slot(AtomicU32::new(0)));
+            lock(&self.slots).push(Arc::clone(&slot));
+            *cell = Some((me, Arc::clone(&slot)));
+            slot
+        })
     }
 
     fn driver_word(&self, offset: usize) -> usize {
@@ -332,7 +379,7 @@ impl World {
     }
 
     fn check_nothing_left(&self, when: &str) {
-        let running = self.in_image.load(Ordering::SeqCst);
+        let running = self.in_image();
         if running != 0 {
             self.kernel.violation(format!("{when} while {running} other thread(s) were executing driver code"));
         }
@@ -544,7 +591,7 @@ impl World {
                     packet.countBytesEnforced, packet.streamAction
                 ));
             }
-            if r.context != 0 && bytes > 0 {
+            if r.context != 0 && bytes > 0 && self.account.load(Ordering::Relaxed) {
                 let (b, p) = if send { (&self.expected.bytes_out, &self.expected.packets_out) } else { (&self.expected.bytes_in, &self.expected.packets_in) };
                 b.fetch_add(bytes as u64, Ordering::Relaxed);
                 p.fetch_add(1, Ordering::Relaxed);
@@ -591,7 +638,7 @@ impl World {
             meta.transportHeaderSize = UDP_HEADER;
         }
         let r = self.run_classify(callout, &f.flow, layer, &mut values, &meta, (&raw mut nbl).cast(), filter, target)?;
-        if target == Target::Driver && r.context != 0 && !payloads.is_empty() {
+        if target == Target::Driver && r.context != 0 && !payloads.is_empty() && self.account.load(Ordering::Relaxed) {
             let bytes: u64 = payloads.iter().map(|p| u64::from(*p)).sum();
             let (b, p) = if inbound { (&self.expected.bytes_in, &self.expected.packets_in) } else { (&self.expected.bytes_out, &self.expected.packets_out) };
             b.fetch_add(bytes, Ordering::Relaxed);
