@@ -87,15 +87,27 @@ pub struct Mode {
     pub barrier: Barrier,
     /// Rule 7: every removal is deferred by this much time (100 ns).
     pub slow_delete_100ns: Option<u64>,
-    /// Test-only breakage: after a flowDeleteFn returns, the engine reads
-    /// the context it just handed back (a use after free that memcheck must
-    /// report). Never enabled outside the memcheck proof.
-    pub read_context_after_delete: bool,
+    /// Test-only breakage for the memcheck proof; never enabled elsewhere.
+    pub breakage: Breakage,
+}
+
+/// A deliberate engine bug (the memcheck proof that a use of a context
+/// after its flowDeleteFn is reported).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Breakage {
+    /// A correct engine.
+    None,
+    /// After a flowDeleteFn returned, the engine itself reads the context.
+    HostReadsDeletedContext,
+    /// The engine passes a deleted context to the next classify of the same
+    /// callout for a flow without one: the driver's classify code then
+    /// uses freed pool memory.
+    ClassifyWithDeletedContext,
 }
 
 impl Default for Mode {
     fn default() -> Self {
-        Self { barrier: Barrier::Wait, slow_delete_100ns: None, read_context_after_delete: false }
+        Self { barrier: Barrier::Wait, slow_delete_100ns: None, breakage: Breakage::None }
     }
 }
 
@@ -208,6 +220,7 @@ pub struct Engine {
     injection: Mutex<HashSet<usize>>,
     live_contexts: Mutex<HashSet<u64>>,
     slow: Mutex<Vec<(u64, Ctx)>>,
+    stale: Mutex<Vec<Ctx>>,
     next_flow: AtomicU64,
     /// Behaviour.
     pub mode: Mode,
@@ -236,6 +249,7 @@ impl Engine {
             injection: Mutex::new(HashSet::new()),
             live_contexts: Mutex::new(HashSet::new()),
             slow: Mutex::new(Vec::new()),
+            stale: Mutex::new(Vec::new()),
             next_flow: AtomicU64::new(0x1_0000),
             mode,
             associated: AtomicU64::new(0),
@@ -348,7 +362,10 @@ impl Engine {
                 unsafe { f(ctx.layer, ctx.callout, ctx.value) };
             });
         }
-        if self.mode.read_context_after_delete {
+        if self.mode.breakage == Breakage::ClassifyWithDeletedContext {
+            lock(&self.stale).push(ctx);
+        }
+        if self.mode.breakage == Breakage::HostReadsDeletedContext {
             // Deliberate use after free (see Mode::read_context_after_delete).
             // SAFETY: not safe at all: the driver freed this block inside
             // flowDeleteFn. Only the memcheck proof enables this mode, where
@@ -394,7 +411,13 @@ impl Engine {
         }
         let ctx = {
             let mut s = lock(&flow.state);
-            let ctx = s.contexts.iter().find(|c| c.layer == layer && c.callout == callout.id).map_or(0, |c| c.value);
+            let mut ctx = s.contexts.iter().find(|c| c.layer == layer && c.callout == callout.id).map_or(0, |c| c.value);
+            if ctx == 0 && self.mode.breakage == Breakage::ClassifyWithDeletedContext {
+                let mut stale = lock(&self.stale);
+                if let Some(i) = stale.iter().position(|c| c.layer == layer && c.callout == callout.id) {
+                    ctx = stale.remove(i).value;
+                }
+            }
             if s.ended || (ctx == 0 && callout.flags & fwps::FWP_CALLOUT_FLAG_CONDITIONAL_ON_FLOW != 0) {
                 drop(s);
                 callout.exit();

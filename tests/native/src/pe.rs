@@ -119,6 +119,12 @@ impl Image {
         self.base
     }
 
+    /// Bytes mapped.
+    #[must_use]
+    pub const fn size(&self) -> usize {
+        self.size
+    }
+
     /// `DriverEntry` (the PE entry point; wdk-build links with
     /// `/ENTRY:DriverEntry`).
     #[must_use]

@@ -16,7 +16,7 @@ use std::time::Duration;
 use wfpmon_core::protocol;
 
 use crate::clock;
-use crate::engine::{Barrier, Mode};
+use crate::engine::{Barrier, Breakage, Mode};
 use crate::rng::Rng;
 use crate::world::{Config, FilterKind, HostFlow, World, WorldGuard};
 
@@ -497,20 +497,28 @@ pub fn stress(seed: u64) -> Result<(), String> {
     unload_during_traffic(seed, 3, Barrier::Wait)
 }
 
-/// Deliberately broken (memcheck proof): the engine reads each context
-/// after its flowDeleteFn freed it. Runs "fine" natively; memcheck must
-/// report the invalid reads.
+/// Deliberately broken (memcheck proof): the engine hands a context whose
+/// flowDeleteFn already freed it to the driver's stream classify (see
+/// [`Breakage::ClassifyWithDeletedContext`]), so the driver's own machine
+/// code reads and writes freed pool memory. Natively this usually goes
+/// unnoticed; memcheck must report invalid accesses in the image.
 ///
 /// # Errors
 /// The problems found, with the seed.
 pub fn use_after_delete(seed: u64) -> Result<(), String> {
     let mut config = Config::new(seed);
-    config.mode.read_context_after_delete = true;
+    config.mode.breakage = Breakage::ClassifyWithDeletedContext;
     let w = boot(config)?;
-    let f = w.open_flow(false, true, false, 1);
-    let _ = w.establish(&f, FilterKind::Inspection);
-    let _ = w.stream(&f, 100, true, FilterKind::Inspection);
-    w.end_flow(&f);
+    w.account.store(false, Ordering::Relaxed);
+    let first = w.open_flow(false, true, false, 1);
+    let _ = w.establish(&first, FilterKind::Inspection);
+    let _ = w.stream(&first, 100, true, FilterKind::Inspection);
+    w.end_flow(&first);
+    // A flow the driver never saw: the broken engine passes the freed
+    // context of the first one.
+    let second = w.open_flow(false, true, false, 2);
+    let _ = w.stream(&second, 100, true, FilterKind::Inspection);
+    w.end_flow(&second);
     w.unload();
     w.finish()
 }

@@ -272,6 +272,9 @@ impl World {
             expected: Expected::default(),
             stop: AtomicBool::new(false),
         });
+        if std::env::var_os("WFPMON_NATIVE_PRINT_IMAGE").is_some() {
+            println!("image mapped at {:#x} size {:#x}", boxed.image.base(), boxed.image.size());
+        }
         let p = Box::into_raw(boxed);
         CURRENT.store(p, Ordering::Release);
         let w = world();
