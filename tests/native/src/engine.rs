@@ -68,7 +68,9 @@ use fwpsk_sys as fwps;
 use wfpmon_core::catalog::CALLOUTS;
 
 use crate::clock;
-use crate::kernel::{self, DISPATCH_LEVEL, PASSIVE_LEVEL, call_into_image, enter_api, irql, lock, status};
+use crate::kernel::{
+    self, DISPATCH_LEVEL, PASSIVE_LEVEL, call_into_image, enter_api, irql, lock, status,
+};
 use crate::world::World;
 
 /// How a successful unregistration meets classifies in progress (rule 3).
@@ -107,7 +109,11 @@ pub enum Breakage {
 
 impl Default for Mode {
     fn default() -> Self {
-        Self { barrier: Barrier::Wait, slow_delete_100ns: None, breakage: Breakage::None }
+        Self {
+            barrier: Barrier::Wait,
+            slow_delete_100ns: None,
+            breakage: Breakage::None,
+        }
     }
 }
 
@@ -261,33 +267,49 @@ impl Engine {
     }
 
     fn callout(&self, id: u32) -> Option<Arc<Callout>> {
-        let callouts = self.callouts.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        id.checked_sub(FIRST_CALLOUT_ID).and_then(|i| callouts.get(i as usize).cloned())
+        let callouts = self
+            .callouts
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        id.checked_sub(FIRST_CALLOUT_ID)
+            .and_then(|i| callouts.get(i as usize).cloned())
     }
 
     /// Every callout ever registered.
     #[must_use]
     pub fn callouts(&self) -> Vec<Arc<Callout>> {
-        self.callouts.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        self.callouts
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// The registered callout that serves catalog entry `index` (the
     /// filter at that layer references its key).
     #[must_use]
     pub fn registered(&self, index: usize) -> Option<Arc<Callout>> {
-        self.callouts().into_iter().find(|c| c.catalog == Some(index) && c.is_registered())
+        self.callouts()
+            .into_iter()
+            .find(|c| c.catalog == Some(index) && c.is_registered())
     }
 
     /// Callouts still registered against device `dev`.
     #[must_use]
     pub fn callouts_registered_on(&self, dev: usize) -> usize {
-        self.callouts().iter().filter(|c| c.device == dev && c.is_registered()).count()
+        self.callouts()
+            .iter()
+            .filter(|c| c.device == dev && c.is_registered())
+            .count()
     }
 
     /// Callouts still registered.
     #[must_use]
     pub fn still_registered(&self) -> Vec<u32> {
-        self.callouts().iter().filter(|c| c.is_registered()).map(|c| c.id).collect()
+        self.callouts()
+            .iter()
+            .filter(|c| c.is_registered())
+            .map(|c| c.id)
+            .collect()
     }
 
     /// Contexts associated and not yet deleted (flowDeleteFn not returned).
@@ -313,7 +335,10 @@ impl Engine {
     /// A new flow.
     pub fn open_flow(&self) -> Arc<Flow> {
         let handle = self.next_flow.fetch_add(0x10, Ordering::Relaxed);
-        let flow = Arc::new(Flow { handle, state: Mutex::new(FlowState::default()) });
+        let flow = Arc::new(Flow {
+            handle,
+            state: Mutex::new(FlowState::default()),
+        });
         lock(&self.flows).insert(handle, Arc::clone(&flow));
         flow
     }
@@ -346,16 +371,23 @@ impl Engine {
     /// detached from its flow) and retires it.
     fn run_flow_delete(&self, w: &World, ctx: Ctx, level: u8) {
         let Some(callout) = self.callout(ctx.callout) else {
-            w.kernel.violation(format!("engine bug: context of unknown callout {}", ctx.callout));
+            w.kernel.violation(format!(
+                "engine bug: context of unknown callout {}",
+                ctx.callout
+            ));
             return;
         };
         if callout.flow_delete == 0 {
-            w.kernel.violation(format!("callout {} carries a context but has no flowDeleteFn", ctx.callout));
+            w.kernel.violation(format!(
+                "callout {} carries a context but has no flowDeleteFn",
+                ctx.callout
+            ));
         } else {
             // SAFETY: flowDeleteFn registered by the image (checked to lie in
             // its code when registered); the image is mapped while any of its
             // contexts exists.
-            let f: FlowDeleteFn = unsafe { std::mem::transmute::<usize, FlowDeleteFn>(callout.flow_delete) };
+            let f: FlowDeleteFn =
+                unsafe { std::mem::transmute::<usize, FlowDeleteFn>(callout.flow_delete) };
             call_into_image(w, "flowDeleteFn", level, || {
                 // SAFETY: the engine hands back the context the driver
                 // associated, once.
@@ -374,7 +406,10 @@ impl Engine {
             std::hint::black_box(stale);
         }
         if !lock(&self.live_contexts).remove(&ctx.value) {
-            w.kernel.violation(format!("engine bug: context {:#x} deleted twice", ctx.value));
+            w.kernel.violation(format!(
+                "engine bug: context {:#x} deleted twice",
+                ctx.value
+            ));
         }
         self.deleted.fetch_add(1, Ordering::SeqCst);
         callout.contexts.fetch_sub(1, Ordering::SeqCst);
@@ -404,21 +439,37 @@ impl Engine {
     /// conditional on a context the flow does not carry), else the context
     /// passed and `body`'s result. Deferred deletions run when it returns
     /// (rule 5).
-    pub fn classify<R>(&self, w: &World, callout: &Callout, flow: &Flow, layer: u16, body: impl FnOnce(u64) -> R) -> Option<(u64, R)> {
+    pub fn classify<R>(
+        &self,
+        w: &World,
+        callout: &Callout,
+        flow: &Flow,
+        layer: u16,
+        body: impl FnOnce(u64) -> R,
+    ) -> Option<(u64, R)> {
         if !callout.enter() {
             self.refused_classifies.fetch_add(1, Ordering::Relaxed);
             return None;
         }
         let ctx = {
             let mut s = lock(&flow.state);
-            let mut ctx = s.contexts.iter().find(|c| c.layer == layer && c.callout == callout.id).map_or(0, |c| c.value);
+            let mut ctx = s
+                .contexts
+                .iter()
+                .find(|c| c.layer == layer && c.callout == callout.id)
+                .map_or(0, |c| c.value);
             if ctx == 0 && self.mode.breakage == Breakage::ClassifyWithDeletedContext {
                 let mut stale = lock(&self.stale);
-                if let Some(i) = stale.iter().position(|c| c.layer == layer && c.callout == callout.id) {
+                if let Some(i) = stale
+                    .iter()
+                    .position(|c| c.layer == layer && c.callout == callout.id)
+                {
                     ctx = stale.remove(i).value;
                 }
             }
-            if s.ended || (ctx == 0 && callout.flags & fwps::FWP_CALLOUT_FLAG_CONDITIONAL_ON_FLOW != 0) {
+            if s.ended
+                || (ctx == 0 && callout.flags & fwps::FWP_CALLOUT_FLAG_CONDITIONAL_ON_FLOW != 0)
+            {
                 drop(s);
                 callout.exit();
                 return None;
@@ -430,7 +481,11 @@ impl Engine {
         let deferred = {
             let mut s = lock(&flow.state);
             s.classifying -= 1;
-            if s.classifying == 0 { std::mem::take(&mut s.deferred) } else { Vec::new() }
+            if s.classifying == 0 {
+                std::mem::take(&mut s.deferred)
+            } else {
+                Vec::new()
+            }
         };
         for d in deferred {
             self.run_flow_delete(w, d, DISPATCH_LEVEL);
@@ -447,10 +502,19 @@ fn world_engine(api: &str, max: u8) -> &'static World {
 /// `FwpsCalloutRegister0/1/2/3(deviceObject, callout, calloutId)` (rule 1).
 /// Every version's `FWPS_CALLOUTn` has the same layout: key (16), flags
 /// (4, padded to 8), classifyFn, notifyFn, flowDeleteFn. Failable.
-pub unsafe extern "win64" fn fwps_callout_register(device: usize, callout: *const u8, id: *mut u32) -> i32 {
+///
+/// # Safety
+/// Called by the image (or the host on its behalf) with the arguments
+/// the function's documented contract allows.
+pub unsafe extern "win64" fn fwps_callout_register(
+    device: usize,
+    callout: *const u8,
+    id: *mut u32,
+) -> i32 {
     let w = world_engine("FwpsCalloutRegister", PASSIVE_LEVEL);
     if callout.is_null() {
-        w.kernel.violation("FwpsCalloutRegister(NULL callout)".into());
+        w.kernel
+            .violation("FwpsCalloutRegister(NULL callout)".into());
         return fwps::STATUS_FWP_NULL_POINTER;
     }
     // SAFETY: the driver's FWPS_CALLOUTn (48 bytes on x64).
@@ -461,12 +525,20 @@ pub unsafe extern "win64" fn fwps_callout_register(device: usize, callout: *cons
     let flags = u32::from_le_bytes(raw[16..20].try_into().unwrap_or([0; 4]));
     let (classify, notify, flow_delete) = (word(24), word(32), word(40));
     if !w.kernel.devices().iter().any(|(d, _)| *d == device) {
-        w.kernel.violation(format!("FwpsCalloutRegister: {device:#x} is not a live device object"));
+        w.kernel.violation(format!(
+            "FwpsCalloutRegister: {device:#x} is not a live device object"
+        ));
         return status::INVALID_PARAMETER;
     }
-    for (name, f, required) in [("classifyFn", classify, true), ("notifyFn", notify, true), ("flowDeleteFn", flow_delete, false)] {
+    for (name, f, required) in [
+        ("classifyFn", classify, true),
+        ("notifyFn", notify, true),
+        ("flowDeleteFn", flow_delete, false),
+    ] {
         if (f != 0 || required) && !w.image.is_code(f) {
-            w.kernel.violation(format!("FwpsCalloutRegister: {name} {f:#x} is not code of the image"));
+            w.kernel.violation(format!(
+                "FwpsCalloutRegister: {name} {f:#x} is not code of the image"
+            ));
             return status::INVALID_PARAMETER;
         }
     }
@@ -474,7 +546,11 @@ pub unsafe extern "win64" fn fwps_callout_register(device: usize, callout: *cons
         return status::INSUFFICIENT_RESOURCES;
     }
     let _reg = lock(&w.engine.reg);
-    let mut callouts = w.engine.callouts.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut callouts = w
+        .engine
+        .callouts
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if callouts.iter().any(|c| c.key == key && c.is_registered()) {
         return fwps::STATUS_FWP_ALREADY_EXISTS;
     }
@@ -508,6 +584,10 @@ pub unsafe extern "win64" fn fwps_callout_register(device: usize, callout: *cons
 }
 
 /// `FwpsCalloutUnregisterById0(calloutId)` (rules 2 and 3).
+///
+/// # Safety
+/// Called by the image (or the host on its behalf) with the arguments
+/// the function's documented contract allows.
 pub unsafe extern "win64" fn fwps_callout_unregister_by_id0(id: u32) -> i32 {
     let w = world_engine("FwpsCalloutUnregisterById0", PASSIVE_LEVEL);
     let reg = lock(&w.engine.reg);
@@ -525,7 +605,7 @@ pub unsafe extern "win64" fn fwps_callout_unregister_by_id0(id: u32) -> i32 {
             let mut spins = 0u32;
             while c.active.load(Ordering::SeqCst) > 0 {
                 spins += 1;
-                if spins % 16 == 0 {
+                if spins.is_multiple_of(16) {
                     std::thread::yield_now();
                 }
                 std::hint::spin_loop();
@@ -544,17 +624,29 @@ pub unsafe extern "win64" fn fwps_callout_unregister_by_id0(id: u32) -> i32 {
 
 /// `FwpsFlowAssociateContext0(flowId, layerId, calloutId, flowContext)`
 /// (rule 4).
-pub unsafe extern "win64" fn fwps_flow_associate_context0(flow: u64, layer: u16, callout: u32, context: u64) -> i32 {
+///
+/// # Safety
+/// Called by the image (or the host on its behalf) with the arguments
+/// the function's documented contract allows.
+pub unsafe extern "win64" fn fwps_flow_associate_context0(
+    flow: u64,
+    layer: u16,
+    callout: u32,
+    context: u64,
+) -> i32 {
     let w = world_engine("FwpsFlowAssociateContext0", DISPATCH_LEVEL);
     let _reg = lock(&w.engine.reg);
     let Some(c) = w.engine.callout(callout).filter(|c| c.is_registered()) else {
         return fwps::STATUS_FWP_CALLOUT_NOT_FOUND;
     };
     if c.flow_delete == 0 {
-        w.kernel.violation(format!("FwpsFlowAssociateContext0 for callout {callout}, which has no flowDeleteFn"));
+        w.kernel.violation(format!(
+            "FwpsFlowAssociateContext0 for callout {callout}, which has no flowDeleteFn"
+        ));
     }
     if context == 0 {
-        w.kernel.violation("FwpsFlowAssociateContext0 with a zero context".into());
+        w.kernel
+            .violation("FwpsFlowAssociateContext0 with a zero context".into());
         return status::INVALID_PARAMETER;
     }
     let Some(f) = w.engine.flow(flow) else {
@@ -564,27 +656,42 @@ pub unsafe extern "win64" fn fwps_flow_associate_context0(flow: u64, layer: u16,
     if s.ended {
         return status::INVALID_PARAMETER;
     }
-    if s.contexts.iter().any(|x| x.layer == layer && x.callout == callout) {
+    if s.contexts
+        .iter()
+        .any(|x| x.layer == layer && x.callout == callout)
+    {
         return status::OBJECT_NAME_EXISTS;
     }
     if !lock(&w.engine.live_contexts).insert(context) {
         w.kernel.violation(format!("FwpsFlowAssociateContext0: context {context:#x} is already associated with another flow"));
         return status::INVALID_PARAMETER;
     }
-    s.contexts.push(Ctx { layer, callout, value: context });
+    s.contexts.push(Ctx {
+        layer,
+        callout,
+        value: context,
+    });
     c.contexts.fetch_add(1, Ordering::SeqCst);
     w.engine.associated.fetch_add(1, Ordering::SeqCst);
     status::SUCCESS
 }
 
 /// `FwpsFlowRemoveContext0(flowId, layerId, calloutId)` (rules 5 and 7).
+///
+/// # Safety
+/// Called by the image (or the host on its behalf) with the arguments
+/// the function's documented contract allows.
 pub unsafe extern "win64" fn fwps_flow_remove_context0(flow: u64, layer: u16, callout: u32) -> i32 {
     let w = world_engine("FwpsFlowRemoveContext0", DISPATCH_LEVEL);
     let Some(f) = w.engine.flow(flow) else {
         return status::UNSUCCESSFUL;
     };
     let mut s = lock(&f.state);
-    let Some(i) = s.contexts.iter().position(|x| x.layer == layer && x.callout == callout) else {
+    let Some(i) = s
+        .contexts
+        .iter()
+        .position(|x| x.layer == layer && x.callout == callout)
+    else {
         return status::UNSUCCESSFUL;
     };
     let ctx = s.contexts.remove(i);
@@ -606,7 +713,15 @@ pub unsafe extern "win64" fn fwps_flow_remove_context0(flow: u64, layer: u16, ca
 
 /// `FwpsInjectionHandleCreate0(addressFamily, flags, injectionHandle)`.
 /// Failable.
-pub unsafe extern "win64" fn fwps_injection_handle_create0(_af: u16, _flags: u32, handle: *mut usize) -> i32 {
+///
+/// # Safety
+/// Called by the image (or the host on its behalf) with the arguments
+/// the function's documented contract allows.
+pub unsafe extern "win64" fn fwps_injection_handle_create0(
+    _af: u16,
+    _flags: u32,
+    handle: *mut usize,
+) -> i32 {
     let w = world_engine("FwpsInjectionHandleCreate0", PASSIVE_LEVEL);
     if w.kernel.inject("FwpsInjectionHandleCreate0") {
         return status::INSUFFICIENT_RESOURCES;
@@ -619,10 +734,16 @@ pub unsafe extern "win64" fn fwps_injection_handle_create0(_af: u16, _flags: u32
 }
 
 /// `FwpsInjectionHandleDestroy0(injectionHandle)`: a live handle, once.
+///
+/// # Safety
+/// Called by the image (or the host on its behalf) with the arguments
+/// the function's documented contract allows.
 pub unsafe extern "win64" fn fwps_injection_handle_destroy0(handle: usize) -> i32 {
     let w = world_engine("FwpsInjectionHandleDestroy0", PASSIVE_LEVEL);
     if !lock(&w.engine.injection).remove(&handle) {
-        w.kernel.violation(format!("FwpsInjectionHandleDestroy0({handle:#x}): not a live handle"));
+        w.kernel.violation(format!(
+            "FwpsInjectionHandleDestroy0({handle:#x}): not a live handle"
+        ));
         return status::INVALID_PARAMETER;
     }
     kernel::host_free(handle, 16);
@@ -631,10 +752,20 @@ pub unsafe extern "win64" fn fwps_injection_handle_destroy0(handle: usize) -> i3
 
 /// `FwpsQueryPacketInjectionState0(injectionHandle, netBufferList,
 /// injectionContext)`: a live handle.
-pub unsafe extern "win64" fn fwps_query_packet_injection_state0(handle: usize, _nbl: usize, _ctx: usize) -> i32 {
+///
+/// # Safety
+/// Called by the image (or the host on its behalf) with the arguments
+/// the function's documented contract allows.
+pub unsafe extern "win64" fn fwps_query_packet_injection_state0(
+    handle: usize,
+    _nbl: usize,
+    _ctx: usize,
+) -> i32 {
     let w = world_engine("FwpsQueryPacketInjectionState0", DISPATCH_LEVEL);
     if !lock(&w.engine.injection).contains(&handle) {
-        w.kernel.violation(format!("FwpsQueryPacketInjectionState0({handle:#x}): not a live injection handle"));
+        w.kernel.violation(format!(
+            "FwpsQueryPacketInjectionState0({handle:#x}): not a live injection handle"
+        ));
     }
     fwps::FWPS_PACKET_NOT_INJECTED
 }

@@ -23,6 +23,7 @@ use std::alloc::Layout;
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::ffi::c_void;
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -119,31 +120,40 @@ fn thread_label() -> String {
 pub fn call_into_image<R>(w: &World, what: &str, level: u8, f: impl FnOnce() -> R) -> R {
     let outer_irql = irql();
     if level < outer_irql {
-        w.kernel.violation(format!("host bug: {what} called at IRQL {level} below the current {outer_irql}"));
+        w.kernel.violation(format!(
+            "host bug: {what} called at IRQL {level} below the current {outer_irql}"
+        ));
     }
     let depth = DEPTH.with(Cell::get);
-    let slot = if depth == 0 { Some(w.in_image_slot()) } else { None };
-    if let Some(slot) = &slot {
-        slot.store(1, Ordering::SeqCst);
+    if depth == 0 {
+        w.mark_in_image(true);
     }
     DEPTH.with(|d| d.set(depth + 1));
     if w.unloaded.load(Ordering::SeqCst) {
-        w.kernel.violation(format!("{what}: driver code called after the image was unloaded"));
+        w.kernel.violation(format!(
+            "{what}: driver code called after the image was unloaded"
+        ));
     }
     set_irql(level);
     let held_before = HELD.with(|h| h.borrow().len());
     let result = f();
     let held_after = HELD.with(|h| h.borrow().len());
     if held_after != held_before {
-        w.kernel.violation(format!("{what} returned holding {} spin lock(s) more than at entry", held_after.cast_signed() - held_before.cast_signed()));
+        w.kernel.violation(format!(
+            "{what} returned holding {} spin lock(s) more than at entry",
+            held_after.cast_signed() - held_before.cast_signed()
+        ));
     }
     if irql() != level {
-        w.kernel.violation(format!("{what} returned at IRQL {} (called at {level})", irql()));
+        w.kernel.violation(format!(
+            "{what} returned at IRQL {} (called at {level})",
+            irql()
+        ));
     }
     set_irql(outer_irql);
     DEPTH.with(|d| d.set(depth));
-    if let Some(slot) = slot {
-        slot.store(0, Ordering::SeqCst);
+    if depth == 0 {
+        w.mark_in_image(false);
     }
     result
 }
@@ -154,10 +164,13 @@ pub fn enter_api(api: &str, max_irql: u8) -> &'static World {
     let w = world();
     let level = irql();
     if level > max_irql {
-        w.kernel.violation(format!("{api} called at IRQL {level}; its maximum is {max_irql}"));
+        w.kernel.violation(format!(
+            "{api} called at IRQL {level}; its maximum is {max_irql}"
+        ));
     }
     if DEPTH.with(Cell::get) == 0 {
-        w.kernel.violation(format!("{api} called from outside the image (host bug)"));
+        w.kernel
+            .violation(format!("{api} called from outside the image (host bug)"));
     }
     w
 }
@@ -294,6 +307,7 @@ impl Kernel {
     }
 
     /// Records a broken rule.
+    #[allow(clippy::needless_pass_by_value)] // callers build the text for it
     pub fn violation(&self, what: String) {
         let line = format!("[{}] {what}", thread_label());
         if self.echo {
@@ -303,7 +317,15 @@ impl Kernel {
         // Keep the first few of each kind (the text without its numbers):
         // one broken rule on a hot path must not bury the others.
         let kind: String = what.chars().filter(|c| !c.is_ascii_digit()).collect();
-        let same = v.iter().filter(|l| l.chars().filter(|c| !c.is_ascii_digit()).collect::<String>().ends_with(&kind)).count();
+        let same = v
+            .iter()
+            .filter(|l| {
+                l.chars()
+                    .filter(|c| !c.is_ascii_digit())
+                    .collect::<String>()
+                    .ends_with(&kind)
+            })
+            .count();
         if same < 3 {
             v.push(line);
         } else {
@@ -338,7 +360,10 @@ impl Kernel {
     /// Live device objects.
     #[must_use]
     pub fn devices(&self) -> Vec<(usize, DeviceRec)> {
-        lock(&self.devices).iter().map(|(a, d)| (*a, d.clone())).collect()
+        lock(&self.devices)
+            .iter()
+            .map(|(a, d)| (*a, d.clone()))
+            .collect()
     }
 
     /// Device objects deleted so far.
@@ -362,7 +387,11 @@ impl Kernel {
     /// Arms fault injection: the `fail_at`-th failable call (1-based) fails;
     /// `None` only counts.
     pub fn arm_faults(&self, fail_at: Option<usize>) {
-        *lock(&self.faults) = Faults { armed: true, fail_at, seen: Vec::new() };
+        *lock(&self.faults) = Faults {
+            armed: true,
+            fail_at,
+            seen: Vec::new(),
+        };
     }
 
     /// Disarms fault injection; returns the failable calls seen.
@@ -440,7 +469,7 @@ unsafe fn wide_string(p: *const u16) -> String {
     let mut out = Vec::new();
     for i in 0..4096 {
         // SAFETY: the caller passes a NUL-terminated UTF-16 string.
-        let c = unsafe { p.add(i).read() };
+        let c = unsafe { p.wrapping_add(i).read() };
         if c == 0 {
             break;
         }
@@ -460,9 +489,9 @@ pub unsafe fn unicode_string(p: *const u8) -> Option<(String, u16, u16)> {
     // SAFETY: contract.
     let length = unsafe { p.cast::<u16>().read() };
     // SAFETY: contract.
-    let maximum = unsafe { p.add(2).cast::<u16>().read() };
+    let maximum = unsafe { p.wrapping_add(2).cast::<u16>().read() };
     // SAFETY: contract (Buffer at offset 8 on x64).
-    let buffer = unsafe { p.add(8).cast::<*const u16>().read() };
+    let buffer = unsafe { p.wrapping_add(8).cast::<*const u16>().read() };
     if buffer.is_null() || length == 0 {
         return Some((String::new(), length, maximum));
     }
@@ -482,7 +511,10 @@ fn format(fmt: &str, args: &[u64]) -> String {
             out.push(c);
             continue;
         }
-        while it.peek().is_some_and(|c| "-+ #0123456789.lhzI64".contains(*c)) {
+        while it
+            .peek()
+            .is_some_and(|c| "-+ #0123456789.lhzI64".contains(*c))
+        {
             it.next();
         }
         let arg = || next.clone().next().unwrap_or(0);
@@ -499,9 +531,15 @@ fn format(fmt: &str, args: &[u64]) -> String {
             Some('c') => out.push(char::from(u8::try_from(value & 0xFF).unwrap_or(b'?'))),
             Some('d' | 'i') => out.push_str(&value.cast_signed().to_string()),
             Some('u') => out.push_str(&value.to_string()),
-            Some('x' | 'p') => out.push_str(&format!("{value:x}")),
-            Some('X') => out.push_str(&format!("{value:X}")),
-            Some(other) => out.push_str(&format!("%{other}")),
+            Some('x' | 'p') => {
+                let _ = write!(out, "{value:x}");
+            }
+            Some('X') => {
+                let _ = write!(out, "{value:X}");
+            }
+            Some(other) => {
+                let _ = write!(out, "%{other}");
+            }
             None => break,
         }
         next.next();
@@ -512,7 +550,20 @@ fn format(fmt: &str, args: &[u64]) -> String {
 /// `DbgPrint` (variadic: win64 passes the extra arguments like integer
 /// ones, so seven `u64` parameters read them). Any IRQL.
 #[allow(clippy::too_many_arguments, clippy::similar_names)]
-pub unsafe extern "win64" fn dbg_print(fmt: *const u8, a1: u64, a2: u64, a3: u64, a4: u64, a5: u64, a6: u64, a7: u64) -> u32 {
+///
+/// # Safety
+/// Called by the image (or the host on its behalf) with the arguments
+/// the function's documented contract allows.
+pub unsafe extern "win64" fn dbg_print(
+    fmt: *const u8,
+    a1: u64,
+    a2: u64,
+    a3: u64,
+    a4: u64,
+    a5: u64,
+    a6: u64,
+    a7: u64,
+) -> u32 {
     let w = enter_api("DbgPrint", HIGH_LEVEL);
     // SAFETY: DbgPrint's format is a NUL-terminated string.
     let f = unsafe { c_string(fmt) };
@@ -529,9 +580,16 @@ pub unsafe extern "win64" fn dbg_print(fmt: *const u8, a1: u64, a2: u64, a3: u64
 
 /// `KeBugCheckEx`: never returns. The host prints what it knows and aborts
 /// the process (a bugcheck is the end of the machine).
+///
+/// # Safety
+/// Called by the image (or the host on its behalf) with the arguments
+/// the function's documented contract allows.
 pub unsafe extern "win64" fn ke_bug_check_ex(code: u32, p1: u64, p2: u64, p3: u64, p4: u64) -> ! {
     let w = world();
-    eprintln!("KeBugCheckEx({code:#x}, {p1:#x}, {p2:#x}, {p3:#x}, {p4:#x}) on thread {}", thread_label());
+    eprintln!(
+        "KeBugCheckEx({code:#x}, {p1:#x}, {p2:#x}, {p3:#x}, {p4:#x}) on thread {}",
+        thread_label()
+    );
     eprintln!("seed {:#x}; last DbgPrint lines:", w.seed);
     for line in w.kernel.log().iter().rev().take(30).rev() {
         eprintln!("  {line}");
@@ -558,20 +616,32 @@ pub const POOL_FLAG_PAGED: u64 = 0x100;
 /// `ExAllocatePool2(Flags, NumberOfBytes, Tag)`: exactly one pool type
 /// flag; paged pool only below `DISPATCH_LEVEL`; a non-zero tag. Zeroed
 /// unless `POOL_FLAG_UNINITIALIZED`. Failable (returns NULL).
+///
+/// # Safety
+/// Called by the image (or the host on its behalf) with the arguments
+/// the function's documented contract allows.
 pub unsafe extern "win64" fn ex_allocate_pool2(flags: u64, size: usize, tag: u32) -> *mut c_void {
     let w = enter_api("ExAllocatePool2", DISPATCH_LEVEL);
-    let types = [POOL_FLAG_NON_PAGED, POOL_FLAG_NON_PAGED_EXECUTE, POOL_FLAG_PAGED]
-        .iter()
-        .filter(|f| flags & **f != 0)
-        .count();
+    let types = [
+        POOL_FLAG_NON_PAGED,
+        POOL_FLAG_NON_PAGED_EXECUTE,
+        POOL_FLAG_PAGED,
+    ]
+    .iter()
+    .filter(|f| flags & **f != 0)
+    .count();
     if types != 1 {
-        w.kernel.violation(format!("ExAllocatePool2 flags {flags:#x}: exactly one pool type flag is required"));
+        w.kernel.violation(format!(
+            "ExAllocatePool2 flags {flags:#x}: exactly one pool type flag is required"
+        ));
     }
     if flags & POOL_FLAG_PAGED != 0 && irql() > APC_LEVEL {
-        w.kernel.violation("ExAllocatePool2(POOL_FLAG_PAGED) above APC_LEVEL".into());
+        w.kernel
+            .violation("ExAllocatePool2(POOL_FLAG_PAGED) above APC_LEVEL".into());
     }
     if flags & POOL_FLAG_NON_PAGED_EXECUTE != 0 {
-        w.kernel.violation("ExAllocatePool2(POOL_FLAG_NON_PAGED_EXECUTE): executable pool".into());
+        w.kernel
+            .violation("ExAllocatePool2(POOL_FLAG_NON_PAGED_EXECUTE): executable pool".into());
     }
     if tag == 0 {
         w.kernel.violation("ExAllocatePool2 with pool tag 0".into());
@@ -598,13 +668,18 @@ pub unsafe extern "win64" fn ex_allocate_pool2(flags: u64, size: usize, tag: u32
 fn free_pool(api: &str, p: *mut c_void, tag: Option<u32>) {
     let w = enter_api(api, DISPATCH_LEVEL);
     let Some(block) = lock(&w.kernel.pool).remove(&(p as usize)) else {
-        w.kernel.violation(format!("{api}({p:p}): not an outstanding pool block (double free or foreign pointer)"));
+        w.kernel.violation(format!(
+            "{api}({p:p}): not an outstanding pool block (double free or foreign pointer)"
+        ));
         return;
     };
-    if let Some(tag) = tag {
-        if tag != block.tag {
-            w.kernel.violation(format!("{api}({p:p}): tag {tag:#x} but allocated with {:#x}", block.tag));
-        }
+    if let Some(tag) = tag
+        && tag != block.tag
+    {
+        w.kernel.violation(format!(
+            "{api}({p:p}): tag {tag:#x} but allocated with {:#x}",
+            block.tag
+        ));
     }
     w.kernel.frees.fetch_add(1, Ordering::Relaxed);
     let layout = Layout::from_size_align(block.size.max(1), 16).expect("layout");
@@ -614,11 +689,19 @@ fn free_pool(api: &str, p: *mut c_void, tag: Option<u32>) {
 }
 
 /// `ExFreePoolWithTag(P, Tag)`: an outstanding block, with its tag.
+///
+/// # Safety
+/// Called by the image (or the host on its behalf) with the arguments
+/// the function's documented contract allows.
 pub unsafe extern "win64" fn ex_free_pool_with_tag(p: *mut c_void, tag: u32) {
     free_pool("ExFreePoolWithTag", p, Some(tag));
 }
 
 /// `ExFreePool(P)`.
+///
+/// # Safety
+/// Called by the image (or the host on its behalf) with the arguments
+/// the function's documented contract allows.
 pub unsafe extern "win64" fn ex_free_pool(p: *mut c_void) {
     free_pool("ExFreePool", p, None);
 }
@@ -627,9 +710,14 @@ pub unsafe extern "win64" fn ex_free_pool(p: *mut c_void) {
 // Spin locks
 // ---------------------------------------------------------------------------
 
-fn lock_word(w: &World, api: &str, lock: *mut u64) -> Option<&'static std::sync::atomic::AtomicU64> {
-    if lock.is_null() || (lock as usize) % 8 != 0 {
-        w.kernel.violation(format!("{api}({lock:p}): not an aligned KSPIN_LOCK"));
+fn lock_word(
+    w: &World,
+    api: &str,
+    lock: *mut u64,
+) -> Option<&'static std::sync::atomic::AtomicU64> {
+    if lock.is_null() || !(lock as usize).is_multiple_of(8) {
+        w.kernel
+            .violation(format!("{api}({lock:p}): not an aligned KSPIN_LOCK"));
         return None;
     }
     // SAFETY: an aligned KSPIN_LOCK in the driver's memory (static data or
@@ -639,36 +727,54 @@ fn lock_word(w: &World, api: &str, lock: *mut u64) -> Option<&'static std::sync:
 }
 
 fn acquire(w: &World, api: &str, lock: *mut u64) {
-    let Some(word) = lock_word(w, api, lock) else { return };
+    let Some(word) = lock_word(w, api, lock) else {
+        return;
+    };
     let me = token();
     if word.load(Ordering::Relaxed) == me {
-        w.kernel.violation(format!("{api}({lock:p}): recursive acquisition (deadlock on a real machine)"));
+        w.kernel.violation(format!(
+            "{api}({lock:p}): recursive acquisition (deadlock on a real machine)"
+        ));
         return;
     }
     let mut spins = 0u32;
-    while word.compare_exchange_weak(0, me, Ordering::Acquire, Ordering::Relaxed).is_err() {
+    while word
+        .compare_exchange_weak(0, me, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
         spins += 1;
-        if spins % 64 == 0 {
+        if spins.is_multiple_of(64) {
             std::thread::yield_now();
         } else {
             std::hint::spin_loop();
         }
     }
     w.kernel.lock_acquisitions.fetch_add(1, Ordering::Relaxed);
-    HELD.with(|h| h.borrow_mut().push(Held { lock: lock as usize, since: Instant::now() }));
+    HELD.with(|h| {
+        h.borrow_mut().push(Held {
+            lock: lock as usize,
+            since: Instant::now(),
+        });
+    });
 }
 
 fn release(w: &World, api: &str, lock: *mut u64) {
-    let Some(word) = lock_word(w, api, lock) else { return };
+    let Some(word) = lock_word(w, api, lock) else {
+        return;
+    };
     let me = token();
     let owner = word.load(Ordering::Relaxed);
     if owner != me {
-        w.kernel.violation(format!("{api}({lock:p}): released by a thread that does not hold it (owner {owner})"));
+        w.kernel.violation(format!(
+            "{api}({lock:p}): released by a thread that does not hold it (owner {owner})"
+        ));
         return;
     }
     let held = HELD.with(|h| {
         let mut h = h.borrow_mut();
-        h.iter().rposition(|x| x.lock == lock as usize).map(|i| h.remove(i))
+        h.iter()
+            .rposition(|x| x.lock == lock as usize)
+            .map(|i| h.remove(i))
     });
     if let Some(held) = held {
         let ns = u64::try_from(held.since.elapsed().as_nanos()).unwrap_or(u64::MAX);
@@ -679,6 +785,10 @@ fn release(w: &World, api: &str, lock: *mut u64) {
 
 /// `KeAcquireSpinLockRaiseToDpc(SpinLock)`: IRQL ≤ `DISPATCH_LEVEL`;
 /// raises to `DISPATCH_LEVEL` and returns the previous IRQL.
+///
+/// # Safety
+/// Called by the image (or the host on its behalf) with the arguments
+/// the function's documented contract allows.
 pub unsafe extern "win64" fn ke_acquire_spin_lock_raise_to_dpc(lock: *mut u64) -> u8 {
     let w = enter_api("KeAcquireSpinLockRaiseToDpc", DISPATCH_LEVEL);
     let old = irql();
@@ -689,32 +799,50 @@ pub unsafe extern "win64" fn ke_acquire_spin_lock_raise_to_dpc(lock: *mut u64) -
 
 /// `KeReleaseSpinLock(SpinLock, NewIrql)`: at `DISPATCH_LEVEL`, by the
 /// owner; lowers to `NewIrql`.
+///
+/// # Safety
+/// Called by the image (or the host on its behalf) with the arguments
+/// the function's documented contract allows.
 pub unsafe extern "win64" fn ke_release_spin_lock(lock: *mut u64, new_irql: u8) {
     let w = enter_api("KeReleaseSpinLock", DISPATCH_LEVEL);
     if irql() != DISPATCH_LEVEL {
-        w.kernel.violation(format!("KeReleaseSpinLock at IRQL {} (must be DISPATCH_LEVEL)", irql()));
+        w.kernel.violation(format!(
+            "KeReleaseSpinLock at IRQL {} (must be DISPATCH_LEVEL)",
+            irql()
+        ));
     }
     if new_irql > DISPATCH_LEVEL {
-        w.kernel.violation(format!("KeReleaseSpinLock to IRQL {new_irql}"));
+        w.kernel
+            .violation(format!("KeReleaseSpinLock to IRQL {new_irql}"));
     }
     release(w, "KeReleaseSpinLock", lock);
     set_irql(new_irql);
 }
 
 /// `KeAcquireSpinLockAtDpcLevel(SpinLock)`: at `DISPATCH_LEVEL`.
+///
+/// # Safety
+/// Called by the image (or the host on its behalf) with the arguments
+/// the function's documented contract allows.
 pub unsafe extern "win64" fn ke_acquire_spin_lock_at_dpc_level(lock: *mut u64) {
     let w = enter_api("KeAcquireSpinLockAtDpcLevel", DISPATCH_LEVEL);
     if irql() != DISPATCH_LEVEL {
-        w.kernel.violation(format!("KeAcquireSpinLockAtDpcLevel at IRQL {}", irql()));
+        w.kernel
+            .violation(format!("KeAcquireSpinLockAtDpcLevel at IRQL {}", irql()));
     }
     acquire(w, "KeAcquireSpinLockAtDpcLevel", lock);
 }
 
 /// `KeReleaseSpinLockFromDpcLevel(SpinLock)`: at `DISPATCH_LEVEL`.
+///
+/// # Safety
+/// Called by the image (or the host on its behalf) with the arguments
+/// the function's documented contract allows.
 pub unsafe extern "win64" fn ke_release_spin_lock_from_dpc_level(lock: *mut u64) {
     let w = enter_api("KeReleaseSpinLockFromDpcLevel", DISPATCH_LEVEL);
     if irql() != DISPATCH_LEVEL {
-        w.kernel.violation(format!("KeReleaseSpinLockFromDpcLevel at IRQL {}", irql()));
+        w.kernel
+            .violation(format!("KeReleaseSpinLockFromDpcLevel at IRQL {}", irql()));
     }
     release(w, "KeReleaseSpinLockFromDpcLevel", lock);
 }
@@ -722,24 +850,32 @@ pub unsafe extern "win64" fn ke_release_spin_lock_from_dpc_level(lock: *mut u64)
 /// `KeAcquireInStackQueuedSpinLock(SpinLock, LockHandle)`: IRQL ≤
 /// `DISPATCH_LEVEL`. `KLOCK_QUEUE_HANDLE`: `LockQueue.Lock` at 8,
 /// `OldIrql` at 16.
+///
+/// # Safety
+/// Called by the image (or the host on its behalf) with the arguments
+/// the function's documented contract allows.
 pub unsafe extern "win64" fn ke_acquire_in_stack_queued_spin_lock(lock: *mut u64, handle: *mut u8) {
     let w = enter_api("KeAcquireInStackQueuedSpinLock", DISPATCH_LEVEL);
     let old = irql();
     acquire(w, "KeAcquireInStackQueuedSpinLock", lock);
     set_irql(DISPATCH_LEVEL);
     // SAFETY: the driver's KLOCK_QUEUE_HANDLE (24 bytes, on its stack).
-    unsafe { handle.add(8).cast::<*mut u64>().write(lock) };
+    unsafe { handle.wrapping_add(8).cast::<*mut u64>().write(lock) };
     // SAFETY: as above.
-    unsafe { handle.add(16).write(old) };
+    unsafe { handle.wrapping_add(16).write(old) };
 }
 
 /// `KeReleaseInStackQueuedSpinLock(LockHandle)`.
+///
+/// # Safety
+/// Called by the image (or the host on its behalf) with the arguments
+/// the function's documented contract allows.
 pub unsafe extern "win64" fn ke_release_in_stack_queued_spin_lock(handle: *mut u8) {
     let w = enter_api("KeReleaseInStackQueuedSpinLock", DISPATCH_LEVEL);
     // SAFETY: the handle the acquire filled in.
-    let lock = unsafe { handle.add(8).cast::<*mut u64>().read() };
+    let lock = unsafe { handle.wrapping_add(8).cast::<*mut u64>().read() };
     // SAFETY: as above.
-    let old = unsafe { handle.add(16).read() };
+    let old = unsafe { handle.wrapping_add(16).read() };
     release(w, "KeReleaseInStackQueuedSpinLock", lock);
     set_irql(old);
 }
@@ -750,6 +886,10 @@ pub unsafe extern "win64" fn ke_release_in_stack_queued_spin_lock(handle: *mut u
 
 /// `KeInitializeEvent(Event, Type, State)`: any IRQL; the event's storage
 /// must be resident.
+///
+/// # Safety
+/// Called by the image (or the host on its behalf) with the arguments
+/// the function's documented contract allows.
 pub unsafe extern "win64" fn ke_initialize_event(event: *mut u8, kind: i32, state: u8) {
     let w = enter_api("KeInitializeEvent", HIGH_LEVEL);
     if event.is_null() {
@@ -761,7 +901,12 @@ pub unsafe extern "win64" fn ke_initialize_event(event: *mut u8, kind: i32, stat
     // SAFETY: the driver's KEVENT (24 bytes).
     unsafe { event.write(u8::try_from(kind & 1).unwrap_or(0)) };
     // SAFETY: as above.
-    unsafe { event.add(4).cast::<i32>().write(i32::from(state != 0)) };
+    unsafe {
+        event
+            .wrapping_add(4)
+            .cast::<i32>()
+            .write(i32::from(state != 0));
+    };
     let state = Arc::new(EventState {
         signalled: Mutex::new(state != 0),
         cond: Condvar::new(),
@@ -772,13 +917,19 @@ pub unsafe extern "win64" fn ke_initialize_event(event: *mut u8, kind: i32, stat
 
 /// `KeSetEvent(Event, Increment, Wait)`: IRQL ≤ `DISPATCH_LEVEL` (with
 /// `Wait` FALSE); an initialised event. Returns the previous state.
+///
+/// # Safety
+/// Called by the image (or the host on its behalf) with the arguments
+/// the function's documented contract allows.
 pub unsafe extern "win64" fn ke_set_event(event: *mut u8, _increment: i32, wait: u8) -> i32 {
     let w = enter_api("KeSetEvent", DISPATCH_LEVEL);
     if wait != 0 {
-        w.kernel.violation("KeSetEvent(Wait = TRUE): wfpmon never follows it with a wait".into());
+        w.kernel
+            .violation("KeSetEvent(Wait = TRUE): wfpmon never follows it with a wait".into());
     }
     let Some(e) = w.kernel.event(event as usize) else {
-        w.kernel.violation(format!("KeSetEvent({event:p}): not an initialised event"));
+        w.kernel
+            .violation(format!("KeSetEvent({event:p}): not an initialised event"));
         return 0;
     };
     let mut s = lock(&e.signalled);
@@ -790,12 +941,17 @@ pub unsafe extern "win64" fn ke_set_event(event: *mut u8, _increment: i32, wait:
 }
 
 /// `KeResetEvent`/`KeClearEvent`.
+///
+/// # Safety
+/// Called by the image (or the host on its behalf) with the arguments
+/// the function's documented contract allows.
 pub unsafe extern "win64" fn ke_clear_event(event: *mut u8) {
     let w = enter_api("KeClearEvent", DISPATCH_LEVEL);
     if let Some(e) = w.kernel.event(event as usize) {
         *lock(&e.signalled) = false;
     } else {
-        w.kernel.violation(format!("KeClearEvent({event:p}): not an initialised event"));
+        w.kernel
+            .violation(format!("KeClearEvent({event:p}): not an initialised event"));
     }
 }
 
@@ -804,7 +960,17 @@ pub unsafe extern "win64" fn ke_clear_event(event: *mut u8) {
 /// only at IRQL ≤ `APC_LEVEL`, a zero timeout at ≤ `DISPATCH_LEVEL`.
 /// Relative timeouts (negative, 100 ns) are honoured: really, or by moving
 /// the simulated clock. Returns `STATUS_SUCCESS` or `STATUS_TIMEOUT`.
-pub unsafe extern "win64" fn ke_wait_for_single_object(object: *mut u8, _reason: i32, _mode: i8, alertable: u8, timeout: *const i64) -> i32 {
+///
+/// # Safety
+/// Called by the image (or the host on its behalf) with the arguments
+/// the function's documented contract allows.
+pub unsafe extern "win64" fn ke_wait_for_single_object(
+    object: *mut u8,
+    _reason: i32,
+    _mode: i8,
+    alertable: u8,
+    timeout: *const i64,
+) -> i32 {
     let w = enter_api("KeWaitForSingleObject", DISPATCH_LEVEL);
     let relative = if timeout.is_null() {
         None
@@ -813,29 +979,41 @@ pub unsafe extern "win64" fn ke_wait_for_single_object(object: *mut u8, _reason:
         Some(unsafe { timeout.read() })
     };
     if relative != Some(0) && irql() > APC_LEVEL {
-        w.kernel.violation(format!("KeWaitForSingleObject with a non-zero timeout at IRQL {}", irql()));
+        w.kernel.violation(format!(
+            "KeWaitForSingleObject with a non-zero timeout at IRQL {}",
+            irql()
+        ));
     }
     if alertable != 0 {
-        w.kernel.violation("KeWaitForSingleObject(Alertable = TRUE) in a driver that handles no APCs".into());
+        w.kernel.violation(
+            "KeWaitForSingleObject(Alertable = TRUE) in a driver that handles no APCs".into(),
+        );
     }
     if relative.is_some_and(|t| t > 0) {
-        w.kernel.violation("KeWaitForSingleObject with an absolute timeout (not modelled)".into());
+        w.kernel
+            .violation("KeWaitForSingleObject with an absolute timeout (not modelled)".into());
     }
     let Some(e) = w.kernel.event(object as usize) else {
-        w.kernel.violation(format!("KeWaitForSingleObject({object:p}): not an initialised event"));
+        w.kernel.violation(format!(
+            "KeWaitForSingleObject({object:p}): not an initialised event"
+        ));
         return status::TIMEOUT;
     };
     w.kernel.waits.fetch_add(1, Ordering::Relaxed);
-    let total = relative.map(|t| t.unsigned_abs());
+    let total = relative.map(i64::unsigned_abs);
     let satisfied = if w.kernel.simulated_clock {
         wait_simulated(w, &e, total)
     } else {
         wait_real(&e, total)
     };
-    if satisfied { status::SUCCESS } else { status::TIMEOUT }
+    if satisfied {
+        status::SUCCESS
+    } else {
+        status::TIMEOUT
+    }
 }
 
-fn consume(e: &EventState, s: &mut bool) -> bool {
+const fn consume(e: &EventState, s: &mut bool) -> bool {
     if *s {
         if e.synchronization {
             *s = false;
@@ -854,13 +1032,22 @@ fn wait_real(e: &EventState, total_100ns: Option<u64>) -> bool {
             return true;
         }
         match deadline {
-            None => s = e.cond.wait(s).unwrap_or_else(std::sync::PoisonError::into_inner),
+            None => {
+                s = e
+                    .cond
+                    .wait(s)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
             Some(d) => {
                 let now = Instant::now();
                 if now >= d {
                     return false;
                 }
-                s = e.cond.wait_timeout(s, d - now).unwrap_or_else(std::sync::PoisonError::into_inner).0;
+                s = e
+                    .cond
+                    .wait_timeout(s, d - now)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .0;
             }
         }
     }
@@ -881,7 +1068,10 @@ fn wait_simulated(w: &World, e: &EventState, total_100ns: Option<u64>) -> bool {
         }
         // Give the other threads (classify, the engine's deferred work) a
         // moment of real time, then move the clock on.
-        let (mut s, _) = e.cond.wait_timeout(s, w.kernel.quantum_nap).unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (mut s, _) = e
+            .cond
+            .wait_timeout(s, w.kernel.quantum_nap)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if consume(e, &mut s) {
             return true;
         }
@@ -893,6 +1083,10 @@ fn wait_simulated(w: &World, e: &EventState, total_100ns: Option<u64>) -> bool {
 }
 
 /// `KeQueryInterruptTimePrecise(QpcTimeStamp)`: any IRQL.
+///
+/// # Safety
+/// Called by the image (or the host on its behalf) with the arguments
+/// the function's documented contract allows.
 pub unsafe extern "win64" fn ke_query_interrupt_time_precise(qpc: *mut u64) -> u64 {
     enter_api("KeQueryInterruptTimePrecise", HIGH_LEVEL);
     let now = clock::now_100ns();
@@ -912,10 +1106,24 @@ pub unsafe extern "win64" fn ke_query_interrupt_time_precise(qpc: *mut u64) -> u
 /// `PASSIVE_LEVEL`; our driver object; a well-formed name not in use.
 /// Failable.
 #[allow(clippy::too_many_arguments)]
-pub unsafe extern "win64" fn io_create_device(driver: usize, extension: u32, name: *const u8, device_type: u32, characteristics: u32, _exclusive: u8, out: *mut usize) -> i32 {
+///
+/// # Safety
+/// Called by the image (or the host on its behalf) with the arguments
+/// the function's documented contract allows.
+pub unsafe extern "win64" fn io_create_device(
+    driver: usize,
+    extension: u32,
+    name: *const u8,
+    device_type: u32,
+    characteristics: u32,
+    _exclusive: u8,
+    out: *mut usize,
+) -> i32 {
     let w = enter_api("IoCreateDevice", PASSIVE_LEVEL);
     if driver != w.kernel.driver_object {
-        w.kernel.violation(format!("IoCreateDevice: {driver:#x} is not the driver object"));
+        w.kernel.violation(format!(
+            "IoCreateDevice: {driver:#x} is not the driver object"
+        ));
         return status::INVALID_PARAMETER;
     }
     // SAFETY: IoCreateDevice's DeviceName is NULL or a UNICODE_STRING.
@@ -952,7 +1160,13 @@ pub unsafe extern "win64" fn io_create_device(driver: usize, extension: u32, nam
     // SAFETY: as above (Characteristics).
     unsafe { ((dev + 0x34) as *mut u32).write(characteristics) };
     // SAFETY: as above (DeviceExtension).
-    unsafe { ((dev + 0x40) as *mut usize).write(if extension > 0 { dev + DEVICE_OBJECT_SIZE } else { 0 }) };
+    unsafe {
+        ((dev + 0x40) as *mut usize).write(if extension > 0 {
+            dev + DEVICE_OBJECT_SIZE
+        } else {
+            0
+        });
+    };
     // SAFETY: as above (DeviceType).
     unsafe { ((dev + 0x48) as *mut u32).write(device_type) };
     // Link into DriverObject->DeviceObject (NextDevice at 0x10).
@@ -962,7 +1176,16 @@ pub unsafe extern "win64" fn io_create_device(driver: usize, extension: u32, nam
     unsafe { ((dev + 0x10) as *mut usize).write(first) };
     // SAFETY: our driver object block.
     unsafe { ((driver + DRIVER_DEVICE_OBJECT_OFFSET) as *mut usize).write(dev) };
-    devices.insert(dev, DeviceRec { name, device_type, characteristics, security: Vec::new(), size });
+    devices.insert(
+        dev,
+        DeviceRec {
+            name,
+            device_type,
+            characteristics,
+            security: Vec::new(),
+            size,
+        },
+    );
     drop(devices);
     // SAFETY: the driver's output variable.
     unsafe { out.write(dev) };
@@ -971,10 +1194,16 @@ pub unsafe extern "win64" fn io_create_device(driver: usize, extension: u32, nam
 
 /// `IoDeleteDevice(DeviceObject)`: `PASSIVE_LEVEL`; a live device of ours,
 /// and no callout registered against it may still be registered.
+///
+/// # Safety
+/// Called by the image (or the host on its behalf) with the arguments
+/// the function's documented contract allows.
 pub unsafe extern "win64" fn io_delete_device(dev: usize) {
     let w = enter_api("IoDeleteDevice", PASSIVE_LEVEL);
     let Some(rec) = lock(&w.kernel.devices).remove(&dev) else {
-        w.kernel.violation(format!("IoDeleteDevice({dev:#x}): not a live device object"));
+        w.kernel.violation(format!(
+            "IoDeleteDevice({dev:#x}): not a live device object"
+        ));
         return;
     };
     let still = w.engine.callouts_registered_on(dev);
@@ -1009,14 +1238,18 @@ pub unsafe extern "win64" fn io_delete_device(dev: usize) {
 /// (header and the DACL it points at).
 fn read_descriptor(w: &World, api: &str, sd: *const u8) -> Option<Vec<u8>> {
     if sd.is_null() {
-        w.kernel.violation(format!("{api}: NULL security descriptor"));
+        w.kernel
+            .violation(format!("{api}: NULL security descriptor"));
         return None;
     }
     // SAFETY: the driver's descriptor: at least the 20-byte header.
     let header = unsafe { std::slice::from_raw_parts(sd, 20) };
     let control = u16::from_le_bytes([header[2], header[3]]);
     if header[0] != 1 || control & 0x8000 == 0 {
-        w.kernel.violation(format!("{api}: not a self-relative SECURITY_DESCRIPTOR (revision {}, control {control:#x})", header[0]));
+        w.kernel.violation(format!(
+            "{api}: not a self-relative SECURITY_DESCRIPTOR (revision {}, control {control:#x})",
+            header[0]
+        ));
         return None;
     }
     let dacl = u32::from_le_bytes([header[16], header[17], header[18], header[19]]) as usize;
@@ -1024,7 +1257,7 @@ fn read_descriptor(w: &World, api: &str, sd: *const u8) -> Option<Vec<u8>> {
         return Some(header.to_vec());
     }
     // SAFETY: the ACL header (8 bytes) at the DACL offset of the descriptor.
-    let acl = unsafe { std::slice::from_raw_parts(sd.add(dacl), 8) };
+    let acl = unsafe { std::slice::from_raw_parts(sd.wrapping_add(dacl), 8) };
     let acl_size = usize::from(u16::from_le_bytes([acl[2], acl[3]]));
     // SAFETY: the descriptor holds the whole ACL.
     Some(unsafe { std::slice::from_raw_parts(sd, dacl + acl_size) }.to_vec())
@@ -1033,7 +1266,15 @@ fn read_descriptor(w: &World, api: &str, sd: *const u8) -> Option<Vec<u8>> {
 /// `ObSetSecurityObjectByPointer(Object, SecurityInformation,
 /// SecurityDescriptor)`: `PASSIVE_LEVEL`; a live object; a valid
 /// self-relative descriptor. Failable.
-pub unsafe extern "win64" fn ob_set_security_object_by_pointer(object: usize, _info: u32, sd: *const u8) -> i32 {
+///
+/// # Safety
+/// Called by the image (or the host on its behalf) with the arguments
+/// the function's documented contract allows.
+pub unsafe extern "win64" fn ob_set_security_object_by_pointer(
+    object: usize,
+    _info: u32,
+    sd: *const u8,
+) -> i32 {
     let w = enter_api("ObSetSecurityObjectByPointer", PASSIVE_LEVEL);
     let Some(bytes) = read_descriptor(w, "ObSetSecurityObjectByPointer", sd) else {
         return status::INVALID_PARAMETER;
@@ -1043,7 +1284,9 @@ pub unsafe extern "win64" fn ob_set_security_object_by_pointer(object: usize, _i
     }
     let mut devices = lock(&w.kernel.devices);
     let Some(dev) = devices.get_mut(&object) else {
-        w.kernel.violation(format!("ObSetSecurityObjectByPointer({object:#x}): not a live object"));
+        w.kernel.violation(format!(
+            "ObSetSecurityObjectByPointer({object:#x}): not a live object"
+        ));
         return status::INVALID_PARAMETER;
     };
     dev.security.push(bytes);
@@ -1054,10 +1297,24 @@ pub unsafe extern "win64" fn ob_set_security_object_by_pointer(object: usize, _i
 /// DesiredAccess, ObjectType, AccessMode, Handle)`: `PASSIVE_LEVEL`; a live
 /// object. Failable. The handle must be closed (`ZwClose`).
 #[allow(clippy::too_many_arguments)]
-pub unsafe extern "win64" fn ob_open_object_by_pointer(object: usize, _attributes: u32, _access_state: usize, _access: u32, _object_type: usize, _mode: i8, handle: *mut u64) -> i32 {
+///
+/// # Safety
+/// Called by the image (or the host on its behalf) with the arguments
+/// the function's documented contract allows.
+pub unsafe extern "win64" fn ob_open_object_by_pointer(
+    object: usize,
+    _attributes: u32,
+    _access_state: usize,
+    _access: u32,
+    _object_type: usize,
+    _mode: i8,
+    handle: *mut u64,
+) -> i32 {
     let w = enter_api("ObOpenObjectByPointer", PASSIVE_LEVEL);
     if !lock(&w.kernel.devices).contains_key(&object) {
-        w.kernel.violation(format!("ObOpenObjectByPointer({object:#x}): not a live object"));
+        w.kernel.violation(format!(
+            "ObOpenObjectByPointer({object:#x}): not a live object"
+        ));
         return status::INVALID_PARAMETER;
     }
     if w.kernel.inject("ObOpenObjectByPointer") {
@@ -1072,10 +1329,16 @@ pub unsafe extern "win64" fn ob_open_object_by_pointer(object: usize, _attribute
 
 /// `ZwSetSecurityObject(Handle, SecurityInformation, SecurityDescriptor)`:
 /// `PASSIVE_LEVEL`; an open handle; a valid descriptor. Failable.
+///
+/// # Safety
+/// Called by the image (or the host on its behalf) with the arguments
+/// the function's documented contract allows.
 pub unsafe extern "win64" fn zw_set_security_object(handle: u64, _info: u32, sd: *const u8) -> i32 {
     let w = enter_api("ZwSetSecurityObject", PASSIVE_LEVEL);
     let Some(object) = lock(&w.kernel.handles).get(&handle).copied() else {
-        w.kernel.violation(format!("ZwSetSecurityObject({handle:#x}): not an open handle"));
+        w.kernel.violation(format!(
+            "ZwSetSecurityObject({handle:#x}): not an open handle"
+        ));
         return status::INVALID_HANDLE;
     };
     let Some(bytes) = read_descriptor(w, "ZwSetSecurityObject", sd) else {
@@ -1091,10 +1354,15 @@ pub unsafe extern "win64" fn zw_set_security_object(handle: u64, _info: u32, sd:
 }
 
 /// `ZwClose(Handle)`: `PASSIVE_LEVEL`; an open handle, closed once.
+///
+/// # Safety
+/// Called by the image (or the host on its behalf) with the arguments
+/// the function's documented contract allows.
 pub unsafe extern "win64" fn zw_close(handle: u64) -> i32 {
     let w = enter_api("ZwClose", PASSIVE_LEVEL);
     if lock(&w.kernel.handles).remove(&handle).is_none() {
-        w.kernel.violation(format!("ZwClose({handle:#x}): not an open handle"));
+        w.kernel
+            .violation(format!("ZwClose({handle:#x}): not an open handle"));
         return status::INVALID_HANDLE;
     }
     status::SUCCESS
@@ -1102,6 +1370,10 @@ pub unsafe extern "win64" fn zw_close(handle: u64) -> i32 {
 
 /// `IofCompleteRequest(Irp, PriorityBoost)`: IRQL ≤ `DISPATCH_LEVEL`; an
 /// IRP sent to the driver, completed once.
+///
+/// # Safety
+/// Called by the image (or the host on its behalf) with the arguments
+/// the function's documented contract allows.
 pub unsafe extern "win64" fn iof_complete_request(irp: usize, _boost: i8) {
     let w = enter_api("IofCompleteRequest", DISPATCH_LEVEL);
     let mut irps = lock(&w.kernel.irps);
@@ -1109,10 +1381,13 @@ pub unsafe extern "win64" fn iof_complete_request(irp: usize, _boost: i8) {
         Some(n) => {
             *n += 1;
             if *n > 1 {
-                w.kernel.violation(format!("IofCompleteRequest({irp:#x}): completed {n} times"));
+                w.kernel
+                    .violation(format!("IofCompleteRequest({irp:#x}): completed {n} times"));
             }
         }
-        None => w.kernel.violation(format!("IofCompleteRequest({irp:#x}): not an outstanding IRP")),
+        None => w.kernel.violation(format!(
+            "IofCompleteRequest({irp:#x}): not an outstanding IRP"
+        )),
     }
 }
 
@@ -1122,7 +1397,16 @@ pub unsafe extern "win64" fn iof_complete_request(irp: usize, _boost: i8) {
 
 /// `EtwRegister(ProviderId, EnableCallback, CallbackContext, RegHandle)`:
 /// `PASSIVE_LEVEL`. Failable. Must be unregistered before unload.
-pub unsafe extern "win64" fn etw_register(_provider: *const u8, _callback: usize, _context: usize, handle: *mut u64) -> i32 {
+///
+/// # Safety
+/// Called by the image (or the host on its behalf) with the arguments
+/// the function's documented contract allows.
+pub unsafe extern "win64" fn etw_register(
+    _provider: *const u8,
+    _callback: usize,
+    _context: usize,
+    handle: *mut u64,
+) -> i32 {
     let w = enter_api("EtwRegister", PASSIVE_LEVEL);
     if w.kernel.inject("EtwRegister") {
         return status::INSUFFICIENT_RESOURCES;
@@ -1135,10 +1419,15 @@ pub unsafe extern "win64" fn etw_register(_provider: *const u8, _callback: usize
 }
 
 /// `EtwUnregister(RegHandle)`: `PASSIVE_LEVEL`; a registered provider.
+///
+/// # Safety
+/// Called by the image (or the host on its behalf) with the arguments
+/// the function's documented contract allows.
 pub unsafe extern "win64" fn etw_unregister(handle: u64) -> i32 {
     let w = enter_api("EtwUnregister", PASSIVE_LEVEL);
     if !lock(&w.kernel.etw).remove(&handle) {
-        w.kernel.violation(format!("EtwUnregister({handle:#x}): not registered"));
+        w.kernel
+            .violation(format!("EtwUnregister({handle:#x}): not registered"));
         return status::INVALID_HANDLE;
     }
     status::SUCCESS
@@ -1147,7 +1436,8 @@ pub unsafe extern "win64" fn etw_unregister(handle: u64) -> i32 {
 fn etw_check(api: &str, handle: u64) -> i32 {
     let w = enter_api(api, HIGH_LEVEL);
     if handle != 0 && !lock(&w.kernel.etw).contains(&handle) {
-        w.kernel.violation(format!("{api}({handle:#x}): provider not registered"));
+        w.kernel
+            .violation(format!("{api}({handle:#x}): provider not registered"));
         return status::INVALID_HANDLE;
     }
     status::SUCCESS
@@ -1156,21 +1446,53 @@ fn etw_check(api: &str, handle: u64) -> i32 {
 /// `EtwWriteTransfer(RegHandle, EventDescriptor, ActivityId,
 /// RelatedActivityId, UserDataCount, UserData)`: any IRQL; a registered
 /// provider (or 0, which ETW ignores).
-pub unsafe extern "win64" fn etw_write_transfer(handle: u64, _d: usize, _a: usize, _r: usize, _n: u32, _data: usize) -> i32 {
+///
+/// # Safety
+/// Called by the image (or the host on its behalf) with the arguments
+/// the function's documented contract allows.
+pub unsafe extern "win64" fn etw_write_transfer(
+    handle: u64,
+    _d: usize,
+    _a: usize,
+    _r: usize,
+    _n: u32,
+    _data: usize,
+) -> i32 {
     etw_check("EtwWriteTransfer", handle)
 }
 
 /// `EtwWrite(RegHandle, EventDescriptor, ActivityId, UserDataCount,
 /// UserData)`.
-pub unsafe extern "win64" fn etw_write(handle: u64, _d: usize, _a: usize, _n: u32, _data: usize) -> i32 {
+///
+/// # Safety
+/// Called by the image (or the host on its behalf) with the arguments
+/// the function's documented contract allows.
+pub unsafe extern "win64" fn etw_write(
+    handle: u64,
+    _d: usize,
+    _a: usize,
+    _n: u32,
+    _data: usize,
+) -> i32 {
     etw_check("EtwWrite", handle)
 }
 
 /// `EtwSetInformation(RegHandle, InformationClass, EventInformation,
 /// InformationLength)`: `PASSIVE_LEVEL`.
-pub unsafe extern "win64" fn etw_set_information(handle: u64, _class: i32, _info: usize, _len: u32) -> i32 {
+///
+/// # Safety
+/// Called by the image (or the host on its behalf) with the arguments
+/// the function's documented contract allows.
+pub unsafe extern "win64" fn etw_set_information(
+    handle: u64,
+    _class: i32,
+    _info: usize,
+    _len: u32,
+) -> i32 {
     if irql() > PASSIVE_LEVEL {
-        world().kernel.violation("EtwSetInformation above PASSIVE_LEVEL".into());
+        world()
+            .kernel
+            .violation("EtwSetInformation above PASSIVE_LEVEL".into());
     }
     etw_check("EtwSetInformation", handle)
 }
@@ -1180,21 +1502,33 @@ pub unsafe extern "win64" fn etw_set_information(handle: u64, _class: i32, _info
 // ---------------------------------------------------------------------------
 
 /// `memcpy`.
-pub unsafe extern "win64" fn memcpy(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
+///
+/// # Safety
+/// Called by the image (or the host on its behalf) with the arguments
+/// the function's documented contract allows.
+pub const unsafe extern "win64" fn memcpy(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
     // SAFETY: memcpy's contract (non-overlapping, valid for n bytes).
     unsafe { std::ptr::copy_nonoverlapping(src, dst, n) };
     dst
 }
 
 /// `memmove`.
-pub unsafe extern "win64" fn memmove(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
+///
+/// # Safety
+/// Called by the image (or the host on its behalf) with the arguments
+/// the function's documented contract allows.
+pub const unsafe extern "win64" fn memmove(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
     // SAFETY: memmove's contract (valid for n bytes, may overlap).
     unsafe { std::ptr::copy(src, dst, n) };
     dst
 }
 
 /// `memset`.
-pub unsafe extern "win64" fn memset(dst: *mut u8, c: i32, n: usize) -> *mut u8 {
+///
+/// # Safety
+/// Called by the image (or the host on its behalf) with the arguments
+/// the function's documented contract allows.
+pub const unsafe extern "win64" fn memset(dst: *mut u8, c: i32, n: usize) -> *mut u8 {
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let byte = c as u8;
     // SAFETY: memset's contract (valid for n bytes).
@@ -1203,12 +1537,17 @@ pub unsafe extern "win64" fn memset(dst: *mut u8, c: i32, n: usize) -> *mut u8 {
 }
 
 /// `memcmp`.
+///
+/// # Safety
+/// Called by the image (or the host on its behalf) with the arguments
+/// the function's documented contract allows.
+#[allow(clippy::many_single_char_names)]
 pub unsafe extern "win64" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
     for i in 0..n {
         // SAFETY: memcmp's contract (both valid for n bytes).
-        let x = unsafe { a.add(i).read() };
+        let x = unsafe { a.wrapping_add(i).read() };
         // SAFETY: as above.
-        let y = unsafe { b.add(i).read() };
+        let y = unsafe { b.wrapping_add(i).read() };
         if x != y {
             return i32::from(x) - i32::from(y);
         }

@@ -89,11 +89,16 @@ impl Image {
         image.write(0, &data[..headers.min(data.len())])?;
         let table = file.section_table();
         for s in table.iter() {
-            let name = String::from_utf8_lossy(s.raw_name()).trim_end_matches('\0').to_string();
+            let name = String::from_utf8_lossy(s.raw_name())
+                .trim_end_matches('\0')
+                .to_string();
             let va = s.virtual_address.get(LE) as usize;
             let vsize = (s.virtual_size.get(LE) as usize).max(s.size_of_raw_data.get(LE) as usize);
             let raw = s.pe_data(&*data).map_err(err("section data"))?;
-            let copied = raw.len().min(s.virtual_size.get(LE).max(1) as usize).min(raw.len());
+            let copied = raw
+                .len()
+                .min(s.virtual_size.get(LE).max(1) as usize)
+                .min(raw.len());
             image.write(va, &raw[..copied])?;
             let characteristics = s.characteristics.get(LE);
             let range = image.base + va..image.base + va + vsize;
@@ -155,12 +160,24 @@ impl Image {
     }
 
     fn write(&self, rva: usize, bytes: &[u8]) -> Result<(), String> {
-        if rva.checked_add(bytes.len()).is_none_or(|end| end > self.size) {
-            return Err(format!("write of {} bytes at RVA {rva:#x} leaves the image", bytes.len()));
+        if rva
+            .checked_add(bytes.len())
+            .is_none_or(|end| end > self.size)
+        {
+            return Err(format!(
+                "write of {} bytes at RVA {rva:#x} leaves the image",
+                bytes.len()
+            ));
         }
         // SAFETY: bounds checked above; the mapping is writable until
         // `protect` and nobody runs it yet.
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), (self.base + rva) as *mut u8, bytes.len()) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                (self.base + rva) as *mut u8,
+                bytes.len(),
+            );
+        };
         Ok(())
     }
 
@@ -190,7 +207,12 @@ impl Image {
                         let value = self.read_u64(rva)?.wrapping_add(delta);
                         self.write(rva, &value.to_le_bytes())?;
                     }
-                    other => return Err(format!("unsupported relocation type {other} at RVA {:#x}", r.virtual_address)),
+                    other => {
+                        return Err(format!(
+                            "unsupported relocation type {other} at RVA {:#x}",
+                            r.virtual_address
+                        ));
+                    }
                 }
             }
         }
@@ -204,7 +226,8 @@ impl Image {
         let mut descriptors = table.descriptors().map_err(err("import descriptors"))?;
         let mut missing = Vec::new();
         while let Some(d) = descriptors.next().map_err(err("import descriptor"))? {
-            let dll = String::from_utf8_lossy(table.name(d.name.get(LE)).map_err(err("dll name"))?).to_string();
+            let dll = String::from_utf8_lossy(table.name(d.name.get(LE)).map_err(err("dll name"))?)
+                .to_string();
             let lookup = match d.original_first_thunk.get(LE) {
                 0 => d.first_thunk.get(LE),
                 rva => rva,
@@ -212,9 +235,17 @@ impl Image {
             let mut thunks = table.thunks(lookup).map_err(err("import thunks"))?;
             let iat = d.first_thunk.get(LE) as usize;
             let mut index = 0usize;
-            while let Some(thunk) = thunks.next::<pe::ImageNtHeaders64>().map_err(err("thunk"))? {
-                let name = match table.import::<pe::ImageNtHeaders64>(thunk).map_err(err("import"))? {
-                    object::read::pe::Import::Name(_, name) => String::from_utf8_lossy(name).to_string(),
+            while let Some(thunk) = thunks
+                .next::<pe::ImageNtHeaders64>()
+                .map_err(err("thunk"))?
+            {
+                let name = match table
+                    .import::<pe::ImageNtHeaders64>(thunk)
+                    .map_err(err("import"))?
+                {
+                    object::read::pe::Import::Name(_, name) => {
+                        String::from_utf8_lossy(name).to_string()
+                    }
                     object::read::pe::Import::Ordinal(n) => format!("#{n}"),
                 };
                 match imports::resolve(&dll, &name) {
@@ -247,12 +278,14 @@ impl Image {
             let len = range.end - range.start;
             // SAFETY: the section lies inside the mapping (checked when it
             // was copied); read-only view while nothing else writes it.
-            let bytes = unsafe { std::slice::from_raw_parts(range.start as *const u8, len) }.to_vec();
-            let mut decoder = Decoder::with_ip(64, &bytes, range.start as u64, DecoderOptions::NONE);
+            let bytes =
+                unsafe { std::slice::from_raw_parts(range.start as *const u8, len) }.to_vec();
+            let mut decoder =
+                Decoder::with_ip(64, &bytes, range.start as u64, DecoderOptions::NONE);
             let mut instr = Instruction::default();
             while decoder.can_decode() {
                 decoder.decode_out(&mut instr);
-                let at = instr.ip() as usize;
+                let at = usize::try_from(instr.ip()).unwrap_or(usize::MAX);
                 let offset = at - self.base;
                 if instr.is_invalid() {
                     continue; // padding or data between functions
@@ -260,29 +293,44 @@ impl Image {
                 if matches!(instr.segment_prefix(), Register::GS | Register::FS)
                     || matches!(instr.memory_segment(), Register::GS | Register::FS)
                 {
-                    problems.push(format!("{offset:#x}: {:?} uses a gs:/fs: segment (per-processor kernel data)", instr.code()));
+                    problems.push(format!(
+                        "{offset:#x}: {:?} uses a gs:/fs: segment (per-processor kernel data)",
+                        instr.code()
+                    ));
                     continue;
                 }
                 if (0..instr.op_count()).any(|i| {
                     let name = format!("{:?}", instr.op_register(i));
                     name.starts_with("CR") || name.starts_with("DR")
                 }) {
-                    problems.push(format!("{offset:#x}: {:?} accesses a control/debug register", instr.code()));
+                    problems.push(format!(
+                        "{offset:#x}: {:?} accesses a control/debug register",
+                        instr.code()
+                    ));
                     continue;
                 }
                 let offsets = decoder.get_constant_offsets(&instr);
                 let imm = (0..instr.op_count())
-                    .any(|i| matches!(instr.op_kind(i), OpKind::Immediate64 | OpKind::Immediate32to64 | OpKind::Immediate32))
+                    .any(|i| {
+                        matches!(
+                            instr.op_kind(i),
+                            OpKind::Immediate64 | OpKind::Immediate32to64 | OpKind::Immediate32
+                        )
+                    })
                     .then(|| instr.immediate64());
-                let displacement = (instr.memory_displ_size() == 8).then(|| instr.memory_displacement64());
+                let displacement =
+                    (instr.memory_displ_size() == 8).then(|| instr.memory_displacement64());
                 let is_movabs_imm = instr.code() == Code::Mov_r64_imm64;
-                let is_moffs = matches!(instr.code(), Code::Mov_RAX_moffs64 | Code::Mov_moffs64_RAX);
+                let is_moffs =
+                    matches!(instr.code(), Code::Mov_RAX_moffs64 | Code::Mov_moffs64_RAX);
                 for (value, field) in [(imm, "immediate"), (displacement, "displacement")] {
                     let Some(value) = value else { continue };
                     if value < 0xFFFF_8000_0000_0000 || instr.is_ip_rel_memory_operand() {
                         continue;
                     }
-                    let kuser = (clock::KERNEL_USER_SHARED_DATA..clock::KERNEL_USER_SHARED_DATA + 0x1000).contains(&value);
+                    let kuser = (clock::KERNEL_USER_SHARED_DATA
+                        ..clock::KERNEL_USER_SHARED_DATA + 0x1000)
+                        .contains(&value);
                     if value == clock::KERNEL_INTERRUPT_TIME && (is_movabs_imm || is_moffs) {
                         let (pos, size) = if is_movabs_imm {
                             (offsets.immediate_offset(), offsets.immediate_size())
@@ -290,7 +338,9 @@ impl Image {
                             (offsets.displacement_offset(), offsets.displacement_size())
                         };
                         if size != 8 {
-                            problems.push(format!("{offset:#x}: unexpected encoding of the interrupt-time read"));
+                            problems.push(format!(
+                                "{offset:#x}: unexpected encoding of the interrupt-time read"
+                            ));
                             continue;
                         }
                         let target = page + clock::INTERRUPT_TIME_OFFSET as u64;
@@ -299,7 +349,10 @@ impl Image {
                     } else if kuser {
                         problems.push(format!("{offset:#x}: reads KUSER_SHARED_DATA+{:#x} ({field}); only InterruptTime is modelled", value - clock::KERNEL_USER_SHARED_DATA));
                     } else {
-                        problems.push(format!("{offset:#x}: absolute kernel address {value:#x} ({field}) in {:?}", instr.code()));
+                        problems.push(format!(
+                            "{offset:#x}: absolute kernel address {value:#x} ({field}) in {:?}",
+                            instr.code()
+                        ));
                     }
                 }
             }
@@ -307,7 +360,10 @@ impl Image {
         if problems.is_empty() {
             Ok(())
         } else {
-            Err(format!("the image contains code the native host cannot run:\n  {}", problems.join("\n  ")))
+            Err(format!(
+                "the image contains code the native host cannot run:\n  {}",
+                problems.join("\n  ")
+            ))
         }
     }
 
@@ -331,7 +387,11 @@ impl Image {
         // Headers: read-only.
         // SAFETY: the first page of our own mapping.
         let rc = unsafe { libc::mprotect(self.base as *mut libc::c_void, 0x1000, libc::PROT_READ) };
-        if rc == 0 { Ok(()) } else { Err("mprotect of the headers failed".into()) }
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err("mprotect of the headers failed".into())
+        }
     }
 }
 

@@ -38,6 +38,7 @@ impl Rng {
     }
 
     /// A derived generator for another thread.
+    #[must_use]
     pub const fn fork(&mut self) -> Self {
         Self::new(self.next_u64())
     }

@@ -41,17 +41,31 @@ fn boot(config: Config) -> Result<WorldGuard, String> {
 
 fn fail_if_violations(w: &World) -> Result<(), String> {
     let v = w.kernel.violations();
-    if v.is_empty() { Ok(()) } else { Err(w.report(&v)) }
+    if v.is_empty() {
+        Ok(())
+    } else {
+        Err(w.report(&v))
+    }
 }
 
-fn filter(rng: &mut Rng) -> FilterKind {
-    if rng.one_in(8) { FilterKind::Terminating } else { FilterKind::Inspection }
+const fn filter(rng: &mut Rng) -> FilterKind {
+    if rng.one_in(8) {
+        FilterKind::Terminating
+    } else {
+        FilterKind::Inspection
+    }
 }
 
 /// One step of traffic on a thread's own flows: sometimes a new flow (its
 /// flow-established classify), then data on one flow, sometimes a flow
 /// ends. `kind`: fixed (IPv6?, TCP?) or random.
-pub fn traffic_step(w: &World, rng: &mut Rng, flows: &mut Vec<HostFlow>, counter: &mut u64, kind: Option<(bool, bool)>) {
+pub fn traffic_step(
+    w: &World,
+    rng: &mut Rng,
+    flows: &mut Vec<HostFlow>,
+    counter: &mut u64,
+    kind: Option<(bool, bool)>,
+) {
     if flows.is_empty() || rng.one_in(4) {
         let (v6, tcp) = kind.unwrap_or_else(|| (rng.one_in(2), rng.one_in(2)));
         *counter += 1;
@@ -62,10 +76,17 @@ pub fn traffic_step(w: &World, rng: &mut Rng, flows: &mut Vec<HostFlow>, counter
     let i = usize::try_from(rng.below(flows.len() as u64)).unwrap_or(0);
     let f = &flows[i];
     if f.tcp {
-        let _ = w.stream(f, usize::try_from(1 + rng.below(1500)).unwrap_or(1), rng.one_in(2), filter(rng));
+        let _ = w.stream(
+            f,
+            usize::try_from(1 + rng.below(1500)).unwrap_or(1),
+            rng.one_in(2),
+            filter(rng),
+        );
     } else {
         let n = 1 + rng.below(3);
-        let payloads: Vec<u32> = (0..n).map(|_| u32::try_from(1 + rng.below(1400)).unwrap_or(1)).collect();
+        let payloads: Vec<u32> = (0..n)
+            .map(|_| u32::try_from(1 + rng.below(1400)).unwrap_or(1))
+            .collect();
         let _ = w.datagrams(f, &payloads, rng.one_in(2), filter(rng));
     }
     if rng.one_in(16) || flows.len() > 48 {
@@ -93,9 +114,10 @@ pub fn lifecycle(seed: u64) -> Result<(), String> {
     if status != 0 {
         w.kernel.violation(format!("IRP_MJ_CREATE -> {status:#x}"));
     }
-    let stats = w.query_stats()?;
-    if stats.flows_active != 0 || stats.bytes_inbound != 0 {
-        w.kernel.violation(format!("fresh driver reports traffic: {stats:?}"));
+    let fresh = w.query_stats()?;
+    if fresh.flows_active != 0 || fresh.bytes_inbound != 0 {
+        w.kernel
+            .violation(format!("fresh driver reports traffic: {fresh:?}"));
     }
     let mut flows = Vec::new();
     let mut n = 0;
@@ -105,10 +127,16 @@ pub fn lifecycle(seed: u64) -> Result<(), String> {
                 n += 1;
                 let f = w.open_flow(v6, tcp, inbound, n);
                 if w.establish(&f, filter(&mut rng)).is_none() {
-                    w.kernel.violation("flow-established callout not classified after DriverEntry".into());
+                    w.kernel.violation(
+                        "flow-established callout not classified after DriverEntry".into(),
+                    );
                 }
                 if f.flow.contexts().len() != 1 {
-                    w.kernel.violation(format!("flow {:#x} carries {} contexts after flow-established", f.flow.handle, f.flow.contexts().len()));
+                    w.kernel.violation(format!(
+                        "flow {:#x} carries {} contexts after flow-established",
+                        f.flow.handle,
+                        f.flow.contexts().len()
+                    ));
                 }
                 flows.push(f);
             }
@@ -121,24 +149,46 @@ pub fn lifecycle(seed: u64) -> Result<(), String> {
         let i = usize::try_from(rng.below(flows.len() as u64)).unwrap_or(0);
         let f = flows[i].clone();
         if f.tcp {
-            let _ = w.stream(&f, usize::try_from(rng.below(2000)).unwrap_or(0), rng.one_in(2), filter(&mut rng));
+            let _ = w.stream(
+                &f,
+                usize::try_from(rng.below(2000)).unwrap_or(0),
+                rng.one_in(2),
+                filter(&mut rng),
+            );
         } else {
-            let _ = w.datagrams(&f, &[u32::try_from(1 + rng.below(1400)).unwrap_or(1)], rng.one_in(2), filter(&mut rng));
+            let _ = w.datagrams(
+                &f,
+                &[u32::try_from(1 + rng.below(1400)).unwrap_or(1)],
+                rng.one_in(2),
+                filter(&mut rng),
+            );
         }
     }
     let total = flows.len();
     let (status, header, entries) = w.list_flows(64)?;
     if status != 0 || header.total_flows as usize != total || entries.len() != total {
-        w.kernel.violation(format!("LIST_FLOWS(64): status {status:#x}, total {}, {} entries; {total} flows are open", header.total_flows, entries.len()));
+        w.kernel.violation(format!(
+            "LIST_FLOWS(64): status {status:#x}, total {}, {} entries; {total} flows are open",
+            header.total_flows,
+            entries.len()
+        ));
     }
     for e in &entries {
         if !flows.iter().any(|f| f.flow.handle == e.flow_id) {
-            w.kernel.violation(format!("LIST_FLOWS lists unknown flow {:#x}", e.flow_id));
+            w.kernel
+                .violation(format!("LIST_FLOWS lists unknown flow {:#x}", e.flow_id));
         }
     }
     let (status, header, entries) = w.list_flows(1)?;
-    if status != STATUS_BUFFER_OVERFLOW || header.total_flows as usize != total || entries.len() != 1 {
-        w.kernel.violation(format!("LIST_FLOWS(1): status {status:#x}, total {}, {} entries", header.total_flows, entries.len()));
+    if status != STATUS_BUFFER_OVERFLOW
+        || header.total_flows as usize != total
+        || entries.len() != 1
+    {
+        w.kernel.violation(format!(
+            "LIST_FLOWS(1): status {status:#x}, total {}, {} entries",
+            header.total_flows,
+            entries.len()
+        ));
     }
     w.check_counters();
     for f in flows.drain(..total / 2) {
@@ -147,7 +197,9 @@ pub fn lifecycle(seed: u64) -> Result<(), String> {
     w.check_counters();
     let (status, _, _) = w.send_irp(IRP_MJ_READ, 0, &[], 0, "");
     if status != STATUS_INVALID_DEVICE_REQUEST {
-        w.kernel.violation(format!("IRP_MJ_READ -> {status:#x}, expected STATUS_INVALID_DEVICE_REQUEST"));
+        w.kernel.violation(format!(
+            "IRP_MJ_READ -> {status:#x}, expected STATUS_INVALID_DEVICE_REQUEST"
+        ));
     }
     let _ = w.send_irp(IRP_MJ_CLEANUP, 0, &[], 0, "");
     let _ = w.send_irp(IRP_MJ_CLOSE, 0, &[], 0, "");
@@ -178,7 +230,11 @@ pub fn many_flows(seed: u64, n: usize) -> Result<(), String> {
     let capacity = u32::try_from(n).unwrap_or(u32::MAX);
     let (status, header, entries) = w.list_flows(capacity)?;
     if status != 0 || header.total_flows as usize != n || entries.len() != n {
-        w.kernel.violation(format!("LIST_FLOWS({n}): status {status:#x}, total {}, {} entries", header.total_flows, entries.len()));
+        w.kernel.violation(format!(
+            "LIST_FLOWS({n}): status {status:#x}, total {}, {} entries",
+            header.total_flows,
+            entries.len()
+        ));
     }
     w.check_counters();
     fail_if_violations(&w)?;
@@ -298,7 +354,10 @@ pub fn slow_deferred_deletions(seed: u64, flows: usize) -> Result<(), String> {
     let mut rng = Rng::new(seed);
     let mut config = Config::new(seed);
     config.simulated_clock = true;
-    config.mode = Mode { slow_delete_100ns: Some(TEN_MINUTES_100NS), ..Mode::default() };
+    config.mode = Mode {
+        slow_delete_100ns: Some(TEN_MINUTES_100NS),
+        ..Mode::default()
+    };
     let w = boot(config)?;
     let mut open = Vec::new();
     for i in 0..flows as u64 {
@@ -343,13 +402,13 @@ pub fn failable_driver_entry_calls(seed: u64) -> Result<Vec<&'static str>, Strin
     let w = World::create(Config::new(seed))?;
     w.kernel.arm_faults(None);
     let status = w.driver_entry();
-    let seen = w.kernel.disarm_faults();
+    let calls = w.kernel.disarm_faults();
     if status != 0 {
         return Err(w.report(&[format!("DriverEntry -> {status:#x}")]));
     }
     w.unload();
     w.finish()?;
-    Ok(seen)
+    Ok(calls)
 }
 
 /// The `k`-th failable call of `DriverEntry` (1-based) fails while
@@ -383,9 +442,12 @@ pub fn driver_entry_fault(seed: u64, k: usize, threads: usize) -> Result<(), Str
         std::thread::sleep(Duration::from_micros(rng.below(300)));
         w_ref.kernel.arm_faults(Some(k));
         status = w_ref.driver_entry();
-        let seen = w_ref.kernel.disarm_faults();
-        if seen.len() < k {
-            w_ref.kernel.violation(format!("DriverEntry made only {} failable calls; fault {k} was never injected", seen.len()));
+        let calls = w_ref.kernel.disarm_faults();
+        if calls.len() < k {
+            w_ref.kernel.violation(format!(
+                "DriverEntry made only {} failable calls; fault {k} was never injected",
+                calls.len()
+            ));
         } else if status >= 0 {
             // The driver may tolerate a failure it can do without; it must
             // then work and unload normally.
@@ -398,7 +460,8 @@ pub fn driver_entry_fault(seed: u64, k: usize, threads: usize) -> Result<(), Str
         }
         stop.store(true, Ordering::Relaxed);
     });
-    w.finish().map_err(|e| format!("fault at failable call {k}: {e}"))
+    w.finish()
+        .map_err(|e| format!("fault at failable call {k}: {e}"))
 }
 
 /// IOCTLs from another thread during traffic (statistics, the flow list
@@ -528,7 +591,12 @@ pub fn use_after_delete(seed: u64) -> Result<(), String> {
 ///
 /// # Errors
 /// The first failure, naming the scenario.
-pub fn repeat(name: &str, base: u64, reps: u32, mut scenario: impl FnMut(u64) -> Result<(), String>) -> Result<(), String> {
+pub fn repeat(
+    name: &str,
+    base: u64,
+    reps: u32,
+    mut scenario: impl FnMut(u64) -> Result<(), String>,
+) -> Result<(), String> {
     for i in 0..u64::from(reps) {
         let seed = base.wrapping_add(i);
         scenario(seed).map_err(|e| format!("{name}, repetition {i} of {reps}:\n{e}"))?;

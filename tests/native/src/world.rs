@@ -69,7 +69,11 @@ impl Config {
     /// Default engine, real clock.
     #[must_use]
     pub fn new(seed: u64) -> Self {
-        Self { seed, mode: Mode::default(), simulated_clock: false }
+        Self {
+            seed,
+            mode: Mode::default(),
+            simulated_clock: false,
+        }
     }
 }
 
@@ -173,7 +177,11 @@ impl HostFlow {
     /// The address family.
     #[must_use]
     pub const fn family(&self) -> AddressFamily {
-        if self.v6 { AddressFamily::V6 } else { AddressFamily::V4 }
+        if self.v6 {
+            AddressFamily::V6
+        } else {
+            AddressFamily::V4
+        }
     }
 
     /// Catalog index of the data callout counting it.
@@ -209,7 +217,11 @@ pub enum Target {
 }
 
 /// A classifyFn that does nothing (benchmark baseline).
-pub unsafe extern "win64" fn empty_classify(
+///
+/// # Safety
+/// Called by the image (or the host on its behalf) with the arguments
+/// the function's documented contract allows.
+pub const unsafe extern "win64" fn empty_classify(
     _v: *const fwps::FWPS_INCOMING_VALUES0,
     _m: *const fwps::FWPS_INCOMING_METADATA_VALUES0,
     _l: *mut c_void,
@@ -222,7 +234,7 @@ pub unsafe extern "win64" fn empty_classify(
 }
 
 /// All-zero value of a C structure of fwpsk-sys.
-fn zeroed<T>() -> T {
+const fn zeroed<T>() -> T {
     // SAFETY: only used for fwpsk-sys `repr(C)` structures made of integers,
     // raw pointers, unions of those and `Option<fn>`: all-zero is a valid
     // value of each (null / None / 0).
@@ -231,14 +243,14 @@ fn zeroed<T>() -> T {
 
 const UNTOUCHED_ACTION: u32 = 0xAAAA;
 
-fn value(t: fwps::FWP_DATA_TYPE, v: fwps::FWP_VALUE0_0) -> fwps::FWPS_INCOMING_VALUE0 {
+const fn value(t: fwps::FWP_DATA_TYPE, v: fwps::FWP_VALUE0_0) -> fwps::FWPS_INCOMING_VALUE0 {
     let mut x: fwps::FWPS_INCOMING_VALUE0 = zeroed();
     x.value.r#type = t;
     x.value.Anonymous = v;
     x
 }
 
-fn u32_value(v: u32) -> fwps::FWPS_INCOMING_VALUE0 {
+const fn u32_value(v: u32) -> fwps::FWPS_INCOMING_VALUE0 {
     value(fwps::FWP_UINT32, fwps::FWP_VALUE0_0 { uint32: v })
 }
 
@@ -258,7 +270,9 @@ impl World {
     /// # Errors
     /// The loader's error.
     pub fn create(config: Config) -> Result<WorldGuard, String> {
-        let serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let serial = SERIAL
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let image = Image::load(&crate::image_path())?;
         let boxed = Box::new(Self {
             image,
@@ -273,7 +287,11 @@ impl World {
             stop: AtomicBool::new(false),
         });
         if std::env::var_os("WFPMON_NATIVE_PRINT_IMAGE").is_some() {
-            println!("image mapped at {:#x} size {:#x}", boxed.image.base(), boxed.image.size());
+            println!(
+                "image mapped at {:#x} size {:#x}",
+                boxed.image.base(),
+                boxed.image.size()
+            );
         }
         let p = Box::into_raw(boxed);
         CURRENT.store(p, Ordering::Release);
@@ -289,34 +307,39 @@ impl World {
                 })
                 .expect("engine thread")
         });
-        Ok(WorldGuard { world: w, worker, _serial: serial })
+        Ok(WorldGuard {
+            world: w,
+            worker,
+            _serial: serial,
+        })
     }
 
     /// Threads executing driver code now.
     #[must_use]
     pub fn in_image(&self) -> usize {
-        lock(&self.slots).iter().filter(|s| s.0.load(Ordering::SeqCst) != 0).count()
+        lock(&self.slots)
+            .iter()
+            .filter(|s| s.0.load(Ordering::SeqCst) != 0)
+            .count()
     }
 
-    /// The calling thread's in-image flag in this world (registered on
-    /// first use).
-    pub fn in_image_slot(&self) -> Arc<Slot> {
-        let me = self.id;
+    /// Sets the calling thread's "executing driver code" flag in this
+    /// world (its slot is registered on first use).
+    pub fn mark_in_image(&self, inside: bool) {
         SLOT.with(|cell| {
             let mut cell = cell.borrow_mut();
-            if let Some((owner, slot)) = cell.as_ref() {
-                if *owner == me {
-                    return Arc::clone(slot);
-                }
+            if cell.as_ref().is_none_or(|(owner, _)| *owner != self.id) {
+                let slot = Arc::new(Slot(AtomicU32::new(0)));
+                lock(&self.slots).push(Arc::clone(&slot));
+                *cell = Some((self.id, slot));
             }
-            let slot = Arc::new(Slot(AtomicU32::new(0)));
-            lock(&self.slots).push(Arc::clone(&slot));
-            *cell = Some((me, Arc::clone(&slot)));
-            slot
-        })
+            if let Some((_, slot)) = cell.as_ref() {
+                slot.store(u32::from(inside), Ordering::SeqCst);
+            }
+        });
     }
 
-    fn driver_word(&self, offset: usize) -> usize {
+    const fn driver_word(&self, offset: usize) -> usize {
         // SAFETY: the host-allocated DRIVER_OBJECT (0x150 bytes); offset is
         // one of its pointer fields.
         unsafe { ((self.kernel.driver_object + offset) as *const usize).read() }
@@ -326,37 +349,50 @@ impl World {
     /// I/O manager relies on. On failure the image counts as unloaded and
     /// nothing of the driver may remain.
     pub fn driver_entry(&self) -> i32 {
-        let registry: Vec<u16> = "\\Registry\\Machine\\System\\CurrentControlSet\\Services\\wfpmon".encode_utf16().collect();
+        let registry: Vec<u16> = "\\Registry\\Machine\\System\\CurrentControlSet\\Services\\wfpmon"
+            .encode_utf16()
+            .collect();
         let mut path = [0u8; 16];
         let len = u16::try_from(registry.len() * 2).unwrap_or(0);
         path[..2].copy_from_slice(&len.to_le_bytes());
         path[2..4].copy_from_slice(&len.to_le_bytes());
         path[8..].copy_from_slice(&(registry.as_ptr() as u64).to_le_bytes());
         // SAFETY: the image's entry point is DriverEntry (win64).
-        let entry: unsafe extern "win64" fn(usize, *const u8) -> i32 = unsafe { std::mem::transmute(self.image.entry()) };
+        let entry: unsafe extern "win64" fn(usize, *const u8) -> i32 =
+            unsafe { std::mem::transmute(self.image.entry()) };
         let status = call_into_image(self, "DriverEntry", PASSIVE_LEVEL, || {
             // SAFETY: a valid driver object and registry path, at PASSIVE_LEVEL.
             unsafe { entry(self.kernel.driver_object, path.as_ptr()) }
         });
         if status >= 0 {
             for (dev, _) in self.kernel.devices() {
-                // SAFETY: a live device object of this world; the I/O manager
-                // clears DO_DEVICE_INITIALIZING when DriverEntry returns.
-                unsafe { ((dev + kernel::DEVICE_FLAGS_OFFSET) as *mut u32).write(((dev + kernel::DEVICE_FLAGS_OFFSET) as *const u32).read() & !kernel::DO_DEVICE_INITIALIZING) };
+                let flags = (dev + kernel::DEVICE_FLAGS_OFFSET) as *mut u32;
+                // SAFETY: a live device object of this world (Flags field).
+                let value = unsafe { flags.read() };
+                // SAFETY: as above; the I/O manager clears
+                // DO_DEVICE_INITIALIZING when DriverEntry returns.
+                unsafe { flags.write(value & !kernel::DO_DEVICE_INITIALIZING) };
             }
             let unload = self.driver_word(kernel::DRIVER_UNLOAD_OFFSET);
             if !self.image.is_code(unload) {
-                self.kernel.violation(format!("DriverEntry succeeded but DriverUnload is {unload:#x}"));
+                self.kernel.violation(format!(
+                    "DriverEntry succeeded but DriverUnload is {unload:#x}"
+                ));
             }
             for major in 0..28 {
                 let f = self.driver_word(kernel::MAJOR_FUNCTION_OFFSET + 8 * major);
                 if f != 0 && !self.image.is_code(f) {
-                    self.kernel.violation(format!("MajorFunction[{major:#x}] = {f:#x} is not code of the image"));
+                    self.kernel.violation(format!(
+                        "MajorFunction[{major:#x}] = {f:#x} is not code of the image"
+                    ));
                 }
             }
         } else {
             self.unloaded.store(true, Ordering::SeqCst);
-            self.check_nothing_left(&format!("DriverEntry failed ({:#010x})", status.cast_unsigned()));
+            self.check_nothing_left(&format!(
+                "DriverEntry failed ({:#010x})",
+                status.cast_unsigned()
+            ));
         }
         status
     }
@@ -368,7 +404,8 @@ impl World {
     pub fn unload(&self) {
         let routine = self.driver_word(kernel::DRIVER_UNLOAD_OFFSET);
         if !self.image.is_code(routine) {
-            self.kernel.violation(format!("no unload routine ({routine:#x})"));
+            self.kernel
+                .violation(format!("no unload routine ({routine:#x})"));
             return;
         }
         // SAFETY: DriverUnload of the image (checked to be its code).
@@ -384,33 +421,53 @@ impl World {
     fn check_nothing_left(&self, when: &str) {
         let running = self.in_image();
         if running != 0 {
-            self.kernel.violation(format!("{when} while {running} other thread(s) were executing driver code"));
+            self.kernel.violation(format!(
+                "{when} while {running} other thread(s) were executing driver code"
+            ));
         }
         let still = self.engine.still_registered();
         if !still.is_empty() {
-            self.kernel.violation(format!("{when} while callouts {still:?} were still registered"));
+            self.kernel.violation(format!(
+                "{when} while callouts {still:?} were still registered"
+            ));
         }
         let live = self.engine.live_contexts();
         if live != 0 {
-            self.kernel.violation(format!("{when} while {live} flow context(s) existed (live or awaiting flowDeleteFn)"));
+            self.kernel.violation(format!(
+                "{when} while {live} flow context(s) existed (live or awaiting flowDeleteFn)"
+            ));
         }
         let devices = self.kernel.devices().len();
         if devices != 0 {
-            self.kernel.violation(format!("{when} leaving {devices} device object(s)"));
+            self.kernel
+                .violation(format!("{when} leaving {devices} device object(s)"));
         }
         if self.engine.injection_handles() != 0 {
-            self.kernel.violation(format!("{when} leaving an injection handle"));
+            self.kernel
+                .violation(format!("{when} leaving an injection handle"));
         }
         if self.kernel.open_handles() != 0 {
-            self.kernel.violation(format!("{when} leaving {} kernel handle(s) open", self.kernel.open_handles()));
+            self.kernel.violation(format!(
+                "{when} leaving {} kernel handle(s) open",
+                self.kernel.open_handles()
+            ));
         }
         if self.kernel.etw_registrations() != 0 {
-            self.kernel.violation(format!("{when} leaving an ETW provider registered"));
+            self.kernel
+                .violation(format!("{when} leaving an ETW provider registered"));
         }
         let pool = self.kernel.pool_outstanding();
         if !pool.is_empty() {
-            let tags: Vec<String> = pool.iter().take(5).map(|(_, b)| format!("{}:{}B", tag_name(b.tag), b.size)).collect();
-            self.kernel.violation(format!("{when} leaving {} pool block(s) ({})", pool.len(), tags.join(", ")));
+            let tags: Vec<String> = pool
+                .iter()
+                .take(5)
+                .map(|(_, b)| format!("{}:{}B", tag_name(b.tag), b.size))
+                .collect();
+            self.kernel.violation(format!(
+                "{when} leaving {} pool block(s) ({})",
+                pool.len(),
+                tags.join(", ")
+            ));
         }
     }
 
@@ -425,12 +482,17 @@ impl World {
             problems.push("the driver was never unloaded".into());
         }
         if self.engine.slow_waiting() != 0 {
-            problems.push(format!("{} deferred deletions never ran", self.engine.slow_waiting()));
+            problems.push(format!(
+                "{} deferred deletions never ran",
+                self.engine.slow_waiting()
+            ));
         }
         let associated = self.engine.associated.load(Ordering::SeqCst);
         let deleted = self.engine.deleted.load(Ordering::SeqCst);
         if associated != deleted {
-            problems.push(format!("{associated} contexts associated but {deleted} deleted"));
+            problems.push(format!(
+                "{associated} contexts associated but {deleted} deleted"
+            ));
         }
         if problems.is_empty() {
             return Ok(());
@@ -444,16 +506,21 @@ impl World {
         let mut problems = problems.to_vec();
         let suppressed = self.kernel.suppressed();
         if suppressed > 0 {
-            problems.push(format!("(and {suppressed} more violations of the kinds above)"));
+            problems.push(format!(
+                "(and {suppressed} more violations of the kinds above)"
+            ));
         }
         let log = self.kernel.log();
-        let tail: Vec<&String> = log.iter().rev().take(40).collect();
+        let tail = &log[log.len().saturating_sub(40)..];
         format!(
             "seed {:#x} (rerun with WFPMON_NATIVE_SEED={:#x} WFPMON_NATIVE_REPEAT=1)\nproblems:\n  {}\nlast DbgPrint lines:\n  {}",
             self.seed,
             self.seed,
             problems.join("\n  "),
-            tail.into_iter().rev().cloned().collect::<Vec<_>>().join("\n  ")
+            tail.join(
+                "
+  "
+            )
         )
     }
 
@@ -482,34 +549,89 @@ impl World {
     }
 
     /// [`World::establish`] at a given callout.
-    pub fn establish_with(&self, callout: &Callout, f: &HostFlow, filter: FilterKind, target: Target) -> Option<Classified> {
+    pub fn establish_with(
+        &self,
+        callout: &Callout,
+        f: &HostFlow,
+        filter: FilterKind,
+        target: Target,
+    ) -> Option<Classified> {
         let layer = CALLOUTS[f.established_callout()].runtime_layer;
         let mut values = [zeroed::<fwps::FWPS_INCOMING_VALUE0>(); 25];
-        let mut local = fwps::FWP_BYTE_ARRAY16 { byteArray16: [0; 16] };
-        let mut remote = fwps::FWP_BYTE_ARRAY16 { byteArray16: [0; 16] };
+        let mut local = fwps::FWP_BYTE_ARRAY16 {
+            byteArray16: [0; 16],
+        };
+        let mut remote = fwps::FWP_BYTE_ARRAY16 {
+            byteArray16: [0; 16],
+        };
         local.byteArray16[15] = 1;
         remote.byteArray16[0] = 0x20;
         remote.byteArray16[1] = 0x01;
         remote.byteArray16[15] = u8::try_from(f.flow.handle & 0xFF).unwrap_or(0);
         let (la, ra) = if f.v6 {
             (
-                value(fwps::FWP_BYTE_ARRAY16_TYPE, fwps::FWP_VALUE0_0 { byteArray16: &raw mut local }),
-                value(fwps::FWP_BYTE_ARRAY16_TYPE, fwps::FWP_VALUE0_0 { byteArray16: &raw mut remote }),
+                value(
+                    fwps::FWP_BYTE_ARRAY16_TYPE,
+                    fwps::FWP_VALUE0_0 {
+                        byteArray16: &raw mut local,
+                    },
+                ),
+                value(
+                    fwps::FWP_BYTE_ARRAY16_TYPE,
+                    fwps::FWP_VALUE0_0 {
+                        byteArray16: &raw mut remote,
+                    },
+                ),
             )
         } else {
-            (u32_value(0x0A00_0001), u32_value(0xC0A8_0000 | u32::try_from(f.flow.handle & 0xFFFF).unwrap_or(0)))
+            (
+                u32_value(0x0A00_0001),
+                u32_value(0xC0A8_0000 | u32::try_from(f.flow.handle & 0xFFFF).unwrap_or(0)),
+            )
         };
         values[fwps::FWPS_FIELD_ALE_FLOW_ESTABLISHED_V4_IP_LOCAL_ADDRESS as usize] = la;
         values[fwps::FWPS_FIELD_ALE_FLOW_ESTABLISHED_V4_IP_REMOTE_ADDRESS as usize] = ra;
-        values[fwps::FWPS_FIELD_ALE_FLOW_ESTABLISHED_V4_IP_LOCAL_PORT as usize] = value(fwps::FWP_UINT16, fwps::FWP_VALUE0_0 { uint16: f.local_port });
-        values[fwps::FWPS_FIELD_ALE_FLOW_ESTABLISHED_V4_IP_REMOTE_PORT as usize] = value(fwps::FWP_UINT16, fwps::FWP_VALUE0_0 { uint16: f.remote_port });
-        values[fwps::FWPS_FIELD_ALE_FLOW_ESTABLISHED_V4_IP_PROTOCOL as usize] = value(fwps::FWP_UINT8, fwps::FWP_VALUE0_0 { uint8: if f.tcp { 6 } else { 17 } });
-        values[fwps::FWPS_FIELD_ALE_FLOW_ESTABLISHED_V4_DIRECTION as usize] = u32_value(if f.inbound { fwps::FWP_DIRECTION_INBOUND } else { fwps::FWP_DIRECTION_OUTBOUND } as u32);
+        values[fwps::FWPS_FIELD_ALE_FLOW_ESTABLISHED_V4_IP_LOCAL_PORT as usize] = value(
+            fwps::FWP_UINT16,
+            fwps::FWP_VALUE0_0 {
+                uint16: f.local_port,
+            },
+        );
+        values[fwps::FWPS_FIELD_ALE_FLOW_ESTABLISHED_V4_IP_REMOTE_PORT as usize] = value(
+            fwps::FWP_UINT16,
+            fwps::FWP_VALUE0_0 {
+                uint16: f.remote_port,
+            },
+        );
+        values[fwps::FWPS_FIELD_ALE_FLOW_ESTABLISHED_V4_IP_PROTOCOL as usize] = value(
+            fwps::FWP_UINT8,
+            fwps::FWP_VALUE0_0 {
+                uint8: if f.tcp { 6 } else { 17 },
+            },
+        );
+        values[fwps::FWPS_FIELD_ALE_FLOW_ESTABLISHED_V4_DIRECTION as usize] = u32_value(
+            if f.inbound {
+                fwps::FWP_DIRECTION_INBOUND
+            } else {
+                fwps::FWP_DIRECTION_OUTBOUND
+            }
+            .cast_unsigned(),
+        );
         let mut meta: fwps::FWPS_INCOMING_METADATA_VALUES0 = zeroed();
-        meta.currentMetadataValues = fwps::FWPS_METADATA_FIELD_FLOW_HANDLE | fwps::FWPS_METADATA_FIELD_PROCESS_ID;
+        meta.currentMetadataValues =
+            fwps::FWPS_METADATA_FIELD_FLOW_HANDLE | fwps::FWPS_METADATA_FIELD_PROCESS_ID;
         meta.flowHandle = f.flow.handle;
         meta.processId = f.pid;
-        self.run_classify(callout, &f.flow, layer, &mut values, &meta, std::ptr::null_mut(), filter, target)
+        self.run_classify(
+            callout,
+            &f.flow,
+            layer,
+            &mut values,
+            &meta,
+            std::ptr::null_mut(),
+            filter,
+            target,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -550,7 +672,17 @@ impl World {
         let (context, ()) = self.engine.classify(self, callout, flow, layer, |ctx| {
             // SAFETY: classify arguments valid for the duration of the call,
             // as the engine passes them (IRQL set by the engine).
-            unsafe { function(&raw const fixed, std::ptr::from_ref(meta), layer_data, std::ptr::null(), &raw const f, ctx, &raw mut out) };
+            unsafe {
+                function(
+                    &raw const fixed,
+                    std::ptr::from_ref(meta),
+                    layer_data,
+                    std::ptr::null(),
+                    &raw const f,
+                    ctx,
+                    &raw mut out,
+                );
+            };
         })?;
         let action = out.actionType;
         if target == Target::Driver {
@@ -566,18 +698,43 @@ impl World {
     }
 
     /// Stream data of a TCP flow: `bytes` sent (outbound) or received.
-    pub fn stream(&self, f: &HostFlow, bytes: usize, send: bool, filter: FilterKind) -> Option<Classified> {
+    pub fn stream(
+        &self,
+        f: &HostFlow,
+        bytes: usize,
+        send: bool,
+        filter: FilterKind,
+    ) -> Option<Classified> {
         let callout = self.engine.registered(f.data_callout())?;
         self.stream_with(&callout, f, bytes, send, filter, Target::Driver)
     }
 
     /// [`World::stream`] at a given callout and target.
-    pub fn stream_with(&self, callout: &Callout, f: &HostFlow, bytes: usize, send: bool, filter: FilterKind, target: Target) -> Option<Classified> {
+    pub fn stream_with(
+        &self,
+        callout: &Callout,
+        f: &HostFlow,
+        bytes: usize,
+        send: bool,
+        filter: FilterKind,
+        target: Target,
+    ) -> Option<Classified> {
         let layer = CALLOUTS[f.data_callout()].runtime_layer;
         let mut values = [zeroed::<fwps::FWPS_INCOMING_VALUE0>(); 8];
-        values[fwps::FWPS_FIELD_STREAM_V4_DIRECTION as usize] = u32_value(if send { fwps::FWP_DIRECTION_OUTBOUND } else { fwps::FWP_DIRECTION_INBOUND } as u32);
+        values[fwps::FWPS_FIELD_STREAM_V4_DIRECTION as usize] = u32_value(
+            if send {
+                fwps::FWP_DIRECTION_OUTBOUND
+            } else {
+                fwps::FWP_DIRECTION_INBOUND
+            }
+            .cast_unsigned(),
+        );
         let mut data: fwps::FWPS_STREAM_DATA0 = zeroed();
-        data.flags = if send { fwps::FWPS_STREAM_FLAG_SEND } else { fwps::FWPS_STREAM_FLAG_RECEIVE };
+        data.flags = if send {
+            fwps::FWPS_STREAM_FLAG_SEND
+        } else {
+            fwps::FWPS_STREAM_FLAG_RECEIVE
+        };
         data.dataLength = bytes;
         let mut packet: fwps::FWPS_STREAM_CALLOUT_IO_PACKET0 = zeroed();
         packet.streamData = &raw mut data;
@@ -586,16 +743,32 @@ impl World {
         let mut meta: fwps::FWPS_INCOMING_METADATA_VALUES0 = zeroed();
         meta.currentMetadataValues = fwps::FWPS_METADATA_FIELD_FLOW_HANDLE;
         meta.flowHandle = f.flow.handle;
-        let r = self.run_classify(callout, &f.flow, layer, &mut values, &meta, (&raw mut packet).cast(), filter, target)?;
+        let r = self.run_classify(
+            callout,
+            &f.flow,
+            layer,
+            &mut values,
+            &meta,
+            (&raw mut packet).cast(),
+            filter,
+            target,
+        )?;
         if target == Target::Driver {
-            if r.action == fwps::FWP_ACTION_PERMIT && (packet.countBytesEnforced != bytes || packet.streamAction != fwps::FWPS_STREAM_ACTION_NONE) {
+            if r.action == fwps::FWP_ACTION_PERMIT
+                && (packet.countBytesEnforced != bytes
+                    || packet.streamAction != fwps::FWPS_STREAM_ACTION_NONE)
+            {
                 self.kernel.violation(format!(
                     "stream classify answered PERMIT with countBytesEnforced {:#x} / streamAction {} (must be the indicated {bytes} / FWPS_STREAM_ACTION_NONE, or WFP indicates the data again)",
                     packet.countBytesEnforced, packet.streamAction
                 ));
             }
             if r.context != 0 && bytes > 0 && self.account.load(Ordering::Relaxed) {
-                let (b, p) = if send { (&self.expected.bytes_out, &self.expected.packets_out) } else { (&self.expected.bytes_in, &self.expected.packets_in) };
+                let (b, p) = if send {
+                    (&self.expected.bytes_out, &self.expected.packets_out)
+                } else {
+                    (&self.expected.bytes_in, &self.expected.packets_in)
+                };
                 b.fetch_add(bytes as u64, Ordering::Relaxed);
                 p.fetch_add(1, Ordering::Relaxed);
             }
@@ -607,18 +780,40 @@ impl World {
     /// data starts at the UDP header (8 bytes, announced in the metadata's
     /// transportHeaderSize); inbound data at the payload ("Data offset
     /// positions" in the WDK documentation).
-    pub fn datagrams(&self, f: &HostFlow, payloads: &[u32], inbound: bool, filter: FilterKind) -> Option<Classified> {
+    pub fn datagrams(
+        &self,
+        f: &HostFlow,
+        payloads: &[u32],
+        inbound: bool,
+        filter: FilterKind,
+    ) -> Option<Classified> {
         let callout = self.engine.registered(f.data_callout())?;
         self.datagrams_with(&callout, f, payloads, inbound, filter, Target::Driver)
     }
 
     /// [`World::datagrams`] at a given callout and target.
-    pub fn datagrams_with(&self, callout: &Callout, f: &HostFlow, payloads: &[u32], inbound: bool, filter: FilterKind, target: Target) -> Option<Classified> {
+    pub fn datagrams_with(
+        &self,
+        callout: &Callout,
+        f: &HostFlow,
+        payloads: &[u32],
+        inbound: bool,
+        filter: FilterKind,
+        target: Target,
+    ) -> Option<Classified> {
         const UDP_HEADER: u32 = 8;
         let layer = CALLOUTS[f.data_callout()].runtime_layer;
         let mut values = [zeroed::<fwps::FWPS_INCOMING_VALUE0>(); 14];
-        values[fwps::FWPS_FIELD_DATAGRAM_DATA_V4_DIRECTION as usize] = u32_value(if inbound { fwps::FWP_DIRECTION_INBOUND } else { fwps::FWP_DIRECTION_OUTBOUND } as u32);
-        values[fwps::FWPS_FIELD_DATAGRAM_DATA_V4_IP_PROTOCOL as usize] = value(fwps::FWP_UINT8, fwps::FWP_VALUE0_0 { uint8: 17 });
+        values[fwps::FWPS_FIELD_DATAGRAM_DATA_V4_DIRECTION as usize] = u32_value(
+            if inbound {
+                fwps::FWP_DIRECTION_INBOUND
+            } else {
+                fwps::FWP_DIRECTION_OUTBOUND
+            }
+            .cast_unsigned(),
+        );
+        values[fwps::FWPS_FIELD_DATAGRAM_DATA_V4_IP_PROTOCOL as usize] =
+            value(fwps::FWP_UINT8, fwps::FWP_VALUE0_0 { uint8: 17 });
         let mut buffers: Vec<fwps::NET_BUFFER_HEADER_VIEW> = payloads
             .iter()
             .map(|p| {
@@ -632,7 +827,9 @@ impl World {
             buffers[i].Next = next;
         }
         let mut nbl: fwps::NET_BUFFER_LIST_HEADER_VIEW = zeroed();
-        nbl.FirstNetBuffer = buffers.first_mut().map_or(std::ptr::null_mut(), std::ptr::from_mut);
+        nbl.FirstNetBuffer = buffers
+            .first_mut()
+            .map_or(std::ptr::null_mut(), std::ptr::from_mut);
         let mut meta: fwps::FWPS_INCOMING_METADATA_VALUES0 = zeroed();
         meta.currentMetadataValues = fwps::FWPS_METADATA_FIELD_FLOW_HANDLE;
         meta.flowHandle = f.flow.handle;
@@ -640,10 +837,27 @@ impl World {
             meta.currentMetadataValues |= fwps::FWPS_METADATA_FIELD_TRANSPORT_HEADER_SIZE;
             meta.transportHeaderSize = UDP_HEADER;
         }
-        let r = self.run_classify(callout, &f.flow, layer, &mut values, &meta, (&raw mut nbl).cast(), filter, target)?;
-        if target == Target::Driver && r.context != 0 && !payloads.is_empty() && self.account.load(Ordering::Relaxed) {
+        let r = self.run_classify(
+            callout,
+            &f.flow,
+            layer,
+            &mut values,
+            &meta,
+            (&raw mut nbl).cast(),
+            filter,
+            target,
+        )?;
+        if target == Target::Driver
+            && r.context != 0
+            && !payloads.is_empty()
+            && self.account.load(Ordering::Relaxed)
+        {
             let bytes: u64 = payloads.iter().map(|p| u64::from(*p)).sum();
-            let (b, p) = if inbound { (&self.expected.bytes_in, &self.expected.packets_in) } else { (&self.expected.bytes_out, &self.expected.packets_out) };
+            let (b, p) = if inbound {
+                (&self.expected.bytes_in, &self.expected.packets_in)
+            } else {
+                (&self.expected.bytes_out, &self.expected.packets_out)
+            };
             b.fetch_add(bytes, Ordering::Relaxed);
             p.fetch_add(payloads.len() as u64, Ordering::Relaxed);
         }
@@ -661,21 +875,34 @@ impl World {
     /// (`METHOD_BUFFERED`: one system buffer of max(in, out) bytes) and
     /// returns (status, information, output copied back). `file_name` is
     /// the `FILE_OBJECT.FileName` (the part after the device name).
-    pub fn send_irp(&self, major: u8, code: u32, input: &[u8], out_len: usize, file_name: &str) -> (i32, usize, Vec<u8>) {
+    pub fn send_irp(
+        &self,
+        major: u8,
+        code: u32,
+        input: &[u8],
+        out_len: usize,
+        file_name: &str,
+    ) -> (i32, usize, Vec<u8>) {
         const IRP_SIZE: usize = 0xD0;
         const STACK_SIZE: usize = 0x48;
         const FILE_OBJECT_SIZE: usize = 0xD8;
         let Some((device, _)) = self.kernel.devices().into_iter().next() else {
-            self.kernel.violation("IRP sent but the driver has no device object".into());
+            self.kernel
+                .violation("IRP sent but the driver has no device object".into());
             return (kernel::status::UNSUCCESSFUL, 0, Vec::new());
         };
         let dispatch = self.driver_word(kernel::MAJOR_FUNCTION_OFFSET + 8 * usize::from(major));
         if !self.image.is_code(dispatch) {
-            self.kernel.violation(format!("MajorFunction[{major:#x}] is {dispatch:#x}"));
+            self.kernel
+                .violation(format!("MajorFunction[{major:#x}] is {dispatch:#x}"));
             return (kernel::status::UNSUCCESSFUL, 0, Vec::new());
         }
-        let buffered = major == 0x0E && code & 3 == 0;
-        let sb_len = if buffered { input.len().max(out_len) } else { 0 };
+        let buffered = major == 0x0E && code.trailing_zeros() >= 2;
+        let sb_len = if buffered {
+            input.len().max(out_len)
+        } else {
+            0
+        };
         let system_buffer = if sb_len > 0 { host_alloc(sb_len) } else { 0 };
         let irp = host_alloc(IRP_SIZE + STACK_SIZE);
         let stack = irp + IRP_SIZE;
@@ -691,7 +918,12 @@ impl World {
             put(system_buffer, input);
         }
         put(irp, &6i16.to_le_bytes());
-        put(irp + 2, &u16::try_from(IRP_SIZE + STACK_SIZE).unwrap_or(0).to_le_bytes());
+        put(
+            irp + 2,
+            &u16::try_from(IRP_SIZE + STACK_SIZE)
+                .unwrap_or(0)
+                .to_le_bytes(),
+        );
         put(irp + 0x18, &(system_buffer as u64).to_le_bytes());
         put(irp + 0x30, &0xDEAD_BEEF_u32.to_le_bytes());
         put(irp + 0x38, &0xDEAD_u64.to_le_bytes());
@@ -699,22 +931,40 @@ impl World {
         put(irp + 0xB8, &(stack as u64).to_le_bytes());
         put(stack, &[major]);
         if major == 0x0E {
-            put(stack + 0x08, &u32::try_from(out_len).unwrap_or(0).to_le_bytes());
-            put(stack + 0x10, &u32::try_from(input.len()).unwrap_or(0).to_le_bytes());
+            put(
+                stack + 0x08,
+                &u32::try_from(out_len).unwrap_or(0).to_le_bytes(),
+            );
+            put(
+                stack + 0x10,
+                &u32::try_from(input.len()).unwrap_or(0).to_le_bytes(),
+            );
             put(stack + 0x18, &code.to_le_bytes());
         }
         put(stack + 0x28, &(device as u64).to_le_bytes());
         put(stack + 0x30, &(file as u64).to_le_bytes());
         put(file, &5i16.to_le_bytes());
-        put(file + 2, &u16::try_from(FILE_OBJECT_SIZE).unwrap_or(0).to_le_bytes());
+        put(
+            file + 2,
+            &u16::try_from(FILE_OBJECT_SIZE).unwrap_or(0).to_le_bytes(),
+        );
         put(file + 8, &(device as u64).to_le_bytes());
         let name_bytes = u16::try_from(name.len() * 2).unwrap_or(0);
         put(file + 0x58, &name_bytes.to_le_bytes());
         put(file + 0x5A, &name_bytes.to_le_bytes());
-        put(file + 0x60, &(if name.is_empty() { 0 } else { name.as_ptr() as u64 }).to_le_bytes());
+        put(
+            file + 0x60,
+            &(if name.is_empty() {
+                0
+            } else {
+                name.as_ptr() as u64
+            })
+            .to_le_bytes(),
+        );
         self.kernel.irp_sent(irp);
         // SAFETY: a dispatch routine of the image (checked above).
-        let f: unsafe extern "win64" fn(usize, usize) -> i32 = unsafe { std::mem::transmute(dispatch) };
+        let f: unsafe extern "win64" fn(usize, usize) -> i32 =
+            unsafe { std::mem::transmute(dispatch) };
         let returned = call_into_image(self, "dispatch routine", PASSIVE_LEVEL, || {
             // SAFETY: a well-formed IRP for the driver's device, at PASSIVE_LEVEL.
             unsafe { f(device, irp) }
@@ -723,23 +973,32 @@ impl World {
         // SAFETY: the IRP block (IoStatus at 0x30 / 0x38).
         let status = unsafe { ((irp + 0x30) as *const i32).read() };
         // SAFETY: as above.
-        let information = unsafe { ((irp + 0x38) as *const u64).read() } as usize;
+        let information =
+            usize::try_from(unsafe { ((irp + 0x38) as *const u64).read() }).unwrap_or(usize::MAX);
         if completions != 1 {
-            self.kernel.violation(format!("IRP major {major:#x} code {code:#x} completed {completions} times"));
+            self.kernel.violation(format!(
+                "IRP major {major:#x} code {code:#x} completed {completions} times"
+            ));
         }
         if returned != status {
-            self.kernel.violation(format!("dispatch returned {returned:#x} but completed the IRP with {status:#x}"));
+            self.kernel.violation(format!(
+                "dispatch returned {returned:#x} but completed the IRP with {status:#x}"
+            ));
         }
         let mut output = Vec::new();
         // NT_ERROR (severity 3) returns nothing; success, information and
         // warning statuses (STATUS_BUFFER_OVERFLOW) copy the output back.
         if buffered && status.cast_unsigned() >> 30 != 3 {
             if information > out_len {
-                self.kernel.violation(format!("IRP Information {information} exceeds OutputBufferLength {out_len}"));
+                self.kernel.violation(format!(
+                    "IRP Information {information} exceeds OutputBufferLength {out_len}"
+                ));
             }
             let n = information.min(out_len);
             // SAFETY: the system buffer holds max(in, out) >= n bytes.
-            output.extend_from_slice(unsafe { std::slice::from_raw_parts(system_buffer as *const u8, n) });
+            output.extend_from_slice(unsafe {
+                std::slice::from_raw_parts(system_buffer as *const u8, n)
+            });
         }
         if system_buffer != 0 {
             host_free(system_buffer, sb_len);
@@ -772,14 +1031,18 @@ impl World {
     ///
     /// # Errors
     /// The status or decoding problem.
-    pub fn list_flows(&self, capacity: u32) -> Result<(i32, FlowListHeader, Vec<FlowEntry>), String> {
+    pub fn list_flows(
+        &self,
+        capacity: u32,
+    ) -> Result<(i32, FlowListHeader, Vec<FlowEntry>), String> {
         let req = protocol::ListFlowsRequest::new(capacity).to_bytes();
         let out_len = protocol::flow_list_size(capacity as usize).ok_or("capacity too large")?;
         let (status, out) = self.ioctl(protocol::IOCTL_WFPMON_LIST_FLOWS, &req, out_len);
         if status.cast_unsigned() >> 30 == 3 {
             return Err(format!("LIST_FLOWS -> {status:#x}"));
         }
-        let (header, entries) = protocol::decode_flow_list(&out).map_err(|e| format!("LIST_FLOWS reply: {e:?}"))?;
+        let (header, entries) =
+            protocol::decode_flow_list(&out).map_err(|e| format!("LIST_FLOWS reply: {e:?}"))?;
         Ok((status, header, entries.collect()))
     }
 
@@ -795,17 +1058,47 @@ impl World {
         };
         let e = &self.expected;
         let want = [
-            ("bytes_inbound", stats.bytes_inbound, e.bytes_in.load(Ordering::SeqCst)),
-            ("bytes_outbound", stats.bytes_outbound, e.bytes_out.load(Ordering::SeqCst)),
-            ("packets_inbound", stats.packets_inbound, e.packets_in.load(Ordering::SeqCst)),
-            ("packets_outbound", stats.packets_outbound, e.packets_out.load(Ordering::SeqCst)),
-            ("flows_tracked", stats.flows_tracked, self.engine.associated.load(Ordering::SeqCst)),
-            ("flows_deleted", stats.flows_deleted, self.engine.deleted.load(Ordering::SeqCst)),
-            ("flows_active", stats.flows_active, self.engine.live_contexts() as u64),
+            (
+                "bytes_inbound",
+                stats.bytes_inbound,
+                e.bytes_in.load(Ordering::SeqCst),
+            ),
+            (
+                "bytes_outbound",
+                stats.bytes_outbound,
+                e.bytes_out.load(Ordering::SeqCst),
+            ),
+            (
+                "packets_inbound",
+                stats.packets_inbound,
+                e.packets_in.load(Ordering::SeqCst),
+            ),
+            (
+                "packets_outbound",
+                stats.packets_outbound,
+                e.packets_out.load(Ordering::SeqCst),
+            ),
+            (
+                "flows_tracked",
+                stats.flows_tracked,
+                self.engine.associated.load(Ordering::SeqCst),
+            ),
+            (
+                "flows_deleted",
+                stats.flows_deleted,
+                self.engine.deleted.load(Ordering::SeqCst),
+            ),
+            (
+                "flows_active",
+                stats.flows_active,
+                self.engine.live_contexts() as u64,
+            ),
         ];
         for (name, got, expected) in want {
             if got != expected {
-                self.kernel.violation(format!("statistics: {name} = {got}, but the engine delivered {expected}"));
+                self.kernel.violation(format!(
+                    "statistics: {name} = {got}, but the engine delivered {expected}"
+                ));
             }
         }
     }
@@ -820,7 +1113,16 @@ impl World {
 /// A pool tag as text.
 #[must_use]
 pub fn tag_name(tag: u32) -> String {
-    tag.to_le_bytes().iter().map(|b| if b.is_ascii_graphic() { char::from(*b) } else { '?' }).collect()
+    tag.to_le_bytes()
+        .iter()
+        .map(|b| {
+            if b.is_ascii_graphic() {
+                char::from(*b)
+            } else {
+                '?'
+            }
+        })
+        .collect()
 }
 
 /// Locks a host mutex (re-export for scenarios).

@@ -17,13 +17,24 @@ fn image_present() -> bool {
     if path.exists() {
         true
     } else {
-        println!("SKIPPED: no image at {} (run scripts/linux/build.sh)", path.display());
-        eprintln!("SKIPPED: no image at {} (run scripts/linux/build.sh)", path.display());
+        println!(
+            "SKIPPED: no image at {} (run scripts/linux/build.sh)",
+            path.display()
+        );
+        eprintln!(
+            "SKIPPED: no image at {} (run scripts/linux/build.sh)",
+            path.display()
+        );
         false
     }
 }
 
-fn run(name: &str, default_seed: u64, default_reps: u32, scenario: impl FnMut(u64) -> Result<(), String>) {
+fn run(
+    name: &str,
+    default_seed: u64,
+    default_reps: u32,
+    scenario: impl FnMut(u64) -> Result<(), String>,
+) {
     if !image_present() {
         return;
     }
@@ -39,7 +50,8 @@ fn loader_resolves_every_import_and_patches_interrupt_time() {
     if !image_present() {
         return;
     }
-    let image = wfpmon_native_host::pe::Image::load(&image_path()).unwrap_or_else(|e| panic!("{e}"));
+    let image =
+        wfpmon_native_host::pe::Image::load(&image_path()).unwrap_or_else(|e| panic!("{e}"));
     assert!(!image.imports.is_empty(), "the image imports nothing?");
     assert!(
         !image.interrupt_time_sites.is_empty(),
@@ -55,7 +67,9 @@ fn lifecycle() {
 
 #[test]
 fn ten_thousand_flows() {
-    run("ten_thousand_flows", 0x2000, 2, |seed| scenarios::many_flows(seed, 10_000));
+    run("ten_thousand_flows", 0x2000, 2, |seed| {
+        scenarios::many_flows(seed, 10_000)
+    });
 }
 
 #[test]
@@ -67,9 +81,12 @@ fn unload_during_traffic_engine_waits() {
 
 #[test]
 fn unload_during_traffic_engine_answers_busy() {
-    run("unload_during_traffic_engine_answers_busy", 0x3800, 20, |seed| {
-        scenarios::unload_during_traffic(seed, 4, Barrier::Busy)
-    });
+    run(
+        "unload_during_traffic_engine_answers_busy",
+        0x3800,
+        20,
+        |seed| scenarios::unload_during_traffic(seed, 4, Barrier::Busy),
+    );
 }
 
 #[test]
@@ -81,9 +98,12 @@ fn flows_end_during_the_removal_pass() {
 
 #[test]
 fn slow_deferred_deletions_are_waited_for() {
-    run("slow_deferred_deletions_are_waited_for", 0x5000, 3, |seed| {
-        scenarios::slow_deferred_deletions(seed, 200)
-    });
+    run(
+        "slow_deferred_deletions_are_waited_for",
+        0x5000,
+        3,
+        |seed| scenarios::slow_deferred_deletions(seed, 200),
+    );
 }
 
 #[test]
@@ -93,11 +113,16 @@ fn a_failure_at_every_failable_driver_entry_call() {
     }
     let base = rng::base_seed(0x6000);
     let calls = scenarios::failable_driver_entry_calls(base).unwrap_or_else(|e| panic!("{e}"));
-    assert!(calls.len() >= 8, "DriverEntry made only these failable calls: {calls:?}");
+    assert!(
+        calls.len() >= 8,
+        "DriverEntry made only these failable calls: {calls:?}"
+    );
     let reps = rng::repetitions(3);
     for k in 1..=calls.len() {
         let name = format!("fault at call {k} ({})", calls[k - 1]);
-        if let Err(e) = scenarios::repeat(&name, base + k as u64 * 0x100, reps, |seed| scenarios::driver_entry_fault(seed, k, 2)) {
+        if let Err(e) = scenarios::repeat(&name, base + k as u64 * 0x100, reps, |seed| {
+            scenarios::driver_entry_fault(seed, k, 2)
+        }) {
             panic!("{e}");
         }
     }
@@ -105,7 +130,10 @@ fn a_failure_at_every_failable_driver_entry_call() {
 
 #[test]
 fn ioctls_from_another_thread_during_traffic() {
-    run("ioctls_from_another_thread_during_traffic", 0x7000, 10, |seed| {
-        scenarios::ioctls_during_traffic(seed, 3, 2_000)
-    });
+    run(
+        "ioctls_from_another_thread_during_traffic",
+        0x7000,
+        10,
+        |seed| scenarios::ioctls_during_traffic(seed, 3, 2_000),
+    );
 }

@@ -1,8 +1,371 @@
-//! Native benchmarks (see the README).
+//! Native benchmarks of the real wfpmon.sys (a command, not a test):
+//!
+//! ```text
+//! cargo run -p wfpmon-native-host --release --bin wfpmon-native-bench
+//! cargo make native-bench
+//! ```
+//!
+//! Every figure is printed beside a baseline measured in the same run
+//! through the same host path with an empty function (or an empty driver
+//! state), so that a noisy machine still yields ratios. The best of a few
+//! trials is kept. `WFPMON_NATIVE_BENCH_SCALE` (default 1) multiplies the
+//! iteration counts.
+
+// The world (and its guard) lives for a whole measurement on purpose;
+// figures are printed as floating point.
+#![allow(
+    clippy::significant_drop_tightening,
+    clippy::cast_precision_loss,
+    clippy::many_single_char_names
+)]
+
+#[cfg(target_os = "linux")]
+mod bench {
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
+
+    use wfpmon_native_host::kernel::DISPATCH_LEVEL;
+    use wfpmon_native_host::world::{Config, FilterKind, HostFlow, Target, World, WorldGuard};
+
+    const TRIALS: usize = 3;
+
+    fn scale() -> u64 {
+        std::env::var("WFPMON_NATIVE_BENCH_SCALE")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(1)
+    }
+
+    fn boot() -> WorldGuard {
+        let w = World::create(Config::new(0xBE7C)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(w.driver_entry(), 0, "DriverEntry failed");
+        w.account.store(false, Ordering::Relaxed);
+        w
+    }
+
+    fn finish(w: &World) {
+        if let Err(e) = w.finish() {
+            eprintln!("wfpmon-native-bench: the run broke rules:\n{e}");
+            std::process::exit(1);
+        }
+    }
+
+    fn best<F: FnMut() -> Duration>(mut f: F) -> Duration {
+        (0..TRIALS).map(|_| f()).min().unwrap_or_default()
+    }
+
+    fn ns_per(d: Duration, n: u64) -> f64 {
+        d.as_secs_f64() * 1e9 / n as f64
+    }
+
+    fn established(w: &World, n: u64, v6: bool) -> Vec<HostFlow> {
+        (0..n)
+            .map(|i| {
+                let f = w.open_flow(v6, true, false, i);
+                w.establish(&f, FilterKind::Inspection)
+                    .expect("flow-established classify");
+                f
+            })
+            .collect()
+    }
+
+    pub struct Row {
+        what: String,
+        value: f64,
+        baseline: f64,
+        unit: &'static str,
+        note: &'static str,
+    }
+
+    fn row(
+        rows: &mut Vec<Row>,
+        what: impl Into<String>,
+        value: f64,
+        baseline: f64,
+        unit: &'static str,
+        note: &'static str,
+    ) {
+        let r = Row {
+            what: what.into(),
+            value,
+            baseline,
+            unit,
+            note,
+        };
+        eprintln!(
+            "  {:<58} {:>10.1} {:<3} (baseline {:.1})",
+            r.what, r.value, r.unit, r.baseline
+        );
+        rows.push(r);
+    }
+
+    /// Stream classify on one thread.
+    fn stream_one_thread(rows: &mut Vec<Row>) {
+        let w = boot();
+        let f = established(&w, 1, false).remove(0);
+        let callout = w.callout(f.data_callout()).expect("stream callout");
+        let n = 1_000_000 * scale();
+        let run = |target: Target| {
+            best(|| {
+                let t = Instant::now();
+                for i in 0..n {
+                    w.stream_with(
+                        &callout,
+                        &f,
+                        1000,
+                        i % 2 == 0,
+                        FilterKind::Inspection,
+                        target,
+                    );
+                }
+                t.elapsed()
+            })
+        };
+        let base = run(Target::Empty);
+        let driver = run(Target::Driver);
+        row(
+            rows,
+            "stream classify, 1 thread",
+            ns_per(driver, n),
+            ns_per(base, n),
+            "ns",
+            "per packet",
+        );
+        w.unload();
+        finish(&w);
+    }
+
+    /// Two threads classifying: on two flows (IPv4 and IPv6 callouts), or
+    /// on the same flow (one sending, one receiving).
+    fn stream_two_threads(rows: &mut Vec<Row>, same_flow: bool) {
+        let w = boot();
+        let a = established(&w, 1, false).remove(0);
+        // WFPMON_NATIVE_BENCH_SPACER=n establishes n flows between the two
+        // (shows whether the cost comes from their records sharing a cache
+        // line: adjacent pool blocks).
+        let spacer: u64 = std::env::var("WFPMON_NATIVE_BENCH_SPACER")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let _spacers = established(&w, spacer, false);
+        let b = if same_flow {
+            a.clone()
+        } else {
+            established(&w, 1, true).remove(0)
+        };
+        let n = 500_000 * scale();
+        let run = |target: Target| {
+            best(|| {
+                let start = std::sync::Barrier::new(2);
+
+                std::thread::scope(|s| {
+                    let handles: Vec<_> = [(&a, true), (&b, false)]
+                        .into_iter()
+                        .map(|(f, send)| {
+                            let w: &World = &w;
+                            let start = &start;
+                            s.spawn(move || {
+                                let callout = w.callout(f.data_callout()).expect("stream callout");
+                                start.wait();
+                                let t = Instant::now();
+                                for _ in 0..n {
+                                    w.stream_with(
+                                        &callout,
+                                        f,
+                                        1000,
+                                        send,
+                                        FilterKind::Inspection,
+                                        target,
+                                    );
+                                }
+                                t.elapsed()
+                            })
+                        })
+                        .collect();
+                    handles
+                        .into_iter()
+                        .map(|h| h.join().unwrap_or_default())
+                        .max()
+                        .unwrap_or_default()
+                })
+            })
+        };
+        let base = run(Target::Empty);
+        let driver = run(Target::Driver);
+        let what = if same_flow {
+            "stream classify, 2 threads, same flow (send + receive)"
+        } else {
+            "stream classify, 2 threads, different flows"
+        };
+        row(
+            rows,
+            what,
+            ns_per(driver, n),
+            ns_per(base, n),
+            "ns",
+            "per packet per thread (wall)",
+        );
+        w.unload();
+        finish(&w);
+    }
+
+    /// Flow-established classify (pool allocation, registry insert,
+    /// association) with `live` flows already tracked.
+    fn flow_established(rows: &mut Vec<Row>, live: u64) {
+        let w = boot();
+        let _live = established(&w, live, false);
+        let n = 10_000 * scale();
+        let callout = w.callout(4).expect("flow-established callout");
+        let run = |target: Target| {
+            best(|| {
+                let flows: Vec<HostFlow> =
+                    (0..n).map(|i| w.open_flow(false, true, false, i)).collect();
+                let t = Instant::now();
+                for f in &flows {
+                    w.establish_with(&callout, f, FilterKind::Inspection, target);
+                }
+                let d = t.elapsed();
+                for f in &flows {
+                    w.end_flow(f);
+                }
+                d
+            })
+        };
+        let base = run(Target::Empty);
+        let driver = run(Target::Driver);
+        row(
+            rows,
+            format!("flow established, {live} live flows"),
+            ns_per(driver, n),
+            ns_per(base, n),
+            "ns",
+            "per flow",
+        );
+        w.unload();
+        finish(&w);
+    }
+
+    /// `DriverUnload` with `live` flows (the removal pass), beside Unload of
+    /// a driver with none.
+    fn unload(rows: &mut Vec<Row>, live: u64) {
+        let time_unload = |n: u64| {
+            best(|| {
+                let w = boot();
+                let _flows = established(&w, n, false);
+                let t = Instant::now();
+                w.unload();
+                let d = t.elapsed();
+                finish(&w);
+                d
+            })
+        };
+        let base = time_unload(0);
+        let driver = time_unload(live);
+        row(
+            rows,
+            format!("DriverUnload, {live} live flows"),
+            driver.as_secs_f64() * 1e3,
+            base.as_secs_f64() * 1e3,
+            "ms",
+            "baseline: no flows",
+        );
+    }
+
+    /// The longest time the registry lock is held while the flows IOCTL
+    /// lists `live` flows, beside the longest hold during as many
+    /// flow-established classifies (one insert each).
+    fn list_lock(rows: &mut Vec<Row>, live: u64) {
+        let w = boot();
+        let _flows = established(&w, live, false);
+        let extra: Vec<HostFlow> = (0..1000)
+            .map(|i| w.open_flow(false, true, false, live + i))
+            .collect();
+        w.kernel.lock_max_ns.store(0, Ordering::SeqCst);
+        for f in &extra {
+            w.establish(f, FilterKind::Inspection);
+        }
+        let base = w.kernel.lock_max_ns.load(Ordering::SeqCst);
+        let total = live + 1000;
+        w.kernel.lock_max_ns.store(0, Ordering::SeqCst);
+        let t = Instant::now();
+        let (status, header, _) = w
+            .list_flows(u32::try_from(total).unwrap_or(u32::MAX))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let ioctl = t.elapsed();
+        assert!(
+            status == 0 && u64::from(header.returned) == total,
+            "LIST_FLOWS returned {} of {total}",
+            header.returned
+        );
+        let held = w.kernel.lock_max_ns.load(Ordering::SeqCst);
+        row(
+            rows,
+            format!("longest registry lock hold, LIST_FLOWS of {total} flows"),
+            held as f64 / 1e3,
+            base as f64 / 1e3,
+            "us",
+            "baseline: longest hold over 1000 inserts",
+        );
+        eprintln!("    (whole IOCTL: {:.1} ms)", ioctl.as_secs_f64() * 1e3);
+        w.unload();
+        finish(&w);
+    }
+
+    /// Flow counts from `var` (comma-separated) or `default`.
+    fn sizes(var: &str, default: &[u64]) -> Vec<u64> {
+        std::env::var(var).ok().map_or_else(
+            || default.to_vec(),
+            |v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect(),
+        )
+    }
+
+    pub fn main() {
+        let path = wfpmon_native_host::image_path();
+        if !path.exists() {
+            eprintln!(
+                "wfpmon-native-bench: no image at {} (run scripts/linux/build.sh)",
+                path.display()
+            );
+            std::process::exit(2);
+        }
+        let _ = DISPATCH_LEVEL;
+        eprintln!(
+            "wfpmon-native-bench: {} ({} cores)",
+            path.display(),
+            std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+        );
+        let mut rows = Vec::new();
+        stream_one_thread(&mut rows);
+        stream_two_threads(&mut rows, false);
+        stream_two_threads(&mut rows, true);
+        flow_established(&mut rows, 10);
+        flow_established(&mut rows, 10_000);
+        for n in sizes("WFPMON_NATIVE_BENCH_UNLOAD_FLOWS", &[1_000, 10_000]) {
+            unload(&mut rows, n);
+        }
+        for n in sizes("WFPMON_NATIVE_BENCH_LIST_FLOWS", &[10_000, 100_000]) {
+            list_lock(&mut rows, n);
+        }
+        println!();
+        println!("| measure | wfpmon | baseline (same path, empty) | ratio | unit |");
+        println!("|---|---:|---:|---:|---|");
+        for r in &rows {
+            let ratio = if r.baseline > 0.0 {
+                format!("{:.1}x", r.value / r.baseline)
+            } else {
+                "-".into()
+            };
+            println!(
+                "| {} | {:.1} | {:.1} | {ratio} | {} ({}) |",
+                r.what, r.value, r.baseline, r.unit, r.note
+            );
+        }
+    }
+}
 
 #[cfg(target_os = "linux")]
 fn main() {
-    println!("todo");
+    bench::main();
 }
 
 #[cfg(not(target_os = "linux"))]

@@ -14,14 +14,19 @@ fn main() -> std::process::ExitCode {
     let which = std::env::args().nth(1).unwrap_or_default();
     let path = wfpmon_native_host::image_path();
     if !path.exists() {
-        eprintln!("wfpmon-native-stress: no image at {} (run scripts/linux/build.sh)", path.display());
+        eprintln!(
+            "wfpmon-native-stress: no image at {} (run scripts/linux/build.sh)",
+            path.display()
+        );
         return std::process::ExitCode::from(2);
     }
     let base = rng::base_seed(0x5EED_0001);
     let reps = rng::repetitions(1);
     let result = match which.as_str() {
         "stress" => scenarios::repeat("stress", base, reps, scenarios::stress),
-        "use-after-delete" => scenarios::repeat("use-after-delete", base, 1, scenarios::use_after_delete),
+        "use-after-delete" => {
+            scenarios::repeat("use-after-delete", base, 1, scenarios::use_after_delete)
+        }
         _ => {
             eprintln!("usage: wfpmon-native-stress stress|use-after-delete");
             return std::process::ExitCode::from(2);
