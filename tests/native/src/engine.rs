@@ -477,6 +477,9 @@ impl Engine {
             s.classifying += 1;
             ctx
         };
+        if w.unloading.load(Ordering::Relaxed) {
+            w.classified_during_unload.fetch_add(1, Ordering::Relaxed);
+        }
         let r = call_into_image(w, "classifyFn", DISPATCH_LEVEL, || body(ctx));
         let deferred = {
             let mut s = lock(&flow.state);

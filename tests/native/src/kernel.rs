@@ -219,6 +219,11 @@ pub struct Faults {
     fail_at: Option<usize>,
     /// Failable calls seen while armed, in order.
     pub seen: Vec<&'static str>,
+    /// Real time each failable call takes while armed (a slow kernel, so
+    /// that other threads classify in the middle of DriverEntry).
+    delay: Duration,
+    /// Only calls of this thread (the one running DriverEntry) count.
+    thread: u64,
 }
 
 /// The state of the kernel models of one world.
@@ -384,13 +389,15 @@ impl Kernel {
         lock(&self.etw).len()
     }
 
-    /// Arms fault injection: the `fail_at`-th failable call (1-based) fails;
-    /// `None` only counts.
-    pub fn arm_faults(&self, fail_at: Option<usize>) {
+    /// Arms fault injection for the calling thread: its `fail_at`-th
+    /// failable call (1-based) fails; `None` only counts.
+    pub fn arm_faults(&self, fail_at: Option<usize>, delay: Duration) {
         *lock(&self.faults) = Faults {
             armed: true,
             fail_at,
             seen: Vec::new(),
+            delay,
+            thread: token(),
         };
     }
 
@@ -404,11 +411,17 @@ impl Kernel {
     /// Whether this failable call must fail (counts it when armed).
     pub fn inject(&self, api: &'static str) -> bool {
         let mut f = lock(&self.faults);
-        if !f.armed {
+        if !f.armed || f.thread != token() {
             return false;
         }
         f.seen.push(api);
-        f.fail_at == Some(f.seen.len())
+        let fail = f.fail_at == Some(f.seen.len());
+        let delay = f.delay;
+        drop(f);
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
+        fail
     }
 
     /// An IRP about to be dispatched.

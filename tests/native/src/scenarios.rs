@@ -18,12 +18,15 @@ use wfpmon_core::protocol;
 use crate::clock;
 use crate::engine::{Barrier, Breakage, Mode};
 use crate::rng::Rng;
-use crate::world::{Config, FilterKind, HostFlow, World, WorldGuard};
+use crate::world::{Config, FilterKind, HostFlow, Summary, World, WorldGuard};
 
 /// `STATUS_BUFFER_OVERFLOW`.
 const STATUS_BUFFER_OVERFLOW: i32 = wfpmon_core::status::STATUS_BUFFER_OVERFLOW;
 /// `STATUS_INVALID_DEVICE_REQUEST`.
 const STATUS_INVALID_DEVICE_REQUEST: i32 = wfpmon_core::status::STATUS_INVALID_DEVICE_REQUEST;
+
+/// `STATUS_OBJECT_NAME_NOT_FOUND`.
+const STATUS_OBJECT_NAME_NOT_FOUND: i32 = 0xC000_0034_u32.cast_signed();
 
 const IRP_MJ_CREATE: u8 = 0x00;
 const IRP_MJ_CLOSE: u8 = 0x02;
@@ -107,12 +110,17 @@ fn end_all(w: &World, flows: &mut Vec<HostFlow>) {
 ///
 /// # Errors
 /// The problems found, with the seed.
-pub fn lifecycle(seed: u64) -> Result<(), String> {
+pub fn lifecycle(seed: u64) -> Result<Summary, String> {
     let mut rng = Rng::new(seed);
     let w = boot(Config::new(seed))?;
     let (status, _, _) = w.send_irp(IRP_MJ_CREATE, 0, &[], 0, "");
     if status != 0 {
         w.kernel.violation(format!("IRP_MJ_CREATE -> {status:#x}"));
+    }
+    // "\Device\WfpMon\anything" names nothing: the device has no namespace.
+    let (status, _, _) = w.send_irp(IRP_MJ_CREATE, 0, &[], 0, "\\anything");
+    if status != STATUS_OBJECT_NAME_NOT_FOUND {
+        w.kernel.violation(format!("IRP_MJ_CREATE of a name below the device -> {status:#x}, expected STATUS_OBJECT_NAME_NOT_FOUND"));
     }
     let fresh = w.query_stats()?;
     if fresh.flows_active != 0 || fresh.bytes_inbound != 0 {
@@ -213,7 +221,7 @@ pub fn lifecycle(seed: u64) -> Result<(), String> {
 ///
 /// # Errors
 /// The problems found, with the seed.
-pub fn many_flows(seed: u64, n: usize) -> Result<(), String> {
+pub fn many_flows(seed: u64, n: usize) -> Result<Summary, String> {
     let mut rng = Rng::new(seed);
     let w = boot(Config::new(seed))?;
     let mut flows = Vec::with_capacity(n);
@@ -248,7 +256,11 @@ pub fn many_flows(seed: u64, n: usize) -> Result<(), String> {
 ///
 /// # Errors
 /// The problems found, with the seed.
-pub fn unload_during_traffic(seed: u64, threads: usize, barrier: Barrier) -> Result<(), String> {
+pub fn unload_during_traffic(
+    seed: u64,
+    threads: usize,
+    barrier: Barrier,
+) -> Result<Summary, String> {
     let mut rng = Rng::new(seed);
     let mut config = Config::new(seed);
     config.mode.barrier = barrier;
@@ -287,7 +299,7 @@ pub fn unload_during_traffic(seed: u64, threads: usize, barrier: Barrier) -> Res
 ///
 /// # Errors
 /// The problems found, with the seed.
-pub fn flows_end_during_removal(seed: u64, n: usize) -> Result<(), String> {
+pub fn flows_end_during_removal(seed: u64, n: usize) -> Result<Summary, String> {
     let mut rng = Rng::new(seed);
     let w = boot(Config::new(seed))?;
     let mut flows = Vec::with_capacity(n);
@@ -349,7 +361,7 @@ pub fn flows_end_during_removal(seed: u64, n: usize) -> Result<(), String> {
 ///
 /// # Errors
 /// The problems found, with the seed.
-pub fn slow_deferred_deletions(seed: u64, flows: usize) -> Result<(), String> {
+pub fn slow_deferred_deletions(seed: u64, flows: usize) -> Result<Summary, String> {
     const TEN_MINUTES_100NS: u64 = 10 * 60 * 10_000_000;
     let mut rng = Rng::new(seed);
     let mut config = Config::new(seed);
@@ -400,7 +412,7 @@ pub fn slow_deferred_deletions(seed: u64, flows: usize) -> Result<(), String> {
 /// The problems of the dry run.
 pub fn failable_driver_entry_calls(seed: u64) -> Result<Vec<&'static str>, String> {
     let w = World::create(Config::new(seed))?;
-    w.kernel.arm_faults(None);
+    w.kernel.arm_faults(None, Duration::ZERO);
     let status = w.driver_entry();
     let calls = w.kernel.disarm_faults();
     if status != 0 {
@@ -417,7 +429,7 @@ pub fn failable_driver_entry_calls(seed: u64) -> Result<Vec<&'static str>, Strin
 ///
 /// # Errors
 /// The problems found, with the seed.
-pub fn driver_entry_fault(seed: u64, k: usize, threads: usize) -> Result<(), String> {
+pub fn driver_entry_fault(seed: u64, k: usize, threads: usize) -> Result<Summary, String> {
     let mut rng = Rng::new(seed);
     let w = World::create(Config::new(seed))?;
     let stop = AtomicBool::new(false);
@@ -440,7 +452,7 @@ pub fn driver_entry_fault(seed: u64, k: usize, threads: usize) -> Result<(), Str
                 .expect("spawn");
         }
         std::thread::sleep(Duration::from_micros(rng.below(300)));
-        w_ref.kernel.arm_faults(Some(k));
+        w_ref.kernel.arm_faults(Some(k), Duration::from_micros(300));
         status = w_ref.driver_entry();
         let calls = w_ref.kernel.disarm_faults();
         if calls.len() < k {
@@ -449,6 +461,12 @@ pub fn driver_entry_fault(seed: u64, k: usize, threads: usize) -> Result<(), Str
                 calls.len()
             ));
         } else if status >= 0 {
+            if std::env::var_os("WFPMON_NATIVE_VERBOSE").is_some() {
+                eprintln!(
+                    "fault at call {k} ({}): DriverEntry still succeeded",
+                    calls[k - 1]
+                );
+            }
             // The driver may tolerate a failure it can do without; it must
             // then work and unload normally.
             std::thread::sleep(Duration::from_micros(rng.below(300)));
@@ -470,7 +488,7 @@ pub fn driver_entry_fault(seed: u64, k: usize, threads: usize) -> Result<(), Str
 ///
 /// # Errors
 /// The problems found, with the seed.
-pub fn ioctls_during_traffic(seed: u64, threads: usize, steps: usize) -> Result<(), String> {
+pub fn ioctls_during_traffic(seed: u64, threads: usize, steps: usize) -> Result<Summary, String> {
     let mut rng = Rng::new(seed);
     let w = boot(Config::new(seed))?;
     let _ = w.send_irp(IRP_MJ_CREATE, 0, &[], 0, "");
@@ -554,10 +572,11 @@ pub fn ioctls_during_traffic(seed: u64, threads: usize, steps: usize) -> Result<
 ///
 /// # Errors
 /// The problems found, with the seed.
-pub fn stress(seed: u64) -> Result<(), String> {
-    ioctls_during_traffic(seed, 2, 300)?;
-    flows_end_during_removal(seed, 300)?;
-    unload_during_traffic(seed, 3, Barrier::Wait)
+pub fn stress(seed: u64) -> Result<Summary, String> {
+    let a = ioctls_during_traffic(seed, 2, 300)?;
+    let b = flows_end_during_removal(seed, 300)?;
+    let c = unload_during_traffic(seed, 3, Barrier::Wait)?;
+    Ok(a.plus(b).plus(c))
 }
 
 /// Deliberately broken (memcheck proof): the engine hands a context whose
@@ -568,7 +587,7 @@ pub fn stress(seed: u64) -> Result<(), String> {
 ///
 /// # Errors
 /// The problems found, with the seed.
-pub fn use_after_delete(seed: u64) -> Result<(), String> {
+pub fn use_after_delete(seed: u64) -> Result<Summary, String> {
     let mut config = Config::new(seed);
     config.mode.breakage = Breakage::ClassifyWithDeletedContext;
     let w = boot(config)?;
@@ -595,11 +614,13 @@ pub fn repeat(
     name: &str,
     base: u64,
     reps: u32,
-    mut scenario: impl FnMut(u64) -> Result<(), String>,
-) -> Result<(), String> {
+    mut scenario: impl FnMut(u64) -> Result<Summary, String>,
+) -> Result<Summary, String> {
+    let mut total = Summary::default();
     for i in 0..u64::from(reps) {
         let seed = base.wrapping_add(i);
-        scenario(seed).map_err(|e| format!("{name}, repetition {i} of {reps}:\n{e}"))?;
+        let one = scenario(seed).map_err(|e| format!("{name}, repetition {i} of {reps}:\n{e}"))?;
+        total = total.plus(one);
     }
-    Ok(())
+    Ok(total)
 }

@@ -113,7 +113,49 @@ pub struct World {
     pub unloaded: AtomicBool,
     /// Traffic the driver must have counted.
     pub expected: Expected,
+    /// Set while the unload routine runs.
+    pub unloading: AtomicBool,
+    /// Classifies that entered the driver while it was unloading.
+    pub classified_during_unload: AtomicU64,
+    /// Flows that ended while it was unloading.
+    pub ended_during_unload: AtomicU64,
     stop: AtomicBool,
+}
+
+/// Counts of what a run exercised (summed over repetitions), so that a
+/// test can show — and require — that its interleavings happened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Runs summed.
+    pub runs: u64,
+    /// Flow contexts associated.
+    pub contexts: u64,
+    /// `FwpsFlowRemoveContext0` answers `STATUS_PENDING`.
+    pub pending_removals: u64,
+    /// Unregister answers `STATUS_DEVICE_BUSY`.
+    pub busy_unregisters: u64,
+    /// Classifies the engine refused (callout unregistered or going).
+    pub refused_classifies: u64,
+    /// Classifies that entered the driver while its unload routine ran.
+    pub classifies_during_unload: u64,
+    /// Flows that ended on their own while the unload routine ran.
+    pub flows_ended_during_unload: u64,
+}
+
+impl Summary {
+    /// Field-wise sum.
+    #[must_use]
+    pub const fn plus(self, o: Self) -> Self {
+        Self {
+            runs: self.runs + o.runs,
+            contexts: self.contexts + o.contexts,
+            pending_removals: self.pending_removals + o.pending_removals,
+            busy_unregisters: self.busy_unregisters + o.busy_unregisters,
+            refused_classifies: self.refused_classifies + o.refused_classifies,
+            classifies_during_unload: self.classifies_during_unload + o.classifies_during_unload,
+            flows_ended_during_unload: self.flows_ended_during_unload + o.flows_ended_during_unload,
+        }
+    }
 }
 
 /// Owns the current world; tears it down (joining its engine thread,
@@ -284,6 +326,9 @@ impl World {
             account: AtomicBool::new(true),
             unloaded: AtomicBool::new(false),
             expected: Expected::default(),
+            unloading: AtomicBool::new(false),
+            classified_during_unload: AtomicU64::new(0),
+            ended_during_unload: AtomicU64::new(0),
             stop: AtomicBool::new(false),
         });
         if std::env::var_os("WFPMON_NATIVE_PRINT_IMAGE").is_some() {
@@ -410,11 +455,13 @@ impl World {
         }
         // SAFETY: DriverUnload of the image (checked to be its code).
         let f: unsafe extern "win64" fn(usize) = unsafe { std::mem::transmute(routine) };
+        self.unloading.store(true, Ordering::SeqCst);
         call_into_image(self, "DriverUnload", PASSIVE_LEVEL, || {
             // SAFETY: our driver object, at PASSIVE_LEVEL, once.
             unsafe { f(self.kernel.driver_object) };
         });
         self.unloaded.store(true, Ordering::SeqCst);
+        self.unloading.store(false, Ordering::SeqCst);
         self.check_nothing_left("Unload returned");
     }
 
@@ -476,7 +523,7 @@ impl World {
     ///
     /// # Errors
     /// The problems.
-    pub fn finish(&self) -> Result<(), String> {
+    pub fn finish(&self) -> Result<Summary, String> {
         let mut problems = self.kernel.violations();
         if !self.unloaded.load(Ordering::SeqCst) {
             problems.push("the driver was never unloaded".into());
@@ -495,9 +542,24 @@ impl World {
             ));
         }
         if problems.is_empty() {
-            return Ok(());
+            return Ok(self.summary());
         }
         Err(self.report(&problems))
+    }
+
+    /// What happened in this run (which interleavings it exercised).
+    #[must_use]
+    pub fn summary(&self) -> Summary {
+        let e = &self.engine;
+        Summary {
+            runs: 1,
+            contexts: e.associated.load(Ordering::SeqCst),
+            pending_removals: e.pending_answers.load(Ordering::SeqCst),
+            busy_unregisters: e.busy_answers.load(Ordering::SeqCst),
+            refused_classifies: e.refused_classifies.load(Ordering::SeqCst),
+            classifies_during_unload: self.classified_during_unload.load(Ordering::SeqCst),
+            flows_ended_during_unload: self.ended_during_unload.load(Ordering::SeqCst),
+        }
     }
 
     /// A failure report: seed, problems, the last `DbgPrint` lines.
@@ -866,6 +928,9 @@ impl World {
 
     /// The flow ends (engine rule 6).
     pub fn end_flow(&self, f: &HostFlow) {
+        if self.unloading.load(Ordering::Relaxed) && !f.flow.contexts().is_empty() {
+            self.ended_during_unload.fetch_add(1, Ordering::Relaxed);
+        }
         self.engine.end_flow(self, &f.flow);
     }
 

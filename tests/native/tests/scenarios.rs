@@ -2,13 +2,15 @@
 //!
 //! Each test repeats its scenario for consecutive seeds from
 //! `WFPMON_NATIVE_SEED` (default per test), `WFPMON_NATIVE_REPEAT` times
-//! (default per test). Without the image the tests print
-//! `SKIPPED: no image at …` and pass; scripts/test.sh builds the image
-//! first and refuses to run without it.
+//! (default per test), prints what the runs exercised, and requires the
+//! interleaving it exists for to have happened at least once. Without the
+//! image the tests print `SKIPPED: no image at …` and pass; scripts/test.sh
+//! builds the image first and refuses to run without it.
 
 #![cfg(target_os = "linux")]
 
 use wfpmon_native_host::engine::Barrier;
+use wfpmon_native_host::world::Summary;
 use wfpmon_native_host::{image_path, rng, scenarios};
 
 /// `true` when the image exists; otherwise says loudly that the test is skipped.
@@ -29,19 +31,24 @@ fn image_present() -> bool {
     }
 }
 
+/// Repeats `scenario`; `None` when skipped.
 fn run(
     name: &str,
     default_seed: u64,
     default_reps: u32,
-    scenario: impl FnMut(u64) -> Result<(), String>,
-) {
+    scenario: impl FnMut(u64) -> Result<Summary, String>,
+) -> Option<Summary> {
     if !image_present() {
-        return;
+        return None;
     }
     let base = rng::base_seed(default_seed);
     let reps = rng::repetitions(default_reps);
-    if let Err(e) = scenarios::repeat(name, base, reps, scenario) {
-        panic!("{e}");
+    match scenarios::repeat(name, base, reps, scenario) {
+        Ok(summary) => {
+            eprintln!("{name}: {reps} runs from seed {base:#x}: {summary:?}");
+            Some(summary)
+        }
+        Err(e) => panic!("{e}"),
     }
 }
 
@@ -52,6 +59,7 @@ fn loader_resolves_every_import_and_patches_interrupt_time() {
     }
     let image =
         wfpmon_native_host::pe::Image::load(&image_path()).unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("imports: {:?}", image.imports);
     assert!(!image.imports.is_empty(), "the image imports nothing?");
     assert!(
         !image.interrupt_time_sites.is_empty(),
@@ -62,48 +70,87 @@ fn loader_resolves_every_import_and_patches_interrupt_time() {
 
 #[test]
 fn lifecycle() {
-    run("lifecycle", 0x1000, 20, scenarios::lifecycle);
+    if let Some(s) = run("lifecycle", 0x1000, 50, scenarios::lifecycle) {
+        assert!(
+            s.contexts >= 8 * s.runs,
+            "each run associates a context per flow: {s:?}"
+        );
+    }
 }
 
 #[test]
 fn ten_thousand_flows() {
-    run("ten_thousand_flows", 0x2000, 2, |seed| {
+    if let Some(s) = run("ten_thousand_flows", 0x2000, 3, |seed| {
         scenarios::many_flows(seed, 10_000)
-    });
+    }) {
+        assert_eq!(
+            s.contexts,
+            10_000 * s.runs,
+            "every flow got a context: {s:?}"
+        );
+    }
 }
 
 #[test]
 fn unload_during_traffic_engine_waits() {
-    run("unload_during_traffic_engine_waits", 0x3000, 40, |seed| {
+    if let Some(s) = run("unload_during_traffic_engine_waits", 0x3000, 600, |seed| {
         scenarios::unload_during_traffic(seed, 4, Barrier::Wait)
-    });
+    }) {
+        assert!(
+            s.classifies_during_unload > 0,
+            "no classify ever overlapped Unload: {s:?}"
+        );
+        assert!(
+            s.refused_classifies > 0,
+            "no classify ever met an unregistered callout: {s:?}"
+        );
+    }
 }
 
 #[test]
 fn unload_during_traffic_engine_answers_busy() {
-    run(
+    if let Some(s) = run(
         "unload_during_traffic_engine_answers_busy",
         0x3800,
-        20,
+        200,
         |seed| scenarios::unload_during_traffic(seed, 4, Barrier::Busy),
-    );
+    ) {
+        assert!(
+            s.classifies_during_unload > 0,
+            "no classify ever overlapped Unload: {s:?}"
+        );
+        assert!(
+            s.busy_unregisters > 0,
+            "the engine never answered busy: {s:?}"
+        );
+    }
 }
 
 #[test]
 fn flows_end_during_the_removal_pass() {
-    run("flows_end_during_the_removal_pass", 0x4000, 30, |seed| {
+    if let Some(s) = run("flows_end_during_the_removal_pass", 0x4000, 300, |seed| {
         scenarios::flows_end_during_removal(seed, 2_000)
-    });
+    }) {
+        assert!(
+            s.flows_ended_during_unload > 0,
+            "no flow ever ended during Unload: {s:?}"
+        );
+    }
 }
 
 #[test]
 fn slow_deferred_deletions_are_waited_for() {
-    run(
+    if let Some(s) = run(
         "slow_deferred_deletions_are_waited_for",
         0x5000,
-        3,
+        5,
         |seed| scenarios::slow_deferred_deletions(seed, 200),
-    );
+    ) {
+        assert!(
+            s.pending_removals >= 200 * s.runs,
+            "removals were not deferred: {s:?}"
+        );
+    }
 }
 
 #[test]
@@ -113,27 +160,37 @@ fn a_failure_at_every_failable_driver_entry_call() {
     }
     let base = rng::base_seed(0x6000);
     let calls = scenarios::failable_driver_entry_calls(base).unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("DriverEntry's failable calls: {calls:?}");
     assert!(
         calls.len() >= 8,
         "DriverEntry made only these failable calls: {calls:?}"
     );
-    let reps = rng::repetitions(3);
+    let reps = rng::repetitions(5);
+    let mut total = Summary::default();
     for k in 1..=calls.len() {
         let name = format!("fault at call {k} ({})", calls[k - 1]);
-        if let Err(e) = scenarios::repeat(&name, base + k as u64 * 0x100, reps, |seed| {
+        match scenarios::repeat(&name, base + k as u64 * 0x100, reps, |seed| {
             scenarios::driver_entry_fault(seed, k, 2)
         }) {
-            panic!("{e}");
+            Ok(s) => total = total.plus(s),
+            Err(e) => panic!("{e}"),
         }
     }
+    eprintln!("faults: {total:?}");
+    assert!(
+        total.contexts > 0,
+        "the hammering threads never got a flow associated: {total:?}"
+    );
 }
 
 #[test]
 fn ioctls_from_another_thread_during_traffic() {
-    run(
+    if let Some(s) = run(
         "ioctls_from_another_thread_during_traffic",
         0x7000,
-        10,
+        30,
         |seed| scenarios::ioctls_during_traffic(seed, 3, 2_000),
-    );
+    ) {
+        assert!(s.contexts > 0, "{s:?}");
+    }
 }

@@ -33,8 +33,10 @@ fn main() -> std::process::ExitCode {
         }
     };
     match result {
-        Ok(()) => {
-            println!("wfpmon-native-stress {which}: ok (seed {base:#x}, {reps} repetition(s))");
+        Ok(summary) => {
+            println!(
+                "wfpmon-native-stress {which}: ok (seed {base:#x}, {reps} repetition(s)): {summary:?}"
+            );
             std::process::ExitCode::SUCCESS
         }
         Err(e) => {
