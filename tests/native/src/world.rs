@@ -838,6 +838,76 @@ impl World {
         Some(r)
     }
 
+    /// Benchmark helper: `n` stream classifies of `f` in a tight loop, the
+    /// arguments built once, inside one engine classify (so the flow context
+    /// stays live and the engine's rules hold). Returns the loop's time.
+    pub fn stream_loop(
+        &self,
+        callout: &Callout,
+        f: &HostFlow,
+        n: u64,
+        send: bool,
+        target: Target,
+    ) -> Option<std::time::Duration> {
+        let layer = CALLOUTS[f.data_callout()].runtime_layer;
+        let mut values = [zeroed::<fwps::FWPS_INCOMING_VALUE0>(); 8];
+        let direction = if send {
+            fwps::FWP_DIRECTION_OUTBOUND
+        } else {
+            fwps::FWP_DIRECTION_INBOUND
+        };
+        values[fwps::FWPS_FIELD_STREAM_V4_DIRECTION as usize] =
+            u32_value(direction.cast_unsigned());
+        let fixed = fwps::FWPS_INCOMING_VALUES0 {
+            layerId: layer,
+            valueCount: u32::try_from(values.len()).unwrap_or(0),
+            incomingValue: values.as_mut_ptr(),
+        };
+        let mut data: fwps::FWPS_STREAM_DATA0 = zeroed();
+        data.flags = if send {
+            fwps::FWPS_STREAM_FLAG_SEND
+        } else {
+            fwps::FWPS_STREAM_FLAG_RECEIVE
+        };
+        data.dataLength = 1000;
+        let mut packet: fwps::FWPS_STREAM_CALLOUT_IO_PACKET0 = zeroed();
+        packet.streamData = &raw mut data;
+        let mut meta: fwps::FWPS_INCOMING_METADATA_VALUES0 = zeroed();
+        meta.currentMetadataValues = fwps::FWPS_METADATA_FIELD_FLOW_HANDLE;
+        meta.flowHandle = f.flow.handle;
+        let mut filter: fwps::FWPS_FILTER1 = zeroed();
+        filter.action.r#type = fwps::FWP_ACTION_CALLOUT_INSPECTION;
+        filter.action.calloutId = callout.id;
+        let mut out: fwps::FWPS_CLASSIFY_OUT0 = zeroed();
+        out.rights = fwps::FWPS_RIGHT_ACTION_WRITE;
+        let function = match target {
+            // SAFETY: the classifyFn the image registered (checked at registration).
+            Target::Driver => unsafe { std::mem::transmute::<usize, ClassifyFn>(callout.classify) },
+            Target::Empty => empty_classify,
+        };
+        let packet_ptr: *mut c_void = (&raw mut packet).cast();
+        let (_, elapsed) = self.engine.classify(self, callout, &f.flow, layer, |ctx| {
+            let start = std::time::Instant::now();
+            for _ in 0..n {
+                // SAFETY: classify arguments valid for the whole loop; the
+                // engine holds the flow's classify state meanwhile.
+                unsafe {
+                    function(
+                        &raw const fixed,
+                        &raw const meta,
+                        packet_ptr,
+                        std::ptr::null(),
+                        &raw const filter,
+                        ctx,
+                        &raw mut out,
+                    )
+                };
+            }
+            start.elapsed()
+        })?;
+        Some(elapsed)
+    }
+
     /// Datagrams of a UDP flow: one NET_BUFFER per payload size. Outbound
     /// data starts at the UDP header (8 bytes, announced in the metadata's
     /// transportHeaderSize); inbound data at the payload ("Data offset
