@@ -900,7 +900,7 @@ impl World {
                         &raw const filter,
                         ctx,
                         &raw mut out,
-                    )
+                    );
                 };
             }
             start.elapsed()
