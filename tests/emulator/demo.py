@@ -14,7 +14,7 @@ from conftest import IMAGE, KEYS
 from fake_engine import FakeEngine
 
 SHOWN = {
-    "IoCreateDevice", "ObSetSecurityObjectByPointer", "FwpsCalloutRegister1",
+    "IoCreateDevice", "ObOpenObjectByPointer", "ZwSetSecurityObject", "ZwClose", "FwpsCalloutRegister1",
     "FwpsInjectionHandleCreate0", "FwpsFlowAssociateContext0", "FwpsCalloutUnregisterById0",
     "FwpsFlowRemoveContext0", "KeWaitForSingleObject", "IoDeleteDevice", "FwpsInjectionHandleDestroy0",
 }

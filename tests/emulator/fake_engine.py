@@ -14,7 +14,22 @@ documented rules of the functions involved:
   (before returning STATUS_SUCCESS), or — for a flow whose classify is in
   progress — returns STATUS_PENDING and calls flowDeleteFn later (here: when
   the driver next waits on a kernel object, standing for the other
-  processor finishing its classify);
+  processor finishing its classify, after a number of waits or once the
+  simulated clock reaches a given time);
+- the classify barrier: a successful FwpsCalloutUnregisterById0 does not
+  return while a classify of that callout is executing, and no classify of
+  it starts afterwards (NETIO's KfdDeleteCalloutEntry; ebpf-for-windows
+  issue #1272). A classify "in flight on another processor"
+  (`classify_in_flight`) is either completed inside the unregister call
+  before it succeeds (`barrier="wait"`) or makes it answer
+  STATUS_DEVICE_BUSY until the driver's next wait lets it finish
+  (`barrier="busy"`); `classify()` refuses to call an unregistered callout;
+- ObOpenObjectByPointer / ZwSetSecurityObject / ZwClose keep a handle table:
+  a handle must be a kernel handle opened with WRITE_DAC to set a DACL, and
+  every handle must be closed once;
+- KeWaitForSingleObject advances a simulated clock (KUSER_SHARED_DATA's
+  InterruptTime, which the driver reads) by the time it waited, so an engine
+  that lets go after minutes costs a few hundred waits, not minutes;
 - ExAllocatePool2 / ExFreePool(WithTag) are accounted, so leaks and double
   frees are visible; any call can be made to fail (fault injection).
 
@@ -76,7 +91,9 @@ class FakeEngine:
     """One emulated boot of the driver: load, DriverEntry, traffic, unload."""
 
     def __init__(self, image: str, faults: dict[str, dict[int, int]] | None = None,
-                 remove_mode=None, pending_runs_on: str = "wait", pending_waits: int = 1):
+                 remove_mode=None, pending_runs_on: str = "wait", pending_waits: int = 1,
+                 pending_delay_100ns: int | None = None, in_use_until_100ns: int = 0,
+                 barrier: str = "wait"):
         # faults: api name -> {n-th call (1-based): status to return}
         self.faults = faults or {}
         self.counts: dict[str, int] = {}
@@ -97,7 +114,22 @@ class FakeEngine:
         self.security: list[bytes] = []
         self.injection_handles: set[int] = set()
         self.destroyed_handles: list[int] = []
-        self.injection_state: dict[int, int] = {}  # nbl -> FWPS_PACKET_* state
+        self.handles: dict[int, tuple[int, int]] = {}  # handle -> (object, access)
+        self.closed_handles: list[int] = []
+        self.next_handle = 0x80000004
+        # Simulated interrupt time (100 ns units), mirrored into KUSER_SHARED_DATA.
+        self.clock = 0
+        self.wait_timeouts: list[int] = []
+        # A pending deletion completes once the clock reaches its due time
+        # (when set), instead of after `pending_waits` waits.
+        self.pending_delay = pending_delay_100ns
+        self.pending_due: dict[tuple[int, int, int], int] = {}
+        # Unregister answers STATUS_FWP_IN_USE until this simulated time.
+        self.in_use_until = in_use_until_100ns
+        # Classifies running "on another processor": callout id -> [(fn, args)].
+        self.barrier = barrier
+        self.in_flight: dict[int, list[tuple[int, list[int]]]] = {}
+        self.barrier_completed: list[int] = []
         self.spin_depth = 0
         self.driver_object = 0
         self.remove_mode = remove_mode or (lambda flow, layer, cid: "sync")
@@ -121,6 +153,23 @@ class FakeEngine:
         self._scratch = self.se.mem_alloc(0x100000, tag="wfpmon.test.scratch")
         self._scratch_used = 0
         self._install_hooks()
+        self._set_clock(0)
+
+    # ----------------------------------------------------------------- clock
+    KUSER_INTERRUPT_TIME = 0xFFFFF78000000008
+
+    def _set_clock(self, value: int) -> None:
+        self.clock = value
+        # KSYSTEM_TIME: LowPart, High1Time, High2Time (the driver reads the
+        # first 8 bytes as one 64-bit value). Speakeasy maps the page at the
+        # kernel address and at its 52-bit mirror (what the guest's access
+        # reaches); write every alias.
+        data = struct.pack("<QI", value, value >> 32)
+        for alias in {self.KUSER_INTERRUPT_TIME, self.KUSER_INTERRUPT_TIME & ((1 << 52) - 1)}:
+            try:
+                self.se.mem_write(alias, data)
+            except Exception:  # noqa: BLE001 - an alias this version does not map
+                pass
 
     # ---------------------------------------------------------------- memory
     def alloc(self, size: int, align: int = 16) -> int:
@@ -232,7 +281,9 @@ class FakeEngine:
         # ntoskrnl: objects
         h(self._io_create_device, "ntoskrnl", "IoCreateDevice")
         h(self._io_delete_device, "ntoskrnl", "IoDeleteDevice")
-        h(self._ob_set_security, "ntoskrnl", "ObSetSecurityObjectByPointer")
+        h(self._ob_open_by_pointer, "ntoskrnl", "ObOpenObjectByPointer", argc=7)
+        h(self._zw_set_security, "ntoskrnl", "ZwSetSecurityObject", argc=3)
+        h(self._zw_close, "ntoskrnl", "ZwClose", argc=1)
         # ntoskrnl: synchronisation and debug output
         h(self._ke_wait, "ntoskrnl", "KeWaitForSingleObject")
         h(self._ke_set_event, "ntoskrnl", "KeSetEvent")
@@ -248,7 +299,6 @@ class FakeEngine:
         h(self._injection_destroy, "fwpkclnt", "FwpsInjectionHandleDestroy0")
         h(self._flow_associate, "fwpkclnt", "FwpsFlowAssociateContext0", argc=4)
         h(self._flow_remove, "fwpkclnt", "FwpsFlowRemoveContext0", argc=3)
-        h(self._query_injection, "fwpkclnt", "FwpsQueryPacketInjectionState0", argc=3)
 
     def _ex_allocate_pool2(self, emu, api, orig, argv):
         flags, size, tag = argv[0], argv[1], argv[2] & 0xFFFFFFFF
@@ -303,11 +353,54 @@ class FakeEngine:
         self.deleted_devices.append(argv[0])
         return self._record("IoDeleteDevice", (argv[0],), orig(argv))
 
-    def _ob_set_security(self, emu, api, orig, argv):
-        fault = self._fault("ObSetSecurityObjectByPointer")
-        self.security.append(self.se.mem_read(argv[2], 72))
-        rv = 0 if fault is None else fault
-        return self._record("ObSetSecurityObjectByPointer", (argv[0], argv[1]), rv)
+    OBJ_KERNEL_HANDLE, WRITE_DAC, KERNEL_MODE = 0x200, 0x40000, 0
+
+    def _ob_open_by_pointer(self, emu, api, orig, argv):
+        obj, attributes, access_state, access, obj_type, mode, out = argv[:7]
+        args = (obj, attributes, access, obj_type, mode & 0xFF)
+        fault = self._fault("ObOpenObjectByPointer")
+        if fault is not None:
+            return self._record("ObOpenObjectByPointer", args, fault)
+        if obj not in self.devices:
+            self.pool_errors.append(f"ObOpenObjectByPointer({obj:#x}): not a device object")
+            return self._record("ObOpenObjectByPointer", args, L.STATUS_INVALID_PARAMETER)
+        if not attributes & self.OBJ_KERNEL_HANDLE:
+            # DriverEntry may run outside the system process: the reference
+            # requires OBJ_KERNEL_HANDLE there.
+            self.pool_errors.append("ObOpenObjectByPointer without OBJ_KERNEL_HANDLE")
+        if (mode & 0xFF) != self.KERNEL_MODE and obj_type == 0:
+            self.pool_errors.append("ObOpenObjectByPointer: NULL object type needs KernelMode")
+        handle = self.next_handle
+        self.next_handle += 4
+        self.handles[handle] = (obj, access)
+        self.se.mem_write(out, struct.pack("<Q", handle))
+        return self._record("ObOpenObjectByPointer", args, L.STATUS_SUCCESS)
+
+    def _zw_set_security(self, emu, api, orig, argv):
+        handle, info, descriptor = argv[0], argv[1] & 0xFFFFFFFF, argv[2]
+        fault = self._fault("ZwSetSecurityObject")
+        if fault is not None:
+            return self._record("ZwSetSecurityObject", (handle, info), fault)
+        if handle not in self.handles:
+            return self._record("ZwSetSecurityObject", (handle, info), L.STATUS_INVALID_HANDLE)
+        obj, access = self.handles[handle]
+        if not access & self.WRITE_DAC:
+            return self._record("ZwSetSecurityObject", (handle, info), L.STATUS_ACCESS_DENIED)
+        self.security.append((obj, self.se.mem_read(descriptor, 72)))
+        return self._record("ZwSetSecurityObject", (handle, info), L.STATUS_SUCCESS)
+
+    def _zw_close(self, emu, api, orig, argv):
+        handle = argv[0]
+        fault = self._fault("ZwClose")
+        if handle not in self.handles:
+            self.pool_errors.append(f"ZwClose({handle:#x}): not an open handle")
+            return self._record("ZwClose", (handle,), L.STATUS_INVALID_HANDLE)
+        if fault is not None:
+            # The handle stays open: a failed close is reported, not undone.
+            return self._record("ZwClose", (handle,), fault)
+        del self.handles[handle]
+        self.closed_handles.append(handle)
+        return self._record("ZwClose", (handle,), L.STATUS_SUCCESS)
 
     def _ke_init_event(self, emu, api, orig, argv):
         return self._record("KeInitializeEvent", (argv[1], argv[2]), orig(argv))
@@ -316,14 +409,58 @@ class FakeEngine:
         return self._record("KeSetEvent", (), orig(argv))
 
     def _ke_wait(self, emu, api, orig, argv):
-        """A wait lets the 'other processor' finish: pending flow deletions run."""
+        """A wait lets the 'other processor' finish: classifies in flight
+        (barrier "busy") and pending flow deletions run. The simulated clock
+        advances by the wait's relative timeout, or up to the moment a
+        time-based pending deletion completes."""
         self.waits += 1
+        timeout = None
+        if argv[4]:
+            (raw,) = struct.unpack("<q", self.se.mem_read(argv[4], 8))
+            if raw >= 0:
+                self.pool_errors.append("absolute or zero wait timeout")
+            timeout = -raw
+        self.wait_timeouts.append(timeout)
+        if timeout is None:
+            self.pool_errors.append("wait without a timeout in the emulator (would hang)")
+            timeout = 0
+        calls = []
+        if self.barrier == "busy" and self.in_flight:
+            calls += self._finish_in_flight()
         if self.pending and self.pending_runs_on == "wait":
-            calls = self._run_pending(all_of_them=False)
-            if calls:
-                self._record("KeWaitForSingleObject", (len(calls),), L.STATUS_SUCCESS)
-                return self._redirect(emu, calls, L.STATUS_SUCCESS)
+            if self.pending_delay is not None:
+                due = min(self.pending_due[p[1:4]] for p in self.pending)
+                if due <= self.clock + timeout:
+                    self._set_clock(max(due, self.clock))
+                    calls += self._run_pending_due()
+            else:
+                calls += self._run_pending(all_of_them=False)
+        if calls:
+            self._record("KeWaitForSingleObject", (len(calls),), L.STATUS_SUCCESS)
+            return self._redirect(emu, calls, L.STATUS_SUCCESS)
+        self._set_clock(self.clock + timeout)
         return self._record("KeWaitForSingleObject", (0,), L.STATUS_TIMEOUT)
+
+    def _run_pending_due(self) -> list[tuple[int, list[int]]]:
+        batch = [p for p in self.pending if self.pending_due[p[1:4]] <= self.clock]
+        self.pending = [p for p in self.pending if self.pending_due[p[1:4]] > self.clock]
+        for _, flow, layer, cid, ctx in batch:
+            self.pending_keys.discard((flow, layer, cid))
+            self.flow_deletes.append((layer, cid, ctx))
+        return [(fn, [layer, cid, ctx]) for fn, _, layer, cid, ctx in batch]
+
+    def classify_in_flight(self, cid: int, fn: int, args: list[int]) -> None:
+        """A classify of callout `cid` that another processor is executing
+        when the driver next calls into the engine (see the barrier rule)."""
+        self.in_flight.setdefault(cid, []).append((fn, args))
+
+    def _finish_in_flight(self, cid: int | None = None) -> list[tuple[int, list[int]]]:
+        done = []
+        for c in ([cid] if cid is not None else list(self.in_flight)):
+            for call in self.in_flight.pop(c, []):
+                self.barrier_completed.append(c)
+                done.append(call)
+        return done
 
     def _spin_acquire(self, emu, api, orig, argv):
         self.spin_depth += 1
@@ -391,12 +528,19 @@ class FakeEngine:
         c = self.callouts.get(cid)
         if c is None or not c.registered:
             rv = L.STATUS_FWP_CALLOUT_NOT_FOUND
+        elif self.clock < self.in_use_until:
+            rv = L.STATUS_FWP_IN_USE
         elif self._contexts_of(cid):
+            rv = L.STATUS_DEVICE_BUSY
+        elif self.in_flight.get(cid) and self.barrier == "busy":
             rv = L.STATUS_DEVICE_BUSY
         else:
             fault = self._fault("FwpsCalloutUnregisterById0")
             rv = L.STATUS_SUCCESS if fault is None else fault
             if rv == L.STATUS_SUCCESS:
+                # The barrier: classifies of the callout still executing
+                # finish before the call returns.
+                deferred = deferred + self._finish_in_flight(cid)
                 c.registered = False
         self._record("FwpsCalloutUnregisterById0", (cid,), rv)
         return self._redirect(emu, deferred, rv) if deferred else rv
@@ -444,15 +588,12 @@ class FakeEngine:
             self.pending.append((fn, flow, layer, cid, ctx))
             self.pending_keys.add(key)
             self.pending_left[key] = self.pending_waits
+            if self.pending_delay is not None:
+                self.pending_due[key] = self.clock + self.pending_delay
             return self._record("FwpsFlowRemoveContext0", key, L.STATUS_PENDING)
         self.flow_deletes.append((layer, cid, ctx))
         self._record("FwpsFlowRemoveContext0", key, L.STATUS_SUCCESS)
         return self._redirect(emu, [(fn, [layer, cid, ctx])], L.STATUS_SUCCESS)
-
-    def _query_injection(self, emu, api, orig, argv):
-        state = self.injection_state.get(argv[1], L.FWPS_PACKET_NOT_INJECTED)
-        self._record("FwpsQueryPacketInjectionState0", (argv[0], argv[1]), state)
-        return state
 
     # ---------------------------------------------------------------- driving
     def driver_entry(self) -> int:
@@ -502,6 +643,10 @@ class FakeEngine:
                       rights: int = L.FWPS_RIGHT_ACTION_WRITE) -> tuple[int, list[int], int]:
         """(function, arguments, classifyOut address) of one classify call.
         The filter passed is `self.filter` (an FWPS_FILTER1, or NULL)."""
+        if not any(c.registered and c.classify == fn for c in self.callouts.values()):
+            # The barrier rule: no classify of a callout starts once it is
+            # unregistered (or before it is registered).
+            raise RuntimeError(f"the engine would not call classify {fn:#x}: no registered callout")
         out = self.put(L.FWPS_CLASSIFY_OUT0(actionType=self.UNTOUCHED_ACTION, rights=rights))
         filt = self.put(self.filter) if self.filter is not None else 0
         return fn, [values, meta, layer_data, 0, filt, flow_context, out], out
@@ -566,16 +711,24 @@ class FakeEngine:
             nxt = self.put(L.NET_BUFFER(Next=nxt, DataLength=size))
         return self.put(L.NET_BUFFER_LIST(FirstNetBuffer=nxt))
 
-    def datagram(self, flow_handle: int, sizes: list[int], inbound: bool, injected: int | None = None,
-                 rights=L.FWPS_RIGHT_ACTION_WRITE):
+    def datagram(self, flow_handle: int, sizes: list[int], inbound: bool,
+                 rights=L.FWPS_RIGHT_ACTION_WRITE, header_size: int | None = None, protocol: int = 17):
+        """Datagrams of a flow: one NET_BUFFER of each size, as the layer
+        indicates them ("Data offset positions": inbound from the payload,
+        outbound from the transport header — `sizes` are what the engine
+        passes, headers included outbound). `header_size` is the metadata's
+        transportHeaderSize (None: the field is absent)."""
         (flow, layer, cid), ctx = self.context_of(flow_handle)
         nbl = self.nbl(sizes)
-        if injected is not None:
-            self.injection_state[nbl] = injected
         vals = [(0, 0)] * L.DG_COUNT
         vals[L.DG_DIRECTION] = (L.FWP_UINT32, L.FWP_DIRECTION_INBOUND if inbound else L.FWP_DIRECTION_OUTBOUND)
-        vals[L.DG_PROTOCOL] = (L.FWP_UINT8, 17)
-        meta = self.put(L.FWPS_INCOMING_METADATA_VALUES0())
+        vals[L.DG_PROTOCOL] = (L.FWP_UINT8, protocol)
+        if header_size is None:
+            meta = self.put(L.FWPS_INCOMING_METADATA_VALUES0())
+        else:
+            meta = self.put(L.FWPS_INCOMING_METADATA_VALUES0(
+                currentMetadataValues=L.FWPS_METADATA_FIELD_TRANSPORT_HEADER_SIZE,
+                transportHeaderSize=header_size))
         return self.classify(self.callouts[cid].classify, self._values(layer, vals), meta, nbl, ctx, rights)
 
     def end_flow(self, flow_handle: int) -> None:
@@ -598,8 +751,13 @@ class FakeEngine:
     # IRP.Tail.Overlay.CurrentStackLocation; IO_STACK_LOCATION.Parameters.DeviceIoControl.
     IRP_SYSTEM_BUFFER, IRP_IO_STATUS, IRP_CURRENT_STACK_LOCATION, IRP_SIZE = 0x18, 0x30, 0xB8, 0xD0
     IOSL_OUTPUT_LENGTH, IOSL_INPUT_LENGTH, IOSL_IOCTL_CODE, IOSL_SIZE = 0x08, 0x10, 0x18, 0x48
+    # IO_STACK_LOCATION.FileObject; FILE_OBJECT.FileName (UNICODE_STRING), size.
+    IOSL_FILE_OBJECT, FILE_OBJECT_FILE_NAME, FILE_OBJECT_SIZE = 0x30, 0x58, 0xD8
 
-    def send_irp(self, major: int, code: int = 0, data: bytes = b"", out_len: int = 0):
+    def send_irp(self, major: int, code: int = 0, data: bytes = b"", out_len: int = 0,
+                 file_name: str | None = ""):
+        """`file_name`: the FILE_OBJECT's name for IRP_MJ_CREATE ("" opens the
+        device itself; None passes no file object)."""
         """Sends an IRP the way the I/O manager does: for METHOD_BUFFERED one
         system buffer of max(in, out) bytes; for METHOD_IN/OUT_DIRECT a system
         buffer holding only the input (the output would be an MDL); for
@@ -617,6 +775,15 @@ class FakeEngine:
         self.se.mem_write(stack + self.IOSL_OUTPUT_LENGTH, struct.pack("<I", out_len))
         self.se.mem_write(stack + self.IOSL_INPUT_LENGTH, struct.pack("<I", len(data)))
         self.se.mem_write(stack + self.IOSL_IOCTL_CODE, struct.pack("<I", code))
+        if file_name is not None:
+            file_object = self.alloc(self.FILE_OBJECT_SIZE)
+            name = file_name.encode("utf-16-le")
+            buffer = self.alloc(len(name) + 2) if name else 0
+            if name:
+                self.se.mem_write(buffer, name + b"\0\0")
+            self.se.mem_write(file_object + self.FILE_OBJECT_FILE_NAME,
+                              struct.pack("<HHIQ", len(name), len(name) + 2 if name else 0, 0, buffer))
+            self.se.mem_write(stack + self.IOSL_FILE_OBJECT, struct.pack("<Q", file_object))
         irp = self.alloc(self.IRP_SIZE)
         self.se.mem_write(irp + self.IRP_IO_STATUS, struct.pack("<IIQ", 0xDEADBEEF, 0, 0xDEAD))
         self.se.mem_write(irp + self.IRP_SYSTEM_BUFFER, struct.pack("<Q", system_buffer))

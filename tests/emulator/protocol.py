@@ -4,17 +4,18 @@ fixed offsets), independently of the Rust encoders."""
 
 import struct
 
-VERSION = 1
-FILE_DEVICE_NETWORK = 0x12
+VERSION = 2
+# Vendor device type (0x8000-0xFFFF, "Defining I/O Control Codes").
+FILE_DEVICE_WFPMON = 0x8F4D
 
 
 def ctl_code(dev, fn, method, access):
     return (dev << 16) | (access << 14) | (fn << 2) | method
 
 
-IOCTL_QUERY_STATS = ctl_code(FILE_DEVICE_NETWORK, 0x900, 0, 1)
-IOCTL_LIST_FLOWS = ctl_code(FILE_DEVICE_NETWORK, 0x901, 0, 1)
-IOCTL_SET_COUNTING = ctl_code(FILE_DEVICE_NETWORK, 0x902, 0, 3)
+IOCTL_QUERY_STATS = ctl_code(FILE_DEVICE_WFPMON, 0x900, 0, 1)
+IOCTL_LIST_FLOWS = ctl_code(FILE_DEVICE_WFPMON, 0x901, 0, 1)
+IOCTL_SET_COUNTING = ctl_code(FILE_DEVICE_WFPMON, 0x902, 0, 3)
 
 STATS_SIZE = 88
 LIST_HEADER_SIZE = 32

@@ -25,9 +25,15 @@ def make_flows(e, n, start=0x1000):
 def test_device_is_secured_to_system_and_administrators(loaded):
     """The descriptor applied at creation is D:P(A;;FA;;;SY)(A;;FA;;;BA):
     SDDL_DEVOBJ_SYS_ALL_ADM_ALL with GA mapped to FILE_ALL_ACCESS."""
-    (sd,) = loaded.security
-    (call,) = loaded.api_sequence("ObSetSecurityObjectByPointer")
+    ((obj, sd),) = loaded.security
+    assert obj in loaded.devices, "the DACL went to the device object"
+    (opened,) = loaded.api_sequence("ObOpenObjectByPointer")
+    obj_, attributes, access, obj_type, mode = opened.args
+    assert attributes & loaded.OBJ_KERNEL_HANDLE and access == loaded.WRITE_DAC and mode == 0
+    (call,) = loaded.api_sequence("ZwSetSecurityObject")
     assert call.args[1] == 4, "DACL_SECURITY_INFORMATION"
+    (closed,) = loaded.api_sequence("ZwClose")
+    assert closed.args[0] == call.args[0] and loaded.handles == {}
     rev, _, control, owner, group, sacl, dacl = struct.unpack_from("<BBHIIII", sd)
     assert rev == 1 and control == 0x8000 | 0x1000 | 0x0004  # self-relative, protected, DACL
     assert (owner, group, sacl) == (0, 0, 0)
@@ -49,9 +55,44 @@ def test_open_and_close_succeed(loaded, major):
     assert loaded.send_irp(major)[:2] == (0, 0)
 
 
+@pytest.mark.parametrize("name", ["\\anything", "\\", "x"])
+def test_opening_a_name_below_the_device_is_refused(loaded, name):
+    """\\Device\\WfpMon has no namespace: an open of
+    \\Device\\WfpMon\\anything (non-empty FileObject->FileName) fails
+    ("Controlling Device Namespace Access")."""
+    assert loaded.send_irp(0x00, file_name=name)[:2] == (L.STATUS_OBJECT_NAME_NOT_FOUND, 0)
+    assert loaded.send_irp(0x00, file_name="")[:2] == (0, 0)
+
+
 @pytest.mark.parametrize("major", [0x03, 0x04, 0x05, 0x0F, 0x10, 0x1B])
 def test_other_major_functions_fail_cleanly(loaded, major):
     assert loaded.send_irp(major)[:2] == (L.STATUS_INVALID_DEVICE_REQUEST, 0)
+
+
+def test_a_flow_ending_during_a_stats_query_is_counted_once(loaded):
+    """Another processor deletes a flow right after the statistics query
+    released the registry lock: its traffic must be counted once (as
+    active, or as retired), never twice."""
+    key = KEYS["wfpmon-flow-established-v4"]
+    loaded.establish(key, 4, 6, 1, 2, 3, 4, L.FWP_DIRECTION_OUTBOUND, 0x51, 9)
+    loaded.establish(key, 4, 6, 1, 5, 3, 4, L.FWP_DIRECTION_OUTBOUND, 0x52, 9)
+    loaded.stream(0x51, 1000, send=True)
+    loaded.stream(0x52, 300, send=False)
+    (flow, layer, cid), ctx = loaded.context_of(0x51)
+
+    def flow_ends():
+        del loaded.contexts[(flow, layer, cid)]
+        loaded.flow_deletes.append((layer, cid, ctx))
+        return [(loaded.callouts[cid].flow_delete, [layer, cid, ctx])]
+
+    loaded.interpose("KeReleaseSpinLock", flow_ends)
+    status, info, raw = ioctl(loaded, P.IOCTL_QUERY_STATS, P.query_stats_request(), 4096)
+    assert (status, info) == (0, P.STATS_SIZE)
+    s = P.parse_stats(raw)
+    assert (s["bytes_outbound"], s["bytes_inbound"]) == (1000, 300)
+    assert loaded.context_of(0x51) is None, "the flow did end during the query"
+    after = P.parse_stats(ioctl(loaded, P.IOCTL_QUERY_STATS, P.query_stats_request(), 4096)[2])
+    assert (after["bytes_outbound"], after["flows_active"], after["flows_deleted"]) == (1000, 1, 1)
 
 
 def test_stats_reflect_flows_created_through_classify(loaded):
@@ -70,8 +111,9 @@ def test_stats_reflect_flows_created_through_classify(loaded):
     (P.IOCTL_QUERY_STATS, b"\xff" * 65536, 4096, L.STATUS_INVALID_BUFFER_SIZE),
     (P.IOCTL_QUERY_STATS, P.query_stats_request(), 0, L.STATUS_BUFFER_TOO_SMALL),
     (P.IOCTL_QUERY_STATS, P.query_stats_request(), P.STATS_SIZE - 1, L.STATUS_BUFFER_TOO_SMALL),
-    (P.IOCTL_QUERY_STATS, struct.pack("<II", 2, 8), 4096, L.STATUS_REVISION_MISMATCH),
-    (P.IOCTL_QUERY_STATS, struct.pack("<II", 1, 9), 4096, L.STATUS_INVALID_PARAMETER),
+    (P.IOCTL_QUERY_STATS, struct.pack("<II", 1, 8), 4096, L.STATUS_REVISION_MISMATCH),
+        (P.IOCTL_QUERY_STATS, struct.pack("<II", 3, 8), 4096, L.STATUS_REVISION_MISMATCH),
+    (P.IOCTL_QUERY_STATS, struct.pack("<II", 2, 9), 4096, L.STATUS_INVALID_PARAMETER),
     (P.IOCTL_LIST_FLOWS, P.list_flows_request()[:15], 4096, L.STATUS_INVALID_BUFFER_SIZE),
     (P.IOCTL_LIST_FLOWS, P.list_flows_request(reserved=1), 4096, L.STATUS_INVALID_PARAMETER),
     (P.IOCTL_LIST_FLOWS, P.list_flows_request(0xFFFFFFFF), 4096, L.STATUS_INTEGER_OVERFLOW),
@@ -79,9 +121,11 @@ def test_stats_reflect_flows_created_through_classify(loaded):
     (P.IOCTL_SET_COUNTING, P.set_counting_request(2), 0, L.STATUS_INVALID_PARAMETER),
     (P.IOCTL_SET_COUNTING, P.set_counting_request(1, reserved=5), 0, L.STATUS_INVALID_PARAMETER),
     (P.IOCTL_SET_COUNTING, b"", 0, L.STATUS_INVALID_BUFFER_SIZE),
-    (P.ctl_code(0x12, 0x903, 0, 1), P.query_stats_request(), 4096, L.STATUS_INVALID_DEVICE_REQUEST),
+    (P.ctl_code(P.FILE_DEVICE_WFPMON, 0x903, 0, 1), P.query_stats_request(), 4096, L.STATUS_INVALID_DEVICE_REQUEST),
     (P.ctl_code(0x22, 0x900, 0, 1), P.query_stats_request(), 4096, L.STATUS_INVALID_DEVICE_REQUEST),
-    (P.ctl_code(0x12, 0x900, 3, 1), P.query_stats_request(), 4096, L.STATUS_INVALID_DEVICE_REQUEST),
+    # The codes of protocol 1 (FILE_DEVICE_NETWORK, Microsoft's type) are gone.
+    (P.ctl_code(0x12, 0x900, 0, 1), P.query_stats_request(), 4096, L.STATUS_INVALID_DEVICE_REQUEST),
+    (P.ctl_code(P.FILE_DEVICE_WFPMON, 0x900, 3, 1), P.query_stats_request(), 4096, L.STATUS_INVALID_DEVICE_REQUEST),
     (0, b"", 0, L.STATUS_INVALID_DEVICE_REQUEST),
 ])
 def test_malformed_requests_get_precise_statuses_and_no_output(loaded, code, data, out_len, expected):

@@ -8,12 +8,13 @@ import pytest
 import wfp_layout as L
 from conftest import CATALOG, KEYS, FakeEngine
 
+SECURITY_APIS = ["ObOpenObjectByPointer", "ZwSetSecurityObject", "ZwClose"]
 LIFECYCLE_APIS = (
-    "IoCreateDevice", "ObSetSecurityObjectByPointer", "FwpsCalloutRegister1",
+    "IoCreateDevice", *SECURITY_APIS, "FwpsCalloutRegister1",
     "FwpsInjectionHandleCreate0", "FwpsCalloutUnregisterById0", "FwpsFlowRemoveContext0",
     "IoDeleteDevice", "FwpsInjectionHandleDestroy0",
 )
-FILE_DEVICE_NETWORK = 0x12
+FILE_DEVICE_WFPMON = 0x8F4D  # vendor range ("Defining I/O Control Codes")
 FILE_DEVICE_SECURE_OPEN = 0x100
 
 
@@ -30,6 +31,7 @@ def assert_nothing_left(e: FakeEngine):
     assert e.injection_handles == set(), "injection handle not destroyed"
     assert e.pool == {}, f"pool leak: {e.pool}"
     assert e.pool_errors == []
+    assert e.handles == {}, f"kernel handles left open: {e.handles}"
     assert len(e.deleted_devices) == len(set(e.deleted_devices)), "device deleted twice"
     assert len(e.destroyed_handles) == len(set(e.destroyed_handles)), "handle destroyed twice"
 
@@ -37,10 +39,10 @@ def assert_nothing_left(e: FakeEngine):
 def test_driver_entry_creates_device_registers_callouts_then_opens_injection(loaded):
     seq = lifecycle(loaded)
     apis = [a for a, _, _ in seq]
-    assert apis == (["IoCreateDevice", "ObSetSecurityObjectByPointer"]
+    assert apis == (["IoCreateDevice", *SECURITY_APIS]
                     + ["FwpsCalloutRegister1"] * 6 + ["FwpsInjectionHandleCreate0"])
     assert all(ret == 0 for _, _, ret in seq)
-    assert seq[0][1] == ("\\Device\\WfpMon", FILE_DEVICE_NETWORK, FILE_DEVICE_SECURE_OPEN)
+    assert seq[0][1] == ("\\Device\\WfpMon", FILE_DEVICE_WFPMON, FILE_DEVICE_SECURE_OPEN)
     registered = [args[0] for api, args, _ in seq if api == "FwpsCalloutRegister1"]
     assert registered == [key for key, _ in CATALOG]
     assert loaded.unload_routine != 0, "DriverUnload not set"
@@ -50,12 +52,16 @@ def test_callouts_are_registered_with_the_documented_flags(loaded):
     for key, name in CATALOG:
         c = loaded.callout_by_key(key)
         assert c.classify != 0 and c.notify != 0
+        # Every callout allows offloading (what wfpmon counts does not
+        # depend on it; without the flag the engine disables NIC offloads for
+        # all traffic its match-all filters see), and none claims USO/URO,
+        # under which one NET_BUFFER may carry several datagrams.
         if "flow-established" in name:
-            assert c.flags == 0 and c.flow_delete == 0, name
+            assert c.flags == L.FWP_CALLOUT_FLAG_ALLOW_OFFLOAD and c.flow_delete == 0, name
         else:
             # The data callouts hold flow contexts: conditional on flow, with
             # a flowDeleteFn to free them.
-            assert c.flags == L.FWP_CALLOUT_FLAG_CONDITIONAL_ON_FLOW, name
+            assert c.flags == L.FWP_CALLOUT_FLAG_CONDITIONAL_ON_FLOW | L.FWP_CALLOUT_FLAG_ALLOW_OFFLOAD, name
             assert c.flow_delete != 0, name
 
 
@@ -74,7 +80,9 @@ def test_unload_follows_the_documented_order(loaded):
 
 FAILABLE = [
     ("IoCreateDevice", 1),
-    ("ObSetSecurityObjectByPointer", 1),
+    ("ObOpenObjectByPointer", 1),
+    ("ZwSetSecurityObject", 1),
+    ("ZwClose", 1),
     *[("FwpsCalloutRegister1", n) for n in range(1, 7)],
     ("FwpsInjectionHandleCreate0", 1),
 ]
@@ -91,13 +99,20 @@ def test_failure_at_each_step_rolls_back_everything(image, api, nth):
     done, undo = seq[:fail_at], seq[fail_at + 1:]
     registered = [args[0] for a, args, r in done if a == "FwpsCalloutRegister1" and r == 0]
     device_created = any(a == "IoCreateDevice" and r == 0 for a, _, r in done)
-    # Exactly the completed steps are undone, in Unload's order.
-    expected = ["FwpsCalloutUnregisterById0"] * len(registered)
+    # Exactly the completed steps are undone, in Unload's order (a handle
+    # opened to set the DACL is closed even when setting it failed).
+    expected = ["ZwClose"] if api == "ZwSetSecurityObject" else []
+    expected += ["FwpsCalloutUnregisterById0"] * len(registered)
     expected += ["IoDeleteDevice"] if device_created else []
     assert [a for a, _, _ in undo] == expected, apis
     unregistered = [e.callouts[args[0]].key for a, args, _ in undo if a == "FwpsCalloutUnregisterById0"]
     assert unregistered == list(reversed(registered))
     assert e.unload_routine == 0, "a failed DriverEntry must not leave an unload routine to call"
+    if api == "ZwClose":
+        # The close failed: the handle is still open. Report it (nothing
+        # else may be left), and it must not have been closed twice.
+        assert len(e.handles) == 1 and e.closed_handles == []
+        e.handles.clear()
     assert_nothing_left(e)
 
 
@@ -329,19 +344,37 @@ def test_device_name_is_a_null_terminated_unicode_string(loaded):
     assert loaded.device_name_terminated
 
 
-def test_unload_waits_for_a_flow_established_classify_in_progress(loaded):
-    """Unload starts while a flow-established classify is inside
-    FwpsFlowAssociateContext0 (another processor). Teardown must not call
-    itself done while that classify still runs driver code: in this
-    single-threaded emulator the classify cannot finish meanwhile, so
-    teardown waits out its bound and says so before returning."""
+def in_flight_flow(e, handle):
+    """A flow-established classify of a new flow, running on another
+    processor when unload unregisters the flow-established callout."""
     key = KEYS["wfpmon-flow-established-v4"]
-    loaded.interpose("FwpsFlowAssociateContext0", lambda: [(loaded.unload_routine, [loaded.driver_object])])
-    loaded.establish(key, 4, 6, 1, 2, 3, 4, L.FWP_DIRECTION_OUTBOUND, 0x777, 1)
-    assert any("1 classifies outstanding" in line for line in loaded.log)
-    assert any(line.startswith("wfpmon: ERROR: teardown:") for line in loaded.log)
-    done = loaded.log.index("wfpmon: Unload complete")
-    assert any("classifies outstanding after" in line for line in loaded.log[:done])
+    fn, args, out = e.establish_call(key, 4, 6, 0x0A000001, 1, 0x0A000002, 2,
+                                     L.FWP_DIRECTION_OUTBOUND, handle, 7)
+    e.classify_in_flight(e.callout_by_key(key).id, fn, args)
+    return out
+
+
+@pytest.mark.parametrize("barrier", ["wait", "busy"])
+def test_unload_relies_on_the_engines_classify_barrier(image, barrier):
+    """A flow-established classify still executing when unload begins: the
+    engine's unregister does not succeed until it has returned (it waits,
+    or answers busy until the driver's next wait lets it finish). The driver
+    keeps no counter of its own: it retries BUSY, and that classify — which
+    sees teardown under way — associates nothing."""
+    e = FakeEngine(image, barrier=barrier)
+    assert e.driver_entry() == 0
+    establish_many(e, 6)
+    associations = len(e.api_sequence("FwpsFlowAssociateContext0"))
+    out = in_flight_flow(e, 0x9999)
+    e.unload()
+    assert e.barrier_completed == [e.callout_by_key(KEYS["wfpmon-flow-established-v4"]).id]
+    assert e.read(L.FWPS_CLASSIFY_OUT0, out).actionType == L.FWP_ACTION_CONTINUE
+    assert len(e.api_sequence("FwpsFlowAssociateContext0")) == associations
+    v4 = e.callout_by_key(KEYS["wfpmon-flow-established-v4"]).id
+    rets = [c.ret for c in e.api_sequence("FwpsCalloutUnregisterById0") if c.args[0] == v4]
+    assert rets == ([L.STATUS_DEVICE_BUSY, L.STATUS_SUCCESS] if barrier == "busy" else [L.STATUS_SUCCESS])
+    assert not any("classif" in line and "outstanding" in line for line in e.log)
+    assert_nothing_left(e)
 
 
 def test_teardown_cost_per_flow_is_small_and_constant(loaded):
@@ -357,17 +390,53 @@ def test_teardown_cost_per_flow_is_small_and_constant(loaded):
     assert_nothing_left(loaded)
 
 
-def test_retries_are_bounded_when_the_engine_never_lets_go(image):
-    """An engine that answers STATUS_FWP_IN_USE for ever: every callout is
-    tried MAX_UNREGISTER_ATTEMPTS (100) times with a wait between tries,
-    each given up loudly, and unload still terminates — with repeated
-    statuses logged sparsely, so it stays cheap."""
-    e = FakeEngine(image, faults={"FwpsCalloutUnregisterById0": {n: L.STATUS_FWP_IN_USE for n in range(1, 2000)}})
+SECOND = 10_000_000  # 100 ns units
+MINUTE = 60 * SECOND
+
+
+def assert_nothing_torn_down_before_the_last_unregister(e):
+    last_unregister = max(i for i, c in enumerate(e.calls) if c.api == "FwpsCalloutUnregisterById0"
+                          and c.ret == L.STATUS_SUCCESS)
+    first_teardown = min(i for i, c in enumerate(e.calls)
+                         if c.api in ("IoDeleteDevice", "FwpsInjectionHandleDestroy0"))
+    assert last_unregister < first_teardown
+
+
+def test_unload_waits_for_an_engine_that_holds_a_callout_for_ten_minutes(image):
+    """"Unloading a Callout Driver": the unload function must not return
+    before every callout is unregistered — there is no time-out to give up
+    at. An engine that answers STATUS_FWP_IN_USE for ten simulated minutes
+    is waited for; the waits back off (10 ms doubling to 1 s) so it costs a
+    few hundred calls, and the log reports the wait on a backoff schedule
+    (1 s, 3 s, 7 s, ... then every minute) instead of flooding."""
+    e = FakeEngine(image, in_use_until_100ns=10 * MINUTE)
     assert e.driver_entry() == 0
+    establish_many(e, 6)
     e.unload()
+    assert e.clock >= 10 * MINUTE, "Unload returned while the engine still held a callout"
+    assert_nothing_torn_down_before_the_last_unregister(e)
+    assert_nothing_left(e)
+    timeouts = [t for t in e.wait_timeouts if t is not None]
+    assert max(timeouts) == SECOND and min(timeouts) == SECOND // 100
     unregisters = e.api_sequence("FwpsCalloutUnregisterById0")
-    assert len(unregisters) == 6 * 100
-    assert e.waits >= 6 * 99
-    assert sum("is still registered" in line for line in e.log) == 6
-    assert len(e.log) < 300, "a stuck callout must not flood the debugger"
-    assert e.se.emu.runs[-1].get_api_count() < 5000
+    assert len(unregisters) < 700, len(unregisters)
+    reports = [line for line in e.log if "still registered after" in line]
+    # First callout: 1, 3, 7, 15, 31, 63, 123, 183, ..., 543 s -> 15 reports.
+    assert 12 <= len(reports) <= 20, reports
+    assert len(e.log) < 150, "a stuck callout must not flood the debugger"
+
+
+def test_unload_waits_for_deferred_flow_deletions_that_take_minutes(image):
+    """Deferred flow deletions (classifies in progress) that complete only
+    after three simulated minutes: the data callouts stay BUSY all that time
+    and the driver keeps waiting; device and handle go only afterwards."""
+    e = FakeEngine(image, remove_mode=lambda flow, layer, cid: "pending",
+                   pending_delay_100ns=3 * MINUTE)
+    assert e.driver_entry() == 0
+    establish_many(e, 24)
+    e.unload()
+    assert e.clock >= 3 * MINUTE
+    assert len(e.flow_deletes) == 24
+    assert_nothing_torn_down_before_the_last_unregister(e)
+    assert_nothing_left(e)
+    assert any("still registered after" in line for line in e.log)

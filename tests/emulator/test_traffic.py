@@ -76,23 +76,35 @@ def test_datagram_counting_counts_every_net_buffer(loaded):
     udp6(loaded, 0x200)
     loaded.datagram(0x200, [100], inbound=True)
     loaded.datagram(0x200, [200, 300, 400], inbound=True)
-    loaded.datagram(0x200, [1200], inbound=False)
+    loaded.datagram(0x200, [8 + 1200], inbound=False, header_size=8)
     f = flows_by_id(loaded)[0x200]
     assert (f["bytes_inbound"], f["packets_inbound"]) == (1000, 4)
     assert (f["bytes_outbound"], f["packets_outbound"]) == (1200, 1)
 
 
-def test_packets_injected_by_our_handle_are_not_counted(loaded):
+@pytest.mark.parametrize("header_size", [8, None])
+def test_datagrams_count_the_transport_payload_in_both_directions(loaded, header_size):
+    """"Data offset positions": at the datagram-data layer an inbound
+    NET_BUFFER starts at the payload, an outbound one at the UDP header.
+    The same 100-byte payload is counted as 100 bytes either way — with the
+    metadata's transportHeaderSize, or without it the fixed 8-byte UDP
+    header."""
     udp6(loaded, 0x200)
-    loaded.datagram(0x200, [100], inbound=True, injected=L.FWPS_PACKET_INJECTED_BY_SELF)
-    loaded.datagram(0x200, [100], inbound=True, injected=L.FWPS_PACKET_PREVIOUSLY_INJECTED_BY_SELF)
-    loaded.datagram(0x200, [70], inbound=True, injected=L.FWPS_PACKET_INJECTED_BY_OTHER)
-    loaded.datagram(0x200, [30], inbound=True, injected=L.FWPS_PACKET_NOT_INJECTED)
+    loaded.datagram(0x200, [100, 100], inbound=True, header_size=header_size)
+    loaded.datagram(0x200, [8 + 100, 8 + 100], inbound=False, header_size=header_size)
     f = flows_by_id(loaded)[0x200]
-    assert (f["bytes_inbound"], f["packets_inbound"]) == (100, 2)
-    queries = loaded.api_sequence("FwpsQueryPacketInjectionState0")
-    assert len(queries) == 4
-    assert all(q.args[0] in loaded.injection_handles for q in queries), "queried with a foreign handle"
+    assert (f["bytes_inbound"], f["packets_inbound"]) == (200, 2)
+    assert (f["bytes_outbound"], f["packets_outbound"]) == (200, 2)
+
+
+def test_outbound_header_size_comes_from_the_metadata(loaded):
+    """Another transport header size (e.g. a protocol other than UDP at this
+    layer) is taken from transportHeaderSize, never assumed."""
+    udp6(loaded, 0x200)
+    loaded.datagram(0x200, [20 + 50], inbound=False, header_size=20, protocol=47)
+    loaded.datagram(0x200, [70], inbound=False, header_size=None, protocol=47)
+    f = flows_by_id(loaded)[0x200]
+    assert (f["bytes_outbound"], f["packets_outbound"]) == (50 + 70, 2)
 
 
 def test_totals_survive_the_end_of_a_flow(loaded):
@@ -144,17 +156,19 @@ def test_flow_without_flow_handle_metadata_is_not_tracked(loaded):
     assert loaded.contexts == {}
 
 
-def test_per_packet_path_makes_no_kernel_call_but_the_injection_query(loaded):
-    """No allocation, no lock, no wait per packet: the stream classify calls
-    nothing; the datagram classify calls only FwpsQueryPacketInjectionState0."""
+def test_per_packet_path_makes_no_kernel_call(loaded):
+    """No allocation, no lock, no wait, no kernel call per packet. (wfpmon
+    injects nothing, so it does not ask FwpsQueryPacketInjectionState0 per
+    datagram: no packet can carry its handle's injection state.)"""
     tcp4(loaded, 0x100)
     udp6(loaded, 0x200)
     before = len(loaded.calls)
     for _ in range(5):
         loaded.stream(0x100, 100, send=True)
+        loaded.datagram(0x200, [10, 20], inbound=True)
+        loaded.datagram(0x200, [18], inbound=False, header_size=8)
     assert loaded.calls[before:] == []
-    loaded.datagram(0x200, [10, 20], inbound=True)
-    assert [c.api for c in loaded.calls[before:]] == ["FwpsQueryPacketInjectionState0"]
+    assert flows_by_id(loaded)[0x200]["bytes_outbound"] == 50
 
 
 def test_a_flow_is_tracked_even_without_addresses_or_ports(loaded):
@@ -186,7 +200,14 @@ def test_action_follows_the_filter_action_type(loaded, action, flags, expected_a
     out = loaded.establish(KEYS["wfpmon-flow-established-v4"], 4, 6, 1, 2, 3, 4,
                            L.FWP_DIRECTION_OUTBOUND, 0x800, 1)
     assert (out.actionType, out.rights) == (expected_action, rights_after)
-    out, _ = loaded.stream(0x800, 10, send=True)
+    out, packet = loaded.stream(0x800, 10, send=True)
     assert (out.actionType, out.rights) == (expected_action, rights_after)
     assert out.actionType != L.FWP_ACTION_BLOCK
+    if expected_action == L.FWP_ACTION_PERMIT:
+        # A stream callout that permits accepts the whole indication and
+        # asks for nothing more; otherwise WFP indicates the data again
+        # (FWPS_STREAM_CALLOUT_IO_PACKET0).
+        assert (packet.countBytesEnforced, packet.streamAction) == (10, L.FWPS_STREAM_ACTION_NONE)
+    else:
+        assert packet.countBytesEnforced == 0
 

@@ -167,10 +167,15 @@ def test_makefile_extends_wdk_builds_flow_optionally():
     assert config["default_to_workspace"] is False
 
 
-def test_makefile_builds_the_driver_package_by_name():
+def test_makefile_builds_the_driver_package_by_name_from_the_committed_lock():
     flags = MAKEFILE["env"]["CARGO_MAKE_CARGO_BUILD_TEST_FLAGS"]
-    assert flags["value"] == f"--package {PACKAGE.name}"
+    assert flags["value"] == f"--package {PACKAGE.name} --locked"
     assert flags["condition"]["platforms"] == ["windows"]
+    wfpmonctl = MAKEFILE["tasks"]["wfpmonctl"]["args"]
+    assert "--locked" in wfpmonctl
+    # --locked needs the lock file in the repository (not ignored).
+    assert (REPO / "Cargo.lock").is_file()
+    assert "Cargo.lock" not in (REPO / ".gitignore").read_text()
 
 
 def test_makefile_takes_the_inx_from_inf():

@@ -162,6 +162,8 @@ struct Links {
     next: *mut FlowRecord,
     /// Last removal pass that visited this record (0: none).
     removal_pass: u32,
+    /// Handed out for removal once already (see `next_for_removal`).
+    removal_asked: bool,
     linked: bool,
 }
 
@@ -200,6 +202,7 @@ impl FlowRecord {
                 prev: ptr::null_mut(),
                 next: ptr::null_mut(),
                 removal_pass: 0,
+                removal_asked: false,
                 linked: false,
             }),
         }
@@ -462,12 +465,21 @@ impl<L: Lock> FlowRegistry<L> {
         })
     }
 
-    /// The next record of `callout` not yet visited in `pass`, marked
-    /// visited. Returns a copy of its association: the record itself may be
-    /// freed (by the flow-delete callback) as soon as the lock is released.
+    /// The next record of `callout` not yet visited in `pass` and never
+    /// handed out for removal before, marked both. Returns a copy of its
+    /// association: the record itself may be freed (by the flow-delete
+    /// callback) as soon as the lock is released.
     ///
-    /// O(1): visited records move to the back of their chain, so the front
-    /// record is either unvisited or the pass is complete.
+    /// A record is handed out at most once in its life: the engine answers
+    /// its `FwpsFlowRemoveContext0` with SUCCESS (the context is gone),
+    /// PENDING (the flow-delete callback will come) or UNSUCCESSFUL (no
+    /// context: gone or going), so asking again could only repeat
+    /// UNSUCCESSFUL — and a slow PENDING deletion would cost a kernel call
+    /// per flow on every retry of a teardown that may wait for minutes.
+    ///
+    /// O(1): handed-out records move to the back of their chain and new ones
+    /// are linked at the front, so the front record is either new or every
+    /// record of the chain has been handed out.
     pub fn next_for_removal(
         &self,
         pass: RemovalPass,
@@ -481,10 +493,11 @@ impl<L: Lock> FlowRegistry<L> {
             }
             // SAFETY: linked records are valid; lock held.
             let links = unsafe { links_of(head) };
-            if links.removal_pass == pass.0 {
+            if links.removal_pass == pass.0 || links.removal_asked {
                 return None;
             }
             links.removal_pass = pass.0;
+            links.removal_asked = true;
             // SAFETY: `head` is linked into `chain`; lock held.
             unsafe { chain.unlink(head) };
             // SAFETY: as above; `head` is now unlinked and still valid.

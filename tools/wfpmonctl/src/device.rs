@@ -418,12 +418,14 @@ mod tests {
 
     #[test]
     fn version_mismatch_is_a_protocol_error() {
+        // A driver speaking the previous protocol version.
+        let old = protocol::PROTOCOL_VERSION - 1;
         let mut d = driver_with(2);
-        d.version = 2;
+        d.version = old;
         let err = list_flows(&mut d, 0).unwrap_err();
         assert_eq!(err.kind, Kind::ProtocolMismatch);
         assert_eq!(err.exit_code(), 7);
-        assert!(err.message.contains("version 2"), "{}", err.message);
+        assert!(err.message.contains(&format!("version {old}")), "{}", err.message);
         let err = query_stats(&mut d).unwrap_err();
         assert_eq!(err.exit_code(), 7);
     }
