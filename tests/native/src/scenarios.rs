@@ -16,7 +16,9 @@ use std::time::Duration;
 use wfpmon_core::protocol;
 
 use crate::clock;
+use crate::engine::ClassifyFn;
 use crate::engine::{Barrier, Breakage, Mode};
+use crate::kernel::{self, DISPATCH_LEVEL, PASSIVE_LEVEL, call_into_image};
 use crate::rng::Rng;
 use crate::world::{Config, FilterKind, HostFlow, Summary, World, WorldGuard};
 
@@ -603,6 +605,74 @@ pub fn use_after_delete(seed: u64) -> Result<Summary, String> {
     w.end_flow(&second);
     w.unload();
     w.finish()
+}
+
+/// The harness checks itself: deliberate host-side breakage that each
+/// check must report — a pool block left behind at Unload, a callback
+/// returning with a spin lock held (and at raised IRQL), and driver code
+/// called after the image was unloaded. Returns the violations recorded.
+///
+/// # Errors
+/// When the world cannot be built.
+pub fn self_check(seed: u64) -> Result<Vec<String>, String> {
+    let w = boot(Config::new(seed))?;
+    // A block the "driver" allocates and never frees.
+    let leaked = call_into_image(&w, "self-check: leak", PASSIVE_LEVEL, || {
+        // SAFETY: the pool model, called as the image would call it.
+        unsafe {
+            kernel::ex_allocate_pool2(
+                kernel::POOL_FLAG_NON_PAGED,
+                64,
+                u32::from_le_bytes(*b"Leak"),
+            )
+        }
+    });
+    // A callback that returns holding a spin lock.
+    let mut word = 0u64;
+    call_into_image(&w, "self-check: lock", PASSIVE_LEVEL, || {
+        // SAFETY: a KSPIN_LOCK on this stack frame, alive for the call.
+        unsafe { kernel::ke_acquire_spin_lock_raise_to_dpc(&raw mut word) }
+    });
+    call_into_image(&w, "self-check: unlock", DISPATCH_LEVEL, || {
+        // SAFETY: the lock acquired above by this thread.
+        unsafe { kernel::ke_release_spin_lock(&raw mut word, PASSIVE_LEVEL) };
+    });
+    let f = w.open_flow(false, true, false, 1);
+    let _ = w.establish(&f, FilterKind::Inspection);
+    let stream = w.callout(f.data_callout()).ok_or("no stream callout")?;
+    w.unload();
+    // Driver code run after Unload returned (bypassing the engine, which
+    // would refuse: the callout is unregistered).
+    // SAFETY: the classifyFn the image registered; the image is still mapped.
+    let classify = unsafe { std::mem::transmute::<usize, ClassifyFn>(stream.classify) };
+    call_into_image(
+        &w,
+        "self-check: classify after unload",
+        DISPATCH_LEVEL,
+        || {
+            // SAFETY: null arguments and no flow context: the driver's classify
+            // returns at once without touching anything.
+            unsafe {
+                classify(
+                    std::ptr::null(),
+                    std::ptr::null(),
+                    std::ptr::null_mut(),
+                    std::ptr::null(),
+                    std::ptr::null(),
+                    0,
+                    std::ptr::null_mut(),
+                );
+            }
+        },
+    );
+    let reported = w.kernel.violations();
+    // Tidy up so that the world drops cleanly.
+    call_into_image(&w, "self-check: free", PASSIVE_LEVEL, || {
+        // SAFETY: the block allocated above, freed once.
+        unsafe { kernel::ex_free_pool_with_tag(leaked, u32::from_le_bytes(*b"Leak")) };
+    });
+    w.end_flow(&f);
+    Ok(reported)
 }
 
 /// Runs `scenario` for `reps` consecutive seeds from `base`; stops at the

@@ -194,3 +194,23 @@ fn ioctls_from_another_thread_during_traffic() {
         assert!(s.contexts > 0, "{s:?}");
     }
 }
+
+#[test]
+fn the_checks_catch_what_they_must() {
+    if !image_present() {
+        return;
+    }
+    let seen = scenarios::self_check(rng::base_seed(0x8000)).unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("self-check violations: {seen:#?}");
+    for expected in [
+        "returned holding 1 spin lock",
+        "returned at IRQL 2",
+        "Unload returned leaving 1 pool block(s) (Leak:64B)",
+        "driver code called after the image was unloaded",
+    ] {
+        assert!(
+            seen.iter().any(|v| v.contains(expected)),
+            "the harness did not report \"{expected}\"; it reported {seen:#?}"
+        );
+    }
+}
