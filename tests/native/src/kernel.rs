@@ -84,6 +84,7 @@ thread_local! {
     static HELD: RefCell<Vec<Held>> = const { RefCell::new(Vec::new()) };
     static TOKEN: u64 = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed);
     static LINES: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+    static POOL_RNG: Cell<u64> = const { Cell::new(0) };
 }
 
 /// The calling thread's IRQL.
@@ -258,6 +259,10 @@ pub struct Kernel {
     /// Nanoseconds of real time per simulated wait quantum.
     quantum_nap: Duration,
     echo: bool,
+    /// Pool exhaustion: every n-th allocation (on average) fails; 0: never.
+    pub pool_fail_one_in: AtomicU64,
+    /// Allocations failed by [`Kernel::pool_fail_one_in`].
+    pub pool_failed: AtomicU64,
 }
 
 /// Size of `DRIVER_OBJECT` on x64.
@@ -308,6 +313,8 @@ impl Kernel {
             simulated_clock,
             quantum_nap: Duration::from_micros(20),
             echo: std::env::var_os("WFPMON_NATIVE_VERBOSE").is_some(),
+            pool_fail_one_in: AtomicU64::new(0),
+            pool_failed: AtomicU64::new(0),
         }
     }
 
@@ -420,6 +427,30 @@ impl Kernel {
         drop(f);
         if !delay.is_zero() {
             std::thread::sleep(delay);
+        }
+        fail
+    }
+
+    /// Whether this allocation fails because the pool is "exhausted"
+    /// ([`Kernel::pool_fail_one_in`], drawn per thread).
+    fn pool_exhausted(&self) -> bool {
+        let n = self.pool_fail_one_in.load(Ordering::Relaxed);
+        if n == 0 {
+            return false;
+        }
+        let fail = POOL_RNG.with(|r| {
+            let mut x = r.get();
+            if x == 0 {
+                x = token().wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            }
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            r.set(x);
+            x % n == 0
+        });
+        if fail {
+            self.pool_failed.fetch_add(1, Ordering::Relaxed);
         }
         fail
     }
@@ -659,7 +690,7 @@ pub unsafe extern "win64" fn ex_allocate_pool2(flags: u64, size: usize, tag: u32
     if tag == 0 {
         w.kernel.violation("ExAllocatePool2 with pool tag 0".into());
     }
-    if w.kernel.inject("ExAllocatePool2") {
+    if w.kernel.inject("ExAllocatePool2") || w.kernel.pool_exhausted() {
         return std::ptr::null_mut();
     }
     let layout = Layout::from_size_align(size.max(1), 16).expect("layout");

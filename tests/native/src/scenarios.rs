@@ -175,6 +175,9 @@ pub fn lifecycle(seed: u64) -> Result<Summary, String> {
         }
     }
     let total = flows.len();
+    // Interrupt time (the patched KUSER_SHARED_DATA read) must move: the
+    // flows' ages grow by at least this sleep.
+    std::thread::sleep(Duration::from_millis(20));
     let (status, header, entries) = w.list_flows(64)?;
     if status != 0 || header.total_flows as usize != total || entries.len() != total {
         w.kernel.violation(format!(
@@ -187,6 +190,12 @@ pub fn lifecycle(seed: u64) -> Result<Summary, String> {
         if !flows.iter().any(|f| f.flow.handle == e.flow_id) {
             w.kernel
                 .violation(format!("LIST_FLOWS lists unknown flow {:#x}", e.flow_id));
+        }
+        if !(15..60_000).contains(&e.age_ms) {
+            w.kernel.violation(format!(
+                "flow {:#x} is {} ms old after a 20 ms sleep (interrupt time not read from the host page?)",
+                e.flow_id, e.age_ms
+            ));
         }
     }
     let (status, header, entries) = w.list_flows(1)?;
@@ -564,6 +573,59 @@ pub fn ioctls_during_traffic(seed: u64, threads: usize, steps: usize) -> Result<
     });
     w.check_counters();
     let _ = w.send_irp(IRP_MJ_CLOSE, 0, &[], 0, "");
+    w.unload();
+    end_all(&w, &mut leftover);
+    w.finish()
+}
+
+/// The pool runs dry during traffic: one allocation in `one_in` fails
+/// (flow-established classifies on two threads). The driver must count each
+/// failure, track nothing for those flows, and keep every other count right.
+///
+/// # Errors
+/// The problems found, with the seed.
+pub fn allocation_failures(seed: u64, one_in: u64, steps: usize) -> Result<Summary, String> {
+    let mut rng = Rng::new(seed);
+    let w = boot(Config::new(seed))?;
+    w.kernel.pool_fail_one_in.store(one_in, Ordering::SeqCst);
+    let w_ref: &World = &w;
+    let mut leftover = Vec::new();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..2u64)
+            .map(|t| {
+                let mut trng = rng.fork();
+                std::thread::Builder::new()
+                    .name(format!("classify-{t}"))
+                    .spawn_scoped(s, move || {
+                        let mut flows = Vec::new();
+                        let mut counter = (t + 1) << 32;
+                        for _ in 0..steps {
+                            traffic_step(w_ref, &mut trng, &mut flows, &mut counter, None);
+                        }
+                        flows
+                    })
+                    .expect("spawn")
+            })
+            .collect();
+        for h in handles {
+            leftover.extend(h.join().unwrap_or_default());
+        }
+    });
+    w.kernel.pool_fail_one_in.store(0, Ordering::SeqCst);
+    let failed = w.kernel.pool_failed.load(Ordering::SeqCst);
+    match w.query_stats() {
+        Ok(stats) if stats.allocation_failures != failed => w.kernel.violation(format!(
+            "statistics: allocation_failures = {}, but {failed} allocations failed",
+            stats.allocation_failures
+        )),
+        Ok(_) => {}
+        Err(e) => w.kernel.violation(e),
+    }
+    if failed == 0 {
+        w.kernel
+            .violation("no allocation failed: the scenario exercised nothing".into());
+    }
+    w.check_counters();
     w.unload();
     end_all(&w, &mut leftover);
     w.finish()

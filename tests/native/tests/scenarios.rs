@@ -184,6 +184,15 @@ fn a_failure_at_every_failable_driver_entry_call() {
 }
 
 #[test]
+fn pool_exhaustion_during_traffic() {
+    if let Some(s) = run("pool_exhaustion_during_traffic", 0x9000, 20, |seed| {
+        scenarios::allocation_failures(seed, 3, 1_000)
+    }) {
+        assert!(s.contexts > 0, "no flow was tracked at all: {s:?}");
+    }
+}
+
+#[test]
 fn ioctls_from_another_thread_during_traffic() {
     if let Some(s) = run(
         "ioctls_from_another_thread_during_traffic",
