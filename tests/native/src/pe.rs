@@ -280,82 +280,18 @@ impl Image {
             // was copied); read-only view while nothing else writes it.
             let bytes =
                 unsafe { std::slice::from_raw_parts(range.start as *const u8, len) }.to_vec();
-            let mut decoder =
-                Decoder::with_ip(64, &bytes, range.start as u64, DecoderOptions::NONE);
-            let mut instr = Instruction::default();
-            while decoder.can_decode() {
-                decoder.decode_out(&mut instr);
-                let at = usize::try_from(instr.ip()).unwrap_or(usize::MAX);
-                let offset = at - self.base;
-                if instr.is_invalid() {
-                    continue; // padding or data between functions
-                }
-                if matches!(instr.segment_prefix(), Register::GS | Register::FS)
-                    || matches!(instr.memory_segment(), Register::GS | Register::FS)
-                {
-                    problems.push(format!(
-                        "{offset:#x}: {:?} uses a gs:/fs: segment (per-processor kernel data)",
-                        instr.code()
-                    ));
-                    continue;
-                }
-                if (0..instr.op_count()).any(|i| {
-                    let name = format!("{:?}", instr.op_register(i));
-                    name.starts_with("CR") || name.starts_with("DR")
-                }) {
-                    problems.push(format!(
-                        "{offset:#x}: {:?} accesses a control/debug register",
-                        instr.code()
-                    ));
-                    continue;
-                }
-                let offsets = decoder.get_constant_offsets(&instr);
-                let imm = (0..instr.op_count())
-                    .any(|i| {
-                        matches!(
-                            instr.op_kind(i),
-                            OpKind::Immediate64 | OpKind::Immediate32to64 | OpKind::Immediate32
-                        )
-                    })
-                    .then(|| instr.immediate64());
-                let displacement =
-                    (instr.memory_displ_size() == 8).then(|| instr.memory_displacement64());
-                let is_movabs_imm = instr.code() == Code::Mov_r64_imm64;
-                let is_moffs =
-                    matches!(instr.code(), Code::Mov_RAX_moffs64 | Code::Mov_moffs64_RAX);
-                for (value, field) in [(imm, "immediate"), (displacement, "displacement")] {
-                    let Some(value) = value else { continue };
-                    if value < 0xFFFF_8000_0000_0000 || instr.is_ip_rel_memory_operand() {
-                        continue;
-                    }
-                    let kuser = (clock::KERNEL_USER_SHARED_DATA
-                        ..clock::KERNEL_USER_SHARED_DATA + 0x1000)
-                        .contains(&value);
-                    if value == clock::KERNEL_INTERRUPT_TIME && (is_movabs_imm || is_moffs) {
-                        let (pos, size) = if is_movabs_imm {
-                            (offsets.immediate_offset(), offsets.immediate_size())
-                        } else {
-                            (offsets.displacement_offset(), offsets.displacement_size())
-                        };
-                        if size != 8 {
-                            problems.push(format!(
-                                "{offset:#x}: unexpected encoding of the interrupt-time read"
-                            ));
-                            continue;
-                        }
-                        let target = page + clock::INTERRUPT_TIME_OFFSET as u64;
-                        self.write(offset + pos, &target.to_le_bytes())?;
-                        self.interrupt_time_sites.push(offset);
-                    } else if kuser {
-                        problems.push(format!("{offset:#x}: reads KUSER_SHARED_DATA+{:#x} ({field}); only InterruptTime is modelled", value - clock::KERNEL_USER_SHARED_DATA));
-                    } else {
-                        problems.push(format!(
-                            "{offset:#x}: absolute kernel address {value:#x} ({field}) in {:?}",
-                            instr.code()
-                        ));
-                    }
-                }
+            let section = range.start - self.base;
+            let scan = scan_code(&bytes);
+            for site in scan.interrupt_time_sites {
+                let target = page + clock::INTERRUPT_TIME_OFFSET as u64;
+                self.write(section + site.field, &target.to_le_bytes())?;
+                self.interrupt_time_sites.push(section + site.instruction);
             }
+            problems.extend(
+                scan.problems
+                    .into_iter()
+                    .map(|(at, what)| format!("{:#x}: {what}", section + at)),
+            );
         }
         if problems.is_empty() {
             Ok(())
@@ -395,11 +331,193 @@ impl Image {
     }
 }
 
+/// A read of `KUSER_SHARED_DATA.InterruptTime` found by [`scan_code`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InterruptTimeSite {
+    /// Offset of the instruction.
+    pub instruction: usize,
+    /// Offset of its 8-byte address field (the one to rewrite).
+    pub field: usize,
+}
+
+/// What [`scan_code`] found.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// `movabs r64, imm64` / `mov rax, [moffs64]` reads of InterruptTime.
+    pub interrupt_time_sites: Vec<InterruptTimeSite>,
+    /// (offset, description) of code a user process cannot run.
+    pub problems: Vec<(usize, String)>,
+}
+
+/// Linear disassembly of x64 code (offsets relative to its start): finds
+/// the interrupt-time reads the loader rewrites, and everything only a
+/// kernel can run — `gs:`/`fs:` (per-processor data), control and debug
+/// registers (`cr8` is the IRQL), and absolute kernel addresses (8-byte
+/// immediates or displacements, or absolute 32-bit ones, at or above
+/// 0xFFFF800000000000) other than InterruptTime.
+#[must_use]
+pub fn scan_code(bytes: &[u8]) -> Scan {
+    let mut scan = Scan::default();
+    let mut decoder = Decoder::with_ip(64, bytes, 0, DecoderOptions::NONE);
+    let mut instr = Instruction::default();
+    while decoder.can_decode() {
+        decoder.decode_out(&mut instr);
+        let at = usize::try_from(instr.ip()).unwrap_or(usize::MAX);
+        if instr.is_invalid() {
+            continue; // padding or data between functions
+        }
+        if matches!(instr.segment_prefix(), Register::GS | Register::FS)
+            || matches!(instr.memory_segment(), Register::GS | Register::FS)
+        {
+            scan.problems.push((
+                at,
+                format!(
+                    "{:?} uses a gs:/fs: segment (per-processor kernel data)",
+                    instr.code()
+                ),
+            ));
+            continue;
+        }
+        if (0..instr.op_count()).any(|i| {
+            let name = format!("{:?}", instr.op_register(i));
+            name.starts_with("CR") || name.starts_with("DR")
+        }) {
+            scan.problems.push((
+                at,
+                format!("{:?} accesses a control/debug register", instr.code()),
+            ));
+            continue;
+        }
+        let offsets = decoder.get_constant_offsets(&instr);
+        let movabs = instr.code() == Code::Mov_r64_imm64;
+        let moffs = matches!(instr.code(), Code::Mov_RAX_moffs64 | Code::Mov_moffs64_RAX);
+        let absolute_memory = (0..instr.op_count()).any(|i| instr.op_kind(i) == OpKind::Memory)
+            && instr.memory_base() == Register::None
+            && instr.memory_index() == Register::None;
+        let mut values = Vec::new();
+        if movabs {
+            values.push((instr.immediate64(), offsets.immediate_offset(), "immediate"));
+        }
+        if absolute_memory && !instr.is_ip_rel_memory_operand() {
+            values.push((
+                instr.memory_displacement64(),
+                offsets.displacement_offset(),
+                "address",
+            ));
+        }
+        for (value, field, what) in values {
+            if value < 0xFFFF_8000_0000_0000 {
+                continue;
+            }
+            let kuser = (clock::KERNEL_USER_SHARED_DATA..clock::KERNEL_USER_SHARED_DATA + 0x1000)
+                .contains(&value);
+            let eight_bytes = if movabs {
+                offsets.immediate_size() == 8
+            } else {
+                offsets.displacement_size() == 8
+            };
+            if value == clock::KERNEL_INTERRUPT_TIME && (movabs || moffs) && eight_bytes {
+                scan.interrupt_time_sites.push(InterruptTimeSite {
+                    instruction: at,
+                    field: at + field,
+                });
+            } else if kuser {
+                scan.problems.push((
+                    at,
+                    format!(
+                        "reads KUSER_SHARED_DATA+{:#x} ({what}); only InterruptTime is modelled",
+                        value - clock::KERNEL_USER_SHARED_DATA
+                    ),
+                ));
+            } else {
+                scan.problems.push((
+                    at,
+                    format!(
+                        "absolute kernel address {value:#x} ({what}) in {:?}",
+                        instr.code()
+                    ),
+                ));
+            }
+        }
+    }
+    scan
+}
+
 impl Drop for Image {
     fn drop(&mut self) {
         // SAFETY: our own mapping, unmapped once; any later execution of
         // the image faults (which is the point: nothing may run it after
         // unload).
         unsafe { libc::munmap(self.base as *mut libc::c_void, self.size) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(bytes: &[u8]) -> usize {
+        scan_code(bytes).problems.len()
+    }
+
+    #[test]
+    fn interrupt_time_reads_are_found_in_both_encodings() {
+        // movabs rax, 0xFFFFF78000000008; mov rax, [rax]
+        let movabs = [
+            0x48, 0xB8, 0x08, 0, 0, 0, 0x80, 0xF7, 0xFF, 0xFF, 0x48, 0x8B, 0x00,
+        ];
+        let scan = scan_code(&movabs);
+        assert_eq!(
+            scan.interrupt_time_sites,
+            vec![InterruptTimeSite {
+                instruction: 0,
+                field: 2
+            }]
+        );
+        assert!(scan.problems.is_empty(), "{:?}", scan.problems);
+        // mov rax, [0xFFFFF78000000008] (moffs64)
+        let moffs = [0x48, 0xA1, 0x08, 0, 0, 0, 0x80, 0xF7, 0xFF, 0xFF];
+        let scan = scan_code(&moffs);
+        assert_eq!(
+            scan.interrupt_time_sites,
+            vec![InterruptTimeSite {
+                instruction: 0,
+                field: 2
+            }]
+        );
+    }
+
+    #[test]
+    fn kernel_only_code_is_refused() {
+        // mov rax, gs:[0x188] (the current thread)
+        assert_eq!(
+            problems(&[0x65, 0x48, 0x8B, 0x04, 0x25, 0x88, 0x01, 0, 0]),
+            1
+        );
+        // mov rax, cr8 (the IRQL)
+        assert_eq!(problems(&[0x44, 0x0F, 0x20, 0xC0]), 1);
+        // movabs rax, KUSER_SHARED_DATA+0x14 (SystemTime): not modelled
+        assert_eq!(
+            problems(&[0x48, 0xB8, 0x14, 0, 0, 0, 0x80, 0xF7, 0xFF, 0xFF]),
+            1
+        );
+        // movabs rax, 0xFFFF800000000000
+        assert_eq!(problems(&[0x48, 0xB8, 0, 0, 0, 0, 0, 0x80, 0xFF, 0xFF]), 1);
+        // mov eax, [0xFFFFFFFFFFFFFF00] (absolute, sign-extended 32-bit)
+        assert_eq!(problems(&[0x8B, 0x04, 0x25, 0x00, 0xFF, 0xFF, 0xFF]), 1);
+    }
+
+    #[test]
+    fn ordinary_code_passes() {
+        // mov rax, -1; and rsp, -16; mov rax, [rip+0x10]; movabs rax, 0x180000000; ret
+        let code = [
+            0x48, 0xC7, 0xC0, 0xFF, 0xFF, 0xFF, 0xFF, 0x48, 0x83, 0xE4, 0xF0, 0x48, 0x8B, 0x05,
+            0x10, 0, 0, 0, 0x48, 0xB8, 0, 0, 0, 0x80, 0x01, 0, 0, 0, 0xC3,
+        ];
+        let scan = scan_code(&code);
+        assert!(
+            scan.problems.is_empty() && scan.interrupt_time_sites.is_empty(),
+            "{scan:?}"
+        );
     }
 }
