@@ -19,6 +19,7 @@ use crate::kernel::pool::PoolBox;
 use crate::kernel::time;
 use crate::kernel::wfp::{self, FlowEstablished};
 use crate::shared::SHARED;
+use crate::trace;
 
 /// ALE flow established: attach a [`FlowRecord`] to the new flow, owned by
 /// the data callout (stream for TCP, datagram-data otherwise) of the same
@@ -67,6 +68,9 @@ pub fn on_flow_established(flow: &FlowEstablished) {
     // but leaves our context unowned.
     if status == STATUS_SUCCESS {
         SHARED.stats.flow_tracked();
+        if trace::flows_enabled() {
+            trace::flow_established(flow.flow_handle, flow.process_id, &flow.tuple);
+        }
         // Ownership passes to the association; the flow-delete callback frees it.
         let _ = record.into_raw();
     } else {
@@ -100,6 +104,13 @@ pub fn on_flow_data(record: &FlowRecord, direction: Direction, bytes: u64, packe
 /// `context` must be a context this driver associated (a [`FlowRecord`]
 /// from [`on_flow_established`]), delivered once by the engine.
 pub unsafe fn on_flow_delete(context: NonNull<FlowRecord>) {
+    if trace::flows_enabled() {
+        // SAFETY: contract — a live record; only its immutable fields and
+        // atomic counters are read.
+        let record = unsafe { context.as_ref() };
+        let age = time::interrupt_time().saturating_sub(record.established_at);
+        trace::flow_ended(record, &record.traffic.snapshot(), age / 10_000);
+    }
     // SAFETY: contract — a live record we associated and still track.
     let removed = unsafe { SHARED.flows.remove(context, |r| SHARED.stats.retire(r)) };
     // SAFETY: the engine delivers each context's deletion once; the record

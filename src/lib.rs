@@ -16,7 +16,8 @@
 //! - [`callouts`]: the classify and flow-delete logic, safe code over the
 //!   decoded arguments;
 //! - [`control`]: the IRP dispatch of the control device;
-//! - [`shared`]: state the callouts and the lifecycle share.
+//! - [`shared`]: state the callouts and the lifecycle share;
+//! - [`trace`]: the `TraceLogging` (ETW) provider `wfpmon`.
 //!
 //! Everything that does not need the kernel (callout catalog, flow registry,
 //! unregistration protocol, control protocol) is in the `wfpmon-core` crate
@@ -39,6 +40,7 @@ mod control;
 mod kernel;
 mod lifecycle;
 mod shared;
+mod trace;
 
 use wdk_sys::{DRIVER_OBJECT, NTSTATUS, PCUNICODE_STRING};
 

@@ -21,6 +21,7 @@ use crate::kernel::driver::DriverObject;
 use crate::kernel::wfp::{self, InjectionHandle};
 use crate::kernel::{Status, log, time};
 use crate::shared::SHARED;
+use crate::trace;
 
 /// Everything `DriverEntry` created. **Field order = teardown order.**
 struct Driver {
@@ -31,6 +32,9 @@ struct Driver {
     device: Device,
     /// 3. Then the injection handle (`FwpsInjectionHandleDestroy0`).
     injection: Option<InjectionHandle>,
+    /// 4. Last, the ETW provider (`EtwUnregister`): it reports everything
+    ///    above, and must not outlive the image.
+    _trace: trace::Registration,
 }
 
 impl Drop for Driver {
@@ -39,6 +43,7 @@ impl Drop for Driver {
         SHARED.flows.stop();
         // The per-flow failures classify counted instead of logging them.
         let totals = SHARED.stats.snapshot(0, Traffic::default());
+        trace::teardown_begins(&totals);
         log!(
             "teardown: {} flows tracked, {} deleted, {} allocation failures, {} association failures",
             totals.flows_tracked,
@@ -62,6 +67,7 @@ impl Drop for Driver {
         // image anyway (code runs after any decrement).
         let left = SHARED.flows.len();
         if left != 0 {
+            trace::records_left(u32::try_from(left).unwrap_or(u32::MAX));
             log!(
                 "ERROR: teardown: {left} flow records still tracked after every callout was unregistered (engine rule broken)"
             );
@@ -120,10 +126,15 @@ fn unregister(index: CalloutIndex, id: u32) -> Outcome {
     let mut protocol = Unregistration::new();
     let started = time::interrupt_time();
     let mut report = LogBackoff::new();
+    // Whether the next removal pass asks every tracked flow (a fresh pass)
+    // or only the flows not asked yet (continuing the last one). See
+    // `FlowRegistry::current_removal_pass`.
+    let mut fresh_pass = true;
     loop {
         match protocol.step() {
             Step::Unregister => {
                 let status = wfp::unregister_callout(id);
+                trace::unregister_attempt(name, id, protocol.attempts() + 1, status);
                 if protocol.attempts() == 0 {
                     log!(
                         "FwpsCalloutUnregisterById0({name}, id {id}) -> {}",
@@ -133,9 +144,13 @@ fn unregister(index: CalloutIndex, id: u32) -> Outcome {
                 protocol.on_unregister(status);
             }
             Step::RemoveContexts => {
-                let pass = remove_flow_contexts(index, id);
+                let pass = remove_flow_contexts(index, id, fresh_pass);
+                // "An error occurred" leaves the context where it was: ask
+                // every flow again next time.
+                fresh_pass = pass.other > 0;
                 let left = SHARED.flows.count_for(index);
                 if pass.removed() > 0 || pass.other > 0 {
+                    trace::removal_pass(name, &pass.counts(left));
                     log!("{name}: removal pass: {pass}; {left} flows still tracked");
                 }
                 protocol.on_contexts_removed(pass.removed(), left);
@@ -143,6 +158,16 @@ fn unregister(index: CalloutIndex, id: u32) -> Outcome {
             Step::Wait { timeout_100ns } => {
                 let elapsed = time::interrupt_time().saturating_sub(started);
                 if report.due(elapsed) {
+                    // A safety net on the report schedule (rare): ask every
+                    // flow still tracked again, whatever it answered before.
+                    fresh_pass = true;
+                    trace::still_registered(
+                        name,
+                        elapsed / MILLISECONDS,
+                        protocol.attempts(),
+                        protocol.last_status().unwrap_or_default(),
+                        u32::try_from(SHARED.flows.count_for(index)).unwrap_or(u32::MAX),
+                    );
                     log!(
                         "{name} (id {id}) still registered after {} ms: {} attempts, last status {}, {} flows still tracked; waiting",
                         elapsed / MILLISECONDS,
@@ -156,6 +181,12 @@ fn unregister(index: CalloutIndex, id: u32) -> Outcome {
             }
             Step::Finished(outcome) => {
                 let elapsed = time::interrupt_time().saturating_sub(started);
+                trace::callout_unregistered(
+                    name,
+                    protocol.attempts(),
+                    outcome == Outcome::AlreadyGone,
+                    elapsed / MILLISECONDS,
+                );
                 log!("{name}: {outcome:?} after {} ms", elapsed / MILLISECONDS);
                 return outcome;
             }
@@ -186,6 +217,19 @@ impl RemovalPass {
     const fn removed(&self) -> usize {
         self.removed_now + self.pending
     }
+
+    /// The pass as the `RemovalPass` event reports it.
+    fn counts(&self, still_tracked: usize) -> trace::RemovalCounts {
+        let n = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+        trace::RemovalCounts {
+            removed: n(self.removed_now),
+            pending: n(self.pending),
+            no_context: n(self.no_context),
+            other: n(self.other),
+            first_other: self.first_other,
+            still_tracked: n(still_tracked),
+        }
+    }
 }
 
 impl core::fmt::Display for RemovalPass {
@@ -207,12 +251,16 @@ impl core::fmt::Display for RemovalPass {
     }
 }
 
-/// `FwpsFlowRemoveContext0` for every flow tracked for callout `index`,
-/// once each, summed up (never a log line per flow: thousands of flows may
-/// be open).
-fn remove_flow_contexts(index: CalloutIndex, id: u32) -> RemovalPass {
+/// `FwpsFlowRemoveContext0` for every flow tracked for callout `index`
+/// (`fresh`), or for those not asked in the last pass, once each, summed up
+/// (never a log line per flow: thousands of flows may be open).
+fn remove_flow_contexts(index: CalloutIndex, id: u32, fresh: bool) -> RemovalPass {
     let layer = CALLOUTS[index].runtime_layer;
-    let token = SHARED.flows.begin_removal_pass();
+    let token = if fresh {
+        SHARED.flows.begin_removal_pass()
+    } else {
+        SHARED.flows.current_removal_pass()
+    };
     let mut pass = RemovalPass::default();
     // The registry hands out a copy of each association: the record itself
     // may be freed by the flow-delete callback inside the removal call.
@@ -246,31 +294,37 @@ static RUNNING: Slot = Slot(UnsafeCell::new(None));
 /// that order. On failure everything already built is torn down (by the
 /// same code as Unload) and the failing status is returned.
 pub fn start(driver_object: &mut DriverObject) -> NTSTATUS {
+    // First, so that every step below is reported; unregistered last, by
+    // whichever teardown runs (see `Driver`).
+    let trace = trace::Registration::register();
+    trace::driver_entry();
     log!("DriverEntry");
     SHARED.flow_deleted.initialize();
 
     let device = match Device::create(driver_object) {
         Ok(device) => device,
-        Err(status) => return failed("IoCreateDevice", status),
+        // `trace` is dropped after this report, unregistering the provider.
+        Err((call, status)) => return failed(call, status),
     };
     let mut driver = Driver {
         callouts: Callouts::none(),
         device,
         injection: None,
+        _trace: trace,
     };
 
     if let Err(status) = driver.callouts.register_all(&driver.device) {
+        let status = failed("FwpsCalloutRegister1", status);
         drop(driver);
-        return failed("FwpsCalloutRegister1", status);
+        return status;
     }
 
     match InjectionHandle::create() {
-        Ok(handle) => {
-            driver.injection = Some(handle);
-        }
+        Ok(handle) => driver.injection = Some(handle),
         Err(status) => {
+            let status = failed("FwpsInjectionHandleCreate0", status);
             drop(driver);
-            return failed("FwpsInjectionHandleCreate0", status);
+            return status;
         }
     }
 
@@ -279,13 +333,17 @@ pub fn start(driver_object: &mut DriverObject) -> NTSTATUS {
     // SAFETY: DriverEntry is not concurrent with itself or with unload
     // (which cannot run before DriverUnload was set just above).
     unsafe { *RUNNING.0.get() = Some(driver) };
+    trace::driver_entry_done(None, STATUS_SUCCESS);
     log!("DriverEntry -> STATUS_SUCCESS");
     STATUS_SUCCESS
 }
 
-fn failed(step: &str, status: NTSTATUS) -> NTSTATUS {
+/// Reports a failed `DriverEntry` step; the caller then undoes every earlier
+/// step (the teardown reports each) and returns the status.
+fn failed(call: &'static str, status: NTSTATUS) -> NTSTATUS {
+    trace::driver_entry_done(Some(call), status);
     log!(
-        "DriverEntry failed at {step}: {}; every earlier step was undone",
+        "DriverEntry failed at {call}: {}; undoing every earlier step",
         Status(status)
     );
     status
@@ -293,6 +351,7 @@ fn failed(step: &str, status: NTSTATUS) -> NTSTATUS {
 
 /// The unload routine: the teardown of [`Driver`]. `PASSIVE_LEVEL`.
 unsafe extern "C" fn unload(_driver: *mut DRIVER_OBJECT) {
+    trace::unload();
     log!("Unload");
     // SAFETY: serialised with DriverEntry by the I/O manager (see `Slot`).
     let driver = unsafe { (*RUNNING.0.get()).take() };

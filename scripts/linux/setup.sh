@@ -128,7 +128,7 @@ mingw_version="$(dpkg-query -W -f='${Version}' mingw-w64-x86-64-dev)"
 llvm_version="$(llvm-dlltool --version 2>/dev/null | head -n 3 | tr '\n' ' ' || true)"
 # Bump when the layout or the generation below changes (hashing this whole
 # script instead would regenerate, and so rebuild wdk-sys, on any edit).
-wdk_layout_version=1
+wdk_layout_version=2
 wdk_fp="$(fingerprint "$wdk_layout_version" "$(file_hash "$overlay_src")" \
     "$mingw_version" "$llvm_version" "$WFPMON_WDK_VERSION")"
 wdk_stamp="$WFPMON_WDK_ROOT/.wfpmon-stamp"
@@ -171,8 +171,10 @@ if [[ ! -f "$wdk_stamp" || "$(cat "$wdk_stamp")" != "$wdk_fp" ]]; then
     cp -p "$overlay_src" "$inc/km/"
     ln -s "$(readlink -f "$mingw_root/include")" "$inc/shared"
 
-    # Exports the overlay header declares but mingw 10's libntoskrnl.a lacks.
-    overlay_exports=(ExAllocatePool2 ExAllocatePool3)
+    # Real ntoskrnl exports that mingw 10's libntoskrnl.a lacks: the pool
+    # API the overlay header declares, and EtwSetInformation (Windows 8+),
+    # which the tracelogging crate declares itself.
+    overlay_exports=(ExAllocatePool2 ExAllocatePool3 EtwSetInformation)
     make_def "$mingw_root/lib/libntoskrnl.a" ntoskrnl.exe "${overlay_exports[@]}" >"$lib/ntoskrnl.def"
     make_def "$mingw_root/lib/libhal.a" hal.dll >"$lib/hal.def"
     make_def "$mingw_root/lib/libwmilib.a" wmilib.sys >"$lib/wmilib.def"

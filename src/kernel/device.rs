@@ -10,6 +10,7 @@ use wfpmon_core::{catalog, protocol, security};
 
 use super::driver::DriverObject;
 use super::{KERNEL_MODE, Status, WideStr, log, nt_success};
+use crate::trace;
 
 const NAME_LEN: usize = catalog::DEVICE_NAME.len();
 /// The name and its terminating NUL (`IoCreateDevice` documents a
@@ -30,8 +31,8 @@ impl Device {
     /// descriptor: SYSTEM and Administrators only. `PASSIVE_LEVEL`.
     ///
     /// # Errors
-    /// The failing call's status; nothing is left behind.
-    pub fn create(driver: &DriverObject) -> Result<Self, NTSTATUS> {
+    /// The failing call's name and status; nothing is left behind.
+    pub fn create(driver: &DriverObject) -> Result<Self, (&'static str, NTSTATUS)> {
         #[allow(clippy::cast_possible_truncation)] // a short constant name
         let byte_len = (NAME_LEN * 2) as u16;
         let mut name = UNICODE_STRING {
@@ -53,16 +54,17 @@ impl Device {
                 &raw mut raw,
             )
         };
+        trace::step("IoCreateDevice", status);
         log!(
             "IoCreateDevice({}) -> {}",
             catalog::DEVICE_NAME,
             Status(status)
         );
         if !nt_success(status) {
-            return Err(status);
+            return Err(("IoCreateDevice", status));
         }
         let device = Self {
-            raw: NonNull::new(raw).ok_or(wdk_sys::STATUS_UNSUCCESSFUL)?,
+            raw: NonNull::new(raw).ok_or(("IoCreateDevice", wdk_sys::STATUS_UNSUCCESSFUL))?,
         };
         device.restrict_access()?;
         Ok(device)
@@ -81,7 +83,7 @@ impl Device {
     /// Windows. `ObSetSecurityObjectByPointer`, an export the WDK headers do
     /// not declare, is no option either: it does not compile against the
     /// real WDK.
-    fn restrict_access(&self) -> Result<(), NTSTATUS> {
+    fn restrict_access(&self) -> Result<(), (&'static str, NTSTATUS)> {
         let mut handle: HANDLE = ptr::null_mut();
         // SAFETY: PASSIVE_LEVEL (DriverEntry); a valid device object; no
         // access state; a NULL object type is allowed for KernelMode
@@ -99,9 +101,10 @@ impl Device {
                 &raw mut handle,
             )
         };
+        trace::step("ObOpenObjectByPointer", status);
         log!("ObOpenObjectByPointer(WRITE_DAC) -> {}", Status(status));
         if !nt_success(status) {
-            return Err(status);
+            return Err(("ObOpenObjectByPointer", status));
         }
         let sd = security::device_security_descriptor();
         // SAFETY: a kernel handle we own, opened with WRITE_DAC; the
@@ -114,17 +117,19 @@ impl Device {
                 ptr::from_ref(&sd.0).cast_mut().cast(),
             )
         };
+        trace::step("ZwSetSecurityObject", set);
         log!(
             "ZwSetSecurityObject(D:P(A;;FA;;;SY)(A;;FA;;;BA)) -> {}",
             Status(set)
         );
         // SAFETY: the handle opened above, closed exactly once.
         let closed = unsafe { ntddk::ZwClose(handle) };
+        trace::step("ZwClose", closed);
         log!("ZwClose -> {}", Status(closed));
         if !nt_success(set) {
-            Err(set)
+            Err(("ZwSetSecurityObject", set))
         } else if !nt_success(closed) {
-            Err(closed)
+            Err(("ZwClose", closed))
         } else {
             Ok(())
         }
@@ -141,6 +146,8 @@ impl Drop for Device {
         // SAFETY: we created the device and delete it exactly once, after
         // every callout registered against it is gone (lifecycle order).
         unsafe { ntddk::IoDeleteDevice(self.raw.as_ptr()) };
+        // IoDeleteDevice returns nothing; reported as STATUS_SUCCESS.
+        trace::teardown_step("IoDeleteDevice", 0);
         log!("IoDeleteDevice");
     }
 }

@@ -12,11 +12,15 @@ pub mod time;
 pub mod wfp;
 
 /// Writes a line to the kernel debugger (`DbgPrint`), prefixed with the
-/// driver's name. Callable at any IRQL ≤ `DIRTY_LEVEL`; wfpmon only logs
-/// per flow and per lifecycle step, never per packet.
+/// driver's name — in debug builds only, for a developer with a debugger
+/// attached. Release builds report through ETW ([`crate::trace`]); the
+/// arguments are still type-checked there, and the call is compiled out.
+/// Used at `PASSIVE_LEVEL` lifecycle steps only, never per flow or packet.
 macro_rules! log {
     ($($arg:tt)*) => {
-        wdk::println!("wfpmon: {}", format_args!($($arg)*))
+        if cfg!(debug_assertions) {
+            wdk::println!("wfpmon: {}", format_args!($($arg)*));
+        }
     };
 }
 pub(crate) use log;

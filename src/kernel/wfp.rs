@@ -18,6 +18,7 @@ use wfpmon_core::flow::{Direction, FlowRecord, FlowTuple};
 use super::device::Device;
 use super::{Status, log, nt_success};
 use crate::callouts;
+use crate::trace;
 
 // ---------------------------------------------------------------------------
 // Registration (PASSIVE_LEVEL)
@@ -62,6 +63,7 @@ pub fn register_callout(device: &Device, spec: &CalloutSpec) -> Result<u32, NTST
     let status = unsafe {
         fwps::FwpsCalloutRegister1(device.as_raw().cast(), &raw const callout, &raw mut id)
     };
+    trace::callout_registered(spec.name, id, status);
     log!(
         "FwpsCalloutRegister1({}) -> {}, id {id}",
         spec.name,
@@ -157,6 +159,7 @@ impl InjectionHandle {
                 &raw mut raw,
             )
         };
+        trace::step("FwpsInjectionHandleCreate0", status);
         log!("FwpsInjectionHandleCreate0 -> {}", Status(status));
         if nt_success(status) {
             Ok(Self { raw })
@@ -171,6 +174,7 @@ impl Drop for InjectionHandle {
         // SAFETY: created by us, destroyed once, after every callout that
         // could use it is unregistered (lifecycle order). PASSIVE_LEVEL.
         let status = unsafe { fwps::FwpsInjectionHandleDestroy0(self.raw) };
+        trace::teardown_step("FwpsInjectionHandleDestroy0", status);
         log!("FwpsInjectionHandleDestroy0 -> {}", Status(status));
     }
 }
@@ -480,13 +484,18 @@ unsafe extern "system" fn classify_stream(
         return;
     };
     let length = data.dataLength;
-    if action == Some(fwps::FWP_ACTION_PERMIT) {
-        // A stream callout that permits states how much of the indication
-        // it accepts — all of it — and asks for nothing more; otherwise the
-        // engine indicates the rest again (FWPS_STREAM_CALLOUT_IO_PACKET0).
-        packet.countBytesEnforced = length;
-        packet.streamAction = fwps::FWPS_STREAM_ACTION_NONE;
-    }
+    // The stream output of an observer ("Using a Callout for Deep
+    // Inspection of Stream Data", FWPS_STREAM_CALLOUT_IO_PACKET0): no stream
+    // action, no more data required (countBytesRequired must be zero unless
+    // the action is NEED_MORE_DATA), and as enforced bytes the whole
+    // indication when it permits, nothing when it passes the data on.
+    packet.streamAction = fwps::FWPS_STREAM_ACTION_NONE;
+    packet.countBytesRequired = 0;
+    packet.countBytesEnforced = if action == Some(fwps::FWP_ACTION_PERMIT) {
+        length
+    } else {
+        0
+    };
     // SAFETY: as above.
     let Some(record) = (unsafe { flow_record(flow_context) }) else {
         return;
@@ -528,7 +537,8 @@ fn stream_direction(values: Option<&(u16, Values<'_>)>, flags: u32) -> Direction
 /// at the transport header ("Data offset positions"), so outbound datagrams
 /// are counted without the `transportHeaderSize` the metadata gives
 /// (without that field: the fixed 8-byte header of UDP, nothing for other
-/// protocols).
+/// protocols). Inbound ICMP and `ICMPv6` are the exception: their data starts
+/// at the ICMP header (same page), which is then skipped the same way.
 unsafe extern "system" fn classify_datagram_data(
     in_fixed_values: *const fwps::FWPS_INCOMING_VALUES0,
     in_meta_values: *const fwps::FWPS_INCOMING_METADATA_VALUES0,
@@ -562,20 +572,16 @@ unsafe extern "system" fn classify_datagram_data(
     let Some(direction) = values.u32(direction_field).and_then(Direction::from_fwp) else {
         return;
     };
-    let header = match direction {
-        Direction::Inbound => 0,
-        Direction::Outbound => {
+    let protocol = values.u8(protocol_field);
+    let header = match (direction, protocol) {
+        (Direction::Inbound, Some(IPPROTO_ICMP | IPPROTO_ICMPV6)) | (Direction::Outbound, _) => {
             // SAFETY: the engine's metadata for this classify (or null).
             let meta = unsafe { Metadata::from_raw(in_meta_values) };
+            let udp_out = direction == Direction::Outbound && protocol == Some(IPPROTO_UDP);
             meta.and_then(|m| m.transport_header_size())
-                .unwrap_or_else(|| {
-                    if values.u8(protocol_field) == Some(IPPROTO_UDP) {
-                        UDP_HEADER_SIZE
-                    } else {
-                        0
-                    }
-                })
+                .unwrap_or(if udp_out { UDP_HEADER_SIZE } else { 0 })
         }
+        (Direction::Inbound, _) => 0,
     };
     let nbl = layer_data.cast::<fwps::NET_BUFFER_LIST_HEADER_VIEW>();
     if nbl.is_null() {
@@ -597,8 +603,12 @@ unsafe extern "system" fn classify_datagram_data(
     callouts::on_flow_data(record, direction, bytes, packets);
 }
 
+/// `IPPROTO_ICMP`.
+const IPPROTO_ICMP: u8 = 1;
 /// `IPPROTO_UDP`.
 const IPPROTO_UDP: u8 = 17;
+/// `IPPROTO_ICMPV6`.
+const IPPROTO_ICMPV6: u8 = 58;
 /// Size of a UDP header (RFC 768): fixed.
 const UDP_HEADER_SIZE: u32 = 8;
 

@@ -55,5 +55,6 @@ def engine(image):
 def loaded(engine):
     """DriverEntry has run and succeeded."""
     status = engine.driver_entry()
-    assert status == 0, f"DriverEntry returned {status:#x}\n" + "\n".join(engine.log)
+    assert status == 0, f"DriverEntry returned {status:#x}: " + repr(
+        [(ev["name"], ev["values"]) for ev in engine.events])
     return engine

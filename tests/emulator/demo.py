@@ -1,6 +1,7 @@
 """Runs the real wfpmon.sys through a short life in the emulator and prints
 what happened, in order: DriverEntry's calls, a few flows with the counters
-the driver reports for them, and Unload's calls (BUSY → remove → retry).
+the driver reports for them, Unload's calls (BUSY → remove → retry), and the
+ETW events the driver wrote.
 
     python tests/emulator/demo.py [path/to/wfpmon.sys]
 """
@@ -53,7 +54,7 @@ def main():
     for n in (517, 1460, 1460):
         e.stream(0x3001, n, send=False)
     e.stream(0x3001, 220, send=True)
-    e.datagram(0x3002, [41], inbound=False)
+    e.datagram(0x3002, [8 + 41], inbound=False, header_size=8)
     e.datagram(0x3002, [97, 97], inbound=True)
     e.stream(0x3003, 1000, send=True)
     mark = show(e, mark, "Flows established (flow-established classifyFn)")
@@ -72,6 +73,11 @@ def main():
 
     e.unload()
     show(e, mark, "Unload")
+    print("\n== ETW events of provider wfpmon (TraceLogging, decoded), lifecycle keyword")
+    for ev in e.events:
+        values = ", ".join(f"{k}={v:#x}" if k.endswith("Status") else f"{k}={v}"
+                           for k, v in ev["values"].items())
+        print(f"  {ev['name']}({values})")
     leaks = len(e.pool)
     print(f"\n== After unload: {sum(c.registered for c in e.callouts.values())} callouts registered, "
           f"{len(e.contexts)} flow contexts, {len(e.devices)} devices, {leaks} pool blocks outstanding")

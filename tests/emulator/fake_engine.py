@@ -27,6 +27,12 @@ documented rules of the functions involved:
 - ObOpenObjectByPointer / ZwSetSecurityObject / ZwClose keep a handle table:
   a handle must be a kernel handle opened with WRITE_DAC to set a DACL, and
   every handle must be closed once;
+- ETW: EtwRegister / EtwSetInformation / EtwWriteTransfer / EtwUnregister
+  keep a registration table; a session (`etw_session=(level, keywords)`,
+  or `enable_trace()` later) enables the provider through its enable
+  callback, as ETW does; every EtwWriteTransfer is decoded from its
+  TraceLogging metadata (event name, fields with their in/out types) into
+  `events`. Writing through an unknown or unregistered handle is an error;
 - KeWaitForSingleObject advances a simulated clock (KUSER_SHARED_DATA's
   InterruptTime, which the driver reads) by the time it waited, so an engine
   that lets go after minutes costs a few hundred waits, not minutes;
@@ -93,7 +99,7 @@ class FakeEngine:
     def __init__(self, image: str, faults: dict[str, dict[int, int]] | None = None,
                  remove_mode=None, pending_runs_on: str = "wait", pending_waits: int = 1,
                  pending_delay_100ns: int | None = None, in_use_until_100ns: int = 0,
-                 barrier: str = "wait"):
+                 barrier: str = "wait", etw_session: tuple[int, int] | None = (5, 0x3)):
         # faults: api name -> {n-th call (1-based): status to return}
         self.faults = faults or {}
         self.counts: dict[str, int] = {}
@@ -130,6 +136,12 @@ class FakeEngine:
         self.barrier = barrier
         self.in_flight: dict[int, list[tuple[int, list[int]]]] = {}
         self.barrier_completed: list[int] = []
+        # ETW: reg handle -> {"guid", "callback", "context"}; decoded events.
+        self.etw: dict[int, dict] = {}
+        self.etw_next = 0x7E7E0001
+        self.etw_session = etw_session
+        self.etw_traits: list[bytes] = []
+        self.events: list[dict] = []
         self.spin_depth = 0
         self.driver_object = 0
         self.remove_mode = remove_mode or (lambda flow, layer, cid: "sync")
@@ -292,6 +304,11 @@ class FakeEngine:
         h(self._spin_release, "ntoskrnl", "KeReleaseSpinLock")
         h(self._dbg_print, "ntoskrnl", "DbgPrint")
         h(self._complete_request, "ntoskrnl", "IofCompleteRequest")
+        # ntoskrnl: ETW (TraceLogging)
+        h(self._etw_register, "ntoskrnl", "EtwRegister", argc=4)
+        h(self._etw_unregister, "ntoskrnl", "EtwUnregister", argc=1)
+        h(self._etw_set_information, "ntoskrnl", "EtwSetInformation", argc=4)
+        h(self._etw_write_transfer, "ntoskrnl", "EtwWriteTransfer", argc=6)
         # fwpkclnt
         h(self._callout_register1, "fwpkclnt", "FwpsCalloutRegister1")
         h(self._callout_unregister, "fwpkclnt", "FwpsCalloutUnregisterById0")
@@ -484,6 +501,146 @@ class FakeEngine:
         self.completed_irps.append(argv[0])
         return 0
 
+    # ETW ---------------------------------------------------------------------
+    EVENT_CONTROL_CODE_ENABLE_PROVIDER = 1
+
+    def guid_at(self, addr: int) -> str:
+        d1, d2, d3 = struct.unpack("<IHH", self.se.mem_read(addr, 8))
+        d4 = self.se.mem_read(addr + 8, 8)
+        return f"{d1:08x}-{d2:04x}-{d3:04x}-{d4[:2].hex()}-{d4[2:].hex()}"
+
+    def _enable_calls(self, handle: int, level: int, keywords: int) -> list[tuple[int, list[int]]]:
+        r = self.etw[handle]
+        return [(r["callback"], [r["guid_addr"], self.EVENT_CONTROL_CODE_ENABLE_PROVIDER, level,
+                                 keywords, 0, 0, r["context"]])]
+
+    def _etw_register(self, emu, api, orig, argv):
+        guid_addr, callback, context, out = argv[:4]
+        guid = self.guid_at(guid_addr)
+        fault = self._fault("EtwRegister")
+        if fault is not None:
+            return self._record("EtwRegister", (guid,), fault)
+        handle = self.etw_next
+        self.etw_next += 1
+        # ETW keeps the GUID pointer's value, not the pointer: copy it.
+        copy = self.alloc(16)
+        self.se.mem_write(copy, self.se.mem_read(guid_addr, 16))
+        self.etw[handle] = {"guid": guid, "callback": callback, "context": context, "guid_addr": copy}
+        self.se.mem_write(out, struct.pack("<Q", handle))
+        self._record("EtwRegister", (guid,), L.STATUS_SUCCESS)
+        if self.etw_session is not None and callback:
+            # A session already running enables the provider inside EtwRegister.
+            return self._redirect(emu, self._enable_calls(handle, *self.etw_session), L.STATUS_SUCCESS)
+        return L.STATUS_SUCCESS
+
+    def enable_trace(self, level: int, keywords: int) -> None:
+        """A session starts (or changes) and enables the provider."""
+        for handle in list(self.etw):
+            for fn, args in self._enable_calls(handle, level, keywords):
+                self.call(fn, args)
+
+    def _etw_unregister(self, emu, api, orig, argv):
+        handle = argv[0]
+        if handle not in self.etw:
+            self.pool_errors.append(f"EtwUnregister({handle:#x}): not registered")
+            return self._record("EtwUnregister", (handle,), L.STATUS_INVALID_HANDLE)
+        del self.etw[handle]
+        return self._record("EtwUnregister", (handle,), L.STATUS_SUCCESS)
+
+    def _etw_set_information(self, emu, api, orig, argv):
+        handle, cls, info, length = argv[0], argv[1] & 0xFFFFFFFF, argv[2], argv[3] & 0xFFFFFFFF
+        if handle not in self.etw:
+            self.pool_errors.append(f"EtwSetInformation({handle:#x}): not registered")
+        if cls == 2:  # EventProviderSetTraits
+            self.etw_traits.append(self.se.mem_read(info, length))
+        return self._record("EtwSetInformation", (handle, cls), L.STATUS_SUCCESS)
+
+    # TraceLogging in-types: fixed sizes; counted ones carry a u16 length.
+    _TLG_FIXED = {3: ("<b", 1), 4: ("<B", 1), 5: ("<h", 2), 6: ("<H", 2), 7: ("<i", 4), 8: ("<I", 4),
+                  9: ("<q", 8), 10: ("<Q", 8), 11: ("<f", 4), 12: ("<d", 8), 13: ("<i", 4),
+                  17: ("<Q", 8), 20: ("<I", 4), 21: ("<Q", 8)}
+    _TLG_COUNTED = {14, 22, 23, 25}
+
+    @staticmethod
+    def _cstr(b: bytes, pos: int) -> tuple[str, int]:
+        end = b.index(b"\0", pos)
+        return b[pos:end].decode("utf-8"), end + 1
+
+    def _decode_event(self, meta: bytes, data: bytes) -> tuple[str, list[dict]]:
+        size = struct.unpack_from("<H", meta)[0]
+        pos = 2
+        while meta[pos] & 0x80:  # event tag bytes
+            pos += 1
+        pos += 1
+        name, pos = self._cstr(meta, pos)
+        fields, at = [], 0
+        while pos < size:
+            fname, pos = self._cstr(meta, pos)
+            intype, outtype = meta[pos], 0
+            pos += 1
+            if intype & 0x80:
+                outtype = meta[pos]
+                pos += 1
+                if outtype & 0x80:  # field tag
+                    while meta[pos] & 0x80:
+                        pos += 1
+                    pos += 1
+            base = intype & 0x1F
+            if intype & 0x60:
+                raise AssertionError(f"{name}.{fname}: arrays are not expected (in-type {intype:#x})")
+            if base in self._TLG_FIXED:
+                fmt, n = self._TLG_FIXED[base]
+                (value,) = struct.unpack_from(fmt, data, at)
+                at += n
+            elif base == 15:
+                value = data[at:at + 16]
+                at += 16
+            elif base in self._TLG_COUNTED:
+                (n,) = struct.unpack_from("<H", data, at)
+                value = data[at + 2:at + 2 + n]
+                at += 2 + n
+                if base == 23:
+                    value = value.decode("utf-8")
+            elif base == 2:
+                value, at = self._cstr(data, at)
+            else:
+                raise AssertionError(f"{name}.{fname}: unexpected in-type {intype:#x}")
+            fields.append({"name": fname, "in": base, "out": outtype & 0x7F, "value": value})
+        if at != len(data):
+            raise AssertionError(f"{name}: {len(data) - at} bytes of data not described by metadata")
+        return name, fields
+
+    def _etw_write_transfer(self, emu, api, orig, argv):
+        handle, descriptor, _activity, _related, count, data = argv[:6]
+        count &= 0xFFFFFFFF
+        if handle not in self.etw:
+            self.pool_errors.append(f"EtwWriteTransfer({handle:#x}): not a registered provider")
+            return self._record("EtwWriteTransfer", (handle,), L.STATUS_INVALID_HANDLE)
+        eid, version, channel, level, opcode, task, keyword = struct.unpack(
+            "<HBBBBHQ", self.se.mem_read(descriptor, 16))
+        meta, payload, provider = None, b"", None
+        for i in range(count):
+            ptr, size, kind = struct.unpack("<QII", self.se.mem_read(data + 16 * i, 16))
+            chunk = self.se.mem_read(ptr, size) if size else b""
+            if kind == 2:
+                provider = chunk
+            elif kind == 1:
+                meta = chunk
+            else:
+                payload += chunk
+        if meta is None or provider is None:
+            self.pool_errors.append("EtwWriteTransfer without TraceLogging metadata")
+            return self._record("EtwWriteTransfer", (handle,), L.STATUS_INVALID_PARAMETER)
+        name, fields = self._decode_event(meta, payload)
+        self.events.append({"name": name, "level": level, "keyword": keyword, "channel": channel,
+                            "provider": self._cstr(provider, 2)[0], "fields": fields,
+                            "values": {f["name"]: f["value"] for f in fields},
+                            "call_index": len(self.calls)})
+        return self._record("EtwWriteTransfer", (handle, name), L.STATUS_SUCCESS)
+
+    def events_named(self, name: str) -> list[dict]:
+        return [ev for ev in self.events if ev["name"] == name]
+
     # fwpkclnt ---------------------------------------------------------------
     def _callout_register1(self, emu, api, orig, argv):
         callout = self.read(L.FWPS_CALLOUT1, argv[1])
@@ -582,9 +739,13 @@ class FakeEngine:
         ctx = self.contexts.get(key)
         if ctx is None:
             return self._record("FwpsFlowRemoveContext0", key, L.STATUS_UNSUCCESSFUL)
+        mode = self.remove_mode(flow, layer, cid)
+        if isinstance(mode, int):
+            # "Other status codes: an error occurred": the context stays.
+            return self._record("FwpsFlowRemoveContext0", key, mode)
         del self.contexts[key]
         fn = self.callouts[cid].flow_delete
-        if self.remove_mode(flow, layer, cid) == "pending":
+        if mode == "pending":
             self.pending.append((fn, flow, layer, cid, ctx))
             self.pending_keys.add(key)
             self.pending_left[key] = self.pending_waits
@@ -697,7 +858,9 @@ class FakeEngine:
         (flow, layer, cid), ctx = self.context_of(flow_handle)
         data = self.put(L.FWPS_STREAM_DATA0(
             flags=L.FWPS_STREAM_FLAG_SEND if send else L.FWPS_STREAM_FLAG_RECEIVE, dataLength=nbytes))
-        packet = self.put(L.FWPS_STREAM_CALLOUT_IO_PACKET0(streamData=data))
+        # Output fields start as garbage: what the driver writes is visible.
+        packet = self.put(L.FWPS_STREAM_CALLOUT_IO_PACKET0(
+            streamData=data, countBytesRequired=0x77, countBytesEnforced=0x7777, streamAction=0x7))
         values = [(0, 0)] * L.ST_COUNT
         if direction_field:
             values[L.ST_DIRECTION] = (L.FWP_UINT32, L.FWP_DIRECTION_OUTBOUND if send else L.FWP_DIRECTION_INBOUND)

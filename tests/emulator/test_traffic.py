@@ -97,6 +97,18 @@ def test_datagrams_count_the_transport_payload_in_both_directions(loaded, header
     assert (f["bytes_outbound"], f["packets_outbound"]) == (200, 2)
 
 
+@pytest.mark.parametrize("protocol", [1, 58])
+def test_inbound_icmp_is_counted_without_its_header(loaded, protocol):
+    """"Data offset positions": inbound ICMP data at the datagram-data layer
+    starts at the ICMP header, unlike UDP; the metadata's header size is
+    skipped so that both directions count the ICMP payload."""
+    udp6(loaded, 0x200)
+    loaded.datagram(0x200, [8 + 56], inbound=True, header_size=8, protocol=protocol)
+    loaded.datagram(0x200, [8 + 56], inbound=False, header_size=8, protocol=protocol)
+    f = flows_by_id(loaded)[0x200]
+    assert (f["bytes_inbound"], f["bytes_outbound"]) == (56, 56)
+
+
 def test_outbound_header_size_comes_from_the_metadata(loaded):
     """Another transport header size (e.g. a protocol other than UDP at this
     layer) is taken from transportHeaderSize, never assumed."""
@@ -142,7 +154,11 @@ def test_the_driver_only_observes(loaded, rights):
     assert out.actionType == expected
     out, packet = loaded.stream(0x300, 10, send=True, rights=rights)
     assert out.actionType == expected
-    assert packet.streamAction == 0 and packet.countBytesRequired == 0, "stream packet modified"
+    # The stream output of an observer passing data on ("Using a Callout for
+    # Deep Inspection of Stream Data"): no action, nothing required, nothing
+    # enforced — whatever was in the fields before.
+    assert (packet.streamAction, packet.countBytesRequired, packet.countBytesEnforced) == \
+        (L.FWPS_STREAM_ACTION_NONE, 0, 0)
     udp6(loaded, 0x301)
     assert loaded.datagram(0x301, [5], inbound=True, rights=rights).actionType == expected
     assert (out.flags, out.rights) == (0, rights)
@@ -203,11 +219,10 @@ def test_action_follows_the_filter_action_type(loaded, action, flags, expected_a
     out, packet = loaded.stream(0x800, 10, send=True)
     assert (out.actionType, out.rights) == (expected_action, rights_after)
     assert out.actionType != L.FWP_ACTION_BLOCK
-    if expected_action == L.FWP_ACTION_PERMIT:
-        # A stream callout that permits accepts the whole indication and
-        # asks for nothing more; otherwise WFP indicates the data again
-        # (FWPS_STREAM_CALLOUT_IO_PACKET0).
-        assert (packet.countBytesEnforced, packet.streamAction) == (10, L.FWPS_STREAM_ACTION_NONE)
-    else:
-        assert packet.countBytesEnforced == 0
+    # A stream callout that permits accepts the whole indication and asks
+    # for nothing more; otherwise WFP indicates the data again
+    # (FWPS_STREAM_CALLOUT_IO_PACKET0). Passing it on enforces nothing.
+    enforced = 10 if expected_action == L.FWP_ACTION_PERMIT else 0
+    assert (packet.countBytesEnforced, packet.streamAction, packet.countBytesRequired) == \
+        (enforced, L.FWPS_STREAM_ACTION_NONE, 0)
 

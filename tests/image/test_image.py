@@ -135,6 +135,34 @@ def test_imports_only_kernel_modules(pe: pefile.PE) -> None:
     )
 
 
+def _imported_names(pe: pefile.PE) -> set[str]:
+    return {
+        imp.name.decode()
+        for entry in getattr(pe, "DIRECTORY_ENTRY_IMPORT", [])
+        for imp in entry.imports
+        if imp.name
+    }
+
+
+def test_release_image_reports_through_etw_not_dbgprint(pe: pefile.PE) -> None:
+    """Release builds write diagnostics through the TraceLogging provider
+    (EtwRegister ... EtwUnregister); DbgPrint, filtered by default and costly
+    at DISPATCH_LEVEL, is for debug builds only."""
+    names = _imported_names(pe)
+    assert not {n for n in names if "DbgPrint" in n}, sorted(names)
+    assert {"EtwRegister", "EtwWriteTransfer", "EtwUnregister"} <= names, sorted(names)
+
+
+def test_per_packet_injection_query_and_undeclared_security_export_are_gone(pe: pefile.PE) -> None:
+    """FwpsQueryPacketInjectionState0 is no longer called per datagram, and
+    the device's DACL is applied with routines the real WDK headers declare
+    (ObSetSecurityObjectByPointer is an export they do not)."""
+    names = _imported_names(pe)
+    assert "FwpsQueryPacketInjectionState0" not in names
+    assert "ObSetSecurityObjectByPointer" not in names
+    assert {"ObOpenObjectByPointer", "ZwSetSecurityObject", "ZwClose"} <= names
+
+
 def test_every_section_has_characteristics(pe: pefile.PE) -> None:
     bare = [section_name(s) for s in pe.sections if s.Characteristics == 0]
     assert not bare, (

@@ -162,8 +162,6 @@ struct Links {
     next: *mut FlowRecord,
     /// Last removal pass that visited this record (0: none).
     removal_pass: u32,
-    /// Handed out for removal once already (see `next_for_removal`).
-    removal_asked: bool,
     linked: bool,
 }
 
@@ -202,7 +200,6 @@ impl FlowRecord {
                 prev: ptr::null_mut(),
                 next: ptr::null_mut(),
                 removal_pass: 0,
-                removal_asked: false,
                 linked: false,
             }),
         }
@@ -465,21 +462,30 @@ impl<L: Lock> FlowRegistry<L> {
         })
     }
 
-    /// The next record of `callout` not yet visited in `pass` and never
-    /// handed out for removal before, marked both. Returns a copy of its
-    /// association: the record itself may be freed (by the flow-delete
-    /// callback) as soon as the lock is released.
+    /// The removal pass begun last, to continue it: only records linked
+    /// since (or never handed out in it) are handed out again.
     ///
-    /// A record is handed out at most once in its life: the engine answers
-    /// its `FwpsFlowRemoveContext0` with SUCCESS (the context is gone),
-    /// PENDING (the flow-delete callback will come) or UNSUCCESSFUL (no
-    /// context: gone or going), so asking again could only repeat
-    /// UNSUCCESSFUL — and a slow PENDING deletion would cost a kernel call
-    /// per flow on every retry of a teardown that may wait for minutes.
+    /// Teardown continues the pass while the engine's answers were final
+    /// (`FwpsFlowRemoveContext0`: SUCCESS, PENDING, or UNSUCCESSFUL — no
+    /// context), so a flow whose deletion is pending costs no kernel call per
+    /// retry however long the wait; it begins a fresh pass (everything asked
+    /// again) after any other answer ("an error occurred": the context may
+    /// still be there).
+    /// (Before any pass was begun, this begins the first.)
+    pub fn current_removal_pass(&self) -> RemovalPass {
+        self.locked(|s| {
+            s.pass = s.pass.max(1);
+            RemovalPass(s.pass)
+        })
+    }
+
+    /// The next record of `callout` not yet visited in `pass`, marked
+    /// visited. Returns a copy of its association: the record itself may be
+    /// freed (by the flow-delete callback) as soon as the lock is released.
     ///
-    /// O(1): handed-out records move to the back of their chain and new ones
-    /// are linked at the front, so the front record is either new or every
-    /// record of the chain has been handed out.
+    /// O(1): visited records move to the back of their chain and new ones
+    /// are linked at the front, so the front record is either unvisited or
+    /// the pass is complete.
     pub fn next_for_removal(
         &self,
         pass: RemovalPass,
@@ -493,11 +499,10 @@ impl<L: Lock> FlowRegistry<L> {
             }
             // SAFETY: linked records are valid; lock held.
             let links = unsafe { links_of(head) };
-            if links.removal_pass == pass.0 || links.removal_asked {
+            if links.removal_pass == pass.0 {
                 return None;
             }
             links.removal_pass = pass.0;
-            links.removal_asked = true;
             // SAFETY: `head` is linked into `chain`; lock held.
             unsafe { chain.unlink(head) };
             // SAFETY: as above; `head` is now unlinked and still valid.

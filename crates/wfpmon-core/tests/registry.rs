@@ -68,6 +68,7 @@ enum Op {
     Remove(usize),
     Stop,
     Drain(usize),
+    Continue(usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -76,6 +77,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (0usize..64).prop_map(Op::Remove),
         1 => Just(Op::Stop),
         1 => (0usize..4).prop_map(Op::Drain),
+        1 => (0usize..4).prop_map(Op::Continue),
     ]
 }
 
@@ -92,6 +94,7 @@ proptest! {
         let mut live: Vec<(u64, NonNull<FlowRecord>)> = Vec::new();
         let mut next_id = 1u64;
         let mut stopped = false;
+        // Flows handed out by the current removal pass (any callout).
         let mut asked: BTreeSet<u64> = BTreeSet::new();
         for op in ops {
             match op {
@@ -132,8 +135,19 @@ proptest! {
                         prop_assert_eq!(a.callout, callout);
                         prop_assert!(seen.insert(a.flow_id), "flow handed out twice in one pass");
                     }
-                    // Every flow of the callout not handed out by an earlier
-                    // pass, exactly once; never one handed out before.
+                    let want: BTreeSet<u64> = model.iter().filter(|m| m.1 == callout).map(|m| m.0).collect();
+                    prop_assert_eq!(&seen, &want);
+                    // A new pass: what it has handed out so far.
+                    asked = seen;
+                }
+                Op::Continue(callout) => {
+                    // Continuing the last pass hands out only the flows of
+                    // the callout it has not handed out yet (linked since).
+                    let pass = reg.current_removal_pass();
+                    let mut seen = BTreeSet::new();
+                    while let Some(a) = reg.next_for_removal(pass, callout) {
+                        prop_assert!(seen.insert(a.flow_id), "flow handed out twice in one pass");
+                    }
                     let want: BTreeSet<u64> = model.iter()
                         .filter(|m| m.1 == callout && !asked.contains(&m.0)).map(|m| m.0).collect();
                     prop_assert_eq!(&seen, &want);

@@ -425,7 +425,11 @@ mod tests {
         let err = list_flows(&mut d, 0).unwrap_err();
         assert_eq!(err.kind, Kind::ProtocolMismatch);
         assert_eq!(err.exit_code(), 7);
-        assert!(err.message.contains(&format!("version {old}")), "{}", err.message);
+        assert!(
+            err.message.contains(&format!("version {old}")),
+            "{}",
+            err.message
+        );
         let err = query_stats(&mut d).unwrap_err();
         assert_eq!(err.exit_code(), 7);
     }
