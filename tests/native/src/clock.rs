@@ -73,6 +73,9 @@ pub fn shared_page() -> usize {
         };
         assert!(p != libc::MAP_FAILED, "mmap of the shared data page failed");
         let page = Page(p as usize);
+        // SAFETY: the page was just mapped, 8-aligned at this offset; no one
+        // else knows it yet. The first value, before the updater runs.
+        unsafe { ((p as usize + INTERRUPT_TIME_OFFSET) as *mut u64).write(now_100ns()) };
         std::thread::Builder::new()
             .name("kuser-clock".into())
             .spawn(|| {

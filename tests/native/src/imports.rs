@@ -8,6 +8,7 @@
 //! exports the variable itself.
 
 use crate::engine as e;
+use crate::etw;
 use crate::kernel as k;
 
 /// What an import resolves to.
@@ -158,27 +159,27 @@ fn functions() -> Vec<(&'static str, &'static str, usize)> {
         (
             "ntoskrnl.exe",
             "EtwRegister",
-            k::etw_register as *const () as usize,
+            etw::etw_register as *const () as usize,
         ),
         (
             "ntoskrnl.exe",
             "EtwUnregister",
-            k::etw_unregister as *const () as usize,
+            etw::etw_unregister as *const () as usize,
         ),
         (
             "ntoskrnl.exe",
             "EtwWriteTransfer",
-            k::etw_write_transfer as *const () as usize,
+            etw::etw_write_transfer as *const () as usize,
         ),
         (
             "ntoskrnl.exe",
             "EtwWrite",
-            k::etw_write as *const () as usize,
+            etw::etw_write as *const () as usize,
         ),
         (
             "ntoskrnl.exe",
             "EtwSetInformation",
-            k::etw_set_information as *const () as usize,
+            etw::etw_set_information as *const () as usize,
         ),
         ("*", "memcpy", k::memcpy as *const () as usize),
         ("*", "memmove", k::memmove as *const () as usize),

@@ -21,7 +21,7 @@
 
 use std::alloc::Layout;
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::ffi::c_void;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -242,8 +242,14 @@ pub struct Kernel {
     deleted_devices: Mutex<Vec<DeviceRec>>,
     handles: Mutex<HashMap<u64, usize>>,
     next_handle: AtomicU64,
-    etw: Mutex<HashSet<u64>>,
-    next_etw: AtomicU64,
+    /// ETW providers registered (see [`crate::etw`]).
+    pub(crate) etw: Mutex<HashMap<u64, crate::etw::Registration>>,
+    pub(crate) next_etw: AtomicU64,
+    /// The ETW session that enables every provider (level, keywords), or
+    /// none listening.
+    pub etw_session: Option<(u8, u64)>,
+    /// Events written (decoded; also appended to the log).
+    pub etw_events: AtomicU64,
     irps: Mutex<HashMap<usize, u32>>,
     faults: Mutex<Faults>,
     /// Longest time any spin lock was held, in nanoseconds.
@@ -283,7 +289,7 @@ pub const DO_DEVICE_INITIALIZING: u32 = 0x80;
 impl Kernel {
     /// Fresh state; allocates the driver object.
     #[must_use]
-    pub fn new(simulated_clock: bool) -> Self {
+    pub fn new(simulated_clock: bool, etw_session: Option<(u8, u64)>) -> Self {
         let driver_object = host_alloc(DRIVER_OBJECT_SIZE);
         // SAFETY: a fresh zeroed block of DRIVER_OBJECT_SIZE bytes: Type
         // (CSHORT) at 0 and Size at 2 are inside it.
@@ -302,8 +308,10 @@ impl Kernel {
             deleted_devices: Mutex::new(Vec::new()),
             handles: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(0xFFFF_FFFF_8000_0004),
-            etw: Mutex::new(HashSet::new()),
+            etw: Mutex::new(HashMap::new()),
             next_etw: AtomicU64::new(0x1000),
+            etw_session,
+            etw_events: AtomicU64::new(0),
             irps: Mutex::new(HashMap::new()),
             faults: Mutex::new(Faults::default()),
             lock_max_ns: AtomicU64::new(0),
@@ -357,10 +365,18 @@ impl Kernel {
         lock(&self.violations).clone()
     }
 
-    /// Every `DbgPrint` line, prefixed with its thread.
+    /// Every `DbgPrint` line and ETW event, prefixed with its thread.
     #[must_use]
     pub fn log(&self) -> Vec<String> {
         lock(&self.log).clone()
+    }
+
+    /// Appends a line to the log (tagged with the calling thread).
+    pub fn log_line(&self, line: &str) {
+        if self.echo {
+            eprintln!("[{}] {line}", thread_label());
+        }
+        lock(&self.log).push(format!("[{}] {line}", thread_label()));
     }
 
     /// Outstanding pool blocks.
@@ -1433,112 +1449,6 @@ pub unsafe extern "win64" fn iof_complete_request(irp: usize, _boost: i8) {
             "IofCompleteRequest({irp:#x}): not an outstanding IRP"
         )),
     }
-}
-
-// ---------------------------------------------------------------------------
-// ETW
-// ---------------------------------------------------------------------------
-
-/// `EtwRegister(ProviderId, EnableCallback, CallbackContext, RegHandle)`:
-/// `PASSIVE_LEVEL`. Failable. Must be unregistered before unload.
-///
-/// # Safety
-/// Called by the image (or the host on its behalf) with the arguments
-/// the function's documented contract allows.
-pub unsafe extern "win64" fn etw_register(
-    _provider: *const u8,
-    _callback: usize,
-    _context: usize,
-    handle: *mut u64,
-) -> i32 {
-    let w = enter_api("EtwRegister", PASSIVE_LEVEL);
-    if w.kernel.inject("EtwRegister") {
-        return status::INSUFFICIENT_RESOURCES;
-    }
-    let h = w.kernel.next_etw.fetch_add(1, Ordering::Relaxed);
-    lock(&w.kernel.etw).insert(h);
-    // SAFETY: the driver's REGHANDLE.
-    unsafe { handle.write(h) };
-    status::SUCCESS
-}
-
-/// `EtwUnregister(RegHandle)`: `PASSIVE_LEVEL`; a registered provider.
-///
-/// # Safety
-/// Called by the image (or the host on its behalf) with the arguments
-/// the function's documented contract allows.
-pub unsafe extern "win64" fn etw_unregister(handle: u64) -> i32 {
-    let w = enter_api("EtwUnregister", PASSIVE_LEVEL);
-    if !lock(&w.kernel.etw).remove(&handle) {
-        w.kernel
-            .violation(format!("EtwUnregister({handle:#x}): not registered"));
-        return status::INVALID_HANDLE;
-    }
-    status::SUCCESS
-}
-
-fn etw_check(api: &str, handle: u64) -> i32 {
-    let w = enter_api(api, HIGH_LEVEL);
-    if handle != 0 && !lock(&w.kernel.etw).contains(&handle) {
-        w.kernel
-            .violation(format!("{api}({handle:#x}): provider not registered"));
-        return status::INVALID_HANDLE;
-    }
-    status::SUCCESS
-}
-
-/// `EtwWriteTransfer(RegHandle, EventDescriptor, ActivityId,
-/// RelatedActivityId, UserDataCount, UserData)`: any IRQL; a registered
-/// provider (or 0, which ETW ignores).
-///
-/// # Safety
-/// Called by the image (or the host on its behalf) with the arguments
-/// the function's documented contract allows.
-pub unsafe extern "win64" fn etw_write_transfer(
-    handle: u64,
-    _d: usize,
-    _a: usize,
-    _r: usize,
-    _n: u32,
-    _data: usize,
-) -> i32 {
-    etw_check("EtwWriteTransfer", handle)
-}
-
-/// `EtwWrite(RegHandle, EventDescriptor, ActivityId, UserDataCount,
-/// UserData)`.
-///
-/// # Safety
-/// Called by the image (or the host on its behalf) with the arguments
-/// the function's documented contract allows.
-pub unsafe extern "win64" fn etw_write(
-    handle: u64,
-    _d: usize,
-    _a: usize,
-    _n: u32,
-    _data: usize,
-) -> i32 {
-    etw_check("EtwWrite", handle)
-}
-
-/// `EtwSetInformation(RegHandle, InformationClass, EventInformation,
-/// InformationLength)`: `PASSIVE_LEVEL`.
-///
-/// # Safety
-/// Called by the image (or the host on its behalf) with the arguments
-/// the function's documented contract allows.
-pub unsafe extern "win64" fn etw_set_information(
-    handle: u64,
-    _class: i32,
-    _info: usize,
-    _len: u32,
-) -> i32 {
-    if irql() > PASSIVE_LEVEL {
-        world()
-            .kernel
-            .violation("EtwSetInformation above PASSIVE_LEVEL".into());
-    }
-    etw_check("EtwSetInformation", handle)
 }
 
 // ---------------------------------------------------------------------------

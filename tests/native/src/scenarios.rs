@@ -224,6 +224,23 @@ pub fn lifecycle(seed: u64) -> Result<Summary, String> {
     let _ = w.send_irp(IRP_MJ_CLOSE, 0, &[], 0, "");
     w.unload();
     end_all(&w, &mut flows);
+    // With the session listening to everything, each tracked flow is
+    // announced once and retired once (FLOWS keyword).
+    let log = w.kernel.log();
+    let established = log
+        .iter()
+        .filter(|l| l.contains("ETW L4 FlowEstablished "))
+        .count() as u64;
+    let ended = log
+        .iter()
+        .filter(|l| l.contains("ETW L4 FlowEnded "))
+        .count() as u64;
+    let associated = w.engine.associated.load(Ordering::SeqCst);
+    if established != associated || ended != associated {
+        w.kernel.violation(format!(
+            "ETW: {established} FlowEstablished and {ended} FlowEnded events for {associated} tracked flows"
+        ));
+    }
     w.finish()
 }
 

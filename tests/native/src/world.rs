@@ -63,16 +63,21 @@ pub struct Config {
     pub mode: Mode,
     /// Waits advance a simulated clock instead of sleeping.
     pub simulated_clock: bool,
+    /// An ETW session enabling the driver's provider (level, keywords);
+    /// `None`: nobody listens (events are then not even written).
+    pub etw_session: Option<(u8, u64)>,
 }
 
 impl Config {
-    /// Default engine, real clock.
+    /// Default engine, real clock, an ETW session listening to everything
+    /// (verbose, all keywords).
     #[must_use]
     pub fn new(seed: u64) -> Self {
         Self {
             seed,
             mode: Mode::default(),
             simulated_clock: false,
+            etw_session: Some((5, u64::MAX)),
         }
     }
 }
@@ -320,7 +325,7 @@ impl World {
             image,
             seed: config.seed,
             id: NEXT_WORLD.fetch_add(1, Ordering::Relaxed),
-            kernel: Kernel::new(config.simulated_clock),
+            kernel: Kernel::new(config.simulated_clock, config.etw_session),
             engine: Engine::new(config.mode),
             slots: Mutex::new(Vec::new()),
             account: AtomicBool::new(true),

@@ -60,6 +60,10 @@ fn loader_resolves_every_import_and_patches_interrupt_time() {
     let image =
         wfpmon_native_host::pe::Image::load(&image_path()).unwrap_or_else(|e| panic!("{e}"));
     eprintln!("imports: {:?}", image.imports);
+    eprintln!(
+        "interrupt-time reads patched at {:x?}",
+        image.interrupt_time_sites
+    );
     assert!(!image.imports.is_empty(), "the image imports nothing?");
     assert!(
         !image.interrupt_time_sites.is_empty(),

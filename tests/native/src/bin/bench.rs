@@ -37,7 +37,13 @@ mod bench {
     }
 
     fn boot() -> WorldGuard {
-        let w = World::create(Config::new(0xBE7C)).unwrap_or_else(|e| panic!("{e}"));
+        // No ETW session: events are not written, as on a machine where
+        // nobody traces.
+        let config = Config {
+            etw_session: None,
+            ..Config::new(0xBE7C)
+        };
+        let w = World::create(config).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(w.driver_entry(), 0, "DriverEntry failed");
         w.account.store(false, Ordering::Relaxed);
         w
