@@ -225,6 +225,7 @@ pub struct Engine {
     flows: Mutex<HashMap<u64, Arc<Flow>>>,
     injection: Mutex<HashSet<usize>>,
     live_contexts: Mutex<HashSet<u64>>,
+    deleting: AtomicUsize,
     slow: Mutex<Vec<(u64, Ctx)>>,
     stale: Mutex<Vec<Ctx>>,
     next_flow: AtomicU64,
@@ -240,6 +241,9 @@ pub struct Engine {
     pub busy_answers: AtomicU64,
     /// Classifies refused because their callout was (being) unregistered.
     pub refused_classifies: AtomicU64,
+    /// Contexts of flows that ended while a classify of them ran (deleted
+    /// when it returned).
+    pub ended_while_classifying: AtomicU64,
 }
 
 const FIRST_CALLOUT_ID: u32 = 0x101;
@@ -254,6 +258,7 @@ impl Engine {
             flows: Mutex::new(HashMap::new()),
             injection: Mutex::new(HashSet::new()),
             live_contexts: Mutex::new(HashSet::new()),
+            deleting: AtomicUsize::new(0),
             slow: Mutex::new(Vec::new()),
             stale: Mutex::new(Vec::new()),
             next_flow: AtomicU64::new(0x1_0000),
@@ -263,6 +268,7 @@ impl Engine {
             pending_answers: AtomicU64::new(0),
             busy_answers: AtomicU64::new(0),
             refused_classifies: AtomicU64::new(0),
+            ended_while_classifying: AtomicU64::new(0),
         }
     }
 
@@ -315,7 +321,7 @@ impl Engine {
     /// Contexts associated and not yet deleted (flowDeleteFn not returned).
     #[must_use]
     pub fn live_contexts(&self) -> usize {
-        lock(&self.live_contexts).len()
+        lock(&self.live_contexts).len() + self.deleting.load(Ordering::SeqCst)
     }
 
     /// Open injection handles.
@@ -355,6 +361,8 @@ impl Engine {
             s.ended = true;
             let contexts = std::mem::take(&mut s.contexts);
             if s.classifying > 0 {
+                self.ended_while_classifying
+                    .fetch_add(contexts.len() as u64, Ordering::Relaxed);
                 s.deferred.extend(contexts);
                 Vec::new()
             } else {
@@ -377,6 +385,18 @@ impl Engine {
             ));
             return;
         };
+        // The context stops being associated when its deletion begins: the
+        // driver frees it inside flowDeleteFn, and another processor may be
+        // handed the same address for a new context before this one returns.
+        // Until flowDeleteFn returns it still counts (`deleting`, and the
+        // callout's count behind rule 2).
+        self.deleting.fetch_add(1, Ordering::SeqCst);
+        if !lock(&self.live_contexts).remove(&ctx.value) {
+            w.kernel.violation(format!(
+                "engine bug: context {:#x} deleted twice",
+                ctx.value
+            ));
+        }
         if callout.flow_delete == 0 {
             w.kernel.violation(format!(
                 "callout {} carries a context but has no flowDeleteFn",
@@ -398,21 +418,16 @@ impl Engine {
             lock(&self.stale).push(ctx);
         }
         if self.mode.breakage == Breakage::HostReadsDeletedContext {
-            // Deliberate use after free (see Mode::read_context_after_delete).
+            // Deliberate use after free (see Breakage::HostReadsDeletedContext).
             // SAFETY: not safe at all: the driver freed this block inside
             // flowDeleteFn. Only the memcheck proof enables this mode, where
             // the read lands in freed heap memory and must be reported.
             let stale = unsafe { std::ptr::read_volatile(ctx.value as *const u64) };
             std::hint::black_box(stale);
         }
-        if !lock(&self.live_contexts).remove(&ctx.value) {
-            w.kernel.violation(format!(
-                "engine bug: context {:#x} deleted twice",
-                ctx.value
-            ));
-        }
         self.deleted.fetch_add(1, Ordering::SeqCst);
         callout.contexts.fetch_sub(1, Ordering::SeqCst);
+        self.deleting.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// Runs the slow engine's deferred deletions that are due; returns how

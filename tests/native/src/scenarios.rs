@@ -648,6 +648,98 @@ pub fn allocation_failures(seed: u64, one_in: u64, steps: usize) -> Result<Summa
     w.finish()
 }
 
+/// Flows shared by all threads: any thread establishes flows, sends on any
+/// flow, or ends any flow — so flows end while another thread classifies
+/// them or is still establishing them (the engine then defers their
+/// deletion to the end of that classify, or refuses the association).
+/// Then, quiet, the statistics must equal what the engine delivered.
+///
+/// # Errors
+/// The problems found, with the seed.
+pub fn shared_flows(seed: u64, threads: usize, steps: usize) -> Result<Summary, String> {
+    let mut rng = Rng::new(seed);
+    let w = boot(Config::new(seed))?;
+    let pool: std::sync::Mutex<Vec<HostFlow>> = std::sync::Mutex::new(Vec::new());
+    let w_ref: &World = &w;
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let mut trng = rng.fork();
+            let pool = &pool;
+            std::thread::Builder::new()
+                .name(format!("shared-{t}"))
+                .spawn_scoped(s, move || {
+                    let mut counter = (t as u64 + 1) << 32;
+                    for _ in 0..steps {
+                        let pick = |r: &mut Rng| {
+                            let flows = crate::world::guard(pool);
+                            if flows.is_empty() {
+                                None
+                            } else {
+                                let i = usize::try_from(r.below(flows.len() as u64)).unwrap_or(0);
+                                Some(flows[i].clone())
+                            }
+                        };
+                        match trng.below(8) {
+                            0 | 1 => {
+                                counter += 1;
+                                let f = w_ref.open_flow(
+                                    trng.one_in(2),
+                                    trng.one_in(2),
+                                    trng.one_in(2),
+                                    counter,
+                                );
+                                // Published before its flow-established
+                                // classify: others may end it meanwhile.
+                                crate::world::guard(pool).push(f.clone());
+                                let _ = w_ref.establish(&f, filter(&mut trng));
+                            }
+                            2 => {
+                                let victim = {
+                                    let mut flows = crate::world::guard(pool);
+                                    if flows.is_empty() {
+                                        None
+                                    } else {
+                                        let i = usize::try_from(trng.below(flows.len() as u64))
+                                            .unwrap_or(0);
+                                        Some(flows.swap_remove(i))
+                                    }
+                                };
+                                if let Some(f) = victim {
+                                    w_ref.end_flow(&f);
+                                }
+                            }
+                            _ => {
+                                if let Some(f) = pick(&mut trng) {
+                                    if f.tcp {
+                                        let _ = w_ref.stream(
+                                            &f,
+                                            usize::try_from(1 + trng.below(1500)).unwrap_or(1),
+                                            trng.one_in(2),
+                                            filter(&mut trng),
+                                        );
+                                    } else {
+                                        let _ = w_ref.datagrams(
+                                            &f,
+                                            &[u32::try_from(1 + trng.below(1400)).unwrap_or(1)],
+                                            trng.one_in(2),
+                                            filter(&mut trng),
+                                        );
+                                    }
+                                }
+                            }
+                        }
+                    }
+                })
+                .expect("spawn");
+        }
+    });
+    w.check_counters();
+    w.unload();
+    let mut rest = std::mem::take(&mut *crate::world::guard(&pool));
+    end_all(&w, &mut rest);
+    w.finish()
+}
+
 /// The memcheck scenario: traffic threads, an IOCTL pass, flows ending,
 /// and Unload during traffic.
 ///
@@ -657,7 +749,8 @@ pub fn stress(seed: u64) -> Result<Summary, String> {
     let a = ioctls_during_traffic(seed, 2, 300)?;
     let b = flows_end_during_removal(seed, 300)?;
     let c = unload_during_traffic(seed, 3, Barrier::Wait)?;
-    Ok(a.plus(b).plus(c))
+    let d = shared_flows(seed, 3, 300)?;
+    Ok(a.plus(b).plus(c).plus(d))
 }
 
 /// Deliberately broken (memcheck proof): the engine hands a context whose

@@ -145,6 +145,8 @@ pub struct Summary {
     pub classifies_during_unload: u64,
     /// Flows that ended on their own while the unload routine ran.
     pub flows_ended_during_unload: u64,
+    /// Contexts of flows that ended while a classify of them was running.
+    pub ended_while_classifying: u64,
 }
 
 impl Summary {
@@ -159,6 +161,7 @@ impl Summary {
             refused_classifies: self.refused_classifies + o.refused_classifies,
             classifies_during_unload: self.classifies_during_unload + o.classifies_during_unload,
             flows_ended_during_unload: self.flows_ended_during_unload + o.flows_ended_during_unload,
+            ended_while_classifying: self.ended_while_classifying + o.ended_while_classifying,
         }
     }
 }
@@ -564,6 +567,7 @@ impl World {
             refused_classifies: e.refused_classifies.load(Ordering::SeqCst),
             classifies_during_unload: self.classified_during_unload.load(Ordering::SeqCst),
             flows_ended_during_unload: self.ended_during_unload.load(Ordering::SeqCst),
+            ended_while_classifying: e.ended_while_classifying.load(Ordering::SeqCst),
         }
     }
 

@@ -197,6 +197,18 @@ fn pool_exhaustion_during_traffic() {
 }
 
 #[test]
+fn flows_shared_by_all_threads() {
+    if let Some(s) = run("flows_shared_by_all_threads", 0xA000, 100, |seed| {
+        scenarios::shared_flows(seed, 3, 2_000)
+    }) {
+        assert!(
+            s.ended_while_classifying > 0,
+            "no flow ever ended during a classify of it: {s:?}"
+        );
+    }
+}
+
+#[test]
 fn ioctls_from_another_thread_during_traffic() {
     if let Some(s) = run(
         "ioctls_from_another_thread_during_traffic",
