@@ -425,9 +425,11 @@ impl Engine {
             let stale = unsafe { std::ptr::read_volatile(ctx.value as *const u64) };
             std::hint::black_box(stale);
         }
+        // In this order: once the callout's count (rule 2) says no context
+        // is left, none is counted as being deleted either.
         self.deleted.fetch_add(1, Ordering::SeqCst);
-        callout.contexts.fetch_sub(1, Ordering::SeqCst);
         self.deleting.fetch_sub(1, Ordering::SeqCst);
+        callout.contexts.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// Runs the slow engine's deferred deletions that are due; returns how
