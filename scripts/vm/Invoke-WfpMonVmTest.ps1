@@ -9,11 +9,13 @@
 .DESCRIPTION
     RUNS ONLY ON A WINDOWS HOST WITH HYPER-V (elevated PowerShell, Hyper-V PowerShell
     module). Run Prepare-TestVM.ps1 once first (test signing, Driver Verifier on
-    wfpmon.sys, Debug Print Filter, checkpoint 'wfpmon-prepared').
+    wfpmon.sys, checkpoint 'wfpmon-prepared').
 
     In the guest, over PowerShell Direct:
        1. copy the package folder (wfpmon.sys, wfpmon.inf, wfpmon.cat, the test
-          certificate) and wfpmonctl.exe; trust the test certificate;
+          certificate) and wfpmonctl.exe; trust the test certificate; start an ETW
+          session (logman) for the driver's TraceLogging provider, all keywords,
+          level 5, before the driver is loaded;
        2. pnputil /add-driver wfpmon.inf /install; check that the service exists and
           that its image runs from the driver store; sc.exe start wfpmon;
        3. wfpmonctl install; wfpmonctl status; netsh wfp show state lists the provider,
@@ -23,17 +25,20 @@
        5. -Iterations times: sc.exe stop / sc.exe start under continuous traffic, which
           must never fail (inspection filters are ignored while their callout is unregistered);
        6. with the driver stopped and the filters still there, traffic must still flow;
-       7. DbgPrint output: DebugView's log if -DbgViewPath was given (otherwise attach a
-          kernel debugger; see docs/windows.md);
-       8. no bugcheck: System events 1001 (BugCheck) / 41 (Kernel-Power), no new
+       7. no bugcheck: System events 1001 (BugCheck) / 41 (Kernel-Power), no new
           minidump or MEMORY.DMP;
-       9. wfpmonctl uninstall (the objects are gone from netsh wfp show state);
-          sc.exe stop wfpmon; pnputil /delete-driver oemNN.inf /uninstall;
-      10. revert to -Checkpoint (unless -NoRevert).
+       8. wfpmonctl uninstall (the objects are gone from netsh wfp show state);
+          sc.exe stop wfpmon;
+       9. the ETW trace: logman stop, the .etl copied back, tracerpt -of XML; one
+          TeardownComplete per driver stop, one DriverEntryComplete per start, no
+          DriverEntryFailed and no FlowRecordsLeft event;
+      10. pnputil /delete-driver oemNN.inf /uninstall;
+      11. revert to -Checkpoint (unless -NoRevert).
 
     A guest that crashes mid-test reboots (or is waited for) and the bugcheck evidence
-    is collected before the verdict. Results (log, DebugView log, filter-engine state)
-    go to -ResultPath on the host.
+    is collected before the verdict. Whatever the outcome, the ETW session is stopped
+    and its .etl (and XML) copied back while the guest session is open. Results (log,
+    wfpmon.etl, wfpmon-trace.xml, filter-engine state) go to -ResultPath on the host.
 
     Last line: WFPMON-VM-TEST: PASS, or WFPMON-VM-TEST: FAIL: <reason>; exit code 0 or 1.
 
@@ -53,8 +58,6 @@
     Leave the guest as the test left it.
 .PARAMETER RevertFirst
     Revert to -Checkpoint before the test, too.
-.PARAMETER DbgViewPath
-    Host path of Sysinternals Dbgview64.exe; when given, DbgPrint output is logged.
 .PARAMETER ResultPath
     Host folder for the test log and collected files.
 .PARAMETER GuestDirectory
@@ -76,7 +79,6 @@ param(
     [string]$Checkpoint = 'wfpmon-prepared',
     [switch]$NoRevert,
     [switch]$RevertFirst,
-    [string]$DbgViewPath = '',
     [string]$ResultPath = (Join-Path (Get-Location) 'wfpmon-vm-results'),
     [string]$GuestDirectory = 'C:\wfpmon-test',
     [ValidateRange(60, 3600)][int]$BootTimeoutSeconds = 600
@@ -96,7 +98,8 @@ $guestPackage = Join-Path $GuestDirectory $names.PackageDirName
 $guestInf = Join-Path $guestPackage $names.InfName
 $guestCtl = Join-Path $GuestDirectory 'wfpmonctl.exe'
 $guestStopFile = Join-Path $GuestDirectory 'traffic.stop'
-$guestDbgViewLog = Join-Path $GuestDirectory 'dbgview.log'
+$guestEtl = Join-Path $GuestDirectory 'wfpmon.etl'
+$guestTraceXml = Join-Path $GuestDirectory 'wfpmon-trace.xml'
 
 $session = $null
 $failure = $null
@@ -104,7 +107,9 @@ $warnings = New-Object System.Collections.Generic.List[string]
 $guestStart = $null
 $bootAtStart = $null
 $published = @()
-$dbgViewId = 0
+$traceStarted = $false
+$driverStarts = 0
+$driverStops = 0
 $filtersInstalled = $false
 
 function Assert-Step {
@@ -135,9 +140,6 @@ try {
     Assert-WfpMonHost
     Assert-WfpMonPackage -PackagePath $PackagePath
     Assert-Step (Test-Path -LiteralPath $CtlPath -PathType Leaf) "wfpmonctl not found at $CtlPath"
-    if ($DbgViewPath) {
-        Assert-Step (Test-Path -LiteralPath $DbgViewPath -PathType Leaf) "DebugView not found at $DbgViewPath"
-    }
     Get-WfpMonVm -VMName $VMName | Out-Null
 
     if ($RevertFirst) {
@@ -176,12 +178,11 @@ try {
         Add-Warning "the package has no $($names.TestCertificate); pnputil may refuse or prompt"
     }
 
-    if ($DbgViewPath) {
-        $guestDbgView = Join-Path $GuestDirectory (Split-Path -Path $DbgViewPath -Leaf)
-        Copy-Item -Path $DbgViewPath -Destination $guestDbgView -ToSession $session -Force
-        $dbgViewId = Start-WfpMonDbgView -Session $session -GuestDbgViewPath $guestDbgView -GuestLogFile $guestDbgViewLog
-        Write-WfpMonLog "DebugView started in the guest (pid $dbgViewId), log $guestDbgViewLog"
-    }
+    # The ETW session starts before the driver is loaded, so that DriverEntry's
+    # events are in it; every exit path below stops it (finally block).
+    Start-WfpMonTrace -Session $session -GuestEtlFile $guestEtl
+    $traceStarted = $true
+    Write-WfpMonLog "ETW session for provider $($names.EtwProviderName) {$($names.EtwProviderGuid)} started, file $guestEtl"
 
     Write-WfpMonLog "pnputil /add-driver $guestInf /install"
     # 3010: ERROR_SUCCESS_REBOOT_REQUIRED
@@ -198,6 +199,7 @@ try {
 
     Write-WfpMonLog "sc.exe start $($names.ServiceName)"
     Start-WfpMonDriver -Session $session
+    $driverStarts++
     $query = Invoke-WfpMonGuestProcess -Session $session -FilePath 'verifier.exe' -ArgumentList @('/query') -NoThrow
     if ($query.Output -notmatch [regex]::Escape($names.ImageName)) {
         Add-Warning "verifier /query does not list $($names.ImageName): the driver runs without Driver Verifier"
@@ -236,8 +238,10 @@ try {
     Start-Sleep -Seconds 2
     for ($i = 1; $i -le $Iterations; $i++) {
         Stop-WfpMonDriver -Session $session
+        $driverStops++
         Start-Sleep -Milliseconds 500
         Start-WfpMonDriver -Session $session
+        $driverStarts++
         Start-Sleep -Milliseconds 500
         Write-WfpMonLog "stop/start $i of $Iterations done"
     }
@@ -249,18 +253,12 @@ try {
 
     # --- the network still works without the driver --------------------------
     Stop-WfpMonDriver -Session $session
+    $driverStops++
     $stopped = @(Invoke-WfpMonLoopbackTraffic -Session $session -TcpBytes 262144 -UdpDatagrams 32)
     Test-TrafficResult -Result $stopped -When 'with the driver stopped and its filters in place'
     Write-WfpMonLog 'traffic flows with the driver stopped (filters permit when the callout is unregistered)'
     Start-WfpMonDriver -Session $session
-
-    # --- DbgPrint output ------------------------------------------------------
-    if ($dbgViewId -ne 0) {
-        Stop-WfpMonDbgView -Session $session -ProcessId $dbgViewId
-        $dbgViewId = 0
-        Copy-Item -FromSession $session -Path $guestDbgViewLog -Destination (Join-Path $runDir 'dbgview.log') -ErrorAction SilentlyContinue
-        Write-WfpMonLog "DbgPrint output: $(Join-Path $runDir 'dbgview.log')"
-    }
+    $driverStarts++
 
     # --- no bugcheck ----------------------------------------------------------
     $evidence = @(Get-WfpMonBugCheckEvidence -Session $session -Since $guestStart)
@@ -276,6 +274,22 @@ try {
 
     Write-WfpMonLog "sc.exe stop $($names.ServiceName)"
     Stop-WfpMonDriver -Session $session
+    $driverStops++
+
+    # --- the ETW trace ---------------------------------------------------------
+    # The driver is stopped, so its last TeardownComplete is written; stopping the
+    # session flushes and closes the .etl.
+    Assert-Step (Stop-WfpMonTrace -Session $session) "logman stop $($names.EtwProviderName) ETW session failed"
+    $traceStarted = $false
+    Copy-Item -FromSession $session -Path $guestEtl -Destination (Join-Path $runDir 'wfpmon.etl')
+    $traceXml = Convert-WfpMonTrace -Session $session -GuestEtlFile $guestEtl -GuestXmlFile $guestTraceXml
+    Set-Content -LiteralPath (Join-Path $runDir 'wfpmon-trace.xml') -Value $traceXml -Encoding UTF8
+    $eventCount = Measure-WfpMonTraceEvent -XmlText $traceXml
+    $traceProblems = @(Test-WfpMonTraceCount -Count $eventCount -DriverStarts $driverStarts -DriverStops $driverStops)
+    Assert-Step ($traceProblems.Count -eq 0) "ETW trace: $($traceProblems -join '; ') (see wfpmon-trace.xml)"
+    $seen = @($eventCount.Keys | Where-Object { $eventCount[$_] -gt 0 } | ForEach-Object { "$_ $($eventCount[$_])" })
+    Write-WfpMonLog "ETW trace agrees with $driverStarts starts and $driverStops stops: $($seen -join ', ')"
+
     foreach ($inf in $published) {
         Write-WfpMonLog "pnputil /delete-driver $inf /uninstall"
         Invoke-WfpMonGuestProcess -Session $session -FilePath 'pnputil.exe' -ArgumentList @('/delete-driver', $inf, '/uninstall') -ValidExitCode @(0, 3010) | Out-Null
@@ -320,9 +334,20 @@ finally {
     if ($null -ne $session -and $session.State -eq 'Opened') {
         # Best effort: collect what is left, and undo the install when the VM is kept.
         try {
-            if ($dbgViewId -ne 0) {
-                Stop-WfpMonDbgView -Session $session -ProcessId $dbgViewId
-                Copy-Item -FromSession $session -Path $guestDbgViewLog -Destination (Join-Path $runDir 'dbgview.log') -ErrorAction SilentlyContinue
+            if ($traceStarted) {
+                # Failure path: keep whatever the trace holds (no verdict on it). After
+                # a guest reboot the session is gone and logman stop fails; the file
+                # written up to the crash may still be there.
+                Stop-WfpMonTrace -Session $session | Out-Null
+                $traceStarted = $false
+                Copy-Item -FromSession $session -Path $guestEtl -Destination (Join-Path $runDir 'wfpmon.etl') -ErrorAction SilentlyContinue
+                try {
+                    $traceXml = Convert-WfpMonTrace -Session $session -GuestEtlFile $guestEtl -GuestXmlFile $guestTraceXml
+                    Set-Content -LiteralPath (Join-Path $runDir 'wfpmon-trace.xml') -Value $traceXml -Encoding UTF8
+                }
+                catch {
+                    Write-WfpMonLog "ETW trace not converted: $($_.Exception.Message)" -Level Warn
+                }
             }
             if ($null -ne $failure -and $null -ne $guestStart) {
                 Save-WfpMonMinidump -Session $session -Since $guestStart -Destination $runDir | Out-Null

@@ -27,6 +27,8 @@ $script:WfpMon = [ordered]@{
     PackageDirName  = 'wfpmon_package'
     TestCertificate = 'WDRLocalTestCert.cer'
     DeviceName      = '\Device\WfpMon'
+    EtwProviderName = 'wfpmon'
+    EtwProviderGuid = 'ab0992a4-5b4d-595c-5337-c50e1d163b2f'
     ProviderKey     = '22f6984a-dd5f-4e7b-8dc7-ccbf8d377c66'
     SublayerKey     = 'acbbaa62-dc39-4d57-8e87-d4ee7642d8de'
     CalloutKeys     = [ordered]@{
@@ -43,9 +45,28 @@ $script:WfpMon = [ordered]@{
 # INF itself and the catalog that signs both).
 $script:PackageFiles = @($script:WfpMon.ImageName, $script:WfpMon.InfName, $script:WfpMon.CatalogFileName)
 
-# Debug Print Filter: DbgPrint messages belong to component DEFAULT at
-# DPFLTR_INFO_LEVEL (importance bit 0x8); a DEFAULT mask of 0xF shows levels
-# error, warning, trace and info. The registry mask is read at boot.
+# The driver reports through its TraceLogging (ETW) provider (src/trace.rs):
+# EtwProviderName above, EtwProviderGuid derived from that name as TraceLogging
+# does (tests/vm recomputes it). The kit enables all three keywords
+# (0x1 LIFECYCLE, 0x2 ERRORS, 0x4 FLOWS) at level 5 (Verbose, which includes
+# CalloutUnregisterAttempt) in a logman session of its own name.
+$script:EtwKeywords = '0x7'
+$script:EtwLevel = '0x5'
+$script:EtwSessionName = 'wfpmon-vm-test'
+
+# Events the kit's verdict looks at (names as written by src/trace.rs).
+$script:EtwEventNames = @(
+    'DriverEntry', 'DriverEntryStep', 'CalloutRegister', 'DriverEntryComplete', 'DriverEntryFailed',
+    'Unload', 'TeardownBegins', 'FlowFailures', 'CalloutUnregisterAttempt', 'RemovalPass',
+    'CalloutStillRegistered', 'CalloutUnregistered', 'FlowRecordsLeft', 'TeardownStep',
+    'TeardownComplete', 'FlowEstablished', 'FlowEnded'
+)
+
+# Debug Print Filter (optional, debug builds only): DbgPrint messages belong to
+# component DEFAULT at DPFLTR_INFO_LEVEL (importance bit 0x8); a DEFAULT mask of
+# 0xF shows levels error, warning, trace and info. The registry mask is read at
+# boot. Release builds write no DbgPrint at all; the kit's verdict uses the ETW
+# trace only.
 $script:DebugPrintFilterKey = 'HKLM:\SYSTEM\CurrentControlSet\Control\Session Manager\Debug Print Filter'
 $script:DebugPrintDefaultMask = 0xF
 
@@ -360,7 +381,7 @@ function Enable-WfpMonVerifier {
 }
 
 function Enable-WfpMonDebugPrint {
-    <# .SYNOPSIS Makes DbgPrint output visible to DebugView / a kernel debugger (Debug Print Filter DEFAULT = 0xF; read at boot). #>
+    <# .SYNOPSIS Makes a debug build's DbgPrint output visible to a kernel debugger (Debug Print Filter DEFAULT = 0xF; read at boot). #>
     [CmdletBinding()]
     param([Parameter(Mandatory)][System.Management.Automation.Runspaces.PSSession]$Session)
     Invoke-Command -Session $Session -ArgumentList $script:DebugPrintFilterKey, $script:DebugPrintDefaultMask -ScriptBlock {
@@ -723,38 +744,137 @@ function Measure-WfpMonByteCount {
     return $sum
 }
 
-function Start-WfpMonDbgView {
+function Start-WfpMonTrace {
     <#
     .SYNOPSIS
-        Starts Sysinternals DebugView in the guest, capturing kernel output (/k) with
-        verbose kernel output (/v) into a log file (/l). Needs the Debug Print Filter
-        (Enable-WfpMonDebugPrint) to see DbgPrint at its default level.
+        Starts an ETW session in the guest that writes wfpmon's TraceLogging events
+        (all keywords, level 5) to GuestEtlFile. Call it before the driver loads:
+        ETW keeps the enable settings for a provider that has not registered yet
+        and applies them when DriverEntry registers it.
     #>
     [CmdletBinding()]
     param(
         [Parameter(Mandatory)][System.Management.Automation.Runspaces.PSSession]$Session,
-        [Parameter(Mandatory)][string]$GuestDbgViewPath,
-        [Parameter(Mandatory)][string]$GuestLogFile
+        [Parameter(Mandatory)][string]$GuestEtlFile
     )
-    return Invoke-Command -Session $Session -ArgumentList $GuestDbgViewPath, $GuestLogFile -ScriptBlock {
-        param([string]$Exe, [string]$Log)
-        $p = Start-Process -FilePath $Exe -ArgumentList @('/accepteula', '/k', '/v', '/l', "`"$Log`"") -PassThru
-        $p.Id
-    }
+    # A session of this name left behind by an interrupted run would make
+    # `logman create` fail; stopping it first is harmless when there is none.
+    Invoke-WfpMonGuestProcess -Session $Session -FilePath 'logman.exe' -ArgumentList @('stop', $script:EtwSessionName, '-ets') -NoThrow | Out-Null
+    # logman create trace <name> -ets starts the session at once (nothing is saved
+    # or scheduled); -p <provider [flags [level]]>; -bs buffer size in KB; -nb min
+    # and max buffers; -ow overwrites an old file. Sequential file mode (default).
+    $provider = '{' + $script:WfpMon.EtwProviderGuid + '}'
+    Invoke-WfpMonGuestProcess -Session $Session -FilePath 'logman.exe' -ArgumentList @(
+        'create', 'trace', $script:EtwSessionName, '-ow', '-o', $GuestEtlFile,
+        '-p', $provider, $script:EtwKeywords, $script:EtwLevel,
+        '-bs', '256', '-nb', '16', '256', '-ets') | Out-Null
 }
 
-function Stop-WfpMonDbgView {
-    <# .SYNOPSIS Ends the guest's DebugView process (output after the last flush can be lost). #>
+function Stop-WfpMonTrace {
+    <#
+    .SYNOPSIS
+        Stops the guest's wfpmon ETW session (logman stop -ets), which flushes and
+        closes the .etl file. Returns $true when logman stopped a session.
+    #>
+    [CmdletBinding()]
+    param([Parameter(Mandatory)][System.Management.Automation.Runspaces.PSSession]$Session)
+    $result = Invoke-WfpMonGuestProcess -Session $Session -FilePath 'logman.exe' -ArgumentList @('stop', $script:EtwSessionName, '-ets') -NoThrow
+    return ($result.ExitCode -eq 0)
+}
+
+function Convert-WfpMonTrace {
+    <#
+    .SYNOPSIS
+        Converts a guest .etl file to XML in the guest (tracerpt <etl> -o <xml> -of XML -y)
+        and returns the XML text. TraceLogging events carry their own metadata, so
+        no manifest is needed to decode them.
+    #>
     [CmdletBinding()]
     param(
         [Parameter(Mandatory)][System.Management.Automation.Runspaces.PSSession]$Session,
-        [Parameter(Mandatory)][int]$ProcessId
+        [Parameter(Mandatory)][string]$GuestEtlFile,
+        [Parameter(Mandatory)][string]$GuestXmlFile
     )
-    Invoke-Command -Session $Session -ArgumentList $ProcessId -ScriptBlock {
-        param([int]$ProcessId)
-        Start-Sleep -Seconds 2
-        Stop-Process -Id $ProcessId -Force -ErrorAction SilentlyContinue
+    Invoke-WfpMonGuestProcess -Session $Session -FilePath 'tracerpt.exe' -ArgumentList @($GuestEtlFile, '-o', $GuestXmlFile, '-of', 'XML', '-y') | Out-Null
+    return Invoke-Command -Session $Session -ArgumentList $GuestXmlFile -ScriptBlock {
+        param([string]$Path)
+        Get-Content -LiteralPath $Path -Raw
     }
+}
+
+function Measure-WfpMonTraceEvent {
+    <#
+    .SYNOPSIS
+        Counts wfpmon's events by name in tracerpt's XML dump. Events of other
+        providers (the trace header) are skipped; an event of the provider whose
+        name cannot be read is counted as '(unnamed)'.
+    .DESCRIPTION
+        tracerpt renders a TraceLogging event's name as its task name
+        (RenderingInfo/Task); as a fallback the first element or attribute whose
+        whole text is one of the known event names is taken.
+    #>
+    [CmdletBinding()]
+    param([Parameter(Mandatory)][AllowEmptyString()][string]$XmlText)
+    $counts = [ordered]@{}
+    foreach ($name in $script:EtwEventNames) { $counts[$name] = 0 }
+    $counts['(unnamed)'] = 0
+    if (-not $XmlText.Trim()) { return $counts }
+    $doc = New-Object System.Xml.XmlDocument
+    $doc.LoadXml($XmlText)
+    foreach ($record in @($doc.SelectNodes("//*[local-name()='Event']"))) {
+        $provider = $record.SelectSingleNode("*[local-name()='System']/*[local-name()='Provider']")
+        if ($null -eq $provider) { continue }
+        # -ne compares case-insensitively; tracerpt writes the GUID in braces.
+        $providerGuid = ([string]$provider.GetAttribute('Guid')).Trim('{', '}')
+        $providerName = [string]$provider.GetAttribute('Name')
+        if ($providerGuid -ne $script:WfpMon.EtwProviderGuid -and $providerName -ne $script:WfpMon.EtwProviderName) { continue }
+        $name = $null
+        $task = $record.SelectSingleNode("*[local-name()='RenderingInfo']/*[local-name()='Task']")
+        if ($null -ne $task -and $script:EtwEventNames -contains $task.InnerText.Trim()) {
+            $name = $task.InnerText.Trim()
+        }
+        else {
+            foreach ($node in @($record.SelectNodes('.//*|.//@*'))) {
+                if ($node.NodeType -eq [System.Xml.XmlNodeType]::Element -and $node.HasChildNodes -and $node.FirstChild.NodeType -eq [System.Xml.XmlNodeType]::Element) { continue }
+                $text = ([string]$node.InnerText).Trim()
+                if ($script:EtwEventNames -contains $text) { $name = $text; break }
+            }
+        }
+        if ($null -eq $name) { $counts['(unnamed)']++ } else { $counts[$name]++ }
+    }
+    return $counts
+}
+
+function Test-WfpMonTraceCount {
+    <#
+    .SYNOPSIS
+        Checks event counts of a run against the driver starts and stops the run made.
+        Returns the problems found (none: the trace agrees).
+    .DESCRIPTION
+        Every successful sc.exe start writes one DriverEntryComplete, every stop
+        (DriverUnload) one TeardownComplete; DriverEntryFailed and FlowRecordsLeft
+        must never appear.
+    #>
+    [CmdletBinding()]
+    param(
+        [Parameter(Mandatory)][System.Collections.IDictionary]$Count,
+        [Parameter(Mandatory)][int]$DriverStarts,
+        [Parameter(Mandatory)][int]$DriverStops
+    )
+    $problems = New-Object System.Collections.Generic.List[string]
+    if ($Count['TeardownComplete'] -ne $DriverStops) {
+        $problems.Add("$($Count['TeardownComplete']) TeardownComplete events for $DriverStops driver stops")
+    }
+    if ($Count['DriverEntryComplete'] -ne $DriverStarts) {
+        $problems.Add("$($Count['DriverEntryComplete']) DriverEntryComplete events for $DriverStarts driver starts")
+    }
+    foreach ($bad in @('DriverEntryFailed', 'FlowRecordsLeft')) {
+        if ($Count[$bad] -gt 0) { $problems.Add("$($Count[$bad]) $bad events") }
+    }
+    if ($Count['(unnamed)'] -gt 0) {
+        $problems.Add("$($Count['(unnamed)']) $($script:WfpMon.EtwProviderName) events without a known name")
+    }
+    return $problems.ToArray()
 }
 
 function New-WfpMonCheckpoint {
@@ -831,8 +951,11 @@ Export-ModuleMember -Function @(
     'ConvertTo-WfpMonNumberTable',
     'Get-WfpMonCtlJson',
     'Measure-WfpMonByteCount',
-    'Start-WfpMonDbgView',
-    'Stop-WfpMonDbgView',
+    'Start-WfpMonTrace',
+    'Stop-WfpMonTrace',
+    'Convert-WfpMonTrace',
+    'Measure-WfpMonTraceEvent',
+    'Test-WfpMonTraceCount',
     'New-WfpMonCheckpoint',
     'Restore-WfpMonCheckpoint'
 )

@@ -73,7 +73,7 @@ Copy-VMFile Set-VM
 
 KNOWN_EXECUTABLES = frozenset({
     "sc.exe", "pnputil.exe", "bcdedit.exe", "verifier.exe", "netsh.exe", "wfpmonctl.exe",
-    "shutdown.exe", "cmd.exe", "powershell.exe", "pwsh.exe",
+    "shutdown.exe", "cmd.exe", "powershell.exe", "pwsh.exe", "logman.exe", "tracerpt.exe",
 })
 
 COMMON_PARAMETERS = frozenset(p.lower() for p in """
