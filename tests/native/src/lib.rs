@@ -15,6 +15,7 @@
 //! Layout:
 //! - [`pe`]: mapping, relocations, protections, imports, the
 //!   `KUSER_SHARED_DATA` patch and the scan for kernel-only instructions;
+//! - [`crash`]: a fault inside the image is reported as an image offset;
 //! - [`clock`]: interrupt time (real or simulated) and the page the image
 //!   reads it from;
 //! - [`kernel`]: per-thread IRQL and in-image tracking, the pool ledger,
@@ -53,6 +54,7 @@
 )]
 
 pub mod clock;
+pub mod crash;
 pub mod engine;
 pub mod etw;
 pub mod imports;

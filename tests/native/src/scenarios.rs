@@ -847,6 +847,37 @@ pub fn self_check(seed: u64) -> Result<Vec<String>, String> {
     Ok(reported)
 }
 
+/// Deliberately crashes inside the image (for the crash-report test, in a
+/// child process): the driver's stream classify is handed an invalid
+/// `classifyOut` pointer, which it writes through.
+///
+/// # Errors
+/// When the world cannot be built (otherwise it does not return).
+pub fn fault_in_image(seed: u64) -> Result<Summary, String> {
+    let w = boot(Config::new(seed))?;
+    let stream = w.callout(0).ok_or("no stream callout")?;
+    // SAFETY: the classifyFn the image registered.
+    let classify = unsafe { std::mem::transmute::<usize, ClassifyFn>(stream.classify) };
+    let invalid_out = 0x10usize as *mut fwpsk_sys::FWPS_CLASSIFY_OUT0;
+    call_into_image(&w, "fault-in-image", DISPATCH_LEVEL, || {
+        // SAFETY: not safe on purpose: `classifyOut` points at an unmapped
+        // page, so the driver faults writing its action; only the
+        // crash-report test runs this, in a child process it expects to die.
+        unsafe {
+            classify(
+                std::ptr::null(),
+                std::ptr::null(),
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                std::ptr::null(),
+                0,
+                invalid_out,
+            );
+        }
+    });
+    Err("the driver did not fault".into())
+}
+
 /// Runs `scenario` for `reps` consecutive seeds from `base`; stops at the
 /// first failure.
 ///

@@ -346,6 +346,7 @@ impl World {
                 boxed.image.size()
             );
         }
+        crate::crash::set_image(boxed.image.base(), boxed.image.size());
         let p = Box::into_raw(boxed);
         CURRENT.store(p, Ordering::Release);
         let w = world();

@@ -239,3 +239,20 @@ fn the_checks_catch_what_they_must() {
         );
     }
 }
+
+#[test]
+fn a_fault_inside_the_image_is_reported_as_an_image_offset() {
+    if !image_present() {
+        return;
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wfpmon-native-stress"))
+        .arg("fault-in-image")
+        .output()
+        .expect("run wfpmon-native-stress");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the child survived: {stderr}");
+    assert!(
+        stderr.contains("fatal signal SIGSEGV") && stderr.contains("= wfpmon.sys image offset 0x"),
+        "no image offset in the report: {stderr}"
+    );
+}

@@ -4,6 +4,7 @@
 //! ```text
 //! wfpmon-native-stress stress             # must be clean under memcheck
 //! wfpmon-native-stress use-after-delete   # memcheck must report it
+//! wfpmon-native-stress fault-in-image     # dies, naming the image offset
 //! ```
 //!
 //! Seed: `WFPMON_NATIVE_SEED`; repetitions: `WFPMON_NATIVE_REPEAT`.
@@ -27,8 +28,9 @@ fn main() -> std::process::ExitCode {
         "use-after-delete" => {
             scenarios::repeat("use-after-delete", base, 1, scenarios::use_after_delete)
         }
+        "fault-in-image" => scenarios::fault_in_image(base),
         _ => {
-            eprintln!("usage: wfpmon-native-stress stress|use-after-delete");
+            eprintln!("usage: wfpmon-native-stress stress|use-after-delete|fault-in-image");
             return std::process::ExitCode::from(2);
         }
     };
