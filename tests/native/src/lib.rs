@@ -22,7 +22,7 @@
 //!   spin locks, events, `DbgPrint`, device objects, IRPs, handles, ETW;
 //! - [`engine`]: the fake filter engine (its rules and their sources are in
 //!   that module's documentation);
-//! - [`etw`]: ETW registration, an enabling session, TraceLogging events
+//! - [`etw`]: ETW registration, an enabling session, `TraceLogging` events
 //!   decoded into the log;
 //! - [`imports`]: the table of modelled imports (data-driven);
 //! - [`world`]: one loaded image with its kernel and engine, and the
