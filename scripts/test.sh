@@ -8,7 +8,12 @@
 #  3. lints: clippy -D warnings for the host crates, for the driver on its
 #     kernel target, and for wfpmonctl on the Windows target (type-check);
 #  4. pytest: static checks of the image, the emulator suite on the real
-#     wfpmon.sys, the INF checks and the Hyper-V kit checks.
+#     wfpmon.sys, the INF checks and the Hyper-V kit checks;
+#  5. the native host (tests/native): the real wfpmon.sys loaded into a
+#     Linux process and driven from real threads (scenarios repeated with
+#     consecutive seeds), then under valgrind memcheck (a stress scenario
+#     that must be clean, and a deliberately broken one that must be
+#     reported).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -45,6 +50,9 @@ RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR="$root/target/loom" \
 step "clippy: host crates (all targets)"
 cargo clippy --locked "${host_crates[@]}" --all-targets -- -D warnings
 
+step "clippy: native host (all targets)"
+cargo clippy --locked -p wfpmon-native-host --all-targets -- -D warnings
+
 step "clippy: driver on x86_64-pc-windows-msvc (kernel image)"
 cargo clippy --locked --release --target "$WFPMON_TARGET" -p wfpmon -- -D warnings
 
@@ -55,6 +63,16 @@ step "pytest: image, emulator (driver and wfpmonctl.exe), INF, VM kit"
 export WFPMON_SYS="$root/target/$WFPMON_TARGET/release/wfpmon.sys"
 "$WFPMON_VENV/bin/python" -m pytest -q tests/image tests/emulator tests/inf tests/vm \
     tools/wfpmonctl/tests/emulator
+
+step "native host: the real wfpmon.sys on real threads (tests/native)"
+# The tests skip (loudly) without an image; here the image was just built,
+# so a missing one is an error, not a skip.
+[[ -f "$WFPMON_SYS" ]] || { echo "test.sh: no image at $WFPMON_SYS" >&2; exit 1; }
+cargo test --locked --release -p wfpmon-native-host
+
+step "native host under valgrind memcheck"
+cargo build --locked --release -p wfpmon-native-host --bin wfpmon-native-stress
+tests/native/memcheck.sh "$root/target/release/wfpmon-native-stress"
 
 step "summary"
 # cargo test: "test result: ok. 9 passed; 0 failed; 1 ignored; ..."

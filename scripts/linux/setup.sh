@@ -63,6 +63,8 @@ flock 9
 #   gcc-mingw-w64-x86-64  linker for the x86_64-pc-windows-gnu build of
 #                         wfpmonctl.exe that the user-mode emulator test runs
 #                         (no MSVC CRT exists here to link the msvc build)
+#   valgrind              memcheck run of the native host (tests/native);
+#                         skipped when `valgrind --version` already answers
 # ---------------------------------------------------------------------------
 apt_packages=(mingw-w64-x86-64-dev clang libclang-dev llvm python3-venv gcc-mingw-w64-x86-64)
 missing=()
@@ -71,6 +73,9 @@ for pkg in "${apt_packages[@]}"; do
         missing+=("$pkg")
     fi
 done
+if ! valgrind --version >/dev/null 2>&1; then
+    missing+=(valgrind)
+fi
 if ((${#missing[@]})); then
     log "installing Debian packages: ${missing[*]}"
     sudo=()
