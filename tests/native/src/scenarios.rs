@@ -23,7 +23,6 @@ use crate::rng::Rng;
 use crate::world::{Config, FilterKind, HostFlow, Summary, World, WorldGuard};
 
 /// `STATUS_BUFFER_OVERFLOW`.
-const STATUS_BUFFER_OVERFLOW: i32 = wfpmon_core::status::STATUS_BUFFER_OVERFLOW;
 /// `STATUS_INVALID_DEVICE_REQUEST`.
 const STATUS_INVALID_DEVICE_REQUEST: i32 = wfpmon_core::status::STATUS_INVALID_DEVICE_REQUEST;
 
@@ -178,11 +177,10 @@ pub fn lifecycle(seed: u64) -> Result<Summary, String> {
     // Interrupt time (the patched KUSER_SHARED_DATA read) must move: the
     // flows' ages grow by at least this sleep.
     std::thread::sleep(Duration::from_millis(20));
-    let (status, header, entries) = w.list_flows(64)?;
-    if status != 0 || header.total_flows as usize != total || entries.len() != total {
+    let (entries, listed_total, _) = w.list_all_flows(64)?;
+    if listed_total as usize != total || entries.len() != total {
         w.kernel.violation(format!(
-            "LIST_FLOWS(64): status {status:#x}, total {}, {} entries; {total} flows are open",
-            header.total_flows,
+            "LIST_FLOWS in batches of 64: total {listed_total}, {} entries; {total} flows are open",
             entries.len()
         ));
     }
@@ -198,13 +196,15 @@ pub fn lifecycle(seed: u64) -> Result<Summary, String> {
             ));
         }
     }
-    let (status, header, entries) = w.list_flows(1)?;
-    if status != STATUS_BUFFER_OVERFLOW
+    let (status, header, entries) = w.list_flows_page(1, (0, 0))?;
+    let more = header.flags & protocol::FLOW_LIST_MORE != 0;
+    if status != 0
         || header.total_flows as usize != total
         || entries.len() != 1
+        || more != (total > 1)
     {
         w.kernel.violation(format!(
-            "LIST_FLOWS(1): status {status:#x}, total {}, {} entries",
+            "LIST_FLOWS(1): status {status:#x}, total {}, {} entries, more {more}",
             header.total_flows,
             entries.len()
         ));
@@ -263,13 +263,17 @@ pub fn many_flows(seed: u64, n: usize) -> Result<Summary, String> {
         }
         flows.push(f);
     }
-    let capacity = u32::try_from(n).unwrap_or(u32::MAX);
-    let (status, header, entries) = w.list_flows(capacity)?;
-    if status != 0 || header.total_flows as usize != n || entries.len() != n {
+    let (entries, total, calls) = w.list_all_flows(256)?;
+    let unique: std::collections::HashSet<u64> = entries.iter().map(|e| e.flow_id).collect();
+    if total as usize != n
+        || entries.len() != n
+        || unique.len() != n
+        || calls != n.div_ceil(256).max(1)
+    {
         w.kernel.violation(format!(
-            "LIST_FLOWS({n}): status {status:#x}, total {}, {} entries",
-            header.total_flows,
-            entries.len()
+            "LIST_FLOWS of {n} flows: total {total}, {} entries ({} distinct) in {calls} batches",
+            entries.len(),
+            unique.len()
         ));
     }
     w.check_counters();
@@ -558,13 +562,15 @@ pub fn ioctls_during_traffic(seed: u64, threads: usize, steps: usize) -> Result<
                             }
                         }
                         1 => {
-                            let capacity = u32::try_from(irng.below(200)).unwrap_or(0);
-                            match w_ref.list_flows(capacity) {
-                                Ok((status, h, entries)) => {
-                                    let want = (h.total_flows).min(capacity);
-                                    let overflow = h.total_flows > capacity;
-                                    if h.returned != want || entries.len() != want as usize || (status == STATUS_BUFFER_OVERFLOW) != overflow {
-                                        w_ref.kernel.violation(format!("LIST_FLOWS({capacity}): status {status:#x}, total {}, returned {}, {} entries", h.total_flows, h.returned, entries.len()));
+                            // A whole paged pass while flows come and go:
+                            // never a flow twice, never one the engine
+                            // did not issue.
+                            let batch = u32::try_from(1 + irng.below(200)).unwrap_or(1);
+                            match w_ref.list_all_flows(batch) {
+                                Ok((entries, _, _)) => {
+                                    let unique: std::collections::HashSet<u64> = entries.iter().map(|e| e.flow_id).collect();
+                                    if unique.len() != entries.len() {
+                                        w_ref.kernel.violation(format!("LIST_FLOWS in batches of {batch}: a flow listed twice in one pass"));
                                     }
                                     if entries.iter().any(|e| e.flow_id < 0x1_0000 || e.flow_id % 0x10 != 0) {
                                         w_ref.kernel.violation("LIST_FLOWS returned a flow id the engine never issued".into());

@@ -1172,16 +1172,19 @@ impl World {
         Stats::decode(&out).map_err(|e| format!("QUERY_STATS reply: {e:?}"))
     }
 
-    /// `IOCTL_WFPMON_LIST_FLOWS` with room for `capacity` entries.
+    /// One `IOCTL_WFPMON_LIST_FLOWS` batch: at most `capacity` entries (the
+    /// driver caps a batch at `MAX_FLOWS_PER_CALL`) after `cursor`.
     ///
     /// # Errors
     /// The status or decoding problem.
-    pub fn list_flows(
+    pub fn list_flows_page(
         &self,
         capacity: u32,
+        cursor: (u32, u32),
     ) -> Result<(i32, FlowListHeader, Vec<FlowEntry>), String> {
-        let req = protocol::ListFlowsRequest::new(capacity).to_bytes();
-        let out_len = protocol::flow_list_size(capacity as usize).ok_or("capacity too large")?;
+        let req = protocol::ListFlowsRequest::resume(capacity, cursor.0, cursor.1).to_bytes();
+        let fits = (capacity as usize).min(protocol::MAX_FLOWS_PER_CALL);
+        let out_len = protocol::flow_list_size(fits).ok_or("capacity too large")?;
         let (status, out) = self.ioctl(protocol::IOCTL_WFPMON_LIST_FLOWS, &req, out_len);
         if status.cast_unsigned() >> 30 == 3 {
             return Err(format!("LIST_FLOWS -> {status:#x}"));
@@ -1189,6 +1192,33 @@ impl World {
         let (header, entries) =
             protocol::decode_flow_list(&out).map_err(|e| format!("LIST_FLOWS reply: {e:?}"))?;
         Ok((status, header, entries.collect()))
+    }
+
+    /// A whole listing pass in batches of `batch` (as wfpmonctl pages):
+    /// the entries, the last batch's total, and the number of calls. A
+    /// batch that makes no progress is an error.
+    ///
+    /// # Errors
+    /// The status or decoding problem.
+    pub fn list_all_flows(&self, batch: u32) -> Result<(Vec<FlowEntry>, u32, usize), String> {
+        let mut cursor = (0, 0);
+        let mut all = Vec::new();
+        for calls in 1.. {
+            let (status, header, entries) = self.list_flows_page(batch, cursor)?;
+            if status != 0 {
+                return Err(format!("LIST_FLOWS -> {status:#x}"));
+            }
+            all.extend(entries);
+            if header.flags & protocol::FLOW_LIST_MORE == 0 {
+                return Ok((all, header.total_flows, calls));
+            }
+            let next = (header.next_bucket, header.next_seq);
+            if header.returned == 0 && next == cursor {
+                return Err("LIST_FLOWS makes no progress".into());
+            }
+            cursor = next;
+        }
+        unreachable!("the loop returns")
     }
 
     /// Checks that the driver's statistics equal what the engine delivered
