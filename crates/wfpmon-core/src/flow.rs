@@ -350,9 +350,13 @@ struct PaddedCount(AtomicUsize);
 /// `0..DATA_CALLOUTS`, see [`crate::catalog::data_callout_for`]).
 pub const DATA_CALLOUTS: usize = 4;
 
-/// Buckets of the driver's registry: 4096 × 64 bytes = 256 KiB of non-paged
-/// static memory; at a million flows, about 250 flows per bucket.
-pub const DEFAULT_BUCKETS: usize = 4096;
+/// Buckets of the driver's registry: 16384 × 64 bytes = 1 MiB of non-paged
+/// memory.
+///
+/// A zero-initialised static (`.bss`: no room in the image file). At a
+/// million flows, about 61 flows per bucket, which bounds the longest lock
+/// hold of a listing or statistics query (one bucket's walk).
+pub const DEFAULT_BUCKETS: usize = 16384;
 
 /// Why a record was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
