@@ -3,6 +3,7 @@ static soundness of the PowerShell, and agreement of every name, file and
 GUID with their single sources (catalog.rs, Cargo.toml, the INF, Makefile.toml
 and wdk-build's own makefile)."""
 
+import os
 import re
 import sys
 import tomllib
@@ -216,7 +217,11 @@ def test_windows_only_tasks_are_guarded():
 
 def _wdk_build_makefile() -> Path | None:
     version = CARGO["build-dependencies"]["wdk-build"]
-    for root in (Path.home() / ".cargo" / "registry" / "src").glob("*"):
+    # The Linux build's own cargo home (scripts/linux/env.sh) holds the
+    # pristine crate the set-up fetched; a developer's default one may too.
+    homes = [Path(os.environ["CARGO_HOME"])] if os.environ.get("CARGO_HOME") else []
+    homes += [REPO / "target" / "linux-wdk" / "cargo-home", Path.home() / ".cargo"]
+    for root in (r for home in homes for r in (home / "registry" / "src").glob("*")):
         candidate = root / f"wdk-build-{version}" / "rust-driver-makefile.toml"
         if candidate.is_file():
             return candidate
