@@ -9,8 +9,6 @@
 pub const STATUS_SUCCESS: i32 = 0;
 /// `STATUS_PENDING`.
 pub const STATUS_PENDING: i32 = 0x0000_0103;
-/// `STATUS_BUFFER_OVERFLOW` (a warning: partial data returned).
-pub const STATUS_BUFFER_OVERFLOW: i32 = 0x8000_0005_u32 as i32;
 /// `STATUS_UNSUCCESSFUL`.
 pub const STATUS_UNSUCCESSFUL: i32 = 0xC000_0001_u32 as i32;
 /// `STATUS_INVALID_PARAMETER`.

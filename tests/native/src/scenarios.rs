@@ -22,7 +22,6 @@ use crate::kernel::{self, DISPATCH_LEVEL, PASSIVE_LEVEL, call_into_image};
 use crate::rng::Rng;
 use crate::world::{Config, FilterKind, HostFlow, Summary, World, WorldGuard};
 
-/// `STATUS_BUFFER_OVERFLOW`.
 /// `STATUS_INVALID_DEVICE_REQUEST`.
 const STATUS_INVALID_DEVICE_REQUEST: i32 = wfpmon_core::status::STATUS_INVALID_DEVICE_REQUEST;
 
