@@ -31,7 +31,7 @@ def query_stats_request():
 
 
 MAX_FLOWS_PER_CALL = 256
-LIST_BUCKETS = 16384
+LIST_BUCKETS = 32768
 FLOW_LIST_MORE = 1
 
 

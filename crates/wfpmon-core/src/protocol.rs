@@ -25,7 +25,7 @@ pub const PROTOCOL_VERSION: u32 = 3;
 pub const MAX_FLOWS_PER_CALL: usize = 256;
 
 /// Buckets of the driver's flow registry: a cursor's `bucket` is below this.
-#[allow(clippy::cast_possible_truncation)] // 16384, checked below
+#[allow(clippy::cast_possible_truncation)] // 32768, checked below
 pub const LIST_BUCKETS: u32 = crate::flow::DEFAULT_BUCKETS as u32;
 const _: () = assert!(LIST_BUCKETS as usize == crate::flow::DEFAULT_BUCKETS);
 
