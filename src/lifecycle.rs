@@ -121,7 +121,7 @@ impl Callouts {
 /// removal pass that removed something, a "still registered" report on the
 /// [`LogBackoff`] schedule (1 s, then intervals doubling to one a minute),
 /// and the end.
-fn unregister(index: CalloutIndex, id: u32) -> Outcome {
+fn unregister(index: CalloutIndex, id: u32) {
     let name = CALLOUTS[index].name;
     let mut protocol = Unregistration::new();
     let started = time::interrupt_time();
@@ -188,7 +188,7 @@ fn unregister(index: CalloutIndex, id: u32) -> Outcome {
                     elapsed / MILLISECONDS,
                 );
                 log!("{name}: {outcome:?} after {} ms", elapsed / MILLISECONDS);
-                return outcome;
+                return;
             }
         }
     }

@@ -309,8 +309,6 @@ class FakeEngine:
         h(self._ke_wait, "ntoskrnl", "KeWaitForSingleObject")
         h(self._ke_set_event, "ntoskrnl", "KeSetEvent")
         h(self._ke_init_event, "ntoskrnl", "KeInitializeEvent")
-        h(self._spin_acquire, "ntoskrnl", "KeAcquireSpinLockRaiseToDpc")
-        h(self._spin_release, "ntoskrnl", "KeReleaseSpinLock")
         h(self._queued_acquire, "ntoskrnl", "KeAcquireInStackQueuedSpinLock", argc=2)
         h(self._queued_release, "ntoskrnl", "KeReleaseInStackQueuedSpinLock", argc=1)
         h(self._dbg_print, "ntoskrnl", "DbgPrint")
@@ -489,18 +487,6 @@ class FakeEngine:
                 self.barrier_completed.append(c)
                 done.append(call)
         return done
-
-    def _spin_acquire(self, emu, api, orig, argv):
-        self.spin_depth += 1
-        if self.spin_depth > 1:
-            self.pool_errors.append("spin lock acquired while held (would deadlock)")
-        return 0  # old IRQL: PASSIVE_LEVEL
-
-    def _spin_release(self, emu, api, orig, argv):
-        self.spin_depth -= 1
-        if self.spin_depth < 0:
-            self.pool_errors.append("spin lock released while not held")
-        return 0
 
     def _queued_acquire(self, emu, api, orig, argv):
         """In-stack queued spin lock: the handle (on the caller's stack)
