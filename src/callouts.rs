@@ -13,7 +13,12 @@ use core::ptr::NonNull;
 use wdk_sys::STATUS_SUCCESS;
 
 use wfpmon_core::catalog::{CALLOUTS, data_callout_for};
+use wfpmon_core::events::{
+    EVENT_ENDED, EVENT_ESTABLISHED, EVENT_FLAG_NOT_TRACKED, EVENT_FLAG_UNLOADING, FlowEvent,
+};
 use wfpmon_core::flow::{Association, Direction, FlowRecord};
+
+use crate::events;
 
 use crate::kernel::pool::PoolBox;
 use crate::kernel::time;
@@ -23,10 +28,11 @@ use crate::trace;
 
 /// ALE flow established: attach a [`FlowRecord`] to the new flow, owned by
 /// the data callout (stream for TCP, datagram-data otherwise) of the same
-/// family, which will count the flow's traffic.
+/// family, which will count the flow's traffic; attribute it to its
+/// process; publish an "established" event.
 ///
 /// Allocates once per flow (non-paged), never per packet.
-pub fn on_flow_established(flow: &FlowEstablished) {
+pub fn on_flow_established(flow: &FlowEstablished<'_>) {
     // Cheap early-out; `insert` below re-checks under the lock.
     if SHARED.flows.is_stopping() {
         return;
@@ -39,13 +45,18 @@ pub fn on_flow_established(flow: &FlowEstablished) {
         flow_id: flow.flow_handle,
         callout: target,
     };
+    let now = time::interrupt_time();
+    let slot = SHARED
+        .processes
+        .acquire(flow.process_id, flow.process_path, now);
     let record = FlowRecord::new(
         association,
         flow.tuple,
-        flow.process_id,
-        time::interrupt_time(),
+        (flow.process_id.unwrap_or(0), slot),
+        now,
     );
     let Some(record) = PoolBox::new(record) else {
+        SHARED.processes.abandon(slot);
         SHARED.stats.allocation_failed();
         return;
     };
@@ -56,8 +67,15 @@ pub fn on_flow_established(flow: &FlowEstablished) {
     // SAFETY: `context` is a live pool allocation that stays valid until the
     // flow-delete callback (or the failure path below) removes and frees it.
     if unsafe { SHARED.flows.insert(context) }.is_err() {
-        return; // unload has begun: associate nothing new (record freed on drop)
+        // Unload has begun: associate nothing new (record freed on drop).
+        SHARED.processes.abandon(slot);
+        return;
     }
+    // Published before the association, so that the flow's "ended" event
+    // (the flow-delete callback may run as soon as the association exists)
+    // always follows it in the ring.
+    let key = SHARED.processes.key_of(slot);
+    events::publish(FlowEvent::of(&record, EVENT_ESTABLISHED, 0, key, now));
     let layer = CALLOUTS[target].runtime_layer;
     // SAFETY: `record` stays alive: on success it is leaked below and freed
     // only by the flow-delete callback; on failure we still own it.
@@ -69,7 +87,11 @@ pub fn on_flow_established(flow: &FlowEstablished) {
     if status == STATUS_SUCCESS {
         SHARED.stats.flow_tracked();
         if trace::flows_enabled() {
-            trace::flow_established(flow.flow_handle, flow.process_id, &flow.tuple);
+            trace::flow_established(
+                flow.flow_handle,
+                u64::from(flow.process_id.unwrap_or(0)),
+                &flow.tuple,
+            );
         }
         // Ownership passes to the association; the flow-delete callback frees it.
         let _ = record.into_raw();
@@ -77,7 +99,16 @@ pub fn on_flow_established(flow: &FlowEstablished) {
         SHARED.stats.association_failed();
         // SAFETY: `context` was inserted above and never associated, so no
         // flow-delete callback can race with this removal.
-        let removed = unsafe { SHARED.flows.remove(context, |_| ()) };
+        let removed = unsafe { SHARED.flows.remove(context, |_, _| ()) };
+        // The "established" event is answered at once: not tracked after all.
+        events::publish(FlowEvent::of(
+            &record,
+            EVENT_ENDED,
+            EVENT_FLAG_NOT_TRACKED,
+            key,
+            now,
+        ));
+        SHARED.processes.abandon(slot);
         if removed.stopping && removed.callout_done {
             SHARED.flow_deleted.set();
         }
@@ -97,29 +128,44 @@ pub fn on_flow_data(record: &FlowRecord, direction: Direction, bytes: u64, packe
 }
 
 /// The engine deletes a flow that carries our context (the flow ended, or
-/// unload removed the context): retire its counters, free it, and wake a
-/// teardown that may be waiting for the last one.
+/// unload removed the context): retire its counters (into the statistics
+/// and its process's totals), publish an "ended" event with the final
+/// counters, free it, and wake a teardown that may be waiting for the last
+/// one.
 ///
 /// # Safety
 /// `context` must be a context this driver associated (a [`FlowRecord`]
 /// from [`on_flow_established`]), delivered once by the engine.
 pub unsafe fn on_flow_delete(context: NonNull<FlowRecord>) {
+    let now = time::interrupt_time();
+    // SAFETY: contract — a live record; only its immutable fields and
+    // atomic counters are read (no classify runs for a flow being deleted,
+    // so the counters are final).
+    let record = unsafe { context.as_ref() };
     if trace::flows_enabled() {
-        // SAFETY: contract — a live record; only its immutable fields and
-        // atomic counters are read.
-        let record = unsafe { context.as_ref() };
-        let age = time::interrupt_time().saturating_sub(record.established_at);
+        let age = now.saturating_sub(record.established_at);
         trace::flow_ended(record, &record.traffic(), age / 10_000);
     }
+    let flags = if SHARED.flows.is_stopping() {
+        EVENT_FLAG_UNLOADING
+    } else {
+        0
+    };
+    let key = SHARED.processes.key_of(record.process_slot);
+    let ended = FlowEvent::of(record, EVENT_ENDED, flags, key, now);
     // SAFETY: contract — a live record we associated and still track.
     let removed = unsafe {
-        SHARED
-            .flows
-            .remove(context, |_| SHARED.stats.flow_deleted())
+        SHARED.flows.remove(context, |r, bucket| {
+            SHARED.stats.flow_deleted();
+            SHARED
+                .processes
+                .release(r.process_slot, r.traffic(), bucket, now);
+        })
     };
     // SAFETY: the engine delivers each context's deletion once; the record
     // is unlinked now, so no one else can reach it.
     drop(unsafe { PoolBox::from_raw(context) });
+    events::publish(ended);
     // Teardown waits for a callout's flows to be gone, then for all flows:
     // wake it when this was the last flow of its callout (once per callout,
     // not per flow).

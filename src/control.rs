@@ -9,12 +9,16 @@
 
 use wdk_sys::{
     DEVICE_OBJECT, IRP, IRP_MJ_CLEANUP, IRP_MJ_CLOSE, IRP_MJ_CREATE, IRP_MJ_DEVICE_CONTROL,
-    NTSTATUS, STATUS_INVALID_DEVICE_REQUEST, STATUS_OBJECT_NAME_NOT_FOUND, STATUS_SUCCESS,
+    NTSTATUS, STATUS_DEVICE_BUSY, STATUS_INVALID_DEVICE_REQUEST, STATUS_OBJECT_NAME_NOT_FOUND,
+    STATUS_SUCCESS,
 };
 use wfpmon_core::flow::{ListCursor, Listed};
 use wfpmon_core::protocol::{
-    self, FlowEntry, FlowListHeader, Header, PROTOCOL_VERSION, Request, Stats, parse_request,
+    self, FlowEntry, FlowListHeader, Header, PROTOCOL_VERSION, ProcessEntry, ProcessListHeader,
+    Request, Stats, parse_request,
 };
+
+use crate::events;
 
 use crate::kernel::driver::DriverObject;
 use crate::kernel::irp::Irp;
@@ -50,6 +54,12 @@ unsafe extern "C" fn dispatch(_device: *mut DEVICE_OBJECT, irp: *mut IRP) -> NTS
         IRP_MJ_CREATE if irp.opens_a_name_below_the_device() => {
             irp.complete(STATUS_OBJECT_NAME_NOT_FOUND, 0)
         }
+        // The handle's last user closed it: its pending event reads end
+        // (as cancelled) now rather than at some later event.
+        IRP_MJ_CLEANUP => {
+            events::cleanup(irp.file_object());
+            irp.complete(STATUS_SUCCESS, 0)
+        }
         _ => irp.complete(STATUS_SUCCESS, 0),
     }
 }
@@ -64,20 +74,24 @@ unsafe extern "C" fn dispatch_unsupported(_device: *mut DEVICE_OBJECT, irp: *mut
 }
 
 fn device_control(mut irp: Irp) -> NTSTATUS {
-    let (status, written) = irp.buffered_device_control().map_or(
+    let Some((params, buffer)) = irp.buffered_device_control() else {
         // Every wfpmon IOCTL is METHOD_BUFFERED; anything else is unknown.
-        (STATUS_INVALID_DEVICE_REQUEST, 0),
-        |(params, buffer)| {
-            // Lengths larger than the buffer cannot happen for
-            // METHOD_BUFFERED; the slices are bounded by it all the same.
-            let input_len = params.input_len.min(buffer.len());
-            let output_len = params.output_len.min(buffer.len());
-            match parse_request(params.code, &buffer[..input_len], output_len) {
-                Ok(request) => execute(request, &mut buffer[..output_len]),
-                Err(error) => (error.ntstatus(), 0),
-            }
-        },
-    );
+        return irp.complete(STATUS_INVALID_DEVICE_REQUEST, 0);
+    };
+    // Lengths larger than the buffer cannot happen for METHOD_BUFFERED; the
+    // slices are bounded by it all the same.
+    let input_len = params.input_len.min(buffer.len());
+    let output_len = params.output_len.min(buffer.len());
+    let (status, written) = match parse_request(params.code, &buffer[..input_len], output_len) {
+        // May pend: the events module completes the request.
+        Ok(Request::ReadEvents {
+            capacity,
+            cursor,
+            wait,
+        }) => return events::read(irp, output_len, capacity, cursor, wait),
+        Ok(request) => execute(request, &mut buffer[..output_len]),
+        Err(error) => (error.ntstatus(), 0),
+    };
     irp.complete(status, written)
 }
 
@@ -102,7 +116,57 @@ fn execute(request: Request, output: &mut [u8]) -> (NTSTATUS, usize) {
             SHARED.stats.set_counting(enable);
             (STATUS_SUCCESS, 0)
         }
+        Request::ListProcesses {
+            capacity,
+            cursor_slot,
+        } => list_processes(output, capacity, cursor_slot),
+        // Handled (and possibly pended) by `device_control`.
+        Request::ReadEvents { .. } => (STATUS_INVALID_DEVICE_REQUEST, 0),
     }
+}
+
+/// One page of per-process totals: up to `capacity` processes from
+/// `cursor_slot` on (`ProcessTable::query`: one walk of the registry, one
+/// bucket lock at a time, and exact totals while flows end). Queries run
+/// one at a time: `STATUS_DEVICE_BUSY` to the loser of a race, which asks
+/// again.
+fn list_processes(output: &mut [u8], capacity: usize, cursor_slot: u32) -> (NTSTATUS, usize) {
+    let mut returned = 0usize;
+    let queried = SHARED
+        .processes
+        .query(&SHARED.flows, cursor_slot, capacity, |p| {
+            let at = ProcessListHeader::SIZE + returned * ProcessEntry::SIZE;
+            if let Some(slot) = output.get_mut(at..at + ProcessEntry::SIZE) {
+                ProcessEntry::of(p).encode(slot);
+                returned += 1;
+            }
+        });
+    let Ok(end) = queried else {
+        return (STATUS_DEVICE_BUSY, 0);
+    };
+    let size = ProcessListHeader::SIZE + returned * ProcessEntry::SIZE;
+    #[allow(clippy::cast_possible_truncation)] // at most 56 + 64 * 624; 1024 slots
+    let header = ProcessListHeader {
+        header: Header {
+            version: PROTOCOL_VERSION,
+            size: size as u32,
+        },
+        returned: returned as u32,
+        entry_size: ProcessEntry::SIZE as u32,
+        flags: if end.next_slot.is_some() {
+            protocol::PROCESS_LIST_MORE
+        } else {
+            0
+        },
+        next_slot: end.next_slot.unwrap_or(0),
+        now: time::interrupt_time(),
+        capacity: SHARED.processes.capacity() as u32,
+        reserved: 0,
+        evictions: SHARED.processes.evictions(),
+        unattributed_flows: SHARED.processes.unattributed(),
+    };
+    header.encode(output);
+    (STATUS_SUCCESS, size)
 }
 
 /// Statistics: lifetime counters, and the traffic of every flow, active or
@@ -159,7 +223,7 @@ fn list_flows(output: &mut [u8], capacity: usize, cursor: ListCursor) -> (NTSTAT
 }
 
 /// [`FlowEntry::SIZE`] as the header's 32-bit field.
-#[allow(clippy::cast_possible_truncation)] // 96, checked below
+#[allow(clippy::cast_possible_truncation)] // 104, checked below
 const ENTRY_SIZE: u32 = FlowEntry::SIZE as u32;
 const _: () = assert!(ENTRY_SIZE as usize == FlowEntry::SIZE);
 
@@ -167,7 +231,7 @@ fn entry(r: &wfpmon_core::flow::FlowRecord, now: u64) -> FlowEntry {
     let t = r.traffic();
     FlowEntry {
         flow_id: r.association.flow_id,
-        process_id: r.process_id,
+        process_id: u64::from(r.process_id),
         age_ms: now.saturating_sub(r.established_at) / 10_000,
         bytes_inbound: t.bytes_inbound,
         bytes_outbound: t.bytes_outbound,
@@ -180,5 +244,6 @@ fn entry(r: &wfpmon_core::flow::FlowRecord, now: u64) -> FlowEntry {
         address_family: r.tuple.family.to_af(),
         ip_protocol: r.tuple.ip_protocol,
         direction: r.tuple.direction as u8,
+        process_key: SHARED.processes.key_of(r.process_slot),
     }
 }

@@ -37,6 +37,7 @@ static GLOBAL_ALLOCATOR: WdkAllocator = WdkAllocator;
 
 mod callouts;
 mod control;
+mod events;
 mod kernel;
 mod lifecycle;
 mod shared;

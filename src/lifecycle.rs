@@ -16,6 +16,7 @@ use wfpmon_core::flow::Traffic;
 use wfpmon_core::unload::{LogBackoff, Outcome, Step, Unregistration, unregistration_order};
 
 use crate::control;
+use crate::events;
 use crate::kernel::device::Device;
 use crate::kernel::driver::DriverObject;
 use crate::kernel::wfp::{self, InjectionHandle};
@@ -71,6 +72,12 @@ impl Drop for Driver {
             log!(
                 "ERROR: teardown: {left} flow records still tracked after every callout was unregistered (engine rule broken)"
             );
+        }
+        // No event can be published any more: end the event reads still
+        // pending (a handle open across unload), before the device goes.
+        let cancelled = events::shutdown();
+        if cancelled != 0 {
+            log!("teardown: {cancelled} pending event reads cancelled");
         }
         log!("teardown: deleting device, destroying injection handle");
         // Fields drop now: device, then injection handle.
@@ -300,6 +307,11 @@ pub fn start(driver_object: &mut DriverObject) -> NTSTATUS {
     trace::driver_entry();
     log!("DriverEntry");
     SHARED.flow_deleted.initialize();
+    // The queue of pending event reads, before the device can receive one.
+    let status = events::open();
+    if status != STATUS_SUCCESS {
+        return failed("IoCsqInitialize", status);
+    }
 
     let device = match Device::create(driver_object) {
         Ok(device) => device,

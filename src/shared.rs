@@ -8,7 +8,9 @@
 use core::sync::atomic::{AtomicU32, Ordering};
 
 use wfpmon_core::catalog::{CALLOUT_COUNT, CalloutIndex};
+use wfpmon_core::events::EventRing;
 use wfpmon_core::flow::FlowRegistry;
+use wfpmon_core::process::ProcessTable;
 use wfpmon_core::stats::DriverStats;
 
 use crate::kernel::sync::{Event, SpinLock};
@@ -17,6 +19,10 @@ use crate::kernel::sync::{Event, SpinLock};
 pub struct Shared {
     /// Flows carrying a wfpmon context.
     pub flows: FlowRegistry<SpinLock>,
+    /// The processes of tracked flows, with their totals.
+    pub processes: ProcessTable<SpinLock>,
+    /// Flow events for user mode.
+    pub events: EventRing<SpinLock>,
     /// Driver-wide counters.
     pub stats: DriverStats,
     /// Signalled by the flow-delete callback during teardown.
@@ -28,6 +34,8 @@ pub struct Shared {
 /// The driver's one instance.
 pub static SHARED: Shared = Shared {
     flows: FlowRegistry::new(),
+    processes: ProcessTable::new(),
+    events: EventRing::new(),
     stats: DriverStats::new(),
     flow_deleted: Event::uninit(),
     callout_ids: [const { AtomicU32::new(0) }; CALLOUT_COUNT],

@@ -342,13 +342,14 @@ pub fn flow_established(flow_handle: u64, process_id: u64, tuple: &FlowTuple) {
 /// A tracked flow ended (or its context was removed at unload), with its
 /// final counters. `DISPATCH_LEVEL`; only when [`flows_enabled`].
 pub fn flow_ended(record: &FlowRecord, traffic: &Traffic, duration_ms: u64) {
+    let process_id = u64::from(record.process_id);
     tlg::write_event!(
         PROVIDER,
         "FlowEnded",
         level(Informational),
         keyword(keyword::FLOWS),
         u64_hex("FlowHandle", &record.association.flow_id),
-        u64("ProcessId", &record.process_id),
+        u64("ProcessId", &process_id),
         u8("IpProtocol", &record.tuple.ip_protocol),
         u64("BytesIn", &traffic.bytes_inbound),
         u64("BytesOut", &traffic.bytes_outbound),

@@ -39,6 +39,44 @@ impl Irp {
         NonNull::new(raw).map(|raw| Self { raw })
     }
 
+    /// The raw IRP, handed over (to the cancel-safe queue): whoever holds
+    /// it next completes it.
+    pub const fn into_raw(self) -> NonNull<IRP> {
+        self.raw
+    }
+
+    /// The IRP's address (to name it, never to touch it).
+    pub const fn as_ptr(&self) -> *const IRP {
+        self.raw.as_ptr()
+    }
+
+    /// The file object of `irp`'s current stack location (the handle the
+    /// request came on).
+    ///
+    /// # Safety
+    /// `irp` must be a live IRP with a valid current stack location.
+    pub unsafe fn file_object_of(irp: *const IRP) -> *const wdk_sys::FILE_OBJECT {
+        // SAFETY: contract: a live IRP.
+        let irp = unsafe { &*irp };
+        // SAFETY: while a driver processes the IRP, `Tail` holds `Overlay`.
+        let overlay = unsafe { &irp.Tail.Overlay };
+        // SAFETY: ... whose union holds `CurrentStackLocation` (as in
+        // `stack`).
+        let location = unsafe {
+            overlay
+                .__bindgen_anon_2
+                .__bindgen_anon_1
+                .CurrentStackLocation
+        };
+        // SAFETY: valid stack location (contract).
+        unsafe { (*location).FileObject }
+    }
+
+    /// The file object the request came on.
+    pub fn file_object(&self) -> *const wdk_sys::FILE_OBJECT {
+        self.stack().FileObject
+    }
+
     const fn irp(&self) -> &IRP {
         // SAFETY: a live IRP, ours until completed (from_raw's contract).
         unsafe { self.raw.as_ref() }

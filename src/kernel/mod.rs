@@ -3,6 +3,7 @@
 //! typed wrappers whose safe APIs cannot be misused from the rest of the
 //! driver. Each function documents the IRQL it may be called at.
 
+pub mod csq;
 pub mod device;
 pub mod driver;
 pub mod irp;

@@ -183,14 +183,18 @@ impl Drop for InjectionHandle {
 // Classify: decoding (IRQL <= DISPATCH_LEVEL)
 // ---------------------------------------------------------------------------
 
-/// A new flow, decoded from the flow-established layer's values.
-pub struct FlowEstablished {
+/// A new flow, decoded from the flow-established layer's values (valid for
+/// the classify call: `process_path` is the engine's memory).
+pub struct FlowEstablished<'a> {
     /// The engine's flow handle.
     pub flow_handle: u64,
     /// Identity.
     pub tuple: FlowTuple,
-    /// Owning process (0 when the engine did not supply it).
-    pub process_id: u64,
+    /// Owning process, when the engine supplied it.
+    pub process_id: Option<u32>,
+    /// Image path of the owning process (UTF-16LE bytes, the engine's
+    /// device form), when supplied.
+    pub process_path: Option<&'a [u8]>,
 }
 
 /// The incoming values of one classify call.
@@ -301,15 +305,40 @@ impl Metadata {
         Some(unsafe { size.read() })
     }
 
-    fn process_id(&self) -> u64 {
+    /// `processId`, when supplied. Windows process ids are 32-bit values
+    /// (`HANDLE`-sized in the API, but allocated below 2^32); a larger one
+    /// is treated as not supplied rather than truncated.
+    fn process_id(&self) -> Option<u32> {
         if !self.has(fwps::FWPS_METADATA_FIELD_PROCESS_ID) {
-            return 0;
+            return None;
         }
         let p = self.0.as_ptr();
         // SAFETY: present in every version of the structure.
         let pid = unsafe { &raw const (*p).processId };
         // SAFETY: valid and aligned; flagged as set.
-        unsafe { pid.read() }
+        u32::try_from(unsafe { pid.read() }).ok()
+    }
+
+    /// `processPath` (an `FWP_BYTE_BLOB` of UTF-16LE bytes with a NUL),
+    /// when supplied.
+    fn process_path<'a>(&self) -> Option<&'a [u8]> {
+        if !self.has(fwps::FWPS_METADATA_FIELD_PROCESS_PATH) {
+            return None;
+        }
+        let p = self.0.as_ptr();
+        // SAFETY: present in every version of the structure (Vista's has
+        // it, after transportHeaderSize).
+        let blob = unsafe { &raw const (*p).processPath };
+        // SAFETY: valid and aligned; flagged as set.
+        let blob = unsafe { blob.read() };
+        // SAFETY: the engine's blob, valid for the classify call.
+        let blob = unsafe { blob.as_ref() }?;
+        if blob.data.is_null() || blob.size == 0 {
+            return None;
+        }
+        // SAFETY: `size` bytes at `data`, valid for the classify call (the
+        // lifetime the caller gives `'a`).
+        Some(unsafe { core::slice::from_raw_parts(blob.data.cast_const(), blob.size as usize) })
     }
 }
 
@@ -344,11 +373,11 @@ const FLOW_ESTABLISHED_V6: FlowEstablishedFields = FlowEstablishedFields {
     direction: fwps::FWPS_FIELD_ALE_FLOW_ESTABLISHED_V6_DIRECTION,
 };
 
-fn decode_flow_established(
+fn decode_flow_established<'a>(
     layer: u16,
     values: &Values<'_>,
     meta: &Metadata,
-) -> Option<FlowEstablished> {
+) -> Option<FlowEstablished<'a>> {
     let f = match layer {
         fwps::FWPS_LAYER_ALE_FLOW_ESTABLISHED_V4 => &FLOW_ESTABLISHED_V4,
         fwps::FWPS_LAYER_ALE_FLOW_ESTABLISHED_V6 => &FLOW_ESTABLISHED_V6,
@@ -377,6 +406,7 @@ fn decode_flow_established(
         flow_handle: meta.flow_handle()?,
         tuple,
         process_id: meta.process_id(),
+        process_path: meta.process_path(),
     })
 }
 

@@ -173,8 +173,12 @@ pub struct FlowRecord {
     inbound: DirectionCounters,
     /// The flow's identity.
     pub tuple: FlowTuple,
-    /// Process that owns the local endpoint (0: not supplied).
-    pub process_id: u64,
+    /// Process that owns the local endpoint (0: not supplied; Windows
+    /// process ids fit 32 bits).
+    pub process_id: u32,
+    /// Slot of the flow's process in the process table
+    /// ([`crate::process::NO_PROCESS`]: none).
+    pub process_slot: u32,
     outbound: DirectionCounters,
     /// Where the context is associated.
     pub association: Association,
@@ -194,18 +198,20 @@ const _: () = {
 };
 
 impl FlowRecord {
-    /// A new, unlinked record with zero counters.
+    /// A new, unlinked record with zero counters; `process` is the process
+    /// id and the process-table slot.
     #[must_use]
     pub const fn new(
         association: Association,
         tuple: FlowTuple,
-        process_id: u64,
+        process: (u32, u32),
         established_at: u64,
     ) -> Self {
         Self {
             inbound: DirectionCounters::new(),
             tuple,
-            process_id,
+            process_id: process.0,
+            process_slot: process.1,
             outbound: DirectionCounters::new(),
             association,
             established_at,
@@ -544,8 +550,9 @@ impl<L: Lock, const BUCKETS: usize> FlowRegistry<L, BUCKETS> {
     }
 
     /// Unlinks `record`, adds its traffic to its bucket's retired totals and
-    /// runs `retire` on it, all inside the bucket's critical section (so
-    /// statistics never see a flow twice or not at all). Removing an
+    /// runs `retire` on it and its bucket's index, all inside the bucket's
+    /// critical section (so statistics never see a flow twice or not at
+    /// all). Removing an
     /// unlinked record is a no-op. Holds one bucket lock for O(1) work.
     ///
     /// # Safety
@@ -553,12 +560,13 @@ impl<L: Lock, const BUCKETS: usize> FlowRegistry<L, BUCKETS> {
     pub unsafe fn remove(
         &self,
         record: NonNull<FlowRecord>,
-        retire: impl FnOnce(&FlowRecord),
+        retire: impl FnOnce(&FlowRecord, usize),
     ) -> Removed {
         let rec = record.as_ptr();
         // SAFETY: valid (contract); immutable field.
         let association = unsafe { (*rec).association };
-        let bucket = &self.buckets[Self::bucket_of(association.flow_id)];
+        let index = Self::bucket_of(association.flow_id);
+        let bucket = &self.buckets[index];
         let callout_done = bucket.locked(|b, _| {
             // SAFETY: valid (contract); lock held.
             let links = unsafe { links_of(rec) };
@@ -586,7 +594,7 @@ impl<L: Lock, const BUCKETS: usize> FlowRegistry<L, BUCKETS> {
             // immutable fields.
             let r = unsafe { &*rec };
             b.retired = b.retired.plus(r.traffic());
-            retire(r);
+            retire(r, index);
             let before = self.per_callout[association.callout]
                 .0
                 .fetch_sub(1, Ordering::AcqRel);
@@ -728,6 +736,26 @@ impl<L: Lock, const BUCKETS: usize> FlowRegistry<L, BUCKETS> {
             below = 0;
         }
         Listed::Done
+    }
+
+    /// Runs `record` on every linked record and then `bucket_done` with the
+    /// bucket's index, both inside that bucket's critical section, one used
+    /// bucket at a time in index order (so both run at the lock's IRQL: no
+    /// blocking, no allocation). A flow removed after its bucket was visited
+    /// is removed under the same lock, hence after `bucket_done` ran for it.
+    pub fn scan(&self, mut record: impl FnMut(&FlowRecord), mut bucket_done: impl FnMut(usize)) {
+        for (index, bucket) in self.buckets.iter().enumerate().filter(|(_, b)| b.used()) {
+            bucket.locked(|b, _| {
+                let mut rec = b.head;
+                while !rec.is_null() {
+                    // SAFETY: linked records are valid; lock held.
+                    record(unsafe { &*rec });
+                    // SAFETY: as above.
+                    rec = unsafe { links_of(rec) }.next;
+                }
+                bucket_done(index);
+            });
+        }
     }
 
     /// The traffic of every flow, active and ended, and the number of active

@@ -6,6 +6,9 @@
 //!   wfpmon's GUIDs are defined;
 //! - [`flow`]: flow identity and the per-flow traffic counters the
 //!   per-packet path updates without locks;
+//! - [`process`]: the processes of tracked flows, interned, with totals
+//!   that survive their flows;
+//! - [`events`]: the ring of flow events user mode reads;
 //! - [`stats`]: driver-wide counters and their snapshot;
 //! - [`unload`]: the callout unregistration protocol of "Unloading a Callout
 //!   Driver" (`STATUS_DEVICE_BUSY` → remove flow contexts → retry) as a
@@ -21,7 +24,9 @@
 #![cfg_attr(not(test), no_std)]
 
 pub mod catalog;
+pub mod events;
 pub mod flow;
+pub mod process;
 pub mod protocol;
 pub mod security;
 pub mod stats;

@@ -14,15 +14,27 @@
 use crate::status;
 use crate::wire::{Reader, Writer};
 
-/// Version of the structures and codes below. Bumped on any change of
-/// layout or codes (2: the device type moved to the vendor range; 3: the
-/// flow list is paged with a resume cursor).
-pub const PROTOCOL_VERSION: u32 = 3;
+/// Version of the structures and codes below.
+///
+/// Bumped on any change of layout or codes (2: the device type moved to the vendor range; 3: the
+/// flow list is paged with a resume cursor; 4: flows carry their process
+/// key, flow events and per-process totals).
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Most flows one [`IOCTL_WFPMON_LIST_FLOWS`] returns: a bounded batch
 /// (24 KiB of entries), whatever the buffer; a client pages through the rest
 /// with the cursor.
 pub const MAX_FLOWS_PER_CALL: usize = 256;
+
+/// Most events one [`IOCTL_WFPMON_READ_EVENTS`] returns (32 KiB of events).
+pub const MAX_EVENTS_PER_CALL: usize = 256;
+
+/// Most processes one [`IOCTL_WFPMON_LIST_PROCESSES`] returns (39 KiB).
+pub const MAX_PROCESSES_PER_CALL: usize = crate::process::MAX_QUERY;
+
+/// Slots of the driver's process table: a process cursor is below this.
+#[allow(clippy::cast_possible_truncation)] // 1024
+pub const PROCESS_SLOTS: u32 = crate::process::PROCESS_CAPACITY as u32;
 
 /// Buckets of the driver's flow registry: a cursor's `bucket` is below this.
 #[allow(clippy::cast_possible_truncation)] // 32768, checked below
@@ -65,6 +77,27 @@ pub const IOCTL_WFPMON_SET_COUNTING: u32 = ctl_code(
     METHOD_BUFFERED,
     FILE_READ_ACCESS | FILE_WRITE_ACCESS,
 );
+
+/// Read flow events.
+///
+/// The inverted-call model: with [`READ_EVENTS_WAIT`] and no event after the cursor, the request pends until one is written, the
+/// handle is closed, the request is cancelled or the driver unloads).
+///
+/// Input [`ReadEventsRequest`], output an [`EventsHeader`] followed by
+/// `returned` [`crate::events::FlowEvent`] records.
+pub const IOCTL_WFPMON_READ_EVENTS: u32 =
+    ctl_code(FILE_DEVICE_WFPMON, 0x903, METHOD_BUFFERED, FILE_READ_ACCESS);
+/// Per-process totals, one bounded page per call.
+///
+/// Input
+/// [`ListProcessesRequest`], output a [`ProcessListHeader`] followed by
+/// `returned` [`ProcessEntry`] records. `STATUS_DEVICE_BUSY` while another
+/// such query runs (they run one at a time; try again).
+pub const IOCTL_WFPMON_LIST_PROCESSES: u32 =
+    ctl_code(FILE_DEVICE_WFPMON, 0x904, METHOD_BUFFERED, FILE_READ_ACCESS);
+
+/// [`ReadEventsRequest::flags`]: pend until an event exists.
+pub const READ_EVENTS_WAIT: u32 = 1;
 
 /// Leading fields of every request and response.
 #[repr(C)]
@@ -124,6 +157,119 @@ pub struct ListFlowsRequest {
     pub cursor_seq: u32,
     /// Must be zero.
     pub reserved: u32,
+}
+
+/// Request of [`IOCTL_WFPMON_READ_EVENTS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadEventsRequest {
+    /// Version and size.
+    pub header: Header,
+    /// Most events to return; 0 means as many as the output buffer holds
+    /// (never more than [`MAX_EVENTS_PER_CALL`]).
+    pub max_events: u32,
+    /// [`READ_EVENTS_WAIT`] or 0.
+    pub flags: u32,
+    /// Sequence number of the next event wanted: 0 for the oldest held,
+    /// [`crate::events::FROM_NOW`] for the next one written, otherwise the
+    /// previous response's `next`.
+    pub cursor: u64,
+}
+
+/// Request of [`IOCTL_WFPMON_LIST_PROCESSES`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListProcessesRequest {
+    /// Version and size.
+    pub header: Header,
+    /// Most processes to return; 0: as many as fit (at most
+    /// [`MAX_PROCESSES_PER_CALL`]).
+    pub max_entries: u32,
+    /// Slot to continue from: 0 to begin, then the previous `next_slot`.
+    /// Below [`PROCESS_SLOTS`].
+    pub cursor_slot: u32,
+}
+
+/// Fixed part of the [`IOCTL_WFPMON_READ_EVENTS`] response.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventsHeader {
+    /// Version and size (header plus events).
+    pub header: Header,
+    /// Events that follow.
+    pub returned: u32,
+    /// [`crate::events::FlowEvent::SIZE`].
+    pub event_size: u32,
+    /// The cursor for the next read.
+    pub next: u64,
+    /// Events lost between the request's cursor and the first returned
+    /// (overwritten before they were read).
+    pub dropped: u64,
+    /// Oldest sequence number the ring still holds.
+    pub oldest: u64,
+    /// The driver's interrupt time when the response was made (100 ns
+    /// units): events' times are on this clock.
+    pub now: u64,
+}
+
+/// Fixed part of the [`IOCTL_WFPMON_LIST_PROCESSES`] response.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcessListHeader {
+    /// Version and size (header plus entries).
+    pub header: Header,
+    /// Entries that follow.
+    pub returned: u32,
+    /// [`ProcessEntry::SIZE`].
+    pub entry_size: u32,
+    /// [`PROCESS_LIST_MORE`] when more slots follow.
+    pub flags: u32,
+    /// Slot to continue from.
+    pub next_slot: u32,
+    /// The driver's interrupt time (100 ns units).
+    pub now: u64,
+    /// Entries of the process table.
+    pub capacity: u32,
+    /// Reserved, zero.
+    pub reserved: u32,
+    /// Entries reused for another process (eviction of ended processes).
+    pub evictions: u64,
+    /// Flows tracked without a process (table full of active processes).
+    pub unattributed_flows: u64,
+}
+
+/// [`ProcessListHeader::flags`]: call again with `next_slot`.
+pub const PROCESS_LIST_MORE: u32 = 1;
+
+/// One process in the [`IOCTL_WFPMON_LIST_PROCESSES`] response.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcessEntry {
+    /// Process key (`generation << 32 | slot`), as flows and events carry it.
+    pub key: u64,
+    /// Process id (0 with `PROCESS_ID_MISSING`).
+    pub process_id: u32,
+    /// `crate::process::PROCESS_*` flags.
+    pub flags: u16,
+    /// UTF-16 units of `path` in use.
+    pub path_units: u16,
+    /// Flows now active.
+    pub active_flows: u32,
+    /// Reserved, zero.
+    pub reserved: u32,
+    /// Flows ever attributed to the process.
+    pub flows_total: u64,
+    /// Interrupt time of its first flow.
+    pub first_seen: u64,
+    /// Interrupt time of its latest flow start or end.
+    pub last_seen: u64,
+    /// Traffic of its active flows: bytes in, bytes out, packets in,
+    /// packets out.
+    pub active: [u64; 4],
+    /// Traffic of its ended flows (same order).
+    pub ended: [u64; 4],
+    /// Image path, UTF-16, the engine's (device) form; its end when longer.
+    pub path: [u16; crate::process::PATH_UNITS],
 }
 
 /// Request of [`IOCTL_WFPMON_SET_COUNTING`].
@@ -223,6 +369,8 @@ pub struct FlowEntry {
     pub ip_protocol: u8,
     /// Direction the flow was established in: 0 outbound, 1 inbound.
     pub direction: u8,
+    /// The flow's process key ([`ProcessEntry::key`]; 0: no process entry).
+    pub process_key: u64,
 }
 
 // Layouts (x86-64 and every other target: only fixed-width fields).
@@ -248,6 +396,17 @@ const _: () = {
     assert!(offset_of!(FlowEntry, address_family) == 92);
     assert!(offset_of!(FlowEntry, ip_protocol) == 94);
     assert!(offset_of!(FlowEntry, direction) == 95);
+    assert!(offset_of!(FlowEntry, process_key) == 96);
+    assert!(size_of::<ReadEventsRequest>() == ReadEventsRequest::SIZE);
+    assert!(offset_of!(ReadEventsRequest, cursor) == 16);
+    assert!(size_of::<ListProcessesRequest>() == ListProcessesRequest::SIZE);
+    assert!(size_of::<EventsHeader>() == EventsHeader::SIZE);
+    assert!(offset_of!(EventsHeader, now) == 40);
+    assert!(size_of::<ProcessListHeader>() == ProcessListHeader::SIZE);
+    assert!(offset_of!(ProcessListHeader, unattributed_flows) == 48);
+    assert!(size_of::<ProcessEntry>() == ProcessEntry::SIZE);
+    assert!(offset_of!(ProcessEntry, active) == 48);
+    assert!(offset_of!(ProcessEntry, path) == 112);
 };
 
 impl QueryStatsRequest {
@@ -441,7 +600,7 @@ impl FlowListHeader {
 
 impl FlowEntry {
     /// Encoded size.
-    pub const SIZE: usize = 96;
+    pub const SIZE: usize = 104;
 
     /// Encodes the entry into `out[..SIZE]`.
     pub fn encode(&self, out: &mut [u8]) -> usize {
@@ -459,7 +618,8 @@ impl FlowEntry {
             .u16(self.remote_port)
             .u16(self.address_family)
             .u8(self.ip_protocol)
-            .u8(self.direction);
+            .u8(self.direction)
+            .u64(self.process_key);
         w.position()
     }
 
@@ -485,6 +645,7 @@ impl FlowEntry {
             address_family: r.u16().ok_or(t)?,
             ip_protocol: r.u8().ok_or(t)?,
             direction: r.u8().ok_or(t)?,
+            process_key: r.u64().ok_or(t)?,
         })
     }
 }
@@ -558,6 +719,24 @@ pub enum Request {
         /// Requested state.
         enable: bool,
     },
+    /// [`IOCTL_WFPMON_READ_EVENTS`].
+    ReadEvents {
+        /// Events that fit the output (≥ 1), further limited by
+        /// `max_events` and [`MAX_EVENTS_PER_CALL`].
+        capacity: usize,
+        /// Next event wanted.
+        cursor: u64,
+        /// Pend while there is none.
+        wait: bool,
+    },
+    /// [`IOCTL_WFPMON_LIST_PROCESSES`].
+    ListProcesses {
+        /// Entries that fit the output (≥ 1), at most
+        /// [`MAX_PROCESSES_PER_CALL`].
+        capacity: usize,
+        /// Slot to continue from (below [`PROCESS_SLOTS`]).
+        cursor_slot: u32,
+    },
 }
 
 /// Why a request was refused; each maps to one precise `NTSTATUS`.
@@ -611,6 +790,8 @@ pub fn parse_request(code: u32, input: &[u8], output_len: usize) -> Result<Reque
         IOCTL_WFPMON_QUERY_STATS => QueryStatsRequest::SIZE,
         IOCTL_WFPMON_LIST_FLOWS => ListFlowsRequest::SIZE,
         IOCTL_WFPMON_SET_COUNTING => SetCountingRequest::SIZE,
+        IOCTL_WFPMON_READ_EVENTS => ReadEventsRequest::SIZE,
+        IOCTL_WFPMON_LIST_PROCESSES => ListProcessesRequest::SIZE,
         other => return Err(RequestError::UnknownCode(other)),
     };
     if input.len() != expected {
@@ -669,6 +850,8 @@ pub fn parse_request(code: u32, input: &[u8], output_len: usize) -> Result<Reque
                 cursor_seq,
             })
         }
+        IOCTL_WFPMON_READ_EVENTS => parse_read_events(&mut r, output_len),
+        IOCTL_WFPMON_LIST_PROCESSES => parse_list_processes(&mut r, output_len),
         _ => {
             let enable = match field()? {
                 0 => false,
@@ -681,4 +864,339 @@ pub fn parse_request(code: u32, input: &[u8], output_len: usize) -> Result<Reque
             Ok(Request::SetCounting { enable })
         }
     }
+}
+
+/// Records of `record` bytes that fit `output_len` after a `header`, limited
+/// by `max` (0: no limit) and `limit`; at least one must fit.
+fn batch_capacity(
+    output_len: usize,
+    header: usize,
+    record: usize,
+    max: u32,
+    limit: usize,
+) -> Result<usize, RequestError> {
+    let required = header + record;
+    if output_len < required {
+        return Err(RequestError::OutputTooSmall { required });
+    }
+    let fits = ((output_len - header) / record).min(limit);
+    Ok(if max == 0 {
+        fits
+    } else {
+        fits.min(max as usize)
+    })
+}
+
+impl ReadEventsRequest {
+    /// Encoded size.
+    pub const SIZE: usize = 24;
+
+    /// A request of the current version.
+    #[must_use]
+    pub const fn new(max_events: u32, cursor: u64, wait: bool) -> Self {
+        Self {
+            header: Header::current(Self::SIZE),
+            max_events,
+            flags: if wait { READ_EVENTS_WAIT } else { 0 },
+            cursor,
+        }
+    }
+
+    /// Encodes the request.
+    #[must_use]
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut out = [0; Self::SIZE];
+        let mut w = Writer::new(&mut out);
+        self.header.encode(&mut w);
+        w.u32(self.max_events).u32(self.flags).u64(self.cursor);
+        out
+    }
+}
+
+impl ListProcessesRequest {
+    /// Encoded size.
+    pub const SIZE: usize = 16;
+
+    /// A request of the current version.
+    #[must_use]
+    pub const fn new(max_entries: u32, cursor_slot: u32) -> Self {
+        Self {
+            header: Header::current(Self::SIZE),
+            max_entries,
+            cursor_slot,
+        }
+    }
+
+    /// Encodes the request.
+    #[must_use]
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut out = [0; Self::SIZE];
+        let mut w = Writer::new(&mut out);
+        self.header.encode(&mut w);
+        w.u32(self.max_entries).u32(self.cursor_slot);
+        out
+    }
+}
+
+/// Checks a batch response's header: version, record size, count and sizes.
+const fn check_batch(
+    header: Header,
+    len: usize,
+    fixed: usize,
+    record_size: u32,
+    expected_record: usize,
+    returned: u32,
+    limit: usize,
+) -> Result<(), DecodeError> {
+    if header.version != PROTOCOL_VERSION {
+        return Err(DecodeError::Version(header.version));
+    }
+    if record_size as usize != expected_record || returned as usize > limit {
+        return Err(DecodeError::Size);
+    }
+    let expected = fixed + returned as usize * expected_record;
+    if header.size as usize != expected || len < expected {
+        return Err(DecodeError::Size);
+    }
+    Ok(())
+}
+
+impl EventsHeader {
+    /// Encoded size.
+    pub const SIZE: usize = 48;
+
+    /// Encodes the header into `out[..SIZE]`.
+    pub fn encode(&self, out: &mut [u8]) -> usize {
+        let mut w = Writer::new(out);
+        self.header.encode(&mut w);
+        w.u32(self.returned)
+            .u32(self.event_size)
+            .u64(self.next)
+            .u64(self.dropped)
+            .u64(self.oldest)
+            .u64(self.now);
+        w.position()
+    }
+
+    /// Decodes a whole response: the header and its events.
+    ///
+    /// # Errors
+    /// [`DecodeError`] on a short buffer, another version or bad sizes.
+    pub fn decode(
+        bytes: &[u8],
+    ) -> Result<(Self, impl Iterator<Item = crate::events::FlowEvent> + '_), DecodeError> {
+        let mut r = Reader::new(bytes);
+        let t = DecodeError::Truncated;
+        let header = Header::decode(&mut r).ok_or(t)?;
+        let h = Self {
+            header,
+            returned: r.u32().ok_or(t)?,
+            event_size: r.u32().ok_or(t)?,
+            next: r.u64().ok_or(t)?,
+            dropped: r.u64().ok_or(t)?,
+            oldest: r.u64().ok_or(t)?,
+            now: r.u64().ok_or(t)?,
+        };
+        check_batch(
+            header,
+            bytes.len(),
+            Self::SIZE,
+            h.event_size,
+            crate::events::FlowEvent::SIZE,
+            h.returned,
+            MAX_EVENTS_PER_CALL,
+        )?;
+        let body = &bytes[Self::SIZE..header.size as usize];
+        Ok((
+            h,
+            body.chunks_exact(crate::events::FlowEvent::SIZE)
+                .filter_map(crate::events::FlowEvent::decode),
+        ))
+    }
+}
+
+impl ProcessListHeader {
+    /// Encoded size.
+    pub const SIZE: usize = 56;
+
+    /// Encodes the header into `out[..SIZE]`.
+    pub fn encode(&self, out: &mut [u8]) -> usize {
+        let mut w = Writer::new(out);
+        self.header.encode(&mut w);
+        w.u32(self.returned)
+            .u32(self.entry_size)
+            .u32(self.flags)
+            .u32(self.next_slot)
+            .u64(self.now)
+            .u32(self.capacity)
+            .u32(self.reserved)
+            .u64(self.evictions)
+            .u64(self.unattributed_flows);
+        w.position()
+    }
+
+    /// Decodes a whole response: the header and its entries.
+    ///
+    /// # Errors
+    /// [`DecodeError`] on a short buffer, another version or bad sizes.
+    pub fn decode(
+        bytes: &[u8],
+    ) -> Result<(Self, impl Iterator<Item = ProcessEntry> + '_), DecodeError> {
+        let mut r = Reader::new(bytes);
+        let t = DecodeError::Truncated;
+        let header = Header::decode(&mut r).ok_or(t)?;
+        let h = Self {
+            header,
+            returned: r.u32().ok_or(t)?,
+            entry_size: r.u32().ok_or(t)?,
+            flags: r.u32().ok_or(t)?,
+            next_slot: r.u32().ok_or(t)?,
+            now: r.u64().ok_or(t)?,
+            capacity: r.u32().ok_or(t)?,
+            reserved: r.u32().ok_or(t)?,
+            evictions: r.u64().ok_or(t)?,
+            unattributed_flows: r.u64().ok_or(t)?,
+        };
+        check_batch(
+            header,
+            bytes.len(),
+            Self::SIZE,
+            h.entry_size,
+            ProcessEntry::SIZE,
+            h.returned,
+            MAX_PROCESSES_PER_CALL,
+        )?;
+        let body = &bytes[Self::SIZE..header.size as usize];
+        Ok((
+            h,
+            body.chunks_exact(ProcessEntry::SIZE)
+                .filter_map(ProcessEntry::decode),
+        ))
+    }
+}
+
+impl ProcessEntry {
+    /// Encoded size.
+    pub const SIZE: usize = 624;
+
+    /// The entry of a process-table snapshot.
+    #[must_use]
+    pub fn of(p: &crate::process::ProcessSnapshot) -> Self {
+        let four = |t: crate::flow::Traffic| {
+            [
+                t.bytes_inbound,
+                t.bytes_outbound,
+                t.packets_inbound,
+                t.packets_outbound,
+            ]
+        };
+        Self {
+            key: p.key,
+            process_id: p.process_id,
+            flags: p.flags,
+            path_units: p.path_units,
+            active_flows: p.active_flows,
+            reserved: 0,
+            flows_total: p.flows_total,
+            first_seen: p.first_seen,
+            last_seen: p.last_seen,
+            active: four(p.active),
+            ended: four(p.ended),
+            path: p.path,
+        }
+    }
+
+    /// Encodes the entry into `out[..SIZE]`.
+    pub fn encode(&self, out: &mut [u8]) -> usize {
+        let mut w = Writer::new(out);
+        w.u64(self.key)
+            .u32(self.process_id)
+            .u16(self.flags)
+            .u16(self.path_units)
+            .u32(self.active_flows)
+            .u32(self.reserved)
+            .u64(self.flows_total)
+            .u64(self.first_seen)
+            .u64(self.last_seen);
+        for v in self.active.iter().chain(&self.ended) {
+            w.u64(*v);
+        }
+        for u in &self.path {
+            w.u16(*u);
+        }
+        w.position()
+    }
+
+    /// Decodes one entry.
+    #[must_use]
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let mut r = Reader::new(bytes);
+        let mut e = Self {
+            key: r.u64()?,
+            process_id: r.u32()?,
+            flags: r.u16()?,
+            path_units: r.u16()?,
+            active_flows: r.u32()?,
+            reserved: r.u32()?,
+            flows_total: r.u64()?,
+            first_seen: r.u64()?,
+            last_seen: r.u64()?,
+            active: [0; 4],
+            ended: [0; 4],
+            path: [0; crate::process::PATH_UNITS],
+        };
+        for v in e.active.iter_mut().chain(e.ended.iter_mut()) {
+            *v = r.u64()?;
+        }
+        for u in &mut e.path {
+            *u = r.u16()?;
+        }
+        Some(e)
+    }
+
+    /// The path's UTF-16 units in use.
+    #[must_use]
+    pub fn path(&self) -> &[u16] {
+        &self.path[..usize::from(self.path_units).min(self.path.len())]
+    }
+}
+
+fn parse_read_events(r: &mut Reader<'_>, output_len: usize) -> Result<Request, RequestError> {
+    let max_events = r.u32().ok_or(RequestError::InvalidField)?;
+    let flags = r.u32().ok_or(RequestError::InvalidField)?;
+    let cursor = r.u64().ok_or(RequestError::InvalidField)?;
+    if flags & !READ_EVENTS_WAIT != 0 {
+        return Err(RequestError::InvalidField);
+    }
+    let capacity = batch_capacity(
+        output_len,
+        EventsHeader::SIZE,
+        crate::events::FlowEvent::SIZE,
+        max_events,
+        MAX_EVENTS_PER_CALL,
+    )?;
+    Ok(Request::ReadEvents {
+        capacity,
+        cursor,
+        wait: flags & READ_EVENTS_WAIT != 0,
+    })
+}
+
+fn parse_list_processes(r: &mut Reader<'_>, output_len: usize) -> Result<Request, RequestError> {
+    let max_entries = r.u32().ok_or(RequestError::InvalidField)?;
+    let cursor_slot = r.u32().ok_or(RequestError::InvalidField)?;
+    if cursor_slot >= PROCESS_SLOTS {
+        return Err(RequestError::InvalidField);
+    }
+    let capacity = batch_capacity(
+        output_len,
+        ProcessListHeader::SIZE,
+        ProcessEntry::SIZE,
+        max_entries,
+        MAX_PROCESSES_PER_CALL,
+    )?;
+    Ok(Request::ListProcesses {
+        capacity,
+        cursor_slot,
+    })
 }

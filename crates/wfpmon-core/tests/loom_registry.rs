@@ -45,7 +45,7 @@ fn record(flow_id: u64) -> NonNull<FlowRecord> {
             callout: 0,
         },
         tuple,
-        0,
+        (0, wfpmon_core::process::NO_PROCESS),
         0,
     ));
     NonNull::from(Box::leak(r))
@@ -93,7 +93,7 @@ fn stop_insert_remove_and_drain_in_every_interleaving() {
         let delete = thread::spawn(move || {
             let old = old;
             // SAFETY: linked by the main thread, removed only here.
-            unsafe { reg.remove(old.0, |_| ()) };
+            unsafe { reg.remove(old.0, |_, _| ()) };
             // SAFETY: unlinked now.
             unsafe { free(old.0) };
         });
@@ -119,7 +119,7 @@ fn stop_insert_remove_and_drain_in_every_interleaving() {
             assert!(seen.contains(&2), "unload missed a tracked flow");
             assert_eq!(reg.len(), 1);
             // SAFETY: still linked, valid.
-            unsafe { reg.remove(new.0, |_| ()) };
+            unsafe { reg.remove(new.0, |_, _| ()) };
             // SAFETY: unlinked.
             unsafe { free(new.0) };
         }

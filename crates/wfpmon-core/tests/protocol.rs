@@ -3,16 +3,20 @@
 
 use proptest::prelude::*;
 use wfpmon_core::protocol::{
-    self, FlowEntry, FlowListHeader, IOCTL_WFPMON_LIST_FLOWS, IOCTL_WFPMON_QUERY_STATS,
-    IOCTL_WFPMON_SET_COUNTING, ListFlowsRequest, PROTOCOL_VERSION, QueryStatsRequest, Request,
-    RequestError, SetCountingRequest, Stats, parse_request,
+    self, EventsHeader, FlowEntry, FlowListHeader, IOCTL_WFPMON_LIST_FLOWS,
+    IOCTL_WFPMON_LIST_PROCESSES, IOCTL_WFPMON_QUERY_STATS, IOCTL_WFPMON_READ_EVENTS,
+    IOCTL_WFPMON_SET_COUNTING, ListFlowsRequest, ListProcessesRequest, PROTOCOL_VERSION,
+    ProcessEntry, ProcessListHeader, QueryStatsRequest, ReadEventsRequest, Request, RequestError,
+    SetCountingRequest, Stats, parse_request,
 };
 use wfpmon_core::status::*;
 
-const CODES: [u32; 3] = [
+const CODES: [u32; 5] = [
     IOCTL_WFPMON_QUERY_STATS,
     IOCTL_WFPMON_LIST_FLOWS,
     IOCTL_WFPMON_SET_COUNTING,
+    IOCTL_WFPMON_READ_EVENTS,
+    IOCTL_WFPMON_LIST_PROCESSES,
 ];
 
 #[test]
@@ -254,6 +258,7 @@ fn entry(i: u8) -> FlowEntry {
         address_family: 23,
         ip_protocol: 6,
         direction: 1,
+        process_key: (7 << 32) | u64::from(i),
     }
 }
 
@@ -291,12 +296,12 @@ proptest! {
     /// whatever it accepts is exactly a well-formed request that fits.
     #[test]
     fn parser_accepts_only_well_formed_requests(
-        code_pick in 0usize..4,
+        code_pick in 0usize..6,
         raw_code in any::<u32>(),
         input in prop::collection::vec(any::<u8>(), 0..40),
         output_len in prop_oneof![0usize..512, Just(usize::MAX), any::<usize>()],
     ) {
-        let code = if code_pick < 3 { CODES[code_pick] } else { raw_code };
+        let code = CODES.get(code_pick).copied().unwrap_or(raw_code);
         match parse_request(code, &input, output_len) {
             Ok(Request::QueryStats) => {
                 prop_assert_eq!(&input[..], &QueryStatsRequest::new().to_bytes()[..]);
@@ -314,6 +319,23 @@ proptest! {
             Ok(Request::SetCounting { enable }) => {
                 prop_assert_eq!(&input[..], &SetCountingRequest::new(enable).to_bytes()[..]);
             }
+            Ok(Request::ReadEvents { capacity, cursor, wait }) => {
+                let max = u32::from_le_bytes(input[8..12].try_into().unwrap());
+                prop_assert_eq!(&input[..], &ReadEventsRequest::new(max, cursor, wait).to_bytes()[..]);
+                prop_assert!(capacity >= 1);
+                prop_assert!(EventsHeader::SIZE + capacity * wfpmon_core::events::FlowEvent::SIZE <= output_len);
+                prop_assert!(max == 0 || capacity <= max as usize);
+                prop_assert!(capacity <= protocol::MAX_EVENTS_PER_CALL);
+            }
+            Ok(Request::ListProcesses { capacity, cursor_slot }) => {
+                let max = u32::from_le_bytes(input[8..12].try_into().unwrap());
+                prop_assert_eq!(&input[..], &ListProcessesRequest::new(max, cursor_slot).to_bytes()[..]);
+                prop_assert!(capacity >= 1);
+                prop_assert!(ProcessListHeader::SIZE + capacity * ProcessEntry::SIZE <= output_len);
+                prop_assert!(max == 0 || capacity <= max as usize);
+                prop_assert!(capacity <= protocol::MAX_PROCESSES_PER_CALL);
+                prop_assert!(cursor_slot < protocol::PROCESS_SLOTS);
+            }
             Err(e) => {
                 prop_assert!(e.ntstatus() < 0, "an error must be an NTSTATUS error code");
             }
@@ -322,11 +344,13 @@ proptest! {
 
     /// Well-formed requests with a random header mutation are refused.
     #[test]
-    fn corrupted_headers_are_refused(which in 0usize..3, byte in 0usize..8, value in any::<u8>()) {
+    fn corrupted_headers_are_refused(which in 0usize..5, byte in 0usize..8, value in any::<u8>()) {
         let mut req = match which {
             0 => QueryStatsRequest::new().to_bytes().to_vec(),
             1 => ListFlowsRequest::new(0).to_bytes().to_vec(),
-            _ => SetCountingRequest::new(true).to_bytes().to_vec(),
+            2 => SetCountingRequest::new(true).to_bytes().to_vec(),
+            3 => ReadEventsRequest::new(0, 0, true).to_bytes().to_vec(),
+            _ => ListProcessesRequest::new(0, 0).to_bytes().to_vec(),
         };
         prop_assume!(req[byte] != value);
         req[byte] = value;
@@ -341,5 +365,150 @@ proptest! {
         if let Ok((h, it)) = protocol::decode_flow_list(&bytes) {
             prop_assert_eq!(it.count(), h.returned as usize);
         }
+        if let Ok((h, it)) = EventsHeader::decode(&bytes) {
+            prop_assert_eq!(it.count(), h.returned as usize);
+        }
+        if let Ok((h, it)) = ProcessListHeader::decode(&bytes) {
+            prop_assert_eq!(it.count(), h.returned as usize);
+        }
     }
+}
+
+#[test]
+fn event_and_process_requests_are_validated_precisely() {
+    let ok = ReadEventsRequest::new(0, 5, true).to_bytes();
+    let one = EventsHeader::SIZE + wfpmon_core::events::FlowEvent::SIZE;
+    assert_eq!(
+        parse_request(IOCTL_WFPMON_READ_EVENTS, &ok, one - 1),
+        Err(RequestError::OutputTooSmall { required: one })
+    );
+    assert_eq!(
+        parse_request(IOCTL_WFPMON_READ_EVENTS, &ok, 1 << 20),
+        Ok(Request::ReadEvents {
+            capacity: protocol::MAX_EVENTS_PER_CALL,
+            cursor: 5,
+            wait: true
+        })
+    );
+    let mut bad_flags = ok;
+    bad_flags[12] = 2;
+    assert_eq!(
+        parse_request(IOCTL_WFPMON_READ_EVENTS, &bad_flags, 4096).map_err(RequestError::ntstatus),
+        Err(STATUS_INVALID_PARAMETER)
+    );
+    let procs = ListProcessesRequest::new(3, protocol::PROCESS_SLOTS).to_bytes();
+    assert_eq!(
+        parse_request(IOCTL_WFPMON_LIST_PROCESSES, &procs, 1 << 20),
+        Err(RequestError::InvalidField)
+    );
+    let procs = ListProcessesRequest::new(3, 10).to_bytes();
+    assert_eq!(
+        parse_request(IOCTL_WFPMON_LIST_PROCESSES, &procs, 1 << 20),
+        Ok(Request::ListProcesses {
+            capacity: 3,
+            cursor_slot: 10
+        })
+    );
+    assert_eq!(
+        parse_request(IOCTL_WFPMON_LIST_PROCESSES, &procs[..15], 1 << 20)
+            .map_err(RequestError::ntstatus),
+        Err(STATUS_INVALID_BUFFER_SIZE)
+    );
+}
+
+#[test]
+fn event_and_process_responses_round_trip() {
+    use wfpmon_core::events::FlowEvent;
+    let events: Vec<FlowEvent> = (0..3u8)
+        .map(|i| FlowEvent {
+            seq: u64::from(i) + 40,
+            kind: 1 + i % 2,
+            process_id: 1234,
+            process_key: 9 << 32 | 3,
+            local_address: [i; 16],
+            bytes_inbound: 7,
+            established: 99,
+            ..FlowEvent::default()
+        })
+        .collect();
+    let size = EventsHeader::SIZE + events.len() * FlowEvent::SIZE;
+    let mut buf = vec![0u8; size];
+    let header = EventsHeader {
+        header: protocol::Header {
+            version: PROTOCOL_VERSION,
+            size: u32::try_from(size).unwrap(),
+        },
+        returned: 3,
+        event_size: 128,
+        next: 43,
+        dropped: 17,
+        oldest: 40,
+        now: 123_456,
+    };
+    header.encode(&mut buf);
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(
+            e.encode(&mut buf[EventsHeader::SIZE + i * FlowEvent::SIZE..]),
+            FlowEvent::SIZE
+        );
+    }
+    let (h, it) = EventsHeader::decode(&buf).unwrap();
+    assert_eq!(h, header);
+    assert_eq!(it.collect::<Vec<_>>(), events);
+    assert!(EventsHeader::decode(&buf[..size - 1]).is_err());
+
+    let mut path = [0u16; wfpmon_core::process::PATH_UNITS];
+    for (d, s) in path.iter_mut().zip("\\device\\x\\app.exe".encode_utf16()) {
+        *d = s;
+    }
+    let entry = ProcessEntry {
+        key: 5 << 32 | 0x11,
+        process_id: 808,
+        flags: 4,
+        path_units: 17,
+        active_flows: 2,
+        reserved: 0,
+        flows_total: 9,
+        first_seen: 1,
+        last_seen: 2,
+        active: [1, 2, 3, 4],
+        ended: [5, 6, 7, 8],
+        path,
+    };
+    let size = ProcessListHeader::SIZE + ProcessEntry::SIZE;
+    let mut buf = vec![0u8; size];
+    let header = ProcessListHeader {
+        header: protocol::Header {
+            version: PROTOCOL_VERSION,
+            size: u32::try_from(size).unwrap(),
+        },
+        returned: 1,
+        entry_size: u32::try_from(ProcessEntry::SIZE).unwrap(),
+        flags: protocol::PROCESS_LIST_MORE,
+        next_slot: 18,
+        now: 77,
+        capacity: 1024,
+        reserved: 0,
+        evictions: 3,
+        unattributed_flows: 4,
+    };
+    header.encode(&mut buf);
+    assert_eq!(
+        entry.encode(&mut buf[ProcessListHeader::SIZE..]),
+        ProcessEntry::SIZE
+    );
+    let (h, mut it) = ProcessListHeader::decode(&buf).unwrap();
+    assert_eq!(h, header);
+    let back = it.next().unwrap();
+    assert_eq!(back, entry);
+    assert_eq!(
+        String::from_utf16_lossy(back.path()),
+        "\\device\\x\\app.exe"
+    );
+    let mut wrong = buf.clone();
+    wrong[0] = 3;
+    assert_eq!(
+        ProcessListHeader::decode(&wrong).map(|_| ()),
+        Err(protocol::DecodeError::Version(3))
+    );
 }

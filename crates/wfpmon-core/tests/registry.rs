@@ -75,7 +75,7 @@ fn record(flow_id: u64, callout: usize) -> NonNull<FlowRecord> {
     let r = Box::new(FlowRecord::new(
         Association { flow_id, callout },
         tuple(),
-        1,
+        (1, wfpmon_core::process::NO_PROCESS),
         0,
     ));
     NonNull::from(Box::leak(r))
@@ -150,7 +150,7 @@ proptest! {
                     let (id, r) = live.swap_remove(i % live.len());
                     let mut retired = 0;
                     // SAFETY: `r` is linked and valid.
-                    let out = unsafe { reg.remove(r, |rec| { retired += 1; assert_eq!(rec.association.flow_id, id); }) };
+                    let out = unsafe { reg.remove(r, |rec, _| { retired += 1; assert_eq!(rec.association.flow_id, id); }) };
                     prop_assert_eq!(retired, 1);
                     let callout = model.iter().find(|m| m.0 == id).unwrap().1;
                     model.retain(|&(m, _)| m != id);
@@ -200,7 +200,7 @@ proptest! {
         }
         for (_, r) in live {
             // SAFETY: still linked and valid.
-            unsafe { reg.remove(r, |_| ()) };
+            unsafe { reg.remove(r, |_, _| ()) };
             // SAFETY: unlinked now.
             unsafe { free(r) };
         }
@@ -218,7 +218,7 @@ fn removing_twice_retires_once() {
     for _ in 0..2 {
         // SAFETY: valid; linked the first time, unlinked the second.
         unsafe {
-            reg.remove(r, |_| {
+            reg.remove(r, |_, _| {
                 retired.fetch_add(1, Ordering::Relaxed);
             })
         };
@@ -256,7 +256,7 @@ fn concurrent_associate_delete_and_stop() {
                             if i % 2 == 0 {
                                 // The flow ends by itself: flowDeleteFn.
                                 // SAFETY: linked by us, removed once here.
-                                unsafe { reg.remove(r, |_| ()) };
+                                unsafe { reg.remove(r, |_, _| ()) };
                                 // SAFETY: unlinked.
                                 unsafe { free(r) };
                                 freed.fetch_add(1, Ordering::Relaxed);
@@ -289,7 +289,7 @@ fn concurrent_associate_delete_and_stop() {
         reg.for_each(|r| rest.push(NonNull::from(r)));
         for r in rest {
             // SAFETY: linked records from `record`.
-            unsafe { reg.remove(r, |_| ()) };
+            unsafe { reg.remove(r, |_, _| ()) };
             // SAFETY: unlinked.
             unsafe { free(r) };
             freed.fetch_add(1, Ordering::Relaxed);
@@ -340,7 +340,7 @@ fn listing_pages_with_churn_between_batches() {
         if let Some(pos) = live.iter().position(|(id, _)| id % 3 == 0) {
             let (_, r) = live.swap_remove(pos);
             // SAFETY: linked; removed once.
-            unsafe { reg.remove(r, |_| ()) };
+            unsafe { reg.remove(r, |_, _| ()) };
             // SAFETY: unlinked.
             unsafe { free(r) };
         }
@@ -364,7 +364,7 @@ fn listing_pages_with_churn_between_batches() {
     assert!(unique.is_subset(&ever));
     for (_, r) in live {
         // SAFETY: linked.
-        unsafe { reg.remove(r, |_| ()) };
+        unsafe { reg.remove(r, |_, _| ()) };
         // SAFETY: unlinked.
         unsafe { free(r) };
     }
@@ -398,7 +398,7 @@ fn totals_count_active_and_ended_flows_once() {
     assert_eq!(reg.totals(), (1000, expected));
     for r in live.drain(..500) {
         // SAFETY: linked, removed once.
-        unsafe { reg.remove(r, |_| ()) };
+        unsafe { reg.remove(r, |_, _| ()) };
         // SAFETY: unlinked.
         unsafe { free(r) };
     }
@@ -411,7 +411,7 @@ fn totals_count_active_and_ended_flows_once() {
     assert_eq!((ids.len(), batches), (500, 2));
     for r in live {
         // SAFETY: linked.
-        unsafe { reg.remove(r, |_| ()) };
+        unsafe { reg.remove(r, |_, _| ()) };
         // SAFETY: unlinked.
         unsafe { free(r) };
     }
