@@ -161,13 +161,7 @@ fn list_entry(irp: PIRP) -> *mut LIST_ENTRY {
 
 /// The IRP whose `Tail.Overlay.ListEntry` is `entry` (`CONTAINING_RECORD`).
 const fn irp_of(entry: *mut LIST_ENTRY) -> PIRP {
-    let offset = core::mem::offset_of!(IRP, Tail)
-        + core::mem::offset_of!(wdk_sys::_IRP__bindgen_ty_3, Overlay)
-        + core::mem::offset_of!(wdk_sys::_IRP__bindgen_ty_3__bindgen_ty_1, __bindgen_anon_2)
-        + core::mem::offset_of!(
-            wdk_sys::_IRP__bindgen_ty_3__bindgen_ty_1__bindgen_ty_2,
-            ListEntry
-        );
+    let offset = core::mem::offset_of!(IRP, Tail.Overlay.__bindgen_anon_2.ListEntry);
     // The entry lies `offset` bytes into an 8-aligned IRP, so the result is
     // 8-aligned.
     #[allow(clippy::cast_ptr_alignment)]
