@@ -239,6 +239,14 @@ impl<'a> Values<'a> {
             .map(|v| unsafe { v.Anonymous.uint32 })
     }
 
+    /// A byte-blob field (`FWP_BYTE_BLOB_TYPE`), e.g. the app id.
+    fn blob(&self, index: u32) -> Option<&'a [u8]> {
+        let v = self.get(index, fwps::FWP_BYTE_BLOB_TYPE)?;
+        // SAFETY: the tag says `byteBlob` is the valid member: null or the
+        // engine's blob, valid for the classify call (`'a`).
+        unsafe { blob_bytes(v.Anonymous.byteBlob) }
+    }
+
     /// An address field: `FWP_UINT32` (IPv4, host order) or
     /// `FWP_BYTE_ARRAY16_TYPE` (IPv6, network order).
     fn address(&self, index: u32, family: AddressFamily) -> Option<[u8; 16]> {
@@ -331,20 +339,30 @@ impl Metadata {
         let blob = unsafe { &raw const (*p).processPath };
         // SAFETY: valid and aligned; flagged as set.
         let blob = unsafe { blob.read() };
-        // SAFETY: the engine's blob, valid for the classify call.
-        let blob = unsafe { blob.as_ref() }?;
-        if blob.data.is_null() || blob.size == 0 {
-            return None;
-        }
-        // SAFETY: `size` bytes at `data`, valid for the classify call (the
-        // lifetime the caller gives `'a`).
-        Some(unsafe { core::slice::from_raw_parts(blob.data.cast_const(), blob.size as usize) })
+        // SAFETY: null or the engine's blob, valid for the classify call.
+        unsafe { blob_bytes(blob) }
     }
+}
+
+/// The bytes of an `FWP_BYTE_BLOB` (`None` when null or empty).
+///
+/// # Safety
+/// `blob` is null or points to a blob whose `size` bytes at `data` stay
+/// valid for `'a` (the classify call).
+unsafe fn blob_bytes<'a>(blob: *const fwps::FWP_BYTE_BLOB) -> Option<&'a [u8]> {
+    // SAFETY: contract.
+    let blob = unsafe { blob.as_ref() }?;
+    if blob.data.is_null() || blob.size == 0 {
+        return None;
+    }
+    // SAFETY: contract: `size` bytes at `data`, valid for `'a`.
+    Some(unsafe { core::slice::from_raw_parts(blob.data.cast_const(), blob.size as usize) })
 }
 
 /// Field indices of the flow-established layer for one family.
 struct FlowEstablishedFields {
     family: AddressFamily,
+    app_id: u32,
     local_address: u32,
     local_port: u32,
     remote_address: u32,
@@ -355,6 +373,7 @@ struct FlowEstablishedFields {
 
 const FLOW_ESTABLISHED_V4: FlowEstablishedFields = FlowEstablishedFields {
     family: AddressFamily::V4,
+    app_id: fwps::FWPS_FIELD_ALE_FLOW_ESTABLISHED_V4_ALE_APP_ID,
     local_address: fwps::FWPS_FIELD_ALE_FLOW_ESTABLISHED_V4_IP_LOCAL_ADDRESS,
     local_port: fwps::FWPS_FIELD_ALE_FLOW_ESTABLISHED_V4_IP_LOCAL_PORT,
     remote_address: fwps::FWPS_FIELD_ALE_FLOW_ESTABLISHED_V4_IP_REMOTE_ADDRESS,
@@ -365,6 +384,7 @@ const FLOW_ESTABLISHED_V4: FlowEstablishedFields = FlowEstablishedFields {
 
 const FLOW_ESTABLISHED_V6: FlowEstablishedFields = FlowEstablishedFields {
     family: AddressFamily::V6,
+    app_id: fwps::FWPS_FIELD_ALE_FLOW_ESTABLISHED_V6_ALE_APP_ID,
     local_address: fwps::FWPS_FIELD_ALE_FLOW_ESTABLISHED_V6_IP_LOCAL_ADDRESS,
     local_port: fwps::FWPS_FIELD_ALE_FLOW_ESTABLISHED_V6_IP_LOCAL_PORT,
     remote_address: fwps::FWPS_FIELD_ALE_FLOW_ESTABLISHED_V6_IP_REMOTE_ADDRESS,
@@ -375,7 +395,7 @@ const FLOW_ESTABLISHED_V6: FlowEstablishedFields = FlowEstablishedFields {
 
 fn decode_flow_established<'a>(
     layer: u16,
-    values: &Values<'_>,
+    values: &Values<'a>,
     meta: &Metadata,
 ) -> Option<FlowEstablished<'a>> {
     let f = match layer {
@@ -406,7 +426,11 @@ fn decode_flow_established<'a>(
         flow_handle: meta.flow_handle()?,
         tuple,
         process_id: meta.process_id(),
-        process_path: meta.process_path(),
+        // The metadata's processPath; where the engine does not supply it,
+        // the layer's ALE_APP_ID value, which FWPS_FIELDS_ALE_FLOW_ESTABLISHED_V4/6
+        // document as "the full path of the application" (the same
+        // device-form path).
+        process_path: meta.process_path().or_else(|| values.blob(f.app_id)),
     })
 }
 
