@@ -241,10 +241,10 @@ impl<'a> Values<'a> {
 
     /// A byte-blob field (`FWP_BYTE_BLOB_TYPE`), e.g. the app id.
     fn blob(&self, index: u32) -> Option<&'a [u8]> {
-        let v = self.get(index, fwps::FWP_BYTE_BLOB_TYPE)?;
-        // SAFETY: the tag says `byteBlob` is the valid member: null or the
-        // engine's blob, valid for the classify call (`'a`).
-        unsafe { blob_bytes(v.Anonymous.byteBlob) }
+        let blob = self.get(index, fwps::FWP_BYTE_BLOB_TYPE)?.byte_blob_ptr()?;
+        // SAFETY: null or the engine's blob, valid for the classify call
+        // (`'a`).
+        unsafe { blob_bytes(blob) }
     }
 
     /// An address field: `FWP_UINT32` (IPv4, host order) or
