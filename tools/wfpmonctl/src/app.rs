@@ -253,7 +253,7 @@ fn events<S: System>(sys: &mut S, out: &mut dyn Write, args: &EventsArgs) -> Res
                 if sys.interrupted() {
                     return Ok(0);
                 }
-                let message = "the wfpmon driver ended the pending event read (STATUS_CANCELLED): it is stopping";
+                let message = "the pending event read was cancelled: the wfpmon driver is stopping";
                 return Err(Error::new(Kind::DriverNotLoaded, message));
             }
             read => read?,
@@ -718,7 +718,7 @@ mod tests {
         );
         assert!(
             err.message
-                .contains("ended the pending event read (STATUS_CANCELLED): it is stopping"),
+                .contains("the pending event read was cancelled: the wfpmon driver is stopping"),
             "{err}"
         );
         let docs = json_lines(&out);

@@ -17,7 +17,7 @@ use wfpmon_core::protocol::ProcessEntry;
 
 use crate::cli::{ProcSort, ProcsArgs};
 use crate::device::ProcessList;
-use crate::flows::{Totals, process_name};
+use crate::flows::{Totals, process_name, rates};
 use crate::render::timestamp;
 
 /// The wall-clock time of interrupt time `t`, given the driver's `now` on
@@ -209,17 +209,8 @@ impl ProcRow {
         let [bytes_in, bytes_out, packets_in, packets_out] = traffic(e);
         let (rate_in, rate_out) = previous.map_or((None, None), |p| {
             let before = p.bytes.get(&e.key).copied();
-            let interval = seconds(p.now, now);
-            let span = if before.is_some() {
-                interval
-            } else {
-                interval.max(seconds(e.first_seen, now))
-            }
-            .max(1e-3);
-            let (bin, bout) = before.unwrap_or_default();
-            #[allow(clippy::cast_precision_loss)] // a rate: 52 bits are plenty
-            let rate = |n: u64, b: u64| n.saturating_sub(b) as f64 / span;
-            (Some(rate(bytes_in, bin)), Some(rate(bytes_out, bout)))
+            let age = seconds(e.first_seen, now);
+            rates((bytes_in, bytes_out), before, seconds(p.now, now), age)
         });
         let at = |t| timestamp(wall_time(t, now, wall));
         Self {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use wfpmon_core::catalog;
 use windows_sys::Win32::Foundation::{
     CloseHandle, ERROR_IO_PENDING, ERROR_MORE_DATA, ERROR_SERVICE_DOES_NOT_EXIST, GENERIC_READ,
-    GENERIC_WRITE, GetLastError, HANDLE, INVALID_HANDLE_VALUE,
+    GENERIC_WRITE, GetLastError, HANDLE, INVALID_HANDLE_VALUE, WAIT_TIMEOUT,
 };
 use windows_sys::Win32::Storage::FileSystem::{
     CreateFileW, FILE_FLAG_OVERLAPPED, FILE_SHARE_READ, FILE_SHARE_WRITE, OPEN_EXISTING,
@@ -25,7 +25,7 @@ use windows_sys::Win32::System::Console::{
     SetConsoleCtrlHandler, SetConsoleMode,
 };
 use windows_sys::Win32::System::IO::{
-    CancelIoEx, DeviceIoControl, GetOverlappedResult, OVERLAPPED,
+    CancelIoEx, DeviceIoControl, GetOverlappedResultEx, OVERLAPPED,
 };
 use windows_sys::Win32::System::Services::{
     CloseServiceHandle, OpenSCManagerW, OpenServiceW, QueryServiceStatusEx, SC_MANAGER_CONNECT,
@@ -101,6 +101,41 @@ unsafe extern "system" fn on_ctrl(event: u32) -> BOOL {
     BOOL::from(handled)
 }
 
+/// `not_installed` or the [`service_state_name`] of service `name`.
+fn service_state(name: &str) -> Result<&'static str, Error> {
+    let fail = |c, what: &str| Error::system(Step::ServiceControl, c, what);
+    // SAFETY: null machine and database select the local, active
+    // database; SC_MANAGER_CONNECT is granted to every user.
+    let scm = unsafe { OpenSCManagerW(std::ptr::null(), std::ptr::null(), SC_MANAGER_CONNECT) };
+    let scm = Owned::new(scm, CloseServiceHandle).map_err(|c| fail(c, "OpenSCManagerW"))?;
+    let wname = wide(name);
+    // SAFETY: `scm` is open; `wname` is NUL-terminated and outlives the call.
+    let service = unsafe { OpenServiceW(scm.0, wname.as_ptr(), SERVICE_QUERY_STATUS) };
+    let service = match Owned::new(service, CloseServiceHandle) {
+        Ok(s) => s,
+        Err(SystemCode::Win32(ERROR_SERVICE_DOES_NOT_EXIST)) => return Ok("not_installed"),
+        Err(c) => return Err(fail(c, &format!("OpenServiceW({name})"))),
+    };
+    let mut status = SERVICE_STATUS_PROCESS::default();
+    let mut needed = 0u32;
+    let size = u32::try_from(size_of::<SERVICE_STATUS_PROCESS>()).unwrap_or(u32::MAX);
+    // SAFETY: `service` is open with SERVICE_QUERY_STATUS; `status` is a
+    // writable SERVICE_STATUS_PROCESS of `size` bytes; `needed` is valid.
+    let ok = unsafe {
+        QueryServiceStatusEx(
+            service.0,
+            SC_STATUS_PROCESS_INFO,
+            (&raw mut status).cast(),
+            size,
+            &raw mut needed,
+        )
+    };
+    if ok == 0 {
+        return Err(fail(last_error(), &format!("QueryServiceStatusEx({name})")));
+    }
+    Ok(service_state_name(status.dwCurrentState))
+}
+
 /// The Windows system.
 #[derive(Debug)]
 pub struct Windows {
@@ -149,7 +184,7 @@ impl ControlDevice for Device {
         };
         // SAFETY: the handle is open (for overlapped I/O, so an OVERLAPPED
         // with a manual-reset event is passed, and the byte count comes from
-        // GetOverlappedResult); the buffers and `overlapped` are valid for
+        // GetOverlappedResultEx); the buffers and `overlapped` are valid for
         // the lengths passed and outlive the request, which this function
         // waits for below.
         let ok = unsafe {
@@ -176,14 +211,33 @@ impl ControlDevice for Device {
             }
         }
         let mut returned = 0u32;
-        // SAFETY: `overlapped` is the request's; waiting (bWait TRUE) returns
-        // only once it is complete, so nothing refers to the buffers after.
-        let ok =
-            unsafe { GetOverlappedResult(handle, &raw const overlapped, &raw mut returned, 1) };
-        if ok == 0 {
-            return Err(IoctlError(last_error()));
+        loop {
+            // SAFETY: `overlapped` is the request's; the call returns TRUE,
+            // or FALSE with WAIT_TIMEOUT while the request is still pending
+            // (this loop then waits again), or FALSE once it is complete:
+            // nothing refers to the buffers after the loop.
+            let ok = unsafe {
+                GetOverlappedResultEx(handle, &raw const overlapped, &raw mut returned, 1000, 0)
+            };
+            if ok != 0 {
+                return Ok((returned as usize).min(output.len()));
+            }
+            let error = last_error();
+            if error != SystemCode::Win32(WAIT_TIMEOUT) {
+                return Err(IoctlError(error));
+            }
+            // A request pending for a second (`events --follow`): the I/O
+            // manager calls a driver's Unload only when no handle to its
+            // device is open and no request is outstanding ("Unload Routine
+            // Environment"), so a stop of the service waits for this one.
+            if matches!(
+                service_state(catalog::SERVICE_NAME),
+                Ok("stop_pending" | "stopped")
+            ) {
+                // SAFETY: `overlapped` is the pending request's.
+                unsafe { CancelIoEx(handle, &raw const overlapped) };
+            }
         }
-        Ok((returned as usize).min(output.len()))
     }
 }
 
@@ -224,37 +278,7 @@ impl System for Windows {
     }
 
     fn service_state(&mut self, name: &str) -> Result<&'static str, Error> {
-        let fail = |c, what: &str| Error::system(Step::ServiceControl, c, what);
-        // SAFETY: null machine and database select the local, active
-        // database; SC_MANAGER_CONNECT is granted to every user.
-        let scm = unsafe { OpenSCManagerW(std::ptr::null(), std::ptr::null(), SC_MANAGER_CONNECT) };
-        let scm = Owned::new(scm, CloseServiceHandle).map_err(|c| fail(c, "OpenSCManagerW"))?;
-        let wname = wide(name);
-        // SAFETY: `scm` is open; `wname` is NUL-terminated and outlives the call.
-        let service = unsafe { OpenServiceW(scm.0, wname.as_ptr(), SERVICE_QUERY_STATUS) };
-        let service = match Owned::new(service, CloseServiceHandle) {
-            Ok(s) => s,
-            Err(SystemCode::Win32(ERROR_SERVICE_DOES_NOT_EXIST)) => return Ok("not_installed"),
-            Err(c) => return Err(fail(c, &format!("OpenServiceW({name})"))),
-        };
-        let mut status = SERVICE_STATUS_PROCESS::default();
-        let mut needed = 0u32;
-        let size = u32::try_from(size_of::<SERVICE_STATUS_PROCESS>()).unwrap_or(u32::MAX);
-        // SAFETY: `service` is open with SERVICE_QUERY_STATUS; `status` is a
-        // writable SERVICE_STATUS_PROCESS of `size` bytes; `needed` is valid.
-        let ok = unsafe {
-            QueryServiceStatusEx(
-                service.0,
-                SC_STATUS_PROCESS_INFO,
-                (&raw mut status).cast(),
-                size,
-                &raw mut needed,
-            )
-        };
-        if ok == 0 {
-            return Err(fail(last_error(), &format!("QueryServiceStatusEx({name})")));
-        }
-        Ok(service_state_name(status.dwCurrentState))
+        service_state(name)
     }
 
     fn process_name(&mut self, pid: u64) -> Option<String> {

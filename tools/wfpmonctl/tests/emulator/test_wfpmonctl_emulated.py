@@ -199,7 +199,8 @@ ERROR_SERVICE_DOES_NOT_EXIST, ERROR_BROKEN_PIPE, STATUS_PIPE_BROKEN = 1060, 109,
 # DeviceIoControl's Win32 codes for the driver's NTSTATUS answers (RtlNtStatusToDosError):
 # STATUS_DEVICE_BUSY, STATUS_BUFFER_TOO_SMALL, STATUS_CANCELLED; and overlapped I/O's own.
 ERROR_BUSY, ERROR_INSUFFICIENT_BUFFER, ERROR_OPERATION_ABORTED = 170, 122, 995
-ERROR_IO_PENDING, ERROR_IO_INCOMPLETE, ERROR_NOT_FOUND, ERROR_TIMEOUT = 997, 996, 1168, 1460
+ERROR_IO_PENDING, ERROR_IO_INCOMPLETE, ERROR_NOT_FOUND, ERROR_TIMEOUT, WAIT_TIMEOUT = 997, 996, 1168, 1460, 258
+SERVICE_STOP_PENDING = 3
 FILE_FLAG_OVERLAPPED, CTRL_C_EVENT = 0x40000000, 0
 FLOW_ENTRY, EVENT_SIZE, PROCESS_ENTRY = 104, 128, 624
 FROM_NOW = (1 << 64) - 1
@@ -389,11 +390,13 @@ class Machine:
         self.closed_stdout_after = closed_stdout_after  # writes accepted before the pipe closes
         self.ctrl_c_at_sleep = None  # Ctrl+C is pressed during the n-th Sleep (1-based)
         self.drives = {"C:": r"\Device\HarddiskVolume3", "E:": r"\Device\HarddiskVolume30"}  # QueryDosDeviceW
-        # What happens while wfpmonctl waits for a pending READ_EVENTS, one
-        # item per wait: ("events", [flow_event...], ms) - the events are
-        # written after ms milliseconds and the read completes with them;
-        # "ctrl_c" - the console runs the control handler; "unload" - the
-        # driver stops (its teardown completes the read with STATUS_CANCELLED).
+        # What happens while wfpmonctl waits for a pending READ_EVENTS, in
+        # order: ("events", [flow_event...], ms) - the events are written
+        # after ms milliseconds (a wait shorter than that times out) and the
+        # read completes with them; "ctrl_c" - the console runs the control
+        # handler; "service_stop" - `sc stop wfpmon`: the service is
+        # STOP_PENDING while this handle keeps the driver from unloading;
+        # "unload" - the driver completes the read with STATUS_CANCELLED.
         self.waits: list = []
 
 
@@ -463,7 +466,7 @@ class Run:
             ("kernel32", "GetConsoleScreenBufferInfo", 2, self._screen_buffer_info),
             ("kernel32", "CreateFileW", 7, self._create_file),
             ("kernel32", "DeviceIoControl", 8, self._device_io_control),
-            ("kernel32", "GetOverlappedResult", 4, self._get_overlapped_result),
+            ("kernel32", "GetOverlappedResultEx", 5, self._get_overlapped_result),
             ("kernel32", "CancelIoEx", 2, self._cancel_io_ex),
             ("kernel32", "QueryDosDeviceW", 3, self._query_dos_device),
             ("kernel32", "CloseHandle", 1, self._close_handle),
@@ -644,17 +647,26 @@ class Run:
         return int(status == 0)
 
     def _get_overlapped_result(self, emu, args):
-        handle, overlapped, transferred, wait = args[:4]
-        assert handle == self.DEVICE
+        handle, overlapped, transferred, timeout_ms, alertable = args[:5]
+        assert handle == self.DEVICE and not alertable
         if overlapped in self.completed:
             return self._finish(emu, *self.completed.pop(overlapped), transferred)
         assert self.pending and self.pending["overlapped"] == overlapped, "the result of a request never made"
-        if not wait:
+        if timeout_ms == 0:
             emu.set_last_error(ERROR_IO_INCOMPLETE)
             return 0
         action = self.machine.waits.pop(0) if self.machine.waits else None
         self.calls.append(("wait", action if isinstance(action, str) else "events"))
         driver = self.machine.driver
+        if action == "service_stop" or (isinstance(action, tuple) and action[2] >= timeout_ms):
+            # The wait times out (and, for a late event, is waited again).
+            self.clock_ms += timeout_ms
+            if action == "service_stop":
+                self.machine.services["wfpmon"] = SERVICE_STOP_PENDING
+            else:
+                self.machine.waits.insert(0, (action[0], action[1], action[2] - timeout_ms))
+            emu.set_last_error(WAIT_TIMEOUT)
+            return 0
         if isinstance(action, tuple):
             # Time passes, the flows come and go, and the driver completes
             # the pending read with what was written after its cursor.
@@ -678,7 +690,7 @@ class Run:
             # Windows; here while this call waits) and the call returns what
             # the handler's CancelIoEx made of the request.
             self.waiting = (emu._active_api_frame, transferred)
-            kernel32, _ = emu.api.get_export_func_handler("kernel32", "GetOverlappedResult")
+            kernel32, _ = emu.api.get_export_func_handler("kernel32", "GetOverlappedResultEx")
             kernel32.setup_callback(self.ctrl_handlers[-1], [CTRL_C_EVENT])
         return 0
 
@@ -770,7 +782,9 @@ class Run:
         return handle
 
     def _query_service(self, emu, args):
-        state = self.machine.services[self.services_by_handle[args[0]]]
+        name = self.services_by_handle[args[0]]
+        self.calls.append(("QueryServiceStatusEx", name))
+        state = self.machine.services[name]
         self.se.mem_write(args[2], struct.pack("<9I", 1, state, 0, 0, 0, 0, 0, 0, 0))
         return 1
 
@@ -1230,7 +1244,11 @@ def test_follow_waits_in_the_driver_and_prints_events_as_they_come(exe):
     lines = run.stdout.splitlines()
     assert len(lines) == 2 and all(l.startswith("2026-01-01T00:00:03.000Z ended ") for l in lines), run.stdout
     assert "svchost.exe  udp in" in lines[0] and "after 4.0s, in 700 B (5 pkts)" in lines[0]
-    assert [a for n, a in run.calls if n == "wait"] == ["events", "events"]
+    # 3 s: three waits of a second time out (the service, running, is looked
+    # at after each), the fourth gets the answer; then 1 s: one, and one.
+    assert [a for n, a in run.calls if n == "wait"] == ["events"] * 6
+    assert [a for n, a in run.calls if n == "QueryServiceStatusEx"] == ["wfpmon"] * 4
+    assert not [a for n, a in run.calls if n == "CancelIoEx"]
 
 
 def test_follow_from_start_reports_events_the_ring_overwrote(exe):
@@ -1269,8 +1287,27 @@ def test_a_stopping_driver_ends_follow_with_exit_5(exe):
     machine.waits = ["unload"]
     run = Run(exe, ["events", "--follow"], machine=machine)
     assert run.exit_code == 5
-    assert "ended the pending event read (STATUS_CANCELLED): it is stopping" in run.stderr
+    assert "the pending event read was cancelled: the wfpmon driver is stopping" in run.stderr
     assert not [a for n, a in run.calls if n == "CancelIoEx"], "nobody pressed Ctrl+C"
+
+
+def test_follow_gives_way_to_a_service_stop(exe):
+    """Windows calls a driver's Unload only once no handle to its device is
+    open and no request is pending, so `sc stop wfpmon` waits for a follower:
+    while its read is pending, wfpmonctl looks at the service every second
+    and cancels the read when the service is stopping."""
+    later = flow_event("established", DNS, BOOT + 25_000_000, key=pkey(9, 2))
+    machine = events_machine()
+    machine.waits = [("events", [later], 2500), "service_stop"]
+    run = Run(exe, ["events", "--follow"], machine=machine)
+    assert run.exit_code == 5 and "the wfpmon driver is stopping" in run.stderr, run.stderr
+    assert len(run.stdout.splitlines()) == 1 and "svchost.exe" in run.stdout, "the event that came after 2.5 s"
+    assert [a for n, a in run.calls if n == "wait"] == ["events"] * 3 + ["service_stop"], \
+        "two 1-s timeouts, the event, then a timeout that finds the service stopping"
+    queries = [n for n, _ in run.calls if n == "QueryServiceStatusEx"]
+    assert len(queries) == 3, "the service is looked at after each timeout"
+    assert [a[0] for n, a in run.calls if n == "CancelIoEx"] == [Run.DEVICE]
+    assert machine.driver.requests[-1] == "cancelled" and not run.hung
 
 
 def test_procs_table_with_driver_names_paths_and_footer(exe):
