@@ -398,6 +398,9 @@ class Machine:
         # STOP_PENDING while this handle keeps the driver from unloading;
         # "unload" - the driver completes the read with STATUS_CANCELLED.
         self.waits: list = []
+        # Ctrl+C comes while a READ_EVENTS is on its way to the driver: the
+        # handler runs before the request is pending (nothing to cancel yet).
+        self.ctrl_c_before_pending = False
 
 
 def installed_everything():
@@ -428,6 +431,7 @@ class Run:
         self.completed: dict[int, tuple[int, int]] = {}  # OVERLAPPED -> (Win32 status, bytes)
         self.waiting = None  # (API frame, bytes pointer) of a GetOverlappedResult in a Ctrl+C callback
         self.hung = False  # a wait no event, cancellation or unload would ever end
+        self.on_its_way = None  # a request that pends once the Ctrl+C handler has run
         self.stdout_writes = 0
         config = copy.deepcopy(DEFAULT_CONFIG_DATA)
         config["command_line"] = " ".join(["wfpmonctl.exe", *args])
@@ -626,8 +630,15 @@ class Run:
         status, data = driver.ioctl(code, self.se.mem_read(inbuf, inlen) if inlen else b"", outlen)
         if status is FakeDriver.PENDING:
             cursor, max_events = data
-            self.pending = dict(overlapped=overlapped, cursor=cursor, max=max_events, out=outbuf, len=outlen)
+            request = dict(overlapped=overlapped, cursor=cursor, max=max_events, out=outbuf, len=outlen)
             emu.set_last_error(ERROR_IO_PENDING)
+            if self.machine.ctrl_c_before_pending:
+                self.machine.ctrl_c_before_pending = False
+                self.on_its_way = request
+                kernel32, _ = emu.api.get_export_func_handler("kernel32", "DeviceIoControl")
+                kernel32.setup_callback(self.ctrl_handlers[-1], [CTRL_C_EVENT])
+            else:
+                self.pending = request
             return 0
         if status:
             emu.set_last_error(status)
@@ -646,9 +657,19 @@ class Run:
             emu.set_last_error(status)
         return int(status == 0)
 
+    def _arrived(self):
+        """The request on its way is pending now (the handler has run)."""
+        if self.on_its_way and not self.ctrl_handler_running:
+            self.pending, self.on_its_way = self.on_its_way, None
+
+    @property
+    def ctrl_handler_running(self):
+        return self.on_its_way is not None and self.on_its_way.get("handler_done") is None
+
     def _get_overlapped_result(self, emu, args):
         handle, overlapped, transferred, timeout_ms, alertable = args[:5]
         assert handle == self.DEVICE and not alertable
+        self._arrived()
         if overlapped in self.completed:
             return self._finish(emu, *self.completed.pop(overlapped), transferred)
         assert self.pending and self.pending["overlapped"] == overlapped, "the result of a request never made"
@@ -697,6 +718,13 @@ class Run:
     def _cancel_io_ex(self, emu, args):
         handle, overlapped = args[:2]
         self.calls.append(("CancelIoEx", (handle, overlapped)))
+        if self.ctrl_handler_running:
+            # The handler's CancelIoEx, before the request pends: nothing to
+            # cancel. (It runs on its own thread on Windows: the failure's
+            # last-error value is that thread's, not the caller's.)
+            self.on_its_way["handler_done"] = True
+            return 0
+        self._arrived()
         p = self.pending
         if handle != self.DEVICE or p is None or overlapped not in (0, p["overlapped"]):
             emu.set_last_error(ERROR_NOT_FOUND)
@@ -1380,3 +1408,17 @@ def test_flows_show_the_drivers_process_names(exe):
     assert sorted(names) == [(888, "svchost.exe"), (1234, "firefox.exe"), (1234, "impostor.exe")], \
         "by key from the driver; a flow without a process entry: by PID in user mode"
     assert machine.driver.requests == ["list", "processes 0"]
+
+
+def test_ctrl_c_just_before_the_read_pends_is_not_lost(exe):
+    """The handler runs while the READ_EVENTS is on its way: its CancelIoEx
+    finds nothing, so wfpmonctl, seeing the request pending after Ctrl+C,
+    cancels it itself instead of waiting forever."""
+    machine = events_machine()
+    machine.ctrl_c_before_pending = True
+    run = Run(exe, ["events", "--follow"], machine=machine)
+    cancels = [a for n, a in run.calls if n == "CancelIoEx"]
+    assert len(cancels) == 2 and cancels[0] == (Run.DEVICE, 0), "the handler's, finding nothing"
+    assert cancels[1][0] == Run.DEVICE and cancels[1][1] != 0, "the request's own, naming its OVERLAPPED"
+    assert not run.hung and (run.exit_code, run.stdout, run.stderr) == (0, "", "")
+    assert machine.driver.requests == [f"events {len(held_events())} wait", "cancelled"]
