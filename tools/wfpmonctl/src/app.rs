@@ -7,14 +7,18 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use wfpmon_core::catalog;
-use wfpmon_core::protocol::FlowEntry;
+use wfpmon_core::events::FROM_NOW;
+use wfpmon_core::protocol::{FlowEntry, MAX_EVENTS_PER_CALL};
+use windows_sys::Win32::Foundation::ERROR_OPERATION_ABORTED;
 
-use crate::cli::{Cli, Command, FlowsArgs, Watch};
+use crate::cli::{Cli, Command, EventsArgs, FlowsArgs, ProcsArgs, Watch};
 use crate::device::{self, ControlDevice};
 use crate::engine::{self, FilterEngine};
-use crate::error::{Error, Kind};
+use crate::error::{Error, Kind, SystemCode};
+use crate::events::{DroppedDoc, EventDoc};
 use crate::flows::{self, FlowRow, FlowsDoc, Previous};
-use crate::render::{self, StatsDoc};
+use crate::procs::{self, Names, Proc, ProcRow, ProcsDoc};
+use crate::render::{self, StatsDoc, timestamp};
 use crate::status::{Observed, StatusDoc};
 
 /// Service name of the Base Filtering Engine.
@@ -41,6 +45,8 @@ pub trait System {
     fn service_state(&mut self, name: &str) -> Result<&'static str, Error>;
     /// Image file name of a process, if it can be read.
     fn process_name(&mut self, pid: u64) -> Option<String>;
+    /// Drive letters and the devices they name (`("C:", "\Device\HarddiskVolume3")`).
+    fn dos_devices(&mut self) -> Vec<(String, String)>;
     /// Standard output as a console, or `None` (file, pipe).
     fn terminal(&mut self) -> Option<Terminal>;
     /// Wall-clock time and a monotonic time.
@@ -67,10 +73,6 @@ fn show<T: Serialize>(doc: &T, json: bool, text: impl FnOnce(&T) -> String) -> S
     // Serializing these plain structures cannot fail.
     let line = || serde_json::to_string(doc).unwrap_or_default() + "\n";
     if json { line() } else { text(doc) }
-}
-
-fn timestamp(time: SystemTime) -> String {
-    humantime::format_rfc3339_millis(time).to_string()
 }
 
 /// Renders once, or every `--watch` seconds until `--count`, Ctrl+C or a
@@ -160,6 +162,8 @@ pub fn run<S: System>(cli: &Cli, sys: &mut S, out: &mut dyn Write) -> Result<u8,
             })
         }
         Command::Flows(args) => flows(sys, out, args, terminal),
+        Command::Events(args) => events(sys, out, args),
+        Command::Procs(args) => processes(sys, out, args, terminal),
         Command::Counting { state } => {
             let on = state == "on";
             device::set_counting(&mut sys.device(true)?, on)?;
@@ -179,17 +183,27 @@ fn flows<S: System>(
     let mut dev = sys.device(false)?;
     let clear = args.watch.watch.is_some() && !args.json && terminal.is_some_and(|t| t.vt);
     let mut previous: Option<(Duration, Previous)> = None;
+    let mut names = Names::default();
     repeat(sys, out, args.watch, clear, |sys| {
         let list = device::list_flows(&mut dev)?;
+        let keys: Vec<u64> = list.entries.iter().map(|e| e.process_key).collect();
+        learn(sys, &mut dev, &mut names, &keys)?;
         let (wall, now) = sys.now();
         let before = previous.as_mut().map(|(at, p)| {
             p.elapsed = now.saturating_sub(*at).as_secs_f64();
             &*p
         });
-        let mut names: HashMap<u64, String> = HashMap::new();
+        // Flows without a process entry: named by PID in user mode, once.
+        let mut by_pid: HashMap<u64, String> = HashMap::new();
         let mut row = |e: &FlowEntry| {
-            let resolve = || flows::process_name(e.process_id, &mut |p| sys.process_name(p));
-            let name = names.entry(e.process_id).or_insert_with(resolve).clone();
+            let name = names.get(e.process_key).map_or_else(
+                || {
+                    let resolve =
+                        || flows::process_name(e.process_id, &mut |p| sys.process_name(p));
+                    by_pid.entry(e.process_id).or_insert_with(resolve).clone()
+                },
+                |p| p.name.clone(),
+            );
             FlowRow::new(e, name, before)
         };
         let all = list.entries.iter().map(&mut row).collect();
@@ -203,10 +217,117 @@ fn flows<S: System>(
     })
 }
 
+/// Learns the processes of `keys` from the driver's table (one pass) if
+/// any is new.
+fn learn<S: System>(
+    sys: &mut S,
+    dev: &mut S::Device,
+    names: &mut Names,
+    keys: &[u64],
+) -> Result<(), Error> {
+    if !names.missing(keys.iter().copied()) {
+        return Ok(());
+    }
+    if names.drives.is_none() {
+        names.drives = Some(sys.dos_devices());
+    }
+    let list = device::list_processes(dev, &mut |d| sys.sleep(d))?;
+    names.learn(&list, keys.iter().copied(), &mut |p| sys.process_name(p));
+    Ok(())
+}
+
+/// `events`: the events the driver holds, or (`--follow`) each as it comes,
+/// until `--count`, Ctrl+C or a closed output (exit code 0).
+fn events<S: System>(sys: &mut S, out: &mut dyn Write, args: &EventsArgs) -> Result<u8, Error> {
+    let mut dev = sys.device(false)?;
+    let mut names = Names::default();
+    let mut cursor = if args.follow && !args.from_start {
+        FROM_NOW
+    } else {
+        0
+    };
+    let mut shown = 0;
+    loop {
+        let (header, batch) = match device::read_events(&mut dev, cursor, args.follow) {
+            Err(e) if e.system == Some(SystemCode::Win32(ERROR_OPERATION_ABORTED)) => {
+                if sys.interrupted() {
+                    return Ok(0);
+                }
+                let message = "the pending event read was cancelled: the wfpmon driver is stopping";
+                return Err(Error::new(Kind::DriverNotLoaded, message));
+            }
+            read => read?,
+        };
+        let wall = sys.now().0;
+        let mut text = String::new();
+        // The first read from the start begins at the oldest event held: a
+        // gap before it is history, not a loss.
+        if header.dropped > 0 && cursor != 0 {
+            let first = header.next - batch.len() as u64;
+            let doc = DroppedDoc::new(header.dropped, first, wall);
+            text += &show(&doc, args.json, render::dropped_line);
+        }
+        let keys: Vec<u64> = batch.iter().map(|e| e.process_key).collect();
+        learn(sys, &mut dev, &mut names, &keys)?;
+        for e in &batch {
+            let proc = names.get(e.process_key).cloned().unwrap_or_else(|| Proc {
+                name: flows::process_name(e.process_id.into(), &mut |p| sys.process_name(p)),
+                ..Proc::default()
+            });
+            let doc = EventDoc::new(e, proc, header.now, wall);
+            if args.kind.as_deref().is_some_and(|k| k != doc.event)
+                || !args.filter.matches(&doc.flow)
+            {
+                continue;
+            }
+            text += &show(&doc, args.json, |d| render::event_line(d, args.raw));
+            shown += 1;
+            if args.count.is_some_and(|n| shown >= n) {
+                return emit(out, &text).map(|_| 0);
+            }
+        }
+        let caught_up = batch.len() < MAX_EVENTS_PER_CALL;
+        if !emit(out, &text)? || sys.interrupted() || (caught_up && !args.follow) {
+            return Ok(0);
+        }
+        cursor = header.next;
+    }
+}
+
+/// `procs`: the driver's per-process totals, with rates from the previous
+/// snapshot.
+fn processes<S: System>(
+    sys: &mut S,
+    out: &mut dyn Write,
+    args: &ProcsArgs,
+    terminal: Option<Terminal>,
+) -> Result<u8, Error> {
+    let mut dev = sys.device(false)?;
+    let clear = args.watch.watch.is_some() && !args.json && terminal.is_some_and(|t| t.vt);
+    let drives = sys.dos_devices();
+    let mut previous: Option<procs::Previous> = None;
+    repeat(sys, out, args.watch, clear, |sys| {
+        let list = device::list_processes(&mut dev, &mut |d| sys.sleep(d))?;
+        let (wall, now) = (sys.now().0, list.header.now);
+        let rows = list.entries.iter().map(|e| {
+            let proc = Proc::of(e, &drives, &mut |p| sys.process_name(p));
+            ProcRow::new(e, proc, (now, wall), previous.as_ref())
+        });
+        let rows = rows.collect();
+        let interval = previous.as_ref().map(|p| procs::seconds(p.now, now));
+        let doc = ProcsDoc::new(args, timestamp(wall), &list, rows, interval);
+        previous = Some(procs::Previous::of(&list));
+        let width = terminal.map(|t| t.width);
+        Ok(show(&doc, args.json, |d| {
+            render::procs_text(d, args.raw, width)
+        }))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device::sim::{SimDriver, flow};
+    use crate::device::sim::{SimDriver, event, flow, process};
     use crate::engine::fake::FakeEngine;
     use crate::error::{Step, SystemCode};
     use clap::Parser;
@@ -223,6 +344,8 @@ mod tests {
         clock: Duration,
         sleeps: Vec<Duration>,
         interrupt_after: Option<usize>,
+        /// Ctrl+C is what cancelled the driver's pending reads.
+        ctrl_c_cancels: bool,
     }
 
     struct Shared(Rc<RefCell<SimDriver>>);
@@ -261,6 +384,9 @@ mod tests {
         fn process_name(&mut self, pid: u64) -> Option<String> {
             (pid != 102).then(|| format!("app{pid}.exe"))
         }
+        fn dos_devices(&mut self) -> Vec<(String, String)> {
+            vec![("C:".into(), r"\Device\HarddiskVolume3".into())]
+        }
         fn terminal(&mut self) -> Option<Terminal> {
             self.terminal
         }
@@ -281,6 +407,7 @@ mod tests {
         }
         fn interrupted(&mut self) -> bool {
             self.interrupt_after.is_some_and(|n| self.sleeps.len() >= n)
+                || (self.ctrl_c_cancels && self.driver.borrow().cancelled > 0)
         }
     }
 
@@ -466,5 +593,377 @@ mod tests {
         );
         sys.driver_state = "stopped";
         assert_eq!(run_with(&mut sys, &["stats"]).0.unwrap_err().exit_code(), 5);
+    }
+
+    fn json_lines(out: &str) -> Vec<Value> {
+        out.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// A driver holding events of processes 1 and 2 (2: evicted since, no
+    /// entry) and of no process (key 0).
+    fn with_events() -> Fake {
+        let sys = running();
+        {
+            let mut d = sys.driver.borrow_mut();
+            d.processes = vec![process(1), process(5)];
+            d.now = 70_000_000; // 7 s after boot
+            let mut established = event(1 << 32 | 1);
+            established.kind = wfpmon_core::events::EVENT_ESTABLISHED;
+            (established.duration, established.bytes_inbound) = (0, 0);
+            let mut orphan = event(0);
+            orphan.process_id = 4;
+            orphan.flags = wfpmon_core::events::EVENT_FLAG_NO_PROCESS;
+            d.events = vec![established, event(1 << 32 | 1), event(1 << 32 | 2), orphan];
+            for (i, e) in d.events.iter_mut().enumerate() {
+                e.seq = i as u64;
+            }
+        }
+        sys
+    }
+
+    #[test]
+    fn events_show_what_the_driver_holds_with_names_from_its_process_table() {
+        let mut sys = with_events();
+        let (code, out) = run_with(&mut sys, &["events"]);
+        assert_eq!(code, Ok(0));
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 4, "{out}");
+        // 5 s after boot, read at 7 s after boot when the wall clock said
+        // 2027-01-15T08:00:00Z: 2 s earlier.
+        assert_eq!(
+            lines[0],
+            r"2027-01-15T07:59:58.000Z established    101 app1.exe  tcp out 10.0.0.1:50000 -> 192.0.2.7:443  C:\apps\app1.exe"
+        );
+        assert!(
+            lines[1].contains(" ended ")
+                && lines[1].contains("after 1.2s, in 3.0 MiB (2.3k pkts), out 4.0 KiB (9 pkts)"),
+            "{}",
+            lines[1]
+        );
+        assert!(
+            lines[2].contains(" 102 ?  tcp"),
+            "evicted key, pid not resolvable: {}",
+            lines[2]
+        );
+        assert!(
+            lines[3].contains("   4 System  tcp") && lines[3].ends_with("[no process]"),
+            "{}",
+            lines[3]
+        );
+        let d = sys.driver.borrow();
+        assert_eq!(
+            d.reads,
+            [(0, false)],
+            "one read: fewer than a full batch means caught up"
+        );
+        assert_eq!(
+            d.process_calls,
+            [0],
+            "one pass over the process table for both keys"
+        );
+    }
+
+    #[test]
+    fn events_json_is_one_object_per_event() {
+        let mut sys = with_events();
+        let (code, out) = run_with(
+            &mut sys,
+            &["events", "--json", "--kind", "ended", "--pid", "101"],
+        );
+        assert_eq!(code, Ok(0));
+        let docs = json_lines(&out);
+        assert_eq!(docs.len(), 1, "{out}");
+        let d = &docs[0];
+        assert_eq!(
+            (d["schema"].as_str(), d["event"].as_str(), d["seq"].as_u64()),
+            (Some("wfpmon.event/1"), Some("ended"), Some(1))
+        );
+        assert_eq!(
+            (d["process"].as_str(), d["path"].as_str()),
+            (Some("app1.exe"), Some(r"C:\apps\app1.exe"))
+        );
+        assert_eq!(
+            (
+                d["age_ms"].as_u64(),
+                d["bytes_in"].as_u64(),
+                d["flow_handle"].as_str()
+            ),
+            (Some(1234), Some(3 << 20), Some("0x0000000100002001"))
+        );
+        assert_eq!(d["flags"], serde_json::json!([]));
+        assert_eq!(d["timestamp"], "2027-01-15T07:59:58.000Z");
+    }
+
+    #[test]
+    fn follow_waits_for_new_events_and_reports_the_ones_it_lost() {
+        let mut sys = with_events();
+        {
+            let mut d = sys.driver.borrow_mut();
+            d.ring = 4;
+            // While the first wait is pending 2 events come; then 7 at once
+            // into a ring of 4 (3 of them lost to this reader); then the
+            // driver stops.
+            d.arriving.push_back(vec![event(1 << 32 | 5); 2]);
+        }
+        let mut sys2 = with_events();
+        sys2.driver.borrow_mut().ring = 4;
+        let (code, out) = run_with(&mut sys, &["events", "--follow", "--json"]);
+        let err = code.unwrap_err();
+        assert_eq!(
+            err.exit_code(),
+            5,
+            "the driver's cancellation is no success"
+        );
+        assert!(
+            err.message
+                .contains("the pending event read was cancelled: the wfpmon driver is stopping"),
+            "{err}"
+        );
+        let docs = json_lines(&out);
+        assert_eq!(docs.len(), 2, "only events after the start: {out}");
+        assert!(
+            docs.iter()
+                .all(|d| d["process"] == "app5.exe" && d["seq"].as_u64() >= Some(4))
+        );
+        assert_eq!(sys.driver.borrow().reads, [(u64::MAX, true), (6, true)]);
+
+        // From the start, falling behind.
+        sys2.ctrl_c_cancels = true;
+        sys2.driver
+            .borrow_mut()
+            .arriving
+            .push_back(vec![event(1 << 32 | 1); 7]);
+        let (code, out) = run_with(&mut sys2, &["events", "--follow", "--from-start", "--json"]);
+        assert_eq!(code, Ok(0), "Ctrl+C ends the wait quietly");
+        let docs = json_lines(&out);
+        let schemas: Vec<&str> = docs.iter().map(|d| d["schema"].as_str().unwrap()).collect();
+        assert_eq!(schemas[..4], ["wfpmon.event/1"; 4]);
+        assert_eq!(docs[4]["schema"], "wfpmon.dropped/1");
+        assert_eq!(
+            (docs[4]["dropped"].as_u64(), docs[4]["next_seq"].as_u64()),
+            (Some(3), Some(7))
+        );
+        assert_eq!(
+            docs[5..]
+                .iter()
+                .map(|d| d["seq"].as_u64().unwrap())
+                .collect::<Vec<_>>(),
+            [7, 8, 9, 10]
+        );
+        assert_eq!(sys2.driver.borrow().cancelled, 1);
+    }
+
+    #[test]
+    fn events_count_stops_mid_batch_and_text_reports_drops() {
+        let mut sys = with_events();
+        let (code, out) = run_with(&mut sys, &["events", "--count", "2"]);
+        assert_eq!((code, out.lines().count()), (Ok(0), 2));
+        let mut sys = with_events();
+        sys.driver.borrow_mut().ring = 2;
+        sys.driver
+            .borrow_mut()
+            .arriving
+            .push_back(vec![event(1 << 32 | 1); 3]);
+        sys.driver
+            .borrow_mut()
+            .arriving
+            .push_back(vec![event(1 << 32 | 1); 1]);
+        let (code, out) = run_with(&mut sys, &["events", "--follow", "--count", "3"]);
+        assert_eq!(code, Ok(0));
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines[0].ends_with(" dropped 1 event(s), overwritten in the driver before they were read; next: event #5"), "{out}");
+        assert_eq!(lines.len(), 4, "the drop line and 3 events: {out}");
+        assert_eq!(sys.driver.borrow().reads, [(u64::MAX, true), (7, true)]);
+    }
+
+    #[test]
+    fn procs_pages_retries_a_busy_driver_and_shows_rates() {
+        let mut sys = running();
+        {
+            let mut d = sys.driver.borrow_mut();
+            d.processes = (1..=150).map(process).collect();
+            d.busy = 2;
+            d.evictions = 7;
+            d.now = 10_000_000;
+        }
+        let (code, out) = run_with(
+            &mut sys,
+            &["procs", "--json", "--sort", "pid", "--top", "3"],
+        );
+        assert_eq!(code, Ok(0));
+        let doc = &json_lines(&out)[0];
+        assert_eq!(
+            sys.driver.borrow().process_calls,
+            [0, 0, 0, 65, 129],
+            "two busy answers, then three pages"
+        );
+        assert_eq!(sys.sleeps, [Duration::from_millis(20); 2]);
+        assert_eq!(
+            (
+                doc["listed"].as_u64(),
+                doc["matched"].as_u64(),
+                doc["evictions"].as_u64(),
+                doc["capacity"].as_u64()
+            ),
+            (Some(150), Some(150), Some(7), Some(1024))
+        );
+        let p = &doc["processes"][0];
+        assert_eq!(
+            (
+                p["pid"].as_u64(),
+                p["process"].as_str(),
+                p["bytes_in"].as_u64(),
+                p["flows_total"].as_u64()
+            ),
+            (Some(101), Some("app1.exe"), Some(1001), Some(2))
+        );
+        assert_eq!(p["key"], "0x0000000100000001");
+        assert_eq!(
+            doc["totals"]["bytes_in"].as_u64(),
+            Some((1..=150).map(|s| 1000 + s).sum())
+        );
+
+        let mut sys = running();
+        sys.driver.borrow_mut().processes = vec![process(1), process(2)];
+        sys.driver.borrow_mut().busy = 5;
+        let err = run_with(&mut sys, &["procs"]).0.unwrap_err();
+        assert!(
+            err.message
+                .contains("stayed busy with other process queries (5 attempts)"),
+            "{err}"
+        );
+        assert_eq!(sys.sleeps.len(), 4);
+
+        // Rates from the driver's clock: 2 s later, app2 received 4000 bytes more.
+        let sys = running();
+        sys.driver.borrow_mut().processes = vec![process(1), process(2)];
+        sys.driver.borrow_mut().now = 100_000_000;
+        let cli = Cli::try_parse_from([
+            "wfpmonctl",
+            "procs",
+            "--json",
+            "--watch",
+            "1",
+            "--count",
+            "2",
+            "--sort",
+            "rate",
+        ])
+        .unwrap();
+        let mut out = Vec::new();
+        // The sleep of the watch is the moment traffic happens.
+        let driver = sys.driver.clone();
+        let mut wrapped = Wrapped {
+            inner: sys,
+            on_sleep: Box::new(move || {
+                let mut d = driver.borrow_mut();
+                d.now += 2_000_000; // each 0.1 s step of the watch
+                d.processes[1].ended[0] += 400;
+            }),
+        };
+        assert_eq!(run(&cli, &mut wrapped, &mut out), Ok(0));
+        let docs = json_lines(&String::from_utf8(out).unwrap());
+        assert!(docs[0].get("interval_s").is_none());
+        assert_eq!(docs[1]["interval_s"], 2.0);
+        assert_eq!(
+            (
+                docs[1]["processes"][0]["process"].as_str(),
+                docs[1]["processes"][0]["rate_in"].as_f64()
+            ),
+            (Some("app2.exe"), Some(2000.0))
+        );
+        assert_eq!(docs[1]["totals"]["rate_in"], 2000.0);
+    }
+
+    /// A [`Fake`] whose sleeps also run `on_sleep`.
+    struct Wrapped {
+        inner: Fake,
+        on_sleep: Box<dyn FnMut()>,
+    }
+
+    impl System for Wrapped {
+        type Engine = FakeEngine;
+        type Device = Shared;
+        fn engine(&mut self, d: bool) -> Result<FakeEngine, Error> {
+            self.inner.engine(d)
+        }
+        fn device(&mut self, w: bool) -> Result<Shared, Error> {
+            self.inner.device(w)
+        }
+        fn service_state(&mut self, n: &str) -> Result<&'static str, Error> {
+            self.inner.service_state(n)
+        }
+        fn process_name(&mut self, pid: u64) -> Option<String> {
+            self.inner.process_name(pid)
+        }
+        fn dos_devices(&mut self) -> Vec<(String, String)> {
+            self.inner.dos_devices()
+        }
+        fn terminal(&mut self) -> Option<Terminal> {
+            self.inner.terminal()
+        }
+        fn now(&mut self) -> (SystemTime, Duration) {
+            self.inner.now()
+        }
+        fn sleep(&mut self, d: Duration) {
+            (self.on_sleep)();
+            self.inner.sleep(d);
+        }
+        fn interrupted(&mut self) -> bool {
+            self.inner.interrupted()
+        }
+    }
+
+    #[test]
+    fn procs_text_and_flows_named_by_the_driver() {
+        let mut sys = running();
+        sys.driver.borrow_mut().processes = vec![process(1), process(2)];
+        let (code, out) = run_with(&mut sys, &["procs", "--proc", "APP2"]);
+        assert_eq!(code, Ok(0));
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines[0].split_whitespace().collect::<Vec<_>>(),
+            ["PID", "PROCESS", "FLOWS", "TOTAL", "IN", "OUT", "PATH"]
+        );
+        assert_eq!(
+            lines[1].split_whitespace().collect::<Vec<_>>(),
+            [
+                "102",
+                "app2.exe",
+                "1",
+                "2",
+                "1002",
+                "B",
+                "100",
+                "B",
+                r"C:\apps\app2.exe"
+            ]
+        );
+        assert_eq!(
+            lines[2],
+            "1 of 1 matching processes (2 in the driver's table of 1024: 0 evicted, 3 flows without a process); in 1002 B, out 100 B"
+        );
+
+        // flows: the driver's name by key (pid 101's user-mode name would be
+        // app101.exe); a key the table lacks and key 0 fall back to the PID.
+        let mut sys = running();
+        {
+            let mut d = sys.driver.borrow_mut();
+            d.processes = vec![process(7)];
+            d.flows[0].process_key = 1 << 32 | 7;
+            d.flows[1].process_key = 1 << 32 | 8;
+        }
+        let (_, out) = run_with(&mut sys, &["flows", "--json", "--sort", "pid"]);
+        let doc = &json_lines(&out)[0];
+        let names: Vec<&str> = doc["flows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["process"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["app7.exe", "?", "app103.exe"]);
+        assert_eq!(sys.driver.borrow().process_calls, [0]);
     }
 }

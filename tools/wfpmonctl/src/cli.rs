@@ -59,6 +59,12 @@ pub enum Command {
     },
     /// Show the tracked flows: which program talks to whom, and how fast.
     Flows(FlowsArgs),
+    /// Show flow events: connections opened and closed, with final counts.
+    ///
+    /// Without --follow: the events the driver still holds, oldest first.
+    Events(EventsArgs),
+    /// Show per-process totals (active and ended flows), like Resource Monitor.
+    Procs(ProcsArgs),
     /// Turn traffic counting on or off (flows are tracked either way).
     Counting {
         /// on or off.
@@ -102,6 +108,75 @@ pub struct FlowsArgs {
     /// Refreshing (rates appear from the second refresh on).
     #[command(flatten)]
     pub watch: Watch,
+}
+
+/// Options of `events`.
+#[allow(clippy::struct_excessive_bools)] // four independent switches
+#[derive(Clone, Debug, Default, Args)]
+pub struct EventsArgs {
+    /// Wait for new events until Ctrl+C (from now on, unless --from-start).
+    #[arg(short, long)]
+    pub follow: bool,
+    /// With --follow: begin with the events the driver still holds.
+    #[arg(long, requires = "follow")]
+    pub from_start: bool,
+    /// Stop after N events (those passing the filters).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+    /// Only this kind of event.
+    #[arg(long, value_parser = ["established", "ended"])]
+    pub kind: Option<String>,
+    /// Print one JSON object per line (schemas wfpmon.event/1 and wfpmon.dropped/1).
+    #[arg(long)]
+    pub json: bool,
+    /// Exact numbers instead of human units.
+    #[arg(long)]
+    pub raw: bool,
+    /// Which flows' events to show.
+    #[command(flatten)]
+    pub filter: Filter,
+}
+
+/// Options of `procs`.
+#[derive(Clone, Debug, Default, Args)]
+pub struct ProcsArgs {
+    /// Print JSON (schema wfpmon.procs/1; with --watch one object per line).
+    #[arg(long)]
+    pub json: bool,
+    /// Exact numbers instead of human units.
+    #[arg(long)]
+    pub raw: bool,
+    /// Order of the list (largest first; pid and proc ascending).
+    #[arg(long, value_enum, default_value_t)]
+    pub sort: ProcSort,
+    /// Show only the first N processes after sorting.
+    #[arg(long, value_name = "N")]
+    pub top: Option<usize>,
+    /// Only this process id.
+    #[arg(long)]
+    pub pid: Option<u64>,
+    /// Only processes whose name contains NAME (case-insensitive).
+    #[arg(long = "proc", value_name = "NAME")]
+    pub process: Option<String>,
+    /// Refreshing (rates appear from the second refresh on).
+    #[command(flatten)]
+    pub watch: Watch,
+}
+
+/// Sort orders of `procs`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum ProcSort {
+    /// Bytes in + out, active and ended flows.
+    #[default]
+    Bytes,
+    /// Current rate in + out (bytes until a second refresh).
+    Rate,
+    /// Active flows.
+    Flows,
+    /// Process id.
+    Pid,
+    /// Process name.
+    Proc,
 }
 
 /// Filters applied after the whole flow list is fetched.
@@ -283,5 +358,79 @@ mod tests {
         let help = parse(&["--help"]).unwrap_err();
         assert_eq!(help.exit_code(), 0);
         assert!(help.render().to_string().contains(&exit_codes_help()));
+    }
+
+    #[test]
+    fn events_and_procs_options() {
+        let Command::Events(e) = parse(&[
+            "events",
+            "-f",
+            "--from-start",
+            "--count",
+            "5",
+            "--kind",
+            "ended",
+            "--json",
+            "--raw",
+            "--proc",
+            "fire",
+            "--port",
+            "443",
+        ])
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (
+                e.follow,
+                e.from_start,
+                e.count,
+                e.kind.as_deref(),
+                e.json,
+                e.raw
+            ),
+            (true, true, Some(5), Some("ended"), true, true)
+        );
+        assert_eq!(
+            (e.filter.process.as_deref(), e.filter.port),
+            (Some("fire"), Some(443))
+        );
+        let Command::Procs(p) = parse(&[
+            "procs", "--sort", "flows", "--top", "3", "--pid", "4", "--proc", "svc", "--watch",
+            "1", "--count", "2", "--json",
+        ])
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (
+                p.sort,
+                p.top,
+                p.pid,
+                p.process.as_deref(),
+                p.watch.watch,
+                p.watch.count,
+                p.json
+            ),
+            (
+                ProcSort::Flows,
+                Some(3),
+                Some(4),
+                Some("svc"),
+                Some(1.0),
+                Some(2),
+                true
+            )
+        );
+        for args in [
+            &["events", "--from-start"][..],
+            &["events", "--count", "0"],
+            &["events", "--kind", "opened"],
+            &["events", "--watch", "1"],
+            &["procs", "--sort", "size"],
+            &["procs", "--count", "2"],
+        ] {
+            usage_error(args);
+        }
     }
 }

@@ -4,11 +4,18 @@
 //! simulated driver in the tests). The only module that knows the IOCTLs:
 //! a paged flow list changes only here.
 
+use std::time::Duration;
+
+use wfpmon_core::events::FlowEvent;
 use wfpmon_core::protocol::{
-    self, DecodeError, FlowEntry, IOCTL_WFPMON_LIST_FLOWS as LIST_FLOWS,
-    IOCTL_WFPMON_QUERY_STATS as QUERY_STATS, IOCTL_WFPMON_SET_COUNTING as SET_COUNTING,
-    ListFlowsRequest, PROTOCOL_VERSION, QueryStatsRequest, SetCountingRequest, Stats,
+    self, DecodeError, EventsHeader, FlowEntry, IOCTL_WFPMON_LIST_FLOWS as LIST_FLOWS,
+    IOCTL_WFPMON_LIST_PROCESSES as LIST_PROCESSES, IOCTL_WFPMON_QUERY_STATS as QUERY_STATS,
+    IOCTL_WFPMON_READ_EVENTS as READ_EVENTS, IOCTL_WFPMON_SET_COUNTING as SET_COUNTING,
+    ListFlowsRequest, ListProcessesRequest, MAX_EVENTS_PER_CALL, MAX_PROCESSES_PER_CALL,
+    PROTOCOL_VERSION, ProcessEntry, ProcessListHeader, QueryStatsRequest, ReadEventsRequest,
+    SetCountingRequest, Stats,
 };
+use windows_sys::Win32::Foundation::ERROR_BUSY;
 
 use crate::error::{Error, Kind, Step, SystemCode};
 
@@ -33,6 +40,8 @@ fn call<D: ControlDevice>(
     let name = match code {
         QUERY_STATS => "IOCTL_WFPMON_QUERY_STATS",
         LIST_FLOWS => "IOCTL_WFPMON_LIST_FLOWS",
+        READ_EVENTS => "IOCTL_WFPMON_READ_EVENTS",
+        LIST_PROCESSES => "IOCTL_WFPMON_LIST_PROCESSES",
         _ => "IOCTL_WFPMON_SET_COUNTING",
     };
     match device.ioctl(code, input, output) {
@@ -109,12 +118,87 @@ pub fn list_flows<D: ControlDevice>(device: &mut D) -> Result<FlowList, Error> {
     }
 }
 
+/// Reads one batch of flow events from `cursor` on (a sequence number, or
+/// [`wfpmon_core::events::FROM_NOW`]). With `wait`, the request pends in the
+/// driver until an event exists (the inverted call); it ends early with
+/// `ERROR_OPERATION_ABORTED` when cancelled (`CancelIoEx`) or when the driver
+/// stops.
+pub fn read_events<D: ControlDevice>(
+    device: &mut D,
+    cursor: u64,
+    wait: bool,
+) -> Result<(EventsHeader, Vec<FlowEvent>), Error> {
+    let mut out = vec![0u8; EventsHeader::SIZE + MAX_EVENTS_PER_CALL * FlowEvent::SIZE];
+    let request = ReadEventsRequest::new(0, cursor, wait).to_bytes();
+    let n = call(device, READ_EVENTS, &request, &mut out)?;
+    let (header, events) = EventsHeader::decode(&out[..n]).map_err(protocol_error)?;
+    Ok((header, events.collect()))
+}
+
+/// Attempts of a process query the driver answers `STATUS_DEVICE_BUSY`
+/// (`ERROR_BUSY`: another query is running; they run one at a time), and
+/// the pause between them.
+pub const BUSY_ATTEMPTS: u32 = 5;
+pub const BUSY_PAUSE: Duration = Duration::from_millis(20);
+
+/// The driver's process table: every entry, and the last page's header
+/// (its `now`, capacity, evictions and unattributed flows).
+#[derive(Clone, Debug, Default)]
+pub struct ProcessList {
+    pub header: ProcessListHeader,
+    pub entries: Vec<ProcessEntry>,
+}
+
+/// Lists the driver's process table, page by page (at most
+/// [`MAX_PROCESSES_PER_CALL`] entries per call, from the previous page's
+/// `next_slot`). A busy answer is tried again after `pause`.
+pub fn list_processes<D: ControlDevice>(
+    device: &mut D,
+    pause: &mut dyn FnMut(Duration),
+) -> Result<ProcessList, Error> {
+    let mut out = vec![0u8; ProcessListHeader::SIZE + MAX_PROCESSES_PER_CALL * ProcessEntry::SIZE];
+    let mut list = ProcessList::default();
+    let mut cursor = 0;
+    loop {
+        let request = ListProcessesRequest::new(0, cursor).to_bytes();
+        let mut attempt = 1;
+        let n = loop {
+            match call(device, LIST_PROCESSES, &request, &mut out) {
+                Err(e) if e.system == Some(SystemCode::Win32(ERROR_BUSY)) => {
+                    if attempt == BUSY_ATTEMPTS {
+                        let message = format!(
+                            "{}: the driver stayed busy with other process queries ({BUSY_ATTEMPTS} attempts); try again",
+                            e.message
+                        );
+                        return Err(Error { message, ..e });
+                    }
+                    attempt += 1;
+                    pause(BUSY_PAUSE);
+                }
+                other => break other?,
+            }
+        };
+        let (header, entries) = ProcessListHeader::decode(&out[..n]).map_err(protocol_error)?;
+        list.entries.extend(entries);
+        list.header = header;
+        if header.flags & protocol::PROCESS_LIST_MORE == 0 {
+            return Ok(list);
+        }
+        if header.next_slot <= cursor {
+            // No progress: the driver would be asked the same forever.
+            return Err(protocol_error(DecodeError::Size));
+        }
+        cursor = header.next_slot;
+    }
+}
+
 #[cfg(test)]
 pub mod sim {
     //! A simulated driver: validates every request with the driver's own
     //! `parse_request` and answers as the protocol specifies.
 
     use super::*;
+    use std::collections::VecDeque;
     use wfpmon_core::protocol::{FlowListHeader, Header, Request, parse_request};
 
     #[derive(Debug, Default)]
@@ -126,6 +210,170 @@ pub mod sim {
         pub growth_per_call: usize,
         pub version: Option<u32>,
         pub list_calls: usize,
+        /// Every event written (`events[i].seq == i`); the ring holds the
+        /// last `ring` of them (0: all).
+        pub events: Vec<FlowEvent>,
+        pub ring: usize,
+        /// What a read that has to wait gets: events written meanwhile (one
+        /// batch per waiting read). None left: the wait ends cancelled
+        /// (`ERROR_OPERATION_ABORTED`), and `cancelled` counts it.
+        pub arriving: VecDeque<Vec<FlowEvent>>,
+        pub cancelled: usize,
+        /// Cursors and wait flags of the event reads.
+        pub reads: Vec<(u64, bool)>,
+        /// The driver's interrupt time in its answers.
+        pub now: u64,
+        pub processes: Vec<ProcessEntry>,
+        pub evictions: u64,
+        /// `LIST_PROCESSES` calls answered `ERROR_BUSY` before the others.
+        pub busy: usize,
+        /// Cursor slots of the `LIST_PROCESSES` calls (busy ones included).
+        pub process_calls: Vec<u32>,
+    }
+
+    /// An ended TCP flow event of process `key` (pid 100 + its slot).
+    pub fn event(key: u64) -> FlowEvent {
+        let mut e = FlowEvent {
+            time: 50_000_000,
+            kind: wfpmon_core::events::EVENT_ENDED,
+            address_family: 2,
+            process_id: 100 + u32::try_from(key & 0xFFFF).unwrap(),
+            process_key: key,
+            flow_id: 0x2000 + key,
+            duration: 12_345_678,
+            local_port: 50_000,
+            remote_port: 443,
+            ip_protocol: 6,
+            bytes_inbound: 3 << 20,
+            bytes_outbound: 4096,
+            packets_inbound: 2300,
+            packets_outbound: 9,
+            ..FlowEvent::default()
+        };
+        e.local_address[..4].copy_from_slice(&[10, 0, 0, 1]);
+        e.remote_address[..4].copy_from_slice(&[192, 0, 2, 7]);
+        e
+    }
+
+    /// Process entry of slot `slot` (key generation 1), pid 100 + slot, at
+    /// `\device\harddiskvolume3\apps\app<slot>.exe`.
+    pub fn process(slot: u32) -> ProcessEntry {
+        let path: Vec<u16> = format!(r"\device\harddiskvolume3\apps\app{slot}.exe")
+            .encode_utf16()
+            .collect();
+        let mut p = ProcessEntry {
+            key: 1 << 32 | u64::from(slot),
+            process_id: 100 + slot,
+            flags: 0,
+            path_units: u16::try_from(path.len()).unwrap(),
+            active_flows: 1,
+            reserved: 0,
+            flows_total: 2,
+            first_seen: 10_000_000,
+            last_seen: 40_000_000,
+            active: [1000, 100, 10, 5],
+            ended: [u64::from(slot), 0, 1, 1],
+            path: [0; wfpmon_core::process::PATH_UNITS],
+        };
+        p.path[..path.len()].copy_from_slice(&path);
+        p
+    }
+
+    impl SimDriver {
+        fn read_events(
+            &mut self,
+            out: &mut [u8],
+            capacity: usize,
+            cursor: u64,
+            wait: bool,
+        ) -> Result<usize, IoctlError> {
+            self.reads.push((cursor, wait));
+            let head = self.events.len() as u64;
+            let from = cursor.min(head);
+            if wait && from == head {
+                let Some(batch) = self.arriving.pop_front() else {
+                    self.cancelled += 1;
+                    return Err(IoctlError(SystemCode::Win32(995)));
+                };
+                for mut e in batch {
+                    e.seq = self.events.len() as u64;
+                    self.events.push(e);
+                }
+            }
+            let head = self.events.len() as u64;
+            let oldest = if self.ring == 0 {
+                0
+            } else {
+                head.saturating_sub(self.ring as u64)
+            };
+            let start = from.max(oldest);
+            let n = capacity.min(usize::try_from(head - start).unwrap());
+            let size = EventsHeader::SIZE + n * FlowEvent::SIZE;
+            let header = EventsHeader {
+                header: Header {
+                    version: PROTOCOL_VERSION,
+                    size: u32::try_from(size).unwrap(),
+                },
+                returned: u32::try_from(n).unwrap(),
+                event_size: u32::try_from(FlowEvent::SIZE).unwrap(),
+                next: start + n as u64,
+                dropped: start - from,
+                oldest,
+                now: self.now,
+            };
+            let mut at = header.encode(out);
+            for e in &self.events[usize::try_from(start).unwrap()..][..n] {
+                at += e.encode(&mut out[at..]);
+            }
+            Ok(at)
+        }
+
+        fn list_processes(
+            &mut self,
+            out: &mut [u8],
+            capacity: usize,
+            cursor: u32,
+        ) -> Result<usize, IoctlError> {
+            self.process_calls.push(cursor);
+            if self.busy > 0 {
+                self.busy -= 1;
+                return Err(IoctlError(SystemCode::Win32(ERROR_BUSY)));
+            }
+            let slot = |p: &ProcessEntry| u32::try_from(p.key & 0xFFFF_FFFF).unwrap();
+            let mut from: Vec<&ProcessEntry> = self
+                .processes
+                .iter()
+                .filter(|p| slot(p) >= cursor)
+                .collect();
+            from.sort_by_key(|p| slot(p));
+            let more = from.len() > capacity;
+            from.truncate(capacity);
+            let size = ProcessListHeader::SIZE + from.len() * ProcessEntry::SIZE;
+            let header = ProcessListHeader {
+                header: Header {
+                    version: PROTOCOL_VERSION,
+                    size: u32::try_from(size).unwrap(),
+                },
+                returned: u32::try_from(from.len()).unwrap(),
+                entry_size: u32::try_from(ProcessEntry::SIZE).unwrap(),
+                flags: if more { protocol::PROCESS_LIST_MORE } else { 0 },
+                next_slot: if more {
+                    slot(from[capacity - 1]) + 1
+                } else {
+                    0
+                },
+                now: self.now,
+                capacity: protocol::PROCESS_SLOTS,
+                reserved: 0,
+                evictions: self.evictions,
+                unattributed_flows: 3,
+            };
+            let mut at = header.encode(out);
+            for p in from {
+                at += p.encode(&mut out[at..]);
+            }
+            Ok(at)
+        }
     }
 
     pub fn flow(i: u64) -> FlowEntry {
@@ -148,6 +396,7 @@ pub mod sim {
             address_family: 2,
             ip_protocol: 6,
             direction: 0,
+            process_key: 0,
         }
     }
 
@@ -201,6 +450,15 @@ pub mod sim {
                     }
                     Ok(at)
                 }
+                Request::ReadEvents {
+                    capacity,
+                    cursor,
+                    wait,
+                } => self.read_events(out, capacity, cursor, wait),
+                Request::ListProcesses {
+                    capacity,
+                    cursor_slot,
+                } => self.list_processes(out, capacity, cursor_slot),
             }
         }
     }
@@ -301,6 +559,68 @@ mod tests {
                 .unwrap_err()
                 .exit_code(),
             3
+        );
+    }
+
+    #[test]
+    fn a_process_table_that_makes_no_progress_is_a_protocol_error() {
+        struct Stuck(u32);
+        impl ControlDevice for Stuck {
+            fn ioctl(&mut self, _: u32, _: &[u8], out: &mut [u8]) -> Result<usize, IoctlError> {
+                let header = ProcessListHeader {
+                    header: wfpmon_core::protocol::Header {
+                        version: PROTOCOL_VERSION,
+                        size: u32::try_from(ProcessListHeader::SIZE).unwrap(),
+                    },
+                    entry_size: u32::try_from(ProcessEntry::SIZE).unwrap(),
+                    flags: protocol::PROCESS_LIST_MORE,
+                    next_slot: self.0,
+                    ..ProcessListHeader::default()
+                };
+                self.0 = self.0.saturating_sub(1);
+                Ok(header.encode(out))
+            }
+        }
+        let err = list_processes(&mut Stuck(2), &mut |_| ()).unwrap_err();
+        assert_eq!(err.exit_code(), 7, "{err}");
+    }
+
+    #[test]
+    fn event_reads_decode_batches_and_refuse_other_versions() {
+        struct Old;
+        impl ControlDevice for Old {
+            fn ioctl(&mut self, _: u32, _: &[u8], out: &mut [u8]) -> Result<usize, IoctlError> {
+                let mut h = EventsHeader {
+                    event_size: 128,
+                    ..EventsHeader::default()
+                };
+                h.header.version = PROTOCOL_VERSION - 1;
+                h.header.size = 48;
+                Ok(h.encode(out))
+            }
+        }
+        let mut d = SimDriver {
+            events: (0..300)
+                .map(|i| {
+                    let mut e = sim::event(1);
+                    e.seq = i;
+                    e
+                })
+                .collect(),
+            ..SimDriver::default()
+        };
+        let (header, events) = read_events(&mut d, 10, false).unwrap();
+        assert_eq!(
+            (header.next, header.dropped, events.len(), events[0].seq),
+            (266, 0, 256, 10)
+        );
+        let (header, events) = read_events(&mut d, 266, true).unwrap();
+        assert_eq!((header.next, events.len()), (300, 34));
+        let err = read_events(&mut Old, 0, false).unwrap_err();
+        assert_eq!(err.exit_code(), 7);
+        assert!(
+            err.message.contains("control-protocol version 3, not 4"),
+            "{err}"
         );
     }
 }

@@ -60,6 +60,27 @@ impl Previous {
     }
 }
 
+/// Bytes per second (in, out) of `bytes` counted since `before`, `interval`
+/// seconds ago; without `before` (new since), over its `age`, or the
+/// interval if that is longer.
+pub fn rates(
+    bytes: (u64, u64),
+    before: Option<(u64, u64)>,
+    interval: f64,
+    age: f64,
+) -> (Option<f64>, Option<f64>) {
+    let span = if before.is_some() {
+        interval
+    } else {
+        interval.max(age)
+    }
+    .max(1e-3);
+    let (bin, bout) = before.unwrap_or_default();
+    #[allow(clippy::cast_precision_loss)] // a rate: 52 bits are plenty
+    let rate = |n: u64, b: u64| Some(n.saturating_sub(b) as f64 / span);
+    (rate(bytes.0, bin), rate(bytes.1, bout))
+}
+
 /// One flow as shown.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct FlowRow {
@@ -116,24 +137,11 @@ impl FlowRow {
     pub fn new(e: &FlowEntry, process: String, previous: Option<&Previous>) -> Self {
         let v4 = AddressFamily::from_af(e.address_family) == Some(AddressFamily::V4);
         let icmp = is_icmp(e.ip_protocol);
-        #[allow(clippy::cast_precision_loss)] // a rate: 52 bits are plenty
-        let rate =
-            |now: u64, before: u64, seconds: f64| now.saturating_sub(before) as f64 / seconds;
         let (rate_in, rate_out) = previous.map_or((None, None), |p| {
-            let before = p.bytes.get(&e.flow_id).copied();
             #[allow(clippy::cast_precision_loss)] // milliseconds: 52 bits are plenty
             let age = e.age_ms as f64 / 1000.0;
-            let seconds = if before.is_some() {
-                p.elapsed
-            } else {
-                p.elapsed.max(age)
-            }
-            .max(1e-3);
-            let (bin, bout) = before.unwrap_or_default();
-            (
-                Some(rate(e.bytes_inbound, bin, seconds)),
-                Some(rate(e.bytes_outbound, bout, seconds)),
-            )
+            let before = p.bytes.get(&e.flow_id).copied();
+            rates((e.bytes_inbound, e.bytes_outbound), before, p.elapsed, age)
         });
         Self {
             flow_handle: format!("{:#018x}", e.flow_id),

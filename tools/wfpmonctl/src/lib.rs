@@ -11,8 +11,10 @@ mod cli;
 mod device;
 mod engine;
 mod error;
+mod events;
 mod flows;
 mod plan;
+mod procs;
 mod render;
 mod status;
 #[cfg(windows)]

@@ -3,11 +3,19 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::time::SystemTime;
 
 use serde::Serialize;
 use wfpmon_core::protocol::Stats;
 
-use crate::flows::{FlowRow, FlowsDoc};
+use crate::events::{DroppedDoc, EventDoc};
+use crate::flows::{FlowRow, FlowsDoc, Totals};
+use crate::procs::ProcsDoc;
+
+/// RFC 3339, UTC, milliseconds: every time wfpmonctl shows.
+pub fn timestamp(time: SystemTime) -> String {
+    humantime::format_rfc3339_millis(time).to_string()
+}
 
 const IEC: [&str; 6] = [" B", " KiB", " MiB", " GiB", " TiB", " PiB"];
 const SI: [&str; 6] = ["", "k", "M", "G", "T", "P"];
@@ -191,15 +199,20 @@ pub fn flows_text(doc: &FlowsDoc, raw: bool, verbose: bool, width: Option<usize>
         })
         .collect();
     let mut out = table(&columns, &rows, width);
-    let t = &doc.totals;
-    let (bin, bout) = (bytes(t.bytes_in, raw), bytes(t.bytes_out, raw));
     let _ = write!(
         out,
-        "{} of {} matching flows ({} active); in {bin}, out {bout}",
+        "{} of {} matching flows ({} active)",
         doc.flows.len(),
         doc.matched,
         doc.active
     );
+    footer(out, &doc.totals, raw)
+}
+
+/// Ends a view's last line with its traffic totals (and rates).
+fn footer(mut out: String, t: &Totals, raw: bool) -> String {
+    let (bin, bout) = (bytes(t.bytes_in, raw), bytes(t.bytes_out, raw));
+    let _ = write!(out, "; in {bin}, out {bout}");
     if let (Some(rin), Some(rout)) = (t.rate_in, t.rate_out) {
         let _ = write!(
             out,
@@ -210,6 +223,103 @@ pub fn flows_text(doc: &FlowsDoc, raw: bool, verbose: bool, width: Option<usize>
     }
     out.push('\n');
     out
+}
+
+/// An event as one line: time, kind, PID and process, protocol, direction
+/// and endpoints; for an ended flow its duration and final counters; flags;
+/// the image path.
+pub fn event_line(d: &EventDoc, raw: bool) -> String {
+    let f = &d.flow;
+    let arrow = if f.direction == "in" { "<-" } else { "->" };
+    let mut line = format!(
+        "{} {:<11} {:>6} {}  {} {} {} {arrow} {}",
+        d.timestamp,
+        d.event,
+        f.pid,
+        f.process,
+        protocol(f),
+        f.direction,
+        endpoint(&f.local_address, f.local_port),
+        endpoint(&f.remote_address, f.remote_port),
+    );
+    if d.event == "ended" {
+        let _ = write!(
+            line,
+            "  after {}, in {} ({} pkts), out {} ({} pkts)",
+            age(f.age_ms, raw),
+            bytes(f.bytes_in, raw),
+            count(f.packets_in, raw),
+            bytes(f.bytes_out, raw),
+            count(f.packets_out, raw)
+        );
+    }
+    for flag in &d.flags {
+        let _ = write!(line, " [{}]", flag.replace('_', " "));
+    }
+    if let Some(path) = &d.path {
+        let _ = write!(line, "  {path}");
+    }
+    line.push('\n');
+    line
+}
+
+/// The line that says events were lost.
+pub fn dropped_line(d: &DroppedDoc) -> String {
+    format!(
+        "{} dropped {} event(s), overwritten in the driver before they were read; next: event #{}\n",
+        d.timestamp, d.dropped, d.next_seq
+    )
+}
+
+/// The processes view as text: one row per process, the driver's table
+/// in the footer.
+pub fn procs_text(doc: &ProcsDoc, raw: bool, width: Option<usize>) -> String {
+    let rates = doc.interval_s.is_some();
+    let totals = if rates { 2 } else { 0 };
+    let mut columns = vec![
+        Column("PID", true, 0, 0),
+        Column("PROCESS", false, 0, 8),
+        Column("FLOWS", true, 0, 0),
+        Column("TOTAL", true, 1, 0),
+        Column("IN", true, totals, 0),
+        Column("OUT", true, totals, 0),
+    ];
+    if rates {
+        columns.extend([Column("IN/s", true, 0, 0), Column("OUT/s", true, 0, 0)]);
+    }
+    columns.push(Column("PATH", false, 0, 12));
+    let rows: Vec<Vec<String>> = doc
+        .processes
+        .iter()
+        .map(|p| {
+            let mut row = vec![
+                p.pid.map_or_else(|| "-".to_owned(), |pid| pid.to_string()),
+                p.process.clone(),
+                p.active_flows.to_string(),
+                p.flows_total.to_string(),
+                bytes(p.bytes_in, raw),
+                bytes(p.bytes_out, raw),
+            ];
+            if rates {
+                row.push(rate(p.rate_in.unwrap_or(0.0), raw));
+                row.push(rate(p.rate_out.unwrap_or(0.0), raw));
+            }
+            row.push(p.path.clone().unwrap_or_default());
+            row
+        })
+        .collect();
+    let mut out = table(&columns, &rows, width);
+    let _ = write!(
+        out,
+        "{} of {} matching processes ({} in the driver's table of {}: {} evicted, {} flows without a process)",
+        doc.processes.len(),
+        doc.matched,
+        doc.listed,
+        doc.capacity,
+        doc.evictions,
+        doc.unattributed_flows,
+    );
+    footer(out, &doc.totals, raw)
 }
 
 /// The `wfpmon.stats/1` document: schema, time, and every counter of
@@ -413,6 +523,113 @@ mod tests {
         assert!(
             raw.lines()
                 .any(|l| l.starts_with("bytes in") && l.ends_with(" 2048"))
+        );
+    }
+
+    #[test]
+    fn event_lines() {
+        use crate::device::sim::event;
+        use crate::events::{DroppedDoc, EventDoc};
+        use crate::procs::Proc;
+        let wall = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(100);
+        let mut e = event(1 << 32 | 2);
+        e.kind = wfpmon_core::events::EVENT_ESTABLISHED;
+        e.direction = 1;
+        e.address_family = 23;
+        e.local_address = "2001:db8::1"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets();
+        e.remote_address = "2001:db8::2"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets();
+        e.flags = wfpmon_core::events::EVENT_FLAG_NOT_TRACKED;
+        let d = EventDoc::new(
+            &e,
+            Proc {
+                name: "a.exe".into(),
+                ..Proc::default()
+            },
+            50_000_000,
+            wall,
+        );
+        assert_eq!(
+            event_line(&d, false),
+            "1970-01-01T00:01:40.000Z established    102 a.exe  tcp in [2001:db8::1]:50000 <- [2001:db8::2]:443 [not tracked]\n"
+        );
+        e.kind = wfpmon_core::events::EVENT_ENDED;
+        e.flags = 0;
+        let d = EventDoc::new(&e, Proc::default(), 50_000_000, wall);
+        assert!(
+            event_line(&d, true)
+                .ends_with(" after 1234ms, in 3145728 (2300 pkts), out 4096 (9 pkts)\n")
+        );
+        assert_eq!(
+            dropped_line(&DroppedDoc::new(3, 7, wall)),
+            "1970-01-01T00:01:40.000Z dropped 3 event(s), overwritten in the driver before they were read; next: event #7\n"
+        );
+    }
+
+    #[test]
+    fn procs_text_fits_and_keeps_the_names() {
+        use crate::cli::ProcsArgs;
+        use crate::device::{ProcessList, sim::process};
+        use crate::procs::{Previous, Proc, ProcRow, ProcsDoc};
+        let list = ProcessList {
+            entries: (1..=3).map(process).collect(),
+            ..ProcessList::default()
+        };
+        let doc = |rates: bool| {
+            let before = Previous::default();
+            let rows = list
+                .entries
+                .iter()
+                .map(|e| {
+                    let mut proc = Proc::of(e, &[], &mut |_| None);
+                    proc.name = format!("a-long-process-name-{}.exe", e.process_id);
+                    ProcRow::new(
+                        e,
+                        proc,
+                        (10_000_000, SystemTime::UNIX_EPOCH),
+                        rates.then_some(&before),
+                    )
+                })
+                .collect();
+            ProcsDoc::new(
+                &ProcsArgs::default(),
+                "t".into(),
+                &list,
+                rows,
+                rates.then_some(1.0),
+            )
+        };
+        for width in [80, 100] {
+            for rates in [false, true] {
+                let text = procs_text(&doc(rates), false, Some(width));
+                let lines: Vec<&str> = text.lines().collect();
+                for line in &lines[..lines.len() - 1] {
+                    assert!(line.chars().count() <= width, "{width}: {line}");
+                }
+                assert!(
+                    lines[0].starts_with("PID") && lines[0].contains("PATH"),
+                    "{text}"
+                );
+                assert_eq!(lines[0].contains("IN/s"), rates);
+                assert!(lines[1].trim_start().starts_with("103 "), "{text}");
+            }
+        }
+        let wide = procs_text(&doc(true), true, None);
+        assert!(
+            wide.contains(r"\device\harddiskvolume3\apps\app3.exe")
+                && wide.contains("a-long-process-name-103.exe")
+        );
+        assert!(
+            wide.lines()
+                .last()
+                .unwrap()
+                .contains("; now 3006/s in, 300/s out"),
+            "{wide}"
         );
     }
 }

@@ -25,6 +25,8 @@ fn help_exits_zero_and_lists_subcommands_and_exit_codes() {
         "status",
         "stats",
         "flows",
+        "events",
+        "procs",
         "counting",
         "Exit codes:",
     ] {
@@ -70,6 +72,8 @@ fn usage_errors_exit_two() {
         &["flows", "--watch", "0"][..],
         &["flows", "--top", "x"][..],
         &["counting", "sideways"][..],
+        &["events", "--from-start"][..],
+        &["procs", "--sort", "nope"][..],
     ] {
         let out = run(args);
         assert_eq!(
@@ -89,6 +93,8 @@ fn valid_commands_off_windows_exit_one_with_an_explanation() {
         &["status"][..],
         &["install", "--persistent"][..],
         &["counting", "on"][..],
+        &["events", "--follow"][..],
+        &["procs"][..],
     ] {
         let out = run(args);
         assert_eq!(out.status.code(), Some(1), "{args:?}");

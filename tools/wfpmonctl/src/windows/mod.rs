@@ -6,29 +6,34 @@
 
 mod fwpm;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use wfpmon_core::catalog;
 use windows_sys::Win32::Foundation::{
-    CloseHandle, ERROR_MORE_DATA, ERROR_SERVICE_DOES_NOT_EXIST, GENERIC_READ, GENERIC_WRITE,
-    GetLastError, HANDLE, INVALID_HANDLE_VALUE,
+    CloseHandle, ERROR_IO_PENDING, ERROR_MORE_DATA, ERROR_SERVICE_DOES_NOT_EXIST, GENERIC_READ,
+    GENERIC_WRITE, GetLastError, HANDLE, INVALID_HANDLE_VALUE, WAIT_TIMEOUT,
 };
 use windows_sys::Win32::Storage::FileSystem::{
-    CreateFileW, FILE_SHARE_READ, FILE_SHARE_WRITE, OPEN_EXISTING,
+    CreateFileW, FILE_FLAG_OVERLAPPED, FILE_SHARE_READ, FILE_SHARE_WRITE, OPEN_EXISTING,
+    QueryDosDeviceW,
 };
 use windows_sys::Win32::System::Console::{
     CONSOLE_SCREEN_BUFFER_INFO, CTRL_BREAK_EVENT, CTRL_C_EVENT, ENABLE_VIRTUAL_TERMINAL_PROCESSING,
     GetConsoleMode, GetConsoleScreenBufferInfo, GetStdHandle, STD_OUTPUT_HANDLE,
     SetConsoleCtrlHandler, SetConsoleMode,
 };
-use windows_sys::Win32::System::IO::DeviceIoControl;
+use windows_sys::Win32::System::IO::{
+    CancelIoEx, DeviceIoControl, GetOverlappedResultEx, OVERLAPPED,
+};
 use windows_sys::Win32::System::Services::{
     CloseServiceHandle, OpenSCManagerW, OpenServiceW, QueryServiceStatusEx, SC_MANAGER_CONNECT,
     SC_STATUS_PROCESS_INFO, SERVICE_QUERY_STATUS, SERVICE_STATUS_PROCESS,
 };
 use windows_sys::Win32::System::Threading::{
-    OpenProcess, PROCESS_NAME_WIN32, PROCESS_QUERY_LIMITED_INFORMATION, QueryFullProcessImageNameW,
+    CreateEventW, OpenProcess, PROCESS_NAME_WIN32, PROCESS_QUERY_LIMITED_INFORMATION,
+    QueryFullProcessImageNameW,
 };
 use windows_sys::core::BOOL;
 
@@ -73,15 +78,62 @@ impl Drop for Owned {
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+/// The open control device, whose requests Ctrl+C cancels (null: none).
+static DEVICE: AtomicPtr<c_void> = AtomicPtr::new(std::ptr::null_mut());
 
-/// Console control handler: Ctrl+C and Ctrl+Break end a refresh loop
-/// quietly instead of killing the process.
+/// Console control handler (it runs on a thread of its own): Ctrl+C and
+/// Ctrl+Break end a refresh loop quietly instead of killing the process,
+/// and cancel a request pending in the driver (`events --follow`), which
+/// then completes with `STATUS_CANCELLED` (`ERROR_OPERATION_ABORTED`).
 unsafe extern "system" fn on_ctrl(event: u32) -> BOOL {
     let handled = event == CTRL_C_EVENT || event == CTRL_BREAK_EVENT;
     if handled {
-        INTERRUPTED.store(true, Ordering::Relaxed);
+        INTERRUPTED.store(true, Ordering::SeqCst);
+        let device = DEVICE.load(Ordering::SeqCst);
+        if !device.is_null() {
+            // SAFETY: a handle of this process; `Device` clears `DEVICE`
+            // before it closes it (should it close in between, the call
+            // fails with an invalid handle). A null OVERLAPPED cancels every
+            // request of the handle, from any thread; none: ERROR_NOT_FOUND.
+            unsafe { CancelIoEx(device, std::ptr::null()) };
+        }
     }
     BOOL::from(handled)
+}
+
+/// `not_installed` or the [`service_state_name`] of service `name`.
+fn service_state(name: &str) -> Result<&'static str, Error> {
+    let fail = |c, what: &str| Error::system(Step::ServiceControl, c, what);
+    // SAFETY: null machine and database select the local, active
+    // database; SC_MANAGER_CONNECT is granted to every user.
+    let scm = unsafe { OpenSCManagerW(std::ptr::null(), std::ptr::null(), SC_MANAGER_CONNECT) };
+    let scm = Owned::new(scm, CloseServiceHandle).map_err(|c| fail(c, "OpenSCManagerW"))?;
+    let wname = wide(name);
+    // SAFETY: `scm` is open; `wname` is NUL-terminated and outlives the call.
+    let service = unsafe { OpenServiceW(scm.0, wname.as_ptr(), SERVICE_QUERY_STATUS) };
+    let service = match Owned::new(service, CloseServiceHandle) {
+        Ok(s) => s,
+        Err(SystemCode::Win32(ERROR_SERVICE_DOES_NOT_EXIST)) => return Ok("not_installed"),
+        Err(c) => return Err(fail(c, &format!("OpenServiceW({name})"))),
+    };
+    let mut status = SERVICE_STATUS_PROCESS::default();
+    let mut needed = 0u32;
+    let size = u32::try_from(size_of::<SERVICE_STATUS_PROCESS>()).unwrap_or(u32::MAX);
+    // SAFETY: `service` is open with SERVICE_QUERY_STATUS; `status` is a
+    // writable SERVICE_STATUS_PROCESS of `size` bytes; `needed` is valid.
+    let ok = unsafe {
+        QueryServiceStatusEx(
+            service.0,
+            SC_STATUS_PROCESS_INFO,
+            (&raw mut status).cast(),
+            size,
+            &raw mut needed,
+        )
+    };
+    if ok == 0 {
+        return Err(fail(last_error(), &format!("QueryServiceStatusEx({name})")));
+    }
+    Ok(service_state_name(status.dwCurrentState))
 }
 
 /// The Windows system.
@@ -101,41 +153,90 @@ impl Windows {
     }
 }
 
-/// The open control device.
-pub struct Device(Owned);
+/// The open control device (opened for overlapped I/O, so that Ctrl+C can
+/// cancel a pending request), and the event its requests signal.
+pub struct Device {
+    handle: Owned,
+    event: Owned,
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        DEVICE.store(std::ptr::null_mut(), Ordering::SeqCst);
+    }
+}
 
 impl ControlDevice for Device {
     fn ioctl(&mut self, code: u32, input: &[u8], output: &mut [u8]) -> Result<usize, IoctlError> {
         let too_big = |_| IoctlError(SystemCode::Win32(ERROR_MORE_DATA));
         let in_len = u32::try_from(input.len()).map_err(too_big)?;
         let out_len = u32::try_from(output.len()).map_err(too_big)?;
-        let mut returned = 0u32;
         // No output (SET_COUNTING): a null buffer, not a dangling one.
         let out = if output.is_empty() {
             std::ptr::null_mut()
         } else {
             output.as_mut_ptr()
         };
-        // SAFETY: the handle is open; the buffers are valid for the lengths
-        // passed and outlive the call, which is synchronous (no OVERLAPPED,
-        // the device was not opened for overlapped I/O).
+        let handle = self.handle.0;
+        let mut overlapped = OVERLAPPED {
+            hEvent: self.event.0,
+            ..OVERLAPPED::default()
+        };
+        // SAFETY: the handle is open (for overlapped I/O, so an OVERLAPPED
+        // with a manual-reset event is passed, and the byte count comes from
+        // GetOverlappedResultEx); the buffers and `overlapped` are valid for
+        // the lengths passed and outlive the request, which this function
+        // waits for below.
         let ok = unsafe {
             DeviceIoControl(
-                self.0.0,
+                handle,
                 code,
                 input.as_ptr().cast(),
                 in_len,
                 out.cast(),
                 out_len,
-                &raw mut returned,
                 std::ptr::null_mut(),
+                &raw mut overlapped,
             )
         };
-        let bytes = (returned as usize).min(output.len());
         if ok == 0 {
-            Err(IoctlError(last_error()))
-        } else {
-            Ok(bytes)
+            let error = last_error();
+            if error != SystemCode::Win32(ERROR_IO_PENDING) {
+                return Err(IoctlError(error));
+            }
+            // Ctrl+C before the request was pending found nothing to cancel.
+            if INTERRUPTED.load(Ordering::SeqCst) {
+                // SAFETY: `overlapped` is the pending request's.
+                unsafe { CancelIoEx(handle, &raw const overlapped) };
+            }
+        }
+        let mut returned = 0u32;
+        loop {
+            // SAFETY: `overlapped` is the request's; the call returns TRUE,
+            // or FALSE with WAIT_TIMEOUT while the request is still pending
+            // (this loop then waits again), or FALSE once it is complete:
+            // nothing refers to the buffers after the loop.
+            let ok = unsafe {
+                GetOverlappedResultEx(handle, &raw const overlapped, &raw mut returned, 1000, 0)
+            };
+            if ok != 0 {
+                return Ok((returned as usize).min(output.len()));
+            }
+            let error = last_error();
+            if error != SystemCode::Win32(WAIT_TIMEOUT) {
+                return Err(IoctlError(error));
+            }
+            // A request pending for a second (`events --follow`): the I/O
+            // manager calls a driver's Unload only when no handle to its
+            // device is open and no request is outstanding ("Unload Routine
+            // Environment"), so a stop of the service waits for this one.
+            if matches!(
+                service_state(catalog::SERVICE_NAME),
+                Ok("stop_pending" | "stopped")
+            ) {
+                // SAFETY: `overlapped` is the pending request's.
+                unsafe { CancelIoEx(handle, &raw const overlapped) };
+            }
         }
     }
 }
@@ -160,48 +261,24 @@ impl System for Windows {
                 FILE_SHARE_READ | FILE_SHARE_WRITE,
                 std::ptr::null(),
                 OPEN_EXISTING,
-                0,
+                FILE_FLAG_OVERLAPPED,
                 std::ptr::null_mut(),
             )
         };
         // The last error is read before anything (an allocation) can change it.
-        let device = Owned::new(handle, CloseHandle).map(Device);
+        let handle = Owned::new(handle, CloseHandle);
         let what = format!("CreateFileW({})", catalog::DEVICE_USER_PATH);
-        device.map_err(|c| Error::system(Step::OpenDevice, c, &what))
+        let handle = handle.map_err(|c| Error::system(Step::OpenDevice, c, &what))?;
+        // SAFETY: no attributes, no name; manual reset, as overlapped I/O needs.
+        let event = unsafe { CreateEventW(std::ptr::null(), 1, 0, std::ptr::null()) };
+        let event = Owned::new(event, CloseHandle);
+        let event = event.map_err(|c| Error::system(Step::OpenDevice, c, "CreateEventW"))?;
+        DEVICE.store(handle.0, Ordering::SeqCst);
+        Ok(Device { handle, event })
     }
 
     fn service_state(&mut self, name: &str) -> Result<&'static str, Error> {
-        let fail = |c, what: &str| Error::system(Step::ServiceControl, c, what);
-        // SAFETY: null machine and database select the local, active
-        // database; SC_MANAGER_CONNECT is granted to every user.
-        let scm = unsafe { OpenSCManagerW(std::ptr::null(), std::ptr::null(), SC_MANAGER_CONNECT) };
-        let scm = Owned::new(scm, CloseServiceHandle).map_err(|c| fail(c, "OpenSCManagerW"))?;
-        let wname = wide(name);
-        // SAFETY: `scm` is open; `wname` is NUL-terminated and outlives the call.
-        let service = unsafe { OpenServiceW(scm.0, wname.as_ptr(), SERVICE_QUERY_STATUS) };
-        let service = match Owned::new(service, CloseServiceHandle) {
-            Ok(s) => s,
-            Err(SystemCode::Win32(ERROR_SERVICE_DOES_NOT_EXIST)) => return Ok("not_installed"),
-            Err(c) => return Err(fail(c, &format!("OpenServiceW({name})"))),
-        };
-        let mut status = SERVICE_STATUS_PROCESS::default();
-        let mut needed = 0u32;
-        let size = u32::try_from(size_of::<SERVICE_STATUS_PROCESS>()).unwrap_or(u32::MAX);
-        // SAFETY: `service` is open with SERVICE_QUERY_STATUS; `status` is a
-        // writable SERVICE_STATUS_PROCESS of `size` bytes; `needed` is valid.
-        let ok = unsafe {
-            QueryServiceStatusEx(
-                service.0,
-                SC_STATUS_PROCESS_INFO,
-                (&raw mut status).cast(),
-                size,
-                &raw mut needed,
-            )
-        };
-        if ok == 0 {
-            return Err(fail(last_error(), &format!("QueryServiceStatusEx({name})")));
-        }
-        Ok(service_state_name(status.dwCurrentState))
+        service_state(name)
     }
 
     fn process_name(&mut self, pid: u64) -> Option<String> {
@@ -223,6 +300,26 @@ impl System for Windows {
         };
         let path = String::from_utf16_lossy(buffer.get(..len as usize)?);
         (ok != 0).then(|| path.rsplit('\\').next().unwrap_or(&path).to_owned())
+    }
+
+    fn dos_devices(&mut self) -> Vec<(String, String)> {
+        let mut drives = Vec::new();
+        for letter in 'A'..='Z' {
+            let drive = format!("{letter}:");
+            let name = wide(&drive);
+            let mut target = [0u16; 512];
+            // SAFETY: `name` is NUL-terminated; `target` holds the length
+            // passed. The answer is a list of NUL-terminated strings, the
+            // current mapping first; 0 for an unmapped letter.
+            let n = unsafe { QueryDosDeviceW(name.as_ptr(), target.as_mut_ptr(), 512) };
+            let first = target
+                .get(..n as usize)
+                .and_then(|t| t.split(|&u| u == 0).next());
+            if let Some(device) = first.filter(|d| !d.is_empty()) {
+                drives.push((drive, String::from_utf16_lossy(device)));
+            }
+        }
+        drives
     }
 
     fn terminal(&mut self) -> Option<Terminal> {
@@ -253,6 +350,6 @@ impl System for Windows {
     }
 
     fn interrupted(&mut self) -> bool {
-        INTERRUPTED.load(Ordering::Relaxed)
+        INTERRUPTED.load(Ordering::SeqCst)
     }
 }

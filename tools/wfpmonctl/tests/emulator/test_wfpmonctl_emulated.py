@@ -191,33 +191,83 @@ def _ioctl(name: str) -> int:
 
 
 VERSION = _protocol_const("PROTOCOL_VERSION")
-IOCTL_QUERY_STATS, IOCTL_LIST_FLOWS, IOCTL_SET_COUNTING = (
-    _ioctl(f"IOCTL_WFPMON_{n}") for n in ("QUERY_STATS", "LIST_FLOWS", "SET_COUNTING"))
+IOCTL_QUERY_STATS, IOCTL_LIST_FLOWS, IOCTL_SET_COUNTING, IOCTL_READ_EVENTS, IOCTL_LIST_PROCESSES = (
+    _ioctl(f"IOCTL_WFPMON_{n}") for n in ("QUERY_STATS", "LIST_FLOWS", "SET_COUNTING", "READ_EVENTS", "LIST_PROCESSES"))
 DEVICE_PATH = "\\\\.\\GLOBALROOT\\Device\\WfpMon"
 ERROR_FILE_NOT_FOUND, ERROR_INVALID_PARAMETER, ERROR_NO_DATA, ERROR_MORE_DATA = 2, 87, 232, 234
 ERROR_SERVICE_DOES_NOT_EXIST, ERROR_BROKEN_PIPE, STATUS_PIPE_BROKEN = 1060, 109, 0xC000014B
+# DeviceIoControl's Win32 codes for the driver's NTSTATUS answers (RtlNtStatusToDosError):
+# STATUS_DEVICE_BUSY, STATUS_BUFFER_TOO_SMALL, STATUS_CANCELLED; and overlapped I/O's own.
+ERROR_BUSY, ERROR_INSUFFICIENT_BUFFER, ERROR_OPERATION_ABORTED = 170, 122, 995
+ERROR_IO_PENDING, ERROR_IO_INCOMPLETE, ERROR_NOT_FOUND, ERROR_TIMEOUT, WAIT_TIMEOUT = 997, 996, 1168, 1460, 258
+SERVICE_STOP_PENDING = 3
+FILE_FLAG_OVERLAPPED, CTRL_C_EVENT = 0x40000000, 0
+FLOW_ENTRY, EVENT_SIZE, PROCESS_ENTRY = 104, 128, 624
+FROM_NOW = (1 << 64) - 1
+BOOT = 3600 * 10_000_000  # the driver's interrupt time when the emulated clock starts: 1 h after boot
 FWPM_CALLOUT_FLAG_REGISTERED = 0x40000
 NOT_FOUND = {"Provider": 0x80320005, "SubLayer": 0x80320007, "Callout": 0x80320001, "Filter": 0x80320003}
 
 
-def flow(handle, pid, proto=6, family=2, local=("10.0.0.5", 50000), remote=("93.184.216.34", 443),
-         direction=0, age_ms=5000, bytes_in=0, bytes_out=0, packets_in=0, packets_out=0):
+def _addr(a):
     import ipaddress
-    addr = lambda a: ipaddress.ip_address(a).packed.ljust(16, b"\0")  # noqa: E731
-    return dict(handle=handle, pid=pid, proto=proto, family=family, local=addr(local[0]), lport=local[1],
-                remote=addr(remote[0]), rport=remote[1], direction=direction, age_ms=age_ms,
-                bytes_in=bytes_in, bytes_out=bytes_out, packets_in=packets_in, packets_out=packets_out)
+    return ipaddress.ip_address(a).packed.ljust(16, b"\0")
+
+
+def flow(handle, pid, proto=6, family=2, local=("10.0.0.5", 50000), remote=("93.184.216.34", 443),
+         direction=0, age_ms=5000, bytes_in=0, bytes_out=0, packets_in=0, packets_out=0, key=0):
+    return dict(handle=handle, pid=pid, proto=proto, family=family, local=_addr(local[0]), lport=local[1],
+                remote=_addr(remote[0]), rport=remote[1], direction=direction, age_ms=age_ms,
+                bytes_in=bytes_in, bytes_out=bytes_out, packets_in=packets_in, packets_out=packets_out, key=key)
+
+
+def pkey(slot, generation=1):
+    """A process key: generation << 32 | slot."""
+    return generation << 32 | slot
+
+
+def process(slot, pid, path, generation=1, flags=0, active_flows=1, flows_total=1, first_seen=BOOT - 50_000_000,
+            last_seen=BOOT - 10_000_000, active=(0, 0, 0, 0), ended=(0, 0, 0, 0)):
+    """A process-table entry; `path` in the engine's device form (None: not supplied)."""
+    return dict(slot=slot, key=pkey(slot, generation), pid=pid, path=path or "", flags=flags | (0 if path else 2),
+                active_flows=active_flows, flows_total=flows_total, first_seen=first_seen, last_seen=last_seen,
+                active=tuple(active), ended=tuple(ended))
+
+
+EVENT_KINDS = {"established": 1, "ended": 2}
+
+
+def flow_event(kind, f, time, key=0, duration=0, flags=0, established=None):
+    """An event of flow `f` (a `flow()` dict) at interrupt time `time`."""
+    return dict(kind=EVENT_KINDS[kind], flags=flags | (0 if key else 2), flow=f, key=key, time=time,
+                duration=duration, established=time - duration if established is None else established)
 
 
 class FakeDriver:
     """The driver's side of the control protocol: validates the header of
-    each request and answers with the documented little-endian layouts."""
+    each request and answers with the documented little-endian layouts.
 
-    def __init__(self, flows=(), counting=True, growth=None):
+    Events: every event written is in `events` (its index is its sequence
+    number); the ring holds the last `ring` of them. A READ_EVENTS with
+    READ_EVENTS_WAIT and nothing after its cursor pends: `ioctl` answers
+    `PENDING` and the machine completes it later with `complete_read`.
+    """
+
+    PENDING = object()
+
+    def __init__(self, flows=(), counting=True, growth=None, processes=(), events=(), ring=16384, busy=0,
+                 evictions=0, unattributed=0, process_growth=None):
         self.flows = [dict(f) for f in flows]
         self.counting = counting
         self.growth = growth  # callable(flows) run before every LIST_FLOWS
         self.requests: list[str] = []
+        self.processes = [dict(p) for p in processes]
+        self.events = [dict(e) for e in events]
+        self.ring = ring
+        self.busy = busy  # LIST_PROCESSES answered ERROR_BUSY this many times first
+        self.evictions, self.unattributed = evictions, unattributed
+        self.process_growth = process_growth  # callable(processes) run before every LIST_PROCESSES
+        self.now = BOOT  # the interrupt time; the machine keeps it on its clock
 
     def stats(self):
         sums = [sum(f[k] for f in self.flows) for k in ("bytes_in", "bytes_out", "packets_in", "packets_out")]
@@ -230,10 +280,42 @@ class FakeDriver:
                             f["packets_in"], f["packets_out"])
                 + f["local"] + f["remote"]
                 + struct.pack("<HHHBB", f["lport"], f["rport"], 23 if f["family"] == 23 else 2, f["proto"],
-                              f["direction"]))
+                              f["direction"])
+                + struct.pack("<Q", f.get("key", 0)))
+
+    @staticmethod
+    def event_record(seq, e):
+        f = e["flow"]
+        record = (struct.pack("<QQBBHIQQQ", seq, e["time"], e["kind"], e["flags"], 23 if f["family"] == 23 else 2,
+                              f["pid"], e["key"], f["handle"], e["duration"])
+                  + f["local"] + f["remote"]
+                  + struct.pack("<HHBBH4QQ", f["lport"], f["rport"], f["proto"], f["direction"], 0,
+                                f["bytes_in"], f["bytes_out"], f["packets_in"], f["packets_out"], e["established"]))
+        assert len(record) == EVENT_SIZE
+        return record
+
+    @staticmethod
+    def process_record(p):
+        path = p["path"].encode("utf-16-le")
+        record = (struct.pack("<QIHHIIQQQ4Q4Q", p["key"], p["pid"], p["flags"], len(path) // 2, p["active_flows"], 0,
+                              p["flows_total"], p["first_seen"], p["last_seen"], *p["active"], *p["ended"])
+                  + path.ljust(512, b"\0"))
+        assert len(record) == PROCESS_ENTRY
+        return record
+
+    def read_events(self, cursor, max_events, out_len):
+        """The READ_EVENTS answer from `cursor` (already resolved) on."""
+        head = len(self.events)
+        oldest = max(0, head - self.ring)
+        start = max(min(cursor, head), oldest)
+        fit = min(256, (out_len - 48) // EVENT_SIZE, *([max_events] if max_events else []))
+        batch = range(start, min(head, start + fit))
+        header = struct.pack("<IIIIQQQQ", VERSION, 48 + EVENT_SIZE * len(batch), len(batch), EVENT_SIZE,
+                             start + len(batch), start - min(cursor, head), oldest, self.now)
+        return header + b"".join(self.event_record(seq, self.events[seq]) for seq in batch)
 
     def ioctl(self, code, request, out_len):
-        """(Win32 status, output bytes)."""
+        """(Win32 status, output bytes), or (PENDING, resolved cursor)."""
         version, size = struct.unpack_from("<II", request)
         if version != VERSION or size != len(request):
             return ERROR_INVALID_PARAMETER, b""
@@ -254,13 +336,43 @@ class FakeDriver:
             max_entries, start, _seq, reserved = struct.unpack_from("<IIII", request, 8)
             if reserved:
                 return ERROR_INVALID_PARAMETER, b""
-            fit = min(256, (out_len - 32) // 96, *( [max_entries] if max_entries else []))
+            fit = min(256, (out_len - 32) // FLOW_ENTRY, *( [max_entries] if max_entries else []))
             batch = self.flows[start:start + fit]
             end = start + len(batch)
             more = end < len(self.flows)
-            header = struct.pack("<8I", VERSION, 32 + 96 * len(batch), len(self.flows), len(batch), 96,
-                                 1 if more else 0, end if more else 0, 0)
+            header = struct.pack("<8I", VERSION, 32 + FLOW_ENTRY * len(batch), len(self.flows), len(batch),
+                                 FLOW_ENTRY, 1 if more else 0, end if more else 0, 0)
             return 0, header + b"".join(self.entry(f) for f in batch)
+        if code == IOCTL_READ_EVENTS and len(request) == 24:
+            max_events, flags, cursor = struct.unpack_from("<IIQ", request, 8)
+            if flags & ~1:
+                return ERROR_INVALID_PARAMETER, b""
+            if out_len < 48 + EVENT_SIZE:
+                return ERROR_INSUFFICIENT_BUFFER, b""
+            cursor = min(cursor, len(self.events))  # FROM_NOW (or beyond): the next event written
+            self.requests.append(f"events {cursor}{' wait' if flags else ''}")
+            if flags and cursor == len(self.events):
+                return self.PENDING, (cursor, max_events)
+            return 0, self.read_events(cursor, max_events, out_len)
+        if code == IOCTL_LIST_PROCESSES and len(request) == 16:
+            max_entries, cursor = struct.unpack_from("<II", request, 8)
+            if cursor >= 1024:
+                return ERROR_INVALID_PARAMETER, b""
+            if out_len < 56 + PROCESS_ENTRY:
+                return ERROR_INSUFFICIENT_BUFFER, b""
+            self.requests.append(f"processes {cursor}")
+            if self.busy:
+                self.busy -= 1
+                return ERROR_BUSY, b""
+            if self.process_growth and cursor == 0:
+                self.process_growth(self.processes)
+            fit = min(64, (out_len - 56) // PROCESS_ENTRY, *([max_entries] if max_entries else []))
+            after = sorted((p for p in self.processes if p["slot"] >= cursor), key=lambda p: p["slot"])
+            batch, more = after[:fit], len(after) > fit
+            header = struct.pack("<IIIIIIQIIQQ", VERSION, 56 + PROCESS_ENTRY * len(batch), len(batch), PROCESS_ENTRY,
+                                 1 if more else 0, batch[-1]["slot"] + 1 if more else 0, self.now, 1024, 0,
+                                 self.evictions, self.unattributed)
+            return 0, header + b"".join(self.process_record(p) for p in batch)
         return ERROR_INVALID_PARAMETER, b""
 
 
@@ -277,6 +389,18 @@ class Machine:
         self.console = console  # stdout console width, or None: stdout is a pipe
         self.closed_stdout_after = closed_stdout_after  # writes accepted before the pipe closes
         self.ctrl_c_at_sleep = None  # Ctrl+C is pressed during the n-th Sleep (1-based)
+        self.drives = {"C:": r"\Device\HarddiskVolume3", "E:": r"\Device\HarddiskVolume30"}  # QueryDosDeviceW
+        # What happens while wfpmonctl waits for a pending READ_EVENTS, in
+        # order: ("events", [flow_event...], ms) - the events are written
+        # after ms milliseconds (a wait shorter than that times out) and the
+        # read completes with them; "ctrl_c" - the console runs the control
+        # handler; "service_stop" - `sc stop wfpmon`: the service is
+        # STOP_PENDING while this handle keeps the driver from unloading;
+        # "unload" - the driver completes the read with STATUS_CANCELLED.
+        self.waits: list = []
+        # Ctrl+C comes while a READ_EVENTS is on its way to the driver: the
+        # handler runs before the request is pending (nothing to cancel yet).
+        self.ctrl_c_before_pending = False
 
 
 def installed_everything():
@@ -302,6 +426,12 @@ class Run:
         self.clock_ms = 0
         self.sleeps: list[int] = []
         self.ctrl_handlers: list[int] = []
+        self.device_flags = None  # CreateFileW's flags for the control device
+        self.pending = None  # the READ_EVENTS the driver holds (one at a time)
+        self.completed: dict[int, tuple[int, int]] = {}  # OVERLAPPED -> (Win32 status, bytes)
+        self.waiting = None  # (API frame, bytes pointer) of a GetOverlappedResult in a Ctrl+C callback
+        self.hung = False  # a wait no event, cancellation or unload would ever end
+        self.on_its_way = None  # a request that pends once the Ctrl+C handler has run
         self.stdout_writes = 0
         config = copy.deepcopy(DEFAULT_CONFIG_DATA)
         config["command_line"] = " ".join(["wfpmonctl.exe", *args])
@@ -340,6 +470,9 @@ class Run:
             ("kernel32", "GetConsoleScreenBufferInfo", 2, self._screen_buffer_info),
             ("kernel32", "CreateFileW", 7, self._create_file),
             ("kernel32", "DeviceIoControl", 8, self._device_io_control),
+            ("kernel32", "GetOverlappedResultEx", 5, self._get_overlapped_result),
+            ("kernel32", "CancelIoEx", 2, self._cancel_io_ex),
+            ("kernel32", "QueryDosDeviceW", 3, self._query_dos_device),
             ("kernel32", "CloseHandle", 1, self._close_handle),
             ("kernel32", "OpenProcess", 3, self._open_process),
             ("kernel32", "QueryFullProcessImageNameW", 4, self._image_name),
@@ -477,22 +610,149 @@ class Run:
         if path != DEVICE_PATH:
             return func(args)
         self.calls.append(("CreateFileW", (path, args[1])))
+        self.device_flags = args[5]
         if self.machine.driver is None:
             emu.set_last_error(ERROR_FILE_NOT_FOUND)
             return 0xFFFFFFFFFFFFFFFF
         return self.DEVICE
 
     def _device_io_control(self, emu, args):
-        handle, code, inbuf, inlen, outbuf, outlen, returned = args[:7]
-        assert handle == self.DEVICE and args[7] == 0, "synchronous I/O on the device"
-        status, data = self.machine.driver.ioctl(code, self.se.mem_read(inbuf, inlen) if inlen else b"", outlen)
+        handle, code, inbuf, inlen, outbuf, outlen, returned, overlapped = args[:8]
+        assert handle == self.DEVICE
+        # "If hDevice was opened with FILE_FLAG_OVERLAPPED, lpOverlapped must
+        # point to a valid OVERLAPPED structure" (DeviceIoControl); wfpmonctl
+        # opens the device so, and gives each request an event to signal.
+        assert self.device_flags & FILE_FLAG_OVERLAPPED and overlapped, "overlapped I/O on the device"
+        assert self.u64(overlapped + 24), "OVERLAPPED.hEvent"
+        assert self.pending is None, "one request at a time"
+        driver = self.machine.driver
+        driver.now = BOOT + self.clock_ms * 10_000
+        status, data = driver.ioctl(code, self.se.mem_read(inbuf, inlen) if inlen else b"", outlen)
+        if status is FakeDriver.PENDING:
+            cursor, max_events = data
+            request = dict(overlapped=overlapped, cursor=cursor, max=max_events, out=outbuf, len=outlen)
+            emu.set_last_error(ERROR_IO_PENDING)
+            if self.machine.ctrl_c_before_pending:
+                self.machine.ctrl_c_before_pending = False
+                self.on_its_way = request
+                kernel32, _ = emu.api.get_export_func_handler("kernel32", "DeviceIoControl")
+                kernel32.setup_callback(self.ctrl_handlers[-1], [CTRL_C_EVENT])
+            else:
+                self.pending = request
+            return 0
+        if status:
+            emu.set_last_error(status)
+            return 0
         data = data[:outlen]
         if data:
             self.se.mem_write(outbuf, data)
-        self.se.mem_write(returned, struct.pack("<I", len(data)))
+        if returned:
+            self.se.mem_write(returned, struct.pack("<I", len(data)))
+        self.completed[overlapped] = (0, len(data))
+        return 1
+
+    def _finish(self, emu, status, count, transferred):
+        self.se.mem_write(transferred, struct.pack("<I", count))
         if status:
             emu.set_last_error(status)
         return int(status == 0)
+
+    def _arrived(self):
+        """The request on its way is pending now (the handler has run)."""
+        if self.on_its_way and not self.ctrl_handler_running:
+            self.pending, self.on_its_way = self.on_its_way, None
+
+    @property
+    def ctrl_handler_running(self):
+        return self.on_its_way is not None and self.on_its_way.get("handler_done") is None
+
+    def _get_overlapped_result(self, emu, args):
+        handle, overlapped, transferred, timeout_ms, alertable = args[:5]
+        assert handle == self.DEVICE and not alertable
+        self._arrived()
+        if overlapped in self.completed:
+            return self._finish(emu, *self.completed.pop(overlapped), transferred)
+        assert self.pending and self.pending["overlapped"] == overlapped, "the result of a request never made"
+        if timeout_ms == 0:
+            emu.set_last_error(ERROR_IO_INCOMPLETE)
+            return 0
+        action = self.machine.waits.pop(0) if self.machine.waits else None
+        self.calls.append(("wait", action if isinstance(action, str) else "events"))
+        driver = self.machine.driver
+        if action == "service_stop" or (isinstance(action, tuple) and action[2] >= timeout_ms):
+            # The wait times out (and, for a late event, is waited again).
+            self.clock_ms += timeout_ms
+            if action == "service_stop":
+                self.machine.services["wfpmon"] = SERVICE_STOP_PENDING
+            else:
+                self.machine.waits.insert(0, (action[0], action[1], action[2] - timeout_ms))
+            emu.set_last_error(WAIT_TIMEOUT)
+            return 0
+        if isinstance(action, tuple):
+            # Time passes, the flows come and go, and the driver completes
+            # the pending read with what was written after its cursor.
+            _, events, ms = action
+            self.clock_ms += ms
+            driver.now = BOOT + self.clock_ms * 10_000
+            driver.events.extend(events)
+            p, self.pending = self.pending, None
+            data = driver.read_events(p["cursor"], p["max"], p["len"])
+            self.se.mem_write(p["out"], data)
+            return self._finish(emu, 0, len(data), transferred)
+        if action == "unload":
+            self.pending = None
+            driver.requests.append("cancelled")
+            return self._finish(emu, ERROR_OPERATION_ABORTED, 0, transferred)
+        # Nothing completes the read unless the control handler cancels it.
+        self.hung = True
+        emu.set_last_error(ERROR_TIMEOUT)
+        if action == "ctrl_c":
+            # The console runs the handler (on a thread of its own on
+            # Windows; here while this call waits) and the call returns what
+            # the handler's CancelIoEx made of the request.
+            self.waiting = (emu._active_api_frame, transferred)
+            kernel32, _ = emu.api.get_export_func_handler("kernel32", "GetOverlappedResultEx")
+            kernel32.setup_callback(self.ctrl_handlers[-1], [CTRL_C_EVENT])
+        return 0
+
+    def _cancel_io_ex(self, emu, args):
+        handle, overlapped = args[:2]
+        self.calls.append(("CancelIoEx", (handle, overlapped)))
+        if self.ctrl_handler_running:
+            # The handler's CancelIoEx, before the request pends: nothing to
+            # cancel. (It runs on its own thread on Windows: the failure's
+            # last-error value is that thread's, not the caller's.)
+            self.on_its_way["handler_done"] = True
+            return 0
+        self._arrived()
+        p = self.pending
+        if handle != self.DEVICE or p is None or overlapped not in (0, p["overlapped"]):
+            emu.set_last_error(ERROR_NOT_FOUND)
+            return 0
+        # The I/O manager cancels the IRP; the driver's queue completes it
+        # with STATUS_CANCELLED.
+        self.pending = None
+        self.machine.driver.requests.append("cancelled")
+        if self.waiting:
+            (frame, transferred), self.waiting = self.waiting, None
+            self.hung = False
+            frame.result = self._finish(emu, ERROR_OPERATION_ABORTED, 0, transferred)
+        else:
+            self.completed[p["overlapped"]] = (ERROR_OPERATION_ABORTED, 0)
+        return 1
+
+    def _query_dos_device(self, emu, args):
+        name, target, size = args[:3]
+        drive = self.wstr(name)
+        self.calls.append(("QueryDosDeviceW", drive))
+        device = self.machine.drives.get(drive)
+        if device is None:
+            emu.set_last_error(ERROR_FILE_NOT_FOUND)
+            return 0
+        data = (device + "\0\0").encode("utf-16-le")
+        assert len(data) // 2 <= size
+        self.se.mem_write(target, data)
+        return len(data) // 2
 
     def _close_handle(self, emu, api_name, func, args):
         if args[0] == self.DEVICE or (args[0] >> 16) == 0x9:
@@ -550,7 +810,9 @@ class Run:
         return handle
 
     def _query_service(self, emu, args):
-        state = self.machine.services[self.services_by_handle[args[0]]]
+        name = self.services_by_handle[args[0]]
+        self.calls.append(("QueryServiceStatusEx", name))
+        state = self.machine.services[name]
         self.se.mem_write(args[2], struct.pack("<9I", 1, state, 0, 0, 0, 0, 0, 0, 0))
         return 1
 
@@ -919,3 +1181,244 @@ def test_counting_and_an_absent_driver(exe):
         run = Run(exe, args, machine=Machine(driver=None))
         assert run.exit_code == 5, args
         assert "wfpmon driver is not loaded" in run.stderr and run.stdout == ""
+
+
+# --- events, procs and process names from the driver ---------------------------
+
+FIREFOX_DEVICE = r"\device\harddiskvolume3\program files\mozilla firefox\firefox.exe"
+SVCHOST_DEVICE = r"\device\harddiskvolume30\windows\system32\svchost.exe"
+TCP = flow(0xFFFF_A000_0000_0010, 1234, local=("10.0.0.5", 50000), remote=("93.184.216.34", 443), key=pkey(3))
+DNS = flow(0x20, 888, proto=17, family=23, local=("2001:db8::5", 5353), remote=("ff02::fb", 5353), direction=1,
+           key=pkey(9, 2))
+
+
+def process_table():
+    return [
+        process(3, 1234, FIREFOX_DEVICE, active_flows=2, flows_total=40, active=(3 << 20, 40_000, 2300, 900),
+                ended=(1 << 20, 10_000, 700, 100)),
+        process(9, 888, SVCHOST_DEVICE, generation=2, flows_total=3, ended=(512, 0, 4, 0)),
+    ]
+
+
+def held_events():
+    """What the driver holds: TCP established 10 s before the emulated
+    start and ended 2 s before it (8 s), DNS established, and an ICMP flow
+    of no process entry."""
+    ended = dict(TCP, bytes_in=3 << 20, bytes_out=40_000, packets_in=2300, packets_out=900)
+    icmp = flow(0x30, 4, proto=1, local=("10.0.0.5", 8), remote=("8.8.8.8", 0))
+    return [
+        flow_event("established", dict(TCP, bytes_in=0, bytes_out=0), BOOT - 100_000_000, key=pkey(3)),
+        flow_event("ended", ended, BOOT - 20_000_000, key=pkey(3), duration=80_000_000),
+        flow_event("established", DNS, BOOT - 10_000_000, key=pkey(9, 2)),
+        flow_event("established", icmp, BOOT - 5_000_000),
+    ]
+
+
+def events_machine(**kw):
+    kw.setdefault("processes", process_table())
+    kw.setdefault("events", held_events())
+    # User mode would name PID 1234 otherwise: the driver's name must win.
+    return running_machine(driver=FakeDriver(**kw), processes={1234: r"C:\elsewhere\impostor.exe"})
+
+
+def test_events_lists_what_the_driver_holds(exe):
+    machine = events_machine()
+    run = Run(exe, ["events"], machine=machine)
+    assert run.exit_code == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines == [
+        "2025-12-31T23:59:50.000Z established   1234 firefox.exe  tcp out 10.0.0.5:50000 -> 93.184.216.34:443"
+        r"  C:\program files\mozilla firefox\firefox.exe",
+        "2025-12-31T23:59:58.000Z ended         1234 firefox.exe  tcp out 10.0.0.5:50000 -> 93.184.216.34:443"
+        r"  after 8.0s, in 3.0 MiB (2.3k pkts), out 39.1 KiB (900 pkts)  C:\program files\mozilla firefox\firefox.exe",
+        "2025-12-31T23:59:59.000Z established    888 svchost.exe  udp in [2001:db8::5]:5353 <- [ff02::fb]:5353"
+        r"  E:\windows\system32\svchost.exe",
+        "2025-12-31T23:59:59.500Z established      4 System  icmp 8/0 out 10.0.0.5 -> 8.8.8.8 [no process]",
+    ], run.stdout
+    assert machine.driver.requests == ["events 0", "processes 0"], "one read, one pass over the process table"
+    assert [a for n, a in run.calls if n == "QueryDosDeviceW"] == [f"{chr(c)}:" for c in range(65, 91)], \
+        "every drive letter, once"
+    assert not run.hung and run.stderr == ""
+
+
+def test_events_json_lines_follow_the_schema_and_filters_apply(exe):
+    run = Run(exe, ["events", "--json"], machine=events_machine())
+    docs = run.json_lines()
+    assert [d["seq"] for d in docs] == [0, 1, 2, 3]
+    for d in docs:
+        check_schema(d)
+    ended = docs[1]
+    assert (ended["event"], ended["process"], ended["pid"], ended["flow_handle"]) == \
+        ("ended", "firefox.exe", 1234, "0xffffa00000000010")
+    assert (ended["age_ms"], ended["bytes_in"], ended["packets_out"]) == (8000, 3 << 20, 900)
+    assert ended["path"] == r"C:\program files\mozilla firefox\firefox.exe" and ended["flags"] == []
+    assert docs[0]["flow_handle"] == ended["flow_handle"] and docs[0]["age_ms"] == 0
+    assert (docs[3]["flags"], docs[3]["icmp_type"], "path" in docs[3]) == (["no_process"], 8, False)
+    only = Run(exe, ["events", "--json", "--kind", "established", "--proto", "udp"], machine=events_machine())
+    assert [d["seq"] for d in only.json_lines()] == [2]
+    first = Run(exe, ["events", "--count", "2"], machine=events_machine())
+    assert len(first.stdout.splitlines()) == 2 and first.exit_code == 0
+
+
+def test_follow_waits_in_the_driver_and_prints_events_as_they_come(exe):
+    later = flow_event("ended", dict(DNS, bytes_in=700, packets_in=5), BOOT + 30_000_000, key=pkey(9, 2),
+                       duration=40_000_000)
+    machine = events_machine()
+    machine.waits = [("events", [later], 3000), ("events", [later], 1000)]
+    run = Run(exe, ["events", "--follow", "--count", "2"], machine=machine)
+    assert run.exit_code == 0, run.stderr
+    assert machine.driver.requests == [f"events {len(held_events())} wait", "processes 0", "events 5 wait"], \
+        "from now (FROM_NOW resolved to the head), pending, then on from the cursor the answer gave"
+    lines = run.stdout.splitlines()
+    assert len(lines) == 2 and all(l.startswith("2026-01-01T00:00:03.000Z ended ") for l in lines), run.stdout
+    assert "svchost.exe  udp in" in lines[0] and "after 4.0s, in 700 B (5 pkts)" in lines[0]
+    # 3 s: three waits of a second time out (the service, running, is looked
+    # at after each), the fourth gets the answer; then 1 s: one, and one.
+    assert [a for n, a in run.calls if n == "wait"] == ["events"] * 6
+    assert [a for n, a in run.calls if n == "QueryServiceStatusEx"] == ["wfpmon"] * 4
+    assert not [a for n, a in run.calls if n == "CancelIoEx"]
+
+
+def test_follow_from_start_reports_events_the_ring_overwrote(exe):
+    burst = [flow_event("ended", TCP, BOOT + i, key=pkey(3)) for i in range(10)]
+    machine = events_machine(ring=6)
+    machine.waits = [("events", burst, 100), "ctrl_c"]
+    run = Run(exe, ["events", "--follow", "--from-start", "--json"], machine=machine)
+    assert run.exit_code == 0, run.stderr
+    docs = run.json_lines()
+    for d in docs:
+        check_schema(d)
+    schemas = [d["schema"] for d in docs]
+    assert schemas == ["wfpmon.event/1"] * 4 + ["wfpmon.dropped/1"] + ["wfpmon.event/1"] * 6
+    # Held 0..3; 10 more into a ring of 6: 4..7 were overwritten before the
+    # reader (at cursor 4) got them.
+    assert (docs[4]["dropped"], docs[4]["next_seq"]) == (4, 8)
+    assert [d["seq"] for d in docs[5:]] == list(range(8, 14))
+    assert machine.driver.requests[-1] == "cancelled"
+
+
+def test_ctrl_c_cancels_the_pending_read_and_exits_0(exe):
+    machine = events_machine()
+    machine.waits = ["ctrl_c"]
+    run = Run(exe, ["events", "--follow"], machine=machine)
+    assert run.ctrl_handlers, "a console control handler is installed"
+    cancels = [a for n, a in run.calls if n == "CancelIoEx"]
+    assert cancels and cancels[0][0] == Run.DEVICE, "the handler cancels the device's pending request"
+    assert not run.hung, "the read pending in the driver was cancelled"
+    assert (run.exit_code, run.stdout, run.stderr) == (0, "", "")
+    assert machine.driver.requests == [f"events {len(held_events())} wait", "cancelled"]
+    assert ("CloseHandle", Run.DEVICE) in run.calls
+
+
+def test_a_stopping_driver_ends_follow_with_exit_5(exe):
+    machine = events_machine()
+    machine.waits = ["unload"]
+    run = Run(exe, ["events", "--follow"], machine=machine)
+    assert run.exit_code == 5
+    assert "the pending event read was cancelled: the wfpmon driver is stopping" in run.stderr
+    assert not [a for n, a in run.calls if n == "CancelIoEx"], "nobody pressed Ctrl+C"
+
+
+def test_follow_gives_way_to_a_service_stop(exe):
+    """Windows calls a driver's Unload only once no handle to its device is
+    open and no request is pending, so `sc stop wfpmon` waits for a follower:
+    while its read is pending, wfpmonctl looks at the service every second
+    and cancels the read when the service is stopping."""
+    later = flow_event("established", DNS, BOOT + 25_000_000, key=pkey(9, 2))
+    machine = events_machine()
+    machine.waits = [("events", [later], 2500), "service_stop"]
+    run = Run(exe, ["events", "--follow"], machine=machine)
+    assert run.exit_code == 5 and "the wfpmon driver is stopping" in run.stderr, run.stderr
+    assert len(run.stdout.splitlines()) == 1 and "svchost.exe" in run.stdout, "the event that came after 2.5 s"
+    assert [a for n, a in run.calls if n == "wait"] == ["events"] * 3 + ["service_stop"], \
+        "two 1-s timeouts, the event, then a timeout that finds the service stopping"
+    queries = [n for n, _ in run.calls if n == "QueryServiceStatusEx"]
+    assert len(queries) == 3, "the service is looked at after each timeout"
+    assert [a[0] for n, a in run.calls if n == "CancelIoEx"] == [Run.DEVICE]
+    assert machine.driver.requests[-1] == "cancelled" and not run.hung
+
+
+def test_procs_table_with_driver_names_paths_and_footer(exe):
+    machine = events_machine(evictions=7, unattributed=2)
+    machine.driver.processes.append(process(12, 0, None, flags=1, active_flows=0, ended=(10, 10, 1, 1)))
+    run = Run(exe, ["procs"], machine=machine)
+    assert run.exit_code == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0].split() == ["PID", "PROCESS", "FLOWS", "TOTAL", "IN", "OUT", "PATH"]
+    assert lines[1].split() == ["1234", "firefox.exe", "2", "40", "4.0", "MiB", "48.8", "KiB",
+                                "C:\\program", "files\\mozilla", "firefox\\firefox.exe"]
+    assert lines[2].split() == ["888", "svchost.exe", "1", "3", "512", "B", "0", "B", r"E:\windows\system32\svchost.exe"]
+    assert lines[3].split() == ["-", "?", "0", "1", "10", "B", "10", "B"], "no id, no path: nothing invented"
+    assert lines[4] == ("3 of 3 matching processes (3 in the driver's table of 1024: 7 evicted, 2 flows without a "
+                        "process); in 4.0 MiB, out 48.8 KiB")
+    assert machine.driver.requests == ["processes 0"]
+
+
+def test_procs_json_pages_through_more_than_64_processes(exe):
+    many = [process(slot, 1000 + slot, rf"\device\harddiskvolume3\apps\app{slot}.exe", ended=(slot, 0, 1, 0))
+            for slot in range(2, 302, 2)]
+    machine = running_machine(driver=FakeDriver(processes=many))
+    (doc,) = Run(exe, ["procs", "--json", "--sort", "pid"], machine=machine).json_lines()
+    assert machine.driver.requests == ["processes 0", "processes 129", "processes 257"], \
+        "pages of 64 from each answer's next_slot"
+    check_schema(doc)
+    assert (doc["listed"], doc["matched"], doc["capacity"]) == (150, 150, 1024)
+    assert [p["pid"] for p in doc["processes"]] == [1000 + s for s in range(2, 302, 2)]
+    assert doc["processes"][0]["path"] == r"C:\apps\app2.exe" and doc["processes"][0]["key"] == "0x0000000100000002"
+    assert doc["processes"][0]["first_seen"] == "2025-12-31T23:59:55.000Z"
+    assert doc["totals"]["bytes_in"] == sum(range(2, 302, 2))
+    top = Run(exe, ["procs", "--json", "--sort", "bytes", "--top", "2", "--proc", "APP2"], machine=running_machine(
+        driver=FakeDriver(processes=many))).json_lines()[0]
+    assert [p["process"] for p in top["processes"]] == ["app298.exe", "app296.exe"] and top["matched"] == 56
+
+
+def test_procs_retries_a_busy_driver(exe):
+    machine = events_machine(busy=2)
+    run = Run(exe, ["procs", "--json"], machine=machine)
+    assert run.exit_code == 0, run.stderr
+    assert machine.driver.requests == ["processes 0"] * 3 and run.sleeps == [20, 20]
+    machine = events_machine(busy=100)
+    run = Run(exe, ["procs"], machine=machine)
+    assert run.exit_code == 1 and machine.driver.requests == ["processes 0"] * 5
+    assert "IOCTL_WFPMON_LIST_PROCESSES" in run.stderr and "stayed busy" in run.stderr and "[Win32 error 170" in run.stderr
+
+
+def test_procs_watch_shows_rates_from_the_drivers_clock(exe):
+    def traffic(processes):
+        processes[1]["ended"] = (processes[1]["ended"][0] + 2000, 0, 0, 0)
+    machine = events_machine(process_growth=traffic)
+    run = Run(exe, ["procs", "--json", "--watch", "0.5", "--count", "2", "--sort", "rate"], machine=machine)
+    assert run.exit_code == 0, run.stderr
+    first, second = run.json_lines()
+    for doc in (first, second):
+        check_schema(doc)
+    assert "interval_s" not in first and "rate_in" not in first["processes"][0]
+    assert second["interval_s"] == 0.5
+    top = second["processes"][0]
+    assert (top["process"], top["rate_in"], top["rate_out"]) == ("svchost.exe", 4000.0, 0.0)
+    assert second["totals"]["rate_in"] == 4000.0
+
+
+def test_flows_show_the_drivers_process_names(exe):
+    orphan = flow(0x40, 1234, key=0)
+    machine = running_machine(driver=FakeDriver([TCP, DNS, orphan], processes=process_table()),
+                              processes={1234: r"C:\elsewhere\impostor.exe"})
+    (doc,) = Run(exe, ["flows", "--json", "--sort", "pid"], machine=machine).json_lines()
+    names = [(f["pid"], f["process"]) for f in doc["flows"]]
+    assert sorted(names) == [(888, "svchost.exe"), (1234, "firefox.exe"), (1234, "impostor.exe")], \
+        "by key from the driver; a flow without a process entry: by PID in user mode"
+    assert machine.driver.requests == ["list", "processes 0"]
+
+
+def test_ctrl_c_just_before_the_read_pends_is_not_lost(exe):
+    """The handler runs while the READ_EVENTS is on its way: its CancelIoEx
+    finds nothing, so wfpmonctl, seeing the request pending after Ctrl+C,
+    cancels it itself instead of waiting forever."""
+    machine = events_machine()
+    machine.ctrl_c_before_pending = True
+    run = Run(exe, ["events", "--follow"], machine=machine)
+    cancels = [a for n, a in run.calls if n == "CancelIoEx"]
+    assert len(cancels) == 2 and cancels[0] == (Run.DEVICE, 0), "the handler's, finding nothing"
+    assert cancels[1][0] == Run.DEVICE and cancels[1][1] != 0, "the request's own, naming its OVERLAPPED"
+    assert not run.hung and (run.exit_code, run.stdout, run.stderr) == (0, "", "")
+    assert machine.driver.requests == [f"events {len(held_events())} wait", "cancelled"]
