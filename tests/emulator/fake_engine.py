@@ -585,42 +585,55 @@ class FakeEngine:
         self.calls.append(Call(api, tuple(args), ret))
         return ret
 
-    def interpose(self, api: str, make_calls, nth: int = 1) -> None:
+    def interpose(self, api: str, make_calls, nth: int = 1, before: bool = False) -> None:
         """The `nth` next time the driver calls `api`, run the guest calls
-        that `make_calls()` returns before the API returns to the driver
-        (another processor's classify running while the driver is inside
-        that call)."""
-        self.interpositions[api] = (nth, make_calls)
+        that `make_calls()` returns (a list of (function, arguments), or a
+        model routine) before the API returns to the driver (another
+        processor's classify running while the driver is inside that call).
+        `before`: run them before the API does anything (model routines
+        only, such as IoCsqInsertIrp)."""
+        self.interpositions[api] = (nth, make_calls, before)
 
-    def _interposition(self, api: str):
+    def _interposition(self, api: str, before: bool = False):
         entry = self.interpositions.get(api)
-        if entry is None:
+        if entry is None or entry[2] != before:
             return None
-        nth, make_calls = entry
+        nth, make_calls, _ = entry
         if nth > 1:
-            self.interpositions[api] = (nth - 1, make_calls)
+            self.interpositions[api] = (nth - 1, make_calls, before)
             return None
         del self.interpositions[api]
         return make_calls
 
     @staticmethod
-    def _then(gen, make_calls):
+    def _calls_of(make_calls):
+        calls = make_calls()
+        if isinstance(calls, types.GeneratorType):
+            yield from calls
+        else:
+            for fn, args in calls:
+                yield (fn, args)
+
+    def _around(self, gen, first, then):
+        if first is not None:
+            yield from self._calls_of(first)
         value = yield from gen
-        for fn, args in make_calls():
-            yield (fn, args)
+        if then is not None:
+            yield from self._calls_of(then)
         return value
 
     def _wrap(self, api: str, hook):
         def wrapped(emu, name, orig, argv):
             pc = emu.get_pc()
             rv = hook(emu, name, orig, argv)
-            make_calls = self._interposition(api)
             if isinstance(rv, types.GeneratorType):
-                # A model routine: interposed calls run after it, before the
-                # API returns to the driver.
-                gen = self._then(rv, make_calls) if make_calls is not None else rv
+                # A model routine: interposed calls run before it starts or
+                # after it ends, before the API returns to the driver.
+                first, then = self._interposition(api, before=True), self._interposition(api)
+                gen = self._around(rv, first, then) if first or then else rv
                 record = self.calls[-1] if self.calls and self.calls[-1].api == api else None
                 return self._co_start(emu, gen, api, record)
+            make_calls = self._interposition(api)
             if make_calls is not None and emu.get_pc() == pc:
                 return self._redirect(emu, make_calls(), rv if rv is not None else 0)
             return rv

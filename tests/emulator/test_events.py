@@ -338,6 +338,53 @@ def test_a_read_cancelled_before_it_is_queued(loaded):
     assert_clean(e)
 
 
+def test_an_event_just_before_the_read_is_queued_is_not_lost(loaded):
+    """The lost-wakeup race: another processor publishes an event after the
+    read looked at the ring (nothing new) but before its IRP is in the
+    queue — that publish finds no pending read to complete. The driver
+    looks again once the read is queued and takes it back: the dispatch
+    routine returns STATUS_PENDING (it was marked pending) and the read is
+    already completed, with that event."""
+    e = loaded
+    establish(e, 0x40, pid=3)  # event 0
+    h = e.open_handle()
+    rec = e.make_irp(DEVICE_CONTROL, P.IOCTL_READ_EVENTS, P.read_events_request(0, P.FROM_NOW, wait=True),
+                     P.read_events_out_len(4), file_object=h)
+
+    def another_processor():
+        fn, args, _ = e.establish_call(*flow_args(0x41, pid=4)[0])
+        return [(fn, args)]
+
+    e.interpose("IoCsqInsertIrp", another_processor, before=True)
+    e.dispatch(rec)
+    assert rec.pending and e.marked_pending(rec) and not rec.queued
+    out = completed_events(rec)
+    assert [(ev["seq"], ev["flow_id"]) for ev in out["events"]] == [(1, 0x41)]
+    e.close_handle(h)
+    e.unload()
+    assert_clean(e)
+
+
+def test_a_read_cancelled_as_soon_as_it_is_queued(loaded):
+    """IoCancelIrp from another thread right after IoCsqInsertIrp released
+    the queue's lock, while the dispatch routine is still running: the
+    cancel routine completes it as cancelled; the dispatch routine still
+    returns STATUS_PENDING; one completion."""
+    e = loaded
+    h = e.open_handle()
+    rec = e.make_irp(DEVICE_CONTROL, P.IOCTL_READ_EVENTS, P.read_events_request(0, P.FROM_NOW, wait=True),
+                     P.read_events_out_len(4), file_object=h)
+    e.interpose("IoCsqInsertIrp", lambda: e._cancel(rec.irp))
+    e.dispatch(rec)
+    assert rec.pending and e.marked_pending(rec) and not rec.queued
+    assert [(c.status, c.information) for c in rec.completions] == [(L.STATUS_CANCELLED, 0)]
+    establish(e, 0x42, pid=4)
+    assert len(rec.completions) == 1
+    e.close_handle(h)
+    e.unload()
+    assert_clean(e)
+
+
 def delete_index(e):
     return next(i for i, c in enumerate(e.calls) if c.api == "IoDeleteDevice")
 
