@@ -6,13 +6,10 @@ by IoCancelIrp, or by Unload's teardown, each exactly once."""
 
 import time
 
-import pytest
-
 import protocol as P
 import wfp_layout as L
 from client import (DEVICE_CONTROL, V6_LOCAL, all_events, completed_events, establish, flow_args,
-                    flows_by_id, ioctl, pend_read, pended_cursor, processes_by_identity, read_events,
-                    v6)
+                    flows_by_id, ioctl, pend_read, pended_cursor, processes_by_identity, read_events)
 from conftest import FakeEngine
 
 SECOND = 10_000_000  # 100 ns units

@@ -8,7 +8,6 @@ rule of the fixed table."""
 import pytest
 
 import protocol as P
-import wfp_layout as L
 from client import (all_events, all_processes, establish, flow_args, flows_by_id, ioctl, list_processes,
                     processes_by_identity, stats)
 
