@@ -389,7 +389,13 @@ def delete_index(e):
 def test_unload_cancels_pending_reads_before_deleting_the_device(loaded):
     """A handle open across unload with reads pending: teardown — after
     every callout is unregistered (no event can follow) and before
-    IoDeleteDevice — completes them as STATUS_CANCELLED."""
+    IoDeleteDevice — completes them as STATUS_CANCELLED.
+
+    (As far as we know Windows does not call a legacy driver's Unload
+    while a handle to its device is open — the requests and handles hold
+    references — so this is the driver's defensive path, which a failed
+    DriverEntry also runs; the emulator calls Unload directly. We found
+    no Microsoft reference page that states the deferral.)"""
     e = loaded
     h1, h2 = e.open_handle(), e.open_handle()
     reads = [pend_read(e, h1), pend_read(e, h2), pend_read(e, h1)]
@@ -422,7 +428,9 @@ def test_unload_with_flows_completes_pending_reads_with_the_unloading_events(loa
 def test_a_read_sent_after_teardown_began_is_not_pended(loaded):
     """Another thread's waiting read arriving while Unload tears down
     (after pending reads were completed, before the device is deleted) is
-    answered at once — never queued, where nothing would complete it."""
+    answered at once — never queued, where nothing would complete it.
+    (Defensive, like the test above: see its note on Unload and open
+    handles.)"""
     e = loaded
     h = e.open_handle()
     late = e.make_irp(DEVICE_CONTROL, P.IOCTL_READ_EVENTS, P.read_events_request(0, P.FROM_NOW, wait=True),
