@@ -8,8 +8,10 @@ rule of the fixed table."""
 import pytest
 
 import protocol as P
+import wfp_layout as L
 from client import (all_events, all_processes, establish, flow_args, flows_by_id, ioctl, list_processes,
                     processes_by_identity, stats)
+from conftest import FakeEngine
 
 SECOND = 10_000_000
 EDGE = "\\device\\harddiskvolume3\\program files (x86)\\microsoft\\edge\\application\\msedge.exe"
@@ -132,6 +134,9 @@ def test_processes_are_interned_and_keys_agree_everywhere(loaded):
     (0, CURL, 0),  # a process id of 0 that the engine did supply is not "missing"
     (301, b"", P.PROCESS_PATH_MISSING),  # an empty blob
     (302, b"\0\0", P.PROCESS_PATH_MISSING),  # a blob holding only the NUL
+    # processId is a UINT64 in the metadata, but Windows process ids are
+    # 32-bit: a larger value is not truncated into someone else's id.
+    ((1 << 32) + 5, CURL, P.PROCESS_ID_MISSING),
 ])
 def test_fields_the_engine_did_not_supply_are_flagged_not_invented(loaded, pid, path, flags):
     e = loaded
@@ -139,12 +144,13 @@ def test_fields_the_engine_did_not_supply_are_flagged_not_invented(loaded, pid, 
     establish(e, 0x601, pid=pid, path=path)
     ((ident, p),) = processes_by_identity(e).items()
     assert p["flags"] == flags
-    assert p["process_id"] == (pid or 0)
+    reported_pid = 0 if pid is None or pid >= 1 << 32 else pid
+    assert p["process_id"] == reported_pid
     expected_path = path if isinstance(path, str) else ""
     assert (p["path"], p["path_units"]) == (expected_path, len(expected_path))
     assert (p["flows_total"], p["active_flows"]) == (2, 2), "interned"
     events, _, _ = all_events(e)
-    assert [(ev["process_id"], ev["process_key"], ev["flags"]) for ev in events] == [(pid or 0, p["key"], 0)] * 2
+    assert [(ev["process_id"], ev["process_key"], ev["flags"]) for ev in events] == [(reported_pid, p["key"], 0)] * 2
     assert {f["process_key"] for f in flows_by_id(e).values()} == {p["key"]}
 
 
@@ -346,3 +352,39 @@ def test_a_full_shard_evicts_the_longest_idle_process_or_leaves_a_flow_unattribu
     assert [ev["process_key"] for ev in events if ev["flow_id"] == 0xC21] == [new_key]
     e.unload()
     assert e.pool_errors == [] and e.irp_errors() == []
+
+
+def test_queries_run_one_at_a_time(loaded):
+    """A second LIST_PROCESSES arriving while one is walking the registry
+    (another thread's request, here dispatched after the first query's
+    tenth lock release) is answered STATUS_DEVICE_BUSY at once; the first
+    completes normally, and the next query succeeds again."""
+    e = loaded
+    establish(e, 0xD00, pid=5, path=CURL)
+    other = e.make_irp(0x0E, P.IOCTL_LIST_PROCESSES, P.list_processes_request(), P.list_processes_out_len(4))
+    e.interpose("KeReleaseInStackQueuedSpinLock", lambda: [e.dispatch_call(other)], nth=10)
+    page = list_processes(e)
+    assert [p["process_id"] for p in page["processes"]] == [5]
+    assert [(c.status, c.information, c.output) for c in other.completions] == [(L.STATUS_DEVICE_BUSY, 0, b"")]
+    assert [p["process_id"] for p in list_processes(e)["processes"]] == [5]
+    assert e.pool_errors == []
+
+
+def test_a_flow_whose_record_cannot_be_allocated_leaves_no_process_or_event(image):
+    """ExAllocatePool2 fails for a flow's record: the flow is not tracked,
+    counted as an allocation failure, and its process entry (made for it
+    alone) is given back; no event is written."""
+    e = FakeEngine(image)
+    assert e.driver_entry() == 0
+    allocations = e.counts.get("ExAllocatePool2", 0)
+    e.faults["ExAllocatePool2"] = {allocations + 1: 0}
+    establish(e, 0xE00, pid=6, path=CURL)
+    assert e.contexts == {}
+    assert stats(e)["allocation_failures"] == 1
+    assert all_processes(e)[0] == [] and all_events(e)[0] == []
+    establish(e, 0xE01, pid=6, path=CURL)
+    procs = processes_by_identity(e)
+    assert procs[(6, CURL)]["flows_total"] == 1
+    assert [ev["flow_id"] for ev in all_events(e)[0]] == [0xE01]
+    e.unload()
+    assert e.pool_errors == [] and e.pool == {}
