@@ -15,7 +15,7 @@ from conftest import IMAGE, KEYS
 from fake_engine import FakeEngine
 
 SHOWN = {
-    "IoCreateDevice", "ObOpenObjectByPointer", "ZwSetSecurityObject", "ZwClose", "FwpsCalloutRegister1",
+    "IoCsqInitialize", "IoCsqRemoveNextIrp", "IoCreateDevice", "ObOpenObjectByPointer", "ZwSetSecurityObject", "ZwClose", "FwpsCalloutRegister1",
     "FwpsInjectionHandleCreate0", "FwpsFlowAssociateContext0", "FwpsCalloutUnregisterById0",
     "FwpsFlowRemoveContext0", "KeWaitForSingleObject", "IoDeleteDevice", "FwpsInjectionHandleDestroy0",
 }
@@ -31,6 +31,9 @@ def show(e, start, title):
         args = ", ".join(a if isinstance(a, str) else hex(a) for a in c.args)
         if c.api == "FwpsCalloutUnregisterById0":
             args = f"{args} ({e.callouts[c.args[0]].key})"
+        if c.api == "IoCsqRemoveNextIrp":  # returns an IRP, not a status
+            print(f"  {c.api}(queue of pending event reads) -> {hex(c.ret) if c.ret else 'NULL (none pending)'}")
+            continue
         print(f"  {c.api}({args}) -> {STATUS.get(c.ret, hex(c.ret or 0))}")
     return len(e.calls)
 

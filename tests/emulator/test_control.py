@@ -122,7 +122,7 @@ def test_stats_reflect_flows_created_through_classify(loaded):
     (P.IOCTL_SET_COUNTING, P.set_counting_request(2), 0, L.STATUS_INVALID_PARAMETER),
     (P.IOCTL_SET_COUNTING, P.set_counting_request(1, reserved=5), 0, L.STATUS_INVALID_PARAMETER),
     (P.IOCTL_SET_COUNTING, b"", 0, L.STATUS_INVALID_BUFFER_SIZE),
-    (P.ctl_code(P.FILE_DEVICE_WFPMON, 0x903, 0, 1), P.query_stats_request(), 4096, L.STATUS_INVALID_DEVICE_REQUEST),
+    (P.ctl_code(P.FILE_DEVICE_WFPMON, 0x905, 0, 1), P.query_stats_request(), 4096, L.STATUS_INVALID_DEVICE_REQUEST),
     (P.ctl_code(0x22, 0x900, 0, 1), P.query_stats_request(), 4096, L.STATUS_INVALID_DEVICE_REQUEST),
     # The codes of protocol 1 (FILE_DEVICE_NETWORK, Microsoft's type) are gone.
     (P.ctl_code(0x12, 0x900, 0, 1), P.query_stats_request(), 4096, L.STATUS_INVALID_DEVICE_REQUEST),

@@ -177,12 +177,20 @@ def test_per_packet_path_makes_no_kernel_call(loaded):
     datagram: no packet can carry its handle's injection state.)"""
     tcp4(loaded, 0x100)
     udp6(loaded, 0x200)
-    before = len(loaded.calls)
+    # A reader waits for events meanwhile: packets are not events.
+    reader = loaded.open_handle()
+    read = loaded.send_irp_async(loaded.IRP_MJ_DEVICE_CONTROL, P.IOCTL_READ_EVENTS,
+                                 P.read_events_request(0, P.FROM_NOW, wait=True), P.read_events_out_len(4),
+                                 reader)
+    assert read.pending
+    before, locks = len(loaded.calls), loaded.lock_acquisitions
     for _ in range(5):
         loaded.stream(0x100, 100, send=True)
         loaded.datagram(0x200, [10, 20], inbound=True)
         loaded.datagram(0x200, [18], inbound=False, header_size=8)
     assert loaded.calls[before:] == []
+    assert loaded.lock_acquisitions == locks, "a spin lock taken per packet"
+    assert not read.completed
     assert flows_by_id(loaded)[0x200]["bytes_outbound"] == 50
 
 
@@ -196,7 +204,7 @@ def test_a_flow_is_tracked_even_without_addresses_or_ports(loaded):
     for i in range(values.valueCount):
         if i != L.FE_PROTOCOL:
             loaded.se.mem_write(values.incomingValue + 16 * i, bytes(16))
-    loaded.call(fn, args)
+    loaded.call(fn, args, loaded.CALLOUT_IRQL)
     f = flows_by_id(loaded)[0x600]
     assert (f["protocol"], f["local_port"], f["remote_port"]) == (17, 0, 0)
     assert f["local"] == bytes(16) and f["remote"] == bytes(16)

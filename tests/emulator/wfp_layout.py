@@ -60,6 +60,11 @@ class FWPS_INCOMING_METADATA_VALUES0(C.Structure):
     ]
 
 
+class FWP_BYTE_BLOB(C.Structure):
+    # fwptypes.h: UINT32 size; UINT8* data.
+    _fields_ = [("size", u32), ("data", ptr)]
+
+
 class FWPS_CLASSIFY_OUT0(C.Structure):
     _fields_ = [
         ("actionType", u32),
@@ -144,6 +149,7 @@ _EXPECTED = {
     (FWPS_INCOMING_VALUES0, "valueCount"): 4,
     (FWPS_INCOMING_VALUES0, "incomingValue"): 8,
     (FWPS_INCOMING_METADATA_VALUES0, "flowHandle"): 32,
+    (FWPS_INCOMING_METADATA_VALUES0, "processPath"): 48,
     (FWPS_INCOMING_METADATA_VALUES0, "processId"): 64,
     (FWPS_CLASSIFY_OUT0, "outContext"): 8,
     (FWPS_CLASSIFY_OUT0, "rights"): 24,
@@ -158,6 +164,7 @@ for (cls, field), off in _EXPECTED.items():
 assert C.sizeof(FWPS_CALLOUT1) == 48
 assert C.sizeof(FWPS_FILTER1) == 64 and FWPS_FILTER1.actionType.offset == 40
 assert C.sizeof(FWP_VALUE0) == 16
+assert C.sizeof(FWP_BYTE_BLOB) == 16 and FWP_BYTE_BLOB.data.offset == 8
 assert C.sizeof(FWPS_CLASSIFY_OUT0) == 40
 assert C.sizeof(FWPS_STREAM_DATA0) == 64
 assert C.sizeof(FWPS_STREAM_CALLOUT_IO_PACKET0) == 40
@@ -182,6 +189,9 @@ FWP_CALLOUT_FLAG_ALLOW_OFFLOAD = 0x2  # FWPS_CALLOUT1 reference
 FWP_CALLOUT_FLAG_ALLOW_USO = 0x100
 FWP_CALLOUT_FLAG_ALLOW_URO = 0x200
 FWPS_METADATA_FIELD_PROCESS_ID = 0x20  # windows-sys (SDK metadata) agrees
+# "Metadata field identifiers" / FWPS_INCOMING_METADATA_VALUES0: processPath
+# is an FWP_BYTE_BLOB* (the image path, UTF-16); windows-sys agrees on 0x8.
+FWPS_METADATA_FIELD_PROCESS_PATH = 0x8
 FWPS_METADATA_FIELD_TRANSPORT_HEADER_SIZE = 0x400
 FWPS_STREAM_ACTION_NONE = 0
 FWPS_METADATA_FIELD_FLOW_HANDLE = 0x2
@@ -225,6 +235,7 @@ STATUS_DEVICE_BUSY = 0x80000011
 STATUS_UNSUCCESSFUL = 0xC0000001
 STATUS_INVALID_HANDLE = 0xC0000008
 STATUS_INVALID_PARAMETER = 0xC000000D
+STATUS_CANCELLED = 0xC0000120
 STATUS_INVALID_DEVICE_REQUEST = 0xC0000010
 STATUS_NO_MEMORY = 0xC0000017
 STATUS_ACCESS_DENIED = 0xC0000022
