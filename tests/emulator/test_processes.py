@@ -236,7 +236,7 @@ def test_paging_with_next_slot(loaded):
 
 
 # Where the flow ends: after the query's n-th lock release. The query
-# tags its page slot by slot (one shard lock per slot: the first 1024),
+# tags its page shard by shard (one lock per shard: the first 32),
 # then walks the flow registry bucket by bucket (one lock per bucket ever
 # used), then reads each entry of the page (one shard lock each): ("tag",
 # f) is a fraction of the way through the tagging; ("end", k) the k-th
@@ -265,8 +265,8 @@ def test_totals_are_exact_while_a_flow_ends_during_the_query(loaded, place):
     list_processes(e)
     releases = e.lock_acquisitions - before
     phase, where = place
-    nth = max(1, round(where * P.PROCESS_SLOTS)) if phase == "tag" else releases - where
-    assert releases > P.PROCESS_SLOTS, releases
+    nth = max(1, round(where * SHARDS)) if phase == "tag" else releases - where
+    assert releases > SHARDS, releases
     victim = handles[3]
     (flow, layer, cid), ctx = e.context_of(victim)
     ended = []
@@ -295,6 +295,9 @@ def fnv1a(data: bytes) -> int:
     for b in data:
         h = ((h ^ b) * 0x01000193) & 0xFFFFFFFF
     return h
+
+
+SHARDS = 32  # crates/wfpmon-core/src/process.rs: PROCESS_SHARDS
 
 
 def shard_of(pid, path: str) -> int:

@@ -614,24 +614,27 @@ impl<L: Lock, const S: usize, const P: usize> ProcessTable<L, S, P> {
     ) -> (usize, Option<u32>) {
         let mut taken = 0;
         let mut slot = first;
+        // One lock hold per shard (at most PER_SHARD entries looked at).
         while slot < self.capacity() && taken < max {
-            let (shard, index) = (&self.shards[slot / P], slot % P);
-            let used = shard.locked(|entries| {
-                let e = &mut entries[index];
-                if e.is_free() {
-                    return false;
+            let shard = &self.shards[slot / P];
+            shard.locked(|entries| {
+                // From `slot` to the end of its shard, or until the page is full.
+                loop {
+                    let e = &mut entries[slot % P];
+                    if !e.is_free() {
+                        e.scan_tag = tag;
+                        e.late = ZERO;
+                        #[allow(clippy::cast_possible_truncation)] // < S * P
+                        let s = slot as u32;
+                        page[taken] = s;
+                        taken += 1;
+                    }
+                    slot += 1;
+                    if slot.is_multiple_of(P) || taken == max {
+                        break;
+                    }
                 }
-                e.scan_tag = tag;
-                e.late = ZERO;
-                true
             });
-            if used {
-                #[allow(clippy::cast_possible_truncation)] // < S * P
-                let s = slot as u32;
-                page[taken] = s;
-                taken += 1;
-            }
-            slot += 1;
         }
         #[allow(clippy::cast_possible_truncation)] // < S * P
         let next = (slot < self.capacity()).then_some(slot as u32);
