@@ -938,27 +938,40 @@ impl ListProcessesRequest {
     }
 }
 
-/// Checks a batch response's header: version, record size, count and sizes.
-const fn check_batch(
-    header: Header,
-    len: usize,
+/// The shape of a batch response: a fixed part, then `returned` records.
+struct Batch {
     fixed: usize,
     record_size: u32,
-    expected_record: usize,
     returned: u32,
     limit: usize,
-) -> Result<(), DecodeError> {
-    if header.version != PROTOCOL_VERSION {
-        return Err(DecodeError::Version(header.version));
+}
+
+impl Batch {
+    /// Checks the version, the record size (against `R`'s size, which its
+    /// wire size equals: asserted for every record type), the count and the
+    /// sizes; then the records.
+    fn records<'a, R: 'a>(
+        self,
+        bytes: &'a [u8],
+        header: Header,
+        decode: fn(&[u8]) -> Option<R>,
+    ) -> Result<impl Iterator<Item = R> + 'a, DecodeError> {
+        if header.version != PROTOCOL_VERSION {
+            return Err(DecodeError::Version(header.version));
+        }
+        let record = self.record_size as usize;
+        let expected_record = size_of::<R>();
+        if record != expected_record || self.returned as usize > self.limit {
+            return Err(DecodeError::Size);
+        }
+        let expected = self.fixed + self.returned as usize * record;
+        if header.size as usize != expected || bytes.len() < expected {
+            return Err(DecodeError::Size);
+        }
+        Ok(bytes[self.fixed..expected]
+            .chunks_exact(record)
+            .filter_map(decode))
     }
-    if record_size as usize != expected_record || returned as usize > limit {
-        return Err(DecodeError::Size);
-    }
-    let expected = fixed + returned as usize * expected_record;
-    if header.size as usize != expected || len < expected {
-        return Err(DecodeError::Size);
-    }
-    Ok(())
 }
 
 impl EventsHeader {
@@ -997,20 +1010,15 @@ impl EventsHeader {
             oldest: r.u64().ok_or(t)?,
             now: r.u64().ok_or(t)?,
         };
-        check_batch(
-            header,
-            bytes.len(),
-            Self::SIZE,
-            h.event_size,
-            crate::events::FlowEvent::SIZE,
-            h.returned,
-            MAX_EVENTS_PER_CALL,
-        )?;
-        let body = &bytes[Self::SIZE..header.size as usize];
+        let batch = Batch {
+            fixed: Self::SIZE,
+            record_size: h.event_size,
+            returned: h.returned,
+            limit: MAX_EVENTS_PER_CALL,
+        };
         Ok((
             h,
-            body.chunks_exact(crate::events::FlowEvent::SIZE)
-                .filter_map(crate::events::FlowEvent::decode),
+            batch.records(bytes, header, crate::events::FlowEvent::decode)?,
         ))
     }
 }
@@ -1057,21 +1065,13 @@ impl ProcessListHeader {
             evictions: r.u64().ok_or(t)?,
             unattributed_flows: r.u64().ok_or(t)?,
         };
-        check_batch(
-            header,
-            bytes.len(),
-            Self::SIZE,
-            h.entry_size,
-            ProcessEntry::SIZE,
-            h.returned,
-            MAX_PROCESSES_PER_CALL,
-        )?;
-        let body = &bytes[Self::SIZE..header.size as usize];
-        Ok((
-            h,
-            body.chunks_exact(ProcessEntry::SIZE)
-                .filter_map(ProcessEntry::decode),
-        ))
+        let batch = Batch {
+            fixed: Self::SIZE,
+            record_size: h.entry_size,
+            returned: h.returned,
+            limit: MAX_PROCESSES_PER_CALL,
+        };
+        Ok((h, batch.records(bytes, header, ProcessEntry::decode)?))
     }
 }
 

@@ -1,25 +1,11 @@
 //! The event ring against a model: sequence numbers, overwriting, exact
 //! dropped counts, bounded reads, any number of independent readers.
 
-use std::sync::Mutex;
+mod common;
+use common::StdLock;
 
 use proptest::prelude::*;
 use wfpmon_core::events::{EventRing, FROM_NOW, FlowEvent};
-use wfpmon_core::flow::Lock;
-
-#[derive(Default)]
-struct StdLock(Mutex<()>);
-
-// SAFETY: a std mutex: mutual exclusion with release/acquire.
-unsafe impl Lock for StdLock {
-    fn with<R>(&self, f: impl FnOnce() -> R) -> R {
-        let _guard = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        f()
-    }
-}
 
 const CAP: usize = 8;
 

@@ -2,35 +2,20 @@
 //! processes, and per-process totals that stay exact while flows end during
 //! a query (model-based property test, and real threads).
 
+mod common;
+use common::StdLock;
+
 use std::collections::BTreeMap;
 use std::ptr::NonNull;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use proptest::prelude::*;
 use wfpmon_core::catalog::AddressFamily;
-use wfpmon_core::flow::{
-    Association, Direction, FlowRecord, FlowRegistry, FlowTuple, Lock, Traffic,
-};
+use wfpmon_core::flow::{Association, Direction, FlowRecord, FlowRegistry, FlowTuple, Traffic};
 use wfpmon_core::process::{
     NO_PROCESS, PATH_UNITS, PROCESS_ID_MISSING, PROCESS_PATH_MISSING, PROCESS_PATH_TRUNCATED,
     ProcessSnapshot, ProcessTable, QueryBusy,
 };
-
-#[derive(Default)]
-struct StdLock(Mutex<()>);
-
-// SAFETY: a std mutex: mutual exclusion, and its release/acquire publish
-// the writes made under it.
-unsafe impl Lock for StdLock {
-    fn with<R>(&self, f: impl FnOnce() -> R) -> R {
-        let _guard = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        f()
-    }
-}
 
 type Table = ProcessTable<StdLock, 2, 8>;
 type Flows = FlowRegistry<StdLock, 8>;

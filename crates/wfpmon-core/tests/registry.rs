@@ -1,15 +1,17 @@
 //! The flow registry: a model-based property test against a plain set, and
 //! a multi-threaded stress test of the stop/insert/remove protocol.
 
+mod common;
+use common::StdLock;
+
 use std::collections::BTreeSet;
 use std::ptr::NonNull;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use proptest::prelude::*;
 use wfpmon_core::catalog::AddressFamily;
 use wfpmon_core::flow::{
-    Association, Direction, FlowRecord, FlowRegistry, FlowTuple, ListCursor, Listed, Lock, Traffic,
+    Association, Direction, FlowRecord, FlowRegistry, FlowTuple, ListCursor, Listed, Traffic,
 };
 
 /// A registry with few buckets, so that flows share them (collisions,
@@ -45,20 +47,6 @@ fn list_all<const B: usize>(reg: &FlowRegistry<StdLock, B>, batch: usize) -> (Ve
 }
 
 /// Host stand-in for the driver's spin lock.
-#[derive(Default)]
-struct StdLock(Mutex<()>);
-
-// SAFETY: a std mutex gives mutual exclusion and release/acquire ordering.
-unsafe impl Lock for StdLock {
-    fn with<R>(&self, f: impl FnOnce() -> R) -> R {
-        let _guard = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        f()
-    }
-}
-
 const fn tuple() -> FlowTuple {
     FlowTuple {
         family: AddressFamily::V4,
