@@ -416,6 +416,10 @@ class Run:
     DEVICE = 0xD0D0
     SCM = 0x5C00
     FILETIME_2026 = (1_767_225_600 + 11_644_473_600) * 10_000_000  # 2026-01-01T00:00:00Z
+    # Speakeasy settings a subclass changes (test_wfpmonctl_real_driver.py:
+    # a longer run timeout, since the driver's own emulation runs inside
+    # this run's API hooks and counts toward it).
+    CONFIG: dict = {}
 
     def __init__(self, exe: str, args: list[str], answers: dict | None = None, machine: Machine | None = None):
         self.answers = answers or {}
@@ -436,6 +440,7 @@ class Run:
         config = copy.deepcopy(DEFAULT_CONFIG_DATA)
         config["command_line"] = " ".join(["wfpmonctl.exe", *args])
         config["max_api_count"] = 400_000
+        config.update(self.CONFIG)
         self.se = speakeasy.Speakeasy(config=config)
         module = self.se.load_module(exe)
         for api, argc, parse in [
