@@ -24,7 +24,7 @@ use super::irp::Irp;
 
 /// Which pending IRP [`IrpQueue::remove_next`] hands out (the queue's
 /// "peek context").
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 pub enum Which {
     /// The oldest.
     Any,
@@ -32,6 +32,9 @@ pub enum Which {
     File(*const wdk_sys::FILE_OBJECT),
     /// This very IRP, if still queued.
     This(*const IRP),
+    /// The oldest for which `ready(irp, value)` holds (called under the
+    /// queue lock, for a queued IRP: it may read the IRP's buffers).
+    Ready(fn(*const IRP, u64) -> bool, u64),
 }
 
 /// The queue.
@@ -223,6 +226,7 @@ unsafe extern "C" fn csq_peek_next(_csq: *mut IO_CSQ, irp: PIRP, peek: PVOID) ->
             Which::This(p) => ptr::eq(candidate, p),
             // SAFETY: a queued IRP is live, with a current stack location.
             Which::File(f) => ptr::eq(unsafe { Irp::file_object_of(candidate) }, f),
+            Which::Ready(ready, value) => ready(candidate, value),
         };
         if matches {
             return candidate;
