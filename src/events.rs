@@ -70,13 +70,14 @@ pub fn read(mut irp: Irp, output_len: usize, capacity: usize, cursor: u64, wait:
     {
         field.copy_from_slice(&cursor.to_le_bytes());
     }
-    let this = irp.as_ptr();
-    READS.insert(irp);
+    let queued = READS.insert(irp);
     // An event published between the head read above and the insert found
     // no pending read: take the request back if events are there now (it
-    // may already be gone — completed by `publish` or cancelled).
+    // may already be gone — completed by `publish` or cancelled — and its
+    // memory handed to another request: the insertion's token tells them
+    // apart).
     if (SHARED.events.head() > cursor || CLOSED.load(Ordering::SeqCst))
-        && let Some(irp) = READS.remove_next(Which::This(this))
+        && let Some(irp) = READS.remove_next(Which::This(queued))
     {
         complete_read(irp);
     }

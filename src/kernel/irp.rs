@@ -45,11 +45,6 @@ impl Irp {
         self.raw
     }
 
-    /// The IRP's address (to name it, never to touch it).
-    pub const fn as_ptr(&self) -> *const IRP {
-        self.raw.as_ptr()
-    }
-
     /// The file object of `irp`'s current stack location (the handle the
     /// request came on).
     ///
