@@ -48,6 +48,7 @@
 //! driver's list against.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 
 use crate::io::{IRP_DRIVER_CONTEXT_3, cancel_bit, cancel_routine, mark_pending};
@@ -91,6 +92,45 @@ pub struct Queue {
     /// the driver or to cancellation), with the `DriverContext[3]` value
     /// the queue stored in each (rule 5).
     tagged: HashMap<usize, usize>,
+}
+
+/// A debugging trace of the queue operations of the current world, kept
+/// when `WFPMON_NATIVE_TRACE_CSQ` is set (and printed with a violation of
+/// the cleanup rule).
+static TRACE: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Whether [`TRACE`] is kept.
+pub fn tracing() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("WFPMON_NATIVE_TRACE_CSQ").is_some())
+}
+
+fn trace(what: impl FnOnce() -> String) {
+    if tracing() {
+        let line = format!(
+            "[{}] {}",
+            std::thread::current().name().unwrap_or("?"),
+            what()
+        );
+        lock(&TRACE).push(line);
+    }
+}
+
+/// The last `n` trace lines (debugging).
+#[must_use]
+pub fn trace_tail(n: usize) -> Vec<String> {
+    let t = lock(&TRACE);
+    t[t.len().saturating_sub(n)..].to_vec()
+}
+
+/// Forgets the trace (a new world).
+pub fn trace_reset() {
+    lock(&TRACE).clear();
+}
+
+/// Adds a line to the trace (debugging).
+pub fn trace_note(line: &str) {
+    trace(|| line.to_string());
 }
 
 /// Whether any queue holds `irp` (host view).
@@ -366,6 +406,13 @@ pub unsafe extern "win64" fn io_csq_insert_irp(csq: usize, irp: usize, context: 
         }
         cancelled
     };
+    trace(|| {
+        format!(
+            "insert {irp:#x} (request {:?}, file {:#x}) cancelled {cancelled}",
+            w.io.live_id(irp),
+            word(word(irp + 0xB8) + 0x30)
+        )
+    });
     if !cancelled {
         insert_irp(w, &r, csq, irp);
     }
@@ -402,6 +449,7 @@ pub unsafe extern "win64" fn io_csq_remove_next_irp(csq: usize, peek_context: us
             // IRP it holds; the caller's peek context.
             unsafe { peek(csq, previous, peek_context) }
         });
+        trace(|| format!("peek({previous:#x}, ctx {peek_context:#x}) -> {next:#x}"));
         if next == 0 {
             break;
         }
@@ -423,6 +471,7 @@ pub unsafe extern "win64" fn io_csq_remove_next_irp(csq: usize, peek_context: us
             continue;
         }
         remove_irp(w, &r, csq, next);
+        trace(|| format!("removed {next:#x}"));
         release_context(w, csq, next);
         found = next;
         break;
@@ -454,6 +503,7 @@ pub unsafe extern "win64" fn system_cancel_routine(_device: usize, irp: usize) {
     };
     let old = acquire_lock(w, &r, csq);
     remove_irp(w, &r, csq, irp);
+    trace(|| format!("cancel routine removed {irp:#x}"));
     release_context(w, csq, irp);
     release_lock(w, &r, csq, old);
     complete_canceled(w, &r, csq, irp);

@@ -31,7 +31,9 @@
 //!    reference; IoSetCancelRoutine reference ("uses an interlocked
 //!    exchange").
 //! 5. **Cleanup.** After `IRP_MJ_CLEANUP` of a file object is completed, no
-//!    IRP sent on that file object may still be queued in the driver: "the
+//!    IRP sent on that file object may still be queued in the driver's
+//!    cancel-safe queue (one the driver already took out, and completes on
+//!    another thread, or one whose cancellation has begun, is not queued): "the
 //!    driver must cancel and complete ... the currently queued IRPs that are
 //!    associated with the file object handle that is being released", with
 //!    `STATUS_CANCELLED`. *Source:* IRP_MJ_CLEANUP reference; "DispatchCleanup
@@ -155,6 +157,11 @@ pub struct Ticket {
     buffered: bool,
     system_buffer: usize,
     system_buffer_len: usize,
+    /// Dispatched (the driver has seen it).
+    sent: AtomicBool,
+    /// `IoCancelIrp` took its cancel routine: the cancel-safe queue's
+    /// cancel routine owns it until it completes it.
+    cancelling: AtomicBool,
     state: Mutex<TicketState>,
     cond: Condvar,
 }
@@ -460,6 +467,7 @@ impl Io {
     /// No IRP yet.
     #[must_use]
     pub fn new() -> Self {
+        crate::csq::trace_reset();
         Self {
             live: Mutex::new(HashMap::new()),
             cancel_lock: Mutex::new(()),
@@ -480,16 +488,43 @@ impl Io {
         self.recycle.store(on, Ordering::SeqCst);
     }
 
-    /// IRPs sent and not completed.
+    /// IRPs sent to the driver and not completed.
     #[must_use]
     pub fn outstanding(&self) -> usize {
-        lock(&self.live).len()
+        lock(&self.live)
+            .values()
+            .filter(|t| t.sent.load(Ordering::SeqCst))
+            .count()
     }
 
-    /// Outstanding IRPs sent on `file`.
+    /// IRPs sent on `file` that a cancel-safe queue still holds, except
+    /// those whose cancellation has begun (`IoCancelIrp` took their cancel
+    /// routine, which removes and completes them). An IRP the driver took
+    /// out of its queue and is completing on another thread is not
+    /// counted: it is no longer queued.
     #[must_use]
-    pub fn outstanding_on(&self, file: usize) -> usize {
-        lock(&self.live).values().filter(|t| t.file == file).count()
+    pub fn queued_on(&self, w: &World, file: usize) -> Vec<String> {
+        // Under the lock completion takes: no IRP looked at here can be
+        // completed, freed and its address reused (and queued again) while
+        // the queue is asked about it.
+        let live = lock(&self.live);
+        live.values()
+            .filter(|t| {
+                t.file == file
+                    && !t.cancelling.load(Ordering::SeqCst)
+                    && crate::csq::queued_anywhere(w, t.irp)
+            })
+            .map(|t| {
+                format!(
+                    "IRP {:#x} (request {}, code {:#x}, dispatch returned {:?}, Cancel {})",
+                    t.irp,
+                    t.id,
+                    t.code,
+                    t.returned(),
+                    cancel_bit(t.irp).load(Ordering::SeqCst)
+                )
+            })
+            .collect()
     }
 
     /// Whether `irp` is outstanding.
@@ -764,6 +799,8 @@ impl World {
             buffered,
             system_buffer,
             system_buffer_len,
+            sent: AtomicBool::new(false),
+            cancelling: AtomicBool::new(false),
             state: Mutex::new(TicketState::default()),
             cond: Condvar::new(),
         });
@@ -827,6 +864,7 @@ impl World {
             return None;
         }
         self.io.counts.dispatched.fetch_add(1, Ordering::Relaxed);
+        ticket.sent.store(true, Ordering::SeqCst);
         // SAFETY: a dispatch routine of the image (checked above).
         let f: unsafe extern "win64" fn(usize, usize) -> i32 =
             unsafe { std::mem::transmute(dispatch) };
@@ -959,11 +997,21 @@ impl World {
         }
         // The handle is closed for its users; the cleanup and the close are
         // the I/O manager's own requests.
+        crate::csq::trace_note(&format!("cleanup of file {:#x} begins", handle.file));
         let cleanup = self.request_as(None, handle, IRP_MJ_CLEANUP, 0, &[], 0)?;
-        let left = self.io.outstanding_on(handle.file);
-        if left != 0 {
+        crate::csq::trace_note(&format!("cleanup of file {:#x} done", handle.file));
+        let left = self.io.queued_on(self, handle.file);
+        if !left.is_empty() {
+            if crate::csq::tracing() {
+                eprintln!(
+                    "cancel-safe queue trace (last 400): {:#?}",
+                    crate::csq::trace_tail(400)
+                );
+            }
             self.kernel.violation(format!(
-                "IRP_MJ_CLEANUP completed but {left} request(s) sent on its file object are still pending in the driver"
+                "IRP_MJ_CLEANUP of file object {:#x} completed but request(s) sent on it are still in the driver's queue: {}",
+                handle.file,
+                left.join(", ")
             ));
         }
         let _ = self.request_as(None, handle, IRP_MJ_CLOSE, 0, &[], 0);
@@ -988,7 +1036,11 @@ impl World {
             self.io.counts.cancel_calls.fetch_add(1, Ordering::Relaxed);
             cancel_bit(irp).store(1, Ordering::SeqCst);
             write(irp + IRP_CANCEL_IRQL, level);
-            cancel_routine(irp).swap(0, Ordering::SeqCst)
+            let routine = cancel_routine(irp).swap(0, Ordering::SeqCst);
+            if routine != 0 {
+                ticket.cancelling.store(true, Ordering::SeqCst);
+            }
+            routine
         };
         if routine == 0 {
             return false;

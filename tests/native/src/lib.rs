@@ -32,7 +32,9 @@
 //! - [`world`]: one loaded image with its kernel and engine, and the
 //!   host-side actions (flows, classify, IOCTLs, unload);
 //! - [`scenarios`]: the threaded scenarios the tests, the memcheck run and
-//!   the benchmark share.
+//!   the benchmark share;
+//! - [`events`]: flow events, pending reads, per-process totals: their
+//!   client side and scenarios.
 
 #![cfg(target_os = "linux")]
 // Lints relaxed for this test host, each for a reason:
@@ -62,6 +64,7 @@ pub mod crash;
 pub mod csq;
 pub mod engine;
 pub mod etw;
+pub mod events;
 pub mod imports;
 pub mod io;
 pub mod kernel;
