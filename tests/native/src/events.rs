@@ -2198,3 +2198,77 @@ pub fn stress(seed: u64) -> Result<EventsSummary, String> {
     let f = ring_overflow(seed, 300)?;
     Ok(a.plus(b).plus(c).plus(d).plus(e).plus(f))
 }
+
+/// The I/O harness checks itself: deliberate host-side breakage, acting as
+/// the driver would, that each rule of [`crate::io`] and [`crate::csq`] must
+/// report — an IRP completed twice, completed with `STATUS_PENDING`,
+/// completed with a cancel routine still set, queued in a queue never
+/// initialised, and one left pending at Unload. Returns the violations
+/// recorded.
+///
+/// # Errors
+/// When the world cannot be built.
+pub fn io_self_check(seed: u64) -> Result<Vec<String>, String> {
+    let w = boot(Config::new(seed))?;
+    let handle = w
+        .open_handle("")
+        .map_err(|s| format!("IRP_MJ_CREATE -> {s:#x}"))?;
+    let complete = |irp: usize, status: i32| {
+        // SAFETY: an outstanding IRP the host prepared (IoStatus.Status).
+        unsafe { ((irp + 0x30) as *mut i32).write(status) };
+        // SAFETY: as above (IoStatus.Information).
+        unsafe { ((irp + 0x38) as *mut u64).write(0) };
+        crate::kernel::call_into_image(&w, "self-check: complete", PASSIVE_LEVEL, || {
+            // SAFETY: the IofCompleteRequest model, called as the image
+            // would call it.
+            unsafe { crate::kernel::iof_complete_request(irp, 0) };
+        });
+    };
+    let prepare = || {
+        w.prepare_irp(
+            &handle,
+            IRP_MJ_DEVICE_CONTROL,
+            IOCTL_WFPMON_READ_EVENTS,
+            &[0; 24],
+            events_out_len(1),
+        )
+        .ok_or_else(|| "no device".to_string())
+    };
+    // Completed twice (the second call finds no outstanding IRP there).
+    let once = prepare()?;
+    let irp = once.irp;
+    complete(irp, STATUS_SUCCESS);
+    crate::kernel::call_into_image(&w, "self-check: complete again", PASSIVE_LEVEL, || {
+        // SAFETY: the model looks the address up before touching anything.
+        unsafe { crate::kernel::iof_complete_request(irp, 0) };
+    });
+    // Completed with STATUS_PENDING.
+    let pending = prepare()?;
+    complete(pending.irp, crate::kernel::status::PENDING);
+    // Completed with a cancel routine set.
+    let cancellable = prepare()?;
+    crate::io::cancel_routine(cancellable.irp).store(
+        crate::csq::system_cancel_routine as *const () as usize,
+        Ordering::SeqCst,
+    );
+    complete(cancellable.irp, STATUS_CANCELLED);
+    // Queued in a queue nobody initialised.
+    let mut not_a_queue = [0u64; 8];
+    let queued = prepare()?;
+    crate::kernel::call_into_image(&w, "self-check: insert", PASSIVE_LEVEL, || {
+        // SAFETY: the IoCsqInsertIrp model, which refuses the queue before
+        // touching the IRP.
+        unsafe { crate::csq::io_csq_insert_irp(not_a_queue.as_mut_ptr() as usize, queued.irp, 0) };
+    });
+    // Left pending at Unload: a request the driver "pended" and forgot.
+    let forgotten = prepare()?;
+    forgotten.mark_sent();
+    drop(handle);
+    w.unload();
+    let reported = w.kernel.violations();
+    // Tidy up so that the world drops cleanly (the image is unloaded: the
+    // host completes what it left itself).
+    w.io.forget(&queued);
+    w.io.forget(&forgotten);
+    Ok(reported)
+}

@@ -179,6 +179,12 @@ impl Ticket {
         lock(&self.state).returned
     }
 
+    /// Marks a prepared IRP as sent without dispatching it (the harness's
+    /// self-check: a request the "driver" keeps pending).
+    pub(crate) fn mark_sent(&self) {
+        self.sent.store(true, Ordering::SeqCst);
+    }
+
     /// Waits up to `timeout` for the completion.
     #[must_use]
     pub fn wait(&self, timeout: Duration) -> Option<Completion> {
@@ -621,6 +627,12 @@ impl Io {
         } else {
             host_free(irp, IRP_SIZE + STACK_SIZE);
         }
+    }
+
+    /// Drops an IRP the host prepared and no one completed (the
+    /// harness's self-check tidying up).
+    pub(crate) fn forget(&self, ticket: &Ticket) {
+        self.discard(ticket);
     }
 
     /// Drops a prepared IRP that was never dispatched.

@@ -215,3 +215,24 @@ fn driver_entry_initialises_the_read_queue_first_and_fails_cleanly_there() {
         "no flow can be tracked when DriverEntry fails first: {s:?}"
     );
 }
+
+#[test]
+fn the_io_checks_catch_what_they_must() {
+    if !image_present() {
+        return;
+    }
+    let seen = events::io_self_check(rng::base_seed(0xE700)).unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("I/O self-check violations: {seen:#?}");
+    for expected in [
+        "not an outstanding IRP (completed twice",
+        "with IoStatus.Status = STATUS_PENDING",
+        "with a cancel routine still set",
+        "not an IO_CSQ initialised by IoCsqInitialize",
+        "IRP(s) sent to the driver were still pending",
+    ] {
+        assert!(
+            seen.iter().any(|v| v.contains(expected)),
+            "the harness did not report \"{expected}\"; it reported {seen:#?}"
+        );
+    }
+}
