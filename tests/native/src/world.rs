@@ -626,9 +626,23 @@ impl World {
     /// A new flow (not yet classified), of process `4 + n % 1000` whose
     /// image path the engine supplies ([`default_process_path`]).
     pub fn open_flow(&self, v6: bool, tcp: bool, inbound: bool, n: u64) -> HostFlow {
-        let pid = 4 + n % 1000;
-        let path: Arc<[u16]> = default_process_path(pid).encode_utf16().collect();
-        self.open_flow_of(v6, tcp, inbound, n, Some(pid), Some(path))
+        // The thousand paths are made once and shared (a million flows
+        // must not carry a million copies).
+        static PATHS: std::sync::OnceLock<Vec<Arc<[u16]>>> = std::sync::OnceLock::new();
+        let paths = PATHS.get_or_init(|| {
+            (0..1000)
+                .map(|i| default_process_path(4 + i).encode_utf16().collect())
+                .collect()
+        });
+        let i = usize::try_from(n % 1000).unwrap_or(0);
+        self.open_flow_of(
+            v6,
+            tcp,
+            inbound,
+            n,
+            Some(4 + n % 1000),
+            Some(Arc::clone(&paths[i])),
+        )
     }
 
     /// A new flow of the process `pid` (`None`: the engine supplies no
