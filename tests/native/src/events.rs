@@ -2272,3 +2272,142 @@ pub fn io_self_check(seed: u64) -> Result<Vec<String>, String> {
     w.io.forget(&forgotten);
     Ok(reported)
 }
+
+/// More processes than the table holds: 1400 processes with one active
+/// flow each (the table has 1024 entries in 32 shards of 32, so some
+/// shards fill with processes that all have active flows), then, all those
+/// flows ended, 300 new processes (entries of ended processes are reused).
+/// The flows without an entry are exactly those whose "established" event
+/// says NO_PROCESS and whose LIST_FLOWS entry has no process key, and the
+/// header's `unattributed_flows` counts exactly them; every entry listed is
+/// a process the engine supplied, with its flow's exact traffic; reused
+/// entries are counted in `evictions` and get a new key.
+///
+/// # Errors
+/// The problems found, with the seed.
+#[allow(clippy::too_many_lines)]
+pub fn process_table_full(seed: u64) -> Result<EventsSummary, String> {
+    const FIRST: usize = 1400;
+    const SECOND: usize = 300;
+    let mut rng = Rng::new(seed);
+    let w = boot(Config::new(seed))?;
+    let tally = Tally::default();
+    let ledger = Ledger::default();
+    let base = 10_000 + rng.below(1000) * 4;
+    let procs: Vec<Process> = (0..(FIRST + SECOND) as u64)
+        .map(|i| {
+            let pid = base + 4 * i;
+            Process::new(Some(pid), Some(&crate::world::default_process_path(pid)))
+        })
+        .collect();
+    let handle = w
+        .open_handle("")
+        .map_err(|s| format!("IRP_MJ_CREATE -> {s:#x}"))?;
+    let mut first = Vec::new();
+    for (i, p) in procs.iter().enumerate().take(FIRST) {
+        let f = establish(&w, &ledger, &mut rng, (i, p), i as u64);
+        talk(&w, &ledger, &mut rng, &f);
+        first.push(f);
+    }
+    let (events, _) = read_all(&w, &handle, 0)?;
+    let no_process: Vec<u64> = events
+        .iter()
+        .filter(|e| e.kind == EVENT_ESTABLISHED && e.flags & EVENT_FLAG_NO_PROCESS != 0)
+        .map(|e| e.flow_id)
+        .collect();
+    let (header, entries) = full_pass(&w, &handle, &tally, 64)?;
+    let flows = w.list_all_flows(256)?.0;
+    let keyless: Vec<u64> = flows
+        .iter()
+        .filter(|f| f.process_key == 0)
+        .map(|f| f.flow_id)
+        .collect();
+    let mut sorted_events = no_process.clone();
+    sorted_events.sort_unstable();
+    let mut sorted_flows = keyless.clone();
+    sorted_flows.sort_unstable();
+    if no_process.is_empty()
+        || header.unattributed_flows != no_process.len() as u64
+        || sorted_events != sorted_flows
+        || entries.len() + no_process.len() != FIRST
+        || header.evictions != 0
+    {
+        w.kernel.violation(format!(
+            "{FIRST} processes with an active flow each: {} entries, {} NO_PROCESS events, {} flows without a key, unattributed {}, evictions {}",
+            entries.len(),
+            no_process.len(),
+            keyless.len(),
+            header.unattributed_flows,
+            header.evictions
+        ));
+    }
+    let mut keys: HashMap<usize, u64> = HashMap::new();
+    for e in &entries {
+        match procs.iter().position(|p| p.is(e)) {
+            Some(p) => {
+                keys.insert(p, e.key);
+                let t = ledger.all().into_iter().find(|t| t.process == p);
+                let traffic = t.map_or([0; 4], |t| t.traffic);
+                let none = Ends::default();
+                check_entry(&w, e, p, 1, &traffic, &none, &none);
+            }
+            None => w.kernel.violation(format!(
+                "an entry for a process the engine never supplied: id {}",
+                e.process_id
+            )),
+        }
+    }
+    for f in &first {
+        end(&w, &ledger, f);
+    }
+    for (i, p) in procs.iter().enumerate().skip(FIRST) {
+        let f = establish(&w, &ledger, &mut rng, (i, p), i as u64);
+        talk(&w, &ledger, &mut rng, &f);
+        first.push(f);
+    }
+    let (header, entries) = full_pass(&w, &handle, &tally, 64)?;
+    let new_ones = entries
+        .iter()
+        .filter(|e| procs[FIRST..].iter().any(|p| p.is(e)))
+        .count();
+    if header.evictions == 0 || new_ones != SECOND || header.evictions > SECOND as u64 {
+        w.kernel.violation(format!(
+            "{SECOND} new processes after every flow ended: {new_ones} listed, evictions {}",
+            header.evictions
+        ));
+    }
+    let truths = ledger.all();
+    for e in &entries {
+        let Some(p) = procs.iter().position(|p| p.is(e)) else {
+            w.kernel
+                .violation(format!("an unknown process is listed: id {}", e.process_id));
+            continue;
+        };
+        let traffic = truths
+            .iter()
+            .find(|t| t.process == p)
+            .map_or([0; 4], |t| t.traffic);
+        let ended = p < FIRST;
+        let state = Ends {
+            done: u64::from(ended),
+            begun: u64::from(ended),
+            done_traffic: if ended { traffic } else { [0; 4] },
+            begun_traffic: if ended { traffic } else { [0; 4] },
+        };
+        check_entry(&w, e, p, 1, &traffic, &state, &state);
+        if ended && keys.get(&p).is_some_and(|k| *k != e.key) {
+            w.kernel.violation(format!(
+                "process {p} kept its entry but its key changed from {:#x?} to {:#x}",
+                keys.get(&p),
+                e.key
+            ));
+        }
+    }
+    let _ = w.close_handle(&handle);
+    w.check_counters();
+    w.unload();
+    for f in first.iter().skip(FIRST) {
+        w.end_flow(f);
+    }
+    finish(&w, &tally)
+}

@@ -236,3 +236,15 @@ fn the_io_checks_catch_what_they_must() {
         );
     }
 }
+
+#[test]
+fn more_processes_than_the_table_holds() {
+    if let Some(s) = run(
+        "more_processes_than_the_table_holds",
+        0xE800,
+        5,
+        events::process_table_full,
+    ) {
+        assert!(s.process_pages > 0, "{s:?}");
+    }
+}
