@@ -30,17 +30,28 @@ const CURSOR_OFFSET: usize = 16;
 
 /// Appends `event` to the ring and completes the reads waiting for it.
 /// IRQL ≤ `DISPATCH_LEVEL`; one ring lock hold for one copy, then (only if
-/// reads are pending) one completion per pending read.
+/// reads are pending) one completion per pending read that has an event
+/// now. A read queued with a cursor past this event (it pended after the
+/// push) stays queued: completing it would answer it with no event.
 pub fn publish(event: FlowEvent) {
-    SHARED.events.push(event);
+    let head = SHARED.events.push(event) + 1;
     // The push's sequentially consistent store of the ring's head, then
     // this load of the pending count; a read stores the count, then loads
     // the head (`read`): one of the two sees the other.
     if READS.pending() > 0 {
-        while let Some(irp) = READS.remove_next(Which::Any) {
+        while let Some(irp) = READS.remove_next(Which::Ready(wants_before, head)) {
             complete_read(irp);
         }
     }
+}
+
+/// Whether a queued read wants an event before `head` (its resolved
+/// cursor, written back into its request when it pended, is below it).
+fn wants_before(irp: *const wdk_sys::IRP, head: u64) -> bool {
+    // SAFETY: called by the queue's peek, under its lock, for a queued
+    // (live, ours) read request.
+    let cursor = unsafe { Irp::buffered_input_u64_of(irp, CURSOR_OFFSET) };
+    cursor.is_some_and(|c| c < head)
 }
 
 /// An `IOCTL_WFPMON_READ_EVENTS` request: answered now, or pended.
@@ -59,13 +70,14 @@ pub fn read(mut irp: Irp, output_len: usize, capacity: usize, cursor: u64, wait:
     {
         field.copy_from_slice(&cursor.to_le_bytes());
     }
-    let this = irp.as_ptr();
-    READS.insert(irp);
+    let queued = READS.insert(irp);
     // An event published between the head read above and the insert found
     // no pending read: take the request back if events are there now (it
-    // may already be gone — completed by `publish` or cancelled).
+    // may already be gone — completed by `publish` or cancelled — and its
+    // memory handed to another request: the insertion's token tells them
+    // apart).
     if (SHARED.events.head() > cursor || CLOSED.load(Ordering::SeqCst))
-        && let Some(irp) = READS.remove_next(Which::This(this))
+        && let Some(irp) = READS.remove_next(Which::This(queued))
     {
         complete_read(irp);
     }

@@ -24,14 +24,47 @@ use super::irp::Irp;
 
 /// Which pending IRP [`IrpQueue::remove_next`] hands out (the queue's
 /// "peek context").
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 pub enum Which {
     /// The oldest.
     Any,
     /// The oldest sent on this file object (`IRP_MJ_CLEANUP`).
     File(*const wdk_sys::FILE_OBJECT),
-    /// This very IRP, if still queued.
-    This(*const IRP),
+    /// This very insertion, if still queued.
+    This(Queued),
+    /// The oldest for which `ready(irp, value)` holds (called under the
+    /// queue lock, for a queued IRP: it may read the IRP's buffers).
+    Ready(fn(*const IRP, u64) -> bool, u64),
+}
+
+/// One insertion of an IRP into the queue: its address and a token no
+/// other insertion gets. The address alone does not name it: once the IRP
+/// is completed (by `publish`, a cancellation or a cleanup on another
+/// processor), the I/O manager reuses its memory for new IRPs, which may be
+/// queued at the same address.
+#[derive(Clone, Copy)]
+pub struct Queued {
+    irp: *const IRP,
+    token: usize,
+}
+
+/// The next insertion token (0 is never handed out).
+static TOKENS: AtomicUsize = AtomicUsize::new(1);
+
+/// `Tail.Overlay.DriverContext[0]` of `irp`: the driver's while it owns
+/// the IRP (the cancel-safe queue uses only `DriverContext[3]`); holds the
+/// token of the insertion.
+fn token_slot(irp: PIRP) -> *mut PVOID {
+    // SAFETY: a place expression to the field of a live IRP; no reference.
+    let context = unsafe {
+        &raw mut (*irp)
+            .Tail
+            .Overlay
+            .__bindgen_anon_1
+            .__bindgen_anon_1
+            .DriverContext
+    };
+    context.cast::<PVOID>()
 }
 
 /// The queue.
@@ -95,10 +128,15 @@ impl IrpQueue {
     /// Queues `irp`: `IoCsqInsertIrp` marks it pending (the dispatch
     /// routine must return `STATUS_PENDING`) or, if it was already
     /// cancelled, completes it as cancelled.
-    pub fn insert(&self, irp: Irp) {
+    pub fn insert(&self, irp: Irp) -> Queued {
+        let raw = irp.into_raw().as_ptr();
+        let token = TOKENS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: our IRP, not yet queued: its DriverContext[0] is ours.
+        unsafe { token_slot(raw).write(ptr::without_provenance_mut(token)) };
         // SAFETY: an IRP of ours, not completed, queued once; the CSQ takes
         // it over (it is completed through this queue from now on).
-        unsafe { ntddk::IoCsqInsertIrp(self.csq.get(), irp.into_raw().as_ptr(), ptr::null_mut()) };
+        unsafe { ntddk::IoCsqInsertIrp(self.csq.get(), raw, ptr::null_mut()) };
+        Queued { irp: raw, token }
     }
 
     /// Takes the oldest pending IRP `which` names out of the queue (its
@@ -214,9 +252,15 @@ unsafe extern "C" fn csq_peek_next(_csq: *mut IO_CSQ, irp: PIRP, peek: PVOID) ->
         let candidate = irp_of(entry);
         let matches = match which {
             Which::Any => true,
-            Which::This(p) => ptr::eq(candidate, p),
+            Which::This(q) => {
+                // SAFETY: a queued IRP is live; DriverContext[0] holds the
+                // token of its insertion.
+                ptr::eq(candidate, q.irp)
+                    && unsafe { token_slot(candidate).read() }.addr() == q.token
+            }
             // SAFETY: a queued IRP is live, with a current stack location.
             Which::File(f) => ptr::eq(unsafe { Irp::file_object_of(candidate) }, f),
+            Which::Ready(ready, value) => ready(candidate, value),
         };
         if matches {
             return candidate;

@@ -45,11 +45,6 @@ impl Irp {
         self.raw
     }
 
-    /// The IRP's address (to name it, never to touch it).
-    pub const fn as_ptr(&self) -> *const IRP {
-        self.raw.as_ptr()
-    }
-
     /// The file object of `irp`'s current stack location (the handle the
     /// request came on).
     ///
@@ -70,6 +65,53 @@ impl Irp {
         };
         // SAFETY: valid stack location (contract).
         unsafe { (*location).FileObject }
+    }
+
+    /// The little-endian `u64` at `offset` in the input of a queued
+    /// `METHOD_BUFFERED` device-control request (its system buffer, which
+    /// holds the input until the request is completed), if the input is
+    /// that long.
+    ///
+    /// # Safety
+    /// `irp` must be a live IRP of ours, not completed, with a valid current
+    /// stack location (e.g. one held in our cancel-safe queue, under its
+    /// lock).
+    pub unsafe fn buffered_input_u64_of(irp: *const IRP, offset: usize) -> Option<u64> {
+        // SAFETY: contract: a live IRP, ours.
+        let irp = unsafe { &*irp };
+        // SAFETY: while a driver processes the IRP, `Tail` holds `Overlay`.
+        let overlay = unsafe { &irp.Tail.Overlay };
+        // SAFETY: ... whose union holds `CurrentStackLocation` (as in
+        // `stack`).
+        let location = unsafe {
+            overlay
+                .__bindgen_anon_2
+                .__bindgen_anon_1
+                .CurrentStackLocation
+        };
+        // SAFETY: valid stack location (contract).
+        let stack = unsafe { &*location };
+        if u32::from(stack.MajorFunction) != IRP_MJ_DEVICE_CONTROL {
+            return None;
+        }
+        // SAFETY: the DeviceIoControl member of a device-control request.
+        let p = unsafe { stack.Parameters.DeviceIoControl };
+        if p.IoControlCode & TRANSFER_METHOD_MASK != METHOD_BUFFERED
+            || (p.InputBufferLength as usize) < offset + 8
+        {
+            return None;
+        }
+        // SAFETY: METHOD_BUFFERED: the union holds SystemBuffer, at least
+        // InputBufferLength bytes, ours until completion.
+        let buffer = unsafe { irp.AssociatedIrp.SystemBuffer };
+        if buffer.is_null() {
+            return None;
+        }
+        let field = buffer.cast::<u8>().wrapping_add(offset).cast::<[u8; 8]>();
+        // SAFETY: `offset + 8` bytes are inside the buffer (checked above);
+        // a byte array needs no alignment.
+        let bytes = unsafe { field.read() };
+        Some(u64::from_le_bytes(bytes))
     }
 
     /// The file object the request came on.

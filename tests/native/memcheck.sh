@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The native host under valgrind memcheck (called by scripts/test.sh):
 #
-#  1. the stress scenario must run clean (any memcheck error fails it:
-#     --error-exitcode);
+#  1. the stress scenario, and the events scenario (flow events, pending
+#     reads completed from classify threads, IoCancelIrp, cleanup, process
+#     totals, Unload with reads pending, the ring overflowing), must run
+#     clean (any memcheck error fails them: --error-exitcode);
 #  2. the deliberately broken scenario (the engine hands the driver a flow
 #     context whose flowDeleteFn already freed it) must be *reported*:
 #     memcheck's exit code, an invalid read or write of a block that was
@@ -10,6 +12,7 @@
 #
 # Usage: tests/native/memcheck.sh path/to/wfpmon-native-stress
 # Environment: WFPMON_NATIVE_MEMCHECK_REPEAT (stress repetitions, default 20),
+# WFPMON_NATIVE_MEMCHECK_EVENTS_REPEAT (events repetitions, default 2),
 # WFPMON_NATIVE_SEED.
 set -euo pipefail
 
@@ -26,6 +29,14 @@ if ! WFPMON_NATIVE_REPEAT="${WFPMON_NATIVE_MEMCHECK_REPEAT:-20}" "${vg[@]}" "$bi
     exit 1
 fi
 grep -E "^wfpmon-native-stress|ERROR SUMMARY" "$log_dir/stress.log"
+
+echo "memcheck: events scenario (must be clean)"
+if ! WFPMON_NATIVE_REPEAT="${WFPMON_NATIVE_MEMCHECK_EVENTS_REPEAT:-2}" "${vg[@]}" "$bin" events >"$log_dir/events.log" 2>&1; then
+    cat "$log_dir/events.log"
+    echo "memcheck: FAILED: the events scenario is not clean under memcheck" >&2
+    exit 1
+fi
+grep -E "^wfpmon-native-stress|ERROR SUMMARY" "$log_dir/events.log"
 
 echo "memcheck: deliberately broken scenario (must be reported)"
 set +e

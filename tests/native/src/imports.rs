@@ -7,6 +7,7 @@
 //! and the like) resolve to the address of a host variable, as the kernel
 //! exports the variable itself.
 
+use crate::csq;
 use crate::engine as e;
 use crate::etw;
 use crate::kernel as k;
@@ -139,6 +140,21 @@ fn functions() -> Vec<(&'static str, &'static str, usize)> {
             "ntoskrnl.exe",
             "IofCompleteRequest",
             k::iof_complete_request as *const () as usize,
+        ),
+        (
+            "ntoskrnl.exe",
+            "IoCsqInitialize",
+            csq::io_csq_initialize as *const () as usize,
+        ),
+        (
+            "ntoskrnl.exe",
+            "IoCsqInsertIrp",
+            csq::io_csq_insert_irp as *const () as usize,
+        ),
+        (
+            "ntoskrnl.exe",
+            "IoCsqRemoveNextIrp",
+            csq::io_csq_remove_next_irp as *const () as usize,
         ),
         (
             "ntoskrnl.exe",

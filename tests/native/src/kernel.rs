@@ -76,6 +76,9 @@ static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
 struct Held {
     lock: usize,
     since: Instant,
+    /// The IRQL before the acquisition (what `KeReleaseSpinLock` must be
+    /// given back).
+    old_irql: u8,
 }
 
 thread_local! {
@@ -93,7 +96,9 @@ pub fn irql() -> u8 {
     IRQL.with(Cell::get)
 }
 
-fn set_irql(level: u8) {
+/// Sets the calling thread's IRQL (the host acting as the system: the I/O
+/// manager's cancel path runs at its caller's IRQL).
+pub(crate) fn set_irql(level: u8) {
     IRQL.with(|c| c.set(level));
 }
 
@@ -119,6 +124,33 @@ fn thread_label() -> String {
 /// with the same spin locks held, and the check that nothing runs the
 /// image after it was unloaded.
 pub fn call_into_image<R>(w: &World, what: &str, level: u8, f: impl FnOnce() -> R) -> R {
+    call_into_image_leaving(w, what, level, Leaves::Nothing, f)
+}
+
+/// What a driver callback may leave behind when it returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Leaves {
+    /// Nothing: the IRQL and the spin locks it was called with (every
+    /// callback but the lock pair of a cancel-safe queue).
+    Nothing,
+    /// One spin lock more, at `DISPATCH_LEVEL` (`CsqAcquireLock`: the
+    /// queue's lock, taken for the system, which calls `CsqReleaseLock`
+    /// later).
+    OneLockAtDispatch,
+    /// One spin lock fewer, at the given IRQL (`CsqReleaseLock(Irql)`).
+    OneLockFewerAt(u8),
+}
+
+/// [`call_into_image`] for a callback that returns holding (or having
+/// released) a lock, as `leaves` says; the thread's IRQL afterwards is the
+/// one the callback returned at.
+pub fn call_into_image_leaving<R>(
+    w: &World,
+    what: &str,
+    level: u8,
+    leaves: Leaves,
+    f: impl FnOnce() -> R,
+) -> R {
     let outer_irql = irql();
     if level < outer_irql {
         w.kernel.violation(format!(
@@ -139,19 +171,38 @@ pub fn call_into_image<R>(w: &World, what: &str, level: u8, f: impl FnOnce() -> 
     let held_before = HELD.with(|h| h.borrow().len());
     let result = f();
     let held_after = HELD.with(|h| h.borrow().len());
-    if held_after != held_before {
+    let (locks_wanted, irql_wanted) = match leaves {
+        Leaves::Nothing => (held_before.cast_signed(), level),
+        Leaves::OneLockAtDispatch => (held_before.cast_signed() + 1, DISPATCH_LEVEL),
+        Leaves::OneLockFewerAt(to) => (held_before.cast_signed() - 1, to),
+    };
+    let extra = held_after.cast_signed() - locks_wanted;
+    if extra != 0 {
         w.kernel.violation(format!(
-            "{what} returned holding {} spin lock(s) more than at entry",
-            held_after.cast_signed() - held_before.cast_signed()
+            "{what} returned holding {extra} spin lock(s) more than {}",
+            if leaves == Leaves::Nothing {
+                "at entry"
+            } else {
+                "it must"
+            }
         ));
     }
-    if irql() != level {
+    if irql() != irql_wanted {
         w.kernel.violation(format!(
-            "{what} returned at IRQL {} (called at {level})",
-            irql()
+            "{what} returned at IRQL {} (called at {level}{})",
+            irql(),
+            if leaves == Leaves::Nothing {
+                String::new()
+            } else {
+                format!(", must return at {irql_wanted}")
+            }
         ));
     }
-    set_irql(outer_irql);
+    set_irql(if leaves == Leaves::Nothing {
+        outer_irql
+    } else {
+        irql_wanted
+    });
     DEPTH.with(|d| d.set(depth));
     if depth == 0 {
         w.mark_in_image(false);
@@ -250,7 +301,6 @@ pub struct Kernel {
     pub etw_session: Option<(u8, u64)>,
     /// Events written (decoded; also appended to the log).
     pub etw_events: AtomicU64,
-    irps: Mutex<HashMap<usize, u32>>,
     faults: Mutex<Faults>,
     /// Longest time any spin lock was held, in nanoseconds.
     pub lock_max_ns: AtomicU64,
@@ -316,7 +366,6 @@ impl Kernel {
             next_etw: AtomicU64::new(0x1000),
             etw_session,
             etw_events: AtomicU64::new(0),
-            irps: Mutex::new(HashMap::new()),
             faults: Mutex::new(Faults::default()),
             lock_max_ns: AtomicU64::new(0),
             lock_acquisitions: AtomicU64::new(0),
@@ -474,16 +523,6 @@ impl Kernel {
             self.pool_failed.fetch_add(1, Ordering::Relaxed);
         }
         fail
-    }
-
-    /// An IRP about to be dispatched.
-    pub fn irp_sent(&self, irp: usize) {
-        lock(&self.irps).insert(irp, 0);
-    }
-
-    /// How often the driver completed `irp`; forgets it.
-    pub fn irp_done(&self, irp: usize) -> u32 {
-        lock(&self.irps).remove(&irp).unwrap_or(0)
     }
 
     fn event(&self, addr: usize) -> Option<Arc<EventState>> {
@@ -791,7 +830,7 @@ fn lock_word(
     Some(unsafe { &*lock.cast::<std::sync::atomic::AtomicU64>() })
 }
 
-fn acquire(w: &World, api: &str, lock: *mut u64) {
+fn acquire(w: &World, api: &str, lock: *mut u64, old_irql: u8) {
     let Some(word) = lock_word(w, api, lock) else {
         return;
     };
@@ -819,21 +858,22 @@ fn acquire(w: &World, api: &str, lock: *mut u64) {
         h.borrow_mut().push(Held {
             lock: lock as usize,
             since: Instant::now(),
+            old_irql,
         });
     });
 }
 
-fn release(w: &World, api: &str, lock: *mut u64) {
-    let Some(word) = lock_word(w, api, lock) else {
-        return;
-    };
+/// Releases `lock` for its owner; returns the IRQL saved when it was
+/// acquired (`None` when the release itself broke a rule).
+fn release(w: &World, api: &str, lock: *mut u64) -> Option<u8> {
+    let word = lock_word(w, api, lock)?;
     let me = token();
     let owner = word.load(Ordering::Relaxed);
     if owner != me {
         w.kernel.violation(format!(
             "{api}({lock:p}): released by a thread that does not hold it (owner {owner})"
         ));
-        return;
+        return None;
     }
     let held = HELD.with(|h| {
         let mut h = h.borrow_mut();
@@ -841,6 +881,7 @@ fn release(w: &World, api: &str, lock: *mut u64) {
             .rposition(|x| x.lock == lock as usize)
             .map(|i| h.remove(i))
     });
+    let saved = held.as_ref().map(|h| h.old_irql);
     if let Some(held) = held {
         let ns = u64::try_from(held.since.elapsed().as_nanos()).unwrap_or(u64::MAX);
         w.kernel.lock_max_ns.fetch_max(ns, Ordering::Relaxed);
@@ -855,6 +896,7 @@ fn release(w: &World, api: &str, lock: *mut u64) {
         }
     }
     word.store(0, Ordering::Release);
+    saved
 }
 
 /// `KeAcquireSpinLockRaiseToDpc(SpinLock)`: IRQL ≤ `DISPATCH_LEVEL`;
@@ -866,13 +908,15 @@ fn release(w: &World, api: &str, lock: *mut u64) {
 pub unsafe extern "win64" fn ke_acquire_spin_lock_raise_to_dpc(lock: *mut u64) -> u8 {
     let w = enter_api("KeAcquireSpinLockRaiseToDpc", DISPATCH_LEVEL);
     let old = irql();
-    acquire(w, "KeAcquireSpinLockRaiseToDpc", lock);
+    acquire(w, "KeAcquireSpinLockRaiseToDpc", lock, old);
     set_irql(DISPATCH_LEVEL);
     old
 }
 
 /// `KeReleaseSpinLock(SpinLock, NewIrql)`: at `DISPATCH_LEVEL`, by the
-/// owner; lowers to `NewIrql`.
+/// owner; lowers to `NewIrql`, which must be the IRQL the acquisition
+/// returned ("NewIrql: the IRQL value saved from the preceding call to
+/// KeAcquireSpinLock[RaiseToDpc]", KeReleaseSpinLock reference).
 ///
 /// # Safety
 /// Called by the image (or the host on its behalf) with the arguments
@@ -889,7 +933,13 @@ pub unsafe extern "win64" fn ke_release_spin_lock(lock: *mut u64, new_irql: u8) 
         w.kernel
             .violation(format!("KeReleaseSpinLock to IRQL {new_irql}"));
     }
-    release(w, "KeReleaseSpinLock", lock);
+    if let Some(saved) = release(w, "KeReleaseSpinLock", lock)
+        && saved != new_irql
+    {
+        w.kernel.violation(format!(
+            "KeReleaseSpinLock({lock:p}, {new_irql}): the acquisition saved IRQL {saved}"
+        ));
+    }
     set_irql(new_irql);
 }
 
@@ -904,7 +954,7 @@ pub unsafe extern "win64" fn ke_acquire_spin_lock_at_dpc_level(lock: *mut u64) {
         w.kernel
             .violation(format!("KeAcquireSpinLockAtDpcLevel at IRQL {}", irql()));
     }
-    acquire(w, "KeAcquireSpinLockAtDpcLevel", lock);
+    acquire(w, "KeAcquireSpinLockAtDpcLevel", lock, DISPATCH_LEVEL);
 }
 
 /// `KeReleaseSpinLockFromDpcLevel(SpinLock)`: at `DISPATCH_LEVEL`.
@@ -931,7 +981,7 @@ pub unsafe extern "win64" fn ke_release_spin_lock_from_dpc_level(lock: *mut u64)
 pub unsafe extern "win64" fn ke_acquire_in_stack_queued_spin_lock(lock: *mut u64, handle: *mut u8) {
     let w = enter_api("KeAcquireInStackQueuedSpinLock", DISPATCH_LEVEL);
     let old = irql();
-    acquire(w, "KeAcquireInStackQueuedSpinLock", lock);
+    acquire(w, "KeAcquireInStackQueuedSpinLock", lock, old);
     set_irql(DISPATCH_LEVEL);
     // SAFETY: the driver's KLOCK_QUEUE_HANDLE (24 bytes, on its stack).
     unsafe { handle.wrapping_add(8).cast::<*mut u64>().write(lock) };
@@ -1280,6 +1330,7 @@ pub unsafe extern "win64" fn io_delete_device(dev: usize) {
         ));
         return;
     };
+    w.io.device_deleted(dev);
     let still = w.engine.callouts_registered_on(dev);
     if still > 0 {
         w.kernel.violation(format!("IoDeleteDevice while {still} callout(s) registered against the device are still registered"));
@@ -1443,26 +1494,15 @@ pub unsafe extern "win64" fn zw_close(handle: u64) -> i32 {
 }
 
 /// `IofCompleteRequest(Irp, PriorityBoost)`: IRQL ≤ `DISPATCH_LEVEL`; an
-/// IRP sent to the driver, completed once.
+/// IRP sent to the driver and not yet completed (the rules and the
+/// I/O manager's side are in [`crate::io`]).
 ///
 /// # Safety
 /// Called by the image (or the host on its behalf) with the arguments
 /// the function's documented contract allows.
 pub unsafe extern "win64" fn iof_complete_request(irp: usize, _boost: i8) {
     let w = enter_api("IofCompleteRequest", DISPATCH_LEVEL);
-    let mut irps = lock(&w.kernel.irps);
-    match irps.get_mut(&irp) {
-        Some(n) => {
-            *n += 1;
-            if *n > 1 {
-                w.kernel
-                    .violation(format!("IofCompleteRequest({irp:#x}): completed {n} times"));
-            }
-        }
-        None => w.kernel.violation(format!(
-            "IofCompleteRequest({irp:#x}): not an outstanding IRP"
-        )),
-    }
+    crate::io::complete_request(w, irp);
 }
 
 // ---------------------------------------------------------------------------

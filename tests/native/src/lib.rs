@@ -19,7 +19,11 @@
 //! - [`clock`]: interrupt time (real or simulated) and the page the image
 //!   reads it from;
 //! - [`kernel`]: per-thread IRQL and in-image tracking, the pool ledger,
-//!   spin locks, events, `DbgPrint`, device objects, IRPs, handles, ETW;
+//!   spin locks, events, `DbgPrint`, device objects, kernel handles, ETW;
+//! - [`io`]: the I/O manager's side of IRPs — file objects, requests that
+//!   stay pending, completion, `IoCancelIrp`, cleanup — and its rules;
+//! - [`csq`]: the cancel-safe queue routines (`IoCsq*`), which call the
+//!   driver's queue callbacks;
 //! - [`engine`]: the fake filter engine (its rules and their sources are in
 //!   that module's documentation);
 //! - [`etw`]: ETW registration, an enabling session, `TraceLogging` events
@@ -28,7 +32,9 @@
 //! - [`world`]: one loaded image with its kernel and engine, and the
 //!   host-side actions (flows, classify, IOCTLs, unload);
 //! - [`scenarios`]: the threaded scenarios the tests, the memcheck run and
-//!   the benchmark share.
+//!   the benchmark share;
+//! - [`events`]: flow events, pending reads, per-process totals: their
+//!   client side and scenarios.
 
 #![cfg(target_os = "linux")]
 // Lints relaxed for this test host, each for a reason:
@@ -55,9 +61,12 @@
 
 pub mod clock;
 pub mod crash;
+pub mod csq;
 pub mod engine;
 pub mod etw;
+pub mod events;
 pub mod imports;
+pub mod io;
 pub mod kernel;
 pub mod pe;
 pub mod rng;

@@ -16,7 +16,7 @@ use wfpmon_core::catalog::{AddressFamily, CALLOUTS, data_callout_for};
 use wfpmon_core::protocol::{self, FlowEntry, FlowListHeader, Stats};
 
 use crate::engine::{Callout, ClassifyFn, Engine, Flow, Mode};
-use crate::kernel::{self, Kernel, PASSIVE_LEVEL, call_into_image, host_alloc, host_free, lock};
+use crate::kernel::{self, Kernel, PASSIVE_LEVEL, call_into_image, host_free, lock};
 use crate::pe::Image;
 
 /// One thread's "executing driver code" flag, alone on its cache line.
@@ -125,6 +125,8 @@ pub struct World {
     /// Flows that ended while it was unloading.
     pub ended_during_unload: AtomicU64,
     stop: AtomicBool,
+    /// The I/O manager's side of requests to the control device.
+    pub io: crate::io::Io,
 }
 
 /// Counts of what a run exercised (summed over repetitions), so that a
@@ -219,8 +221,15 @@ pub struct HostFlow {
     pub local_port: u16,
     /// Remote port.
     pub remote_port: u16,
-    /// Owning process.
+    /// Owning process (0 when the engine does not supply it).
     pub pid: u64,
+    /// `processId` as the engine supplies it at flow establishment
+    /// (`None`: not supplied).
+    pub process_id: Option<u64>,
+    /// The owning process's image path as the engine supplies it in
+    /// `processPath` (UTF-16, without the terminating NUL the engine's
+    /// blob carries); `None`: not supplied.
+    pub process_path: Option<Arc<[u16]>>,
 }
 
 impl HostFlow {
@@ -338,6 +347,7 @@ impl World {
             classified_during_unload: AtomicU64::new(0),
             ended_during_unload: AtomicU64::new(0),
             stop: AtomicBool::new(false),
+            io: crate::io::Io::new(),
         });
         if std::env::var_os("WFPMON_NATIVE_PRINT_IMAGE").is_some() {
             println!(
@@ -464,6 +474,9 @@ impl World {
         }
         // SAFETY: DriverUnload of the image (checked to be its code).
         let f: unsafe extern "win64" fn(usize) = unsafe { std::mem::transmute(routine) };
+        // The I/O manager sends no request from now on (and lets the
+        // dispatch routines running now return first).
+        self.io.close_gate();
         self.unloading.store(true, Ordering::SeqCst);
         call_into_image(self, "DriverUnload", PASSIVE_LEVEL, || {
             // SAFETY: our driver object, at PASSIVE_LEVEL, once.
@@ -491,6 +504,18 @@ impl World {
         if live != 0 {
             self.kernel.violation(format!(
                 "{when} while {live} flow context(s) existed (live or awaiting flowDeleteFn)"
+            ));
+        }
+        let irps = self.io.outstanding();
+        if irps != 0 {
+            self.kernel.violation(format!(
+                "{when} while {irps} IRP(s) sent to the driver were still pending (nothing could complete them)"
+            ));
+        }
+        let queued = crate::csq::queued_count(self);
+        if queued != 0 {
+            self.kernel.violation(format!(
+                "{when} while its cancel-safe queue still held {queued} IRP(s)"
             ));
         }
         let devices = self.kernel.devices().len();
@@ -598,8 +623,39 @@ impl World {
 
     // --------------------------------------------------------------- flows
 
-    /// A new flow (not yet classified).
+    /// A new flow (not yet classified), of process `4 + n % 1000` whose
+    /// image path the engine supplies ([`default_process_path`]).
     pub fn open_flow(&self, v6: bool, tcp: bool, inbound: bool, n: u64) -> HostFlow {
+        // The thousand paths are made once and shared (a million flows
+        // must not carry a million copies).
+        static PATHS: std::sync::OnceLock<Vec<Arc<[u16]>>> = std::sync::OnceLock::new();
+        let paths = PATHS.get_or_init(|| {
+            (0..1000)
+                .map(|i| default_process_path(4 + i).encode_utf16().collect())
+                .collect()
+        });
+        let i = usize::try_from(n % 1000).unwrap_or(0);
+        self.open_flow_of(
+            v6,
+            tcp,
+            inbound,
+            n,
+            Some(4 + n % 1000),
+            Some(Arc::clone(&paths[i])),
+        )
+    }
+
+    /// A new flow of the process `pid` (`None`: the engine supplies no
+    /// `processId`) with image path `path` (`None`: no `processPath`).
+    pub fn open_flow_of(
+        &self,
+        v6: bool,
+        tcp: bool,
+        inbound: bool,
+        n: u64,
+        pid: Option<u64>,
+        path: Option<Arc<[u16]>>,
+    ) -> HostFlow {
         let flow = self.engine.open_flow();
         HostFlow {
             flow,
@@ -608,7 +664,9 @@ impl World {
             inbound,
             local_port: u16::try_from(1024 + n % 60_000).unwrap_or(1024),
             remote_port: if tcp { 443 } else { 53 },
-            pid: 4 + n % 1000,
+            pid: pid.unwrap_or(0),
+            process_id: pid,
+            process_path: path,
         }
     }
 
@@ -690,10 +748,33 @@ impl World {
             .cast_unsigned(),
         );
         let mut meta: fwps::FWPS_INCOMING_METADATA_VALUES0 = zeroed();
-        meta.currentMetadataValues =
-            fwps::FWPS_METADATA_FIELD_FLOW_HANDLE | fwps::FWPS_METADATA_FIELD_PROCESS_ID;
+        meta.currentMetadataValues = fwps::FWPS_METADATA_FIELD_FLOW_HANDLE;
         meta.flowHandle = f.flow.handle;
-        meta.processId = f.pid;
+        if let Some(pid) = f.process_id {
+            meta.currentMetadataValues |= fwps::FWPS_METADATA_FIELD_PROCESS_ID;
+            meta.processId = pid;
+        }
+        // processPath: an FWP_BYTE_BLOB of the path's UTF-16LE bytes with
+        // its terminating NUL, the engine's memory for the classify call
+        // (FWPS_INCOMING_METADATA_VALUES0; "Metadata Fields at Each
+        // Filtering Layer": ALE flow established supplies the process id
+        // and path).
+        let mut path_bytes: Vec<u8> = f.process_path.as_ref().map_or_else(Vec::new, |path| {
+            path.iter()
+                .chain(std::iter::once(&0))
+                .flat_map(|u| u.to_le_bytes())
+                .collect()
+        });
+        let mut blob = fwps::FWP_BYTE_BLOB {
+            size: 0,
+            data: std::ptr::null_mut(),
+        };
+        if f.process_path.is_some() {
+            blob.size = u32::try_from(path_bytes.len()).unwrap_or(0);
+            blob.data = path_bytes.as_mut_ptr();
+            meta.currentMetadataValues |= fwps::FWPS_METADATA_FIELD_PROCESS_PATH;
+            meta.processPath = &raw mut blob;
+        }
         self.run_classify(
             callout,
             &f.flow,
@@ -1017,9 +1098,11 @@ impl World {
     // ---------------------------------------------------------------- IRPs
 
     /// Sends an IRP to the control device as the I/O manager does
-    /// (`METHOD_BUFFERED`: one system buffer of max(in, out) bytes) and
-    /// returns (status, information, output copied back). `file_name` is
-    /// the `FILE_OBJECT.FileName` (the part after the device name).
+    /// (`METHOD_BUFFERED`: one system buffer of max(in, out) bytes) on a
+    /// fresh file object, waits for its completion (see [`crate::io`] for
+    /// the rules checked) and returns (status, information, output copied
+    /// back). `file_name` is the `FILE_OBJECT.FileName` (the part after the
+    /// device name).
     pub fn send_irp(
         &self,
         major: u8,
@@ -1028,129 +1111,7 @@ impl World {
         out_len: usize,
         file_name: &str,
     ) -> (i32, usize, Vec<u8>) {
-        const IRP_SIZE: usize = 0xD0;
-        const STACK_SIZE: usize = 0x48;
-        const FILE_OBJECT_SIZE: usize = 0xD8;
-        let Some((device, _)) = self.kernel.devices().into_iter().next() else {
-            self.kernel
-                .violation("IRP sent but the driver has no device object".into());
-            return (kernel::status::UNSUCCESSFUL, 0, Vec::new());
-        };
-        let dispatch = self.driver_word(kernel::MAJOR_FUNCTION_OFFSET + 8 * usize::from(major));
-        if !self.image.is_code(dispatch) {
-            self.kernel
-                .violation(format!("MajorFunction[{major:#x}] is {dispatch:#x}"));
-            return (kernel::status::UNSUCCESSFUL, 0, Vec::new());
-        }
-        let buffered = major == 0x0E && code.trailing_zeros() >= 2;
-        let sb_len = if buffered {
-            input.len().max(out_len)
-        } else {
-            0
-        };
-        let system_buffer = if sb_len > 0 { host_alloc(sb_len) } else { 0 };
-        let irp = host_alloc(IRP_SIZE + STACK_SIZE);
-        let stack = irp + IRP_SIZE;
-        let file = host_alloc(FILE_OBJECT_SIZE);
-        let name: Vec<u16> = file_name.encode_utf16().collect();
-        let put = |addr: usize, bytes: &[u8]| {
-            // SAFETY: every address written is inside one of the blocks
-            // allocated just above, at the x64 offsets of IRP,
-            // IO_STACK_LOCATION and FILE_OBJECT (wdm.h).
-            unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), addr as *mut u8, bytes.len()) };
-        };
-        if system_buffer != 0 {
-            put(system_buffer, input);
-        }
-        put(irp, &6i16.to_le_bytes());
-        put(
-            irp + 2,
-            &u16::try_from(IRP_SIZE + STACK_SIZE)
-                .unwrap_or(0)
-                .to_le_bytes(),
-        );
-        put(irp + 0x18, &(system_buffer as u64).to_le_bytes());
-        put(irp + 0x30, &0xDEAD_BEEF_u32.to_le_bytes());
-        put(irp + 0x38, &0xDEAD_u64.to_le_bytes());
-        put(irp + 0x42, &[1, 1]);
-        put(irp + 0xB8, &(stack as u64).to_le_bytes());
-        put(stack, &[major]);
-        if major == 0x0E {
-            put(
-                stack + 0x08,
-                &u32::try_from(out_len).unwrap_or(0).to_le_bytes(),
-            );
-            put(
-                stack + 0x10,
-                &u32::try_from(input.len()).unwrap_or(0).to_le_bytes(),
-            );
-            put(stack + 0x18, &code.to_le_bytes());
-        }
-        put(stack + 0x28, &(device as u64).to_le_bytes());
-        put(stack + 0x30, &(file as u64).to_le_bytes());
-        put(file, &5i16.to_le_bytes());
-        put(
-            file + 2,
-            &u16::try_from(FILE_OBJECT_SIZE).unwrap_or(0).to_le_bytes(),
-        );
-        put(file + 8, &(device as u64).to_le_bytes());
-        let name_bytes = u16::try_from(name.len() * 2).unwrap_or(0);
-        put(file + 0x58, &name_bytes.to_le_bytes());
-        put(file + 0x5A, &name_bytes.to_le_bytes());
-        put(
-            file + 0x60,
-            &(if name.is_empty() {
-                0
-            } else {
-                name.as_ptr() as u64
-            })
-            .to_le_bytes(),
-        );
-        self.kernel.irp_sent(irp);
-        // SAFETY: a dispatch routine of the image (checked above).
-        let f: unsafe extern "win64" fn(usize, usize) -> i32 =
-            unsafe { std::mem::transmute(dispatch) };
-        let returned = call_into_image(self, "dispatch routine", PASSIVE_LEVEL, || {
-            // SAFETY: a well-formed IRP for the driver's device, at PASSIVE_LEVEL.
-            unsafe { f(device, irp) }
-        });
-        let completions = self.kernel.irp_done(irp);
-        // SAFETY: the IRP block (IoStatus at 0x30 / 0x38).
-        let status = unsafe { ((irp + 0x30) as *const i32).read() };
-        // SAFETY: as above.
-        let information =
-            usize::try_from(unsafe { ((irp + 0x38) as *const u64).read() }).unwrap_or(usize::MAX);
-        if completions != 1 {
-            self.kernel.violation(format!(
-                "IRP major {major:#x} code {code:#x} completed {completions} times"
-            ));
-        }
-        if returned != status {
-            self.kernel.violation(format!(
-                "dispatch returned {returned:#x} but completed the IRP with {status:#x}"
-            ));
-        }
-        let mut output = Vec::new();
-        // NT_ERROR (severity 3) returns nothing; success, information and
-        // warning statuses (STATUS_BUFFER_OVERFLOW) copy the output back.
-        if buffered && status.cast_unsigned() >> 30 != 3 {
-            if information > out_len {
-                self.kernel.violation(format!(
-                    "IRP Information {information} exceeds OutputBufferLength {out_len}"
-                ));
-            }
-            let n = information.min(out_len);
-            // SAFETY: the system buffer holds max(in, out) >= n bytes.
-            output.extend_from_slice(unsafe {
-                std::slice::from_raw_parts(system_buffer as *const u8, n)
-            });
-        }
-        if system_buffer != 0 {
-            host_free(system_buffer, sb_len);
-        }
-        host_free(irp, IRP_SIZE + STACK_SIZE);
-        host_free(file, FILE_OBJECT_SIZE);
-        (status, information, output)
+        crate::io::send_and_wait(self, major, code, input, out_len, file_name)
     }
 
     /// `IRP_MJ_DEVICE_CONTROL`.
@@ -1283,6 +1244,13 @@ impl World {
     pub fn callout(&self, index: usize) -> Option<Arc<Callout>> {
         self.engine.registered(index)
     }
+}
+
+/// The image path [`World::open_flow`] gives process `pid`, in the form
+/// the engine supplies (a device path, as `processPath` carries it).
+#[must_use]
+pub fn default_process_path(pid: u64) -> String {
+    format!("\\device\\harddiskvolume3\\program files\\app{pid}\\app{pid}.exe")
 }
 
 /// A pool tag as text.
