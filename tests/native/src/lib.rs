@@ -28,7 +28,9 @@
 //! - [`world`]: one loaded image with its kernel and engine, and the
 //!   host-side actions (flows, classify, IOCTLs, unload);
 //! - [`scenarios`]: the threaded scenarios the tests, the memcheck run and
-//!   the benchmark share.
+//!   the benchmark share;
+//! - [`standin`]: the benchmarks' host-model baseline (the driver's kernel
+//!   and engine calls per flow, without the driver).
 
 #![cfg(target_os = "linux")]
 // Lints relaxed for this test host, each for a reason:
@@ -62,6 +64,7 @@ pub mod kernel;
 pub mod pe;
 pub mod rng;
 pub mod scenarios;
+pub mod standin;
 pub mod world;
 
 /// Where the Linux build puts the image, relative to the workspace root.
