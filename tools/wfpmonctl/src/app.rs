@@ -1,19 +1,18 @@
 //! Running a command against a [`System`]: the Windows one in
 //! `crate::windows`, a simulated one in the tests.
 
-use std::collections::HashMap;
 use std::io::{self, Write};
 use std::time::{Duration, SystemTime};
 
+use clap::Parser;
 use serde::Serialize;
 use wfpmon_core::catalog;
-use wfpmon_core::protocol::FlowEntry;
 
 use crate::cli::{Cli, Command, FlowsArgs, Watch};
 use crate::device::{self, ControlDevice};
 use crate::engine::{self, FilterEngine};
 use crate::error::{Error, Kind};
-use crate::flows::{self, FlowRow, FlowsDoc, Previous};
+use crate::flows::{FlowsDoc, Previous};
 use crate::render::{self, StatsDoc};
 use crate::status::{Observed, StatusDoc};
 
@@ -186,21 +185,42 @@ fn flows<S: System>(
             p.elapsed = now.saturating_sub(*at).as_secs_f64();
             &*p
         });
-        let mut names: HashMap<u64, String> = HashMap::new();
-        let mut row = |e: &FlowEntry| {
-            let resolve = || flows::process_name(e.process_id, &mut |p| sys.process_name(p));
-            let name = names.entry(e.process_id).or_insert_with(resolve).clone();
-            FlowRow::new(e, name, before)
-        };
-        let all = list.entries.iter().map(&mut row).collect();
-        let interval = before.map(|p| p.elapsed);
-        let doc = FlowsDoc::new(args, timestamp(wall), list.total, all, interval);
+        let names = &mut |p| sys.process_name(p);
+        let doc = FlowsDoc::from_list(args, timestamp(wall), &list, before, names);
         previous = Some((now, Previous::of(&list.entries)));
-        let width = terminal.map(|t| t.width);
-        Ok(show(&doc, args.json, |d| {
-            render::flows_text(d, args.raw, args.verbose, width)
-        }))
+        Ok(flows_output(&doc, args, terminal.map(|t| t.width)))
     })
+}
+
+/// What a refresh of `flows` prints for `doc`: JSON, or the table fitted
+/// to `width`.
+fn flows_output(doc: &FlowsDoc, args: &FlowsArgs, width: Option<usize>) -> String {
+    show(doc, args.json, |d| {
+        render::flows_text(d, args.raw, args.verbose, width)
+    })
+}
+
+/// `wfpmonctl flows ARGS` once (as its first refresh, without a console)
+/// against `device` at `now`: the whole list paged from the driver, the
+/// document, and what the command prints for it. See
+/// [`crate::listing::flows`].
+pub fn flows_once<D: ControlDevice>(
+    args: &[&str],
+    device: &mut D,
+    process_name: &mut impl FnMut(u64) -> Option<String>,
+    now: SystemTime,
+) -> Result<(FlowsDoc, String), Error> {
+    let words = ["wfpmonctl", "flows"]
+        .into_iter()
+        .chain(args.iter().copied());
+    let cli = Cli::try_parse_from(words).map_err(|e| Error::new(Kind::Usage, e.to_string()))?;
+    let Command::Flows(args) = cli.command else {
+        unreachable!("the words name the flows command");
+    };
+    let list = device::list_flows(device)?;
+    let doc = FlowsDoc::from_list(&args, timestamp(now), &list, None, process_name);
+    let output = flows_output(&doc, &args, None);
+    Ok((doc, output))
 }
 
 #[cfg(test)]
@@ -209,7 +229,6 @@ mod tests {
     use crate::device::sim::{SimDriver, flow};
     use crate::engine::fake::FakeEngine;
     use crate::error::{Step, SystemCode};
-    use clap::Parser;
     use serde_json::Value;
     use std::cell::RefCell;
     use std::rc::Rc;
