@@ -41,6 +41,8 @@ mod bench {
     use wfpmon_native_host::world::{Config, FilterKind, HostFlow, Target, World, WorldGuard};
 
     const TRIALS: usize = 5;
+    /// Flow set-up trials are short (10 000 flows each): more of them.
+    const SETUP_TRIALS: usize = 9;
 
     fn scale() -> u64 {
         std::env::var("WFPMON_NATIVE_BENCH_SCALE")
@@ -255,8 +257,8 @@ mod bench {
     /// association) with `live` flows already tracked, beside the stand-in
     /// making the same kernel and engine calls ([`standin`]) and an empty
     /// classifyFn, all through the same engine path with the same `live`
-    /// driver flows in the host's tables. Trials alternate between the
-    /// three; the best of each is kept.
+    /// driver flows in the host's tables. Trials (nine) alternate between
+    /// the three; the best of each is kept.
     fn flow_established(rows: &mut Vec<Row>, live: u64) {
         let n = 10_000 * scale();
         let w = boot(live + n);
@@ -277,7 +279,7 @@ mod bench {
         };
         let targets = [Target::Empty, Target::StandIn, Target::Driver];
         let mut best = [Best::default(); 3];
-        for _ in 0..TRIALS {
+        for _ in 0..SETUP_TRIALS {
             for (b, target) in best.iter_mut().zip(targets) {
                 b.add(trial(target));
             }
