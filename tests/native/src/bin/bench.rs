@@ -36,7 +36,9 @@ mod bench {
     use std::sync::atomic::Ordering;
     use std::time::{Duration, Instant};
 
-    use wfpmon_native_host::kernel::{DISPATCH_LEVEL, TimeSplit, time_split};
+    use wfpmon_core::catalog::{AddressFamily, data_callout_for};
+    use wfpmon_core::unload::unregistration_order;
+    use wfpmon_native_host::kernel::{DISPATCH_LEVEL, TimeSplit, set_time_accounting, time_split};
     use wfpmon_native_host::standin;
     use wfpmon_native_host::world::{Config, FilterKind, HostFlow, Target, World, WorldGuard};
 
@@ -105,6 +107,56 @@ mod bench {
                 w.establish(&f, FilterKind::Inspection)
                     .expect("flow-established classify");
                 f
+            })
+            .collect()
+    }
+
+    /// What flow `i` of an unload benchmark is: (IPv6, TCP). All IPv4 TCP
+    /// (one data callout holds every context), or with
+    /// `WFPMON_NATIVE_BENCH_MIXED=1` spread over the four data callouts.
+    fn unload_flow_kind(i: u64) -> (bool, bool) {
+        if std::env::var_os("WFPMON_NATIVE_BENCH_MIXED").is_some_and(|v| v == "1") {
+            (i % 2 == 1, (i / 2).is_multiple_of(2))
+        } else {
+            (false, true)
+        }
+    }
+
+    /// The flows of an unload benchmark ([`unload_flow_kind`]), established
+    /// through `target` at the flow-established callout of their family.
+    fn unload_flows(w: &World, n: u64, target: Target) -> Vec<HostFlow> {
+        let established =
+            [w.callout(4), w.callout(5)].map(|c| c.expect("flow-established callout"));
+        (0..n)
+            .map(|i| {
+                let (v6, tcp) = unload_flow_kind(i);
+                let f = w.open_flow(v6, tcp, false, i);
+                w.establish_with(
+                    &established[usize::from(v6)],
+                    &f,
+                    FilterKind::Inspection,
+                    target,
+                )
+                .expect("flow-established classify");
+                f
+            })
+            .collect()
+    }
+
+    /// The order of the driver's removal passes: one per data callout, in
+    /// unregistration order, each in listing order (bucket by bucket,
+    /// newest first), read from a listing pass of `w`.
+    fn removal_order(w: &World) -> Vec<u64> {
+        let (entries, _, _) = w.list_all_flows(256).unwrap_or_else(|e| panic!("{e}"));
+        let callout_of = |e: &wfpmon_core::protocol::FlowEntry| {
+            AddressFamily::from_af(e.address_family).map(|af| data_callout_for(af, e.ip_protocol))
+        };
+        unregistration_order()
+            .flat_map(|c| {
+                entries
+                    .iter()
+                    .filter(move |e| callout_of(e) == Some(c))
+                    .map(|e| e.flow_id)
             })
             .collect()
     }
@@ -321,6 +373,7 @@ mod bench {
 
     impl Measure {
         fn start() -> Self {
+            set_time_accounting(true);
             Self {
                 split: time_split(),
                 cpu: thread_cpu_time(),
@@ -329,10 +382,9 @@ mod bench {
 
         fn stop(self) -> Self {
             let cpu = thread_cpu_time().saturating_sub(self.cpu);
-            Self {
-                cpu,
-                split: time_split().since(self.split),
-            }
+            let split = time_split().since(self.split);
+            set_time_accounting(false);
+            Self { cpu, split }
         }
 
         /// Time spent in code called as the driver (interruptions apart).
@@ -380,26 +432,28 @@ mod bench {
         static RATE: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
         *RATE.get_or_init(|| {
             let total = |s: TimeSplit| s.host + s.driver + s.models + s.interrupted;
+            set_time_accounting(true);
             let (s0, t0) = (time_split(), Instant::now());
             std::thread::sleep(Duration::from_millis(200));
             let (s1, t1) = (time_split(), Instant::now());
+            set_time_accounting(false);
             (t1 - t0).as_secs_f64() * 1e9 / total(s1.since(s0)).max(1) as f64
         })
     }
 
-    /// `DriverUnload` with `live` flows (the removal pass), beside the
+    /// `DriverUnload` with `live` flows (the removal passes), beside the
     /// stand-in removing as many flows in the same order through the same
     /// engine, pool and lock models (a world of its own with the same flow
-    /// handles; the order is read from a listing pass of the driver's first
-    /// world, untimed). Trials alternate; the best of each is kept.
+    /// handles; the order, pass by pass, is read from a listing pass of the
+    /// driver's first world, untimed). Five trials of each; the best of
+    /// each quantity is kept.
     fn unload(rows: &mut Vec<Row>, live: u64) {
         let mut order: Vec<u64> = Vec::new();
         let mut time_driver = |n: u64| {
             let w = boot(n);
-            let _flows = established(&w, n, false);
+            let _flows = unload_flows(&w, n, Target::Driver);
             if order.is_empty() && n > 0 {
-                let (entries, _, _) = w.list_all_flows(256).unwrap_or_else(|e| panic!("{e}"));
-                order = entries.iter().map(|e| e.flow_id).collect();
+                order = removal_order(&w);
             }
             let m = Measure::start();
             w.unload();
@@ -425,9 +479,14 @@ mod bench {
             us(model.driver_side),
             driver.interrupted.max(model.interrupted).as_secs_f64() * 1e3,
         );
+        let mixed = if unload_flow_kind(1).0 {
+            " (four data callouts)"
+        } else {
+            ""
+        };
         row(
             rows,
-            format!("DriverUnload, {live} live flows"),
+            format!("DriverUnload, {live} live flows{mixed}"),
             us(driver.cpu),
             us(model.cpu),
             "us",
@@ -442,15 +501,7 @@ mod bench {
     fn time_stand_in(live: u64, order: &[u64]) -> Measure {
         let w = boot(live);
         let stand_in = standin::install(&w);
-        let callout = w.callout(4).expect("flow-established callout");
-        let flows: Vec<HostFlow> = (0..live)
-            .map(|i| {
-                let f = w.open_flow(false, true, false, i);
-                w.establish_with(&callout, &f, FilterKind::Inspection, Target::StandIn)
-                    .expect("stand-in classify");
-                f
-            })
-            .collect();
+        let flows = unload_flows(&w, live, Target::StandIn);
         let m = Measure::start();
         let removed = stand_in.remove_all(&w, order);
         let m = m.stop();
