@@ -222,7 +222,8 @@ impl Flow {
 pub struct Engine {
     callouts: RwLock<Vec<Arc<Callout>>>,
     reg: Mutex<()>,
-    /// Every flow opened and not ended, by [`flow_index`] of its handle.
+    /// Every flow opened and not ended, by [`flow_index`] of its handle (an
+    /// ended flow leaves its slot empty: 8 bytes per flow ever opened).
     flows: Mutex<Vec<Option<Arc<Flow>>>>,
     injection: Mutex<HashSet<usize>>,
     live_contexts: Mutex<IntSet<u64>>,

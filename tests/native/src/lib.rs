@@ -19,7 +19,9 @@
 //! - [`clock`]: interrupt time (real or simulated) and the page the image
 //!   reads it from;
 //! - [`kernel`]: per-thread IRQL and in-image tracking, the pool ledger,
-//!   spin locks, events, `DbgPrint`, device objects, IRPs, handles, ETW;
+//!   spin locks, events, `DbgPrint`, device objects, IRPs, handles, ETW,
+//!   and (for the benchmarks) where a thread's time goes: host, image or
+//!   models;
 //! - [`engine`]: the fake filter engine (its rules and their sources are in
 //!   that module's documentation);
 //! - [`etw`]: ETW registration, an enabling session, `TraceLogging` events
