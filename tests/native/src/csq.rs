@@ -363,7 +363,8 @@ pub unsafe extern "win64" fn io_csq_initialize(
 /// Called by the image (or the host on its behalf) with the arguments
 /// the function's documented contract allows.
 pub unsafe extern "win64" fn io_csq_insert_irp(csq: usize, irp: usize, context: usize) {
-    let w = enter_api("IoCsqInsertIrp", DISPATCH_LEVEL);
+    let api = enter_api("IoCsqInsertIrp", DISPATCH_LEVEL);
+    let w: &World = &api;
     let Some(r) = routines(w, "IoCsqInsertIrp", csq) else {
         return;
     };
@@ -433,7 +434,8 @@ pub unsafe extern "win64" fn io_csq_insert_irp(csq: usize, irp: usize, context: 
 /// Called by the image (or the host on its behalf) with the arguments
 /// the function's documented contract allows.
 pub unsafe extern "win64" fn io_csq_remove_next_irp(csq: usize, peek_context: usize) -> usize {
-    let w = enter_api("IoCsqRemoveNextIrp", DISPATCH_LEVEL);
+    let api = enter_api("IoCsqRemoveNextIrp", DISPATCH_LEVEL);
+    let w: &World = &api;
     let Some(r) = routines(w, "IoCsqRemoveNextIrp", csq) else {
         return 0;
     };

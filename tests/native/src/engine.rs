@@ -59,7 +59,7 @@
 //! live handle and answers `FWPS_PACKET_NOT_INJECTED` (the host injects
 //! nothing).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -69,7 +69,7 @@ use wfpmon_core::catalog::CALLOUTS;
 
 use crate::clock;
 use crate::kernel::{
-    self, DISPATCH_LEVEL, PASSIVE_LEVEL, call_into_image, enter_api, irql, lock, status,
+    self, DISPATCH_LEVEL, IntSet, PASSIVE_LEVEL, call_into_image, enter_api, irql, lock, status,
 };
 use crate::world::World;
 
@@ -222,9 +222,11 @@ impl Flow {
 pub struct Engine {
     callouts: RwLock<Vec<Arc<Callout>>>,
     reg: Mutex<()>,
-    flows: Mutex<HashMap<u64, Arc<Flow>>>,
+    /// Every flow opened and not ended, by [`flow_index`] of its handle (an
+    /// ended flow leaves its slot empty: 8 bytes per flow ever opened).
+    flows: Mutex<Vec<Option<Arc<Flow>>>>,
     injection: Mutex<HashSet<usize>>,
-    live_contexts: Mutex<HashSet<u64>>,
+    live_contexts: Mutex<IntSet<u64>>,
     deleting: AtomicUsize,
     slow: Mutex<Vec<(u64, Ctx)>>,
     stale: Mutex<Vec<Ctx>>,
@@ -248,20 +250,40 @@ pub struct Engine {
 
 const FIRST_CALLOUT_ID: u32 = 0x101;
 
+/// The first flow handle; the engine hands them out in steps of
+/// [`FLOW_HANDLE_STEP`].
+const FIRST_FLOW_HANDLE: u64 = 0x1_0000;
+const FLOW_HANDLE_STEP: u64 = 0x10;
+
+/// Where a flow handle of this engine lives in its flow table (`None`: not
+/// a handle it hands out).
+fn flow_index(handle: u64) -> Option<usize> {
+    let offset = handle.checked_sub(FIRST_FLOW_HANDLE)?;
+    if offset % FLOW_HANDLE_STEP == 0 {
+        usize::try_from(offset / FLOW_HANDLE_STEP).ok()
+    } else {
+        None
+    }
+}
+
 impl Engine {
-    /// An engine with no callouts.
+    /// An engine with no callouts, its flow and context tables sized for
+    /// `capacity` flows.
     #[must_use]
-    pub fn new(mode: Mode) -> Self {
+    pub fn new(mode: Mode, capacity: usize) -> Self {
         Self {
             callouts: RwLock::new(Vec::new()),
             reg: Mutex::new(()),
-            flows: Mutex::new(HashMap::new()),
+            flows: Mutex::new(Vec::with_capacity(capacity)),
             injection: Mutex::new(HashSet::new()),
-            live_contexts: Mutex::new(HashSet::new()),
+            live_contexts: Mutex::new(IntSet::with_capacity_and_hasher(
+                capacity,
+                std::hash::BuildHasherDefault::default(),
+            )),
             deleting: AtomicUsize::new(0),
             slow: Mutex::new(Vec::new()),
             stale: Mutex::new(Vec::new()),
-            next_flow: AtomicU64::new(0x1_0000),
+            next_flow: AtomicU64::new(FIRST_FLOW_HANDLE),
             mode,
             associated: AtomicU64::new(0),
             deleted: AtomicU64::new(0),
@@ -297,6 +319,63 @@ impl Engine {
         self.callouts()
             .into_iter()
             .find(|c| c.catalog == Some(index) && c.is_registered())
+    }
+
+    /// Registers a callout of the host itself (the benchmarks' stand-in for
+    /// the driver, [`crate::standin`]) as rule 1 does, except that its
+    /// functions are host code rather than the image's and no device object
+    /// backs it. Until [`Engine::unregister_host_callout`] it counts as
+    /// registered, so a world's Unload check fails while it is.
+    pub fn register_host_callout(
+        &self,
+        flags: u32,
+        classify: ClassifyFn,
+        flow_delete: FlowDeleteFn,
+    ) -> Arc<Callout> {
+        let _reg = lock(&self.reg);
+        let mut callouts = self
+            .callouts
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let id = FIRST_CALLOUT_ID + u32::try_from(callouts.len()).unwrap_or(0);
+        let mut key = [0xB5; 16];
+        key[..4].copy_from_slice(&id.to_le_bytes());
+        let callout = Arc::new(Callout {
+            id,
+            key,
+            catalog: None,
+            flags,
+            classify: classify as usize,
+            notify: 0,
+            flow_delete: flow_delete as usize,
+            device: 0,
+            registered: AtomicBool::new(true),
+            active: AtomicUsize::new(0),
+            contexts: AtomicUsize::new(0),
+        });
+        callouts.push(Arc::clone(&callout));
+        callout
+    }
+
+    /// Unregisters a callout of [`Engine::register_host_callout`] once none
+    /// of its contexts is left (rule 2), waiting for its classifies in
+    /// progress (rule 3).
+    ///
+    /// # Errors
+    /// The number of its contexts that still exist.
+    pub fn unregister_host_callout(&self, callout: &Callout) -> Result<(), usize> {
+        {
+            let _reg = lock(&self.reg);
+            let contexts = callout.contexts.load(Ordering::SeqCst);
+            if contexts > 0 {
+                return Err(contexts);
+            }
+            callout.registered.store(false, Ordering::SeqCst);
+        }
+        while callout.active.load(Ordering::SeqCst) > 0 {
+            std::thread::yield_now();
+        }
+        Ok(())
     }
 
     /// Callouts still registered against device `dev`.
@@ -340,17 +419,25 @@ impl Engine {
 
     /// A new flow.
     pub fn open_flow(&self) -> Arc<Flow> {
-        let handle = self.next_flow.fetch_add(0x10, Ordering::Relaxed);
+        let handle = self
+            .next_flow
+            .fetch_add(FLOW_HANDLE_STEP, Ordering::Relaxed);
         let flow = Arc::new(Flow {
             handle,
             state: Mutex::new(FlowState::default()),
         });
-        lock(&self.flows).insert(handle, Arc::clone(&flow));
+        let index = flow_index(handle).expect("a handle of this engine");
+        let mut flows = lock(&self.flows);
+        if flows.len() <= index {
+            flows.resize(index + 1, None);
+        }
+        flows[index] = Some(Arc::clone(&flow));
         flow
     }
 
     fn flow(&self, handle: u64) -> Option<Arc<Flow>> {
-        lock(&self.flows).get(&handle).cloned()
+        let index = flow_index(handle)?;
+        lock(&self.flows).get(index)?.clone()
     }
 
     /// Rule 6: the flow ends; its contexts are deleted now or when the
@@ -369,7 +456,11 @@ impl Engine {
                 contexts
             }
         };
-        lock(&self.flows).remove(&flow.handle);
+        if let Some(index) = flow_index(flow.handle)
+            && let Some(slot) = lock(&self.flows).get_mut(index)
+        {
+            *slot = None;
+        }
         for ctx in now {
             self.run_flow_delete(w, ctx, DISPATCH_LEVEL.max(irql()));
         }
@@ -515,7 +606,7 @@ impl Engine {
     }
 }
 
-fn world_engine(api: &str, max: u8) -> &'static World {
+fn world_engine(api: &str, max: u8) -> kernel::Api {
     enter_api(api, max)
 }
 
@@ -727,7 +818,7 @@ pub unsafe extern "win64" fn fwps_flow_remove_context0(flow: u64, layer: u16, ca
         return status::PENDING;
     }
     drop(s);
-    w.engine.run_flow_delete(w, ctx, irql());
+    w.engine.run_flow_delete(&w, ctx, irql());
     status::SUCCESS
 }
 

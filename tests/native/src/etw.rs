@@ -70,7 +70,7 @@ pub unsafe extern "win64" fn etw_register(
     if let (Some((level, keywords)), true) = (w.kernel.etw_session, callback != 0) {
         // SAFETY: the image's enable callback (checked to be its code).
         let f = unsafe { std::mem::transmute::<usize, EnableCallback>(callback) };
-        call_into_image(w, "ETW enable callback", irql(), || {
+        call_into_image(&w, "ETW enable callback", irql(), || {
             // SAFETY: PETWENABLECALLBACK's arguments: the provider id (our
             // copy, alive while registered), enable, level, keywords, no
             // filter, the driver's context.

@@ -24,7 +24,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -169,7 +169,9 @@ pub fn call_into_image_leaving<R>(
     }
     set_irql(level);
     let held_before = HELD.with(|h| h.borrow().len());
+    let outer = move_to(Side::Driver);
     let result = f();
+    move_to(outer);
     let held_after = HELD.with(|h| h.borrow().len());
     let (locks_wanted, irql_wanted) = match leaves {
         Leaves::Nothing => (held_before.cast_signed(), level),
@@ -211,9 +213,15 @@ pub fn call_into_image_leaving<R>(
 }
 
 /// What every model does first: checks the caller's IRQL against the
-/// function's documented maximum and returns the world.
-pub fn enter_api(api: &str, max_irql: u8) -> &'static World {
-    let w = world();
+/// function's documented maximum and returns the world. The thread's time
+/// is charged to the models ([`time_split`]) until the returned guard
+/// drops, i.e. until the model returns.
+pub fn enter_api(api: &str, max_irql: u8) -> Api {
+    let api_guard = Api {
+        world: world(),
+        outer: move_to(Side::Model),
+    };
+    let w = api_guard.world;
     let level = irql();
     if level > max_irql {
         w.kernel.violation(format!(
@@ -224,7 +232,154 @@ pub fn enter_api(api: &str, max_irql: u8) -> &'static World {
         w.kernel
             .violation(format!("{api} called from outside the image (host bug)"));
     }
-    w
+    api_guard
+}
+
+/// A model running ([`enter_api`]): dereferences to the world; when it
+/// drops, the thread's time is charged again to the side that called the
+/// model.
+pub struct Api {
+    world: &'static World,
+    outer: Side,
+}
+
+impl std::ops::Deref for Api {
+    type Target = World;
+    fn deref(&self) -> &World {
+        self.world
+    }
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        move_to(self.outer);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Where a thread's time goes
+// ---------------------------------------------------------------------------
+
+/// Which code a thread is executing (see [`time_split`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Side {
+    /// The host: harness, engine bookkeeping around classifies.
+    Host = 0,
+    /// Code called as the driver, from [`call_into_image`] to its return.
+    Driver = 1,
+    /// A kernel or engine model, from [`enter_api`] to its return.
+    Model = 2,
+}
+
+thread_local! {
+    /// The side the thread is on, and the time stamp counter when it got there.
+    static SIDE: Cell<(Side, u64)> = const { Cell::new((Side::Host, 0)) };
+    /// Time stamp counter ticks spent on each side, and interrupted.
+    static TICKS: Cell<[u64; 4]> = const { Cell::new([0; 4]) };
+}
+
+/// The time stamp counter, read after every earlier instruction has
+/// completed and before any later one starts (LFENCE on both sides), so that
+/// the stall of a load that misses the cache is charged to the side that
+/// made it rather than to the next side the out-of-order core reached.
+fn tsc() -> u64 {
+    use core::arch::x86_64::{_mm_lfence, _rdtsc};
+    // SAFETY: LFENCE (SSE2, part of x86_64) has no preconditions.
+    unsafe { _mm_lfence() };
+    // SAFETY: RDTSC has no preconditions on x86_64, and Linux lets user mode
+    // execute it.
+    let t = unsafe { _rdtsc() };
+    // SAFETY: as the first LFENCE.
+    unsafe { _mm_lfence() };
+    t
+}
+
+/// A stretch on one side longer than this many ticks (about 40 µs at the
+/// 2–3 GHz of the machines this runs on) is counted as an interruption —
+/// the thread preempted, or a wait — not as that side's work: no step the
+/// benchmarks time (one model call, the driver's code between two of them)
+/// takes that long.
+pub const INTERRUPTION_TICKS: u64 = 100_000;
+
+/// Whether [`time_split`] accounting runs (off: a transition only records
+/// the side, without reading the time stamp counter).
+static ACCOUNTING: AtomicBool = AtomicBool::new(false);
+
+/// Turns the accounting behind [`time_split`] on or off, for every thread
+/// (the benchmarks turn it on only around what they measure, so that the
+/// fenced time stamp reads cost nothing elsewhere).
+pub fn set_time_accounting(on: bool) {
+    ACCOUNTING.store(on, Ordering::SeqCst);
+}
+
+/// Puts the thread on `side`, charging the time since its last move to the
+/// side it leaves (or to interruptions), which it returns.
+fn move_to(side: Side) -> Side {
+    if !ACCOUNTING.load(Ordering::Relaxed) {
+        let (from, _) = SIDE.get();
+        SIDE.set((side, 0));
+        return from;
+    }
+    let now = tsc();
+    let (from, since) = SIDE.get();
+    let spent = now.wrapping_sub(since);
+    let mut ticks = TICKS.get();
+    let slot = if spent > INTERRUPTION_TICKS {
+        3
+    } else {
+        from as usize
+    };
+    ticks[slot] = ticks[slot].wrapping_add(spent);
+    TICKS.set(ticks);
+    SIDE.set((side, now));
+    from
+}
+
+/// Time stamp counter ticks the calling thread has spent so far (summed
+/// over its life; subtract two readings): in host code, in code called as
+/// the driver — the image from a [`call_into_image`] to its return, or the
+/// benchmarks' stand-in in its place — less the models it called, and in
+/// the kernel and engine models — from [`enter_api`] to their return, less
+/// driver code they call back (flowDeleteFn); stretches longer than
+/// [`INTERRUPTION_TICKS`] apart. Two fenced time stamp reads per
+/// transition; their cost lands on both sides of it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TimeSplit {
+    /// Host code.
+    pub host: u64,
+    /// Code called as the driver.
+    pub driver: u64,
+    /// Kernel and engine models.
+    pub models: u64,
+    /// Stretches on any side longer than [`INTERRUPTION_TICKS`].
+    pub interrupted: u64,
+}
+
+impl TimeSplit {
+    /// What was spent between `earlier` and `self`.
+    #[must_use]
+    pub const fn since(self, earlier: Self) -> Self {
+        Self {
+            host: self.host.wrapping_sub(earlier.host),
+            driver: self.driver.wrapping_sub(earlier.driver),
+            models: self.models.wrapping_sub(earlier.models),
+            interrupted: self.interrupted.wrapping_sub(earlier.interrupted),
+        }
+    }
+}
+
+/// The calling thread's [`TimeSplit`] now (nothing is added while the
+/// accounting is off: [`set_time_accounting`]).
+#[must_use]
+pub fn time_split() -> TimeSplit {
+    move_to(SIDE.get().0);
+    let [host, driver, models, interrupted] = TICKS.get();
+    TimeSplit {
+        host,
+        driver,
+        models,
+        interrupted,
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -283,7 +438,7 @@ pub struct Kernel {
     violations: Mutex<Vec<String>>,
     suppressed: AtomicU64,
     log: Mutex<Vec<String>>,
-    pool: Mutex<HashMap<usize, Block>>,
+    pool: Mutex<IntMap<usize, Block>>,
     /// Allocations made.
     pub allocations: AtomicU64,
     /// Frees made.
@@ -341,9 +496,10 @@ pub const DEVICE_FLAGS_OFFSET: usize = 0x30;
 pub const DO_DEVICE_INITIALIZING: u32 = 0x80;
 
 impl Kernel {
-    /// Fresh state; allocates the driver object.
+    /// Fresh state; allocates the driver object. The pool ledger has room
+    /// for `capacity` blocks up front.
     #[must_use]
-    pub fn new(simulated_clock: bool, etw_session: Option<(u8, u64)>) -> Self {
+    pub fn new(simulated_clock: bool, etw_session: Option<(u8, u64)>, capacity: usize) -> Self {
         let driver_object = host_alloc(DRIVER_OBJECT_SIZE);
         // SAFETY: a fresh zeroed block of DRIVER_OBJECT_SIZE bytes: Type
         // (CSHORT) at 0 and Size at 2 are inside it.
@@ -354,7 +510,10 @@ impl Kernel {
             violations: Mutex::new(Vec::new()),
             suppressed: AtomicU64::new(0),
             log: Mutex::new(Vec::new()),
-            pool: Mutex::new(HashMap::new()),
+            pool: Mutex::new(IntMap::with_capacity_and_hasher(
+                capacity,
+                std::hash::BuildHasherDefault::default(),
+            )),
             allocations: AtomicU64::new(0),
             frees: AtomicU64::new(0),
             events: Mutex::new(HashMap::new()),
@@ -529,6 +688,40 @@ impl Kernel {
         lock(&self.events).get(&addr).cloned()
     }
 }
+
+/// Hasher of the host's integer-keyed tables (pool addresses, context
+/// values): one multiplication and a fold instead of SipHash — the keys come
+/// from the host and the image, not from an adversary, and these tables are
+/// on every flow's path.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IntHasher(u64);
+
+impl std::hash::Hasher for IntHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        let x = (self.0 ^ value).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 = x ^ (x >> 29);
+    }
+
+    fn write_usize(&mut self, value: usize) {
+        self.write_u64(value as u64);
+    }
+}
+
+/// A map keyed by integers, hashed with [`IntHasher`].
+pub type IntMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<IntHasher>>;
+
+/// A set of integers, hashed with [`IntHasher`].
+pub type IntSet<K> = std::collections::HashSet<K, std::hash::BuildHasherDefault<IntHasher>>;
 
 /// Locks, tolerating poison (a panicking scenario thread must not hide the
 /// violations the others recorded).
@@ -908,7 +1101,7 @@ fn release(w: &World, api: &str, lock: *mut u64) -> Option<u8> {
 pub unsafe extern "win64" fn ke_acquire_spin_lock_raise_to_dpc(lock: *mut u64) -> u8 {
     let w = enter_api("KeAcquireSpinLockRaiseToDpc", DISPATCH_LEVEL);
     let old = irql();
-    acquire(w, "KeAcquireSpinLockRaiseToDpc", lock, old);
+    acquire(&w, "KeAcquireSpinLockRaiseToDpc", lock, old);
     set_irql(DISPATCH_LEVEL);
     old
 }
@@ -933,7 +1126,7 @@ pub unsafe extern "win64" fn ke_release_spin_lock(lock: *mut u64, new_irql: u8) 
         w.kernel
             .violation(format!("KeReleaseSpinLock to IRQL {new_irql}"));
     }
-    if let Some(saved) = release(w, "KeReleaseSpinLock", lock)
+    if let Some(saved) = release(&w, "KeReleaseSpinLock", lock)
         && saved != new_irql
     {
         w.kernel.violation(format!(
@@ -954,7 +1147,7 @@ pub unsafe extern "win64" fn ke_acquire_spin_lock_at_dpc_level(lock: *mut u64) {
         w.kernel
             .violation(format!("KeAcquireSpinLockAtDpcLevel at IRQL {}", irql()));
     }
-    acquire(w, "KeAcquireSpinLockAtDpcLevel", lock, DISPATCH_LEVEL);
+    acquire(&w, "KeAcquireSpinLockAtDpcLevel", lock, DISPATCH_LEVEL);
 }
 
 /// `KeReleaseSpinLockFromDpcLevel(SpinLock)`: at `DISPATCH_LEVEL`.
@@ -968,7 +1161,7 @@ pub unsafe extern "win64" fn ke_release_spin_lock_from_dpc_level(lock: *mut u64)
         w.kernel
             .violation(format!("KeReleaseSpinLockFromDpcLevel at IRQL {}", irql()));
     }
-    release(w, "KeReleaseSpinLockFromDpcLevel", lock);
+    release(&w, "KeReleaseSpinLockFromDpcLevel", lock);
 }
 
 /// `KeAcquireInStackQueuedSpinLock(SpinLock, LockHandle)`: IRQL ≤
@@ -981,7 +1174,7 @@ pub unsafe extern "win64" fn ke_release_spin_lock_from_dpc_level(lock: *mut u64)
 pub unsafe extern "win64" fn ke_acquire_in_stack_queued_spin_lock(lock: *mut u64, handle: *mut u8) {
     let w = enter_api("KeAcquireInStackQueuedSpinLock", DISPATCH_LEVEL);
     let old = irql();
-    acquire(w, "KeAcquireInStackQueuedSpinLock", lock, old);
+    acquire(&w, "KeAcquireInStackQueuedSpinLock", lock, old);
     set_irql(DISPATCH_LEVEL);
     // SAFETY: the driver's KLOCK_QUEUE_HANDLE (24 bytes, on its stack).
     unsafe { handle.wrapping_add(8).cast::<*mut u64>().write(lock) };
@@ -1000,7 +1193,7 @@ pub unsafe extern "win64" fn ke_release_in_stack_queued_spin_lock(handle: *mut u
     let lock = unsafe { handle.wrapping_add(8).cast::<*mut u64>().read() };
     // SAFETY: as above.
     let old = unsafe { handle.wrapping_add(16).read() };
-    release(w, "KeReleaseInStackQueuedSpinLock", lock);
+    release(&w, "KeReleaseInStackQueuedSpinLock", lock);
     set_irql(old);
 }
 
@@ -1126,7 +1319,7 @@ pub unsafe extern "win64" fn ke_wait_for_single_object(
     w.kernel.waits.fetch_add(1, Ordering::Relaxed);
     let total = relative.map(i64::unsigned_abs);
     let satisfied = if w.kernel.simulated_clock {
-        wait_simulated(w, &e, total)
+        wait_simulated(&w, &e, total)
     } else {
         wait_real(&e, total)
     };
@@ -1212,7 +1405,7 @@ fn wait_simulated(w: &World, e: &EventState, total_100ns: Option<u64>) -> bool {
 /// Called by the image (or the host on its behalf) with the arguments
 /// the function's documented contract allows.
 pub unsafe extern "win64" fn ke_query_interrupt_time_precise(qpc: *mut u64) -> u64 {
-    enter_api("KeQueryInterruptTimePrecise", HIGH_LEVEL);
+    let _api = enter_api("KeQueryInterruptTimePrecise", HIGH_LEVEL);
     let now = clock::now_100ns();
     if !qpc.is_null() {
         // SAFETY: the driver's output variable.
@@ -1401,7 +1594,7 @@ pub unsafe extern "win64" fn ob_set_security_object_by_pointer(
     sd: *const u8,
 ) -> i32 {
     let w = enter_api("ObSetSecurityObjectByPointer", PASSIVE_LEVEL);
-    let Some(bytes) = read_descriptor(w, "ObSetSecurityObjectByPointer", sd) else {
+    let Some(bytes) = read_descriptor(&w, "ObSetSecurityObjectByPointer", sd) else {
         return status::INVALID_PARAMETER;
     };
     if w.kernel.inject("ObSetSecurityObjectByPointer") {
@@ -1466,7 +1659,7 @@ pub unsafe extern "win64" fn zw_set_security_object(handle: u64, _info: u32, sd:
         ));
         return status::INVALID_HANDLE;
     };
-    let Some(bytes) = read_descriptor(w, "ZwSetSecurityObject", sd) else {
+    let Some(bytes) = read_descriptor(&w, "ZwSetSecurityObject", sd) else {
         return status::INVALID_PARAMETER;
     };
     if w.kernel.inject("ZwSetSecurityObject") {
@@ -1501,7 +1694,8 @@ pub unsafe extern "win64" fn zw_close(handle: u64) -> i32 {
 /// Called by the image (or the host on its behalf) with the arguments
 /// the function's documented contract allows.
 pub unsafe extern "win64" fn iof_complete_request(irp: usize, _boost: i8) {
-    let w = enter_api("IofCompleteRequest", DISPATCH_LEVEL);
+    let api = enter_api("IofCompleteRequest", DISPATCH_LEVEL);
+    let w: &World = &api;
     crate::io::complete_request(w, irp);
 }
 

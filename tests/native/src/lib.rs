@@ -19,7 +19,9 @@
 //! - [`clock`]: interrupt time (real or simulated) and the page the image
 //!   reads it from;
 //! - [`kernel`]: per-thread IRQL and in-image tracking, the pool ledger,
-//!   spin locks, events, `DbgPrint`, device objects, kernel handles, ETW;
+//!   spin locks, events, `DbgPrint`, device objects, kernel handles, ETW,
+//!   and (for the benchmarks) where a thread's time goes: host, image or
+//!   models;
 //! - [`io`]: the I/O manager's side of IRPs — file objects, requests that
 //!   stay pending, completion, `IoCancelIrp`, cleanup — and its rules;
 //! - [`csq`]: the cancel-safe queue routines (`IoCsq*`), which call the
@@ -34,7 +36,9 @@
 //! - [`scenarios`]: the threaded scenarios the tests, the memcheck run and
 //!   the benchmark share;
 //! - [`events`]: flow events, pending reads, per-process totals: their
-//!   client side and scenarios.
+//!   client side and scenarios;
+//! - [`standin`]: the benchmarks' host-model baseline (the driver's kernel
+//!   and engine calls per flow, without the driver).
 
 #![cfg(target_os = "linux")]
 // Lints relaxed for this test host, each for a reason:
@@ -71,6 +75,7 @@ pub mod kernel;
 pub mod pe;
 pub mod rng;
 pub mod scenarios;
+pub mod standin;
 pub mod world;
 
 /// Where the Linux build puts the image, relative to the workspace root.

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use fwpsk_sys as fwps;
-use wfpmon_core::catalog::{AddressFamily, CALLOUTS, data_callout_for};
+use wfpmon_core::catalog::{AddressFamily, CALLOUTS, data_callout_for, runtime_layer};
 use wfpmon_core::protocol::{self, FlowEntry, FlowListHeader, Stats};
 
 use crate::engine::{Callout, ClassifyFn, Engine, Flow, Mode};
@@ -66,6 +66,10 @@ pub struct Config {
     /// An ETW session enabling the driver's provider (level, keywords);
     /// `None`: nobody listens (events are then not even written).
     pub etw_session: Option<(u8, u64)>,
+    /// Flows the host's own tables (the engine's flows and contexts, the
+    /// pool ledger) are sized for up front, so that runs with many flows do
+    /// not spend time growing them (0: grow as needed).
+    pub capacity: usize,
 }
 
 impl Config {
@@ -78,6 +82,7 @@ impl Config {
             mode: Mode::default(),
             simulated_clock: false,
             etw_session: Some((5, u64::MAX)),
+            capacity: 0,
         }
     }
 }
@@ -266,13 +271,18 @@ pub enum FilterKind {
 }
 
 /// Which code a classify runs: the driver's classifyFn or, for baselines,
-/// an empty function through the same engine path.
+/// an empty function or the host-model stand-in through the same engine
+/// path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Target {
     /// The driver.
     Driver,
     /// [`empty_classify`].
     Empty,
+    /// The stand-in ([`crate::standin`]: the driver's kernel and engine
+    /// calls without the driver; flow-established classifies only — data
+    /// classifies run its empty data classifyFn). It must be installed.
+    StandIn,
 }
 
 /// A classifyFn that does nothing (benchmark baseline).
@@ -337,8 +347,8 @@ impl World {
             image,
             seed: config.seed,
             id: NEXT_WORLD.fetch_add(1, Ordering::Relaxed),
-            kernel: Kernel::new(config.simulated_clock, config.etw_session),
-            engine: Engine::new(config.mode),
+            kernel: Kernel::new(config.simulated_clock, config.etw_session, config.capacity),
+            engine: Engine::new(config.mode, config.capacity),
             slots: Mutex::new(Vec::new()),
             account: AtomicBool::new(true),
             unloaded: AtomicBool::new(false),
@@ -821,6 +831,15 @@ impl World {
                 unsafe { std::mem::transmute::<usize, ClassifyFn>(callout.classify) }
             }
             Target::Empty => empty_classify,
+            Target::StandIn
+                if matches!(
+                    layer,
+                    runtime_layer::ALE_FLOW_ESTABLISHED_V4 | runtime_layer::ALE_FLOW_ESTABLISHED_V6
+                ) =>
+            {
+                crate::standin::established
+            }
+            Target::StandIn => crate::standin::data,
         };
         let (context, ()) = self.engine.classify(self, callout, flow, layer, |ctx| {
             // SAFETY: classify arguments valid for the duration of the call,
@@ -975,6 +994,7 @@ impl World {
             // SAFETY: the classifyFn the image registered (checked at registration).
             Target::Driver => unsafe { std::mem::transmute::<usize, ClassifyFn>(callout.classify) },
             Target::Empty => empty_classify,
+            Target::StandIn => crate::standin::data,
         };
         let packet_ptr: *mut c_void = (&raw mut packet).cast();
         let (_, elapsed) = self.engine.classify(self, callout, &f.flow, layer, |ctx| {

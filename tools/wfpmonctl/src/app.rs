@@ -1,10 +1,10 @@
 //! Running a command against a [`System`]: the Windows one in
 //! `crate::windows`, a simulated one in the tests.
 
-use std::collections::HashMap;
 use std::io::{self, Write};
 use std::time::{Duration, SystemTime};
 
+use clap::Parser;
 use serde::Serialize;
 use wfpmon_core::catalog;
 use wfpmon_core::events::FROM_NOW;
@@ -16,7 +16,7 @@ use crate::device::{self, ControlDevice};
 use crate::engine::{self, FilterEngine};
 use crate::error::{Error, Kind, SystemCode};
 use crate::events::{DroppedDoc, EventDoc};
-use crate::flows::{self, FlowRow, FlowsDoc, Previous};
+use crate::flows::{self, FlowsDoc, Previous};
 use crate::procs::{self, Names, Proc, ProcRow, ProcsDoc};
 use crate::render::{self, StatsDoc, timestamp};
 use crate::status::{Observed, StatusDoc};
@@ -193,27 +193,18 @@ fn flows<S: System>(
             p.elapsed = now.saturating_sub(*at).as_secs_f64();
             &*p
         });
-        // Flows without a process entry: named by PID in user mode, once.
-        let mut by_pid: HashMap<u64, String> = HashMap::new();
-        let mut row = |e: &FlowEntry| {
-            let name = names.get(e.process_key).map_or_else(
-                || {
-                    let resolve =
-                        || flows::process_name(e.process_id, &mut |p| sys.process_name(p));
-                    by_pid.entry(e.process_id).or_insert_with(resolve).clone()
-                },
-                |p| p.name.clone(),
-            );
-            FlowRow::new(e, name, before)
+        // Named from the driver's process table; flows without a process
+        // entry by PID in user mode, once.
+        let process_name = &mut |p| sys.process_name(p);
+        let mut by_pid = flows::by_pid(process_name);
+        let mut name_of = |e: &FlowEntry| {
+            names
+                .get(e.process_key)
+                .map_or_else(|| by_pid(e.process_id), |p| p.name.clone())
         };
-        let all = list.entries.iter().map(&mut row).collect();
-        let interval = before.map(|p| p.elapsed);
-        let doc = FlowsDoc::new(args, timestamp(wall), list.total, all, interval);
+        let doc = FlowsDoc::from_list(args, timestamp(wall), &list, before, &mut name_of);
         previous = Some((now, Previous::of(&list.entries)));
-        let width = terminal.map(|t| t.width);
-        Ok(show(&doc, args.json, |d| {
-            render::flows_text(d, args.raw, args.verbose, width)
-        }))
+        Ok(flows_output(&doc, args, terminal.map(|t| t.width)))
     })
 }
 
@@ -324,13 +315,46 @@ fn processes<S: System>(
     })
 }
 
+/// What a refresh of `flows` prints for `doc`: JSON, or the table fitted
+/// to `width`.
+fn flows_output(doc: &FlowsDoc, args: &FlowsArgs, width: Option<usize>) -> String {
+    show(doc, args.json, |d| {
+        render::flows_text(d, args.raw, args.verbose, width)
+    })
+}
+
+/// `wfpmonctl flows ARGS` once (as its first refresh, without a console)
+/// against `device` at `now`: the whole list paged from the driver, the
+/// document, and what the command prints for it. See
+/// [`crate::listing::flows`].
+pub fn flows_once<D: ControlDevice>(
+    args: &[&str],
+    device: &mut D,
+    process_name: &mut impl FnMut(u64) -> Option<String>,
+    now: SystemTime,
+) -> Result<(FlowsDoc, String), Error> {
+    let words = ["wfpmonctl", "flows"]
+        .into_iter()
+        .chain(args.iter().copied());
+    let cli = Cli::try_parse_from(words).map_err(|e| Error::new(Kind::Usage, e.to_string()))?;
+    let Command::Flows(args) = cli.command else {
+        unreachable!("the words name the flows command");
+    };
+    let list = device::list_flows(device)?;
+    let mut by_pid = flows::by_pid(process_name);
+    let doc = FlowsDoc::from_list(&args, timestamp(now), &list, None, &mut |e| {
+        by_pid(e.process_id)
+    });
+    let output = flows_output(&doc, &args, None);
+    Ok((doc, output))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::device::sim::{SimDriver, event, flow, process};
     use crate::engine::fake::FakeEngine;
     use crate::error::{Step, SystemCode};
-    use clap::Parser;
     use serde_json::Value;
     use std::cell::RefCell;
     use std::rc::Rc;

@@ -22,11 +22,22 @@ use crate::error::{Error, Kind, Step, SystemCode};
 /// How a `DeviceIoControl` call failed. (Protocol 3 has no partial
 /// answers: the flow list is paged, so `ERROR_MORE_DATA` is a failure too.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct IoctlError(pub SystemCode);
+pub struct IoctlError(pub(crate) SystemCode);
+
+impl IoctlError {
+    /// The call failed with this Win32 error code (`GetLastError`).
+    #[must_use]
+    pub const fn win32(code: u32) -> Self {
+        Self(SystemCode::Win32(code))
+    }
+}
 
 /// A synchronous `DeviceIoControl` on the control device.
 pub trait ControlDevice {
     /// Sends `code` with `input`; returns the bytes written to `output`.
+    ///
+    /// # Errors
+    /// The Win32 error code the call failed with.
     fn ioctl(&mut self, code: u32, input: &[u8], output: &mut [u8]) -> Result<usize, IoctlError>;
 }
 

@@ -16,6 +16,7 @@ use wfpmon_core::catalog::AddressFamily;
 use wfpmon_core::protocol::FlowEntry;
 
 use crate::cli::{Filter, FlowsArgs, SortKey};
+use crate::device::FlowList;
 
 /// IP protocol numbers and names.
 pub const PROTOCOLS: [(u8, &str); 4] = [(1, "icmp"), (6, "tcp"), (17, "udp"), (58, "icmpv6")];
@@ -81,33 +82,54 @@ pub fn rates(
     (rate(bytes.0, bin), rate(bytes.1, bout))
 }
 
-/// One flow as shown.
+/// One flow as shown (a row of the table, an element of the JSON
+/// document's `flows`).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct FlowRow {
+    /// The filter engine's flow handle, `0x` and 16 hex digits.
     pub flow_handle: String,
+    /// Process id.
     pub pid: u64,
+    /// Process name (`System`, `Idle`, or `?` when it cannot be read).
     pub process: String,
+    /// Protocol name (`tcp`, `udp`, `icmp`, `icmpv6`) or number.
     pub protocol: String,
+    /// IP protocol number.
     pub ip_protocol: u8,
+    /// `ipv4` or `ipv6`.
     pub family: &'static str,
+    /// Direction the flow was established in: `in` or `out`.
     pub direction: &'static str,
+    /// Local address.
     pub local_address: String,
+    /// Remote address.
     pub remote_address: String,
+    /// Local port (not for ICMP).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub local_port: Option<u16>,
+    /// Remote port (not for ICMP).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub remote_port: Option<u16>,
+    /// ICMP type (ICMP only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub icmp_type: Option<u16>,
+    /// ICMP code (ICMP only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub icmp_code: Option<u16>,
+    /// Milliseconds since the flow was established.
     pub age_ms: u64,
+    /// Bytes received.
     pub bytes_in: u64,
+    /// Bytes sent.
     pub bytes_out: u64,
+    /// Packets received.
     pub packets_in: u64,
+    /// Packets sent.
     pub packets_out: u64,
+    /// Bytes per second received since the previous refresh.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_in: Option<f64>,
+    /// Bytes per second sent since the previous refresh.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_out: Option<f64>,
 }
@@ -134,7 +156,7 @@ impl FlowRow {
     /// The view of `e`, with its rates when `previous` is known. A flow
     /// absent from it is new (its counters arrived within its age, or the
     /// interval if that is longer).
-    pub fn new(e: &FlowEntry, process: String, previous: Option<&Previous>) -> Self {
+    pub(crate) fn new(e: &FlowEntry, process: String, previous: Option<&Previous>) -> Self {
         let v4 = AddressFamily::from_af(e.address_family) == Some(AddressFamily::V4);
         let icmp = is_icmp(e.ip_protocol);
         let (rate_in, rate_out) = previous.map_or((None, None), |p| {
@@ -190,12 +212,18 @@ impl Filter {
 /// Totals of the listed flows.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Totals {
+    /// Bytes received.
     pub bytes_in: u64,
+    /// Bytes sent.
     pub bytes_out: u64,
+    /// Packets received.
     pub packets_in: u64,
+    /// Packets sent.
     pub packets_out: u64,
+    /// Bytes per second received (from the second refresh on).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_in: Option<f64>,
+    /// Bytes per second sent (from the second refresh on).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_out: Option<f64>,
 }
@@ -203,19 +231,48 @@ pub struct Totals {
 /// The `wfpmon.flows/1` document.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct FlowsDoc {
+    /// `wfpmon.flows/1`.
     pub schema: &'static str,
+    /// When the list was read (RFC 3339).
     pub timestamp: String,
+    /// Seconds since the previous refresh (from the second refresh on).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub interval_s: Option<f64>,
+    /// Flows the driver tracked (its maintained count).
     pub active: u32,
+    /// Flows passing the filters, before `--top`.
     pub matched: usize,
+    /// Totals of the matching flows.
     pub totals: Totals,
+    /// The matching flows, sorted, cut to `--top`.
     pub flows: Vec<FlowRow>,
 }
 
 impl FlowsDoc {
+    /// What one refresh of `flows` shows of the driver's flow `list`: a row
+    /// per entry, with the process name `name_of` gives it and the rates
+    /// since `previous` (`None` on the first refresh), filtered, totalled,
+    /// sorted and cut as `args` say.
+    pub(crate) fn from_list(
+        args: &FlowsArgs,
+        timestamp: String,
+        list: &FlowList,
+        previous: Option<&Previous>,
+        name_of: &mut impl FnMut(&FlowEntry) -> String,
+    ) -> Self {
+        let mut row = |e: &FlowEntry| FlowRow::new(e, name_of(e), previous);
+        let all = list.entries.iter().map(&mut row).collect();
+        Self::new(
+            args,
+            timestamp,
+            list.total,
+            all,
+            previous.map(|p| p.elapsed),
+        )
+    }
+
     /// Filters, totals, sorts and cuts `all` as `args` say.
-    pub fn new(
+    pub(crate) fn new(
         args: &FlowsArgs,
         timestamp: String,
         active: u32,
@@ -256,6 +313,20 @@ impl FlowsDoc {
             totals,
             flows,
         }
+    }
+}
+
+/// Names flows by process id, asking `process_name` once per id (for
+/// flows the driver's process table does not name).
+pub fn by_pid(
+    process_name: &mut impl FnMut(u64) -> Option<String>,
+) -> impl FnMut(u64) -> String + '_ {
+    let mut names: HashMap<u64, String> = HashMap::new();
+    move |pid| {
+        names
+            .entry(pid)
+            .or_insert_with(|| self::process_name(pid, process_name))
+            .clone()
     }
 }
 

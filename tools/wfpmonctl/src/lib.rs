@@ -20,6 +20,42 @@ mod status;
 #[cfg(windows)]
 mod windows;
 
+/// What `wfpmonctl flows` runs against the driver, public so that other
+/// hosts can run it against a real driver image.
+///
+/// The native test host (`tests/native/tests/wfpmonctl_flows.rs`) runs it
+/// against the real `wfpmon.sys` with a million flows.
+/// [`ControlDevice`](listing::ControlDevice) is the IOCTL transport —
+/// `DeviceIoControl` on Windows; [`flows`](listing::flows) is one refresh
+/// of the command: the paged listing with the cursor, decoding, the rows and
+/// the document, and the text (or JSON) it prints.
+pub mod listing {
+    pub use crate::device::{ControlDevice, IoctlError};
+    pub use crate::flows::{FlowRow, FlowsDoc, Totals};
+
+    /// `wfpmonctl flows ARGS` once against `device`, time-stamped `now`.
+    ///
+    /// It runs as the command's first refresh without a console (`--watch`
+    /// and `--count` are accepted and do not repeat it): the command's own
+    /// paging through the driver's flow list (one batch buffer, reused),
+    /// decoding, process names (asked of `process_name` once per PID),
+    /// filters, sort and `--top`, the document, and the text or JSON it
+    /// prints.
+    ///
+    /// # Errors
+    /// The exit code and message `wfpmonctl` would end with: a usage error
+    /// in `args`, a failed request, or an answer that breaks the protocol.
+    pub fn flows(
+        args: &[&str],
+        device: &mut impl ControlDevice,
+        mut process_name: impl FnMut(u64) -> Option<String>,
+        now: std::time::SystemTime,
+    ) -> Result<(FlowsDoc, String), (u8, String)> {
+        crate::app::flows_once(args, device, &mut process_name, now)
+            .map_err(|e| (e.exit_code(), e.to_string()))
+    }
+}
+
 use std::process::ExitCode;
 
 use clap::Parser;

@@ -6,10 +6,22 @@
 //! ```
 //!
 //! Every figure is printed beside a baseline measured in the same run
-//! through the same host path with an empty function (or an empty driver
-//! state), so that a noisy machine still yields ratios. The best of a few
-//! trials (five) is kept; for the two-thread figures, the median trial. `WFPMON_NATIVE_BENCH_SCALE` (default 1) multiplies the
-//! iteration counts.
+//! through the same host path without the driver's work, so that a noisy
+//! machine still yields ratios: an empty classifyFn for the per-packet
+//! rows, and for flow set-up and unload the *stand-in*
+//! (`wfpmon_native_host::standin`), which makes the driver's kernel and
+//! engine calls per flow through the same models at the same flow count —
+//! what the host's own tables and models cost there. Flow set-up and unload
+//! are timed in CPU time of the measuring thread (time slices other
+//! processes get do not count) and also split by time accounting
+//! (`kernel::time_split`: the time stamp counter at every entry into and
+//! return from the image and the models): the *driver's own code* is the
+//! time spent in the image between its calls to the models, minus the same
+//! for the stand-in. The best of a few trials (five) is kept, for each
+//! quantity separately; for the two-thread figures, the median trial.
+//! `WFPMON_NATIVE_BENCH_SCALE` (default 1) multiplies the iteration counts;
+//! `WFPMON_NATIVE_BENCH_SETUP_FLOWS`, `_UNLOAD_FLOWS` and `_LIST_FLOWS`
+//! (comma-separated flow counts) choose the sizes.
 
 // The world (and its guard) lives for a whole measurement on purpose;
 // figures are printed as floating point.
@@ -24,10 +36,15 @@ mod bench {
     use std::sync::atomic::Ordering;
     use std::time::{Duration, Instant};
 
-    use wfpmon_native_host::kernel::DISPATCH_LEVEL;
+    use wfpmon_core::catalog::{AddressFamily, data_callout_for};
+    use wfpmon_core::unload::unregistration_order;
+    use wfpmon_native_host::kernel::{DISPATCH_LEVEL, TimeSplit, set_time_accounting, time_split};
+    use wfpmon_native_host::standin;
     use wfpmon_native_host::world::{Config, FilterKind, HostFlow, Target, World, WorldGuard};
 
     const TRIALS: usize = 5;
+    /// Flow set-up trials are short (10 000 flows each): more of them.
+    const SETUP_TRIALS: usize = 9;
 
     fn scale() -> u64 {
         std::env::var("WFPMON_NATIVE_BENCH_SCALE")
@@ -36,11 +53,13 @@ mod bench {
             .unwrap_or(1)
     }
 
-    fn boot() -> WorldGuard {
+    /// A booted driver, the host's tables sized for `capacity` flows.
+    fn boot(capacity: u64) -> WorldGuard {
         // No ETW session: events are not written, as on a machine where
         // nobody traces.
         let config = Config {
             etw_session: None,
+            capacity: usize::try_from(capacity).unwrap_or(0),
             ..Config::new(0xBE7C)
         };
         let w = World::create(config).unwrap_or_else(|e| panic!("{e}"));
@@ -92,12 +111,66 @@ mod bench {
             .collect()
     }
 
+    /// What flow `i` of an unload benchmark is: (IPv6, TCP). All IPv4 TCP
+    /// (one data callout holds every context), or with
+    /// `WFPMON_NATIVE_BENCH_MIXED=1` spread over the four data callouts.
+    fn unload_flow_kind(i: u64) -> (bool, bool) {
+        if std::env::var_os("WFPMON_NATIVE_BENCH_MIXED").is_some_and(|v| v == "1") {
+            (i % 2 == 1, (i / 2).is_multiple_of(2))
+        } else {
+            (false, true)
+        }
+    }
+
+    /// The flows of an unload benchmark ([`unload_flow_kind`]), established
+    /// through `target` at the flow-established callout of their family.
+    fn unload_flows(w: &World, n: u64, target: Target) -> Vec<HostFlow> {
+        let established =
+            [w.callout(4), w.callout(5)].map(|c| c.expect("flow-established callout"));
+        (0..n)
+            .map(|i| {
+                let (v6, tcp) = unload_flow_kind(i);
+                let f = w.open_flow(v6, tcp, false, i);
+                w.establish_with(
+                    &established[usize::from(v6)],
+                    &f,
+                    FilterKind::Inspection,
+                    target,
+                )
+                .expect("flow-established classify");
+                f
+            })
+            .collect()
+    }
+
+    /// The order of the driver's removal passes: one per data callout, in
+    /// unregistration order, each in listing order (bucket by bucket,
+    /// newest first), read from a listing pass of `w`.
+    fn removal_order(w: &World) -> Vec<u64> {
+        let (entries, _, _) = w.list_all_flows(256).unwrap_or_else(|e| panic!("{e}"));
+        let callout_of = |e: &wfpmon_core::protocol::FlowEntry| {
+            AddressFamily::from_af(e.address_family).map(|af| data_callout_for(af, e.ip_protocol))
+        };
+        unregistration_order()
+            .flat_map(|c| {
+                entries
+                    .iter()
+                    .filter(move |e| callout_of(e) == Some(c))
+                    .map(|e| e.flow_id)
+            })
+            .collect()
+    }
+
     pub struct Row {
         what: String,
         value: f64,
         baseline: f64,
         unit: &'static str,
         note: &'static str,
+        /// The driver's own code, by time accounting: the CPU time spent
+        /// in code called as the driver, less the models it called, minus
+        /// the same for the stand-in (same unit), where measured.
+        own: Option<f64>,
     }
 
     fn row(
@@ -114,6 +187,7 @@ mod bench {
             baseline,
             unit,
             note,
+            own: None,
         };
         eprintln!(
             "  {:<58} {:>10.1} {:<3} (baseline {:.1})",
@@ -125,7 +199,7 @@ mod bench {
     /// Stream classify on one thread: the driver's classifyFn in a tight
     /// loop (arguments built once), beside an empty classifyFn.
     fn stream_one_thread(rows: &mut Vec<Row>) {
-        let w = boot();
+        let w = boot(0);
         let f = established(&w, 1, false).remove(0);
         let callout = w.callout(f.data_callout()).expect("stream callout");
         let n = 5_000_000 * scale();
@@ -152,7 +226,7 @@ mod bench {
     /// Two threads classifying in tight loops: on two flows (IPv4 and IPv6
     /// callouts), or on the same flow (one sending, one receiving).
     fn stream_two_threads(rows: &mut Vec<Row>, same_flow: bool) {
-        let w = boot();
+        let w = boot(0);
         let a = established(&w, 1, false).remove(0);
         // WFPMON_NATIVE_BENCH_SPACER=n establishes n flows between the two
         // (to see whether adjacent pool blocks share a cache line).
@@ -232,72 +306,223 @@ mod bench {
     }
 
     /// Flow-established classify (pool allocation, registry insert,
-    /// association) with `live` flows already tracked.
+    /// association) with `live` flows already tracked, beside the stand-in
+    /// making the same kernel and engine calls ([`standin`]) and an empty
+    /// classifyFn, all through the same engine path with the same `live`
+    /// driver flows in the host's tables. Trials (nine) alternate between
+    /// the three; the best of each is kept.
     fn flow_established(rows: &mut Vec<Row>, live: u64) {
-        let w = boot();
-        let _live = established(&w, live, false);
         let n = 10_000 * scale();
+        let w = boot(live + n);
+        let _live = established(&w, live, false);
+        let stand_in = standin::install(&w);
         let callout = w.callout(4).expect("flow-established callout");
-        let run = |target: Target| {
-            best(|| {
-                let flows: Vec<HostFlow> =
-                    (0..n).map(|i| w.open_flow(false, true, false, i)).collect();
-                let t = Instant::now();
-                for f in &flows {
-                    w.establish_with(&callout, f, FilterKind::Inspection, target);
-                }
-                let d = t.elapsed();
-                for f in &flows {
-                    w.end_flow(f);
-                }
-                d
-            })
+        let trial = |target: Target| {
+            let flows: Vec<HostFlow> = (0..n).map(|i| w.open_flow(false, true, false, i)).collect();
+            let m = Measure::start();
+            for f in &flows {
+                w.establish_with(&callout, f, FilterKind::Inspection, target);
+            }
+            let m = m.stop();
+            for f in &flows {
+                w.end_flow(f);
+            }
+            m
         };
-        let base = run(Target::Empty);
-        let driver = run(Target::Driver);
+        let targets = [Target::Empty, Target::StandIn, Target::Driver];
+        let mut best = [Best::default(); 3];
+        for _ in 0..SETUP_TRIALS {
+            for (b, target) in best.iter_mut().zip(targets) {
+                b.add(trial(target));
+            }
+        }
+        let [empty, model, driver] = best;
+        let per_flow = |d: Duration| ns_per(d, n);
+        eprintln!(
+            "    (empty classifyFn through the same engine path: {:.1} ns per flow; code called as the driver: driver {:.1} ns, stand-in {:.1} ns per flow; interruptions up to {:.1} ms per trial)",
+            per_flow(empty.cpu),
+            per_flow(driver.driver_side),
+            per_flow(model.driver_side),
+            driver.interrupted.max(model.interrupted).as_secs_f64() * 1e3,
+        );
         row(
             rows,
             format!("flow established, {live} live flows"),
-            ns_per(driver, n),
-            ns_per(base, n),
+            per_flow(driver.cpu),
+            per_flow(model.cpu),
             "ns",
-            "per flow",
+            "per flow; baseline: the stand-in's kernel and engine calls",
         );
+        if let Some(r) = rows.last_mut() {
+            r.own = Some(per_flow(driver.driver_side) - per_flow(model.driver_side));
+        }
+        stand_in
+            .uninstall(&w)
+            .unwrap_or_else(|n| panic!("{n} stand-in contexts left"));
         w.unload();
         finish(&w);
     }
 
-    /// `DriverUnload` with `live` flows (the removal pass), beside Unload of
-    /// a driver with none.
+    /// One timed section: the thread's CPU time, and how its time split
+    /// between host, code called as the driver, and models.
+    #[derive(Clone, Copy)]
+    struct Measure {
+        cpu: Duration,
+        split: TimeSplit,
+    }
+
+    impl Measure {
+        fn start() -> Self {
+            set_time_accounting(true);
+            Self {
+                split: time_split(),
+                cpu: thread_cpu_time(),
+            }
+        }
+
+        fn stop(self) -> Self {
+            let cpu = thread_cpu_time().saturating_sub(self.cpu);
+            let split = time_split().since(self.split);
+            set_time_accounting(false);
+            Self { cpu, split }
+        }
+
+        /// Time spent in code called as the driver (interruptions apart).
+        fn driver_side(self) -> Duration {
+            Duration::from_secs_f64(self.split.driver as f64 * ns_per_tick() / 1e9)
+        }
+
+        /// Time stamp counter time counted as interruptions.
+        fn interrupted(self) -> Duration {
+            Duration::from_secs_f64(self.split.interrupted as f64 * ns_per_tick() / 1e9)
+        }
+    }
+
+    /// The best (least) of several trials' CPU time and driver-side time,
+    /// each taken separately.
+    #[derive(Clone, Copy)]
+    struct Best {
+        cpu: Duration,
+        driver_side: Duration,
+        /// The most any trial had counted as interruptions.
+        interrupted: Duration,
+    }
+
+    impl Default for Best {
+        fn default() -> Self {
+            Self {
+                cpu: Duration::MAX,
+                driver_side: Duration::MAX,
+                interrupted: Duration::ZERO,
+            }
+        }
+    }
+
+    impl Best {
+        fn add(&mut self, m: Measure) {
+            self.cpu = self.cpu.min(m.cpu);
+            self.driver_side = self.driver_side.min(m.driver_side());
+            self.interrupted = self.interrupted.max(m.interrupted());
+        }
+    }
+
+    /// Nanoseconds per time stamp counter tick, measured once against the
+    /// monotonic clock over 200 ms.
+    fn ns_per_tick() -> f64 {
+        static RATE: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+        *RATE.get_or_init(|| {
+            let total = |s: TimeSplit| s.host + s.driver + s.models + s.interrupted;
+            set_time_accounting(true);
+            let (s0, t0) = (time_split(), Instant::now());
+            std::thread::sleep(Duration::from_millis(200));
+            let (s1, t1) = (time_split(), Instant::now());
+            set_time_accounting(false);
+            (t1 - t0).as_secs_f64() * 1e9 / total(s1.since(s0)).max(1) as f64
+        })
+    }
+
+    /// `DriverUnload` with `live` flows (the removal passes), beside the
+    /// stand-in removing as many flows in the same order through the same
+    /// engine, pool and lock models (a world of its own with the same flow
+    /// handles; the order, pass by pass, is read from a listing pass of the
+    /// driver's first world, untimed). Five trials of each; the best of
+    /// each quantity is kept.
     fn unload(rows: &mut Vec<Row>, live: u64) {
-        let time_unload = |n: u64| {
-            best(|| {
-                let w = boot();
-                let _flows = established(&w, n, false);
-                let t = Instant::now();
-                w.unload();
-                let d = t.elapsed();
-                finish(&w);
-                d
-            })
+        let mut order: Vec<u64> = Vec::new();
+        let mut time_driver = |n: u64| {
+            let w = boot(n);
+            let _flows = unload_flows(&w, n, Target::Driver);
+            if order.is_empty() && n > 0 {
+                order = removal_order(&w);
+            }
+            let m = Measure::start();
+            w.unload();
+            let m = m.stop();
+            finish(&w);
+            m
         };
-        let base = time_unload(0);
-        let driver = time_unload(live);
+        let mut driver = Best::default();
+        let mut model = Best::default();
+        let mut empty = Best::default();
+        for _ in 0..TRIALS {
+            driver.add(time_driver(live));
+            empty.add(time_driver(0));
+        }
+        for _ in 0..TRIALS {
+            model.add(time_stand_in(live, &order));
+        }
+        let us = |d: Duration| d.as_secs_f64() * 1e6;
+        eprintln!(
+            "    (DriverUnload with no flows: {:.1} us; code called as the driver: driver {:.1} us, stand-in {:.1} us; interruptions up to {:.1} ms per trial)",
+            us(empty.cpu),
+            us(driver.driver_side),
+            us(model.driver_side),
+            driver.interrupted.max(model.interrupted).as_secs_f64() * 1e3,
+        );
+        let mixed = if unload_flow_kind(1).0 {
+            " (four data callouts)"
+        } else {
+            ""
+        };
         row(
             rows,
-            format!("DriverUnload, {live} live flows"),
-            driver.as_secs_f64() * 1e6,
-            base.as_secs_f64() * 1e6,
+            format!("DriverUnload, {live} live flows{mixed}"),
+            us(driver.cpu),
+            us(model.cpu),
             "us",
-            "baseline: no flows",
+            "baseline: the stand-in removing as many flows, same order",
         );
+        if let Some(r) = rows.last_mut() {
+            r.own = Some(us(driver.driver_side) - us(model.driver_side));
+        }
+    }
+
+    /// The stand-in's removal of `live` flows in `order` (their handles).
+    fn time_stand_in(live: u64, order: &[u64]) -> Measure {
+        let w = boot(live);
+        let stand_in = standin::install(&w);
+        let flows = unload_flows(&w, live, Target::StandIn);
+        let m = Measure::start();
+        let removed = stand_in.remove_all(&w, order);
+        let m = m.stop();
+        assert_eq!(
+            removed as u64, live,
+            "the stand-in removes every flow (same handles as the driver's world)"
+        );
+        stand_in
+            .uninstall(&w)
+            .unwrap_or_else(|n| panic!("{n} stand-in contexts left"));
+        drop(flows);
+        w.unload();
+        finish(&w);
+        m
     }
 
     /// The longest time the registry lock is held while the flows IOCTL
     /// lists `live` flows, beside the longest hold during the last 1000
     /// flow-established classifies that built them (one insert each).
     fn list_lock(rows: &mut Vec<Row>, live: u64) {
-        let w = boot();
+        let w = boot(0);
         let inserts = live.min(1000);
         let _flows = established(&w, live - inserts, false);
         let extra: Vec<HostFlow> = (0..inserts)
@@ -440,16 +665,19 @@ mod bench {
             list_lock(&mut rows, n);
         }
         println!();
-        println!("| measure | wfpmon | baseline (same path, empty) | difference | ratio | unit |");
-        println!("|---|---:|---:|---:|---:|---|");
+        println!(
+            "| measure | wfpmon | baseline (same path, no driver work) | difference | ratio | driver's own code | unit |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|---|");
         for r in &rows {
             let ratio = if r.baseline > 0.0 {
                 format!("{:.1}x", r.value / r.baseline)
             } else {
                 "-".into()
             };
+            let own = r.own.map_or_else(|| "-".into(), |v| format!("{v:.1}"));
             println!(
-                "| {} | {:.1} | {:.1} | {:.1} | {ratio} | {} ({}) |",
+                "| {} | {:.1} | {:.1} | {:.1} | {ratio} | {own} | {} ({}) |",
                 r.what,
                 r.value,
                 r.baseline,
@@ -462,6 +690,9 @@ mod bench {
     }
 
     /// The scale goals as ratios of this run's rows (a report, not a test).
+    /// The flow set-up and unload goals are given three ways: the whole
+    /// host path (driver plus the host's models), the host-model baseline
+    /// alone (the stand-in), and the driver's share (the difference).
     fn goals(rows: &[Row]) {
         let find = |needle: &str| {
             rows.iter()
@@ -470,25 +701,47 @@ mod bench {
         };
         let pair = |a: &str, b: &str| Some((find(a)?, find(b)?));
         println!();
-        println!("| goal | measured | target |");
-        println!("|---|---:|---|");
+        println!(
+            "| goal | measured (driver + host models) | host-model baseline | driver's share (difference) | driver's own code (time accounting) | target |"
+        );
+        println!("|---|---:|---:|---:|---:|---|");
         if let Some((one, same)) = pair("1 thread", "same flow") {
             println!(
-                "| 2 threads on one flow vs 1 thread, ns/packet | {:.2}x | <= 1.5x |",
+                "| 2 threads on one flow vs 1 thread, ns/packet | {:.2}x | - | - | - | <= 1.5x |",
                 same / one
             );
         }
-        let setup: Vec<(&str, f64)> = rows
+        let ratios = |first: &Row, last: &Row| {
+            (
+                last.value / first.value,
+                last.baseline / first.baseline,
+                (last.value - last.baseline) / (first.value - first.baseline),
+            )
+        };
+        // "2.00x (200 / 100 ns)", or "-" when not measured.
+        let own = |first: &Row, last: &Row, scale: f64, unit: &str| match (first.own, last.own) {
+            (Some(a), Some(b)) if a > 0.0 => {
+                format!("{:.2}x ({:.1} / {:.1} {unit})", b / a, b / scale, a / scale)
+            }
+            _ => "-".into(),
+        };
+        let setup: Vec<&Row> = rows
             .iter()
             .filter(|r| r.what.starts_with("flow established"))
-            .map(|r| (r.what.as_str(), r.value))
             .collect();
         if let [first, .., last] = setup.as_slice() {
+            let (whole, model, share) = ratios(first, last);
             println!(
-                "| flow set-up, {} vs {} | {:.2}x | <= 1.2x |",
-                last.0,
-                first.0,
-                last.1 / first.1
+                "| flow set-up, {} vs {} | {whole:.2}x ({:.0} / {:.0} ns) | {model:.2}x ({:.0} / {:.0} ns) | {share:.2}x ({:.0} / {:.0} ns) | {} | <= 1.2x |",
+                last.what,
+                first.what,
+                last.value,
+                first.value,
+                last.baseline,
+                first.baseline,
+                last.value - last.baseline,
+                first.value - first.baseline,
+                own(first, last, 1.0, "ns"),
             );
         }
         let unload: Vec<&Row> = rows
@@ -496,15 +749,32 @@ mod bench {
             .filter(|r| r.what.starts_with("DriverUnload"))
             .collect();
         if let [first, .., last] = unload.as_slice() {
+            let (whole, model, share) = ratios(first, last);
+            let ms = |us: f64| us / 1e3;
+            // Linear, with the goal's 5% allowance: 10.5x for 10x the flows.
+            let flows = |r: &Row| {
+                r.what
+                    .split_whitespace()
+                    .find_map(|w| w.parse::<f64>().ok())
+                    .unwrap_or(f64::NAN)
+            };
+            let more = flows(last) / flows(first);
+            let target = format!("<= {:.1}x for {more:.0}x the flows", 1.05 * more);
             println!(
-                "| {} vs {} | {:.2}x | <= 10.5x for 10x the flows |",
+                "| {} vs {} | {whole:.2}x ({:.0} / {:.1} ms) | {model:.2}x ({:.0} / {:.1} ms) | {share:.2}x ({:.0} / {:.1} ms) | {} | {target} |",
                 last.what,
                 first.what,
-                last.value / first.value
+                ms(last.value),
+                ms(first.value),
+                ms(last.baseline),
+                ms(first.baseline),
+                ms(last.value - last.baseline),
+                ms(first.value - first.baseline),
+                own(first, last, 1e3, "ms"),
             );
         }
         for r in rows.iter().filter(|r| r.what.contains("lock hold")) {
-            println!("| {} | {:.1} us | <= 25 us |", r.what, r.value);
+            println!("| {} | {:.1} us | - | - | - | <= 25 us |", r.what, r.value);
         }
     }
 }
