@@ -92,3 +92,20 @@ pub fn image_path() -> std::path::PathBuf {
         .join("../..")
         .join(IMAGE_RELATIVE_PATH)
 }
+
+/// `true` when the image exists; otherwise says loudly (on stdout and
+/// stderr) that the calling test is skipped.
+#[must_use]
+pub fn image_present() -> bool {
+    let path = image_path();
+    if path.exists() {
+        return true;
+    }
+    let message = format!(
+        "SKIPPED: no image at {} (run scripts/linux/build.sh)",
+        path.display()
+    );
+    println!("{message}");
+    eprintln!("{message}");
+    false
+}

@@ -11,25 +11,7 @@
 
 use wfpmon_native_host::engine::Barrier;
 use wfpmon_native_host::world::Summary;
-use wfpmon_native_host::{image_path, rng, scenarios};
-
-/// `true` when the image exists; otherwise says loudly that the test is skipped.
-fn image_present() -> bool {
-    let path = image_path();
-    if path.exists() {
-        true
-    } else {
-        println!(
-            "SKIPPED: no image at {} (run scripts/linux/build.sh)",
-            path.display()
-        );
-        eprintln!(
-            "SKIPPED: no image at {} (run scripts/linux/build.sh)",
-            path.display()
-        );
-        false
-    }
-}
+use wfpmon_native_host::{image_path, image_present, rng, scenarios};
 
 /// Repeats `scenario`; `None` when skipped.
 fn run(

@@ -22,7 +22,7 @@ use std::time::{Instant, SystemTime};
 
 use wfpmon_core::protocol;
 use wfpmon_native_host::engine::Callout;
-use wfpmon_native_host::image_path;
+use wfpmon_native_host::image_present;
 use wfpmon_native_host::world::{Config, FilterKind, HostFlow, Target, World};
 use wfpmonctl::listing::{self, ControlDevice, IoctlError};
 
@@ -264,14 +264,7 @@ fn check_rows(doc: &listing::FlowsDoc, flows: &[HostFlow]) -> (u64, u64, u64, u6
 
 #[test]
 fn wfpmonctl_lists_a_million_flows_each_once_with_exact_counters() {
-    let path = image_path();
-    if !path.exists() {
-        let note = format!(
-            "SKIPPED: no image at {} (run scripts/linux/build.sh)",
-            path.display()
-        );
-        println!("{note}");
-        eprintln!("{note}");
+    if !image_present() {
         return;
     }
     let count = flow_count();
