@@ -53,18 +53,8 @@ impl Irp {
     pub unsafe fn file_object_of(irp: *const IRP) -> *const wdk_sys::FILE_OBJECT {
         // SAFETY: contract: a live IRP.
         let irp = unsafe { &*irp };
-        // SAFETY: while a driver processes the IRP, `Tail` holds `Overlay`.
-        let overlay = unsafe { &irp.Tail.Overlay };
-        // SAFETY: ... whose union holds `CurrentStackLocation` (as in
-        // `stack`).
-        let location = unsafe {
-            overlay
-                .__bindgen_anon_2
-                .__bindgen_anon_1
-                .CurrentStackLocation
-        };
-        // SAFETY: valid stack location (contract).
-        unsafe { (*location).FileObject }
+        // SAFETY: contract: with a valid current stack location.
+        unsafe { current_stack(irp) }.FileObject
     }
 
     /// The little-endian `u64` at `offset` in the input of a queued
@@ -77,28 +67,12 @@ impl Irp {
     /// stack location (e.g. one held in our cancel-safe queue, under its
     /// lock).
     pub unsafe fn buffered_input_u64_of(irp: *const IRP, offset: usize) -> Option<u64> {
-        // SAFETY: contract: a live IRP, ours.
+        // SAFETY: contract: a live IRP of ours with a valid current stack
+        // location.
         let irp = unsafe { &*irp };
-        // SAFETY: while a driver processes the IRP, `Tail` holds `Overlay`.
-        let overlay = unsafe { &irp.Tail.Overlay };
-        // SAFETY: ... whose union holds `CurrentStackLocation` (as in
-        // `stack`).
-        let location = unsafe {
-            overlay
-                .__bindgen_anon_2
-                .__bindgen_anon_1
-                .CurrentStackLocation
-        };
-        // SAFETY: valid stack location (contract).
-        let stack = unsafe { &*location };
-        if u32::from(stack.MajorFunction) != IRP_MJ_DEVICE_CONTROL {
-            return None;
-        }
-        // SAFETY: the DeviceIoControl member of a device-control request.
-        let p = unsafe { stack.Parameters.DeviceIoControl };
-        if p.IoControlCode & TRANSFER_METHOD_MASK != METHOD_BUFFERED
-            || (p.InputBufferLength as usize) < offset + 8
-        {
+        // SAFETY: as above.
+        let params = buffered_parameters(unsafe { current_stack(irp) })?;
+        if params.input_len < offset + 8 {
             return None;
         }
         // SAFETY: METHOD_BUFFERED: the union holds SystemBuffer, at least
@@ -125,18 +99,9 @@ impl Irp {
     }
 
     fn stack(&self) -> &wdk_sys::IO_STACK_LOCATION {
-        // SAFETY: while a driver processes the IRP, `Tail` holds `Overlay`.
-        let overlay = unsafe { &self.irp().Tail.Overlay };
-        // SAFETY: ... and this union member holds `CurrentStackLocation`
-        // (what wdm.h's inline `IoGetCurrentIrpStackLocation` reads).
-        let location = unsafe {
-            overlay
-                .__bindgen_anon_2
-                .__bindgen_anon_1
-                .CurrentStackLocation
-        };
-        // SAFETY: a dispatched IRP has a valid current stack location.
-        unsafe { &*location }
+        // SAFETY: a dispatched IRP, ours, with a valid current stack
+        // location (from_raw's contract).
+        unsafe { current_stack(self.irp()) }
     }
 
     /// `IRP_MJ_*` of the request.
@@ -156,19 +121,6 @@ impl Irp {
         file.FileName.Length != 0
     }
 
-    /// The device-control parameters of an `IRP_MJ_DEVICE_CONTROL` request.
-    fn device_control(&self) -> DeviceControl {
-        debug_assert_eq!(self.major_function(), IRP_MJ_DEVICE_CONTROL);
-        // SAFETY: reading the DeviceIoControl member of the parameters
-        // union; only called for IRP_MJ_DEVICE_CONTROL.
-        let p = unsafe { self.stack().Parameters.DeviceIoControl };
-        DeviceControl {
-            code: p.IoControlCode,
-            input_len: p.InputBufferLength as usize,
-            output_len: p.OutputBufferLength as usize,
-        }
-    }
-
     /// The parameters and the system buffer of an `IRP_MJ_DEVICE_CONTROL`
     /// request that uses `METHOD_BUFFERED`: one non-paged block of
     /// `max(input_len, output_len)` bytes holding the input on entry and the
@@ -179,13 +131,7 @@ impl Irp {
     /// `SystemBuffer` is not `max(input, output)` bytes long, so it is never
     /// read for them.
     pub fn buffered_device_control(&mut self) -> Option<(DeviceControl, &mut [u8])> {
-        if self.major_function() != IRP_MJ_DEVICE_CONTROL {
-            return None;
-        }
-        let params = self.device_control();
-        if params.code & TRANSFER_METHOD_MASK != METHOD_BUFFERED {
-            return None;
-        }
+        let params = buffered_parameters(self.stack())?;
         let len = params.input_len.max(params.output_len);
         // SAFETY: for METHOD_BUFFERED the union holds SystemBuffer (checked
         // above): the I/O manager allocated max(input, output) bytes, ours
@@ -213,4 +159,40 @@ impl Irp {
         unsafe { ntddk::IofCompleteRequest(irp, IO_NO_INCREMENT_BOOST) };
         status
     }
+}
+
+/// The current stack location of `irp` (what wdm.h's inline
+/// `IoGetCurrentIrpStackLocation` reads).
+///
+/// # Safety
+/// `irp` must be an IRP a driver of ours is processing (dispatched, or held
+/// in our queue), with a valid current stack location.
+unsafe fn current_stack(irp: &IRP) -> &wdk_sys::IO_STACK_LOCATION {
+    // SAFETY: while a driver processes the IRP, `Tail` holds `Overlay`.
+    let overlay = unsafe { &irp.Tail.Overlay };
+    // SAFETY: ... and this union member holds `CurrentStackLocation`.
+    let location = unsafe {
+        overlay
+            .__bindgen_anon_2
+            .__bindgen_anon_1
+            .CurrentStackLocation
+    };
+    // SAFETY: valid current stack location (contract).
+    unsafe { &*location }
+}
+
+/// The parameters of an `IRP_MJ_DEVICE_CONTROL` request that uses
+/// `METHOD_BUFFERED`; `None` for any other request or transfer method.
+fn buffered_parameters(stack: &wdk_sys::IO_STACK_LOCATION) -> Option<DeviceControl> {
+    if u32::from(stack.MajorFunction) != IRP_MJ_DEVICE_CONTROL {
+        return None;
+    }
+    // SAFETY: reading the DeviceIoControl member of the parameters union of
+    // an IRP_MJ_DEVICE_CONTROL request (checked above).
+    let p = unsafe { stack.Parameters.DeviceIoControl };
+    (p.IoControlCode & TRANSFER_METHOD_MASK == METHOD_BUFFERED).then_some(DeviceControl {
+        code: p.IoControlCode,
+        input_len: p.InputBufferLength as usize,
+        output_len: p.OutputBufferLength as usize,
+    })
 }
