@@ -45,6 +45,10 @@ pub fn on_flow_established(flow: &FlowEstablished<'_>) {
         flow_id: flow.flow_handle,
         callout: target,
     };
+    // With many flows, the insert below would stall on a cache miss (the
+    // record it links behind was linked long ago): start the load now so
+    // that it overlaps the process lookup and the allocation.
+    SHARED.flows.prefetch_insert(association);
     let now = time::interrupt_time();
     let slot = SHARED
         .processes

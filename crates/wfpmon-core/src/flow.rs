@@ -11,13 +11,16 @@
 //! guarded by its own lock (the driver: an in-stack queued spin lock), so
 //! flow set-up, flow deletion, the unload's removal pass, listing and
 //! statistics contend only within one bucket, and no operation holds a lock
-//! for more than one bucket. Totals that would otherwise need a walk are
-//! maintained: per-callout flow counts (each on its own cache line) and,
-//! per bucket, the traffic of the flows that ended there.
+//! for more than one bucket. Within a bucket each data callout has a list of
+//! its own, so unload's removal pass for one callout reads only that
+//! callout's records (not every record once per callout). Totals that would
+//! otherwise need a walk are maintained: per-callout flow counts (each on
+//! its own cache line) and, per bucket, the traffic of the flows that ended
+//! there.
 
 use core::cell::UnsafeCell;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use crate::catalog::{AddressFamily, CalloutIndex};
 
@@ -151,8 +154,8 @@ pub struct Association {
 struct Links {
     prev: *mut FlowRecord,
     next: *mut FlowRecord,
-    /// Order of insertion within the bucket (1, 2, ...; 0: not linked). A
-    /// bucket's list is in decreasing `seq` order.
+    /// Order of insertion within the bucket (1, 2, ...; 0: not linked).
+    /// Each of a bucket's lists is in decreasing `seq` order.
     seq: u32,
     /// Last removal pass that handed this record out (0: none).
     removal_pass: u32,
@@ -281,17 +284,17 @@ unsafe fn links_of<'a>(rec: *mut FlowRecord) -> &'a mut Links {
 
 /// One bucket's state, touched only under its lock.
 struct BucketState {
-    /// Records in decreasing `seq` order.
-    head: *mut FlowRecord,
     /// The next record to visit in the removal walk `cursor_key` names.
     cursor: *mut FlowRecord,
     /// Traffic of the flows that ended in this bucket.
     retired: Traffic,
 }
 
-/// A bucket: its lock and its list, one cache line (with the driver's
-/// 8-byte spin lock; asserted where the driver instantiates it).
-#[repr(C, align(64))]
+/// A bucket: its lock, one list per data callout, and its bookkeeping; two
+/// cache lines (with the driver's 8-byte spin lock; asserted below), 128-byte
+/// aligned, so that a bucket is one adjacent-line pair: the lock, the `seq`
+/// and the list heads — all an insert writes — share the first line.
+#[repr(C, align(128))]
 struct Bucket<L> {
     lock: L,
     /// The `seq` the next record gets (1 ..= `u32::MAX` - 1; 0 before the
@@ -303,11 +306,23 @@ struct Bucket<L> {
     /// Which removal walk `state.cursor` belongs to: `pass * 8 + callout`
     /// (0: none). Under the lock.
     cursor_key: UnsafeCell<u32>,
+    /// Per data callout, the newest record of its list (decreasing `seq`).
+    /// Written only under the lock; read without it only as a cache hint
+    /// ([`FlowRegistry::prefetch_insert`]), never dereferenced there.
+    heads: [AtomicPtr<FlowRecord>; DATA_CALLOUTS],
     state: UnsafeCell<BucketState>,
 }
 
-// With an 8-byte lock (the driver's KSPIN_LOCK) a bucket is one cache line.
-const _: () = assert!(size_of::<Bucket<u64>>() == 64);
+// With an 8-byte lock (the driver's KSPIN_LOCK) a bucket is two cache lines,
+// and everything an insert touches is in the first.
+const _: () = {
+    assert!(size_of::<Bucket<u64>>() == 128);
+    assert!(
+        core::mem::offset_of!(Bucket<u64>, heads)
+            + size_of::<[AtomicPtr<FlowRecord>; DATA_CALLOUTS]>()
+            <= 64
+    );
+};
 
 impl<L> Bucket<L> {
     const fn new(lock: L) -> Self {
@@ -315,8 +330,8 @@ impl<L> Bucket<L> {
             lock,
             next_seq: AtomicU32::new(0),
             cursor_key: UnsafeCell::new(0),
+            heads: [const { AtomicPtr::new(ptr::null_mut()) }; DATA_CALLOUTS],
             state: UnsafeCell::new(BucketState {
-                head: ptr::null_mut(),
                 cursor: ptr::null_mut(),
                 retired: Traffic {
                     bytes_inbound: 0,
@@ -346,6 +361,47 @@ impl<L: Lock> Bucket<L> {
             f(state, cursor_key)
         })
     }
+
+    /// The head of `callout`'s list. Only under the lock (the lock orders
+    /// the list's writes; relaxed suffices).
+    fn head(&self, callout: CalloutIndex) -> *mut FlowRecord {
+        self.heads[callout].load(Ordering::Relaxed)
+    }
+
+    /// Sets the head of `callout`'s list. Only under the lock.
+    fn set_head(&self, callout: CalloutIndex, rec: *mut FlowRecord) {
+        self.heads[callout].store(rec, Ordering::Relaxed);
+    }
+
+    /// Runs `f` on every record of every list. Only under the lock.
+    fn each_record(&self, mut f: impl FnMut(&FlowRecord)) {
+        for callout in 0..DATA_CALLOUTS {
+            let mut rec = self.head(callout);
+            while !rec.is_null() {
+                // SAFETY: linked records are valid; the caller holds the lock.
+                f(unsafe { &*rec });
+                // SAFETY: as above.
+                rec = unsafe { links_of(rec) }.next;
+            }
+        }
+    }
+}
+
+/// Asks the processor to bring the cache line at `addr` in; no effect on
+/// the program's behaviour (a prefetch neither faults nor reads into a
+/// value, so any address will do).
+#[inline]
+fn prefetch(addr: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use core::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        // SAFETY: PREFETCHT0 (SSE, part of x86_64's baseline) only hints the
+        // cache: it never faults, whatever the address, and reads nothing
+        // into the program.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(addr.cast()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = addr;
 }
 
 /// A counter alone on its cache line.
@@ -356,7 +412,7 @@ struct PaddedCount(AtomicUsize);
 /// `0..DATA_CALLOUTS`, see [`crate::catalog::data_callout_for`]).
 pub const DATA_CALLOUTS: usize = 4;
 
-/// Buckets of the driver's registry: 32768 × 64 bytes = 2 MiB of non-paged
+/// Buckets of the driver's registry: 32768 × 128 bytes = 4 MiB of non-paged
 /// memory.
 ///
 /// A zero-initialised static (`.bss`: no room in the image file). At a
@@ -503,8 +559,23 @@ impl<L: Lock, const BUCKETS: usize> FlowRegistry<L, BUCKETS> {
             .map_or(0, |c| c.0.load(Ordering::Acquire))
     }
 
-    /// Links `record` into its bucket, unless teardown has begun. Holds one
-    /// bucket lock for O(1) work.
+    /// Starts bringing into the cache what [`FlowRegistry::insert`] of a
+    /// record with `association` will write: its bucket, and the record at
+    /// the head of its callout's list there (whose back link the insert
+    /// sets). With many flows that record was linked long ago and is no
+    /// longer cached; called early in flow set-up, the miss overlaps the
+    /// set-up's other work instead of stalling the insert under the bucket
+    /// lock. A hint only: takes no lock, changes nothing, and is correct to
+    /// omit; the head is read without the lock and never dereferenced.
+    pub fn prefetch_insert(&self, association: Association) {
+        let bucket = &self.buckets[Self::bucket_of(association.flow_id)];
+        if let Some(head) = bucket.heads.get(association.callout) {
+            prefetch(head.load(Ordering::Relaxed).cast_const().cast());
+        }
+    }
+
+    /// Links `record` into its bucket (its callout's list there), unless
+    /// teardown has begun. Holds one bucket lock for O(1) work.
     ///
     /// # Errors
     /// [`Stopping`] after [`FlowRegistry::stop`]; the record is then not linked.
@@ -518,7 +589,7 @@ impl<L: Lock, const BUCKETS: usize> FlowRegistry<L, BUCKETS> {
         // SAFETY: valid (contract); immutable field.
         let association = unsafe { (*rec).association };
         let bucket = &self.buckets[Self::bucket_of(association.flow_id)];
-        bucket.locked(|b, cursor_key| {
+        bucket.locked(|_, cursor_key| {
             // Take the seq first (see `stop`). 1 ..= u32::MAX - 1: a listing
             // cursor is `seq + 1`; 1 again only after 4 billion flows in one
             // bucket, where the newest-first order within it wraps.
@@ -528,20 +599,21 @@ impl<L: Lock, const BUCKETS: usize> FlowRegistry<L, BUCKETS> {
             if self.stopping.load(Ordering::SeqCst) {
                 return Err(Stopping);
             }
+            let head = bucket.head(association.callout);
             // SAFETY: lock held; `rec` valid and unlinked (contract).
             let links = unsafe { links_of(rec) };
             links.prev = ptr::null_mut();
-            links.next = b.head;
+            links.next = head;
             links.seq = seq;
             links.removal_pass = 0;
             // A removal walk in progress restarts (from the new head; records
             // it handed out already are marked and skipped).
             *cursor_key = 0;
-            if !b.head.is_null() {
+            if !head.is_null() {
                 // SAFETY: linked records are valid; lock held.
-                unsafe { links_of(b.head) }.prev = rec;
+                unsafe { links_of(head) }.prev = rec;
             }
-            b.head = rec;
+            bucket.set_head(association.callout, rec);
             self.per_callout[association.callout]
                 .0
                 .fetch_add(1, Ordering::AcqRel);
@@ -575,7 +647,7 @@ impl<L: Lock, const BUCKETS: usize> FlowRegistry<L, BUCKETS> {
             }
             let (prev, next) = (links.prev, links.next);
             if prev.is_null() {
-                b.head = next;
+                bucket.set_head(association.callout, next);
             } else {
                 // SAFETY: neighbours of a linked record are linked and valid.
                 unsafe { links_of(prev) }.next = next;
@@ -639,18 +711,24 @@ impl<L: Lock, const BUCKETS: usize> FlowRegistry<L, BUCKETS> {
     /// The next record of `callout` not yet handed out in `pass`, marked
     /// handed out. Returns a copy of its association: the record itself may
     /// be freed (by the flow-delete callback) as soon as the lock is
-    /// released. `callout` must be below [`DATA_CALLOUTS`].
+    /// released. `callout` may be any catalog index: one that holds no
+    /// contexts (at or above [`DATA_CALLOUTS`]) has nothing to hand out —
+    /// teardown runs a pass for every callout the engine answers busy for.
     ///
-    /// Each bucket keeps the position of the walk for one (pass, callout)
-    /// (moved on when the record there is removed; restarted when a record
-    /// is linked or another walk comes by), so a pass walks every record of
-    /// a bucket about once: linear in the number of flows, one bucket lock
-    /// at a time.
+    /// The walk reads only `callout`'s list in each bucket. Each bucket
+    /// keeps the position of the walk for one (pass, callout) (moved on when
+    /// the record there is removed; restarted when a record is linked or
+    /// another walk comes by), so a pass reads each of the callout's records
+    /// about once: linear in that callout's flows, one bucket lock at a
+    /// time.
     pub fn next_for_removal(
         &self,
         pass: &mut RemovalPass,
         callout: CalloutIndex,
     ) -> Option<Association> {
+        if callout >= DATA_CALLOUTS {
+            return None;
+        }
         while let Some(bucket) = self.buckets.get(pass.bucket) {
             if !bucket.used() {
                 pass.bucket += 1;
@@ -661,7 +739,7 @@ impl<L: Lock, const BUCKETS: usize> FlowRegistry<L, BUCKETS> {
             let found = bucket.locked(|b, cursor_key| {
                 if *cursor_key != key {
                     *cursor_key = key;
-                    b.cursor = b.head;
+                    b.cursor = bucket.head(callout);
                 }
                 while !b.cursor.is_null() {
                     let rec = b.cursor;
@@ -670,7 +748,11 @@ impl<L: Lock, const BUCKETS: usize> FlowRegistry<L, BUCKETS> {
                     b.cursor = links.next;
                     // SAFETY: valid; immutable field.
                     let association = unsafe { (*rec).association };
-                    if association.callout == callout && links.removal_pass != pass.pass {
+                    debug_assert_eq!(
+                        association.callout, callout,
+                        "a record in another callout's list"
+                    );
+                    if links.removal_pass != pass.pass {
                         links.removal_pass = pass.pass;
                         return Some(association);
                     }
@@ -706,22 +788,37 @@ impl<L: Lock, const BUCKETS: usize> FlowRegistry<L, BUCKETS> {
                 below = 0;
                 continue;
             }
-            let stopped_at = bucket.locked(|b, _| {
-                let mut rec = b.head;
-                while !rec.is_null() {
-                    // SAFETY: linked records are valid; lock held.
-                    let links = unsafe { links_of(rec) };
-                    let (seq, next) = (links.seq, links.next);
-                    if below == 0 || seq < below {
-                        // SAFETY: as above; shared access for the sink.
-                        if !sink(unsafe { &*rec }) {
-                            return Some(seq);
+            let stopped_at = bucket.locked(|_, _| {
+                // Merge the callouts' lists (each newest first) by `seq`.
+                let mut at: [*mut FlowRecord; DATA_CALLOUTS] =
+                    core::array::from_fn(|callout| bucket.head(callout));
+                loop {
+                    let mut newest: Option<(usize, u32)> = None;
+                    for (list, rec) in at.iter_mut().enumerate() {
+                        // Skip what the cursor says was listed already.
+                        while !rec.is_null() {
+                            // SAFETY: linked records are valid; lock held.
+                            let links = unsafe { links_of(*rec) };
+                            if below == 0 || links.seq < below {
+                                if newest.is_none_or(|(_, seq)| links.seq > seq) {
+                                    newest = Some((list, links.seq));
+                                }
+                                break;
+                            }
+                            *rec = links.next;
                         }
-                        below = seq;
                     }
-                    rec = next;
+                    let (list, seq) = newest?;
+                    let rec = at[list];
+                    // SAFETY: linked and valid; lock held; shared access for
+                    // the sink.
+                    if !sink(unsafe { &*rec }) {
+                        return Some(seq);
+                    }
+                    below = seq;
+                    // SAFETY: as above.
+                    at[list] = unsafe { links_of(rec) }.next;
                 }
-                None
             });
             if let Some(seq) = stopped_at {
                 #[allow(clippy::cast_possible_truncation)] // BUCKETS <= 2^31
@@ -745,14 +842,8 @@ impl<L: Lock, const BUCKETS: usize> FlowRegistry<L, BUCKETS> {
     /// is removed under the same lock, hence after `bucket_done` ran for it.
     pub fn scan(&self, mut record: impl FnMut(&FlowRecord), mut bucket_done: impl FnMut(usize)) {
         for (index, bucket) in self.buckets.iter().enumerate().filter(|(_, b)| b.used()) {
-            bucket.locked(|b, _| {
-                let mut rec = b.head;
-                while !rec.is_null() {
-                    // SAFETY: linked records are valid; lock held.
-                    record(unsafe { &*rec });
-                    // SAFETY: as above.
-                    rec = unsafe { links_of(rec) }.next;
-                }
+            bucket.locked(|_, _| {
+                bucket.each_record(&mut record);
                 bucket_done(index);
             });
         }
@@ -769,15 +860,10 @@ impl<L: Lock, const BUCKETS: usize> FlowRegistry<L, BUCKETS> {
         for bucket in self.buckets.iter().filter(|b| b.used()) {
             bucket.locked(|b, _| {
                 traffic = traffic.plus(b.retired);
-                let mut rec = b.head;
-                while !rec.is_null() {
-                    // SAFETY: linked records are valid; lock held.
-                    let r = unsafe { &*rec };
+                bucket.each_record(|r| {
                     traffic = traffic.plus(r.traffic());
                     active += 1;
-                    // SAFETY: as above.
-                    rec = unsafe { links_of(rec) }.next;
-                }
+                });
             });
         }
         (active, traffic)

@@ -46,6 +46,40 @@ fn list_all<const B: usize>(reg: &FlowRegistry<StdLock, B>, batch: usize) -> (Ve
     }
 }
 
+/// Lists one record per batch and checks the listing order: bucket by
+/// bucket, and within a bucket newest first across every callout's list
+/// (flow ids here grow with insertion). A batch of one refuses the second
+/// record it is offered, so the cursor it returns names that record's
+/// bucket. Returns the flow ids in order.
+fn list_checking_order<const B: usize>(reg: &FlowRegistry<StdLock, B>) -> Vec<u64> {
+    let mut cursor = ListCursor::default();
+    let mut out: Vec<(u32, u64)> = Vec::new();
+    loop {
+        let mut first = true;
+        let bucket = cursor.bucket;
+        let listed = reg.list(cursor, |r| {
+            if !first {
+                return false;
+            }
+            first = false;
+            out.push((bucket, r.association.flow_id));
+            true
+        });
+        match listed {
+            Listed::Done => break,
+            Listed::More(next) => cursor = next,
+        }
+    }
+    for pair in out.windows(2).skip(1) {
+        let [(b0, id0), (b1, id1)] = [pair[0], pair[1]];
+        assert!(b0 <= b1, "buckets out of order: {out:?}");
+        if b0 == b1 {
+            assert!(id0 > id1, "bucket {b0} not newest first: {out:?}");
+        }
+    }
+    out.into_iter().map(|(_, id)| id).collect()
+}
+
 /// Host stand-in for the driver's spin lock.
 const fn tuple() -> FlowTuple {
     FlowTuple {
@@ -98,8 +132,9 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (0usize..4).prop_map(Op::Insert),
         3 => (0usize..64).prop_map(Op::Remove),
         1 => Just(Op::Stop),
-        1 => (0usize..4).prop_map(Op::Drain),
-        1 => (0usize..4).prop_map(Op::Continue),
+        // Any catalog index: those above the data callouts hold nothing.
+        1 => (0usize..8).prop_map(Op::Drain),
+        1 => (0usize..8).prop_map(Op::Continue),
     ]
 }
 
@@ -184,7 +219,10 @@ proptest! {
             let (listed, _) = list_all(&reg, 3);
             let unique: BTreeSet<u64> = listed.iter().copied().collect();
             prop_assert_eq!(unique.len(), listed.len(), "a flow listed twice");
-            prop_assert_eq!(unique, model.iter().map(|m| m.0).collect::<BTreeSet<u64>>());
+            prop_assert_eq!(&unique, &model.iter().map(|m| m.0).collect::<BTreeSet<u64>>());
+            // One record at a time: in order, and the same set.
+            let one_by_one: BTreeSet<u64> = list_checking_order(&reg).into_iter().collect();
+            prop_assert_eq!(one_by_one, unique);
         }
         for (_, r) in live {
             // SAFETY: still linked and valid.
