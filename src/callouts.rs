@@ -45,14 +45,16 @@ pub fn on_flow_established(flow: &FlowEstablished<'_>) {
         flow_id: flow.flow_handle,
         callout: target,
     };
-    // With many flows, the insert below would stall on a cache miss (the
-    // record it links behind was linked long ago): start the load now so
-    // that it overlaps the process lookup and the allocation.
-    SHARED.flows.prefetch_insert(association);
+    // With many flows, the insert below would stall on two cache misses in
+    // a row: its bucket, then the record it links behind (linked long ago).
+    // Start both loads early — the bucket now, the record once the bucket
+    // is in — so that they overlap the process lookup and the allocation.
+    SHARED.flows.prefetch_bucket(flow.flow_handle);
     let now = time::interrupt_time();
     let slot = SHARED
         .processes
         .acquire(flow.process_id, flow.process_path, now);
+    SHARED.flows.prefetch_insert(association);
     let record = FlowRecord::new(
         association,
         flow.tuple,

@@ -559,14 +559,24 @@ impl<L: Lock, const BUCKETS: usize> FlowRegistry<L, BUCKETS> {
             .map_or(0, |c| c.0.load(Ordering::Acquire))
     }
 
-    /// Starts bringing into the cache what [`FlowRegistry::insert`] of a
-    /// record with `association` will write: its bucket, and the record at
-    /// the head of its callout's list there (whose back link the insert
-    /// sets). With many flows that record was linked long ago and is no
-    /// longer cached; called early in flow set-up, the miss overlaps the
-    /// set-up's other work instead of stalling the insert under the bucket
-    /// lock. A hint only: takes no lock, changes nothing, and is correct to
-    /// omit; the head is read without the lock and never dereferenced.
+    /// Starts bringing into the cache the bucket of `flow_id` (its lock and
+    /// list heads), which [`FlowRegistry::prefetch_insert`] and
+    /// [`FlowRegistry::insert`] read. A hint only, like
+    /// [`FlowRegistry::prefetch_insert`]; the first of the two, as early as
+    /// the flow handle is known.
+    pub fn prefetch_bucket(&self, flow_id: u64) {
+        prefetch(ptr::from_ref(&self.buckets[Self::bucket_of(flow_id)]).cast());
+    }
+
+    /// Starts bringing into the cache the record at the head of
+    /// `association`'s list in its bucket, whose back link
+    /// [`FlowRegistry::insert`] sets. With many flows that record was linked
+    /// long ago and is no longer cached: called a while before the insert
+    /// (after [`FlowRegistry::prefetch_bucket`] has had time to bring the
+    /// bucket in), the miss overlaps the set-up's other work instead of
+    /// stalling the insert under the bucket lock. A hint only: takes no
+    /// lock, changes nothing, and is correct to omit; the head is read
+    /// without the lock and never dereferenced.
     pub fn prefetch_insert(&self, association: Association) {
         let bucket = &self.buckets[Self::bucket_of(association.flow_id)];
         if let Some(head) = bucket.heads.get(association.callout) {

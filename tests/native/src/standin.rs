@@ -2,21 +2,28 @@
 //! makes, per flow, the same calls into the same kernel and engine models
 //! as wfpmon does — and does nothing else.
 //!
-//! Per flow, wfpmon's flow-established classify allocates its record
-//! (`ExAllocatePool2`, non-paged, one `FlowRecord`, tag `WfpM`), links it
-//! under one bucket's in-stack queued spin lock and associates it with its
-//! data callout (`FwpsFlowAssociateContext0`); its flowDeleteFn takes the
-//! bucket lock again and frees the record (`ExFreePoolWithTag`); its Unload
-//! finds each flow under a bucket lock and calls `FwpsFlowRemoveContext0`,
-//! which runs the flowDeleteFn. The stand-in makes exactly those calls,
+//! Per flow, wfpmon's flow-established classify takes its process's shard
+//! lock (attribution), allocates its record (`ExAllocatePool2`, non-paged,
+//! one `FlowRecord`, tag `WfpM`), links it under one bucket's lock,
+//! publishes an event under the event ring's lock and associates the record
+//! with its data callout (`FwpsFlowAssociateContext0`) — each lock an
+//! in-stack queued spin lock, taken and released; its flowDeleteFn takes the
+//! bucket lock again, inside it the process's shard lock (the ended totals),
+//! frees the record (`ExFreePoolWithTag`) and publishes under the ring's
+//! lock; its Unload finds each flow under a bucket lock and calls
+//! `FwpsFlowRemoveContext0`, which runs the flowDeleteFn. The stand-in
+//! makes exactly those calls, in that order, on three locks of its own,
 //! through the same models, against a data callout of its own (registered
 //! by the host, so its contexts never reach the driver). Run at the same
 //! flow count as the driver, it pays what the host's models cost there —
 //! the engine's flow and context tables, the pool ledger and the C heap at
-//! that size, the lock models' bookkeeping — so that the driver's figure
+//! that size, the lock models' bookkeeping, and the time accounting's own
+//! cost at every call into a model and back (two fenced time stamp reads,
+//! tens of nanoseconds: a stand-in making fewer calls than the driver
+//! charges the difference to the driver) — so that the driver's figure
 //! minus the stand-in's is the driver's own share.
 //!
-//! What it does not reproduce: the driver's own memory (its 2 MiB bucket
+//! What it does not reproduce: the driver's own memory (its 4 MiB bucket
 //! table and its records' list links). The stand-in's pool blocks are
 //! allocated, zeroed and freed like the driver's records but never read or
 //! written again, so a figure's difference from the stand-in's is the
@@ -43,24 +50,35 @@ use crate::world::World;
 /// (low 16 bits); 0 while none is installed. One world exists at a time.
 static TARGET: AtomicU64 = AtomicU64::new(0);
 
-/// The one spin lock the stand-in takes where the driver takes a bucket's.
-static LOCK: AtomicU64 = AtomicU64::new(0);
+/// The spin lock the stand-in takes where the driver takes a bucket's.
+static BUCKET: AtomicU64 = AtomicU64::new(0);
+/// Where the driver takes its process table shard's.
+static SHARD: AtomicU64 = AtomicU64::new(0);
+/// Where the driver takes its event ring's.
+static RING: AtomicU64 = AtomicU64::new(0);
 
 /// Bytes per flow the driver allocates (and so the stand-in does).
 const RECORD_SIZE: usize = size_of::<FlowRecord>();
 
-/// Takes and releases [`LOCK`] through the models of
-/// `KeAcquireInStackQueuedSpinLock` / `KeReleaseInStackQueuedSpinLock`.
-fn lock_pair() {
+/// Takes `lock` through the model of `KeAcquireInStackQueuedSpinLock`,
+/// runs `inside`, and releases it through the model of
+/// `KeReleaseInStackQueuedSpinLock`.
+fn locked(lock: &AtomicU64, inside: impl FnOnce()) {
     let mut handle = [0u64; 3];
     let handle: *mut u8 = handle.as_mut_ptr().cast();
     // SAFETY: an aligned KSPIN_LOCK that lives for the whole process, and a
     // KLOCK_QUEUE_HANDLE (24 bytes) on this stack frame; called from inside
     // a call into the image (classify, flowDeleteFn or the removal pass), as
     // the driver calls it.
-    unsafe { kernel::ke_acquire_in_stack_queued_spin_lock(LOCK.as_ptr(), handle) };
+    unsafe { kernel::ke_acquire_in_stack_queued_spin_lock(lock.as_ptr(), handle) };
+    inside();
     // SAFETY: the handle filled in just above, released by its owner.
     unsafe { kernel::ke_release_in_stack_queued_spin_lock(handle) };
+}
+
+/// Takes and releases `lock` ([`locked`] with nothing inside).
+fn lock_pair(lock: &AtomicU64) {
+    locked(lock, || ());
 }
 
 fn target() -> (u32, u16) {
@@ -69,8 +87,9 @@ fn target() -> (u32, u16) {
     ((t >> 32) as u32, t as u16)
 }
 
-/// The stand-in's flow-established classifyFn: allocate, lock, associate
-/// (as [`crate::world::Target::StandIn`], through the engine's classify).
+/// The stand-in's flow-established classifyFn: shard lock, allocate,
+/// bucket lock, ring lock, associate (as
+/// [`crate::world::Target::StandIn`], through the engine's classify).
 ///
 /// # Safety
 /// Called by the engine with a flow-established classify's arguments.
@@ -86,16 +105,18 @@ pub unsafe extern "win64" fn established(
     // SAFETY: the engine's metadata, valid for the call.
     let flow = unsafe { (*meta).flowHandle };
     let (callout, layer) = target();
+    lock_pair(&SHARD);
     // SAFETY: non-paged, at DISPATCH_LEVEL, as the driver allocates.
     let block = unsafe { kernel::ex_allocate_pool2(POOL_FLAG_NON_PAGED, RECORD_SIZE, POOL_TAG) };
     if !block.is_null() {
-        lock_pair();
+        lock_pair(&BUCKET);
+        lock_pair(&RING);
         // SAFETY: a flow the engine is classifying, our registered callout
         // and a live pool block as its context.
         let status =
             unsafe { engine::fwps_flow_associate_context0(flow, layer, callout, block as u64) };
         if status != 0 {
-            lock_pair();
+            lock_pair(&BUCKET);
             // SAFETY: allocated above with this tag and never associated.
             unsafe { kernel::ex_free_pool_with_tag(block, POOL_TAG) };
         }
@@ -119,15 +140,17 @@ pub const unsafe extern "win64" fn data(
 ) {
 }
 
-/// The stand-in data callout's flowDeleteFn: lock, free.
+/// The stand-in data callout's flowDeleteFn: the bucket lock with the shard
+/// lock inside it, free, the ring lock.
 ///
 /// # Safety
 /// Called by the engine with a context [`established`] associated, once.
 pub unsafe extern "win64" fn flow_delete(_layer: u16, _callout: u32, context: u64) {
-    lock_pair();
+    locked(&BUCKET, || lock_pair(&SHARD));
     // SAFETY: the pool block `established` associated; the engine delivers
     // each context's deletion once.
     unsafe { kernel::ex_free_pool_with_tag(context as *mut c_void, POOL_TAG) };
+    lock_pair(&RING);
 }
 
 /// The stand-in, installed in a world: its data callout (IPv4 stream layer,
@@ -165,7 +188,7 @@ impl StandIn {
             handles
                 .iter()
                 .filter(|&&flow| {
-                    lock_pair();
+                    lock_pair(&BUCKET);
                     // SAFETY: any flow handle (unknown ones are answered
                     // STATUS_UNSUCCESSFUL); our callout.
                     let status = unsafe { engine::fwps_flow_remove_context0(flow, layer, callout) };
