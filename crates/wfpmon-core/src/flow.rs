@@ -404,6 +404,24 @@ fn prefetch(addr: *const u8) {
     let _ = addr;
 }
 
+/// [`prefetch`] of the line holding a record's list links (its second
+/// line: what linking a record in front of it, or unlinking a neighbour,
+/// writes). The address is computed without dereferencing `rec`.
+#[inline]
+fn prefetch_links(rec: *const FlowRecord) {
+    prefetch(
+        rec.wrapping_byte_add(core::mem::offset_of!(FlowRecord, links))
+            .cast(),
+    );
+}
+
+/// [`prefetch`] of both lines of a record.
+#[inline]
+fn prefetch_record(rec: *const FlowRecord) {
+    prefetch(rec.cast());
+    prefetch_links(rec);
+}
+
 /// A counter alone on its cache line.
 #[repr(align(64))]
 struct PaddedCount(AtomicUsize);
@@ -580,7 +598,7 @@ impl<L: Lock, const BUCKETS: usize> FlowRegistry<L, BUCKETS> {
     pub fn prefetch_insert(&self, association: Association) {
         let bucket = &self.buckets[Self::bucket_of(association.flow_id)];
         if let Some(head) = bucket.heads.get(association.callout) {
-            prefetch(head.load(Ordering::Relaxed).cast_const().cast());
+            prefetch_links(head.load(Ordering::Relaxed));
         }
     }
 
@@ -764,6 +782,18 @@ impl<L: Lock, const BUCKETS: usize> FlowRegistry<L, BUCKETS> {
                     );
                     if links.removal_pass != pass.pass {
                         links.removal_pass = pass.pass;
+                        // The caller's removal of this record writes the
+                        // next one's links, and the next call hands that
+                        // one out (its deletion reads all of it): start
+                        // loading it now, to overlap the engine's work on
+                        // this one. (The one after it is known only once
+                        // that has arrived.) At the end of the list, the
+                        // next bucket's first one instead.
+                        if b.cursor.is_null() {
+                            self.prefetch_next_head(pass.bucket, callout);
+                        } else {
+                            prefetch_record(b.cursor);
+                        }
                         return Some(association);
                     }
                 }
@@ -775,6 +805,22 @@ impl<L: Lock, const BUCKETS: usize> FlowRegistry<L, BUCKETS> {
             pass.bucket += 1;
         }
         None
+    }
+
+    /// [`prefetch_record`] of the first record of `callout`'s list in the
+    /// first of the few buckets after `bucket` whose list is not empty (a
+    /// removal pass's next list: its first record is otherwise a miss that
+    /// no earlier record of the walk points to). A hint: the heads are read
+    /// without the lock and never dereferenced.
+    fn prefetch_next_head(&self, bucket: usize, callout: CalloutIndex) {
+        const LOOK_AHEAD: usize = 4;
+        let ahead = self.buckets.iter().skip(bucket + 1).take(LOOK_AHEAD);
+        if let Some(head) = ahead
+            .map(|b| b.heads[callout].load(Ordering::Relaxed))
+            .find(|head| !head.is_null())
+        {
+            prefetch_record(head);
+        }
     }
 
     /// Lists records from `cursor` on: calls `sink` on each, newest first
