@@ -156,6 +156,12 @@ proptest! {
         for op in ops {
             match op {
                 Op::Insert(callout) => {
+                    // The set-up's cache hints, as the driver gives them
+                    // (any callout index, any state): they change nothing
+                    // the model checks below.
+                    reg.prefetch_bucket(next_id);
+                    reg.prefetch_insert(Association { flow_id: next_id, callout });
+                    reg.prefetch_insert(Association { flow_id: next_id, callout: callout + 4 });
                     let r = record(next_id, callout);
                     // SAFETY: fresh record, kept alive in `live` until removed.
                     let res = unsafe { reg.insert(r) };
