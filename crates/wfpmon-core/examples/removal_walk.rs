@@ -15,29 +15,17 @@
 //! passes or fails.
 
 use std::ptr::NonNull;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use wfpmon_core::catalog::AddressFamily;
 use wfpmon_core::flow::{
     Association, DATA_CALLOUTS, DEFAULT_BUCKETS, Direction, FlowRecord, FlowRegistry, FlowTuple,
-    Lock,
 };
 
-/// A std mutex as the bucket lock.
-struct StdLock(Mutex<()>);
-
-// SAFETY: a std mutex gives mutual exclusion, and its release and acquire
-// publish the writes made under it.
-unsafe impl Lock for StdLock {
-    fn with<R>(&self, f: impl FnOnce() -> R) -> R {
-        let _guard = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        f()
-    }
-}
+// The std-mutex lock the integration tests use.
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::StdLock;
 
 type Registry = FlowRegistry<StdLock, DEFAULT_BUCKETS>;
 
@@ -88,7 +76,7 @@ fn walk(n: usize, callouts: usize, shuffled: bool) -> Duration {
             blocks.swap(i, rng.below(i + 1));
         }
     }
-    let registry: Box<Registry> = Box::new(Registry::with_locks(|| StdLock(Mutex::new(()))));
+    let registry: Box<Registry> = Box::new(Registry::with_locks(StdLock::default));
     for (i, block) in blocks.iter_mut().enumerate() {
         let association = Association {
             flow_id: 0x1000 + 4 * i as u64,
