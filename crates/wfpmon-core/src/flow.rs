@@ -308,7 +308,8 @@ struct Bucket<L> {
     cursor_key: UnsafeCell<u32>,
     /// Per data callout, the newest record of its list (decreasing `seq`).
     /// Written only under the lock; read without it only as a cache hint
-    /// ([`FlowRegistry::prefetch_insert`]), never dereferenced there.
+    /// ([`FlowRegistry::prefetch_insert`], and the removal walk's look at
+    /// the next buckets), never dereferenced there.
     heads: [AtomicPtr<FlowRecord>; DATA_CALLOUTS],
     state: UnsafeCell<BucketState>,
 }
@@ -362,23 +363,28 @@ impl<L: Lock> Bucket<L> {
         })
     }
 
-    /// The head of `callout`'s list. Only under the lock (the lock orders
-    /// the list's writes; relaxed suffices).
-    fn head(&self, callout: CalloutIndex) -> *mut FlowRecord {
+    /// The head of `callout`'s list. `_locked` is the witness that the
+    /// caller holds the lock: a reference to the bucket's state exists only
+    /// inside [`Bucket::locked`] (the lock orders the list's writes; relaxed
+    /// suffices).
+    fn head(&self, _locked: &BucketState, callout: CalloutIndex) -> *mut FlowRecord {
         self.heads[callout].load(Ordering::Relaxed)
     }
 
-    /// Sets the head of `callout`'s list. Only under the lock.
-    fn set_head(&self, callout: CalloutIndex, rec: *mut FlowRecord) {
+    /// Sets the head of `callout`'s list (under the lock: `_locked`, as for
+    /// [`Bucket::head`]).
+    fn set_head(&self, _locked: &BucketState, callout: CalloutIndex, rec: *mut FlowRecord) {
         self.heads[callout].store(rec, Ordering::Relaxed);
     }
 
-    /// Runs `f` on every record of every list. Only under the lock.
-    fn each_record(&self, mut f: impl FnMut(&FlowRecord)) {
+    /// Runs `f` on every record of every list (under the lock: `locked`, as
+    /// for [`Bucket::head`]).
+    fn each_record(&self, locked: &BucketState, mut f: impl FnMut(&FlowRecord)) {
         for callout in 0..DATA_CALLOUTS {
-            let mut rec = self.head(callout);
+            let mut rec = self.head(locked, callout);
             while !rec.is_null() {
-                // SAFETY: linked records are valid; the caller holds the lock.
+                // SAFETY: linked records are valid, and the caller holds the
+                // lock (it has the state, which only `locked` hands out).
                 f(unsafe { &*rec });
                 // SAFETY: as above.
                 rec = unsafe { links_of(rec) }.next;
@@ -404,22 +410,28 @@ fn prefetch(addr: *const u8) {
     let _ = addr;
 }
 
-/// [`prefetch`] of the line holding a record's list links (its second
-/// line: what linking a record in front of it, or unlinking a neighbour,
-/// writes). The address is computed without dereferencing `rec`.
+/// [`prefetch`] of the line holding a record's back link (`links.prev`,
+/// 8-byte aligned, so within one line: what linking a record in front of
+/// it writes). Nothing for a null `rec`; the address is computed without
+/// dereferencing it.
 #[inline]
-fn prefetch_links(rec: *const FlowRecord) {
-    prefetch(
-        rec.wrapping_byte_add(core::mem::offset_of!(FlowRecord, links))
-            .cast(),
-    );
+fn prefetch_back_link(rec: *const FlowRecord) {
+    if !rec.is_null() {
+        let links = core::mem::offset_of!(FlowRecord, links) + core::mem::offset_of!(Links, prev);
+        prefetch(rec.wrapping_byte_add(links).cast());
+    }
 }
 
-/// [`prefetch`] of both lines of a record.
+/// [`prefetch`] of every line a record spans: pool blocks are only 16-byte
+/// aligned, so its 128 bytes may touch three lines (its first byte, +64
+/// and its last byte cover them all). Nothing for a null `rec`.
 #[inline]
 fn prefetch_record(rec: *const FlowRecord) {
-    prefetch(rec.cast());
-    prefetch_links(rec);
+    if !rec.is_null() {
+        for offset in [0, 64, size_of::<FlowRecord>() - 1] {
+            prefetch(rec.wrapping_byte_add(offset).cast());
+        }
+    }
 }
 
 /// A counter alone on its cache line.
@@ -598,7 +610,7 @@ impl<L: Lock, const BUCKETS: usize> FlowRegistry<L, BUCKETS> {
     pub fn prefetch_insert(&self, association: Association) {
         let bucket = &self.buckets[Self::bucket_of(association.flow_id)];
         if let Some(head) = bucket.heads.get(association.callout) {
-            prefetch_links(head.load(Ordering::Relaxed));
+            prefetch_back_link(head.load(Ordering::Relaxed));
         }
     }
 
@@ -617,7 +629,7 @@ impl<L: Lock, const BUCKETS: usize> FlowRegistry<L, BUCKETS> {
         // SAFETY: valid (contract); immutable field.
         let association = unsafe { (*rec).association };
         let bucket = &self.buckets[Self::bucket_of(association.flow_id)];
-        bucket.locked(|_, cursor_key| {
+        bucket.locked(|b, cursor_key| {
             // Take the seq first (see `stop`). 1 ..= u32::MAX - 1: a listing
             // cursor is `seq + 1`; 1 again only after 4 billion flows in one
             // bucket, where the newest-first order within it wraps.
@@ -627,7 +639,7 @@ impl<L: Lock, const BUCKETS: usize> FlowRegistry<L, BUCKETS> {
             if self.stopping.load(Ordering::SeqCst) {
                 return Err(Stopping);
             }
-            let head = bucket.head(association.callout);
+            let head = bucket.head(b, association.callout);
             // SAFETY: lock held; `rec` valid and unlinked (contract).
             let links = unsafe { links_of(rec) };
             links.prev = ptr::null_mut();
@@ -641,7 +653,7 @@ impl<L: Lock, const BUCKETS: usize> FlowRegistry<L, BUCKETS> {
                 // SAFETY: linked records are valid; lock held.
                 unsafe { links_of(head) }.prev = rec;
             }
-            bucket.set_head(association.callout, rec);
+            bucket.set_head(b, association.callout, rec);
             self.per_callout[association.callout]
                 .0
                 .fetch_add(1, Ordering::AcqRel);
@@ -675,7 +687,7 @@ impl<L: Lock, const BUCKETS: usize> FlowRegistry<L, BUCKETS> {
             }
             let (prev, next) = (links.prev, links.next);
             if prev.is_null() {
-                bucket.set_head(association.callout, next);
+                bucket.set_head(b, association.callout, next);
             } else {
                 // SAFETY: neighbours of a linked record are linked and valid.
                 unsafe { links_of(prev) }.next = next;
@@ -764,10 +776,11 @@ impl<L: Lock, const BUCKETS: usize> FlowRegistry<L, BUCKETS> {
             }
             #[allow(clippy::cast_possible_truncation)] // callout < DATA_CALLOUTS
             let key = pass.pass * 8 + callout as u32;
+            // What the bucket hands out, and whether its list ends there.
             let found = bucket.locked(|b, cursor_key| {
                 if *cursor_key != key {
                     *cursor_key = key;
-                    b.cursor = bucket.head(callout);
+                    b.cursor = bucket.head(b, callout);
                 }
                 while !b.cursor.is_null() {
                     let rec = b.cursor;
@@ -787,20 +800,21 @@ impl<L: Lock, const BUCKETS: usize> FlowRegistry<L, BUCKETS> {
                         // one out (its deletion reads all of it): start
                         // loading it now, to overlap the engine's work on
                         // this one. (The one after it is known only once
-                        // that has arrived.) At the end of the list, the
-                        // next bucket's first one instead.
-                        if b.cursor.is_null() {
-                            self.prefetch_next_head(pass.bucket, callout);
-                        } else {
-                            prefetch_record(b.cursor);
-                        }
-                        return Some(association);
+                        // that has arrived.)
+                        prefetch_record(b.cursor);
+                        return Some((association, b.cursor.is_null()));
                     }
                 }
                 None
             });
-            if found.is_some() {
-                return found;
+            if let Some((association, list_ends)) = found {
+                // At the end of the list, the next list's first record
+                // instead (after the unlock: finding it reads other
+                // buckets).
+                if list_ends {
+                    self.prefetch_next_head(pass.bucket, callout);
+                }
+                return Some(association);
             }
             pass.bucket += 1;
         }
@@ -844,10 +858,10 @@ impl<L: Lock, const BUCKETS: usize> FlowRegistry<L, BUCKETS> {
                 below = 0;
                 continue;
             }
-            let stopped_at = bucket.locked(|_, _| {
+            let stopped_at = bucket.locked(|b, _| {
                 // Merge the callouts' lists (each newest first) by `seq`.
                 let mut at: [*mut FlowRecord; DATA_CALLOUTS] =
-                    core::array::from_fn(|callout| bucket.head(callout));
+                    core::array::from_fn(|callout| bucket.head(b, callout));
                 loop {
                     let mut newest: Option<(usize, u32)> = None;
                     for (list, rec) in at.iter_mut().enumerate() {
@@ -898,8 +912,8 @@ impl<L: Lock, const BUCKETS: usize> FlowRegistry<L, BUCKETS> {
     /// is removed under the same lock, hence after `bucket_done` ran for it.
     pub fn scan(&self, mut record: impl FnMut(&FlowRecord), mut bucket_done: impl FnMut(usize)) {
         for (index, bucket) in self.buckets.iter().enumerate().filter(|(_, b)| b.used()) {
-            bucket.locked(|_, _| {
-                bucket.each_record(&mut record);
+            bucket.locked(|b, _| {
+                bucket.each_record(b, &mut record);
                 bucket_done(index);
             });
         }
@@ -916,7 +930,7 @@ impl<L: Lock, const BUCKETS: usize> FlowRegistry<L, BUCKETS> {
         for bucket in self.buckets.iter().filter(|b| b.used()) {
             bucket.locked(|b, _| {
                 traffic = traffic.plus(b.retired);
-                bucket.each_record(|r| {
+                bucket.each_record(b, |r| {
                     traffic = traffic.plus(r.traffic());
                     active += 1;
                 });

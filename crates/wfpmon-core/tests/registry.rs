@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use proptest::prelude::*;
 use wfpmon_core::catalog::AddressFamily;
 use wfpmon_core::flow::{
-    Association, Direction, FlowRecord, FlowRegistry, FlowTuple, ListCursor, Listed, Traffic,
+    Association, Direction, FlowRecord, FlowRegistry, FlowTuple, ListCursor, Listed, RemovalPass,
+    Traffic,
 };
 
 /// A registry with few buckets, so that flows share them (collisions,
@@ -125,6 +126,9 @@ enum Op {
     Stop,
     Drain(usize),
     Continue(usize),
+    /// One record from a removal walk kept across operations (its bucket
+    /// cursor meets the inserts and removals between steps).
+    Step(usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -135,6 +139,7 @@ fn op() -> impl Strategy<Value = Op> {
         // Any catalog index: those above the data callouts hold nothing.
         1 => (0usize..8).prop_map(Op::Drain),
         1 => (0usize..8).prop_map(Op::Continue),
+        3 => (0usize..8).prop_map(Op::Step),
     ]
 }
 
@@ -153,6 +158,8 @@ proptest! {
         let mut stopped = false;
         // Flows handed out by the current removal pass (any callout).
         let mut asked: BTreeSet<u64> = BTreeSet::new();
+        // Per callout index, a walk of the current pass kept across ops.
+        let mut walks: [Option<RemovalPass>; 8] = [None; 8];
         for op in ops {
             match op {
                 Op::Insert(callout) => {
@@ -201,6 +208,7 @@ proptest! {
                     prop_assert_eq!(&seen, &want);
                     // A new pass: what it has handed out so far.
                     asked = seen;
+                    walks = [None; 8];
                 }
                 Op::Continue(callout) => {
                     // Continuing the last pass hands out only the flows of
@@ -214,6 +222,18 @@ proptest! {
                         .filter(|m| m.1 == callout && !asked.contains(&m.0)).map(|m| m.0).collect();
                     prop_assert_eq!(&seen, &want);
                     asked.extend(seen);
+                }
+                Op::Step(callout) => {
+                    // The walk hands out a live flow of the callout that
+                    // the pass has not handed out yet — never a removed one
+                    // (the bucket's walk position moves on when the record
+                    // there is removed).
+                    let walk = walks[callout].get_or_insert_with(|| reg.current_removal_pass());
+                    if let Some(a) = reg.next_for_removal(walk, callout) {
+                        prop_assert_eq!(a.callout, callout);
+                        prop_assert!(model.contains(&(a.flow_id, callout)), "a removed or unknown flow handed out");
+                        prop_assert!(asked.insert(a.flow_id), "flow handed out twice in one pass");
+                    }
                 }
             }
             prop_assert_eq!(reg.len(), model.len());
