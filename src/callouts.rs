@@ -128,7 +128,7 @@ pub fn on_flow_established(flow: &FlowEstablished<'_>) {
 /// Stream or datagram data of a flow carrying our context: count it.
 /// No allocation, no lock, no kernel call.
 pub fn on_flow_data(record: &FlowRecord, direction: Direction, bytes: u64, packets: u64) {
-    if SHARED.stats.counting() && packets > 0 {
+    if SHARED.stats.counting() && (bytes | packets) != 0 {
         record.count(direction, bytes, packets);
     }
 }

@@ -15,7 +15,7 @@ use wdk_sys::{
 use wfpmon_core::flow::{ListCursor, Listed};
 use wfpmon_core::protocol::{
     self, FlowEntry, FlowListHeader, Header, PROTOCOL_VERSION, ProcessEntry, ProcessListHeader,
-    Request, Stats, parse_request,
+    Request, STATS_INCLUDES_LIVE_TRAFFIC, Stats, parse_request,
 };
 
 use crate::events;
@@ -99,7 +99,9 @@ fn device_control(mut irp: Irp) -> NTSTATUS {
 /// `output` written.
 fn execute(request: Request, output: &mut [u8]) -> (NTSTATUS, usize) {
     match request {
-        Request::QueryStats => (STATUS_SUCCESS, stats().encode(output)),
+        Request::QueryStats { live_traffic } => {
+            (STATUS_SUCCESS, stats(live_traffic).encode(output))
+        }
         Request::ListFlows {
             capacity,
             cursor_bucket,
@@ -169,14 +171,30 @@ fn list_processes(output: &mut [u8], capacity: usize, cursor_slot: u32) -> (NTST
     (STATUS_SUCCESS, size)
 }
 
-/// Statistics: lifetime counters, and the traffic of every flow, active or
-/// ended, summed bucket by bucket (`FlowRegistry::totals`): each bucket's
-/// ended flows and live flows are read in one critical section of that
-/// bucket, so a flow ending during the query is counted exactly once, and no
-/// lock is held for more than one bucket.
-fn stats() -> Stats {
-    let (active, traffic) = SHARED.flows.totals();
-    SHARED.stats.snapshot(active, traffic)
+/// Statistics. By default only maintained counters are read — the active
+/// flows (per-callout counts), the lifetime counters and the ended flows'
+/// traffic (`FlowRegistry::retired_traffic`, 64 sharded counters) — so the
+/// query costs the same at any number of flows and takes no lock.
+///
+/// With `live_traffic` ([`wfpmon_core::protocol::STATS_LIVE_TRAFFIC`]) the
+/// traffic of every flow, active or ended, is summed bucket by bucket
+/// (`FlowRegistry::totals`): each bucket's ended flows and live flows are
+/// read in one critical section of that bucket, so a flow ending during the
+/// query is counted exactly once, and no lock is held for more than one
+/// bucket — but the cost grows with the number of flows.
+fn stats(live_traffic: bool) -> Stats {
+    if live_traffic {
+        let (active, traffic) = SHARED.flows.totals();
+        Stats {
+            flags: STATS_INCLUDES_LIVE_TRAFFIC,
+            ..SHARED.stats.snapshot(active, traffic)
+        }
+    } else {
+        let active = SHARED.flows.len() as u64;
+        SHARED
+            .stats
+            .snapshot(active, SHARED.flows.retired_traffic())
+    }
 }
 
 /// One batch of the flow list: at most `capacity` flows (≤

@@ -13,7 +13,9 @@ use core::cell::UnsafeCell;
 use wdk_sys::{DRIVER_OBJECT, NTSTATUS, STATUS_PENDING, STATUS_SUCCESS, STATUS_UNSUCCESSFUL};
 use wfpmon_core::catalog::{CALLOUT_COUNT, CALLOUTS, CalloutIndex};
 use wfpmon_core::flow::Traffic;
-use wfpmon_core::unload::{LogBackoff, Outcome, Step, Unregistration, unregistration_order};
+use wfpmon_core::unload::{
+    LogBackoff, MAX_WAIT_100NS, MIN_WAIT_100NS, Outcome, Step, Unregistration, unregistration_order,
+};
 
 use crate::control;
 use crate::events;
@@ -66,13 +68,10 @@ impl Drop for Driver {
         // back through flowDeleteFn. We rely on that rather than on a
         // counter of our own, which could not prove that a CPU has left the
         // image anyway (code runs after any decrement).
-        let left = SHARED.flows.len();
-        if left != 0 {
-            trace::records_left(u32::try_from(left).unwrap_or(u32::MAX));
-            log!(
-                "ERROR: teardown: {left} flow records still tracked after every callout was unregistered (engine rule broken)"
-            );
-        }
+        // The driver's own invariant, whatever the engine answered: the
+        // device goes, and Unload returns, only once no flow-delete callback
+        // is owed (a record leaves the registry only in flowDeleteFn).
+        wait_until_no_record_is_tracked();
         // No event can be published any more: end the event reads still
         // pending (a handle open across unload), before the device goes.
         let cancelled = events::shutdown();
@@ -141,6 +140,9 @@ fn unregister(index: CalloutIndex, id: u32) {
         match protocol.step() {
             Step::Unregister => {
                 let status = wfp::unregister_callout(id);
+                // Read after the call: records the engine may still owe a
+                // flowDeleteFn for, whatever it answered.
+                let left = SHARED.flows.count_for(index);
                 trace::unregister_attempt(name, id, protocol.attempts() + 1, status);
                 if protocol.attempts() == 0 {
                     log!(
@@ -148,7 +150,19 @@ fn unregister(index: CalloutIndex, id: u32) {
                         Status(status)
                     );
                 }
-                protocol.on_unregister(status);
+                protocol.on_unregister(status, left);
+                if protocol.released() {
+                    trace::released_with_records(
+                        name,
+                        id,
+                        status,
+                        u32::try_from(left).unwrap_or(u32::MAX),
+                    );
+                    log!(
+                        "{name} (id {id}): the engine answered {} with {left} flows still tracked; waiting for their flow-delete callbacks before going on",
+                        Status(status)
+                    );
+                }
             }
             Step::RemoveContexts => {
                 let pass = remove_flow_contexts(index, id, fresh_pass);
@@ -175,8 +189,13 @@ fn unregister(index: CalloutIndex, id: u32) {
                         protocol.last_status().unwrap_or_default(),
                         u32::try_from(SHARED.flows.count_for(index)).unwrap_or(u32::MAX),
                     );
+                    let state = if protocol.released() {
+                        "released by the engine, flow-delete callbacks still owed"
+                    } else {
+                        "still registered"
+                    };
                     log!(
-                        "{name} (id {id}) still registered after {} ms: {} attempts, last status {}, {} flows still tracked; waiting",
+                        "{name} (id {id}) {state} after {} ms: {} attempts, last status {}, {} flows still tracked; waiting",
                         elapsed / MILLISECONDS,
                         protocol.attempts(),
                         Status(protocol.last_status().unwrap_or_default()),
@@ -184,7 +203,11 @@ fn unregister(index: CalloutIndex, id: u32) {
                     );
                 }
                 SHARED.flow_deleted.wait(timeout_100ns);
-                protocol.on_waited();
+                protocol.on_waited(SHARED.flows.count_for(index));
+            }
+            Step::Grace { timeout_100ns } => {
+                wait_full(timeout_100ns);
+                protocol.on_waited(SHARED.flows.count_for(index));
             }
             Step::Finished(outcome) => {
                 let elapsed = time::interrupt_time().saturating_sub(started);
@@ -203,6 +226,53 @@ fn unregister(index: CalloutIndex, id: u32) {
 
 /// 100 ns units per millisecond, for log lines.
 const MILLISECONDS: u64 = 10_000;
+
+/// Lets `timeout_100ns` pass in full (`PASSIVE_LEVEL`): the teardown's
+/// event may be signalled meanwhile (a flow-delete callback's last act), and
+/// each early wake-up only shortens the next wait.
+fn wait_full(timeout_100ns: i64) {
+    let deadline = time::interrupt_time().saturating_add(timeout_100ns.unsigned_abs());
+    loop {
+        let now = time::interrupt_time();
+        if now >= deadline {
+            return;
+        }
+        SHARED
+            .flow_deleted
+            .wait(i64::try_from(deadline - now).unwrap_or(i64::MAX));
+    }
+}
+
+/// Waits (`PASSIVE_LEVEL`) until the registry tracks no flow record at all,
+/// with the unregistration protocol's back-off and report schedule — no
+/// bound. Every callout's protocol already ended only when none of its
+/// records was left, so this returns at once on every path the engine's
+/// rules allow; it is the driver's own invariant, checked where it matters:
+/// the device is deleted, and Unload returns, only with nothing owed.
+fn wait_until_no_record_is_tracked() {
+    let started = time::interrupt_time();
+    let mut report = LogBackoff::new();
+    let mut timeout = MIN_WAIT_100NS;
+    let mut before = SHARED.flows.len();
+    while before != 0 {
+        let elapsed = time::interrupt_time().saturating_sub(started);
+        if report.due(elapsed) {
+            trace::records_left(u32::try_from(before).unwrap_or(u32::MAX));
+            log!(
+                "teardown: {before} flow records still tracked {} ms after every callout was let go; waiting for their flow-delete callbacks",
+                elapsed / MILLISECONDS
+            );
+        }
+        SHARED.flow_deleted.wait(timeout);
+        let left = SHARED.flows.len();
+        timeout = if left < before {
+            MIN_WAIT_100NS
+        } else {
+            (timeout * 2).min(MAX_WAIT_100NS)
+        };
+        before = left;
+    }
+}
 
 /// What one removal pass's `FwpsFlowRemoveContext0` calls answered.
 #[derive(Default)]

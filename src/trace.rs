@@ -257,8 +257,26 @@ pub fn callout_unregistered(callout: &str, attempts: u32, already_gone: bool, el
     );
 }
 
-/// Flow records still tracked after every callout was unregistered: an
-/// engine rule was broken.
+/// The engine let a callout go (`STATUS_SUCCESS` or
+/// `STATUS_FWP_CALLOUT_NOT_FOUND`) while flow records of it were still
+/// tracked, i.e. flow-delete callbacks still owed: teardown waits for them
+/// (an engine rule was broken, or deletions it deferred are still to come).
+pub fn released_with_records(callout: &str, id: u32, status: i32, still_tracked: u32) {
+    tlg::write_event!(
+        PROVIDER,
+        "CalloutReleasedWithFlowsOwed",
+        level(Warning),
+        keyword(keyword::LIFECYCLE | keyword::ERRORS),
+        str8("Callout", callout),
+        u32("CalloutId", &id),
+        u32("Status", &bits(status), format(NtStatus)),
+        u32("StillTracked", &still_tracked),
+    );
+}
+
+/// Flow records still tracked after every callout's protocol ended (on the
+/// report schedule while teardown waits for them): an engine rule was
+/// broken. Teardown does not go on before they are gone.
 pub fn records_left(count: u32) {
     tlg::write_event!(
         PROVIDER,

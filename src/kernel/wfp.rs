@@ -555,9 +555,21 @@ unsafe extern "system" fn classify_stream(
         return;
     };
     let direction = stream_direction(data.flags);
-    let bytes = length as u64;
+    // Bytes of the stream this callout did not see since its last classify
+    // (`missedBytes`: a higher-weight filter's callout took them, e.g. one
+    // that answered FWPS_STREAM_ACTION_NEED_MORE_DATA or deferred the
+    // data) belong to the flow all the same: counted with this indication,
+    // in its direction (the reference page does not name a direction; the
+    // stream layer indicates one direction at a time, so the gap is taken
+    // to be in the direction whose data resumes here — only real Windows
+    // can confirm it). They add bytes, not packets: how many indications
+    // they came in is not known. Note that once any callout answers
+    // FWPS_STREAM_ACTION_ALLOW_CONNECTION, WFP stops classifying the
+    // flow's stream for every callout: its later bytes are neither
+    // indicated nor reported as missed, and the flow's counters stop there.
+    let bytes = (length as u64).wrapping_add(packet.missedBytes as u64);
     if bytes > 0 {
-        callouts::on_flow_data(record, direction, bytes, 1);
+        callouts::on_flow_data(record, direction, bytes, u64::from(length > 0));
     }
 }
 

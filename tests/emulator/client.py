@@ -97,10 +97,15 @@ def flows_by_id(e):
     return {f["flow_id"]: f for f in flows}
 
 
-def stats(e):
-    status, info, raw = ioctl(e, P.IOCTL_QUERY_STATS, P.query_stats_request(), P.STATS_SIZE)
+def stats(e, live=False):
+    """QUERY_STATS: walk-free (ended flows' traffic), or with live flows'
+    traffic summed (STATS_LIVE_TRAFFIC)."""
+    request = P.query_stats_request(P.STATS_LIVE_TRAFFIC if live else 0)
+    status, info, raw = ioctl(e, P.IOCTL_QUERY_STATS, request, P.STATS_SIZE)
     assert (status, info) == (0, P.STATS_SIZE)
-    return P.parse_stats(raw)
+    s = P.parse_stats(raw)
+    assert s["flags"] == (P.STATS_INCLUDES_LIVE_TRAFFIC if live else 0)
+    return s
 
 
 # Flows ---------------------------------------------------------------------

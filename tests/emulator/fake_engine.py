@@ -9,7 +9,12 @@ documented rules of the functions involved:
 - FwpsFlowAssociateContext0 attaches a context to (flow, layer, callout);
 - FwpsCalloutUnregisterById0 answers STATUS_DEVICE_BUSY while any context
   of the callout exists (including one whose deletion is pending), and
-  STATUS_FWP_CALLOUT_NOT_FOUND for an unknown id;
+  STATUS_FWP_CALLOUT_NOT_FOUND for an unknown id. Adversarially
+  (`not_found_while_owed=True`, not documented behaviour: the native host's
+  engine rule 8), it answers STATUS_FWP_CALLOUT_NOT_FOUND and forgets the
+  callout as soon as no *live* context of it is left, while deletions it
+  deferred (STATUS_PENDING) are still to come — the driver must outlive
+  every one of them;
 - FwpsFlowRemoveContext0 calls the callout's flowDeleteFn *synchronously*
   (before returning STATUS_SUCCESS), or — for a flow whose classify is in
   progress — returns STATUS_PENDING and calls flowDeleteFn later (here: when
@@ -227,7 +232,8 @@ class FakeEngine:
     def __init__(self, image: str, faults: dict[str, dict[int, int]] | None = None,
                  remove_mode=None, pending_runs_on: str = "wait", pending_waits: int = 1,
                  pending_delay_100ns: int | None = None, in_use_until_100ns: int = 0,
-                 barrier: str = "wait", etw_session: tuple[int, int] | None = (5, 0x3)):
+                 barrier: str = "wait", etw_session: tuple[int, int] | None = (5, 0x3),
+                 not_found_while_owed: bool = False):
         # faults: api name -> {n-th call (1-based): status to return}
         self.faults = faults or {}
         self.counts: dict[str, int] = {}
@@ -243,6 +249,11 @@ class FakeEngine:
         self.pending: list[tuple[int, int, int, int, int]] = []  # (fn, flow, layer, id, ctx)
         self.pending_keys: set[tuple[int, int, int]] = set()
         self.flow_deletes: list[tuple[int, int, int]] = []  # (layer, id, ctx) seen
+        # Where in `calls` each deferred deletion was handed to the driver.
+        self.deferred_delete_at: list[int] = []
+        # See the module docstring; NOT_FOUND answers given with deletions owed.
+        self.not_found_while_owed = not_found_while_owed
+        self.early_not_found = 0
         self.devices: set[int] = set()
         self.deleted_devices: list[int] = []
         self.security: list[bytes] = []
@@ -908,6 +919,7 @@ class FakeEngine:
         for _, flow, layer, cid, ctx in batch:
             self.pending_keys.discard((flow, layer, cid))
             self.flow_deletes.append((layer, cid, ctx))
+            self.deferred_delete_at.append(len(self.calls))
         return [(fn, [layer, cid, ctx]) for fn, _, layer, cid, ctx in batch]
 
     def classify_in_flight(self, cid: int, fn: int, args: list[int]) -> None:
@@ -1477,6 +1489,7 @@ class FakeEngine:
         for _, flow, layer, cid, ctx in batch:
             self.pending_keys.discard((flow, layer, cid))
             self.flow_deletes.append((layer, cid, ctx))
+            self.deferred_delete_at.append(len(self.calls))
         return [(fn, [layer, cid, ctx]) for fn, _, layer, cid, ctx in batch]
 
     def _callout_unregister(self, emu, api, orig, argv):
@@ -1487,6 +1500,14 @@ class FakeEngine:
             rv = L.STATUS_FWP_CALLOUT_NOT_FOUND
         elif self.clock < self.in_use_until:
             rv = L.STATUS_FWP_IN_USE
+        elif (self.not_found_while_owed and self._contexts_of(cid)
+              and not any(k[2] == cid for k in self.contexts)
+              and not (self.in_flight.get(cid) and self.barrier == "busy")):
+            # Only deferred deletions left: let go early (with the barrier).
+            deferred = deferred + self._finish_in_flight(cid)
+            c.registered = False
+            self.early_not_found += 1
+            rv = L.STATUS_FWP_CALLOUT_NOT_FOUND
         elif self._contexts_of(cid):
             rv = L.STATUS_DEVICE_BUSY
         elif self.in_flight.get(cid) and self.barrier == "busy":
@@ -1682,15 +1703,19 @@ class FakeEngine:
         return None
 
     def stream(self, flow_handle: int, nbytes: int, send: bool, rights=L.FWPS_RIGHT_ACTION_WRITE,
-               direction_field: bool = True):
+               direction_field: bool = True, missed: int = 0):
         """Stream data of a flow: FWPS_STREAM_DATA0 with the direction flag,
-        and (as the engine supplies it) the layer's DIRECTION data field."""
+        and (as the engine supplies it) the layer's DIRECTION data field.
+        `missed`: FWPS_STREAM_CALLOUT_IO_PACKET0.missedBytes, the bytes of the
+        stream this callout did not see since its last classify (a
+        higher-weight filter took them)."""
         (flow, layer, cid), ctx = self.context_of(flow_handle)
         data = self.put(L.FWPS_STREAM_DATA0(
             flags=L.FWPS_STREAM_FLAG_SEND if send else L.FWPS_STREAM_FLAG_RECEIVE, dataLength=nbytes))
         # Output fields start as garbage: what the driver writes is visible.
         packet = self.put(L.FWPS_STREAM_CALLOUT_IO_PACKET0(
-            streamData=data, countBytesRequired=0x77, countBytesEnforced=0x7777, streamAction=0x7))
+            streamData=data, missedBytes=missed, countBytesRequired=0x77, countBytesEnforced=0x7777,
+            streamAction=0x7))
         values = [(0, 0)] * L.ST_COUNT
         if direction_field:
             values[L.ST_DIRECTION] = (L.FWP_UINT32, L.FWP_DIRECTION_OUTBOUND if send else L.FWP_DIRECTION_INBOUND)

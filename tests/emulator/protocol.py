@@ -4,7 +4,7 @@ fixed offsets), independently of the Rust encoders."""
 
 import struct
 
-VERSION = 4
+VERSION = 5
 # Vendor device type (0x8000-0xFFFF, "Defining I/O Control Codes").
 FILE_DEVICE_WFPMON = 0x8F4D
 
@@ -23,13 +23,19 @@ STATS_SIZE = 88
 LIST_HEADER_SIZE = 32
 ENTRY_SIZE = 104
 
-STATS_FIELDS = ("counting_enabled", "reserved", "flows_active", "flows_tracked", "flows_deleted",
+STATS_FIELDS = ("counting_enabled", "flags", "flows_active", "flows_tracked", "flows_deleted",
                 "allocation_failures", "association_failures", "bytes_inbound", "bytes_outbound",
                 "packets_inbound", "packets_outbound")
 
 
-def query_stats_request():
-    return struct.pack("<II", VERSION, 8)
+# QueryStatsRequest.flags: also sum the traffic of live flows (a walk).
+STATS_LIVE_TRAFFIC = 1
+# Stats.flags: the byte and packet totals include live flows.
+STATS_INCLUDES_LIVE_TRAFFIC = 1
+
+
+def query_stats_request(flags=0, reserved=0):
+    return struct.pack("<IIII", VERSION, 16, flags, reserved)
 
 
 MAX_FLOWS_PER_CALL = 256

@@ -87,9 +87,10 @@ def test_a_flow_ending_during_a_stats_query_is_counted_once(loaded):
         return [(loaded.callouts[cid].flow_delete, [layer, cid, ctx])]
 
     loaded.interpose("KeReleaseInStackQueuedSpinLock", flow_ends)
-    status, info, raw = ioctl(loaded, P.IOCTL_QUERY_STATS, P.query_stats_request(), 4096)
+    status, info, raw = ioctl(loaded, P.IOCTL_QUERY_STATS, P.query_stats_request(P.STATS_LIVE_TRAFFIC), 4096)
     assert (status, info) == (0, P.STATS_SIZE)
     s = P.parse_stats(raw)
+    assert s["flags"] == P.STATS_INCLUDES_LIVE_TRAFFIC
     assert (s["bytes_outbound"], s["bytes_inbound"]) == (1000, 300)
     assert loaded.context_of(0x51) is None, "the flow did end during the query"
     after = P.parse_stats(ioctl(loaded, P.IOCTL_QUERY_STATS, P.query_stats_request(), 4096)[2])
@@ -112,9 +113,13 @@ def test_stats_reflect_flows_created_through_classify(loaded):
     (P.IOCTL_QUERY_STATS, b"\xff" * 65536, 4096, L.STATUS_INVALID_BUFFER_SIZE),
     (P.IOCTL_QUERY_STATS, P.query_stats_request(), 0, L.STATUS_BUFFER_TOO_SMALL),
     (P.IOCTL_QUERY_STATS, P.query_stats_request(), P.STATS_SIZE - 1, L.STATUS_BUFFER_TOO_SMALL),
-    (P.IOCTL_QUERY_STATS, struct.pack("<II", P.VERSION - 1, 8), 4096, L.STATUS_REVISION_MISMATCH),
-    (P.IOCTL_QUERY_STATS, struct.pack("<II", P.VERSION + 1, 8), 4096, L.STATUS_REVISION_MISMATCH),
-    (P.IOCTL_QUERY_STATS, struct.pack("<II", P.VERSION, 9), 4096, L.STATUS_INVALID_PARAMETER),
+    (P.IOCTL_QUERY_STATS, struct.pack("<IIII", P.VERSION - 1, 16, 0, 0), 4096, L.STATUS_REVISION_MISMATCH),
+    (P.IOCTL_QUERY_STATS, struct.pack("<IIII", P.VERSION + 1, 16, 0, 0), 4096, L.STATUS_REVISION_MISMATCH),
+    (P.IOCTL_QUERY_STATS, struct.pack("<IIII", P.VERSION, 17, 0, 0), 4096, L.STATUS_INVALID_PARAMETER),
+    # Protocol 4's header-only request; an unknown flag; reserved not zero.
+    (P.IOCTL_QUERY_STATS, struct.pack("<II", P.VERSION, 8), 4096, L.STATUS_INVALID_BUFFER_SIZE),
+    (P.IOCTL_QUERY_STATS, P.query_stats_request(flags=2), 4096, L.STATUS_INVALID_PARAMETER),
+    (P.IOCTL_QUERY_STATS, P.query_stats_request(flags=1, reserved=1), 4096, L.STATUS_INVALID_PARAMETER),
     (P.IOCTL_LIST_FLOWS, P.list_flows_request()[:15], 4096, L.STATUS_INVALID_BUFFER_SIZE),
     (P.IOCTL_LIST_FLOWS, P.list_flows_request(reserved=1), 4096, L.STATUS_INVALID_PARAMETER),
     (P.IOCTL_LIST_FLOWS, P.list_flows_request(0xFFFFFFFF), 4096, L.STATUS_INTEGER_OVERFLOW),
@@ -211,3 +216,37 @@ def test_flows_listed_while_others_are_deleted(loaded):
         assert ids == expected and len(flows) == len(expected)
     loaded.unload()
     assert loaded.pool == {}
+
+
+def test_statistics_take_no_lock_and_count_ended_flows_unless_live_traffic_is_asked(loaded):
+    """By default QUERY_STATS reads maintained counters only — no bucket is
+    visited, no lock taken, whatever the number of flows — and its byte and
+    packet totals are the ended flows' (flags 0). STATS_LIVE_TRAFFIC adds
+    the live flows' traffic by visiting the buckets (flags 1)."""
+    key = KEYS["wfpmon-flow-established-v4"]
+    for handle in (0x51, 0x52, 0x53):
+        loaded.establish(key, 4, 6, 1, handle, 3, 4, L.FWP_DIRECTION_OUTBOUND, handle, 9)
+    make_flows(loaded, 200)
+    loaded.stream(0x51, 1000, send=True)
+    loaded.stream(0x51, 10, send=False)
+    loaded.stream(0x52, 300, send=False)
+    loaded.stream(0x53, 7, send=True)
+    loaded.end_flow(0x51)
+    before = loaded.lock_acquisitions
+    status, info, raw = ioctl(loaded, P.IOCTL_QUERY_STATS, P.query_stats_request(), 4096)
+    assert (status, info) == (0, P.STATS_SIZE)
+    assert loaded.lock_acquisitions == before, "the default query takes no lock"
+    cheap = P.parse_stats(raw)
+    assert cheap["flags"] == 0
+    assert (cheap["flows_active"], cheap["flows_tracked"], cheap["flows_deleted"]) == (202, 203, 1)
+    assert (cheap["bytes_outbound"], cheap["bytes_inbound"]) == (1000, 10), "ended flows only"
+    assert (cheap["packets_outbound"], cheap["packets_inbound"]) == (1, 1)
+    status, info, raw = ioctl(loaded, P.IOCTL_QUERY_STATS, P.query_stats_request(P.STATS_LIVE_TRAFFIC), 4096)
+    assert (status, info) == (0, P.STATS_SIZE)
+    assert loaded.lock_acquisitions - before > 100, "the live-traffic query visits the buckets"
+    full = P.parse_stats(raw)
+    assert full["flags"] == P.STATS_INCLUDES_LIVE_TRAFFIC
+    assert full["flows_active"] == 202
+    assert (full["bytes_outbound"], full["bytes_inbound"]) == (1007, 310)
+    assert (full["packets_outbound"], full["packets_inbound"]) == (2, 2)
+    assert loaded.pool_errors == []

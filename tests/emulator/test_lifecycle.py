@@ -524,3 +524,40 @@ def test_unload_waits_for_deferred_flow_deletions_that_take_minutes(image):
         flows = len({x.args[0] for x in removes})
         reports = sum(ev["values"]["Callout"] == c_name(e, c) for ev in e.events_named("CalloutStillRegistered"))
         assert len(removes) in (flows * reports, flows * (1 + reports)), (c_name(e, c), len(removes), reports)
+
+
+@pytest.mark.parametrize("barrier", ["wait", "busy"])
+def test_unload_outlives_deletions_owed_after_the_engine_answers_not_found(image, barrier):
+    """An engine that, after STATUS_DEVICE_BUSY and the removal of every
+    context (each answered STATUS_PENDING, completing only after two
+    simulated minutes), answers the next FwpsCalloutUnregisterById0 with
+    STATUS_FWP_CALLOUT_NOT_FOUND while those flowDeleteFn calls are still to
+    come. The driver must treat the answer as "let go", not as "nothing
+    owed": it waits until it tracks no record of the callout (a record
+    leaves only in flowDeleteFn), so the device and the injection handle go
+    — and Unload returns — only after the last owed deletion; with a
+    flow-established classify in flight (both barrier forms)."""
+    e = FakeEngine(image, remove_mode=lambda flow, layer, cid: "pending",
+                   pending_delay_100ns=2 * MINUTE, barrier=barrier, not_found_while_owed=True)
+    assert e.driver_entry() == 0
+    establish_many(e, 24)
+    in_flight_flow(e, 0x9999)
+    e.unload()
+    assert e.early_not_found >= 1, "the engine never answered NOT_FOUND with deletions owed"
+    data = [c for c in e.callouts.values() if c.flow_delete and any(d[1] == c.id for d in e.flow_deletes)]
+    for c in data:
+        rets = [x.ret for x in e.calls if x.api == "FwpsCalloutUnregisterById0" and x.args[0] == c.id]
+        assert rets[-1] == L.STATUS_FWP_CALLOUT_NOT_FOUND, (c_name(e, c), rets)
+        # Once let go, the driver asks nothing more of the engine for it.
+        assert rets.count(L.STATUS_FWP_CALLOUT_NOT_FOUND) == 1, rets
+    assert len(e.flow_deletes) == 24
+    assert e.clock >= 2 * MINUTE
+    first_teardown = min(i for i, c in enumerate(e.calls)
+                         if c.api in ("IoDeleteDevice", "FwpsInjectionHandleDestroy0"))
+    assert len(e.deferred_delete_at) == 24
+    assert max(e.deferred_delete_at) < first_teardown, "device or handle gone before an owed flowDeleteFn"
+    released = e.events_named("CalloutReleasedWithFlowsOwed")
+    assert {ev["values"]["Callout"] for ev in released} == {c_name(e, c) for c in data}
+    assert all(ev["values"]["Status"] == L.STATUS_FWP_CALLOUT_NOT_FOUND for ev in released)
+    assert e.events_named("FlowRecordsLeft") == []
+    assert_nothing_left(e)

@@ -15,11 +15,16 @@ def flows_by_id(e):
     return {f["flow_id"]: f for f in flows}
 
 
-def stats(e):
+def stats(e, live=False):
+    """QUERY_STATS: walk-free (ended flows' traffic), or with live flows'
+    traffic summed (STATS_LIVE_TRAFFIC)."""
     status, info, raw = e.send_irp(e.IRP_MJ_DEVICE_CONTROL, P.IOCTL_QUERY_STATS,
-                                   P.query_stats_request(), P.STATS_SIZE)
+                                   P.query_stats_request(P.STATS_LIVE_TRAFFIC if live else 0),
+                                   P.STATS_SIZE)
     assert (status, info) == (0, P.STATS_SIZE)
-    return P.parse_stats(raw)
+    s = P.parse_stats(raw)
+    assert s["flags"] == (P.STATS_INCLUDES_LIVE_TRAFFIC if live else 0)
+    return s
 
 
 def tcp4(e, handle, pid=4242):
@@ -124,10 +129,15 @@ def test_totals_survive_the_end_of_a_flow(loaded):
     loaded.stream(0x100, 1000, send=True)
     loaded.datagram(0x200, [10, 20], inbound=True)
     loaded.end_flow(0x100)
-    s = stats(loaded)
+    s = stats(loaded, live=True)
     assert s["flows_active"] == 1 and s["flows_tracked"] == 2 and s["flows_deleted"] == 1
     assert (s["bytes_outbound"], s["packets_outbound"]) == (1000, 1)
     assert (s["bytes_inbound"], s["packets_inbound"]) == (30, 2)
+    # The walk-free query: the same counts, the ended flow's traffic only.
+    cheap = stats(loaded)
+    assert cheap["flows_active"] == 1 and cheap["flows_tracked"] == 2 and cheap["flows_deleted"] == 1
+    assert (cheap["bytes_outbound"], cheap["packets_outbound"]) == (1000, 1)
+    assert (cheap["bytes_inbound"], cheap["packets_inbound"]) == (0, 0)
     assert list(flows_by_id(loaded)) == [0x200]
 
 
@@ -233,3 +243,25 @@ def test_action_follows_the_filter_action_type(loaded, action, flags, expected_a
     assert (packet.countBytesEnforced, packet.streamAction, packet.countBytesRequired) == \
         (enforced, L.FWPS_STREAM_ACTION_NONE, 0)
 
+
+
+def test_stream_bytes_the_callout_missed_are_counted_in_the_indications_direction(loaded):
+    """FWPS_STREAM_CALLOUT_IO_PACKET0.missedBytes: bytes of the stream a
+    higher-weight filter kept from this callout since its last classify.
+    They belong to the flow: counted as bytes (not packets) with the
+    indication that reports them, in its direction — also when the
+    indication itself carries no data."""
+    tcp4(loaded, 0x100)
+    loaded.stream(0x100, 100, send=True, missed=400)
+    loaded.stream(0x100, 0, send=True, missed=50)
+    loaded.stream(0x100, 30, send=False, missed=7)
+    loaded.stream(0x100, 5, send=False)
+    f = flows_by_id(loaded)[0x100]
+    assert (f["bytes_outbound"], f["packets_outbound"]) == (100 + 400 + 50, 1)
+    assert (f["bytes_inbound"], f["packets_inbound"]) == (30 + 7 + 5, 2)
+    # The process's totals and the statistics see the same bytes once the
+    # flow ends.
+    loaded.end_flow(0x100)
+    s = stats(loaded)
+    assert (s["bytes_outbound"], s["bytes_inbound"]) == (550, 42)
+    assert (s["packets_outbound"], s["packets_inbound"]) == (1, 2)

@@ -11,7 +11,8 @@
 //! guarded by its own lock (the driver: an in-stack queued spin lock), so
 //! flow set-up, flow deletion, the unload's removal pass, listing and
 //! statistics contend only within one bucket, and no operation holds a lock
-//! for more than one bucket. Within a bucket each data callout has a list of
+//! for more than one bucket; the ended flows' traffic is also kept in a few
+//! sharded counters, so that the common statistics need no walk at all. Within a bucket each data callout has a list of
 //! its own, so unload's removal pass for one callout reads only that
 //! callout's records (not every record once per callout). Totals that would
 //! otherwise need a walk are maintained: per-callout flow counts (each on
@@ -438,6 +439,56 @@ fn prefetch_record(rec: *const FlowRecord) {
 #[repr(align(64))]
 struct PaddedCount(AtomicUsize);
 
+/// Shards of the ended flows' traffic.
+///
+/// A flow adds its final counters to the shard of its bucket (bucket index
+/// modulo this) as it is removed. A statistics query reads every shard — 64 cache lines, whatever the number
+/// of flows — and flow deletions on different processors rarely write the
+/// same line (per flow, never per packet).
+pub const RETIRED_SHARDS: usize = 64;
+
+/// One shard of the ended flows' traffic, alone on its cache line.
+#[repr(C, align(64))]
+struct RetiredShard {
+    bytes_inbound: AtomicU64,
+    bytes_outbound: AtomicU64,
+    packets_inbound: AtomicU64,
+    packets_outbound: AtomicU64,
+}
+
+const _: () = assert!(size_of::<RetiredShard>() == 64);
+
+impl RetiredShard {
+    const fn new() -> Self {
+        Self {
+            bytes_inbound: AtomicU64::new(0),
+            bytes_outbound: AtomicU64::new(0),
+            packets_inbound: AtomicU64::new(0),
+            packets_outbound: AtomicU64::new(0),
+        }
+    }
+
+    fn add(&self, t: Traffic) {
+        self.bytes_inbound
+            .fetch_add(t.bytes_inbound, Ordering::Relaxed);
+        self.bytes_outbound
+            .fetch_add(t.bytes_outbound, Ordering::Relaxed);
+        self.packets_inbound
+            .fetch_add(t.packets_inbound, Ordering::Relaxed);
+        self.packets_outbound
+            .fetch_add(t.packets_outbound, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> Traffic {
+        Traffic {
+            bytes_inbound: self.bytes_inbound.load(Ordering::Relaxed),
+            bytes_outbound: self.bytes_outbound.load(Ordering::Relaxed),
+            packets_inbound: self.packets_inbound.load(Ordering::Relaxed),
+            packets_outbound: self.packets_outbound.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// Number of data callouts that hold flow contexts (catalog indices
 /// `0..DATA_CALLOUTS`, see [`crate::catalog::data_callout_for`]).
 pub const DATA_CALLOUTS: usize = 4;
@@ -496,6 +547,8 @@ pub enum Listed {
 pub struct FlowRegistry<L, const BUCKETS: usize = DEFAULT_BUCKETS> {
     buckets: [Bucket<L>; BUCKETS],
     per_callout: [PaddedCount; DATA_CALLOUTS],
+    /// The traffic of every flow removed so far, sharded (no walk to sum).
+    retired: [RetiredShard; RETIRED_SHARDS],
     stopping: AtomicBool,
     pass: AtomicU32,
 }
@@ -533,6 +586,7 @@ impl<L: Lock, const BUCKETS: usize> FlowRegistry<L, BUCKETS> {
         Self {
             buckets,
             per_callout: [const { PaddedCount(AtomicUsize::new(0)) }; DATA_CALLOUTS],
+            retired: [const { RetiredShard::new() }; RETIRED_SHARDS],
             stopping: AtomicBool::new(false),
             pass: AtomicU32::new(0),
         }
@@ -705,7 +759,9 @@ impl<L: Lock, const BUCKETS: usize> FlowRegistry<L, BUCKETS> {
             // SAFETY: valid (contract); shared access to atomics and
             // immutable fields.
             let r = unsafe { &*rec };
-            b.retired = b.retired.plus(r.traffic());
+            let traffic = r.traffic();
+            b.retired = b.retired.plus(traffic);
+            self.retired[index % RETIRED_SHARDS].add(traffic);
             retire(r, index);
             let before = self.per_callout[association.callout]
                 .0
@@ -937,6 +993,19 @@ impl<L: Lock, const BUCKETS: usize> FlowRegistry<L, BUCKETS> {
             });
         }
         (active, traffic)
+    }
+
+    /// The traffic of every flow removed so far (ended, or deleted at
+    /// unload): the sum of [`RETIRED_SHARDS`] maintained counters — no lock,
+    /// no walk, the same cost at any number of flows. A flow's counters are
+    /// added as one unit, but a concurrent reader may see a flow's bytes
+    /// before its packets (relaxed, per-field atomics): exact once no flow
+    /// ends during the read. For the exact total of every flow, live ones
+    /// included, see [`FlowRegistry::totals`].
+    pub fn retired_traffic(&self) -> Traffic {
+        self.retired
+            .iter()
+            .fold(Traffic::default(), |sum, shard| sum.plus(shard.get()))
     }
 
     /// Runs `f` on every linked record, one bucket (under its lock) at a

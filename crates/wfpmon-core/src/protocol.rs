@@ -16,10 +16,12 @@ use crate::wire::{Reader, Writer};
 
 /// Version of the structures and codes below.
 ///
-/// Bumped on any change of layout or codes (2: the device type moved to the vendor range; 3: the
+/// Bumped on any change of layout, codes or meaning (2: the device type moved to the vendor range; 3: the
 /// flow list is paged with a resume cursor; 4: flows carry their process
-/// key, flow events and per-process totals).
-pub const PROTOCOL_VERSION: u32 = 4;
+/// key, flow events and per-process totals; 5: statistics cost nothing at
+/// any number of flows — the traffic of live flows, which only a walk of
+/// every flow can sum, is added only on request, [`STATS_LIVE_TRAFFIC`]).
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Most flows one [`IOCTL_WFPMON_LIST_FLOWS`] returns: a bounded batch
 /// (24 KiB of entries), whatever the buffer; a client pages through the rest
@@ -139,7 +141,29 @@ impl Header {
 pub struct QueryStatsRequest {
     /// Version and size.
     pub header: Header,
+    /// 0, or [`STATS_LIVE_TRAFFIC`].
+    pub flags: u32,
+    /// Must be zero.
+    pub reserved: u32,
 }
+
+/// [`QueryStatsRequest::flags`]: add the traffic of the flows still alive
+/// to the statistics' byte and packet totals.
+///
+/// Without it a statistics query costs the same at any number of flows
+/// (every field is a maintained counter: the flow count per callout, the
+/// lifetime counters, and the traffic of ended flows, summed into a few
+/// dozen sharded counters as each flow ends). The traffic of live flows
+/// lives only in each flow's own counters — the per-packet path writes
+/// nothing shared — so summing it means visiting every flow: one bucket
+/// (one short spin-lock hold) at a time, about 0.3 s of CPU at a million
+/// flows. Ask for it when the exact total matters, not on every poll.
+pub const STATS_LIVE_TRAFFIC: u32 = 1;
+
+/// [`Stats::flags`]: the byte and packet totals include live flows (the
+/// request asked for [`STATS_LIVE_TRAFFIC`]); without it they are the
+/// traffic of ended flows only.
+pub const STATS_INCLUDES_LIVE_TRAFFIC: u32 = 1;
 
 /// Request of [`IOCTL_WFPMON_LIST_FLOWS`].
 #[repr(C)]
@@ -292,8 +316,8 @@ pub struct Stats {
     pub header: Header,
     /// 1 while traffic counting is enabled.
     pub counting_enabled: u32,
-    /// Reserved, zero.
-    pub reserved: u32,
+    /// [`STATS_INCLUDES_LIVE_TRAFFIC`] or 0.
+    pub flags: u32,
     /// Flows currently carrying a wfpmon context.
     pub flows_active: u64,
     /// Flows a context was associated with since the driver started.
@@ -304,13 +328,14 @@ pub struct Stats {
     pub allocation_failures: u64,
     /// Flows left untracked because `FwpsFlowAssociateContext0` failed.
     pub association_failures: u64,
-    /// Bytes received, all flows (active and ended).
+    /// Bytes received: by ended flows, and by live ones too when `flags`
+    /// has [`STATS_INCLUDES_LIVE_TRAFFIC`].
     pub bytes_inbound: u64,
-    /// Bytes sent, all flows.
+    /// Bytes sent (same scope as `bytes_inbound`).
     pub bytes_outbound: u64,
-    /// Packets (datagrams or stream indications) received.
+    /// Packets (datagrams or stream indications) received (same scope).
     pub packets_inbound: u64,
-    /// Packets sent.
+    /// Packets sent (same scope).
     pub packets_outbound: u64,
 }
 
@@ -378,6 +403,8 @@ const _: () = {
     use core::mem::{offset_of, size_of};
     assert!(size_of::<Header>() == Header::SIZE);
     assert!(size_of::<QueryStatsRequest>() == QueryStatsRequest::SIZE);
+    assert!(offset_of!(QueryStatsRequest, flags) == 8);
+    assert!(offset_of!(Stats, flags) == 12);
     assert!(size_of::<ListFlowsRequest>() == ListFlowsRequest::SIZE);
     assert!(offset_of!(ListFlowsRequest, max_entries) == 8);
     assert!(offset_of!(ListFlowsRequest, cursor_seq) == 16);
@@ -411,13 +438,27 @@ const _: () = {
 
 impl QueryStatsRequest {
     /// Encoded size.
-    pub const SIZE: usize = 8;
+    pub const SIZE: usize = 16;
 
-    /// A request of the current version.
+    /// A request of the current version: the cheap statistics (ended flows'
+    /// traffic; no walk).
     #[must_use]
     pub const fn new() -> Self {
+        Self::with_flags(0)
+    }
+
+    /// A request that also sums the traffic of live flows (a walk of every
+    /// flow: see [`STATS_LIVE_TRAFFIC`]).
+    #[must_use]
+    pub const fn with_live_traffic() -> Self {
+        Self::with_flags(STATS_LIVE_TRAFFIC)
+    }
+
+    const fn with_flags(flags: u32) -> Self {
         Self {
             header: Header::current(Self::SIZE),
+            flags,
+            reserved: 0,
         }
     }
 
@@ -425,7 +466,9 @@ impl QueryStatsRequest {
     #[must_use]
     pub fn to_bytes(&self) -> [u8; Self::SIZE] {
         let mut out = [0; Self::SIZE];
-        self.header.encode(&mut Writer::new(&mut out));
+        let mut w = Writer::new(&mut out);
+        self.header.encode(&mut w);
+        w.u32(self.flags).u32(self.reserved);
         out
     }
 }
@@ -507,7 +550,7 @@ impl Stats {
     pub fn encode(&self, out: &mut [u8]) -> usize {
         let mut w = Writer::new(out);
         Header::current(Self::SIZE).encode(&mut w);
-        w.u32(self.counting_enabled).u32(0);
+        w.u32(self.counting_enabled).u32(self.flags);
         for v in [
             self.flows_active,
             self.flows_tracked,
@@ -532,12 +575,12 @@ impl Stats {
         let mut r = Reader::new(bytes);
         let header = check_header(&mut r, bytes.len(), Self::SIZE)?;
         let counting_enabled = r.u32().ok_or(DecodeError::Truncated)?;
-        let reserved = r.u32().ok_or(DecodeError::Truncated)?;
+        let flags = r.u32().ok_or(DecodeError::Truncated)?;
         let mut next = || r.u64().ok_or(DecodeError::Truncated);
         Ok(Self {
             header,
             counting_enabled,
-            reserved,
+            flags,
             flows_active: next()?,
             flows_tracked: next()?,
             flows_deleted: next()?,
@@ -703,7 +746,10 @@ pub enum DecodeError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Request {
     /// [`IOCTL_WFPMON_QUERY_STATS`].
-    QueryStats,
+    QueryStats {
+        /// Sum live flows' traffic too ([`STATS_LIVE_TRAFFIC`]).
+        live_traffic: bool,
+    },
     /// [`IOCTL_WFPMON_LIST_FLOWS`]: at most `capacity` entries fit the output.
     ListFlows {
         /// Entries that fit the output buffer, further limited by the
@@ -815,12 +861,18 @@ pub fn parse_request(code: u32, input: &[u8], output_len: usize) -> Result<Reque
     let mut field = || r.u32().ok_or(RequestError::InvalidField);
     match code {
         IOCTL_WFPMON_QUERY_STATS => {
+            let flags = field()?;
+            if flags & !STATS_LIVE_TRAFFIC != 0 || field()? != 0 {
+                return Err(RequestError::InvalidField);
+            }
             if output_len < Stats::SIZE {
                 return Err(RequestError::OutputTooSmall {
                     required: Stats::SIZE,
                 });
             }
-            Ok(Request::QueryStats)
+            Ok(Request::QueryStats {
+                live_traffic: flags & STATS_LIVE_TRAFFIC != 0,
+            })
         }
         IOCTL_WFPMON_LIST_FLOWS => {
             let max_entries = field()?;

@@ -3,8 +3,10 @@
 //! A callout driver must not return from its unload function until all its
 //! callouts are unregistered, and must delete its device object only after
 //! that (the seed documents; `FwpsCalloutUnregisterById0` remarks). For each
-//! callout: call `FwpsCalloutUnregisterById0`. `STATUS_SUCCESS` ends it;
-//! `STATUS_FWP_CALLOUT_NOT_FOUND` means nothing is left to undo.
+//! callout: call `FwpsCalloutUnregisterById0`. `STATUS_SUCCESS` or
+//! `STATUS_FWP_CALLOUT_NOT_FOUND` means the engine has let the callout go —
+//! but the callout is finished only once **none of its flow records is left**
+//! as well (see "The engine lets go, records remain" below).
 //! `STATUS_DEVICE_BUSY` means flows still carry a context of the callout:
 //! remove each one with `FwpsFlowRemoveContext0` (the engine runs the
 //! flow-delete callback at once, or later for a flow whose classify is in
@@ -25,6 +27,27 @@
 //! minimum as soon as flows go away), and [`LogBackoff`] tells the driver
 //! when to report that it is still waiting (after 1 s, 2 s, 4 s … then every
 //! minute), so the loop is never silent and never floods the debugger.
+//!
+//! # The engine lets go, records remain
+//!
+//! The driver knows exactly what it still owns: a flow record leaves the
+//! registry only in the callout's `flowDeleteFn`, and the engine owes one
+//! call of it for every context it accepted. The documented engine answers
+//! `STATUS_DEVICE_BUSY` while any context exists, deferred deletions
+//! included, so `STATUS_SUCCESS` comes only when nothing is owed. An engine
+//! that answers `STATUS_SUCCESS` or `STATUS_FWP_CALLOUT_NOT_FOUND` while
+//! deletions it deferred (`FwpsFlowRemoveContext0` answered
+//! `STATUS_PENDING`) are still to come would have the driver delete its
+//! device and return with those callbacks still owed — the engine would
+//! call into an unloaded image. So the engine's answer is necessary, not
+//! sufficient: after it, the protocol keeps waiting (with the same
+//! back-off, no bound) until the driver tracks no record of the callout,
+//! and then waits once more ([`MIN_WAIT_100NS`]) for the last callback to
+//! leave the image: a count reaching zero is decremented *inside* that
+//! callback, which still has its return to run (no counter can prove a
+//! processor has left the image; only the engine's documented answer can,
+//! and this engine did not give it). No removal pass is made once the
+//! engine has let go: it no longer knows the callout's id.
 //!
 //! [`Unregistration`] is the protocol for one callout as a state machine:
 //! the driver asks it for the next [`Step`], performs the kernel call, and
@@ -61,12 +84,21 @@ pub enum Step {
         /// Relative timeout, 100 ns units.
         timeout_100ns: i64,
     },
-    /// The callout is no longer registered.
+    /// Let `timeout_100ns` pass in full — however often the driver's event
+    /// is signalled meanwhile — then [`Unregistration::on_waited`]: the
+    /// final wait for the last flow-delete callback to return, once the
+    /// engine has let go with records of the callout left.
+    Grace {
+        /// Relative time, 100 ns units.
+        timeout_100ns: i64,
+    },
+    /// The callout is no longer registered, and no record of it is left.
     Finished(Outcome),
 }
 
 /// How one callout's unregistration ended. Both mean "no longer
-/// registered": the protocol has no other end.
+/// registered, and no flow record of it left": the protocol has no other
+/// end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// Unregistered after this many calls.
@@ -88,6 +120,12 @@ pub struct Unregistration {
     /// Flows of the callout still tracked after the previous removal pass.
     tracked_before: Option<usize>,
     last_status: Option<i32>,
+    /// The engine has let the callout go (its answer), while records of it
+    /// may remain.
+    released: Option<Outcome>,
+    /// The engine let go while records remained: the final wait for the
+    /// last flow-delete callback's return is still to come.
+    grace_owed: bool,
 }
 
 impl Default for Unregistration {
@@ -106,6 +144,8 @@ impl Unregistration {
             wait_100ns: MIN_WAIT_100NS,
             tracked_before: None,
             last_status: None,
+            released: None,
+            grace_owed: false,
         }
     }
 
@@ -127,11 +167,21 @@ impl Unregistration {
         self.last_status
     }
 
-    /// Feeds back the status `FwpsCalloutUnregisterById0` returned.
+    /// Whether the engine has let the callout go (`STATUS_SUCCESS` or
+    /// `STATUS_FWP_CALLOUT_NOT_FOUND`) while the protocol still waits for
+    /// flow records of it to be deleted.
+    #[must_use]
+    pub const fn released(&self) -> bool {
+        self.released.is_some() && !matches!(self.next, Step::Finished(_))
+    }
+
+    /// Feeds back the status `FwpsCalloutUnregisterById0` returned, and how
+    /// many flow records of the callout the driver still tracks, read after
+    /// the call returned.
     ///
     /// # Panics
     /// In debug builds, when the current step is not [`Step::Unregister`].
-    pub fn on_unregister(&mut self, status: i32) {
+    pub fn on_unregister(&mut self, status: i32, still_tracked: usize) {
         debug_assert_eq!(
             self.next,
             Step::Unregister,
@@ -144,11 +194,14 @@ impl Unregistration {
         }
         self.last_status = Some(status);
         self.next = match status {
-            status::STATUS_SUCCESS => Step::Finished(Outcome::Unregistered {
-                attempts: self.attempts,
-            }),
+            status::STATUS_SUCCESS => self.let_go(
+                Outcome::Unregistered {
+                    attempts: self.attempts,
+                },
+                still_tracked,
+            ),
             status::STATUS_FWP_CALLOUT_NOT_FOUND | status::FWP_E_CALLOUT_NOT_FOUND => {
-                Step::Finished(Outcome::AlreadyGone)
+                self.let_go(Outcome::AlreadyGone, still_tracked)
             }
             status::STATUS_DEVICE_BUSY => Step::RemoveContexts,
             // STATUS_FWP_IN_USE and anything unexpected: the engine is busy
@@ -190,16 +243,61 @@ impl Unregistration {
         };
     }
 
-    /// Feeds back that a wait ended (signalled or timed out).
+    /// Feeds back that a wait ([`Step::Wait`] or [`Step::Grace`]) ended, and how many
+    /// flow records of the callout the driver still tracks.
+    ///
+    /// Before the engine let the callout go, the next step is another
+    /// unregister call. After, it is [`Step::Finished`] once no record is
+    /// left (and the final wait for the last callback's return is done),
+    /// otherwise another wait: never an unregister call or a removal pass,
+    /// since the engine no longer knows the callout's id.
     ///
     /// # Panics
     /// In debug builds, when the current step is not [`Step::Wait`].
-    pub fn on_waited(&mut self) {
+    pub fn on_waited(&mut self, still_tracked: usize) {
         debug_assert!(
-            matches!(self.next, Step::Wait { .. }),
+            matches!(self.next, Step::Wait { .. } | Step::Grace { .. }),
             "wait result out of order"
         );
-        self.next = Step::Unregister;
+        self.next = self.released.map_or(Step::Unregister, |outcome| {
+            self.drain(outcome, still_tracked)
+        });
+    }
+
+    /// The engine let the callout go: finished when no record is left,
+    /// else wait for the flow-delete callbacks it still owes.
+    const fn let_go(&mut self, outcome: Outcome, still_tracked: usize) -> Step {
+        self.released = Some(outcome);
+        if still_tracked == 0 {
+            Step::Finished(outcome)
+        } else {
+            self.grace_owed = true;
+            self.wait_100ns = MIN_WAIT_100NS;
+            self.tracked_before = Some(still_tracked);
+            self.wait()
+        }
+    }
+
+    /// After the engine let go with records left: wait until none is left,
+    /// then once more (the grace for the last callback's return).
+    fn drain(&mut self, outcome: Outcome, still_tracked: usize) -> Step {
+        if still_tracked > 0 {
+            if self
+                .tracked_before
+                .is_some_and(|before| still_tracked < before)
+            {
+                self.wait_100ns = MIN_WAIT_100NS;
+            }
+            self.tracked_before = Some(still_tracked);
+            return self.wait();
+        }
+        if self.grace_owed {
+            self.grace_owed = false;
+            return Step::Grace {
+                timeout_100ns: MIN_WAIT_100NS,
+            };
+        }
+        Step::Finished(outcome)
     }
 
     /// The next wait, and the one after it twice as long (capped).

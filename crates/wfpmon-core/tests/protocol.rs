@@ -42,7 +42,17 @@ fn valid_requests_parse() {
             &QueryStatsRequest::new().to_bytes(),
             Stats::SIZE
         ),
-        Ok(Request::QueryStats)
+        Ok(Request::QueryStats {
+            live_traffic: false
+        })
+    );
+    assert_eq!(
+        parse_request(
+            IOCTL_WFPMON_QUERY_STATS,
+            &QueryStatsRequest::with_live_traffic().to_bytes(),
+            Stats::SIZE
+        ),
+        Ok(Request::QueryStats { live_traffic: true })
     );
     let out = FlowListHeader::SIZE + 3 * FlowEntry::SIZE + 5;
     assert_eq!(
@@ -98,6 +108,33 @@ fn valid_requests_parse() {
         ),
         Ok(Request::SetCounting { enable: false })
     );
+}
+
+/// Protocol 5's statistics request: protocol 4's header-only request, an
+/// unknown flag and a reserved field that is not zero are refused.
+#[test]
+fn statistics_requests_of_another_shape_are_refused() {
+    let stats = QueryStatsRequest::new().to_bytes();
+    let cases: [(Vec<u8>, i32); 3] = [
+        (stats[..8].to_vec(), STATUS_INVALID_BUFFER_SIZE),
+        (
+            [&stats[..8], &2u32.to_le_bytes()[..], &[0; 4]].concat(),
+            STATUS_INVALID_PARAMETER,
+        ),
+        (
+            [
+                &stats[..8],
+                &1u32.to_le_bytes()[..],
+                &1u32.to_le_bytes()[..],
+            ]
+            .concat(),
+            STATUS_INVALID_PARAMETER,
+        ),
+    ];
+    for (input, status) in cases {
+        let err = parse_request(IOCTL_WFPMON_QUERY_STATS, &input, 4096).unwrap_err();
+        assert_eq!(err.ntstatus(), status, "{input:?}: {err:?}");
+    }
 }
 
 #[test]
@@ -303,8 +340,9 @@ proptest! {
     ) {
         let code = CODES.get(code_pick).copied().unwrap_or(raw_code);
         match parse_request(code, &input, output_len) {
-            Ok(Request::QueryStats) => {
-                prop_assert_eq!(&input[..], &QueryStatsRequest::new().to_bytes()[..]);
+            Ok(Request::QueryStats { live_traffic }) => {
+                let expected = if live_traffic { QueryStatsRequest::with_live_traffic() } else { QueryStatsRequest::new() };
+                prop_assert_eq!(&input[..], &expected.to_bytes()[..]);
                 prop_assert!(output_len >= Stats::SIZE);
             }
             Ok(Request::ListFlows { capacity, cursor_bucket, cursor_seq }) => {

@@ -448,7 +448,15 @@ fn totals_count_active_and_ended_flows_once() {
         packets_outbound: 2000,
     };
     assert_eq!(reg.totals(), (1000, expected));
+    assert_eq!(
+        reg.retired_traffic(),
+        Traffic::default(),
+        "no flow ended yet"
+    );
+    let mut ended = Traffic::default();
     for r in live.drain(..500) {
+        // SAFETY: linked, valid.
+        ended = ended.plus(unsafe { r.as_ref() }.traffic());
         // SAFETY: linked, removed once.
         unsafe { reg.remove(r, |_, _| ()) };
         // SAFETY: unlinked.
@@ -459,6 +467,12 @@ fn totals_count_active_and_ended_flows_once() {
         (500, expected),
         "ended flows stay in the totals"
     );
+    assert_eq!(
+        reg.retired_traffic(),
+        ended,
+        "the sharded counters hold exactly the ended flows' traffic"
+    );
+    assert_eq!(reg.len(), 500);
     let (ids, batches) = list_all(&reg, 256);
     assert_eq!((ids.len(), batches), (500, 2));
     for r in live {
@@ -468,6 +482,7 @@ fn totals_count_active_and_ended_flows_once() {
         unsafe { free(r) };
     }
     assert_eq!(reg.totals(), (0, expected));
+    assert_eq!(reg.retired_traffic(), expected);
 }
 
 /// The two directions' counters are a cache line apart.
@@ -483,4 +498,65 @@ fn direction_counters_do_not_share_a_cache_line() {
     assert_eq!((t.bytes_inbound, t.bytes_outbound), (5, 7));
     // SAFETY: never linked.
     unsafe { free(r) };
+}
+
+/// The ended flows' traffic, kept in sharded counters while threads end
+/// flows concurrently: never decreasing as seen by a concurrent reader, and
+/// exactly the sum of every ended flow's counters once the threads are done.
+#[test]
+fn retired_traffic_sums_flows_ended_on_many_threads() {
+    let reg: FlowRegistry<StdLock, 256> = FlowRegistry::with_locks(StdLock::default);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let per_thread = 2_000u64;
+    std::thread::scope(|s| {
+        let reg = &reg;
+        let done = &done;
+        let reader = s.spawn(move || {
+            let mut last = 0u64;
+            let mut reads = 0u64;
+            while !done.load(Ordering::Acquire) {
+                let now = reg.retired_traffic().bytes_inbound;
+                assert!(now >= last, "retired bytes went back: {last} -> {now}");
+                last = now;
+                reads += 1;
+            }
+            reads
+        });
+        let workers: Vec<_> = (0..4u64)
+            .map(|t| {
+                s.spawn(move || {
+                    for i in 0..per_thread {
+                        let id = t * 1_000_000 + i;
+                        let r = record(id, (id % 4) as usize);
+                        // SAFETY: fresh record, removed and freed below.
+                        unsafe { reg.insert(r) }.unwrap();
+                        // SAFETY: linked, valid.
+                        let rec = unsafe { r.as_ref() };
+                        rec.count(Direction::Inbound, i, 1);
+                        rec.count(Direction::Outbound, 3, 1);
+                        // SAFETY: linked, removed once.
+                        unsafe { reg.remove(r, |_, _| ()) };
+                        // SAFETY: unlinked.
+                        unsafe { free(r) };
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().unwrap();
+        }
+        done.store(true, Ordering::Release);
+        assert!(reader.join().unwrap() > 0);
+    });
+    let sum: u64 = (0..per_thread).sum();
+    assert_eq!(
+        reg.retired_traffic(),
+        Traffic {
+            bytes_inbound: 4 * sum,
+            bytes_outbound: 4 * 3 * per_thread,
+            packets_inbound: 4 * per_thread,
+            packets_outbound: 4 * per_thread,
+        }
+    );
+    assert!(reg.is_empty());
 }

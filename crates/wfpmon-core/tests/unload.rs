@@ -11,7 +11,7 @@ use wfpmon_core::unload::{
 fn success_first_time() {
     let mut u = Unregistration::default();
     assert_eq!(u.step(), Step::Unregister);
-    u.on_unregister(STATUS_SUCCESS);
+    u.on_unregister(STATUS_SUCCESS, 0);
     assert_eq!(
         u.step(),
         Step::Finished(Outcome::Unregistered { attempts: 1 })
@@ -22,7 +22,7 @@ fn success_first_time() {
 fn not_found_counts_as_done_in_both_spellings() {
     for s in [STATUS_FWP_CALLOUT_NOT_FOUND, FWP_E_CALLOUT_NOT_FOUND] {
         let mut u = Unregistration::default();
-        u.on_unregister(s);
+        u.on_unregister(s, 0);
         assert_eq!(u.step(), Step::Finished(Outcome::AlreadyGone));
     }
 }
@@ -30,11 +30,11 @@ fn not_found_counts_as_done_in_both_spellings() {
 #[test]
 fn busy_then_remove_then_retry_at_once() {
     let mut u = Unregistration::default();
-    u.on_unregister(STATUS_DEVICE_BUSY);
+    u.on_unregister(STATUS_DEVICE_BUSY, 3);
     assert_eq!(u.step(), Step::RemoveContexts);
     u.on_contexts_removed(3, 0);
     assert_eq!(u.step(), Step::Unregister);
-    u.on_unregister(STATUS_SUCCESS);
+    u.on_unregister(STATUS_SUCCESS, 0);
     assert_eq!(
         u.step(),
         Step::Finished(Outcome::Unregistered { attempts: 2 })
@@ -44,7 +44,7 @@ fn busy_then_remove_then_retry_at_once() {
 #[test]
 fn pending_contexts_are_waited_for() {
     let mut u = Unregistration::default();
-    u.on_unregister(STATUS_DEVICE_BUSY);
+    u.on_unregister(STATUS_DEVICE_BUSY, 3);
     u.on_contexts_removed(3, 1);
     assert_eq!(
         u.step(),
@@ -52,14 +52,14 @@ fn pending_contexts_are_waited_for() {
             timeout_100ns: MIN_WAIT_100NS
         }
     );
-    u.on_waited();
+    u.on_waited(1);
     assert_eq!(u.step(), Step::Unregister);
 }
 
 #[test]
 fn busy_with_nothing_to_remove_waits_before_retrying() {
     let mut u = Unregistration::default();
-    u.on_unregister(STATUS_DEVICE_BUSY);
+    u.on_unregister(STATUS_DEVICE_BUSY, 3);
     u.on_contexts_removed(0, 0);
     assert!(matches!(u.step(), Step::Wait { .. }));
 }
@@ -68,10 +68,10 @@ fn busy_with_nothing_to_remove_waits_before_retrying() {
 fn in_use_and_unexpected_statuses_are_retried_after_a_wait() {
     for s in [STATUS_FWP_IN_USE, STATUS_UNSUCCESSFUL] {
         let mut u = Unregistration::default();
-        u.on_unregister(s);
+        u.on_unregister(s, 0);
         assert!(matches!(u.step(), Step::Wait { .. }));
-        u.on_waited();
-        u.on_unregister(STATUS_SUCCESS);
+        u.on_waited(0);
+        u.on_unregister(STATUS_SUCCESS, 0);
         assert_eq!(
             u.step(),
             Step::Finished(Outcome::Unregistered { attempts: 2 })
@@ -90,12 +90,12 @@ fn waits_without_progress_double_up_to_the_cap() {
     let mut u = Unregistration::new();
     let mut waits = Vec::new();
     for _ in 0..12 {
-        u.on_unregister(STATUS_FWP_IN_USE);
+        u.on_unregister(STATUS_FWP_IN_USE, 0);
         let Step::Wait { timeout_100ns } = u.step() else {
             panic!("expected a wait, got {:?}", u.step());
         };
         waits.push(timeout_100ns);
-        u.on_waited();
+        u.on_waited(0);
     }
     assert_eq!(waits[0], MIN_WAIT_100NS);
     assert!(
@@ -111,11 +111,11 @@ fn progress_brings_the_wait_back_to_its_minimum() {
     let mut u = Unregistration::new();
     // Busy with five pending deletions, then nothing moves for a while...
     for left in [5, 5, 5, 5] {
-        u.on_unregister(STATUS_DEVICE_BUSY);
+        u.on_unregister(STATUS_DEVICE_BUSY, 3);
         u.on_contexts_removed(0, left);
-        u.on_waited();
+        u.on_waited(0);
     }
-    u.on_unregister(STATUS_DEVICE_BUSY);
+    u.on_unregister(STATUS_DEVICE_BUSY, 3);
     // ...then two of them complete.
     u.on_contexts_removed(0, 3);
     assert_eq!(
@@ -172,17 +172,38 @@ struct Engine {
     /// `IN_USE` is answered until this time.
     in_use_until: i64,
     removed: u32,
+    /// Breaks rule "busy while a deferred deletion is owed": once every
+    /// context is removed, unregister answers `STATUS_FWP_CALLOUT_NOT_FOUND`
+    /// (and forgets the callout) although deferred deletions are still to
+    /// come.
+    early_not_found: bool,
+    gone: bool,
+    /// It let go while deferred deletions were owed.
+    gone_owing: bool,
+    /// When the engine last ran a flow-delete callback (simulated time).
+    last_delete: i64,
 }
 
 impl Engine {
-    const fn unregister(&self) -> i32 {
-        if self.now < self.in_use_until {
+    const fn unregister(&mut self) -> i32 {
+        if self.gone {
+            STATUS_FWP_CALLOUT_NOT_FOUND
+        } else if self.now < self.in_use_until {
             STATUS_FWP_IN_USE
+        } else if self.early_not_found && self.contexts == 0 {
+            self.gone = true;
+            self.gone_owing = !self.pending.is_empty();
+            STATUS_FWP_CALLOUT_NOT_FOUND
         } else if self.contexts as usize + self.pending.len() > 0 {
             STATUS_DEVICE_BUSY
         } else {
             STATUS_SUCCESS
         }
+    }
+    /// Flow records the driver still tracks: one per context, live or
+    /// awaiting its deletion.
+    const fn tracked(&self) -> usize {
+        self.contexts as usize + self.pending.len()
     }
     fn remove_all(&mut self) -> (usize, usize) {
         let removed = self.contexts as usize;
@@ -191,6 +212,8 @@ impl Engine {
             self.removed += 1;
             if self.pending_every != 0 && self.removed.is_multiple_of(self.pending_every) {
                 self.pending.push(self.now + self.pending_delay);
+            } else {
+                self.last_delete = self.now;
             }
         }
         if self.late > 0 {
@@ -206,7 +229,18 @@ impl Engine {
             Some(t) if t <= deadline => t.max(self.now),
             _ => deadline,
         };
+        self.run_due();
+    }
+    /// Lets `time` pass in full.
+    fn sleep(&mut self, time: i64) {
+        self.now += time;
+        self.run_due();
+    }
+    fn run_due(&mut self) {
         let now = self.now;
+        if let Some(last) = self.pending.iter().copied().filter(|&t| t <= now).max() {
+            self.last_delete = self.last_delete.max(last);
+        }
         self.pending.retain(|&t| t > now);
     }
 }
@@ -219,17 +253,26 @@ fn run(e: &mut Engine, u: &mut Unregistration) -> (Outcome, u32) {
     loop {
         match u.step() {
             Step::Unregister => {
+                assert!(!e.gone, "unregister after the engine let go");
                 calls += 1;
-                u.on_unregister(e.unregister());
+                let status = e.unregister();
+                u.on_unregister(status, e.tracked());
             }
             Step::RemoveContexts => {
+                assert!(!e.gone, "removal pass after the engine let go");
                 let (removed, left) = e.remove_all();
                 u.on_contexts_removed(removed, left);
             }
             Step::Wait { timeout_100ns } => {
                 assert!((MIN_WAIT_100NS..=MAX_WAIT_100NS).contains(&timeout_100ns));
                 e.wait(timeout_100ns);
-                u.on_waited();
+                u.on_waited(e.tracked());
+            }
+            Step::Grace { timeout_100ns } => {
+                assert_eq!(timeout_100ns, MIN_WAIT_100NS);
+                assert_eq!(e.tracked(), 0, "grace before the last record went");
+                e.sleep(timeout_100ns);
+                u.on_waited(e.tracked());
             }
             Step::Finished(o) => return (o, calls),
         }
@@ -251,6 +294,10 @@ fn an_engine_that_lets_go_after_ten_minutes_is_waited_for() {
         late: 0,
         in_use_until: MINUTE,
         removed: 0,
+        early_not_found: false,
+        gone: false,
+        gone_owing: false,
+        last_delete: 0,
     };
     let mut u = Unregistration::new();
     let (outcome, calls) = run(&mut e, &mut u);
@@ -276,13 +323,121 @@ proptest! {
         pending_delay in 1i64..(60 * MINUTE), late in 0u32..12,
         in_use_until in 0i64..(5 * MINUTE),
     ) {
-        let mut e = Engine { now: 0, contexts, pending: Vec::new(), pending_every, pending_delay, late, in_use_until, removed: 0 };
+        let mut e = Engine { now: 0, contexts, pending: Vec::new(), pending_every, pending_delay, late, in_use_until, removed: 0, early_not_found: false, gone: false, gone_owing: false, last_delete: 0 };
         let mut u = Unregistration::new();
         let (outcome, calls) = run(&mut e, &mut u);
         prop_assert_eq!(u.attempts(), calls);
         prop_assert_eq!(outcome, Outcome::Unregistered { attempts: calls });
-        prop_assert_eq!(e.contexts as usize + e.pending.len(), 0);
+        prop_assert_eq!(e.tracked(), 0);
         prop_assert!(e.now >= in_use_until);
+        let bound = e.now / MAX_WAIT_100NS * 2 + i64::from(late) * 10 + 64;
+        prop_assert!(i64::from(calls) <= bound, "{} calls over {} (bound {})", calls, e.now, bound);
+    }
+}
+
+#[test]
+fn success_or_not_found_with_records_left_waits_for_them() {
+    for status in [
+        STATUS_SUCCESS,
+        STATUS_FWP_CALLOUT_NOT_FOUND,
+        FWP_E_CALLOUT_NOT_FOUND,
+    ] {
+        let mut u = Unregistration::new();
+        u.on_unregister(STATUS_DEVICE_BUSY, 2);
+        u.on_contexts_removed(2, 2); // both answered STATUS_PENDING
+        u.on_waited(2);
+        // The engine lets go while both deferred deletions are owed.
+        u.on_unregister(status, 2);
+        assert!(u.released());
+        assert!(
+            matches!(u.step(), Step::Wait { .. }),
+            "{status:#x}: {:?}",
+            u.step()
+        );
+        // Nothing moves for a while: waits, never a call or a removal pass.
+        for _ in 0..50 {
+            u.on_waited(2);
+            assert!(matches!(u.step(), Step::Wait { .. }));
+        }
+        u.on_waited(1);
+        assert!(matches!(u.step(), Step::Wait { .. }));
+        // The last record goes: the grace for its callback's return, then done.
+        u.on_waited(0);
+        assert_eq!(
+            u.step(),
+            Step::Grace {
+                timeout_100ns: MIN_WAIT_100NS
+            }
+        );
+        u.on_waited(0);
+        assert!(matches!(u.step(), Step::Finished(_)), "{:?}", u.step());
+        assert!(!u.released());
+    }
+}
+
+#[test]
+fn not_found_with_no_record_left_is_finished_at_once() {
+    let mut u = Unregistration::new();
+    u.on_unregister(STATUS_DEVICE_BUSY, 3);
+    u.on_contexts_removed(3, 0);
+    u.on_unregister(STATUS_FWP_CALLOUT_NOT_FOUND, 0);
+    assert_eq!(u.step(), Step::Finished(Outcome::AlreadyGone));
+}
+
+#[test]
+fn an_engine_that_answers_not_found_while_deletions_are_owed_is_waited_for() {
+    // Every removal is deferred by ten minutes; the engine answers NOT_FOUND
+    // as soon as no live context is left.
+    let mut e = Engine {
+        now: 0,
+        contexts: 300,
+        pending: Vec::new(),
+        pending_every: 1,
+        pending_delay: 10 * MINUTE,
+        late: 0,
+        in_use_until: 0,
+        removed: 0,
+        early_not_found: true,
+        gone: false,
+        gone_owing: false,
+        last_delete: 0,
+    };
+    let mut u = Unregistration::new();
+    let (outcome, _) = run(&mut e, &mut u);
+    assert_eq!(outcome, Outcome::AlreadyGone);
+    assert!(e.gone_owing, "the engine did let go with deletions owed");
+    assert_eq!(e.tracked(), 0);
+    assert!(
+        e.now >= 10 * MINUTE,
+        "finished before the owed deletions ran"
+    );
+    assert!(
+        e.now >= e.last_delete + MIN_WAIT_100NS,
+        "no grace after the last one"
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+    /// An engine that lets go early (NOT_FOUND once no live context is
+    /// left, deferred deletions still owed): the protocol finishes only when
+    /// no record is left, a full grace after the last deletion when it let
+    /// go with records owed, and never calls the engine for the callout
+    /// again once it let go (`run` asserts that).
+    #[test]
+    fn protocol_outlives_every_owed_deletion(
+        contexts in 0u32..500, pending_every in 0u32..5,
+        pending_delay in 1i64..(60 * MINUTE), late in 0u32..12,
+        in_use_until in 0i64..(5 * MINUTE),
+    ) {
+        let mut e = Engine { now: 0, contexts, pending: Vec::new(), pending_every, pending_delay, late, in_use_until, removed: 0, early_not_found: true, gone: false, gone_owing: false, last_delete: 0 };
+        let mut u = Unregistration::new();
+        let (_, calls) = run(&mut e, &mut u);
+        prop_assert_eq!(e.tracked(), 0);
+        if e.gone_owing {
+            prop_assert!(e.now >= e.last_delete + MIN_WAIT_100NS, "no grace: now {} last {}", e.now, e.last_delete);
+        }
         let bound = e.now / MAX_WAIT_100NS * 2 + i64::from(late) * 10 + 64;
         prop_assert!(i64::from(calls) <= bound, "{} calls over {} (bound {})", calls, e.now, bound);
     }

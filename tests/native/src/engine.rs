@@ -53,6 +53,17 @@
 //!    (simulated) time: the documentation bounds nothing, so a driver must
 //!    wait for as long as it takes ("Unloading a Callout Driver": do not
 //!    return until all callouts are unregistered).
+//! 8. **An engine that lets go early** (adversarial, [`Mode::early_not_found`]):
+//!    once no *live* context of a callout is left — only deletions it
+//!    deferred (rules 5, 6, 7) are still to come — unregister answers
+//!    `STATUS_FWP_CALLOUT_NOT_FOUND` and forgets the callout (with either
+//!    barrier form of rule 3), while the deferred flowDeleteFn calls still
+//!    run later. This breaks rule 2 on purpose: the driver knows what it
+//!    still owns (a record leaves its registry only in flowDeleteFn) and
+//!    must not delete its device or return from Unload while any of those
+//!    calls is owed, whatever the engine answers. *Source:* issue 17 of
+//!    this project (the adversarial timing the driver is checked against);
+//!    not documented engine behaviour.
 //!
 //! Injection handles: `FwpsInjectionHandleCreate0`/`Destroy0`
 //! (`PASSIVE_LEVEL`) are a ledger; `FwpsQueryPacketInjectionState0` needs a
@@ -89,6 +100,9 @@ pub struct Mode {
     pub barrier: Barrier,
     /// Rule 7: every removal is deferred by this much time (100 ns).
     pub slow_delete_100ns: Option<u64>,
+    /// Rule 8: unregister answers `STATUS_FWP_CALLOUT_NOT_FOUND` while
+    /// deferred deletions are still owed.
+    pub early_not_found: bool,
     /// Test-only breakage for the memcheck proof; never enabled elsewhere.
     pub breakage: Breakage,
 }
@@ -112,6 +126,7 @@ impl Default for Mode {
         Self {
             barrier: Barrier::Wait,
             slow_delete_100ns: None,
+            early_not_found: false,
             breakage: Breakage::None,
         }
     }
@@ -153,6 +168,9 @@ pub struct Callout {
     registered: AtomicBool,
     active: AtomicUsize,
     contexts: AtomicUsize,
+    /// Of `contexts`, those removed from their flow whose flowDeleteFn is
+    /// deferred (rules 5–7): owed, no longer live.
+    owed: AtomicUsize,
 }
 
 impl Callout {
@@ -241,6 +259,8 @@ pub struct Engine {
     pub pending_answers: AtomicU64,
     /// `STATUS_DEVICE_BUSY` answers of unregister.
     pub busy_answers: AtomicU64,
+    /// Rule 8's `STATUS_FWP_CALLOUT_NOT_FOUND` answers (deletions owed).
+    pub early_not_found_answers: AtomicU64,
     /// Classifies refused because their callout was (being) unregistered.
     pub refused_classifies: AtomicU64,
     /// Contexts of flows that ended while a classify of them ran (deleted
@@ -289,6 +309,7 @@ impl Engine {
             deleted: AtomicU64::new(0),
             pending_answers: AtomicU64::new(0),
             busy_answers: AtomicU64::new(0),
+            early_not_found_answers: AtomicU64::new(0),
             refused_classifies: AtomicU64::new(0),
             ended_while_classifying: AtomicU64::new(0),
         }
@@ -352,6 +373,7 @@ impl Engine {
             registered: AtomicBool::new(true),
             active: AtomicUsize::new(0),
             contexts: AtomicUsize::new(0),
+            owed: AtomicUsize::new(0),
         });
         callouts.push(Arc::clone(&callout));
         callout
@@ -409,6 +431,17 @@ impl Engine {
         lock(&self.injection).len()
     }
 
+    /// flowDeleteFn calls owed to callouts no longer registered (rule 8):
+    /// the engine let them go while deletions were deferred.
+    #[must_use]
+    pub fn owed_to_unregistered(&self) -> usize {
+        self.callouts()
+            .iter()
+            .filter(|c| !c.is_registered())
+            .map(|c| c.owed.load(Ordering::SeqCst))
+            .sum()
+    }
+
     /// Deferred removals of the slow engine still waiting.
     #[must_use]
     pub fn slow_waiting(&self) -> usize {
@@ -450,6 +483,9 @@ impl Engine {
             if s.classifying > 0 {
                 self.ended_while_classifying
                     .fetch_add(contexts.len() as u64, Ordering::Relaxed);
+                for ctx in &contexts {
+                    self.owe(ctx);
+                }
                 s.deferred.extend(contexts);
                 Vec::new()
             } else {
@@ -462,13 +498,22 @@ impl Engine {
             *slot = None;
         }
         for ctx in now {
-            self.run_flow_delete(w, ctx, DISPATCH_LEVEL.max(irql()));
+            self.run_flow_delete(w, ctx, DISPATCH_LEVEL.max(irql()), false);
+        }
+    }
+
+    /// A context's deletion is deferred (rules 5–7): it stays counted
+    /// against its callout, as owed.
+    fn owe(&self, ctx: &Ctx) {
+        if let Some(c) = self.callout(ctx.callout) {
+            c.owed.fetch_add(1, Ordering::SeqCst);
         }
     }
 
     /// Calls the flowDeleteFn of `ctx`'s callout (the context is already
-    /// detached from its flow) and retires it.
-    fn run_flow_delete(&self, w: &World, ctx: Ctx, level: u8) {
+    /// detached from its flow) and retires it; `deferred`: its deletion was
+    /// owed (see [`Engine::owe`]).
+    fn run_flow_delete(&self, w: &World, ctx: Ctx, level: u8, deferred: bool) {
         let Some(callout) = self.callout(ctx.callout) else {
             w.kernel.violation(format!(
                 "engine bug: context of unknown callout {}",
@@ -520,6 +565,9 @@ impl Engine {
         // is left, none is counted as being deleted either.
         self.deleted.fetch_add(1, Ordering::SeqCst);
         self.deleting.fetch_sub(1, Ordering::SeqCst);
+        if deferred {
+            callout.owed.fetch_sub(1, Ordering::SeqCst);
+        }
         callout.contexts.fetch_sub(1, Ordering::SeqCst);
     }
 
@@ -534,7 +582,7 @@ impl Engine {
             due.into_iter().map(|(_, c)| c).collect()
         };
         for ctx in due {
-            self.run_flow_delete(w, ctx, DISPATCH_LEVEL);
+            self.run_flow_delete(w, ctx, DISPATCH_LEVEL, true);
         }
         self.slow_waiting()
     }
@@ -599,7 +647,7 @@ impl Engine {
             }
         };
         for d in deferred {
-            self.run_flow_delete(w, d, DISPATCH_LEVEL);
+            self.run_flow_delete(w, d, DISPATCH_LEVEL, true);
         }
         callout.exit();
         Some((ctx, r))
@@ -686,6 +734,7 @@ pub unsafe extern "win64" fn fwps_callout_register(
         registered: AtomicBool::new(true),
         active: AtomicUsize::new(0),
         contexts: AtomicUsize::new(0),
+        owed: AtomicUsize::new(0),
     }));
     if !id.is_null() {
         // SAFETY: the driver's output variable.
@@ -705,10 +754,22 @@ pub unsafe extern "win64" fn fwps_callout_unregister_by_id0(id: u32) -> i32 {
     let Some(c) = w.engine.callout(id).filter(|c| c.is_registered()) else {
         return fwps::STATUS_FWP_CALLOUT_NOT_FOUND;
     };
-    if c.contexts.load(Ordering::SeqCst) > 0 {
+    let contexts = c.contexts.load(Ordering::SeqCst);
+    // Rule 8 (adversarial): no live context left, only owed deletions.
+    let early =
+        w.engine.mode.early_not_found && contexts > 0 && contexts == c.owed.load(Ordering::SeqCst);
+    if contexts > 0 && !early {
         w.engine.busy_answers.fetch_add(1, Ordering::Relaxed);
         return status::DEVICE_BUSY;
     }
+    let success = if early {
+        w.engine
+            .early_not_found_answers
+            .fetch_add(1, Ordering::Relaxed);
+        fwps::STATUS_FWP_CALLOUT_NOT_FOUND
+    } else {
+        status::SUCCESS
+    };
     c.registered.store(false, Ordering::SeqCst);
     drop(reg);
     match w.engine.mode.barrier {
@@ -725,12 +786,17 @@ pub unsafe extern "win64" fn fwps_callout_unregister_by_id0(id: u32) -> i32 {
         Barrier::Busy => {
             if c.active.load(Ordering::SeqCst) > 0 {
                 c.registered.store(true, Ordering::SeqCst);
+                if early {
+                    w.engine
+                        .early_not_found_answers
+                        .fetch_sub(1, Ordering::Relaxed);
+                }
                 w.engine.busy_answers.fetch_add(1, Ordering::Relaxed);
                 return status::DEVICE_BUSY;
             }
         }
     }
-    status::SUCCESS
+    success
 }
 
 /// `FwpsFlowAssociateContext0(flowId, layerId, calloutId, flowContext)`
@@ -808,17 +874,19 @@ pub unsafe extern "win64" fn fwps_flow_remove_context0(flow: u64, layer: u16, ca
     let ctx = s.contexts.remove(i);
     if let Some(delay) = w.engine.mode.slow_delete_100ns {
         drop(s);
+        w.engine.owe(&ctx);
         lock(&w.engine.slow).push((clock::now_100ns() + delay, ctx));
         w.engine.pending_answers.fetch_add(1, Ordering::Relaxed);
         return status::PENDING;
     }
     if s.classifying > 0 {
+        w.engine.owe(&ctx);
         s.deferred.push(ctx);
         w.engine.pending_answers.fetch_add(1, Ordering::Relaxed);
         return status::PENDING;
     }
     drop(s);
-    w.engine.run_flow_delete(&w, ctx, irql());
+    w.engine.run_flow_delete(&w, ctx, irql(), false);
     status::SUCCESS
 }
 

@@ -1528,6 +1528,14 @@ pub unsafe extern "win64" fn io_delete_device(dev: usize) {
     if still > 0 {
         w.kernel.violation(format!("IoDeleteDevice while {still} callout(s) registered against the device are still registered"));
     }
+    // Rule 8 of the engine: a callout it let go early still has deletions
+    // to deliver; the device must outlive every one of them.
+    let owed = w.engine.live_contexts();
+    if owed > 0 {
+        w.kernel.violation(format!(
+            "IoDeleteDevice while {owed} flow context(s) still awaited their flowDeleteFn"
+        ));
+    }
     // Unlink from the driver object's list.
     let mut link = w.kernel.driver_object + DRIVER_DEVICE_OBJECT_OFFSET;
     loop {

@@ -393,13 +393,45 @@ pub fn flows_end_during_removal(seed: u64, n: usize) -> Result<Summary, String> 
 /// # Errors
 /// The problems found, with the seed.
 pub fn slow_deferred_deletions(seed: u64, flows: usize) -> Result<Summary, String> {
+    deferred_deletions_outlived(seed, flows, Mode::default())
+}
+
+/// Engine rule 8 (adversarial): every removal is deferred by ten minutes,
+/// and once no live context of a callout is left the engine answers
+/// `STATUS_FWP_CALLOUT_NOT_FOUND` — with the deferred flowDeleteFn calls
+/// still to come. The driver must neither delete its device nor return
+/// from Unload before the last of them (the world checks both), with either
+/// form of the classify barrier.
+///
+/// # Errors
+/// The problems found, with the seed.
+pub fn not_found_while_deletions_are_owed(
+    seed: u64,
+    flows: usize,
+    barrier: Barrier,
+) -> Result<Summary, String> {
+    deferred_deletions_outlived(
+        seed,
+        flows,
+        Mode {
+            barrier,
+            early_not_found: true,
+            ..Mode::default()
+        },
+    )
+}
+
+/// The body of [`slow_deferred_deletions`] and
+/// [`not_found_while_deletions_are_owed`]: `mode` with every removal
+/// deferred by ten (simulated) minutes.
+fn deferred_deletions_outlived(seed: u64, flows: usize, mode: Mode) -> Result<Summary, String> {
     const TEN_MINUTES_100NS: u64 = 10 * 60 * 10_000_000;
     let mut rng = Rng::new(seed);
     let mut config = Config::new(seed);
     config.simulated_clock = true;
     config.mode = Mode {
         slow_delete_100ns: Some(TEN_MINUTES_100NS),
-        ..Mode::default()
+        ..mode
     };
     let w = boot(config)?;
     let mut open = Vec::new();
@@ -432,6 +464,21 @@ pub fn slow_deferred_deletions(seed: u64, flows: usize) -> Result<Summary, Strin
     let waited = clock::now_100ns() - started;
     if waited < TEN_MINUTES_100NS {
         w.kernel.violation(format!("Unload returned after {:?} of (simulated) time; the engine released the contexts only after 10 minutes", clock::as_duration(waited)));
+    }
+    if mode.early_not_found {
+        let early = w.engine.early_not_found_answers.load(Ordering::SeqCst);
+        if early == 0 {
+            w.kernel.violation(
+                "the engine never answered NOT_FOUND with deletions owed: the scenario exercised nothing"
+                    .into(),
+            );
+        }
+        let owed = w.engine.owed_to_unregistered();
+        if owed != 0 {
+            w.kernel.violation(format!(
+                "Unload returned while {owed} flowDeleteFn call(s) were owed to callouts the engine had let go"
+            ));
+        }
     }
     end_all(&w, &mut open);
     w.finish()
@@ -556,7 +603,12 @@ pub fn ioctls_during_traffic(seed: u64, threads: usize, steps: usize) -> Result<
                         // Statistics are not a snapshot (counters move while
                         // they are read): only the reply is checked here.
                         0 => {
-                            if let Err(e) = w_ref.query_stats() {
+                            let reply = if irng.below(2) == 0 {
+                                w_ref.query_stats()
+                            } else {
+                                w_ref.query_stats_live()
+                            };
+                            if let Err(e) = reply {
                                 w_ref.kernel.violation(e);
                             }
                         }

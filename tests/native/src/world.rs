@@ -1140,17 +1140,39 @@ impl World {
         (status, out)
     }
 
-    /// `IOCTL_WFPMON_QUERY_STATS`, decoded.
+    /// `IOCTL_WFPMON_QUERY_STATS` (the default, walk-free query: ended
+    /// flows' traffic), decoded.
     ///
     /// # Errors
     /// The status or decoding problem.
     pub fn query_stats(&self) -> Result<Stats, String> {
-        let req = protocol::QueryStatsRequest::new().to_bytes();
+        self.query_stats_with(protocol::QueryStatsRequest::new())
+    }
+
+    /// `IOCTL_WFPMON_QUERY_STATS` with `STATS_LIVE_TRAFFIC` (live flows'
+    /// traffic summed by a walk of every bucket), decoded.
+    ///
+    /// # Errors
+    /// The status or decoding problem.
+    pub fn query_stats_live(&self) -> Result<Stats, String> {
+        self.query_stats_with(protocol::QueryStatsRequest::with_live_traffic())
+    }
+
+    fn query_stats_with(&self, request: protocol::QueryStatsRequest) -> Result<Stats, String> {
+        let req = request.to_bytes();
         let (status, out) = self.ioctl(protocol::IOCTL_WFPMON_QUERY_STATS, &req, Stats::SIZE);
         if status != 0 {
             return Err(format!("QUERY_STATS -> {status:#x}"));
         }
-        Stats::decode(&out).map_err(|e| format!("QUERY_STATS reply: {e:?}"))
+        let reply = Stats::decode(&out).map_err(|e| format!("QUERY_STATS reply: {e:?}"))?;
+        let live = request.flags & protocol::STATS_LIVE_TRAFFIC != 0;
+        if (reply.flags & protocol::STATS_INCLUDES_LIVE_TRAFFIC != 0) != live {
+            return Err(format!(
+                "QUERY_STATS flags {:#x} for a request with flags {:#x}",
+                reply.flags, request.flags
+            ));
+        }
+        Ok(reply)
     }
 
     /// One `IOCTL_WFPMON_LIST_FLOWS` batch: at most `capacity` entries (the
@@ -1205,13 +1227,53 @@ impl World {
     /// Checks that the driver's statistics equal what the engine delivered
     /// (call when no traffic runs).
     pub fn check_counters(&self) {
-        let stats = match self.query_stats() {
-            Ok(s) => s,
-            Err(e) => {
+        let (stats, cheap) = match (self.query_stats_live(), self.query_stats()) {
+            (Ok(s), Ok(c)) => (s, c),
+            (Err(e), _) | (_, Err(e)) => {
                 self.kernel.violation(e);
                 return;
             }
         };
+        // The walk-free query: the same maintained counts, and the ended
+        // flows' share of the traffic (no more than all of it).
+        let same = [
+            ("flows_active", cheap.flows_active, stats.flows_active),
+            ("flows_tracked", cheap.flows_tracked, stats.flows_tracked),
+            ("flows_deleted", cheap.flows_deleted, stats.flows_deleted),
+        ];
+        for (name, got, expected) in same {
+            if got != expected {
+                self.kernel.violation(format!(
+                    "statistics: walk-free {name} = {got}, with the walk {expected}"
+                ));
+            }
+        }
+        if cheap.bytes_inbound > stats.bytes_inbound
+            || cheap.bytes_outbound > stats.bytes_outbound
+            || cheap.packets_inbound > stats.packets_inbound
+            || cheap.packets_outbound > stats.packets_outbound
+        {
+            self.kernel.violation(format!(
+                "statistics: ended flows' traffic {cheap:?} exceeds all flows' {stats:?}"
+            ));
+        }
+        if stats.flows_active == 0
+            && (
+                cheap.bytes_inbound,
+                cheap.bytes_outbound,
+                cheap.packets_inbound,
+                cheap.packets_outbound,
+            ) != (
+                stats.bytes_inbound,
+                stats.bytes_outbound,
+                stats.packets_inbound,
+                stats.packets_outbound,
+            )
+        {
+            self.kernel.violation(format!(
+                "statistics: with no live flow the ended flows' traffic {cheap:?} differs from all flows' {stats:?}"
+            ));
+        }
         let e = &self.expected;
         let want = [
             (

@@ -238,3 +238,36 @@ fn a_fault_inside_the_image_is_reported_as_an_image_offset() {
         "no image offset in the report: {stderr}"
     );
 }
+
+/// Engine rule 8: `NOT_FOUND` while deferred `flowDeleteFn` calls are owed,
+/// with the engine waiting for classifies in progress.
+#[test]
+fn not_found_while_deletions_are_owed_engine_waits() {
+    if let Some(s) = run(
+        "not_found_while_deletions_are_owed_engine_waits",
+        0x5800,
+        5,
+        |seed| scenarios::not_found_while_deletions_are_owed(seed, 200, Barrier::Wait),
+    ) {
+        assert!(
+            s.pending_removals >= 200 * s.runs,
+            "removals were not deferred: {s:?}"
+        );
+    }
+}
+
+/// Engine rule 8 with the classify barrier answering busy.
+#[test]
+fn not_found_while_deletions_are_owed_engine_answers_busy() {
+    if let Some(s) = run(
+        "not_found_while_deletions_are_owed_engine_answers_busy",
+        0x5900,
+        5,
+        |seed| scenarios::not_found_while_deletions_are_owed(seed, 200, Barrier::Busy),
+    ) {
+        assert!(
+            s.pending_removals >= 200 * s.runs,
+            "removals were not deferred: {s:?}"
+        );
+    }
+}

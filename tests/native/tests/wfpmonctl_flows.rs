@@ -343,7 +343,7 @@ fn wfpmonctl_lists_a_million_flows_each_once_with_exact_counters() {
 
     // The driver's own statistics agree, and its unload is clean.
     world.check_counters();
-    let stats = world.query_stats().unwrap_or_else(|e| panic!("{e}"));
+    let stats = world.query_stats_live().unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         (
             stats.flows_active,

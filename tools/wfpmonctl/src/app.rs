@@ -152,11 +152,16 @@ pub fn run<S: System>(cli: &Cli, sys: &mut S, out: &mut dyn Write) -> Result<u8,
                 Ok(_) => 0,
             })
         }
-        Command::Stats { json, raw, watch } => {
+        Command::Stats {
+            json,
+            live,
+            raw,
+            watch,
+        } => {
             let mut dev = sys.device(false)?;
             let clear = watch.watch.is_some() && !json && vt;
             repeat(sys, out, *watch, clear, |sys| {
-                let stats = device::query_stats(&mut dev)?;
+                let stats = device::query_stats(&mut dev, *live)?;
                 let doc = StatsDoc::new(&stats, timestamp(sys.now().0));
                 Ok(show(&doc, *json, |d| d.text(&stats, *raw)))
             })

@@ -74,12 +74,26 @@ fn protocol_error(e: DecodeError) -> Error {
     Error::new(Kind::ProtocolMismatch, message)
 }
 
-/// Reads the driver-wide statistics.
-pub fn query_stats<D: ControlDevice>(device: &mut D) -> Result<Stats, Error> {
+/// Reads the driver-wide statistics: the walk-free query (ended flows'
+/// traffic), or with `live` the traffic of open flows too (the driver then
+/// visits every flow).
+pub fn query_stats<D: ControlDevice>(device: &mut D, live: bool) -> Result<Stats, Error> {
     let mut out = [0u8; Stats::SIZE];
-    let request = QueryStatsRequest::new().to_bytes();
+    let request = if live {
+        QueryStatsRequest::with_live_traffic()
+    } else {
+        QueryStatsRequest::new()
+    }
+    .to_bytes();
     let n = call(device, QUERY_STATS, &request, &mut out)?;
-    Stats::decode(&out[..n]).map_err(protocol_error)
+    let stats = Stats::decode(&out[..n]).map_err(protocol_error)?;
+    if (stats.flags & protocol::STATS_INCLUDES_LIVE_TRAFFIC != 0) != live {
+        return Err(Error::new(
+            Kind::ProtocolMismatch,
+            "the driver's statistics do not cover the flows that were asked for: driver and wfpmonctl come from different builds",
+        ));
+    }
+    Ok(stats)
 }
 
 /// Turns traffic counting on or off.
@@ -416,8 +430,17 @@ pub mod sim {
             let request = parse_request(code, input, out.len())
                 .map_err(|_| IoctlError(SystemCode::Win32(87)))?;
             match request {
-                Request::QueryStats => {
-                    let n = self.stats.encode(out);
+                Request::QueryStats { live_traffic } => {
+                    let flags = if live_traffic {
+                        protocol::STATS_INCLUDES_LIVE_TRAFFIC
+                    } else {
+                        0
+                    };
+                    let n = Stats {
+                        flags,
+                        ..self.stats
+                    }
+                    .encode(out);
                     if let Some(v) = self.version {
                         out[..4].copy_from_slice(&v.to_le_bytes());
                     }
@@ -543,13 +566,19 @@ mod tests {
     fn stats_counting_and_version_mismatch() {
         let mut d = SimDriver::default();
         d.stats.flows_active = 42;
-        assert_eq!(query_stats(&mut d).unwrap().flows_active, 42);
+        assert_eq!(query_stats(&mut d, false).unwrap().flows_active, 42);
+        // The walk is asked for only with `live`, and the answer says so.
+        assert_eq!(query_stats(&mut d, false).unwrap().flags, 0);
+        assert_eq!(
+            query_stats(&mut d, true).unwrap().flags,
+            protocol::STATS_INCLUDES_LIVE_TRAFFIC
+        );
         set_counting(&mut d, false).unwrap();
         assert_eq!(d.counting, Some(false));
         // A driver of the previous protocol version, and of a later one.
         for version in [PROTOCOL_VERSION - 1, PROTOCOL_VERSION + 1] {
             d.version = Some(version);
-            let err = query_stats(&mut d).unwrap_err();
+            let err = query_stats(&mut d, false).unwrap_err();
             assert_eq!(err.exit_code(), 7);
             let expected = format!("control-protocol version {version}, not {PROTOCOL_VERSION}");
             assert!(err.message.contains(&expected), "{}", err.message);
@@ -629,9 +658,10 @@ mod tests {
         assert_eq!((header.next, events.len()), (300, 34));
         let err = read_events(&mut Old, 0, false).unwrap_err();
         assert_eq!(err.exit_code(), 7);
-        assert!(
-            err.message.contains("control-protocol version 3, not 4"),
-            "{err}"
+        let expected = format!(
+            "control-protocol version {}, not {PROTOCOL_VERSION}",
+            PROTOCOL_VERSION - 1
         );
+        assert!(err.message.contains(&expected), "{err}");
     }
 }

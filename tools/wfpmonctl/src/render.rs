@@ -322,7 +322,7 @@ pub fn procs_text(doc: &ProcsDoc, raw: bool, width: Option<usize>) -> String {
     footer(out, &doc.totals, raw)
 }
 
-/// The `wfpmon.stats/1` document: schema, time, and every counter of
+/// The `wfpmon.stats/2` document: schema, time, and every counter of
 /// [`Stats`] under the name [`counters`] gives it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct StatsDoc {
@@ -330,6 +330,9 @@ pub struct StatsDoc {
     pub timestamp: String,
     pub protocol_version: u32,
     pub counting: bool,
+    /// Whose traffic the byte and packet totals are: `ended_flows` (the
+    /// walk-free default) or `all_flows` (`--live`).
+    pub traffic_of: &'static str,
     #[serde(flatten)]
     pub counters: BTreeMap<&'static str, u64>,
 }
@@ -352,20 +355,36 @@ pub const fn counters(s: &Stats) -> [(&'static str, u64); 9] {
 impl StatsDoc {
     pub fn new(s: &Stats, timestamp: String) -> Self {
         Self {
-            schema: "wfpmon.stats/1",
+            schema: "wfpmon.stats/2",
             timestamp,
             protocol_version: s.header.version,
             counting: s.counting_enabled != 0,
+            traffic_of: if s.flags & wfpmon_core::protocol::STATS_INCLUDES_LIVE_TRAFFIC != 0 {
+                "all_flows"
+            } else {
+                "ended_flows"
+            },
             counters: counters(s).into_iter().collect(),
         }
     }
 
     /// As a two-column table, in [`counters`] order.
     pub fn text(&self, s: &Stats, raw: bool) -> String {
-        let mut rows = vec![vec![
-            "counting".to_owned(),
-            (if self.counting { "on" } else { "off" }).to_owned(),
-        ]];
+        let mut rows = vec![
+            vec![
+                "counting".to_owned(),
+                (if self.counting { "on" } else { "off" }).to_owned(),
+            ],
+            vec![
+                "traffic of".to_owned(),
+                (if self.traffic_of == "all_flows" {
+                    "all flows"
+                } else {
+                    "ended flows (--live: open ones too)"
+                })
+                .to_owned(),
+            ],
+        ];
         for (name, n) in counters(s) {
             let value = match name.split('_').next() {
                 Some("bytes") => bytes(n, raw),
@@ -505,9 +524,23 @@ mod tests {
                 v["counting"].as_bool(),
                 v["bytes_in"].as_u64()
             ),
-            (Some("wfpmon.stats/1"), Some(true), Some(2048))
+            (Some("wfpmon.stats/2"), Some(true), Some(2048))
         );
-        assert_eq!(v.as_object().unwrap().len(), 4 + 9);
+        assert_eq!(v["traffic_of"].as_str(), Some("ended_flows"));
+        assert_eq!(v.as_object().unwrap().len(), 5 + 9);
+        let live = StatsDoc::new(
+            &Stats {
+                flags: wfpmon_core::protocol::STATS_INCLUDES_LIVE_TRAFFIC,
+                ..s
+            },
+            "t".into(),
+        );
+        assert_eq!(live.traffic_of, "all_flows");
+        assert!(
+            live.text(&s, false)
+                .lines()
+                .any(|l| l.starts_with("traffic of") && l.ends_with("all flows"))
+        );
         let t = d.text(&s, false);
         assert!(
             t.lines()

@@ -268,10 +268,16 @@ class FakeDriver:
         self.evictions, self.unattributed = evictions, unattributed
         self.process_growth = process_growth  # callable(processes) run before every LIST_PROCESSES
         self.now = BOOT  # the interrupt time; the machine keeps it on its clock
+        # Traffic of flows that ended (bytes in/out, packets in/out): the
+        # walk-free statistics' totals; with STATS_LIVE_TRAFFIC the open
+        # flows' traffic is added.
+        self.ended = (0, 0, 0, 0)
 
-    def stats(self):
-        sums = [sum(f[k] for f in self.flows) for k in ("bytes_in", "bytes_out", "packets_in", "packets_out")]
-        return (struct.pack("<IIII", VERSION, 88, int(self.counting), 0)
+    def stats(self, live):
+        sums = [sum(f[k] for f in self.flows) if live else 0
+                for k in ("bytes_in", "bytes_out", "packets_in", "packets_out")]
+        sums = [a + b for a, b in zip(sums, self.ended)]
+        return (struct.pack("<IIII", VERSION, 88, int(self.counting), int(live))
                 + struct.pack("<9Q", len(self.flows), len(self.flows) + 7, 7, 1, 0, *sums))
 
     @staticmethod
@@ -319,9 +325,12 @@ class FakeDriver:
         version, size = struct.unpack_from("<II", request)
         if version != VERSION or size != len(request):
             return ERROR_INVALID_PARAMETER, b""
-        if code == IOCTL_QUERY_STATS and len(request) == 8 and out_len >= 88:
-            self.requests.append("stats")
-            return 0, self.stats()
+        if code == IOCTL_QUERY_STATS and len(request) == 16 and out_len >= 88:
+            flags, reserved = struct.unpack_from("<II", request, 8)
+            if flags & ~1 or reserved:
+                return ERROR_INVALID_PARAMETER, b""
+            self.requests.append("stats --live" if flags else "stats")
+            return 0, self.stats(bool(flags))
         if code == IOCTL_SET_COUNTING and len(request) == 16:
             self.counting = bool(struct.unpack_from("<I", request, 8)[0])
             self.requests.append(f"counting {int(self.counting)}")
@@ -1067,18 +1076,34 @@ def sample_flows():
 
 
 def test_stats_text_and_json(exe):
-    machine = running_machine(driver=FakeDriver(sample_flows()))
-    run = Run(exe, ["stats"], machine=machine)
-    assert run.exit_code == 0, run.stderr
-    rows = dict(line.rsplit(None, 1) if line.split()[-1] not in ("KiB", "MiB", "B") else
-                (line[:22].strip(), line[22:].strip()) for line in run.stdout.splitlines()[1:])
+    driver = FakeDriver(sample_flows())
+    driver.ended = (1 << 20, 2048, 700, 5)
+    machine = running_machine(driver=driver)
+
+    def table(args):
+        run = Run(exe, args, machine=machine)
+        assert run.exit_code == 0, run.stderr
+        lines = run.stdout.splitlines()[1:]
+        return {line[:22].strip(): line[22:].strip() for line in lines}
+
+    # The walk-free default: the ended flows' traffic, and it says so.
+    rows = table(["stats"])
     assert rows["flows active"] == "3" and rows["counting"] == "on"
-    assert rows["bytes in"] == "3.0 MiB", rows
-    (doc,) = Run(exe, ["stats", "--json"], machine=machine).json_lines()
-    assert doc["schema"] == "wfpmon.stats/1" and doc["protocol_version"] == VERSION
-    assert doc["bytes_in"] == (3 << 20) + 512 and doc["packets_out"] == 901 and doc["counting"] is True
+    assert rows["traffic of"] == "ended flows (--live: open ones too)", rows
+    assert rows["bytes in"] == "1.0 MiB", rows
+    # --live: the open flows' traffic added (the driver walks every flow).
+    rows = table(["stats", "--live"])
+    assert rows["traffic of"] == "all flows" and rows["bytes in"] == "4.0 MiB", rows
+    (doc,) = Run(exe, ["stats", "--json", "--live"], machine=machine).json_lines()
+    assert doc["schema"] == "wfpmon.stats/2" and doc["protocol_version"] == VERSION
+    assert doc["traffic_of"] == "all_flows"
+    assert doc["bytes_in"] == (3 << 20) + 512 + (1 << 20) and doc["packets_out"] == 906
+    assert doc["counting"] is True
     check_schema(doc)
-    assert machine.driver.requests == ["stats", "stats"]
+    (doc,) = Run(exe, ["stats", "--json"], machine=machine).json_lines()
+    assert (doc["traffic_of"], doc["bytes_in"], doc["packets_out"]) == ("ended_flows", 1 << 20, 5)
+    check_schema(doc)
+    assert machine.driver.requests == ["stats", "stats --live", "stats --live", "stats"]
 
 
 def flows_machine(**kw):
