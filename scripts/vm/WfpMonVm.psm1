@@ -777,25 +777,33 @@ function Stop-WfpMonTrafficJob {
     $answer = Invoke-Command -Session $Session -ArgumentList $StopFile, $TimeoutSeconds -ScriptBlock {
         param([string]$StopFile, [int]$TimeoutSeconds)
         Set-Content -LiteralPath $StopFile -Value 'stop'
+        # A flat answer: remoting serializes nested objects only to a shallow depth.
+        $answer = [ordered]@{ Ended = $false; Seen = ''; Rounds = 0; Failures = 0; Errors = @() }
         $job = Get-Job -Name 'wfpmon-traffic' -ErrorAction SilentlyContinue
         if ($null -eq $job) {
-            return [pscustomobject]@{ Ended = $false; Seen = 'no job named wfpmon-traffic in the guest session'; Result = $null }
+            $answer.Seen = 'no job named wfpmon-traffic in the guest session'
         }
-        if (-not (Wait-Job -Job $job -Timeout $TimeoutSeconds)) {
-            $seen = "job state $($job.State), stop file present: $(Test-Path -LiteralPath $StopFile)"
+        elseif (-not (Wait-Job -Job $job -Timeout $TimeoutSeconds)) {
+            $answer.Seen = "job state $($job.State), stop file present: $(Test-Path -LiteralPath $StopFile)"
             Stop-Job -Job $job
-            return [pscustomobject]@{ Ended = $false; Seen = $seen; Result = $null }
         }
-        $result = Receive-Job -Job $job
-        Remove-Job -Job $job -Force
-        [pscustomobject]@{ Ended = $true; Seen = "job state $($job.State)"; Result = $result }
+        else {
+            $result = Receive-Job -Job $job
+            Remove-Job -Job $job -Force
+            $answer.Ended = $true
+            $answer.Seen = "job state $($job.State)"
+            $answer.Rounds = $result.Rounds
+            $answer.Failures = $result.Failures
+            $answer.Errors = @($result.Errors)
+        }
+        [pscustomobject]$answer
     }
     if (-not $answer.Ended) {
         throw (New-WfpMonTimeoutMessage -WaitedFor "the guest's loopback traffic job to end after its stop file $StopFile appeared" `
                 -Seconds $TimeoutSeconds -LastSeen $answer.Seen `
                 -Next 'a traffic round blocked in a socket call (each has a 5 s time-out) or a hung guest: look at the guest (Get-Job wfpmon-traffic | Receive-Job -Keep) and at the ETW trace for a driver stop that never finished')
     }
-    return $answer.Result
+    return [pscustomobject]@{ Rounds = $answer.Rounds; Failures = $answer.Failures; Errors = @($answer.Errors) }
 }
 
 function ConvertTo-WfpMonNumberTable {
