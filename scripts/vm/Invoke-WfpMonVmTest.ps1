@@ -13,7 +13,9 @@
 
     In the guest, over PowerShell Direct:
        1. copy the package folder (wfpmon.sys, wfpmon.inf, wfpmon.cat, the test
-          certificate) and wfpmonctl.exe; trust the test certificate; start an ETW
+          certificate), wfpmonctl.exe and the WPR profile (scripts\windows\wfpmon.wprp,
+          for a manual WPR capture in a guest kept with -NoRevert); trust the test
+          certificate; start an ETW
           session (logman) for the driver's TraceLogging provider, all keywords,
           level 5, before the driver is loaded;
        2. pnputil /add-driver wfpmon.inf /install; check that the service exists and
@@ -29,16 +31,22 @@
           minidump or MEMORY.DMP;
        8. wfpmonctl uninstall (the objects are gone from netsh wfp show state);
           sc.exe stop wfpmon;
-       9. the ETW trace: logman stop, the .etl copied back, tracerpt -of XML; one
+       9. the ETW trace: logman stop, wait until the .etl is closed, copy it back,
+          tracerpt -of XML; one
           TeardownComplete per driver stop, one DriverEntryComplete per start, no
           DriverEntryFailed and no FlowRecordsLeft event;
-      10. pnputil /delete-driver oemNN.inf /uninstall;
+      10. pnputil /delete-driver oemNN.inf /uninstall, then sc.exe delete wfpmon if the
+          service is still there (the INF has no uninstall section: a primitive driver's
+          removal is the reverse of its install);
       11. revert to -Checkpoint (unless -NoRevert).
 
     A guest that crashes mid-test reboots (or is waited for) and the bugcheck evidence
     is collected before the verdict. Whatever the outcome, the ETW session is stopped
     and its .etl (and XML) copied back while the guest session is open. Results (log,
     wfpmon.etl, wfpmon-trace.xml, filter-engine state) go to -ResultPath on the host.
+
+    Every wait that gives up (guest reachable, service state, traffic job, trace file)
+    says what it waited for, what it saw last and what to check next.
 
     Last line: WFPMON-VM-TEST: PASS, or WFPMON-VM-TEST: FAIL: <reason>; exit code 0 or 1.
 
@@ -100,6 +108,7 @@ $guestCtl = Join-Path $GuestDirectory 'wfpmonctl.exe'
 $guestStopFile = Join-Path $GuestDirectory 'traffic.stop'
 $guestEtl = Join-Path $GuestDirectory 'wfpmon.etl'
 $guestTraceXml = Join-Path $GuestDirectory 'wfpmon-trace.xml'
+$hostWprProfile = Join-Path (Split-Path -Path $PSScriptRoot -Parent) (Join-Path 'windows' $names.WprProfileName)
 
 $session = $null
 $failure = $null
@@ -111,6 +120,7 @@ $traceStarted = $false
 $driverStarts = 0
 $driverStops = 0
 $filtersInstalled = $false
+$packageAdded = $false
 
 function Assert-Step {
     <# .SYNOPSIS Throws the reason when a check fails. #>
@@ -171,6 +181,12 @@ try {
     }
     Copy-Item -Path (Join-Path $PackagePath '*') -Destination $guestPackage -ToSession $session -Recurse -Force
     Copy-Item -Path $CtlPath -Destination $guestCtl -ToSession $session -Force
+    if (Test-Path -LiteralPath $hostWprProfile -PathType Leaf) {
+        Copy-Item -Path $hostWprProfile -Destination (Join-Path $GuestDirectory $names.WprProfileName) -ToSession $session -Force
+    }
+    else {
+        Add-Warning "no WPR profile at $hostWprProfile (scripts\windows in the repository); not copied to the guest"
+    }
     if (Install-WfpMonTestCertificate -Session $session -GuestPackageDir $guestPackage) {
         Write-WfpMonLog "trusted $($names.TestCertificate) (Root, TrustedPublisher)"
     }
@@ -187,6 +203,7 @@ try {
     Write-WfpMonLog "pnputil /add-driver $guestInf /install"
     # 3010: ERROR_SUCCESS_REBOOT_REQUIRED
     $add = Invoke-WfpMonGuestProcess -Session $session -FilePath 'pnputil.exe' -ArgumentList @('/add-driver', $guestInf, '/install') -ValidExitCode @(0, 3010)
+    $packageAdded = $true
     if ($add.ExitCode -eq 3010) { Add-Warning 'pnputil /add-driver asked for a reboot' }
     $published = @(Get-WfpMonPublishedInf -Session $session)
     Assert-Step ($published.Count -eq 1) "expected one published $($names.InfName) in the driver store, found $($published.Count): $($published -join ', ')"
@@ -281,6 +298,8 @@ try {
     # session flushes and closes the .etl.
     Assert-Step (Stop-WfpMonTrace -Session $session) "logman stop $($names.EtwProviderName) ETW session failed"
     $traceStarted = $false
+    $etlBytes = Wait-WfpMonTraceFile -Session $session -GuestEtlFile $guestEtl
+    Write-WfpMonLog "ETW trace closed: $guestEtl, $etlBytes bytes"
     Copy-Item -FromSession $session -Path $guestEtl -Destination (Join-Path $runDir 'wfpmon.etl')
     $traceXml = Convert-WfpMonTrace -Session $session -GuestEtlFile $guestEtl -GuestXmlFile $guestTraceXml
     Set-Content -LiteralPath (Join-Path $runDir 'wfpmon-trace.xml') -Value $traceXml -Encoding UTF8
@@ -297,7 +316,12 @@ try {
     $published = @()
     Assert-Step (@(Get-WfpMonPublishedInf -Session $session).Count -eq 0) "$($names.InfName) is still in the driver store"
     if ($null -ne (Get-WfpMonDriverState -Session $session)) {
-        Add-Warning "service $($names.ServiceName) still exists after pnputil /delete-driver /uninstall"
+        # 1072: ERROR_SERVICE_MARKED_FOR_DELETE (gone once the last handle closes)
+        Add-Warning "service $($names.ServiceName) still exists after pnputil /delete-driver /uninstall; removing it with sc.exe delete"
+        Invoke-WfpMonGuestProcess -Session $session -FilePath 'sc.exe' -ArgumentList @('delete', $names.ServiceName) -ValidExitCode @(0, 1072) | Out-Null
+        if ($null -ne (Get-WfpMonDriverState -Session $session)) {
+            Add-Warning "service $($names.ServiceName) still exists after sc.exe delete (marked for deletion while a handle is open)"
+        }
     }
     $evidence = @(Get-WfpMonBugCheckEvidence -Session $session -Since $guestStart)
     Assert-Step ($evidence.Count -eq 0) "bugcheck evidence after uninstall: $($evidence -join '; ')"
@@ -359,6 +383,10 @@ finally {
                 Invoke-WfpMonGuestProcess -Session $session -FilePath 'sc.exe' -ArgumentList @('stop', $names.ServiceName) -NoThrow | Out-Null
                 foreach ($inf in $published) {
                     Invoke-WfpMonGuestProcess -Session $session -FilePath 'pnputil.exe' -ArgumentList @('/delete-driver', $inf, '/uninstall', '/force') -NoThrow | Out-Null
+                }
+                if ($packageAdded) {
+                    # The service this run's install created (the precondition was: none).
+                    Invoke-WfpMonGuestProcess -Session $session -FilePath 'sc.exe' -ArgumentList @('delete', $names.ServiceName) -NoThrow | Out-Null
                 }
             }
         }

@@ -12,15 +12,23 @@
 
     Steps:
       1. checkpoint '<BaselineCheckpoint>' of the untouched VM (kept if it exists);
-      2. generation 2 VMs: Secure Boot must be off for test signing
+      2. in the guest: if BitLocker protects the system drive (a Windows 11 guest
+         with a virtual TPM may have turned on device encryption by itself), suspend
+         it (Suspend-BitLocker -RebootCount <boots this script causes: 2 with
+         -DisableSecureBoot, else 1>), so that the firmware and boot changes below
+         do not end in BitLocker recovery; protection resumes by itself afterwards;
+      3. generation 2 VMs: Secure Boot must be off for test signing
          (-DisableSecureBoot turns it off; the VM is shut down for that);
-      3. in the guest: bcdedit /set testsigning on; verifier /standard /driver wfpmon.sys;
+      4. in the guest: bcdedit /set testsigning on; verifier /standard /driver wfpmon.sys;
          crash dumps enabled; with -DebugPrintFilter also Debug Print Filter
          DEFAULT = 0xF;
-      4. restart the guest and wait for it; check that test signing is active and that
+      5. restart the guest and wait for it; check that test signing is active and that
          Driver Verifier lists wfpmon.sys;
-      5. checkpoint '<Checkpoint>' (replaced if it exists), the state that
+      6. checkpoint '<Checkpoint>' (replaced if it exists), the state that
          Invoke-WfpMonVmTest.ps1 reverts to.
+
+    Every wait that gives up says what it waited for, what it saw last and what to
+    check next.
 
     Last line: WFPMON-VM-PREPARE: PASS, or WFPMON-VM-PREPARE: FAIL: <reason>;
     exit code 0 or 1.
@@ -72,23 +80,49 @@ try {
 
     New-WfpMonCheckpoint -VMName $VMName -Name $BaselineCheckpoint
 
+    $secureBootOff = $false
     if ($vm.Generation -eq 2) {
         $firmware = Get-VMFirmware -VMName $VMName
         if ($firmware.SecureBoot -eq 'On') {
             if (-not $DisableSecureBoot) {
                 throw 'Secure Boot is on, so bcdedit cannot enable test signing; rerun with -DisableSecureBoot'
             }
-            Write-WfpMonLog 'turning Secure Boot off (the VM is shut down for that)'
-            if ((Get-WfpMonVm -VMName $VMName).State -ne 'Off') {
-                Stop-VM -Name $VMName -Force
-            }
-            Set-VMFirmware -VMName $VMName -EnableSecureBoot Off
+            $secureBootOff = $true
         }
     }
+    # Boots this script causes: the restart after bcdedit, and the start after the
+    # firmware change. BitLocker stays suspended for exactly these.
+    $boots = 1
+    if ($secureBootOff) { $boots = 2 }
 
     Start-WfpMonVm -VMName $VMName
     Wait-WfpMonGuest -VMName $VMName -Credential $Credential -TimeoutSeconds $BootTimeoutSeconds | Out-Null
     $session = New-WfpMonSession -VMName $VMName -Credential $Credential
+
+    $bitLocker = Suspend-WfpMonBitLocker -Session $session -RebootCount $boots
+    if ($bitLocker.Suspended) {
+        Write-WfpMonLog "BitLocker on the guest's $($bitLocker.Drive) suspended for $boots boots ($($bitLocker.Detail))"
+    }
+    else {
+        Write-WfpMonLog "BitLocker: $($bitLocker.Detail)"
+    }
+    $bootHint = if ($bitLocker.Suspended) {
+        "BitLocker was suspended for $boots boots, so a BitLocker recovery screen is unexpected: enter the recovery key, then check Get-BitLockerVolume in the guest"
+    }
+    else {
+        'a BitLocker recovery screen on the console means BitLocker was on without this script seeing it: enter the recovery key, or revert to the baseline checkpoint, suspend BitLocker in the guest and run this again'
+    }
+
+    if ($secureBootOff) {
+        Remove-PSSession -Session $session
+        $session = $null
+        Write-WfpMonLog 'turning Secure Boot off (the VM is shut down for that)'
+        Stop-VM -Name $VMName -Force
+        Set-VMFirmware -VMName $VMName -EnableSecureBoot Off
+        Start-WfpMonVm -VMName $VMName
+        Wait-WfpMonGuest -VMName $VMName -Credential $Credential -TimeoutSeconds $BootTimeoutSeconds -NextCheck $bootHint | Out-Null
+        $session = New-WfpMonSession -VMName $VMName -Credential $Credential
+    }
 
     Write-WfpMonLog 'bcdedit /set testsigning on'
     Enable-WfpMonTestSigning -Session $session
@@ -102,7 +136,7 @@ try {
     }
     Enable-WfpMonCrashDump -Session $session
 
-    $session = Restart-WfpMonGuest -VMName $VMName -Credential $Credential -Session $session -TimeoutSeconds $BootTimeoutSeconds
+    $session = Restart-WfpMonGuest -VMName $VMName -Credential $Credential -Session $session -TimeoutSeconds $BootTimeoutSeconds -NextCheck $bootHint
 
     if (-not (Test-WfpMonTestSigning -Session $session)) {
         throw 'the guest booted without TESTSIGNING (is Secure Boot still on?)'

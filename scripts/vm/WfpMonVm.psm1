@@ -26,6 +26,7 @@ $script:WfpMon = [ordered]@{
     CatalogFileName = 'wfpmon.cat'
     PackageDirName  = 'wfpmon_package'
     TestCertificate = 'WDRLocalTestCert.cer'
+    WprProfileName  = 'wfpmon.wprp'
     DeviceName      = '\Device\WfpMon'
     EtwProviderName = 'wfpmon'
     EtwProviderGuid = 'ab0992a4-5b4d-595c-5337-c50e1d163b2f'
@@ -108,6 +109,23 @@ function Write-WfpMonLog {
     }
 }
 
+function New-WfpMonTimeoutMessage {
+    <#
+    .SYNOPSIS
+        The one wording of every wait of the kit that gives up: what it waited for,
+        for how long, what it saw last, and the next thing to check.
+    #>
+    [CmdletBinding()]
+    param(
+        [Parameter(Mandatory)][string]$WaitedFor,
+        [Parameter(Mandatory)][int]$Seconds,
+        [Parameter(Mandatory)][AllowEmptyString()][string]$LastSeen,
+        [Parameter(Mandatory)][string]$Next
+    )
+    if (-not $LastSeen) { $LastSeen = 'nothing (no answer at all)' }
+    return "timed out after $Seconds s waiting for $WaitedFor; last seen: $LastSeen; next: $Next"
+}
+
 function Assert-WfpMonHost {
     <# .SYNOPSIS Throws unless this is an elevated Windows session with the Hyper-V module. #>
     [CmdletBinding()]
@@ -172,12 +190,19 @@ function Wait-WfpMonGuest {
         [Parameter(Mandatory)][string]$VMName,
         [Parameter(Mandatory)][pscredential]$Credential,
         [Nullable[datetime]]$PreviousBootTime = $null,
-        [int]$TimeoutSeconds = 600
+        [int]$TimeoutSeconds = 600,
+        # What to look at first if the guest never answers, when the caller knows
+        # more (say, the firmware just changed); the general advice follows it.
+        [string]$NextCheck = ''
     )
     $deadline = (Get-Date).AddSeconds($TimeoutSeconds)
-    $lastError = 'VM not running'
+    $lastSeen = 'nothing yet'
     while ($true) {
         $vm = Get-WfpMonVm -VMName $VMName
+        # Heartbeat (Hyper-V integration service): NoContact while the guest OS
+        # is not up, e.g. at a BitLocker recovery or a bugcheck screen.
+        $heartbeat = if ($vm.PSObject.Properties['Heartbeat']) { [string]$vm.Heartbeat } else { 'unknown' }
+        $lastSeen = "VM state $($vm.State), heartbeat $heartbeat"
         if ($vm.State -eq 'Running') {
             try {
                 $boot = Invoke-Command -VMName $VMName -Credential $Credential -ErrorAction Stop -ScriptBlock {
@@ -186,14 +211,18 @@ function Wait-WfpMonGuest {
                 if ($null -eq $PreviousBootTime -or $boot -gt $PreviousBootTime) {
                     return $boot
                 }
-                $lastError = "still the boot of $PreviousBootTime"
+                $lastSeen = "$lastSeen, PowerShell Direct answers but the guest still runs the boot of $PreviousBootTime (it did not restart)"
             }
             catch {
-                $lastError = $_.Exception.Message
+                $lastSeen = "$lastSeen, PowerShell Direct: $($_.Exception.Message)"
             }
         }
         if ((Get-Date) -gt $deadline) {
-            throw "guest of VM $VMName not reachable over PowerShell Direct within $TimeoutSeconds s: $lastError"
+            $what = if ($null -eq $PreviousBootTime) { "the guest of VM $VMName to answer over PowerShell Direct" } else { "the guest of VM $VMName to boot again (after $PreviousBootTime) and answer over PowerShell Direct" }
+            $general = "open the VM console (vmconnect.exe localhost $VMName): a BitLocker recovery screen, a bugcheck, Windows Update or a logon prompt that never comes show there; " +
+            "heartbeat NoContact means the guest OS is not up; if it is up, check the -Credential (a guest administrator) and that the Guest Service Interface / PowerShell Direct works (Get-VMIntegrationService -VMName $VMName)"
+            $next = if ($NextCheck) { "$NextCheck; otherwise $general" } else { $general }
+            throw (New-WfpMonTimeoutMessage -WaitedFor $what -Seconds $TimeoutSeconds -LastSeen $lastSeen -Next $next)
         }
         Start-Sleep -Seconds 5
     }
@@ -236,7 +265,8 @@ function Restart-WfpMonGuest {
         [Parameter(Mandatory)][string]$VMName,
         [Parameter(Mandatory)][pscredential]$Credential,
         [Parameter(Mandatory)][System.Management.Automation.Runspaces.PSSession]$Session,
-        [int]$TimeoutSeconds = 600
+        [int]$TimeoutSeconds = 600,
+        [string]$NextCheck = ''
     )
     $before = Get-WfpMonGuestBootTime -Session $Session
     Write-WfpMonLog "restarting the guest (booted $before)"
@@ -248,7 +278,7 @@ function Restart-WfpMonGuest {
         Write-Verbose "restart: $($_.Exception.Message)"
     }
     Remove-PSSession -Session $Session -ErrorAction SilentlyContinue
-    $after = Wait-WfpMonGuest -VMName $VMName -Credential $Credential -PreviousBootTime $before -TimeoutSeconds $TimeoutSeconds
+    $after = Wait-WfpMonGuest -VMName $VMName -Credential $Credential -PreviousBootTime $before -TimeoutSeconds $TimeoutSeconds -NextCheck $NextCheck
     Write-WfpMonLog "guest is back (booted $after)"
     return New-WfpMonSession -VMName $VMName -Credential $Credential
 }
@@ -294,7 +324,10 @@ function Get-WfpMonDriverState {
         param([string]$Name)
         $driver = Get-CimInstance -ClassName Win32_SystemDriver -Filter "Name='$Name'"
         if ($null -eq $driver) { return $null }
-        [pscustomobject]@{ State = [string]$driver.State; PathName = [string]$driver.PathName; StartMode = [string]$driver.StartMode }
+        [pscustomobject]@{
+            State = [string]$driver.State; Status = [string]$driver.Status; ExitCode = $driver.ExitCode
+            PathName = [string]$driver.PathName; StartMode = [string]$driver.StartMode
+        }
     }
 }
 
@@ -306,13 +339,23 @@ function Wait-WfpMonDriverState {
         [Parameter(Mandatory)][ValidateSet('Running', 'Stopped')][string]$State,
         [int]$TimeoutSeconds = 60
     )
+    $name = $script:WfpMon.ServiceName
     $deadline = (Get-Date).AddSeconds($TimeoutSeconds)
     while ($true) {
         $current = Get-WfpMonDriverState -Session $Session
         if ($null -ne $current -and $current.State -eq $State) { return }
         if ((Get-Date) -gt $deadline) {
-            $seen = if ($null -eq $current) { 'not installed' } else { $current.State }
-            throw "service $($script:WfpMon.ServiceName) did not reach $State within $TimeoutSeconds s (is $seen)"
+            $seen = if ($null -eq $current) { "no service $name (not installed, or deleted)" } else { "state $($current.State), status $($current.Status), exit code $($current.ExitCode)" }
+            if ($State -eq 'Running') {
+                $next = "in the guest, sc.exe query $name and the System event log (Service Control Manager events 7000/7026 give the start error); " +
+                'error 577 or 1275: the CodeIntegrity Operational log says why the image was refused (test signing, HVCI, blocklist); ' +
+                'an exit code from DriverEntry: the ETW trace (DriverEntryFailed names the step)'
+            }
+            else {
+                $next = "a Stop Pending state means the unload routine is still waiting: an open handle to $($script:WfpMon.DeviceName) (a wfpmonctl still running) or a callout the filter engine still holds; " +
+                'the ETW trace shows CalloutStillRegistered events with the callout and the time waited; in the guest, sc.exe query ' + $name
+            }
+            throw (New-WfpMonTimeoutMessage -WaitedFor "service $name to be $State" -Seconds $TimeoutSeconds -LastSeen $seen -Next $next)
         }
         Start-Sleep -Milliseconds 250
     }
@@ -378,6 +421,61 @@ function Enable-WfpMonVerifier {
     # verifier.exe returns 2 ("settings changed, reboot required") on success.
     Invoke-WfpMonGuestProcess -Session $Session -FilePath 'verifier.exe' `
         -ArgumentList @('/standard', '/driver', $script:WfpMon.ImageName) -ValidExitCode @(0, 2) | Out-Null
+}
+
+function Suspend-WfpMonBitLocker {
+    <#
+    .SYNOPSIS
+        Suspends BitLocker on the guest's system drive for the next RebootCount
+        boots (Suspend-BitLocker), so that turning Secure Boot off and test signing
+        on does not send the guest into BitLocker recovery. Returns what it found:
+        Protected ($true, $false, or $null when unknown), Suspended, Detail.
+    .DESCRIPTION
+        A Windows 11 guest with a virtual TPM may have turned on device encryption by
+        itself. BitLocker seals its key to the boot measurements, which change when
+        Secure Boot is turned off (and with the test-signing boot option); with
+        protection suspended the drive unlocks anyway, and protection resumes
+        (sealed to the new measurements) after RebootCount boots. Throws, with
+        what to do, when the drive is protected and cannot be suspended here.
+    #>
+    [CmdletBinding()]
+    param(
+        [Parameter(Mandatory)][System.Management.Automation.Runspaces.PSSession]$Session,
+        [Parameter(Mandatory)][ValidateRange(1, 15)][int]$RebootCount
+    )
+    $state = Invoke-Command -Session $Session -ArgumentList $RebootCount -ScriptBlock {
+        param([int]$RebootCount)
+        $drive = $env:SystemDrive
+        $r = [ordered]@{ Drive = $drive; Protected = $null; Suspended = $false; Detail = '' }
+        if (Get-Command -Name Get-BitLockerVolume -ErrorAction SilentlyContinue) {
+            $volume = Get-BitLockerVolume -MountPoint $drive
+            $r.Detail = "ProtectionStatus $($volume.ProtectionStatus), VolumeStatus $($volume.VolumeStatus)"
+            $r.Protected = ([string]$volume.ProtectionStatus -eq 'On')
+            if ($r.Protected) {
+                Suspend-BitLocker -MountPoint $drive -RebootCount $RebootCount | Out-Null
+                $r.Suspended = $true
+            }
+        }
+        else {
+            # No BitLocker module (some editions): ask the WMI provider instead.
+            $volume = Get-CimInstance -Namespace 'root\cimv2\Security\MicrosoftVolumeEncryption' -ClassName Win32_EncryptableVolume `
+                -Filter "DriveLetter='$drive'" -ErrorAction SilentlyContinue
+            if ($null -eq $volume) {
+                $r.Protected = $false
+                $r.Detail = 'no BitLocker module and no Win32_EncryptableVolume for the drive: no BitLocker'
+            }
+            else {
+                $r.Protected = ($volume.ProtectionStatus -eq 1)
+                $r.Detail = "Win32_EncryptableVolume ProtectionStatus $($volume.ProtectionStatus) (1: on); no BitLocker module to suspend it"
+            }
+        }
+        [pscustomobject]$r
+    }
+    if ($state.Protected -and -not $state.Suspended) {
+        throw ("BitLocker protects the guest's $($state.Drive) ($($state.Detail)); turning Secure Boot off would start BitLocker recovery. " +
+            "Suspend it in the guest first (manage-bde.exe -protectors -disable $($state.Drive) -RebootCount $RebootCount) and run this again")
+    }
+    return $state
 }
 
 function Enable-WfpMonDebugPrint {
@@ -674,18 +772,38 @@ function Stop-WfpMonTrafficJob {
         [Parameter(Mandatory)][string]$StopFile,
         [int]$TimeoutSeconds = 120
     )
-    return Invoke-Command -Session $Session -ArgumentList $StopFile, $TimeoutSeconds -ScriptBlock {
+    # The guest answers whether the job ended in time; the verdict (and the
+    # message) is made here, where the kit's functions are.
+    $answer = Invoke-Command -Session $Session -ArgumentList $StopFile, $TimeoutSeconds -ScriptBlock {
         param([string]$StopFile, [int]$TimeoutSeconds)
         Set-Content -LiteralPath $StopFile -Value 'stop'
-        $job = Get-Job -Name 'wfpmon-traffic'
-        if (-not (Wait-Job -Job $job -Timeout $TimeoutSeconds)) {
-            Stop-Job -Job $job
-            throw "traffic job did not stop within $TimeoutSeconds s"
+        # A flat answer: remoting serializes nested objects only to a shallow depth.
+        $answer = [ordered]@{ Ended = $false; Seen = ''; Rounds = 0; Failures = 0; Errors = @() }
+        $job = Get-Job -Name 'wfpmon-traffic' -ErrorAction SilentlyContinue
+        if ($null -eq $job) {
+            $answer.Seen = 'no job named wfpmon-traffic in the guest session'
         }
-        $result = Receive-Job -Job $job
-        Remove-Job -Job $job -Force
-        $result
+        elseif (-not (Wait-Job -Job $job -Timeout $TimeoutSeconds)) {
+            $answer.Seen = "job state $($job.State), stop file present: $(Test-Path -LiteralPath $StopFile)"
+            Stop-Job -Job $job
+        }
+        else {
+            $result = Receive-Job -Job $job
+            Remove-Job -Job $job -Force
+            $answer.Ended = $true
+            $answer.Seen = "job state $($job.State)"
+            $answer.Rounds = $result.Rounds
+            $answer.Failures = $result.Failures
+            $answer.Errors = @($result.Errors)
+        }
+        [pscustomobject]$answer
     }
+    if (-not $answer.Ended) {
+        throw (New-WfpMonTimeoutMessage -WaitedFor "the guest's loopback traffic job to end after its stop file $StopFile appeared" `
+                -Seconds $TimeoutSeconds -LastSeen $answer.Seen `
+                -Next 'a traffic round blocked in a socket call (each has a 5 s time-out) or a hung guest: look at the guest (Get-Job wfpmon-traffic | Receive-Job -Keep) and at the ETW trace for a driver stop that never finished')
+    }
+    return [pscustomobject]@{ Rounds = $answer.Rounds; Failures = $answer.Failures; Errors = @($answer.Errors) }
 }
 
 function ConvertTo-WfpMonNumberTable {
@@ -757,6 +875,11 @@ function Start-WfpMonTrace {
         [Parameter(Mandatory)][System.Management.Automation.Runspaces.PSSession]$Session,
         [Parameter(Mandatory)][string]$GuestEtlFile
     )
+    # logman does not create the folder of its output file: make it first.
+    Invoke-Command -Session $Session -ArgumentList (Split-Path -Path $GuestEtlFile -Parent) -ScriptBlock {
+        param([string]$Dir)
+        if ($Dir -and -not (Test-Path -LiteralPath $Dir)) { New-Item -ItemType Directory -Path $Dir -Force | Out-Null }
+    }
     # A session of this name left behind by an interrupted run would make
     # `logman create` fail; stopping it first is harmless when there is none.
     Invoke-WfpMonGuestProcess -Session $Session -FilePath 'logman.exe' -ArgumentList @('stop', $script:EtwSessionName, '-ets') -NoThrow | Out-Null
@@ -780,6 +903,44 @@ function Stop-WfpMonTrace {
     param([Parameter(Mandatory)][System.Management.Automation.Runspaces.PSSession]$Session)
     $result = Invoke-WfpMonGuestProcess -Session $Session -FilePath 'logman.exe' -ArgumentList @('stop', $script:EtwSessionName, '-ets') -NoThrow
     return ($result.ExitCode -eq 0)
+}
+
+function Wait-WfpMonTraceFile {
+    <#
+    .SYNOPSIS
+        Waits until the guest's .etl file is complete: present, not empty, and no
+        longer held open by an ETW session (logman stop flushes and closes it).
+        Returns its size in bytes.
+    #>
+    [CmdletBinding()]
+    param(
+        [Parameter(Mandatory)][System.Management.Automation.Runspaces.PSSession]$Session,
+        [Parameter(Mandatory)][string]$GuestEtlFile,
+        [int]$TimeoutSeconds = 60
+    )
+    $deadline = (Get-Date).AddSeconds($TimeoutSeconds)
+    while ($true) {
+        $probe = Invoke-Command -Session $Session -ArgumentList $GuestEtlFile -ScriptBlock {
+            param([string]$Path)
+            if (-not (Test-Path -LiteralPath $Path)) { return [pscustomobject]@{ Ready = $false; Size = 0; Seen = "no file $Path" } }
+            $size = (Get-Item -LiteralPath $Path).Length
+            try {
+                # Exclusive open: fails while the ETW session still writes the file.
+                $stream = [System.IO.File]::Open($Path, 'Open', 'Read', 'None')
+                $stream.Dispose()
+                [pscustomobject]@{ Ready = ($size -gt 0); Size = $size; Seen = "$Path, $size bytes, closed" }
+            }
+            catch {
+                [pscustomobject]@{ Ready = $false; Size = $size; Seen = "$Path, $size bytes, still open: $($_.Exception.Message)" }
+            }
+        }
+        if ($probe.Ready) { return $probe.Size }
+        if ((Get-Date) -gt $deadline) {
+            throw (New-WfpMonTimeoutMessage -WaitedFor "the ETW trace file $GuestEtlFile to be written and closed" -Seconds $TimeoutSeconds -LastSeen $probe.Seen `
+                    -Next "in the guest, logman query -ets lists the sessions still running (stop ours with logman stop $($script:EtwSessionName) -ets); an empty file means no event reached the session; check the free space of the guest's system drive")
+        }
+        Start-Sleep -Seconds 1
+    }
 }
 
 function Convert-WfpMonTrace {
@@ -918,6 +1079,7 @@ Export-ModuleMember -Function @(
     'Get-WfpMonConstant',
     'Set-WfpMonLogFile',
     'Write-WfpMonLog',
+    'New-WfpMonTimeoutMessage',
     'Assert-WfpMonHost',
     'Assert-WfpMonPackage',
     'Get-WfpMonVm',
@@ -937,6 +1099,7 @@ Export-ModuleMember -Function @(
     'Test-WfpMonVerifierSetting',
     'Enable-WfpMonTestSigning',
     'Enable-WfpMonVerifier',
+    'Suspend-WfpMonBitLocker',
     'Enable-WfpMonDebugPrint',
     'Enable-WfpMonCrashDump',
     'Get-WfpMonDebugPrintMask',
@@ -953,6 +1116,7 @@ Export-ModuleMember -Function @(
     'Measure-WfpMonByteCount',
     'Start-WfpMonTrace',
     'Stop-WfpMonTrace',
+    'Wait-WfpMonTraceFile',
     'Convert-WfpMonTrace',
     'Measure-WfpMonTraceEvent',
     'Test-WfpMonTraceCount',

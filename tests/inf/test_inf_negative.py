@@ -2,7 +2,6 @@
 of inf/wfpmon.inx (made here, in memory) and asserts that the checker reports
 it at the right line with the right message."""
 
-import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -94,13 +93,8 @@ ONE_LINE_BREAKS = [
      "DefaultDestDir = 11: must be 13 (run from the driver store)"),
     ("CopyFiles = wfpmon.DriverFiles", "CopyFiles = wfpmon.Files",
      "CopyFiles names [wfpmon.Files], which does not exist"),
-    ("DelService = wfpmon,0x00000200", "DelService = wfpmn,0x00000200",
-     "DelService name is wfpmn, must be wfpmon (SERVICE_NAME in catalog.rs)"),
-    ("LegacyUninstall = 1", "LegacyUninstall = 0", "LegacyUninstall = 0: must be 1"),
     ("[DefaultInstall.NT$ARCH$.Services]", "[DefaultInstall.NTx86.Services]",
      "[DefaultInstall.NTx86.Services]: decoration NTx86 does not match [DefaultInstall.NT$ARCH$]"),
-    ("[DefaultUninstall.NT$ARCH$]", "[DefaultUninstall.NTarm64]",
-     "[DefaultUninstall.NTarm64]: decoration NTarm64 does not match [DefaultInstall.NT$ARCH$]"),
     ("[DefaultInstall.NT$ARCH$]", "[DefaultInstall.NTamd64]",
      "[DefaultInstall.NTamd64]: decoration NTamd64, expected NT$ARCH$"),
     ("DisplayName   = %ServiceDisplayName%", 'DisplayName   = ""', "DisplayName is empty"),
@@ -167,22 +161,59 @@ def test_undefined_string_is_reported_where_it_is_used():
                     "%ServiceDisplayName% is not defined in [Strings]")
 
 
-def test_missing_legacy_uninstall_flag():
-    text = delete_line("LegacyUninstall = 1")
-    assert_reported(run(text), line_of(text, "[DefaultUninstall.NT$ARCH$]"),
-                    "has no LegacyUninstall=1")
+# The legacy uninstall script that earlier versions of the INF carried; the
+# checker must refuse it (decision and sources: wfpinf._check_uninstall).
+LEGACY_UNINSTALL = NL.join([
+    "[DefaultUninstall.NT$ARCH$]",
+    "LegacyUninstall = 1",
+    "",
+    "[DefaultUninstall.NT$ARCH$.Services]",
+    "DelService = wfpmon,0x00000200",
+    "",
+]) + NL
 
 
-def test_missing_legacy_uninstall_sections():
+def with_legacy_uninstall() -> str:
     rows = good_lines()
-    start = find(rows, "[DefaultUninstall.NT$ARCH$]")
-    end = find(rows, "[Strings]")
-    text = NL.join(rows[:start] + rows[end:]) + NL
-    assert_reported(run(text), line_of(text, "[DefaultInstall.NT$ARCH$]"),
-                    "no [DefaultUninstall.NT$ARCH$] section (with LegacyUninstall=1, for legacy callers)")
-    # ... which is accepted once the expectation is switched off
-    relaxed = dataclasses.replace(project_expectations(), require_legacy_uninstall=False)
-    assert check(parse_inf_bytes(text.encode("ascii")), relaxed) == []
+    at = find(rows, "[Strings]")
+    return NL.join(rows[:at]) + NL + LEGACY_UNINSTALL + NL.join(rows[at:]) + NL
+
+
+def test_the_inx_has_no_uninstall_script():
+    inf = parse_inf_bytes(GOOD.encode("ascii"), "good")
+    assert not [name for name, _ in inf.headers if name.lower().startswith("defaultuninstall")]
+    assert not [e for s in inf.sections.values() for e in s.get_all("DelService")]
+
+
+def test_legacy_uninstall_sections_are_rejected():
+    text = with_legacy_uninstall()
+    problems = run(text)
+    for header in ("[DefaultUninstall.NT$ARCH$]", "[DefaultUninstall.NT$ARCH$.Services]"):
+        assert_reported(problems, line_of(text, header), "needs no DefaultUninstall section")
+    assert_reported(problems, line_of(text, "DelService = wfpmon,0x00000200"),
+                    "DelService is not valid in a Universal or Windows driver package")
+    assert len(problems) == 3, "\n".join(map(str, problems))
+
+
+def test_undecorated_default_uninstall_is_rejected_once():
+    text = with_legacy_uninstall().replace("[DefaultUninstall.NT$ARCH$]", "[DefaultUninstall]")
+    line = line_of(text, "[DefaultUninstall]")
+    assert [p.message for p in run(text) if p.line == line] == [
+        "[DefaultUninstall]: a primitive driver for Windows 10 2004+ needs no DefaultUninstall section "
+        "(uninstalling the package reverses its install; LegacyUninstall=1 only serves systems before 1903)"]
+
+
+def test_del_service_anywhere_is_rejected():
+    text, line = replace_line("AddService = wfpmon,,wfpmon.Service",
+                              "AddService = wfpmon,,wfpmon.Service" + NL + "DelService = wfpmon")
+    assert_reported(run(text), line + 1, "[DefaultInstall.NT$ARCH$.Services]: DelService is not valid")
+
+
+def test_stamped_legacy_uninstall_is_rejected_too():
+    stamped = stamp_like_stampinf(with_legacy_uninstall(), catalog="wfpmon.cat")
+    problems = run(stamped, stamped=True)
+    assert_reported(problems, line_of(stamped, "[DefaultUninstall.NTamd64]"), "needs no DefaultUninstall")
+    assert_reported(problems, line_of(stamped, "DelService = wfpmon,0x00000200"), "DelService is not valid")
 
 
 def test_manufacturer_section_is_rejected():
@@ -263,8 +294,8 @@ def test_stamped_inf_without_driverver_is_reported():
 
 def test_stamped_inf_with_a_left_over_arch_variable_is_reported():
     stamped = stamp_like_stampinf(GOOD, catalog="wfpmon.cat")
-    text = stamped.replace("[DefaultUninstall.NTamd64.Services]", "[DefaultUninstall.NT$ARCH$.Services]")
-    line = line_of(text, "[DefaultUninstall.NT$ARCH$.Services]")
+    text = stamped.replace("[DefaultInstall.NTamd64.Services]", "[DefaultInstall.NT$ARCH$.Services]")
+    line = line_of(text, "[DefaultInstall.NT$ARCH$.Services]")
     problems = run(text, stamped=True)
     assert_reported(problems, line, "stampinf variable left in a stamped INF")
     assert_reported(problems, line, "decoration NT$ARCH$ does not match [DefaultInstall.NTamd64]")

@@ -38,6 +38,22 @@ def test_stamped_form_passes_every_check():
     assert problems == [], problems_text(problems)
 
 
+def test_parsed_inx_installs_one_service_and_has_no_uninstall_script():
+    # Removal is pnputil /delete-driver (the reverse of the install) and, if
+    # the service remains, sc.exe delete: no [DefaultUninstall*] section and
+    # no DelService, in the source and in the stamped form.
+    text = INX.read_bytes().decode("ascii")
+    stamped = parse_inf_bytes(stamp_like_stampinf(text, arch="amd64", catalog=PACKAGE.cat_name).encode("ascii"))
+    for inf, decoration in ((read_inf(INX), "NT$ARCH$"), (stamped, "NTamd64")):
+        names = [name.lower() for name, _ in inf.headers]
+        assert f"defaultinstall.{decoration.lower()}.services" in names
+        assert not [n for n in names if n.startswith("defaultuninstall")], names
+        directives = [(s.name, e.key) for s in inf.sections.values() for e in s.entries if e.key]
+        assert not [d for d in directives if d[1].lower() == "delservice"], directives
+        adds = inf.section(f"DefaultInstall.{decoration}.Services").get_all("AddService")
+        assert [a.field(0) for a in adds] == [CATALOG.service_name]
+
+
 def test_inx_is_not_mistaken_for_a_stamped_inf():
     # The unstamped file must fail the stamped checks: $ARCH$ and the empty
     # DriverVer are exactly what stampinf has to replace.
@@ -61,8 +77,6 @@ def test_service_and_image_names_come_from_the_catalog():
     svc = inf.section(add.field(2))
     binary = inf.expand(svc.get("ServiceBinary").value, 0)
     assert binary == f"%13%\\{CATALOG.image_name}"
-    delete = inf.section("DefaultUninstall.NT$ARCH$.Services").get("DelService")
-    assert delete.field(0) == CATALOG.service_name
 
 
 def test_image_name_is_what_wdk_build_produces():

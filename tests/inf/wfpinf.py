@@ -346,7 +346,6 @@ DRIVER_STORE_DIRID = 13
 SERVICE_KERNEL_DRIVER = 1
 SERVICE_DEMAND_START = 3
 SERVICE_ERROR_NORMAL = 1
-SPSVCINST_STOPSERVICE = 0x200
 
 # stampinf's substitution variables (left in an .inx, gone from a stamped .inf)
 _STAMP_VARIABLE = re.compile(r"\$(ARCH|KMDFVERSION|KMDFCOINSTALLERVERSION|UMDFVERSION)\$", re.I)
@@ -365,10 +364,6 @@ class Expectations:
     package_files: frozenset[str]
     stamped: bool = False
     arch: str = "amd64"
-    # The legacy [DefaultUninstall.<d>] (LegacyUninstall=1) + .Services
-    # (DelService) pair. Windows 10 1903+ ignores it; if infverif /w on a
-    # real WDK ever rejects it, drop the sections and set this to False.
-    require_legacy_uninstall: bool = True
 
     @property
     def decoration(self) -> str:
@@ -397,7 +392,7 @@ def check(inf: InfFile, exp: Expectations) -> list[Problem]:
     decoration = _check_install_sections(inf, exp, problems)
     copied = _check_files(inf, exp, decoration, problems)
     _check_services(inf, exp, decoration, copied, problems)
-    _check_uninstall(inf, exp, decoration, problems)
+    _check_uninstall(inf, problems)
     unique = {(p.line, p.message): p for p in problems}
     return sorted(unique.values(), key=lambda p: (p.line, p.message))
 
@@ -491,8 +486,7 @@ def _check_install_sections(inf: InfFile, exp: Expectations, problems: list[Prob
     if manufacturer is not None:
         problems.append(Problem(manufacturer.line,
                                 "a primitive driver INF must not have a [Manufacturer] section"))
-    for base in ("DefaultInstall", "DefaultInstall.Services",
-                 "DefaultUninstall", "DefaultUninstall.Services"):
+    for base in ("DefaultInstall", "DefaultInstall.Services"):
         undecorated = inf.section(base)
         if undecorated is not None:
             problems.append(Problem(undecorated.line,
@@ -684,46 +678,25 @@ def _check_services(inf: InfFile, exp: Expectations, decoration: str | None, cop
         problems.append(Problem(binary.line, f"ServiceBinary {m.group(2)} is not copied by CopyFiles"))
 
 
-def _check_uninstall(inf: InfFile, exp: Expectations, decoration: str | None,
-                     problems: list[Problem]) -> None:
-    uninstalls = [(d, s) for d, s in _decorated(inf, "DefaultUninstall") if d.lower() != "services"]
-    un_services = _decorated(inf, "DefaultUninstall", ".Services")
-    for d, s in uninstalls + un_services:
-        if decoration is not None and d.lower() != decoration.lower():
-            problems.append(Problem(s.line, f"[{s.name}]: decoration {d} does not match "
-                                            f"[DefaultInstall.{decoration}]"))
-    if decoration is None:
-        return
-    install = inf.section(f"DefaultInstall.{decoration}")
-    line = install.line if install else 1
-    uninstall = inf.section(f"DefaultUninstall.{decoration}")
-    services = inf.section(f"DefaultUninstall.{decoration}.Services")
-    if not exp.require_legacy_uninstall and uninstall is None and services is None:
-        return
-    if uninstall is None:
-        problems.append(Problem(line, f"no [DefaultUninstall.{decoration}] section "
-                                      "(with LegacyUninstall=1, for legacy callers)"))
-    else:
-        legacy = uninstall.get("LegacyUninstall")
-        if legacy is None:
-            problems.append(Problem(uninstall.line, f"[{uninstall.name}] has no LegacyUninstall=1: "
-                                                    "a primitive driver may only keep a "
-                                                    "DefaultUninstall section with it"))
-        elif _parse_int(_value(inf, legacy)) != 1:
-            problems.append(Problem(legacy.line, f"LegacyUninstall = {_value(inf, legacy)}: must be 1"))
-    if services is None:
-        problems.append(Problem(uninstall.line if uninstall else line,
-                                f"no [DefaultUninstall.{decoration}.Services] section with DelService"))
-        return
-    dels = services.get_all("DelService")
-    if not dels:
-        problems.append(Problem(services.line, f"[{services.name}] has no DelService"))
-        return
-    for e in dels:
-        name = inf.expand(e.field(0), e.line).strip()
-        if name != exp.service_name:
-            problems.append(Problem(e.line, f"DelService name is {name or '(empty)'}, "
-                                            f"must be {exp.service_name} (SERVICE_NAME in catalog.rs)"))
+def _check_uninstall(inf: InfFile, problems: list[Problem]) -> None:
+    """No uninstall script at all. A primitive driver needs no
+    [DefaultUninstall] section: on Windows 10 1903 and later, uninstalling
+    the package (pnputil /delete-driver /uninstall, DiUninstallDriver)
+    reverses its install. Microsoft's primitive-driver page allows the
+    section only with LegacyUninstall=1, for systems older than 1903, which
+    wfpmon (Windows 10 2004 or later: ExAllocatePool2) never runs on; and
+    DelService, what such a section would hold, is not valid in a Universal
+    or Windows driver package (the INF DelService directive page)."""
+    for name, line in inf.headers:
+        if re.match(r"defaultuninstall(\.|$)", name, re.I):
+            problems.append(Problem(line, f"[{name}]: a primitive driver for Windows 10 2004+ needs no "
+                                          "DefaultUninstall section (uninstalling the package reverses "
+                                          "its install; LegacyUninstall=1 only serves systems before 1903)"))
+    for section in inf.sections.values():
+        for e in section.get_all("DelService"):
+            problems.append(Problem(e.line, f"[{section.name}]: DelService is not valid in a Universal "
+                                            "or Windows driver package (remove the service with "
+                                            "pnputil /delete-driver, then sc.exe delete)"))
 
 
 # ---------------------------------------------------------------------------

@@ -17,7 +17,12 @@ install time), so the kit in scripts/vm is checked at the level of tokens:
 * the module exports exactly what it defines;
 * scripts say they run only on a Windows host with Hyper-V, declare
   [CmdletBinding()] param(...), Set-StrictMode -Version Latest and
-  $ErrorActionPreference = 'Stop'.
+  $ErrorActionPreference = 'Stop';
+* every function that waits with a time limit (a `(Get-Date).AddSeconds(...)`
+  deadline, `Wait-Job -Timeout`) gives up with
+  `throw (New-WfpMonTimeoutMessage -WaitedFor ... -Seconds ... -LastSeen ...
+  -Next ...)`: what it waited for, what it saw last, the next thing to check;
+  a hand-written "within N s" / "timed out" message is an error.
 
 Problems carry a 1-based line number. Standard library only.
 """
@@ -44,7 +49,7 @@ Use
 
 # Cmdlets of Windows PowerShell 5.1 / PowerShell 7 modules that ship with
 # Windows (Core, Management, Utility, Security, CimCmdlets, Hyper-V, Dism, PKI,
-# NetTCPIP). A curated list of real names, not a pattern: a typo is an error.
+# NetTCPIP, BitLocker). A curated list of real names, not a pattern: a typo is an error.
 KNOWN_CMDLETS = frozenset(c.lower() for c in """
 Add-Content Add-Member Add-Type Clear-Content Clear-Host Clear-Item Clear-Variable Compare-Object
 ConvertFrom-Csv ConvertFrom-Json ConvertFrom-StringData ConvertTo-Csv ConvertTo-Html ConvertTo-Json
@@ -69,11 +74,13 @@ Get-VM Start-VM Stop-VM Restart-VM Suspend-VM Resume-VM Wait-VM Checkpoint-VM
 Get-VMSnapshot Restore-VMSnapshot Remove-VMSnapshot Get-VMCheckpoint Restore-VMCheckpoint
 Remove-VMCheckpoint Get-VMFirmware Set-VMFirmware Get-VMIntegrationService Enable-VMIntegrationService
 Copy-VMFile Set-VM
+Get-BitLockerVolume Suspend-BitLocker Resume-BitLocker
 """.split())
 
 KNOWN_EXECUTABLES = frozenset({
     "sc.exe", "pnputil.exe", "bcdedit.exe", "verifier.exe", "netsh.exe", "wfpmonctl.exe",
     "shutdown.exe", "cmd.exe", "powershell.exe", "pwsh.exe", "logman.exe", "tracerpt.exe",
+    "vmconnect.exe", "manage-bde.exe",
 })
 
 COMMON_PARAMETERS = frozenset(p.lower() for p in """
@@ -466,6 +473,45 @@ def _offset_of_line(text: str, line: int) -> int:
     return pos
 
 
+TIMEOUT_HELPER = "New-WfpMonTimeoutMessage"
+TIMEOUT_PARTS = ("WaitedFor", "Seconds", "LastSeen", "Next")
+_TIMED_WAIT = re.compile(r"(?i)\(Get-Date\)\.AddSeconds\(|\bWait-Job\b[^\n]*-Timeout\b")
+_HAND_WRITTEN_TIMEOUT = re.compile(r"(?i)\bwithin \$\w+ s\b|\btimed out\b")
+
+
+def timeout_problems(sc: Scan, funcs: list[Function]) -> list[Problem]:
+    """Every function that waits with a time limit reports giving up through
+    New-WfpMonTimeoutMessage, thrown, with all of its parts."""
+    problems: list[Problem] = []
+    helper = TIMEOUT_HELPER.lower()
+    calls = [(line, end) for line, name, end in commands_called(sc) if name.lower() == helper]
+    line_starts = [0] + [m.end() for m in re.finditer("\n", sc.text)]
+    strings = [(line, line_starts[line - 1], content) for line, content in sc.strings
+               if _HAND_WRITTEN_TIMEOUT.search(content)]
+    for f in funcs:
+        if f.name.lower() == helper:
+            continue
+        inside = [(line, end) for line, end in calls if f.body_start < end < f.body_end]
+        if _TIMED_WAIT.search(sc.code, f.body_start, f.body_end) and not inside:
+            problems.append(Problem(f.line, f"function {f.name} waits with a time limit but does not report a "
+                                            f"time-out with {TIMEOUT_HELPER} (what it waited for, what it saw "
+                                            "last, what to check next)"))
+        for line, end in inside:
+            given = {arg.lower() for _, arg in named_arguments(sc.code, end)}
+            for part in TIMEOUT_PARTS:
+                if part.lower() not in given:
+                    problems.append(Problem(line, f"{TIMEOUT_HELPER} in {f.name} lacks -{part}"))
+            start = end - len(TIMEOUT_HELPER)
+            if not re.search(r"(?i)\bthrow\s*\(\s*$", sc.code[max(f.body_start, start - 40):start]):
+                problems.append(Problem(line, f"{TIMEOUT_HELPER} in {f.name} is not thrown: "
+                                              f"use throw ({TIMEOUT_HELPER} ...)"))
+        for line, at, _content in strings:
+            if f.body_start <= at <= f.body_end:
+                problems.append(Problem(line, f"hand-written time-out message in {f.name}: "
+                                              f"use {TIMEOUT_HELPER}"))
+    return problems
+
+
 def check_unit(unit: Unit) -> tuple[list[Problem], Scan, list[Function]]:
     sc = scan(unit.text)
     problems = list(sc.problems)
@@ -503,6 +549,8 @@ def check_unit(unit: Unit) -> tuple[list[Problem], Scan, list[Function]]:
         for m in _EXE.finditer(content):
             if m.group(1).lower() not in KNOWN_EXECUTABLES:
                 problems.append(Problem(line, f"{m.group(1)}: not a known program"))
+
+    problems.extend(timeout_problems(sc, funcs))
 
     # `sc` in command position is Set-Content, not the service control program.
     for m in re.finditer(r"(?im)(?:^|[|;{(&])[ \t]*(sc)(?=[ \t]|$)", sc.code):

@@ -200,3 +200,76 @@ def test_real_module_with_sc_instead_of_sc_exe_fails():
                           "    Invoke-WfpMonGuestProcess -Session $Session -FilePath 'sc.exe' -ArgumentList @('start', $script:WfpMon.ServiceName) | Out-Null",
                           "    sc start wfpmon | Out-Null")
     assert_reported(check_kit(broken, {})["WfpMonVm.psm1"], line, "'sc' is PowerShell's alias of Set-Content")
+
+
+# --- time-outs: what was waited for, what was seen last, what to check next ------
+
+HELPER_DEF = ("function New-WfpMonTimeoutMessage {\n    [CmdletBinding()]\n"
+              "    param([string]$WaitedFor, [int]$Seconds, [string]$LastSeen, [string]$Next)\n}\n")
+WAIT_HEAD = ("function Wait-Thing {\n    [CmdletBinding()]\n    param([int]$TimeoutSeconds = 5)\n"
+             "    $deadline = (Get-Date).AddSeconds($TimeoutSeconds)\n    while ($true) {\n"
+             "        if ((Get-Date) -gt $deadline) {\n")
+WAIT_TAIL = "        }\n        Start-Sleep -Seconds 1\n    }\n}\n"
+
+
+def wait_script(throw_line: str) -> tuple[str, int, int]:
+    """A script with a waiting function whose give-up line is throw_line;
+    returns (text, line of the function, line of throw_line)."""
+    text, first = script(HELPER_DEF + WAIT_HEAD + throw_line + "\n" + WAIT_TAIL)
+    function_line = first + HELPER_DEF.count("\n")
+    return text, function_line, function_line + WAIT_HEAD.count("\n")
+
+
+def test_a_complete_timeout_report_is_clean():
+    text, _, _ = wait_script("            throw (New-WfpMonTimeoutMessage -WaitedFor 'x' -Seconds $TimeoutSeconds "
+                             "-LastSeen 'y' -Next 'z')")
+    assert problems_of(text) == []
+
+
+def test_a_hand_written_timeout_is_reported():
+    text, function_line, line = wait_script('            throw "thing did not happen within $TimeoutSeconds s"')
+    problems = problems_of(text)
+    assert_reported(problems, function_line, "function Wait-Thing waits with a time limit but does not report")
+    assert_reported(problems, line, "hand-written time-out message in Wait-Thing")
+
+
+@pytest.mark.parametrize("part", psstatic.TIMEOUT_PARTS)
+def test_a_timeout_report_without_one_part_is_reported(part):
+    args = {"WaitedFor": "'x'", "Seconds": "$TimeoutSeconds", "LastSeen": "'y'", "Next": "'z'"}
+    del args[part]
+    call = " ".join(f"-{k} {v}" for k, v in args.items())
+    text, _, line = wait_script(f"            throw (New-WfpMonTimeoutMessage {call})")
+    assert_reported(problems_of(text), line, f"New-WfpMonTimeoutMessage in Wait-Thing lacks -{part}")
+
+
+def test_a_timeout_report_that_is_not_thrown_is_reported():
+    text, _, line = wait_script("            Write-Warning (New-WfpMonTimeoutMessage -WaitedFor 'x' -Seconds 1 "
+                                "-LastSeen 'y' -Next 'z')")
+    assert_reported(problems_of(text), line, "New-WfpMonTimeoutMessage in Wait-Thing is not thrown")
+
+
+def test_wait_job_with_a_timeout_counts_as_a_wait():
+    body = ("function Stop-Thing {\n    [CmdletBinding()]\n    param($Job)\n"
+            "    if (-not (Wait-Job -Job $Job -Timeout 30)) { throw 'job did not stop' }\n}\n")
+    text, first = script(body)
+    assert_reported(problems_of(text), first, "function Stop-Thing waits with a time limit")
+
+
+def test_real_module_with_the_old_driver_state_message_fails():
+    module, _ = kit()
+    at = module.index("            throw (New-WfpMonTimeoutMessage -WaitedFor \"service $name to be $State\"")
+    end = module.index("\n", at)
+    broken = module[:at] + ('            throw "service $name did not reach $State within $TimeoutSeconds s"'
+                            ) + module[end:]
+    line = module.count("\n", 0, at) + 1
+    problems = check_kit(broken, {})["WfpMonVm.psm1"]
+    assert_reported(problems, line, "hand-written time-out message in Wait-WfpMonDriverState")
+    function_line = module.count("\n", 0, module.index("function Wait-WfpMonDriverState")) + 1
+    assert_reported(problems, function_line, "Wait-WfpMonDriverState waits with a time limit but does not report")
+
+
+def test_real_module_with_a_timeout_report_missing_last_seen_fails():
+    module, _ = kit()
+    broken, line = mutate(module, "-Seconds $TimeoutSeconds -LastSeen $probe.Seen `", "-Seconds $TimeoutSeconds `")
+    assert_reported(check_kit(broken, {})["WfpMonVm.psm1"], line,
+                    "New-WfpMonTimeoutMessage in Wait-WfpMonTraceFile lacks -LastSeen")

@@ -258,3 +258,119 @@ def test_windows_doc_names_only_package_files():
         assert name in allowed, f"docs/windows.md mentions {name}"
     assert PACKAGE.package_dir_name in text
     assert f"pnputil /add-driver {PACKAGE.inf_name} /install" in text
+
+
+# --- first run on Windows: BitLocker, time-outs, the trace folder, the WPR profile --------
+
+PREPARE = SCRIPTS["Prepare-TestVM.ps1"]
+INVOKE = SCRIPTS["Invoke-WfpMonVmTest.ps1"]
+
+
+def function_body(name: str, text: str = MODULE_TEXT) -> str:
+    sc = psstatic.scan(text)
+    for f in psstatic.functions_of(sc):
+        if f.name == name:
+            return text[f.body_start:f.body_end + 1]
+    raise AssertionError(f"no function {name}")
+
+
+def code_position(text: str, needle: str) -> int:
+    """Position of the one occurrence of needle in text, which must start
+    in code (a mention in a comment does not count)."""
+    assert text.count(needle) == 1, f"{needle!r} occurs {text.count(needle)} times"
+    at = text.index(needle)
+    code = psstatic.scan(text).code
+    assert code[at] == text[at] and not code[at].isspace(), f"{needle!r} is in a comment"
+    return at
+
+
+def test_every_timed_wait_of_the_kit_reports_through_the_helper():
+    sc = psstatic.scan(MODULE_TEXT)
+    waits = {f.name for f in psstatic.functions_of(sc)
+             if psstatic._TIMED_WAIT.search(sc.code, f.body_start, f.body_end)}
+    # guest reachable, service state, the traffic job, the trace file
+    assert waits == {"Wait-WfpMonGuest", "Wait-WfpMonDriverState", "Stop-WfpMonTrafficJob", "Wait-WfpMonTraceFile"}
+    assert psstatic.timeout_problems(sc, psstatic.functions_of(sc)) == []
+
+
+def test_timeout_message_says_what_was_awaited_seen_and_next():
+    body = function_body("New-WfpMonTimeoutMessage")
+    message = re.search(r'return "([^"]*)"', body).group(1)
+    assert message == ("timed out after $Seconds s waiting for $WaitedFor; last seen: $LastSeen; "
+                       "next: $Next")
+    params = psstatic.functions_of(psstatic.scan(MODULE_TEXT))
+    helper = next(f for f in params if f.name == "New-WfpMonTimeoutMessage")
+    assert helper.params == {"waitedfor", "seconds", "lastseen", "next"}
+
+
+def test_guest_wait_reports_the_vm_heartbeat_and_the_console():
+    body = function_body("Wait-WfpMonGuest")
+    assert "heartbeat $heartbeat" in body and "PowerShell Direct: $($_.Exception.Message)" in body
+    assert "vmconnect.exe localhost $VMName" in body and "BitLocker recovery screen" in body
+    assert "$NextCheck; otherwise $general" in body
+
+
+def test_driver_state_wait_names_the_next_check_for_each_state():
+    body = function_body("Wait-WfpMonDriverState")
+    assert "Service Control Manager events 7000/7026" in body and "CodeIntegrity" in body
+    assert "CalloutStillRegistered" in body and "$($script:WfpMon.DeviceName)" in body
+    state = function_body("Get-WfpMonDriverState")
+    assert "Status = [string]$driver.Status; ExitCode = $driver.ExitCode" in state
+
+
+def test_prepare_suspends_bitlocker_before_changing_firmware_or_boot_options():
+    suspend = code_position(PREPARE, "Suspend-WfpMonBitLocker -Session $session -RebootCount $boots")
+    firmware = code_position(PREPARE, "Set-VMFirmware -VMName $VMName -EnableSecureBoot Off")
+    signing = code_position(PREPARE, "Enable-WfpMonTestSigning -Session $session")
+    baseline = code_position(PREPARE, "New-WfpMonCheckpoint -VMName $VMName -Name $BaselineCheckpoint")
+    assert baseline < suspend < firmware < signing
+    # One boot for the test-signing restart, one more for the firmware change.
+    assert re.search(r"\$boots = 1\n\s*if \(\$secureBootOff\) \{ \$boots = 2 \}", PREPARE)
+    # Both boots after the suspension carry the BitLocker hint when they time out.
+    assert "-TimeoutSeconds $BootTimeoutSeconds -NextCheck $bootHint | Out-Null" in PREPARE
+    assert "Restart-WfpMonGuest -VMName $VMName -Credential $Credential -Session $session " \
+           "-TimeoutSeconds $BootTimeoutSeconds -NextCheck $bootHint" in PREPARE
+
+
+def test_bitlocker_is_suspended_only_when_on_and_otherwise_explained():
+    body = function_body("Suspend-WfpMonBitLocker")
+    on = body.index("$r.Protected = ([string]$volume.ProtectionStatus -eq 'On')")
+    call = body.index("Suspend-BitLocker -MountPoint $drive -RebootCount $RebootCount")
+    assert on < call and "if ($r.Protected) {" in body[on:call]
+    # Protected but not suspendable here: fail before the firmware change, saying how.
+    assert "if ($state.Protected -and -not $state.Suspended) {" in body
+    assert "manage-bde.exe -protectors -disable $($state.Drive) -RebootCount $RebootCount" in body
+
+
+def test_trace_folder_exists_before_logman_writes_there():
+    body = function_body("Start-WfpMonTrace")
+    made = body.index("New-Item -ItemType Directory -Path $Dir -Force")
+    assert made < body.index("'create', 'trace'")
+    assert "(Split-Path -Path $GuestEtlFile -Parent)" in body
+
+
+def test_trace_is_copied_only_once_its_file_is_closed():
+    stop = code_position(INVOKE, "Assert-Step (Stop-WfpMonTrace -Session $session)")
+    wait = code_position(INVOKE, "Wait-WfpMonTraceFile -Session $session -GuestEtlFile $guestEtl")
+    copy = code_position(INVOKE, "Copy-Item -FromSession $session -Path $guestEtl -Destination (Join-Path $runDir 'wfpmon.etl')\n")
+    assert stop < wait < copy
+    assert "[System.IO.File]::Open($Path, 'Open', 'Read', 'None')" in function_body("Wait-WfpMonTraceFile")
+
+
+def test_wpr_profile_is_copied_to_the_guest():
+    assert SCALARS["WprProfileName"] == etwkit.WPRP.name
+    # scripts\vm\..\windows\<profile>: the shipped profile's place in the repository
+    assert "(Split-Path -Path $PSScriptRoot -Parent) (Join-Path 'windows' $names.WprProfileName)" in INVOKE
+    assert (KIT.parent / "windows" / SCALARS["WprProfileName"]) == etwkit.WPRP
+    assert "Copy-Item -Path $hostWprProfile -Destination (Join-Path $GuestDirectory $names.WprProfileName) " \
+           "-ToSession $session" in INVOKE
+
+
+def test_removal_deletes_a_service_the_package_removal_left():
+    delete_driver = code_position(INVOKE, "ArgumentList @('/delete-driver', $inf, '/uninstall') ")
+    sc_delete = code_position(INVOKE, "ArgumentList @('delete', $names.ServiceName) -ValidExitCode @(0, 1072)")
+    assert delete_driver < sc_delete
+    # ... and the failure path only deletes what this run installed.
+    cleanup = INVOKE[INVOKE.index("if ($NoRevert -and $null -ne $failure) {"):]
+    assert re.search(r"if \(\$packageAdded\) \{\n(\s*#[^\n]*\n)?\s*Invoke-WfpMonGuestProcess -Session \$session "
+                     r"-FilePath 'sc\.exe' -ArgumentList @\('delete'", cleanup)
