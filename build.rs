@@ -39,5 +39,13 @@ fn main() -> Result<(), wdk_build::ConfigError> {
         fs::write(stub_dir.join("rpcrt4.lib"), b"!<arch>\n").expect("OUT_DIR is writable");
         println!("cargo:rustc-link-search=native={}", stub_dir.display());
     }
+    // Mark the image CET shadow-stack compatible (an
+    // IMAGE_DEBUG_TYPE_EX_DLLCHARACTERISTICS debug directory entry with
+    // IMAGE_DLLCHARACTERISTICS_EX_CET_COMPAT): Windows 11's kernel-mode
+    // hardware-enforced stack protection treats unmarked drivers as
+    // incompatible. MSVC's link.exe (Visual Studio 2019 and later) and
+    // lld-link both take the option; being here, it reaches the Windows
+    // (`cargo make`) and the Linux build alike. tests/image checks the entry.
+    println!("cargo:rustc-cdylib-link-arg=/CETCOMPAT");
     wdk_build::configure_wdk_binary_build()
 }

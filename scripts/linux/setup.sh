@@ -172,7 +172,7 @@ if [[ ! -f "$wdk_stamp" || "$(cat "$wdk_stamp")" != "$wdk_fp" ]]; then
     ln -s "$(readlink -f "$mingw_root/include")" "$inc/shared"
 
     # Real ntoskrnl exports that mingw 10's libntoskrnl.a lacks: the pool
-    # API the overlay header declares, and EtwSetInformation (Windows 8+),
+    # API the overlay header declares, and EtwSetInformation (Windows 10+),
     # which the tracelogging crate declares itself.
     overlay_exports=(ExAllocatePool2 ExAllocatePool3 EtwSetInformation)
     make_def "$mingw_root/lib/libntoskrnl.a" ntoskrnl.exe "${overlay_exports[@]}" >"$lib/ntoskrnl.def"

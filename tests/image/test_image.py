@@ -35,6 +35,13 @@ SCN_MEM_WRITE = pefile.SECTION_CHARACTERISTICS["IMAGE_SCN_MEM_WRITE"]
 SCN_MEM_EXECUTE = pefile.SECTION_CHARACTERISTICS["IMAGE_SCN_MEM_EXECUTE"]
 SCN_MEM_NOT_PAGED = pefile.SECTION_CHARACTERISTICS["IMAGE_SCN_MEM_NOT_PAGED"]
 SCN_MEM_DISCARDABLE = pefile.SECTION_CHARACTERISTICS["IMAGE_SCN_MEM_DISCARDABLE"]
+DLLCHARACTERISTICS_DYNAMIC_BASE = pefile.DLL_CHARACTERISTICS["IMAGE_DLLCHARACTERISTICS_DYNAMIC_BASE"]
+DLLCHARACTERISTICS_NX_COMPAT = pefile.DLL_CHARACTERISTICS["IMAGE_DLLCHARACTERISTICS_NX_COMPAT"]
+# The extended DLL characteristics live in a debug directory entry of their
+# own (PE format, "Debug Type": IMAGE_DEBUG_TYPE_EX_DLLCHARACTERISTICS = 20,
+# 4 bytes of flags); /CETCOMPAT sets IMAGE_DLLCHARACTERISTICS_EX_CET_COMPAT.
+DEBUG_TYPE_EX_DLLCHARACTERISTICS = pefile.DEBUG_TYPE["IMAGE_DEBUG_TYPE_EX_DLLCHARACTERISTICS"]
+DLLCHARACTERISTICS_EX_CET_COMPAT = 0x0001
 
 # The emulator's stack is SizeOfStackCommit bytes (scripts/linux/setup.sh
 # links with /STACK:0x40000,0x6000); the real kernel ignores the value.
@@ -53,15 +60,22 @@ def pe() -> pefile.PE:
             f"kernel image {path} does not exist: build it with scripts/linux/build.sh "
             "(or point WFPMON_SYS at an image)"
         )
-    image = pefile.PE(str(path), fast_load=True)
+    image = parse(path.read_bytes())
+    yield image
+    image.close()
+
+
+def parse(data: bytes) -> pefile.PE:
+    """The image with the directories the checks read parsed."""
+    image = pefile.PE(data=data, fast_load=True)
     image.parse_data_directories(
         directories=[
             pefile.DIRECTORY_ENTRY["IMAGE_DIRECTORY_ENTRY_EXPORT"],
             pefile.DIRECTORY_ENTRY["IMAGE_DIRECTORY_ENTRY_IMPORT"],
+            pefile.DIRECTORY_ENTRY["IMAGE_DIRECTORY_ENTRY_DEBUG"],
         ]
     )
-    yield image
-    image.close()
+    return image
 
 
 def section_name(section: pefile.SectionStructure) -> str:
@@ -179,13 +193,142 @@ def test_no_retplne_section(pe: pefile.PE) -> None:
     )
 
 
-def test_no_writable_and_executable_section(pe: pefile.PE) -> None:
-    wx = [
+# --- Security features: DEP, ASLR, no W+X, CET shadow stacks --------------------
+# Each check is a function returning what is wrong (empty: nothing), run on
+# the built image here and, in the tests further down, on copies of it with
+# exactly the property removed, so that every check is shown to fail.
+
+
+def writable_executable_sections(pe: pefile.PE) -> list[str]:
+    """Sections both writable and executable: memory integrity (HVCI) refuses
+    such an image (Driver Verifier's code integrity check 0x2003)."""
+    return [
         f"{section_name(s)} ({s.Characteristics:#010x})"
         for s in pe.sections
         if s.Characteristics & SCN_MEM_WRITE and s.Characteristics & SCN_MEM_EXECUTE
     ]
+
+
+def dll_characteristics_problems(pe: pefile.PE) -> list[str]:
+    """DYNAMIC_BASE (relocatable, ASLR) and NX_COMPAT (DEP) must be set;
+    wdk-build links with /DYNAMICBASE and /NXCOMPAT."""
+    flags = pe.OPTIONAL_HEADER.DllCharacteristics
+    return [
+        f"DllCharacteristics {flags:#06x} lack {name}"
+        for name, bit in (
+            ("IMAGE_DLLCHARACTERISTICS_DYNAMIC_BASE", DLLCHARACTERISTICS_DYNAMIC_BASE),
+            ("IMAGE_DLLCHARACTERISTICS_NX_COMPAT", DLLCHARACTERISTICS_NX_COMPAT),
+        )
+        if not flags & bit
+    ]
+
+
+def cet_compat_problems(pe: pefile.PE) -> list[str]:
+    """The image must carry an IMAGE_DEBUG_TYPE_EX_DLLCHARACTERISTICS debug
+    entry whose flags include IMAGE_DLLCHARACTERISTICS_EX_CET_COMPAT (what
+    /CETCOMPAT writes); Windows 11's kernel-mode hardware-enforced stack
+    protection counts a driver without it as incompatible."""
+    entries = [
+        entry
+        for entry in getattr(pe, "DIRECTORY_ENTRY_DEBUG", [])
+        if entry.struct.Type == DEBUG_TYPE_EX_DLLCHARACTERISTICS
+    ]
+    if not entries:
+        return [
+            "no IMAGE_DEBUG_TYPE_EX_DLLCHARACTERISTICS debug directory entry: link with /CETCOMPAT "
+            "(build.rs passes it)"
+        ]
+    problems = []
+    for entry in entries:
+        if entry.struct.SizeOfData < 4:
+            problems.append(f"extended DLL characteristics entry of {entry.struct.SizeOfData} bytes (4 expected)")
+            continue
+        # The 4 bytes the entry points at, read from the file itself.
+        offset = entry.struct.PointerToRawData
+        flags = int.from_bytes(pe.__data__[offset : offset + 4], "little")
+        if not flags & DLLCHARACTERISTICS_EX_CET_COMPAT:
+            problems.append(f"extended DLL characteristics {flags:#x} lack IMAGE_DLLCHARACTERISTICS_EX_CET_COMPAT")
+    return problems
+
+
+def test_no_writable_and_executable_section(pe: pefile.PE) -> None:
+    wx = writable_executable_sections(pe)
     assert not wx, f"sections both writable and executable: {wx}"
+
+
+def test_dynamic_base_and_nx_compat(pe: pefile.PE) -> None:
+    problems = dll_characteristics_problems(pe)
+    assert not problems, problems
+
+
+def test_cet_shadow_stack_compatible(pe: pefile.PE) -> None:
+    problems = cet_compat_problems(pe)
+    assert not problems, problems
+
+
+def test_security_checks_reject_images_without_the_property(pe: pefile.PE) -> None:
+    """Each check above, run on copies of the built image with exactly one
+    property removed, reports it (and reports nothing on the unmodified
+    copy): the checks can fail."""
+    original = pe.__data__[:]
+
+    def modified(change) -> pefile.PE:
+        copy = parse(bytes(original))
+        change(copy)
+        return parse(copy.write())
+
+    assert not cet_compat_problems(modified(lambda _: None))
+    assert not dll_characteristics_problems(modified(lambda _: None))
+    assert not writable_executable_sections(modified(lambda _: None))
+
+    [cet_entry] = [e for e in pe.DIRECTORY_ENTRY_DEBUG if e.struct.Type == DEBUG_TYPE_EX_DLLCHARACTERISTICS]
+    flags_offset = cet_entry.struct.PointerToRawData
+
+    # A byte patch, not a pefile edit: PE.write() writes every parsed
+    # structure back, the debug entry's own data included.
+    without_cet_flag = bytearray(original)
+    flags = int.from_bytes(without_cet_flag[flags_offset : flags_offset + 4], "little")
+    cleared = flags & ~DLLCHARACTERISTICS_EX_CET_COMPAT
+    without_cet_flag[flags_offset : flags_offset + 4] = cleared.to_bytes(4, "little")
+
+    def retype_cet_entry(copy: pefile.PE) -> None:
+        for entry in copy.DIRECTORY_ENTRY_DEBUG:
+            if entry.struct.Type == DEBUG_TYPE_EX_DLLCHARACTERISTICS:
+                entry.struct.Type = pefile.DEBUG_TYPE["IMAGE_DEBUG_TYPE_UNKNOWN"]
+
+    def drop_debug_directory(copy: pefile.PE) -> None:
+        directory = copy.OPTIONAL_HEADER.DATA_DIRECTORY[pefile.DIRECTORY_ENTRY["IMAGE_DIRECTORY_ENTRY_DEBUG"]]
+        directory.VirtualAddress = 0
+        directory.Size = 0
+
+    assert cet_compat_problems(parse(bytes(without_cet_flag))) == [
+        f"extended DLL characteristics {cleared:#x} lack IMAGE_DLLCHARACTERISTICS_EX_CET_COMPAT"
+    ]
+    assert "no IMAGE_DEBUG_TYPE_EX_DLLCHARACTERISTICS" in " ".join(cet_compat_problems(modified(retype_cet_entry)))
+    assert "no IMAGE_DEBUG_TYPE_EX_DLLCHARACTERISTICS" in " ".join(cet_compat_problems(modified(drop_debug_directory)))
+
+    def clear_dll_flag(bit: int):
+        def change(copy: pefile.PE) -> None:
+            copy.OPTIONAL_HEADER.DllCharacteristics &= ~bit
+
+        return change
+
+    assert dll_characteristics_problems(modified(clear_dll_flag(DLLCHARACTERISTICS_DYNAMIC_BASE))) == [
+        f"DllCharacteristics {pe.OPTIONAL_HEADER.DllCharacteristics & ~DLLCHARACTERISTICS_DYNAMIC_BASE:#06x} "
+        "lack IMAGE_DLLCHARACTERISTICS_DYNAMIC_BASE"
+    ]
+    assert dll_characteristics_problems(modified(clear_dll_flag(DLLCHARACTERISTICS_NX_COMPAT))) == [
+        f"DllCharacteristics {pe.OPTIONAL_HEADER.DllCharacteristics & ~DLLCHARACTERISTICS_NX_COMPAT:#06x} "
+        "lack IMAGE_DLLCHARACTERISTICS_NX_COMPAT"
+    ]
+
+    def make_text_writable(copy: pefile.PE) -> None:
+        for section in copy.sections:
+            if section_name(section) == ".text":
+                section.Characteristics |= SCN_MEM_WRITE
+
+    wx = writable_executable_sections(modified(make_text_writable))
+    assert len(wx) == 1 and wx[0].startswith(".text "), wx
 
 
 def test_code_and_data_are_not_pageable(pe: pefile.PE) -> None:
