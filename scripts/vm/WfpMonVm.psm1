@@ -59,7 +59,8 @@ $script:EtwSessionName = 'wfpmon-vm-test'
 $script:EtwEventNames = @(
     'DriverEntry', 'DriverEntryStep', 'CalloutRegister', 'DriverEntryComplete', 'DriverEntryFailed',
     'Unload', 'TeardownBegins', 'FlowFailures', 'CalloutUnregisterAttempt', 'RemovalPass',
-    'CalloutStillRegistered', 'CalloutUnregistered', 'FlowRecordsLeft', 'TeardownStep',
+    'CalloutStillRegistered', 'CalloutReleasedWithFlowsOwed', 'CalloutUnregistered', 'FlowRecordsLeft',
+    'TeardownStep',
     'TeardownComplete', 'FlowEstablished', 'FlowEnded'
 )
 

@@ -816,6 +816,12 @@ mod bench {
         for r in rows.iter().filter(|r| r.what.contains("lock hold")) {
             println!("| {} | {:.1} us | - | - | - | <= 25 us |", r.what, r.value);
         }
+        for r in rows.iter().filter(|r| r.what.starts_with("QUERY_STATS")) {
+            println!(
+                "| {} | {:.1} us | {:.1} us (no flow) | - | - | <= 50 us |",
+                r.what, r.value, r.baseline
+            );
+        }
     }
 }
 
