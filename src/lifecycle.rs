@@ -54,9 +54,10 @@ impl Drop for Driver {
             totals.allocation_failures,
             totals.association_failures
         );
-        // Returns only once every callout is unregistered: however long the
-        // engine takes, the device and the injection handle (the fields,
-        // dropped below) outlive every callout id.
+        // Returns only once every callout is unregistered and none of its
+        // flow records is left: however long the engine takes, the device
+        // and the injection handle (the fields, dropped below) outlive every
+        // callout id and every flow-delete callback owed.
         self.callouts.unregister_all();
         // The engine's classify barrier: a successful
         // FwpsCalloutUnregisterById0 does not return while a classify of the
@@ -65,12 +66,15 @@ impl Drop for Driver {
         // not succeed while a context of the callout exists, deferred
         // flow-delete callbacks included. So from here on no wfpmon code runs
         // on behalf of the engine, and every flow context has been handed
-        // back through flowDeleteFn. We rely on that rather than on a
-        // counter of our own, which could not prove that a CPU has left the
-        // image anyway (code runs after any decrement).
-        // The driver's own invariant, whatever the engine answered: the
-        // device goes, and Unload returns, only once no flow-delete callback
-        // is owed (a record leaves the registry only in flowDeleteFn).
+        // back through flowDeleteFn: the engine's documented answer is what
+        // proves a processor has left the image (no counter of ours can:
+        // code runs after any decrement). Should an engine let a callout go
+        // with deletions still owed, the protocol above waited for every
+        // record of it, plus a grace for the last callback's return
+        // (`wfpmon_core::unload`). And the driver's own invariant, whatever
+        // the engine answered: the device goes, and Unload returns, only
+        // once the registry is empty (a record leaves it only in
+        // flowDeleteFn).
         wait_until_no_record_is_tracked();
         // No event can be published any more: end the event reads still
         // pending (a handle open across unload), before the device goes.
