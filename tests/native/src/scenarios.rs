@@ -396,7 +396,7 @@ pub fn slow_deferred_deletions(seed: u64, flows: usize) -> Result<Summary, Strin
     deferred_deletions_outlived(seed, flows, Mode::default())
 }
 
-/// Engine rule 8 (adversarial): every removal is deferred by ten minutes,
+/// Rule E14 (adversarial): every removal is deferred by ten minutes,
 /// and once no live context of a callout is left the engine answers
 /// `STATUS_FWP_CALLOUT_NOT_FOUND` — with the deferred flowDeleteFn calls
 /// still to come. The driver must neither delete its device nor return
@@ -893,7 +893,13 @@ pub fn self_check(seed: u64) -> Result<Vec<String>, String> {
     call_into_image(&w, "self-check: wait", DISPATCH_LEVEL, || {
         // SAFETY: the wait model; both pointers live for the call.
         unsafe {
-            kernel::ke_wait_for_single_object(not_an_event.as_mut_ptr(), 0, 0, 0, &raw const timeout)
+            kernel::ke_wait_for_single_object(
+                not_an_event.as_mut_ptr(),
+                0,
+                0,
+                0,
+                &raw const timeout,
+            )
         }
     });
     // A second device, deleted while a callout registered against it is
