@@ -149,7 +149,7 @@ fn slow_deferred_deletions_are_waited_for() {
     }
 }
 
-/// Rules K30 and E1: each failable call of DriverEntry fails in turn, while
+/// Rules K30 and E1: each failable call of `DriverEntry` fails in turn, while
 /// other threads classify at the callouts registered so far.
 #[test]
 fn a_failure_at_every_failable_driver_entry_call() {
