@@ -8,7 +8,9 @@
 #  3. lints: clippy -D warnings for the host crates, for the driver on its
 #     kernel target, and for wfpmonctl on the Windows target (type-check);
 #  4. pytest: static checks of the image, the emulator suite on the real
-#     wfpmon.sys, the INF checks and the Hyper-V kit checks;
+#     wfpmon.sys, the INF checks, the Hyper-V kit checks, and the rulebook
+#     check (every rule of docs/engine-rules.md cited by the fake hosts'
+#     models and by a test);
 #  5. the native host (tests/native): the real wfpmon.sys loaded into a
 #     Linux process and driven from real threads (scenarios repeated with
 #     consecutive seeds), then under valgrind memcheck (a stress scenario
@@ -59,10 +61,10 @@ cargo clippy --locked --release --target "$WFPMON_TARGET" -p wfpmon -- -D warnin
 step "clippy: wfpmonctl on x86_64-pc-windows-msvc (user mode, type-check)"
 cargo clippy --locked --target "$WFPMON_TARGET" -p wfpmonctl -- -D warnings
 
-step "pytest: image, emulator (driver and wfpmonctl.exe), INF, VM kit"
+step "pytest: image, emulator (driver and wfpmonctl.exe), INF, VM kit, rulebook"
 export WFPMON_SYS="$root/target/$WFPMON_TARGET/release/wfpmon.sys"
 "$WFPMON_VENV/bin/python" -m pytest -q tests/image tests/emulator tests/inf tests/vm \
-    tools/wfpmonctl/tests/emulator
+    tools/wfpmonctl/tests/emulator tests/rules
 
 step "native host: the real wfpmon.sys on real threads (tests/native)"
 # The tests skip (loudly) without an image; here the image was just built,

@@ -2,16 +2,18 @@
 
 The driver image runs in the Speakeasy emulator. Every kernel and filter
 engine call it makes goes through the hooks below, which implement the
-documented rules of the functions involved:
+documented rules of the functions involved. The rules, their sources and
+which host implements each are in docs/engine-rules.md; the ids in brackets
+name them, and `# rule Xn` comments mark the code that implements each:
 
 - FwpsCalloutRegister1 records the FWPS_CALLOUT1 (key, flags, classifyFn,
-  flowDeleteFn) and hands out a run-time id;
-- FwpsFlowAssociateContext0 attaches a context to (flow, layer, callout);
+  flowDeleteFn) and hands out a run-time id [E1];
+- FwpsFlowAssociateContext0 attaches a context to (flow, layer, callout)
+  [E6, E7];
 - FwpsCalloutUnregisterById0 answers STATUS_DEVICE_BUSY while any context
   of the callout exists (including one whose deletion is pending), and
-  STATUS_FWP_CALLOUT_NOT_FOUND for an unknown id. Adversarially
-  (`not_found_while_owed=True`, not documented behaviour: the native host's
-  engine rule 8), it answers STATUS_FWP_CALLOUT_NOT_FOUND and forgets the
+  STATUS_FWP_CALLOUT_NOT_FOUND for an unknown id [E2, E3, E13]. Adversarially
+  (`not_found_while_owed=True`, not documented behaviour [E14]), it answers STATUS_FWP_CALLOUT_NOT_FOUND and forgets the
   callout as soon as no *live* context of it is left, while deletions it
   deferred (STATUS_PENDING) are still to come — the driver must outlive
   every one of them;
@@ -20,7 +22,7 @@ documented rules of the functions involved:
   progress — returns STATUS_PENDING and calls flowDeleteFn later (here: when
   the driver next waits on a kernel object, standing for the other
   processor finishing its classify, after a number of waits or once the
-  simulated clock reaches a given time);
+  simulated clock reaches a given time) [E8, E9, E10, E12];
 - the classify barrier: a successful FwpsCalloutUnregisterById0 does not
   return while a classify of that callout is executing, and no classify of
   it starts afterwards (NETIO's KfdDeleteCalloutEntry; ebpf-for-windows
@@ -28,33 +30,37 @@ documented rules of the functions involved:
   (`classify_in_flight`) is either completed inside the unregister call
   before it succeeds (`barrier="wait"`) or makes it answer
   STATUS_DEVICE_BUSY until the driver's next wait lets it finish
-  (`barrier="busy"`); `classify()` refuses to call an unregistered callout;
+  (`barrier="busy"`); `classify()` refuses to call an unregistered callout
+  [E4, E5];
 - ObOpenObjectByPointer / ZwSetSecurityObject / ZwClose keep a handle table:
   a handle must be a kernel handle opened with WRITE_DAC to set a DACL, and
-  every handle must be closed once;
+  every handle must be closed once [K33];
 - ETW: EtwRegister / EtwSetInformation / EtwWriteTransfer / EtwUnregister
   keep a registration table; a session (`etw_session=(level, keywords)`,
   or `enable_trace()` later) enables the provider through its enable
   callback, as ETW does; every EtwWriteTransfer is decoded from its
   TraceLogging metadata (event name, fields with their in/out types) into
-  `events`. Writing through an unknown or unregistered handle is an error;
+  `events`. Writing through an unknown or unregistered handle is an error
+  [T1, T2, T4];
 - KeWaitForSingleObject advances a simulated clock (KUSER_SHARED_DATA's
   InterruptTime, which the driver reads) by the time it waited, so an engine
-  that lets go after minutes costs a few hundred waits, not minutes;
+  that lets go after minutes costs a few hundred waits, not minutes [K34, K35];
 - ExAllocatePool2 / ExFreePool(WithTag) are accounted, so leaks and double
-  frees are visible; any call can be made to fail (fault injection);
+  frees are visible; any call can be made to fail (fault injection) [K28,
+  K30];
 - spin locks and IRQL (KeAcquireInStackQueuedSpinLock / KeRelease...,
   KeAcquireSpinLockRaiseToDpc / KeReleaseSpinLock): the IRQL each routine
   requires and sets, ownership, recursion, a consistent nesting order, no
   lock held or IRQL raised when the driver returns (see "Spin locks and
-  IRQL" below);
+  IRQL" below) [K1-K9];
 - the cancel-safe IRP queue (IoCsqInitialize / IoCsqInsertIrp /
   IoCsqRemoveNextIrp) as documented, calling the driver's own CsqXxx
   callbacks, and IoCancelIrp (`cancel_irp`) with the cancel routine the
   queue installed; IRPs (`send_irp`, `send_irp_async`) with file objects
   (`open_handle`, `close_handle` = IRP_MJ_CLEANUP), checked at completion
   (once, not queued, no cancel routine, no spin lock held) and at the
-  dispatch routine's return (STATUS_PENDING if and only if marked pending);
+  dispatch routine's return (STATUS_PENDING if and only if marked pending)
+  [K10-K24];
 - the flow-established metadata: flow handle, process id and process path
   (an FWP_BYTE_BLOB of UTF-16LE with its NUL), each present or absent.
 
@@ -353,6 +359,7 @@ class FakeEngine:
     KUSER_INTERRUPT_TIME = 0xFFFFF78000000008
 
     def _set_clock(self, value: int) -> None:
+        # rule K35: interrupt time, read by the driver from KUSER_SHARED_DATA.
         self.clock = value
         # KSYSTEM_TIME: LowPart, High1Time, High2Time (the driver reads the
         # first 8 bytes as one 64-bit value). Speakeasy maps the page at the
@@ -471,6 +478,7 @@ class FakeEngine:
     def _returned(self, what: str, irql: int) -> None:
         """The driver returned to the system: no spin lock may be left held
         and the IRQL must be back where it was."""
+        # rule K9
         if self.lock_stack:
             self.pool_errors.append(f"{what} returned holding spin locks {[hex(l[0]) for l in self.lock_stack]}")
             self.lock_stack.clear()
@@ -588,6 +596,7 @@ class FakeEngine:
 
     # ------------------------------------------------------------------ hooks
     def _fault(self, api: str) -> int | None:
+        # rule K30: the n-th call of `api` fails when the test asks it to.
         n = self.counts.get(api, 0) + 1
         self.counts[api] = n
         return self.faults.get(api, {}).get(n)
@@ -768,7 +777,7 @@ class FakeEngine:
 
     def _ex_allocate_pool2(self, emu, api, orig, argv):
         flags, size, tag = argv[0], argv[1], argv[2] & 0xFFFFFFFF
-        fault = self._fault("ExAllocatePool2")
+        fault = self._fault("ExAllocatePool2")  # rule K30: NULL on failure
         if fault is not None:
             return self._record("ExAllocatePool2", (flags, size, tag), 0)
         addr = orig(argv)
@@ -778,6 +787,7 @@ class FakeEngine:
         return self._record("ExAllocatePool2", (flags, size, tag), addr)
 
     def _free(self, api, addr, tag=None):
+        # rule K28: an outstanding block, freed once, with its tag.
         if addr not in self.pool:
             self.pool_errors.append(f"{api}({addr:#x}): not an outstanding allocation")
         else:
@@ -803,7 +813,7 @@ class FakeEngine:
         argv[4] &= 0xFFFFFFFF
         argv[5] &= 0xFF  # BOOLEAN Exclusive
         self.driver_object = argv[0]
-        fault = self._fault("IoCreateDevice")
+        fault = self._fault("IoCreateDevice")  # rule K31 (and K30)
         if fault is not None:
             return self._record("IoCreateDevice", (argv[2], argv[3], argv[4]), fault)
         rv = orig(argv)
@@ -819,7 +829,7 @@ class FakeEngine:
         return self._record("IoCreateDevice", (name, argv[3], argv[4]), rv)
 
     def _io_delete_device(self, emu, api, orig, argv):
-        if argv[0] not in self.devices:
+        if argv[0] not in self.devices:  # rule K31: a live device, deleted once
             self.pool_errors.append(f"IoDeleteDevice({argv[0]:#x}): unknown device")
         self.devices.discard(argv[0])
         self.deleted_devices.append(argv[0])
@@ -833,7 +843,7 @@ class FakeEngine:
         fault = self._fault("ObOpenObjectByPointer")
         if fault is not None:
             return self._record("ObOpenObjectByPointer", args, fault)
-        if obj not in self.devices:
+        if obj not in self.devices:  # rule K33
             self.pool_errors.append(f"ObOpenObjectByPointer({obj:#x}): not a device object")
             return self._record("ObOpenObjectByPointer", args, L.STATUS_INVALID_PARAMETER)
         if not attributes & self.OBJ_KERNEL_HANDLE:
@@ -856,7 +866,7 @@ class FakeEngine:
         if handle not in self.handles:
             return self._record("ZwSetSecurityObject", (handle, info), L.STATUS_INVALID_HANDLE)
         obj, access = self.handles[handle]
-        if not access & self.WRITE_DAC:
+        if not access & self.WRITE_DAC:  # rule K33
             return self._record("ZwSetSecurityObject", (handle, info), L.STATUS_ACCESS_DENIED)
         self.security.append((obj, self.se.mem_read(descriptor, 72)))
         return self._record("ZwSetSecurityObject", (handle, info), L.STATUS_SUCCESS)
@@ -864,7 +874,7 @@ class FakeEngine:
     def _zw_close(self, emu, api, orig, argv):
         handle = argv[0]
         fault = self._fault("ZwClose")
-        if handle not in self.handles:
+        if handle not in self.handles:  # rule K33: an open handle, closed once
             self.pool_errors.append(f"ZwClose({handle:#x}): not an open handle")
             return self._record("ZwClose", (handle,), L.STATUS_INVALID_HANDLE)
         if fault is not None:
@@ -887,6 +897,7 @@ class FakeEngine:
         time-based pending deletion completes."""
         self.waits += 1
         timeout = None
+        # rule K34: a relative, non-zero timeout.
         if argv[4]:
             (raw,) = struct.unpack("<q", self.se.mem_read(argv[4], 8))
             if raw >= 0:
@@ -897,15 +908,15 @@ class FakeEngine:
             self.pool_errors.append("wait without a timeout in the emulator (would hang)")
             timeout = 0
         calls = []
-        if self.barrier == "busy" and self.in_flight:
+        if self.barrier == "busy" and self.in_flight:  # rule E5: the classify finishes
             calls += self._finish_in_flight()
         if self.pending and self.pending_runs_on == "wait":
-            if self.pending_delay is not None:
+            if self.pending_delay is not None:  # rule E12: due at a simulated time
                 due = min(self.pending_due[p[1:4]] for p in self.pending)
                 if due <= self.clock + timeout:
                     self._set_clock(max(due, self.clock))
                     calls += self._run_pending_due()
-            else:
+            else:  # rule E9: the other processor's classify returns
                 calls += self._run_pending(all_of_them=False)
         if calls:
             self._record("KeWaitForSingleObject", (len(calls),), L.STATUS_SUCCESS)
@@ -959,6 +970,7 @@ class FakeEngine:
     #   IRPs"): see _complete_request.
 
     def _require_irql(self, api: str, maximum: int) -> None:
+        # rule K1: the routine's documented maximum IRQL.
         if self.irql > maximum:
             self.pool_errors.append(f"{api} called at IRQL {self.irql} (at most {maximum})")
 
@@ -975,16 +987,16 @@ class FakeEngine:
 
     def _lock_acquire(self, api: str, lock: int, kind: str, handle: int = 0) -> int:
         self._require_irql(api, DISPATCH_LEVEL)
-        if any(held == lock for held, _, _, _ in self.lock_stack):
+        if any(held == lock for held, _, _, _ in self.lock_stack):  # rule K4
             self.pool_errors.append(f"{api}({lock:#x}): acquired while already held (deadlock)")
-        for held, _, _, _ in self.lock_stack:
+        for held, _, _, _ in self.lock_stack:  # rule K5: one nesting order
             inner = self.lock_order.setdefault(held, set())
             if lock not in inner and held != lock:
                 if self._reaches(lock, held):
                     self.pool_errors.append(f"{api}({lock:#x}): lock order inversion with {held:#x} "
                                             "(acquired in the opposite order elsewhere)")
                 inner.add(lock)
-        old = self.irql
+        old = self.irql  # rule K2: raise to DISPATCH_LEVEL, return the old IRQL
         self.lock_stack.append((lock, kind, old, handle))
         self.irql = DISPATCH_LEVEL
         self.lock_acquisitions += 1
@@ -993,17 +1005,17 @@ class FakeEngine:
 
     def _lock_release(self, api: str, match, new_irql: int | None = None) -> None:
         index = next((i for i, entry in enumerate(self.lock_stack) if match(entry)), None)
-        if index is None:
+        if index is None:  # rule K3
             self.pool_errors.append(f"{api}: releases a lock that is not held")
             return
         lock, kind, old, _ = self.lock_stack.pop(index)
         if self.irql != DISPATCH_LEVEL:
             self.pool_errors.append(f"{api}({lock:#x}) at IRQL {self.irql} (must be DISPATCH_LEVEL)")
-        if new_irql is not None and new_irql != old:
+        if new_irql is not None and new_irql != old:  # rule K2
             self.pool_errors.append(f"{api}({lock:#x}): NewIrql {new_irql} is not the IRQL {old} "
                                     "its acquisition returned")
         self.irql = old if new_irql is None else new_irql
-        if self.lock_stack and self.irql < DISPATCH_LEVEL:
+        if self.lock_stack and self.irql < DISPATCH_LEVEL:  # rule K6
             self.pool_errors.append(f"{api}({lock:#x}): IRQL lowered to {self.irql} while "
                                     f"{self.lock_stack[-1][0]:#x} is still held")
 
@@ -1015,6 +1027,7 @@ class FakeEngine:
         """KeAcquireInStackQueuedSpinLock(SpinLock, LockHandle): the handle
         (on the caller's stack) names this acquisition for its release."""
         lock, handle = argv[0], argv[1]
+        # rule K8: one acquisition per KLOCK_QUEUE_HANDLE, released through it.
         if any(h == handle for _, kind, _, h in self.lock_stack if kind == "queued"):
             self.pool_errors.append(f"{api}: handle {handle:#x} already holds a lock")
         self._lock_acquire(api, lock, "queued", handle)
@@ -1029,7 +1042,7 @@ class FakeEngine:
         """KeAcquireSpinLockRaiseToDpc(SpinLock) -> old IRQL. The lock must
         have been initialised (KeInitializeSpinLock stores 0) and be free."""
         lock = argv[0]
-        if self.u64(lock) != 0:
+        if self.u64(lock) != 0:  # rule K7
             self.pool_errors.append(f"{api}({lock:#x}): not an initialised, free spin lock")
         return self._lock_acquire(api, lock, "spin")
 
@@ -1057,7 +1070,7 @@ class FakeEngine:
         irp = argv[0]
         self.completed_irps.append(irp)
         self._require_irql(api, DISPATCH_LEVEL)
-        if self.lock_stack:
+        if self.lock_stack:  # rule K10
             self.pool_errors.append(f"{api}({irp:#x}) called holding spin lock {self.lock_stack[-1][0]:#x}")
         status, _, information = struct.unpack("<IIQ", self.se.mem_read(irp + self.IRP_IO_STATUS, 16))
         rec = self.irps.get(irp)
@@ -1065,14 +1078,15 @@ class FakeEngine:
         if rec is None:
             self.pool_errors.append(f"{api}({irp:#x}): not an IRP sent to the driver")
             return 0
-        if rec.completions:
+        if rec.completions:  # rule K11
             self.pool_errors.append(f"{api}({irp:#x}): completed twice (MULTIPLE_IRP_COMPLETE_REQUESTS)")
-        if rec.queued:
+        if rec.queued:  # rule K13
             self.pool_errors.append(f"{api}({irp:#x}): completed while still in the cancel-safe queue")
-        if self.u64(irp + self.IRP_CANCEL_ROUTINE):
+        if self.u64(irp + self.IRP_CANCEL_ROUTINE):  # rule K12
             self.pool_errors.append(f"{api}({irp:#x}): completed with a cancel routine set")
         if status == L.STATUS_PENDING:
             self.pool_errors.append(f"{api}({irp:#x}): completed with STATUS_PENDING")
+        # rule K16: the I/O manager copies Information bytes back.
         copied = min(information, rec.out_len) if rec.method == 0 and rec.system_buffer else 0
         output = self.se.mem_read(rec.system_buffer, copied) if copied else b""
         rec.completions.append(Completion(status, information, output, len(self.calls) - 1, self.irql))
@@ -1097,7 +1111,7 @@ class FakeEngine:
         ReleaseLock, CompleteCanceledIrp): fills the IO_CSQ (any IRQL).
         "STATUS_SUCCESS on success, or the appropriate NTSTATUS error code
         on failure" (so it can be made to fail)."""
-        api = "IoCsqInitialize"
+        api = "IoCsqInitialize"  # rule K18
         csq, callbacks = argv[0], argv[1:7]
         fault = self._fault(api)
         if fault is not None:
@@ -1110,7 +1124,7 @@ class FakeEngine:
         return self._record(api, (csq,), L.STATUS_SUCCESS)
 
     def _csq_callback(self, csq: int, offset: int) -> int:
-        if csq not in self.csqs:
+        if csq not in self.csqs:  # rule K18: only a queue IoCsqInitialize filled
             raise RuntimeError(f"IoCsq* on {csq:#x}, which IoCsqInitialize never initialised")
         if self.u32(csq) != self.IO_TYPE_CSQ:
             self.pool_errors.append(f"IO_CSQ {csq:#x} overwritten (Type {self.u32(csq):#x})")
@@ -1119,7 +1133,7 @@ class FakeEngine:
     def _csq_lock(self, api: str, csq: int):
         """CsqAcquireLock(Csq, &Irql): the driver's callback must take a lock
         (the queue's), leaving the model one more lock held."""
-        depth = len(self.lock_stack)
+        depth = len(self.lock_stack)  # rule K23
         out = self.palloc(8)
         self.se.mem_write(out, b"\xee" * 8)
         yield (self._csq_callback(csq, self.CSQ_ACQUIRE), [csq, out])
@@ -1128,7 +1142,7 @@ class FakeEngine:
         return self.u8(out)
 
     def _csq_unlock(self, api: str, csq: int, irql: int):
-        depth = len(self.lock_stack)
+        depth = len(self.lock_stack)  # rule K23
         yield (self._csq_callback(csq, self.CSQ_RELEASE), [csq, irql])
         if len(self.lock_stack) != depth - 1:
             self.pool_errors.append(f"{api}: CsqReleaseLock did not release the queue's lock")
@@ -1161,7 +1175,7 @@ class FakeEngine:
         the system's, which IoCancelIrp calls. The IoCsqXxx routines keep
         their context in Tail.Overlay.DriverContext[3] ("drivers ... must
         leave that member unused")."""
-        self._require_irql(api, DISPATCH_LEVEL)
+        self._require_irql(api, DISPATCH_LEVEL)  # rule K19
         rec = self._irp_record(api, irp)
         queue = self.csqs.get(csq)
         if queue is None:
@@ -1204,7 +1218,7 @@ class FakeEngine:
         under way on another processor) is passed over — CsqPeekNextIrp is
         asked for the next one after it — and left to the cancel routine.
         The IRP handed out is no longer cancelable (cancel routine cleared)."""
-        self._require_irql(api, DISPATCH_LEVEL)
+        self._require_irql(api, DISPATCH_LEVEL)  # rule K20
         queue = self.csqs.get(csq)
         if queue is None:
             raise RuntimeError(f"{api}: {csq:#x} was never initialised")
@@ -1234,7 +1248,7 @@ class FakeEngine:
 
     def _csq_took(self, irp: int, queue: list[int]) -> None:
         queue.remove(irp)
-        if self.u64(irp + self.IRP_DRIVER_CONTEXT_3) not in self.csqs:
+        if self.u64(irp + self.IRP_DRIVER_CONTEXT_3) not in self.csqs:  # rule K22
             self.pool_errors.append(f"IRP {irp:#x}: DriverContext[3] changed while queued (the CSQ's)")
         self.w64(irp + self.IRP_DRIVER_CONTEXT_3, 0)
         rec = self.irps.get(irp)
@@ -1247,7 +1261,7 @@ class FakeEngine:
         routine (NULL'ing it, so that nobody else can). Returns the routine
         taken (0: the IRP was not cancelable; "IoCancelIrp sets the IRP's
         cancel bit and returns FALSE")."""
-        rec = self._irp_record("IoCancelIrp", irp)
+        rec = self._irp_record("IoCancelIrp", irp)  # rule K17
         if rec is None or rec.completions:
             raise RuntimeError(f"IoCancelIrp({irp:#x}): not a live IRP")
         self.se.mem_write(irp + self.IRP_CANCEL, b"\x01")
@@ -1264,6 +1278,7 @@ class FakeEngine:
         queue, calls CsqRemoveIrp, unlocks, and calls CsqCompleteCanceledIrp
         ("the system always calls the queue's CsqRemoveIrp routine ... before
         calling CsqCompleteCanceledIrp")."""
+        # rule K21
         if routine != self.CSQ_CANCEL_ROUTINE:
             raise RuntimeError(f"IRP {irp:#x} carries a cancel routine {routine:#x} the model did not install")
         csq = self.u64(irp + self.IRP_DRIVER_CONTEXT_3)
@@ -1329,7 +1344,7 @@ class FakeEngine:
     def _etw_register(self, emu, api, orig, argv):
         guid_addr, callback, context, out = argv[:4]
         guid = self.guid_at(guid_addr)
-        fault = self._fault("EtwRegister")
+        fault = self._fault("EtwRegister")  # rule T1
         if fault is not None:
             return self._record("EtwRegister", (guid,), fault)
         handle = self.etw_next
@@ -1341,7 +1356,7 @@ class FakeEngine:
         self.se.mem_write(out, struct.pack("<Q", handle))
         self._record("EtwRegister", (guid,), L.STATUS_SUCCESS)
         if self.etw_session is not None and callback:
-            # A session already running enables the provider inside EtwRegister.
+            # rule T1: a session already running enables the provider inside EtwRegister.
             return self._redirect(emu, self._enable_calls(handle, *self.etw_session), L.STATUS_SUCCESS)
         return L.STATUS_SUCCESS
 
@@ -1353,7 +1368,7 @@ class FakeEngine:
 
     def _etw_unregister(self, emu, api, orig, argv):
         handle = argv[0]
-        if handle not in self.etw:
+        if handle not in self.etw:  # rule T2
             self.pool_errors.append(f"EtwUnregister({handle:#x}): not registered")
             return self._record("EtwUnregister", (handle,), L.STATUS_INVALID_HANDLE)
         del self.etw[handle]
@@ -1361,7 +1376,7 @@ class FakeEngine:
 
     def _etw_set_information(self, emu, api, orig, argv):
         handle, cls, info, length = argv[0], argv[1] & 0xFFFFFFFF, argv[2], argv[3] & 0xFFFFFFFF
-        if handle not in self.etw:
+        if handle not in self.etw:  # rule T2
             self.pool_errors.append(f"EtwSetInformation({handle:#x}): not registered")
         if cls == 2:  # EventProviderSetTraits
             self.etw_traits.append(self.se.mem_read(info, length))
@@ -1379,6 +1394,7 @@ class FakeEngine:
         return b[pos:end].decode("utf-8"), end + 1
 
     def _decode_event(self, meta: bytes, data: bytes) -> tuple[str, list[dict]]:
+        # rule T4: the payload is exactly what the metadata describes.
         size = struct.unpack_from("<H", meta)[0]
         pos = 2
         while meta[pos] & 0x80:  # event tag bytes
@@ -1425,7 +1441,7 @@ class FakeEngine:
     def _etw_write_transfer(self, emu, api, orig, argv):
         handle, descriptor, _activity, _related, count, data = argv[:6]
         count &= 0xFFFFFFFF
-        if handle not in self.etw:
+        if handle not in self.etw:  # rule T2
             self.pool_errors.append(f"EtwWriteTransfer({handle:#x}): not a registered provider")
             return self._record("EtwWriteTransfer", (handle,), L.STATUS_INVALID_HANDLE)
         eid, version, channel, level, opcode, task, keyword = struct.unpack(
@@ -1456,7 +1472,7 @@ class FakeEngine:
     # fwpkclnt ---------------------------------------------------------------
     def _callout_register1(self, emu, api, orig, argv):
         callout = self.read(L.FWPS_CALLOUT1, argv[1])
-        key = callout.calloutKey.text()
+        key = callout.calloutKey.text()  # rule E1
         fault = self._fault("FwpsCalloutRegister1")
         if fault is not None:
             return self._record("FwpsCalloutRegister1", (key,), fault)
@@ -1473,6 +1489,7 @@ class FakeEngine:
         return self._record("FwpsCalloutRegister1", (key,), L.STATUS_SUCCESS)
 
     def _contexts_of(self, cid):
+        # rule E9: a context whose deletion is pending still counts.
         live = [k for k in self.contexts if k[2] == cid]
         pend = [k for k in self.pending_keys if k[2] == cid]
         return live + pend
@@ -1496,27 +1513,27 @@ class FakeEngine:
         cid = argv[0] & 0xFFFFFFFF
         deferred = self._run_pending() if self.pending_runs_on == "unregister" else []
         c = self.callouts.get(cid)
-        if c is None or not c.registered:
+        if c is None or not c.registered:  # rule E3
             rv = L.STATUS_FWP_CALLOUT_NOT_FOUND
-        elif self.clock < self.in_use_until:
+        elif self.clock < self.in_use_until:  # rule E13
             rv = L.STATUS_FWP_IN_USE
         elif (self.not_found_while_owed and self._contexts_of(cid)
               and not any(k[2] == cid for k in self.contexts)
               and not (self.in_flight.get(cid) and self.barrier == "busy")):
-            # Only deferred deletions left: let go early (with the barrier).
+            # rule E14: only deferred deletions left: let go early (with the barrier).
             deferred = deferred + self._finish_in_flight(cid)
             c.registered = False
             self.early_not_found += 1
             rv = L.STATUS_FWP_CALLOUT_NOT_FOUND
-        elif self._contexts_of(cid):
+        elif self._contexts_of(cid):  # rule E2
             rv = L.STATUS_DEVICE_BUSY
-        elif self.in_flight.get(cid) and self.barrier == "busy":
+        elif self.in_flight.get(cid) and self.barrier == "busy":  # rule E5
             rv = L.STATUS_DEVICE_BUSY
         else:
             fault = self._fault("FwpsCalloutUnregisterById0")
             rv = L.STATUS_SUCCESS if fault is None else fault
             if rv == L.STATUS_SUCCESS:
-                # The barrier: classifies of the callout still executing
+                # rule E4: classifies of the callout still executing
                 # finish before the call returns.
                 deferred = deferred + self._finish_in_flight(cid)
                 c.registered = False
@@ -1524,7 +1541,7 @@ class FakeEngine:
         return self._redirect(emu, deferred, rv) if deferred else rv
 
     def _injection_create(self, emu, api, orig, argv):
-        fault = self._fault("FwpsInjectionHandleCreate0")
+        fault = self._fault("FwpsInjectionHandleCreate0")  # rule E15
         if fault is not None:
             return self._record("FwpsInjectionHandleCreate0", (argv[0], argv[1]), fault)
         handle = self.alloc(16)
@@ -1533,7 +1550,7 @@ class FakeEngine:
         return self._record("FwpsInjectionHandleCreate0", (argv[0], argv[1]), L.STATUS_SUCCESS)
 
     def _injection_destroy(self, emu, api, orig, argv):
-        ok = argv[0] in self.injection_handles
+        ok = argv[0] in self.injection_handles  # rule E15: a live handle, once
         self.injection_handles.discard(argv[0])
         self.destroyed_handles.append(argv[0])
         rv = L.STATUS_SUCCESS if ok else L.STATUS_INVALID_PARAMETER
@@ -1545,9 +1562,9 @@ class FakeEngine:
         c = self.callouts.get(cid)
         if fault is not None:
             rv = fault
-        elif c is None or not c.registered:
+        elif c is None or not c.registered:  # rule E3
             rv = L.STATUS_FWP_CALLOUT_NOT_FOUND
-        elif (flow, layer, cid) in self.contexts:
+        elif (flow, layer, cid) in self.contexts:  # rule E6
             rv = 0x40000000  # STATUS_OBJECT_NAME_EXISTS
         else:
             self.contexts[(flow, layer, cid)] = ctx
@@ -1558,22 +1575,22 @@ class FakeEngine:
         flow, layer, cid = argv[0], argv[1] & 0xFFFF, argv[2] & 0xFFFFFFFF
         key = (flow, layer, cid)
         ctx = self.contexts.get(key)
-        if ctx is None:
+        if ctx is None:  # rule E8
             return self._record("FwpsFlowRemoveContext0", key, L.STATUS_UNSUCCESSFUL)
         mode = self.remove_mode(flow, layer, cid)
         if isinstance(mode, int):
-            # "Other status codes: an error occurred": the context stays.
+            # rule E10: "Other status codes: an error occurred": the context stays.
             return self._record("FwpsFlowRemoveContext0", key, mode)
         del self.contexts[key]
         fn = self.callouts[cid].flow_delete
-        if mode == "pending":
+        if mode == "pending":  # rule E9
             self.pending.append((fn, flow, layer, cid, ctx))
             self.pending_keys.add(key)
             self.pending_left[key] = self.pending_waits
             if self.pending_delay is not None:
                 self.pending_due[key] = self.clock + self.pending_delay
             return self._record("FwpsFlowRemoveContext0", key, L.STATUS_PENDING)
-        self.flow_deletes.append((layer, cid, ctx))
+        self.flow_deletes.append((layer, cid, ctx))  # rule E8: flowDeleteFn inside the call
         self._record("FwpsFlowRemoveContext0", key, L.STATUS_SUCCESS)
         return self._redirect(emu, [(fn, [layer, cid, ctx])], L.STATUS_SUCCESS)
 
@@ -1630,7 +1647,7 @@ class FakeEngine:
         """(function, arguments, classifyOut address) of one classify call.
         The filter passed is `self.filter` (an FWPS_FILTER1, or NULL)."""
         if not any(c.registered and c.classify == fn for c in self.callouts.values()):
-            # The barrier rule: no classify of a callout starts once it is
+            # rules E4 and E5: no classify of a callout starts once it is
             # unregistered (or before it is registered).
             raise RuntimeError(f"the engine would not call classify {fn:#x}: no registered callout")
         out = self.put(L.FWPS_CLASSIFY_OUT0(actionType=self.UNTOUCHED_ACTION, rights=rights))
@@ -1640,9 +1657,8 @@ class FakeEngine:
     # The filter the engine passes to classify (None: a NULL pointer).
     filter: "L.FWPS_FILTER1 | None" = None
 
-    # IRQL of the engine's calls into the callouts: classifyFn and
-    # flowDeleteFn run at IRQL <= DISPATCH_LEVEL (tcpip indicates at
-    # DISPATCH_LEVEL); the harness uses the highest.
+    # rule K1: classifyFn and flowDeleteFn run at IRQL <= DISPATCH_LEVEL
+    # (tcpip indicates at DISPATCH_LEVEL); the harness uses the highest.
     CALLOUT_IRQL = DISPATCH_LEVEL
 
     def classify(self, fn: int, values: int, meta: int, layer_data: int, flow_context: int,
@@ -1709,7 +1725,7 @@ class FakeEngine:
         `missed`: FWPS_STREAM_CALLOUT_IO_PACKET0.missedBytes, the bytes of the
         stream this callout did not see since its last classify (a
         higher-weight filter took them)."""
-        (flow, layer, cid), ctx = self.context_of(flow_handle)
+        (flow, layer, cid), ctx = self.context_of(flow_handle)  # rule E7
         data = self.put(L.FWPS_STREAM_DATA0(
             flags=L.FWPS_STREAM_FLAG_SEND if send else L.FWPS_STREAM_FLAG_RECEIVE, dataLength=nbytes))
         # Output fields start as garbage: what the driver writes is visible.
@@ -1736,7 +1752,7 @@ class FakeEngine:
         outbound from the transport header — `sizes` are what the engine
         passes, headers included outbound). `header_size` is the metadata's
         transportHeaderSize (None: the field is absent)."""
-        (flow, layer, cid), ctx = self.context_of(flow_handle)
+        (flow, layer, cid), ctx = self.context_of(flow_handle)  # rule E7
         nbl = self.nbl(sizes)
         vals = [(0, 0)] * L.DG_COUNT
         vals[L.DG_DIRECTION] = (L.FWP_UINT32, L.FWP_DIRECTION_INBOUND if inbound else L.FWP_DIRECTION_OUTBOUND)
@@ -1754,7 +1770,7 @@ class FakeEngine:
             fn, call_args, _ = self.establish_call(*args, **kwargs)
             yield (fn, call_args)
             found = self.context_of(args[8]) if end else None
-            if found is not None:
+            if found is not None:  # rule E11
                 (flow, layer, cid), ctx = found
                 del self.contexts[(flow, layer, cid)]
                 self.flow_deletes.append((layer, cid, ctx))
@@ -1772,7 +1788,7 @@ class FakeEngine:
     def end_flow(self, flow_handle: int) -> None:
         """The flow ends: the engine removes every context of it, calling each
         callout's flowDeleteFn."""
-        for key in [k for k in self.contexts if k[0] == flow_handle]:
+        for key in [k for k in self.contexts if k[0] == flow_handle]:  # rule E11
             ctx = self.contexts.pop(key)
             _, layer, cid = key
             self.flow_deletes.append((layer, cid, ctx))
@@ -1819,6 +1835,7 @@ class FakeEngine:
         """The last handle of `file_object` closes: IRP_MJ_CLEANUP now
         ("the driver should complete ... IRPs queued for the file object"),
         IRP_MJ_CLOSE once no IRP refers to the file object any more."""
+        # rule K24
         status, _, _ = self.send_irp(self.IRP_MJ_CLEANUP, file_object=file_object)
         if status != L.STATUS_SUCCESS:
             raise AssertionError(f"IRP_MJ_CLEANUP failed: {status:#x}")
@@ -1835,6 +1852,7 @@ class FakeEngine:
         object; else a new one named `file_name` ("" the device itself,
         None: no file object)."""
         method = code & 3 if major == self.IRP_MJ_DEVICE_CONTROL else 0
+        # rule K16: METHOD_BUFFERED: one system buffer of max(in, out) bytes.
         size = {0: max(len(data), out_len), 1: len(data), 2: len(data), 3: 0}[method]
         system_buffer = self.palloc(size) if size else 0
         if method == 3:
@@ -1879,7 +1897,7 @@ class FakeEngine:
         exactly once, with the status returned."""
         fn, args = self.dispatch_call(rec)
         rec.returned = self.call(fn, args) & 0xFFFFFFFF
-        marked = self.marked_pending(rec)
+        marked = self.marked_pending(rec)  # rule K14
         if rec.pending:
             if not marked:
                 raise AssertionError(f"dispatch returned STATUS_PENDING without marking IRP {rec.irp:#x} pending")
@@ -1911,6 +1929,7 @@ class FakeEngine:
     def irp_errors(self) -> list[str]:
         """IRPs the driver pended and never completed, or completed other
         than exactly once (each completion is also checked as it happens)."""
+        # rules K11 and K15
         out = []
         for rec in self.irps.values():
             if len(rec.completions) != 1:

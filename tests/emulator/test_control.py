@@ -135,6 +135,7 @@ def test_stats_reflect_flows_created_through_classify(loaded):
     (0, b"", 0, L.STATUS_INVALID_DEVICE_REQUEST),
 ])
 def test_malformed_requests_get_precise_statuses_and_no_output(loaded, code, data, out_len, expected):
+    # Shows rule K16: nothing is copied back.
     status, info, raw = ioctl(loaded, code, data, out_len)
     assert (status, info, raw) == (expected, 0, b"")
 

@@ -258,6 +258,7 @@ def test_closing_a_handle_cancels_its_reads_only(loaded):
     """IRP_MJ_CLEANUP (the last handle of a file object closed) completes
     that file object's pending reads as STATUS_CANCELLED — another handle's
     read stays pending, and is completed later by an event."""
+    # Shows rule K24.
     e = loaded
     mine, other = e.open_handle(), e.open_handle()
     reads = [pend_read(e, mine), pend_read(e, other), pend_read(e, mine)]
@@ -279,6 +280,7 @@ def test_io_cancel_irp_cancels_one_read(loaded):
     read stays pending. Cancelling an IRP the driver already completed is
     not possible (it is not cancelable any more): IoCancelIrp returns
     FALSE and nothing is completed twice."""
+    # Shows rules K17 and K21.
     e = loaded
     h = e.open_handle()
     a, b = pend_read(e, h), pend_read(e, h)
@@ -299,6 +301,7 @@ def test_a_read_whose_cancellation_is_under_way_is_left_to_its_cancel_routine(lo
     returns IRPs that have not yet been canceled"), the event completes the
     other read, and the cancel routine then completes the first as
     cancelled — each exactly once."""
+    # Shows rule K20: an IRP being cancelled is passed over.
     e = loaded
     h = e.open_handle()
     cancelling, waiting = pend_read(e, h), pend_read(e, h)
@@ -320,6 +323,7 @@ def test_a_read_cancelled_before_it_is_queued(loaded):
     hands it to CsqCompleteCanceledIrp; the dispatch routine still returns
     STATUS_PENDING (the IRP was marked pending), and the request is
     completed once, as cancelled."""
+    # Shows rule K19: a cancelled IRP is not inserted.
     e = loaded
     h = e.open_handle()
     rec = e.make_irp(DEVICE_CONTROL, P.IOCTL_READ_EVENTS, P.read_events_request(0, P.FROM_NOW, wait=True),

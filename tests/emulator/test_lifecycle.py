@@ -46,6 +46,7 @@ def assert_nothing_left(e: FakeEngine):
 
 
 def test_driver_entry_creates_device_registers_callouts_then_opens_injection(loaded):
+    # Shows rules E1 and E15.
     seq = lifecycle(loaded)
     apis = [a for a, _, _ in seq]
     # The queue of pending event reads exists before the device can receive
@@ -109,6 +110,7 @@ FAILABLE = [
 
 @pytest.mark.parametrize("api,nth", FAILABLE, ids=[f"{a}#{n}" for a, n in FAILABLE])
 def test_failure_at_each_step_rolls_back_everything(image, api, nth):
+    # Shows rules K30 and K18: each failable call fails.
     status = 0xC0000017  # STATUS_NO_MEMORY: any error must come back unchanged
     e = FakeEngine(image, faults={api: {nth: status}})
     assert e.driver_entry() == status
@@ -172,6 +174,7 @@ def test_flows_get_contexts_on_the_data_callout_of_their_family_and_protocol(loa
 
 
 def test_unload_with_hundreds_of_flows_goes_busy_remove_retry(loaded):
+    # Shows rules E2 and E8: busy, synchronous removals.
     establish_many(loaded, 300)
     assert len(loaded.contexts) == 300
     before = len(loaded.calls)
@@ -205,6 +208,7 @@ def test_unload_with_hundreds_of_flows_goes_busy_remove_retry(loaded):
 def test_unload_waits_for_flow_deletions_that_are_pending(image):
     # Every third removal finds the flow mid-classify: STATUS_PENDING, and
     # flowDeleteFn runs later (when the driver waits).
+    # Shows rule E9: deferred deletions.
     state = {"n": 0}
 
     def mode(flow, layer, cid):
@@ -227,6 +231,7 @@ def test_unload_waits_for_flow_deletions_that_are_pending(image):
 
 
 def test_flows_that_end_by_themselves_free_their_context(loaded):
+    # Shows rule E11.
     flows = establish_many(loaded, 10)
     for handle in flows[:6]:
         loaded.end_flow(handle)
@@ -264,6 +269,7 @@ def test_callouts_work_before_driver_entry_finishes_and_failure_leaves_nothing(i
     # Persistent filters may already reference the keys: the engine calls
     # the callouts as soon as they are registered. Here flows are classified
     # while DriverEntry is inside step 3, and step 3 then fails.
+    # Shows rules E1 and K30: classifies right after registration.
     e = FakeEngine(image, faults={"FwpsInjectionHandleCreate0": {1: 0xC000009A}})
     key4 = KEYS["wfpmon-flow-established-v4"]
 
@@ -286,6 +292,7 @@ def test_callouts_work_before_driver_entry_finishes_and_failure_leaves_nothing(i
 
 
 def test_flow_context_allocation_failure_is_counted_and_harmless(image):
+    # Shows rule K30: the pool allocation fails.
     e = FakeEngine(image, faults={"ExAllocatePool2": {n: 0 for n in range(1, 1000)}})
     assert e.driver_entry() == 0
     out = e.establish(KEYS["wfpmon-flow-established-v4"], 4, 6, 1, 2, 3, 4,
@@ -310,6 +317,7 @@ def test_a_flow_classified_twice_keeps_one_context(loaded):
     """FwpsFlowAssociateContext0 answers STATUS_OBJECT_NAME_EXISTS — a
     success-class status — when the flow already carries a context: the
     second record must be freed, not tracked."""
+    # Shows rule E6: STATUS_OBJECT_NAME_EXISTS.
     key = KEYS["wfpmon-flow-established-v4"]
     for _ in range(2):
         loaded.establish(key, 4, 6, 1, 2, 3, 4, L.FWP_DIRECTION_OUTBOUND, 0x4242, 9)
@@ -325,6 +333,7 @@ def test_pending_deletions_that_complete_between_unregister_calls(image):
     """An engine whose other processor finishes the pending classify between
     two calls of the driver (not while it waits): the retry loop still gets
     every callout unregistered and every context freed."""
+    # Shows rule E9.
     e = FakeEngine(image, remove_mode=lambda flow, layer, cid: "pending",
                    pending_runs_on="unregister")
     assert e.driver_entry() == 0
@@ -339,6 +348,7 @@ def test_pending_deletions_that_complete_between_unregister_calls(image):
 def test_unload_keeps_waiting_for_slow_pending_deletions(image):
     """Deletions that complete only after a dozen waits: the callout is
     unregistered before the device goes, and nothing is left."""
+    # Shows rule E12.
     e = FakeEngine(image, remove_mode=lambda flow, layer, cid: "pending", pending_waits=12)
     assert e.driver_entry() == 0
     establish_many(e, 8)
@@ -356,6 +366,7 @@ def test_a_removal_that_fails_is_asked_again(image):
     place: the callout stays BUSY, so that flow must be asked again — once
     per retry, not never (which would hang unload) and not every flow every
     time (flows whose deletion is pending are not asked again)."""
+    # Shows rule E10.
     failures = {"left": 3}
 
     def mode(flow, layer, cid):
@@ -380,6 +391,7 @@ def test_a_removal_that_fails_is_asked_again(image):
 def test_unregister_in_use_is_retried(image):
     """STATUS_FWP_IN_USE (another thread is unregistering the callout): wait
     and try again, for every callout."""
+    # Shows rule E13.
     e = FakeEngine(image, faults={"FwpsCalloutUnregisterById0": {1: L.STATUS_FWP_IN_USE, 4: L.STATUS_FWP_IN_USE}})
     assert e.driver_entry() == 0
     establish_many(e, 6)
@@ -411,6 +423,7 @@ def test_unload_relies_on_the_engines_classify_barrier(image, barrier):
     or answers busy until the driver's next wait lets it finish). The driver
     keeps no counter of its own: it retries BUSY, and that classify — which
     sees teardown under way — associates nothing."""
+    # Shows rules E4 and E5 (the two barrier forms).
     e = FakeEngine(image, barrier=barrier)
     assert e.driver_entry() == 0
     establish_many(e, 6)
@@ -477,6 +490,7 @@ def test_unload_waits_for_an_engine_that_holds_a_callout_for_ten_minutes(image):
     is waited for; the waits back off (10 ms doubling to 1 s) so it costs a
     few hundred calls, and the log reports the wait on a backoff schedule
     (1 s, 3 s, 7 s, ... then every minute) instead of flooding."""
+    # Shows rules E13 and K35: ten simulated minutes of STATUS_FWP_IN_USE.
     e = FakeEngine(image, in_use_until_100ns=10 * MINUTE)
     assert e.driver_entry() == 0
     establish_many(e, 6)
@@ -504,6 +518,7 @@ def test_unload_waits_for_deferred_flow_deletions_that_take_minutes(image):
     """Deferred flow deletions (classifies in progress) that complete only
     after three simulated minutes: the data callouts stay BUSY all that time
     and the driver keeps waiting; device and handle go only afterwards."""
+    # Shows rules E12 and K35.
     e = FakeEngine(image, remove_mode=lambda flow, layer, cid: "pending",
                    pending_delay_100ns=3 * MINUTE)
     assert e.driver_entry() == 0
@@ -537,6 +552,7 @@ def test_unload_outlives_deletions_owed_after_the_engine_answers_not_found(image
     leaves only in flowDeleteFn), so the device and the injection handle go
     — and Unload returns — only after the last owed deletion; with a
     flow-established classify in flight (both barrier forms)."""
+    # Shows rule E14.
     e = FakeEngine(image, remove_mode=lambda flow, layer, cid: "pending",
                    pending_delay_100ns=2 * MINUTE, barrier=barrier, not_found_while_owed=True)
     assert e.driver_entry() == 0

@@ -54,6 +54,7 @@ def test_driver_entry_registers_the_provider_first(loaded):
 
 
 def test_lifecycle_events_in_order_with_typed_fields(loaded):
+    # Shows rule T4: every event decoded from its metadata.
     loaded.unload()
     steps = [(ev["name"], ev["values"].get("Call") or ev["values"].get("Callout")) for ev in loaded.events]
     registered = [("CalloutRegister", name) for _, name in CATALOG]
@@ -109,6 +110,7 @@ def test_unload_with_flows_reports_removal_passes(image):
 
 
 def test_flow_events_only_when_their_keyword_is_enabled(image):
+    # Shows rule T1: a session enables the provider later.
     e = FakeEngine(image, etw_session=(VERBOSE, LIFECYCLE | ERRORS))
     assert e.driver_entry() == 0
     key = KEYS["wfpmon-flow-established-v4"]
@@ -167,6 +169,7 @@ def test_the_per_packet_path_writes_nothing(image):
 @pytest.mark.parametrize("api,nth", [("IoCreateDevice", 1), ("ZwSetSecurityObject", 1),
                                      ("FwpsCalloutRegister1", 4), ("FwpsInjectionHandleCreate0", 1)])
 def test_a_failed_driver_entry_reports_and_unregisters_the_provider_last(image, api, nth):
+    # Shows rule T3 (checked here, not by the model).
     status = 0xC000009A
     e = FakeEngine(image, faults={api: {nth: status}})
     assert e.driver_entry() == status
@@ -178,6 +181,7 @@ def test_a_failed_driver_entry_reports_and_unregisters_the_provider_last(image, 
 
 
 def test_provider_registration_failure_does_not_fail_the_driver(image):
+    # Shows rules T1 and K30: EtwRegister fails.
     e = FakeEngine(image, faults={"EtwRegister": {1: 0xC0000001}})
     assert e.driver_entry() == 0
     e.unload()

@@ -55,6 +55,7 @@ def test_flow_identity_is_recorded(loaded):
 
 
 def test_stream_counting_per_direction(loaded):
+    # Shows rule E7: each stream classify carries the flow's context.
     tcp4(loaded, 0x100)
     sent = [1, 1460, 65535, 3]
     received = [512, 9000]

@@ -1,5 +1,5 @@
 //! Interrupt time, and the host page that stands in for
-//! `KUSER_SHARED_DATA`.
+//! `KUSER_SHARED_DATA` (rule K35 of `docs/engine-rules.md`).
 //!
 //! `KeQueryInterruptTime()` is a wdm.h macro: the image reads
 //! `KUSER_SHARED_DATA.InterruptTime` at the fixed kernel address

@@ -4,44 +4,12 @@
 //! queue, its lock and six callbacks, which these models call through the
 //! function pointers the driver gave `IoCsqInitialize`.
 //!
-//! # The rules, with their sources
+//! # The rules
 //!
-//! 1. **`IoCsqInitialize(Csq, Insert, Remove, PeekNext, AcquireLock,
-//!    ReleaseLock, CompleteCanceledIrp)`** (any IRQL) fills the `IO_CSQ`
-//!    (`Type` `IO_TYPE_CSQ`, the six routines); it "returns STATUS_SUCCESS
-//!    on success, or the appropriate NTSTATUS error code on failure"
-//!    (failable here). *Source:* IoCsqInitialize reference.
-//! 2. **`IoCsqInsertIrp(Csq, Irp, Context)`** (IRQL ≤ `DISPATCH_LEVEL`):
-//!    calls `CsqAcquireLock`, `CsqInsertIrp`, marks the IRP pending, calls
-//!    `CsqReleaseLock`; "if the IRP to be inserted has already been
-//!    canceled, IoCsqInsertIrp does not attempt to insert the IRP into the
-//!    queue" — it is handed to `CsqCompleteCanceledIrp` instead (the model
-//!    marks it pending in both cases: the documented use of the routine is
-//!    `IoCsqInsertIrp(...); return STATUS_PENDING;`, which is only right if
-//!    it does). It installs the system's cancel routine. *Source:*
-//!    IoCsqInsertIrp reference; "Cancel-Safe IRP Queues".
-//! 3. **`IoCsqRemoveNextIrp(Csq, PeekContext)`** (IRQL ≤ `DISPATCH_LEVEL`):
-//!    under the queue's lock, `CsqPeekNextIrp(Csq, NULL or the last IRP,
-//!    PeekContext)` finds the next matching IRP, `CsqRemoveIrp` removes it;
-//!    the routine "only returns IRPs that have not yet been canceled": it
-//!    clears the cancel routine atomically, and skips an IRP whose
-//!    cancellation took the routine first — so an IRP goes to the driver
-//!    or to cancellation, never both. *Source:* IoCsqRemoveNextIrp
-//!    reference.
-//! 4. **Cancellation.** The installed cancel routine (called by
-//!    `IoCancelIrp`, see [`crate::io`]) calls `CsqAcquireLock`,
-//!    `CsqRemoveIrp`, `CsqReleaseLock`, then `CsqCompleteCanceledIrp`
-//!    outside the lock. *Source:* "Cancel-Safe IRP Queues"; the
-//!    IO_CSQ_COMPLETE_CANCELED_IRP reference.
-//! 5. **`DriverContext[3]`** of a queued IRP is the queue's: "drivers that
-//!    use these routines to queue IRPs must leave that member unused".
-//!    *Source:* IoCsqInsertIrp remarks.
-//! 6. **The driver's callbacks**: `CsqAcquireLock` returns holding the
-//!    queue's spin lock at `DISPATCH_LEVEL` and reports the IRQL it was
-//!    called at; `CsqReleaseLock` releases it back to that IRQL (the
-//!    routines run at IRQL ≤ `DISPATCH_LEVEL`: "the driver's callback
-//!    routines must function correctly at that IRQL"); `CsqPeekNextIrp`
-//!    returns only IRPs the queue holds, and makes progress.
+//! The rules are in `docs/engine-rules.md`: `IoCsqInitialize` (K18),
+//! `IoCsqInsertIrp` (K19), `IoCsqRemoveNextIrp` (K20), the queue's cancel
+//! routine (K21), `DriverContext[3]` (K22), the driver's lock callbacks
+//! (K23). `// Rule Kn` comments mark the code that implements each.
 //!
 //! The model keeps its own view of which IRPs each queue holds (inserted
 //! by `CsqInsertIrp`, not yet removed by `CsqRemoveIrp`) to check the
@@ -90,7 +58,7 @@ pub struct Queue {
     queued: HashSet<usize>,
     /// IRPs in the queue's hands (from `IoCsqInsertIrp` until handed to
     /// the driver or to cancellation), with the `DriverContext[3]` value
-    /// the queue stored in each (rule 5).
+    /// the queue stored in each (rule K22).
     tagged: HashMap<usize, usize>,
 }
 
@@ -144,6 +112,8 @@ pub fn queued_count(w: &World) -> usize {
     lock(&w.io.queues).values().map(|q| q.queued.len()).sum()
 }
 
+/// The driver's routines of queue `csq`, which only `IoCsqInitialize` makes
+/// (rule K18).
 fn routines(w: &World, api: &str, csq: usize) -> Option<Routines> {
     let r = lock(&w.io.queues).get(&csq).map(|q| q.routines);
     if r.is_none() {
@@ -166,7 +136,7 @@ const fn set_word(addr: usize, v: usize) {
 }
 
 /// `CsqAcquireLock(Csq, &Irql)` at the current IRQL; returns the IRQL it
-/// reported (rule 6).
+/// reported (rule K23).
 fn acquire_lock(w: &World, r: &Routines, csq: usize) -> u8 {
     let level = irql();
     let mut reported: u8 = 0xFF;
@@ -191,7 +161,7 @@ fn acquire_lock(w: &World, r: &Routines, csq: usize) -> u8 {
     level
 }
 
-/// `CsqReleaseLock(Csq, Irql)` (rule 6).
+/// `CsqReleaseLock(Csq, Irql)` (rule K23).
 fn release_lock(w: &World, r: &Routines, csq: usize, old: u8) {
     // SAFETY: the driver's CsqReleaseLock.
     let f = unsafe { std::mem::transmute::<usize, ReleaseFn>(r.release) };
@@ -246,6 +216,7 @@ fn complete_canceled(w: &World, r: &Routines, csq: usize, irp: usize) {
         // SAFETY: a cancelled IRP no queue holds: the driver's to complete.
         unsafe { f(csq, irp) };
     });
+    // Rule K21: CsqCompleteCanceledIrp completes the IRP.
     if ticket.is_some() && w.io.live_id(irp) == ticket {
         w.kernel.violation(format!(
             "CsqCompleteCanceledIrp({irp:#x}) returned without completing the cancelled IRP"
@@ -262,7 +233,7 @@ fn tag(w: &World, csq: usize, irp: usize, value: usize) {
 }
 
 /// Takes an IRP out of the queue's hands: checks that `DriverContext[3]`
-/// still holds what the queue stored (rule 5), clears it, and clears the
+/// still holds what the queue stored (rule K22), clears it, and clears the
 /// caller's context's `Irp`.
 fn release_context(w: &World, csq: usize, irp: usize) {
     let expected = lock(&w.io.queues)
@@ -283,7 +254,7 @@ fn release_context(w: &World, csq: usize, irp: usize) {
     set_word(irp + IRP_DRIVER_CONTEXT_3, 0);
 }
 
-/// `IoCsqInitialize` (rule 1). Any IRQL. Failable.
+/// `IoCsqInitialize` (rule K18). Any IRQL. Failable.
 ///
 /// # Safety
 /// Called by the image (or the host on its behalf) with the arguments
@@ -357,7 +328,7 @@ pub unsafe extern "win64" fn io_csq_initialize(
     status::SUCCESS
 }
 
-/// `IoCsqInsertIrp` (rule 2).
+/// `IoCsqInsertIrp` (rule K19).
 ///
 /// # Safety
 /// Called by the image (or the host on its behalf) with the arguments
@@ -428,7 +399,7 @@ pub unsafe extern "win64" fn io_csq_insert_irp(csq: usize, irp: usize, context: 
     }
 }
 
-/// `IoCsqRemoveNextIrp` (rule 3).
+/// `IoCsqRemoveNextIrp` (rule K20).
 ///
 /// # Safety
 /// Called by the image (or the host on its behalf) with the arguments
@@ -482,7 +453,7 @@ pub unsafe extern "win64" fn io_csq_remove_next_irp(csq: usize, peek_context: us
     found
 }
 
-/// The cancel routine `IoCsqInsertIrp` installs (`DRIVER_CANCEL`), called
+/// The cancel routine `IoCsqInsertIrp` installs (`DRIVER_CANCEL`; rule K21), called
 /// by the `IoCancelIrp` model at the canceller's IRQL (the system cancel
 /// spin lock already released, as the queue's routine does first).
 ///

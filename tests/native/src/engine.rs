@@ -1,74 +1,11 @@
 //! The fake filter engine (`fwpkclnt.sys`), and the rules it enforces.
 //!
-//! # The rules, with their sources
+//! # The rules
 //!
-//! This is the one place the engine's documented behaviour is written
-//! down; the models below implement exactly this, and the scenarios rely
-//! on nothing else.
-//!
-//! 1. **Registration.** `FwpsCalloutRegister0..3` (`PASSIVE_LEVEL`) record
-//!    the callout (key, flags, classifyFn, notifyFn, flowDeleteFn) against a
-//!    live device object and hand out a run-time id; a key already
-//!    registered answers `STATUS_FWP_ALREADY_EXISTS`. The engine may call
-//!    classifyFn the moment registration returns (filters referencing the
-//!    key may already exist). *Source:* FwpsCalloutRegister1 reference page;
-//!    "Registering Callouts with the Filter Engine".
-//! 2. **Busy while contexts exist.** `FwpsCalloutUnregisterById0`
-//!    (`PASSIVE_LEVEL`) answers `STATUS_DEVICE_BUSY` while any flow context
-//!    of the callout exists — live, or removed with its flowDeleteFn not yet
-//!    returned — and `STATUS_FWP_CALLOUT_NOT_FOUND` for an id that is not
-//!    registered. *Source:* FwpsCalloutUnregisterById0 remarks ("the filter
-//!    engine returns STATUS_DEVICE_BUSY ... the callout driver must call
-//!    FwpsFlowRemoveContext0 for each flow"), "Unloading a Callout Driver".
-//! 3. **The classify barrier.** A successful `FwpsCalloutUnregisterById0`
-//!    does not return while a classify of that callout is executing, and no
-//!    classify of it starts afterwards. The engine either waits for the
-//!    classifies in progress ([`Barrier::Wait`]) or answers busy
-//!    ([`Barrier::Busy`]); a driver must cope with both. *Source:*
-//!    ebpf-for-windows maintainers, issue #1272 (unregistration fails while
-//!    WFP holds a reference for pending flow contexts or an active
-//!    classify); a public dump shows NETIO!KfdDeleteCalloutEntry running
-//!    KeGenericCallDpc (every processor passes a DPC before deletion ends).
-//! 4. **Associating.** `FwpsFlowAssociateContext0(flowId, layerId,
-//!    calloutId, context)` (IRQL ≤ `DISPATCH_LEVEL`) attaches a context to
-//!    (flow, layer, callout) of a registered callout; a second association
-//!    of the same triple answers `STATUS_OBJECT_NAME_EXISTS` (0x40000000,
-//!    a success code that associates nothing). A callout registered with
-//!    `FWP_CALLOUT_FLAG_CONDITIONAL_ON_FLOW` is classified only for flows
-//!    carrying its context, and receives that context. *Source:*
-//!    FwpsFlowAssociateContext0 reference page; "Associating Context with a
-//!    Data Flow"; FWPS_CALLOUT1 flags.
-//! 5. **Removing.** `FwpsFlowRemoveContext0` (IRQL ≤ `DISPATCH_LEVEL`)
-//!    answers `STATUS_SUCCESS` after running flowDeleteFn synchronously
-//!    inside the call; `STATUS_PENDING` when a classify of that flow is in
-//!    progress — flowDeleteFn then runs when that classify returns (on its
-//!    processor); `STATUS_UNSUCCESSFUL` when no such context exists.
-//!    *Source:* FwpsFlowRemoveContext0 reference page (return values).
-//! 6. **Flows end on their own.** When a flow ends the engine deletes each
-//!    of its contexts the same way (flowDeleteFn at once, or when the
-//!    classify in progress returns). *Source:* "Processing Flow Delete
-//!    Callouts" / FWPS_CALLOUT_FLOW_DELETE_NOTIFY_FN0 reference.
-//! 7. **A slow engine.** [`Mode::slow_delete_100ns`] makes every removal
-//!    answer `STATUS_PENDING` and run flowDeleteFn only after that much
-//!    (simulated) time: the documentation bounds nothing, so a driver must
-//!    wait for as long as it takes ("Unloading a Callout Driver": do not
-//!    return until all callouts are unregistered).
-//! 8. **An engine that lets go early** (adversarial, [`Mode::early_not_found`]):
-//!    once no *live* context of a callout is left — only deletions it
-//!    deferred (rules 5, 6, 7) are still to come — unregister answers
-//!    `STATUS_FWP_CALLOUT_NOT_FOUND` and forgets the callout (with either
-//!    barrier form of rule 3), while the deferred flowDeleteFn calls still
-//!    run later. This breaks rule 2 on purpose: the driver knows what it
-//!    still owns (a record leaves its registry only in flowDeleteFn) and
-//!    must not delete its device or return from Unload while any of those
-//!    calls is owed, whatever the engine answers. *Source:* issue 17 of
-//!    this project (the adversarial timing the driver is checked against);
-//!    not documented engine behaviour.
-//!
-//! Injection handles: `FwpsInjectionHandleCreate0`/`Destroy0`
-//! (`PASSIVE_LEVEL`) are a ledger; `FwpsQueryPacketInjectionState0` needs a
-//! live handle and answers `FWPS_PACKET_NOT_INJECTED` (the host injects
-//! nothing).
+//! The rules this engine implements, with their sources, are in
+//! `docs/engine-rules.md` (ids E1–E9, E11, E12, E14 and E15; E10 and E13
+//! apply to the emulator only). `// Rule En` comments mark the code that
+//! implements each; the scenarios rely on nothing else.
 
 use std::collections::HashSet;
 use std::ffi::c_void;
@@ -84,7 +21,8 @@ use crate::kernel::{
 };
 use crate::world::World;
 
-/// How a successful unregistration meets classifies in progress (rule 3).
+/// How a successful unregistration meets classifies in progress (rules E4
+/// and E5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Barrier {
     /// Unregister waits until the callout's classifies have returned.
@@ -96,11 +34,11 @@ pub enum Barrier {
 /// Engine behaviour of one world.
 #[derive(Clone, Copy, Debug)]
 pub struct Mode {
-    /// Rule 3's form.
+    /// The classify barrier's form (rules E4 and E5).
     pub barrier: Barrier,
-    /// Rule 7: every removal is deferred by this much time (100 ns).
+    /// Rule E12: every removal is deferred by this much time (100 ns).
     pub slow_delete_100ns: Option<u64>,
-    /// Rule 8: unregister answers `STATUS_FWP_CALLOUT_NOT_FOUND` while
+    /// Rule E14: unregister answers `STATUS_FWP_CALLOUT_NOT_FOUND` while
     /// deferred deletions are still owed.
     pub early_not_found: bool,
     /// Test-only breakage for the memcheck proof; never enabled elsewhere.
@@ -169,7 +107,7 @@ pub struct Callout {
     active: AtomicUsize,
     contexts: AtomicUsize,
     /// Of `contexts`, those removed from their flow whose flowDeleteFn is
-    /// deferred (rules 5–7): owed, no longer live.
+    /// deferred (rules E9, E11 and E12): owed, no longer live.
     owed: AtomicUsize,
 }
 
@@ -179,7 +117,8 @@ impl Callout {
         self.registered.load(Ordering::SeqCst)
     }
 
-    /// Rule 3, classify side: counts a classify in; refused once unregistration began.
+    /// Rules E4 and E5, classify side: counts a classify in; refused once
+    /// unregistration began.
     fn enter(&self) -> bool {
         self.active.fetch_add(1, Ordering::SeqCst);
         if self.registered.load(Ordering::SeqCst) {
@@ -259,7 +198,7 @@ pub struct Engine {
     pub pending_answers: AtomicU64,
     /// `STATUS_DEVICE_BUSY` answers of unregister.
     pub busy_answers: AtomicU64,
-    /// Rule 8's `STATUS_FWP_CALLOUT_NOT_FOUND` answers (deletions owed).
+    /// Rule E14's `STATUS_FWP_CALLOUT_NOT_FOUND` answers (deletions owed).
     pub early_not_found_answers: AtomicU64,
     /// Classifies refused because their callout was (being) unregistered.
     pub refused_classifies: AtomicU64,
@@ -343,7 +282,7 @@ impl Engine {
     }
 
     /// Registers a callout of the host itself (the benchmarks' stand-in for
-    /// the driver, [`crate::standin`]) as rule 1 does, except that its
+    /// the driver, [`crate::standin`]) as rule E1 does, except that its
     /// functions are host code rather than the image's and no device object
     /// backs it. Until [`Engine::unregister_host_callout`] it counts as
     /// registered, so a world's Unload check fails while it is.
@@ -380,8 +319,8 @@ impl Engine {
     }
 
     /// Unregisters a callout of [`Engine::register_host_callout`] once none
-    /// of its contexts is left (rule 2), waiting for its classifies in
-    /// progress (rule 3).
+    /// of its contexts is left (rule E2), waiting for its classifies in
+    /// progress (rule E4).
     ///
     /// # Errors
     /// The number of its contexts that still exist.
@@ -431,7 +370,7 @@ impl Engine {
         lock(&self.injection).len()
     }
 
-    /// flowDeleteFn calls owed to callouts no longer registered (rule 8):
+    /// flowDeleteFn calls owed to callouts no longer registered (rule E14):
     /// the engine let them go while deletions were deferred.
     #[must_use]
     pub fn owed_to_unregistered(&self) -> usize {
@@ -473,7 +412,7 @@ impl Engine {
         lock(&self.flows).get(index)?.clone()
     }
 
-    /// Rule 6: the flow ends; its contexts are deleted now or when the
+    /// Rule E11: the flow ends; its contexts are deleted now or when the
     /// classify in progress returns.
     pub fn end_flow(&self, w: &World, flow: &Flow) {
         let now = {
@@ -502,8 +441,8 @@ impl Engine {
         }
     }
 
-    /// A context's deletion is deferred (rules 5–7): it stays counted
-    /// against its callout, as owed.
+    /// A context's deletion is deferred (rules E9, E11 and E12): it stays
+    /// counted against its callout, as owed.
     fn owe(&self, ctx: &Ctx) {
         if let Some(c) = self.callout(ctx.callout) {
             c.owed.fetch_add(1, Ordering::SeqCst);
@@ -525,7 +464,7 @@ impl Engine {
         // driver frees it inside flowDeleteFn, and another processor may be
         // handed the same address for a new context before this one returns.
         // Until flowDeleteFn returns it still counts (`deleting`, and the
-        // callout's count behind rule 2).
+        // callout's count behind rule E2).
         self.deleting.fetch_add(1, Ordering::SeqCst);
         if !lock(&self.live_contexts).remove(&ctx.value) {
             w.kernel.violation(format!(
@@ -561,7 +500,7 @@ impl Engine {
             let stale = unsafe { std::ptr::read_volatile(ctx.value as *const u64) };
             std::hint::black_box(stale);
         }
-        // In this order: once the callout's count (rule 2) says no context
+        // In this order: once the callout's count (rule E2) says no context
         // is left, none is counted as being deleted either.
         self.deleted.fetch_add(1, Ordering::SeqCst);
         self.deleting.fetch_sub(1, Ordering::SeqCst);
@@ -571,8 +510,8 @@ impl Engine {
         callout.contexts.fetch_sub(1, Ordering::SeqCst);
     }
 
-    /// Runs the slow engine's deferred deletions that are due; returns how
-    /// many are still waiting.
+    /// Runs the slow engine's deferred deletions that are due (rule E12);
+    /// returns how many are still waiting.
     pub fn run_due(&self, w: &World) -> usize {
         let now = clock::now_100ns();
         let due: Vec<Ctx> = {
@@ -589,12 +528,12 @@ impl Engine {
 
     // ----------------------------------------------------------- classify
 
-    /// Classifies at `callout` for `flow` (rules 3 and 4): `body` gets the
-    /// flow context (0 for none) and calls classifyFn. Returns `None` when
-    /// the engine does not call the callout (not registered, or
+    /// Classifies at `callout` for `flow` (rules E4, E5 and E7): `body` gets
+    /// the flow context (0 for none) and calls classifyFn. Returns `None`
+    /// when the engine does not call the callout (not registered, or
     /// conditional on a context the flow does not carry), else the context
     /// passed and `body`'s result. Deferred deletions run when it returns
-    /// (rule 5).
+    /// (rule E9).
     pub fn classify<R>(
         &self,
         w: &World,
@@ -623,6 +562,7 @@ impl Engine {
                     ctx = stale.remove(i).value;
                 }
             }
+            // Rule E7: conditional callouts only for flows carrying their context.
             if s.ended
                 || (ctx == 0 && callout.flags & fwps::FWP_CALLOUT_FLAG_CONDITIONAL_ON_FLOW != 0)
             {
@@ -636,6 +576,7 @@ impl Engine {
         if w.unloading.load(Ordering::Relaxed) {
             w.classified_during_unload.fetch_add(1, Ordering::Relaxed);
         }
+        // Rule K1: classifyFn at DISPATCH_LEVEL, the highest it may see.
         let r = call_into_image(w, "classifyFn", DISPATCH_LEVEL, || body(ctx));
         let deferred = {
             let mut s = lock(&flow.state);
@@ -658,7 +599,7 @@ fn world_engine(api: &str, max: u8) -> kernel::Api {
     enter_api(api, max)
 }
 
-/// `FwpsCalloutRegister0/1/2/3(deviceObject, callout, calloutId)` (rule 1).
+/// `FwpsCalloutRegister0/1/2/3(deviceObject, callout, calloutId)` (rule E1).
 /// Every version's `FWPS_CALLOUTn` has the same layout: key (16), flags
 /// (4, padded to 8), classifyFn, notifyFn, flowDeleteFn. Failable.
 ///
@@ -743,7 +684,7 @@ pub unsafe extern "win64" fn fwps_callout_register(
     status::SUCCESS
 }
 
-/// `FwpsCalloutUnregisterById0(calloutId)` (rules 2 and 3).
+/// `FwpsCalloutUnregisterById0(calloutId)` (rules E2, E3, E4, E5 and E14).
 ///
 /// # Safety
 /// Called by the image (or the host on its behalf) with the arguments
@@ -751,14 +692,16 @@ pub unsafe extern "win64" fn fwps_callout_register(
 pub unsafe extern "win64" fn fwps_callout_unregister_by_id0(id: u32) -> i32 {
     let w = world_engine("FwpsCalloutUnregisterById0", PASSIVE_LEVEL);
     let reg = lock(&w.engine.reg);
+    // Rule E3
     let Some(c) = w.engine.callout(id).filter(|c| c.is_registered()) else {
         return fwps::STATUS_FWP_CALLOUT_NOT_FOUND;
     };
     let contexts = c.contexts.load(Ordering::SeqCst);
-    // Rule 8 (adversarial): no live context left, only owed deletions.
+    // Rule E14 (adversarial): no live context left, only owed deletions.
     let early =
         w.engine.mode.early_not_found && contexts > 0 && contexts == c.owed.load(Ordering::SeqCst);
     if contexts > 0 && !early {
+        // Rule E2
         w.engine.busy_answers.fetch_add(1, Ordering::Relaxed);
         return status::DEVICE_BUSY;
     }
@@ -773,6 +716,7 @@ pub unsafe extern "win64" fn fwps_callout_unregister_by_id0(id: u32) -> i32 {
     c.registered.store(false, Ordering::SeqCst);
     drop(reg);
     match w.engine.mode.barrier {
+        // Rule E4
         Barrier::Wait => {
             let mut spins = 0u32;
             while c.active.load(Ordering::SeqCst) > 0 {
@@ -783,6 +727,7 @@ pub unsafe extern "win64" fn fwps_callout_unregister_by_id0(id: u32) -> i32 {
                 std::hint::spin_loop();
             }
         }
+        // Rule E5
         Barrier::Busy => {
             if c.active.load(Ordering::SeqCst) > 0 {
                 c.registered.store(true, Ordering::SeqCst);
@@ -800,7 +745,7 @@ pub unsafe extern "win64" fn fwps_callout_unregister_by_id0(id: u32) -> i32 {
 }
 
 /// `FwpsFlowAssociateContext0(flowId, layerId, calloutId, flowContext)`
-/// (rule 4).
+/// (rules E3 and E6).
 ///
 /// # Safety
 /// Called by the image (or the host on its behalf) with the arguments
@@ -833,6 +778,7 @@ pub unsafe extern "win64" fn fwps_flow_associate_context0(
     if s.ended {
         return status::INVALID_PARAMETER;
     }
+    // Rule E6
     if s.contexts
         .iter()
         .any(|x| x.layer == layer && x.callout == callout)
@@ -853,7 +799,8 @@ pub unsafe extern "win64" fn fwps_flow_associate_context0(
     status::SUCCESS
 }
 
-/// `FwpsFlowRemoveContext0(flowId, layerId, calloutId)` (rules 5 and 7).
+/// `FwpsFlowRemoveContext0(flowId, layerId, calloutId)` (rules E8, E9 and
+/// E12).
 ///
 /// # Safety
 /// Called by the image (or the host on its behalf) with the arguments
@@ -872,6 +819,7 @@ pub unsafe extern "win64" fn fwps_flow_remove_context0(flow: u64, layer: u16, ca
         return status::UNSUCCESSFUL;
     };
     let ctx = s.contexts.remove(i);
+    // Rule E12
     if let Some(delay) = w.engine.mode.slow_delete_100ns {
         drop(s);
         w.engine.owe(&ctx);
@@ -879,6 +827,7 @@ pub unsafe extern "win64" fn fwps_flow_remove_context0(flow: u64, layer: u16, ca
         w.engine.pending_answers.fetch_add(1, Ordering::Relaxed);
         return status::PENDING;
     }
+    // Rule E9
     if s.classifying > 0 {
         w.engine.owe(&ctx);
         s.deferred.push(ctx);
@@ -886,12 +835,13 @@ pub unsafe extern "win64" fn fwps_flow_remove_context0(flow: u64, layer: u16, ca
         return status::PENDING;
     }
     drop(s);
+    // Rule E8: flowDeleteFn inside the call.
     w.engine.run_flow_delete(&w, ctx, irql(), false);
     status::SUCCESS
 }
 
-/// `FwpsInjectionHandleCreate0(addressFamily, flags, injectionHandle)`.
-/// Failable.
+/// `FwpsInjectionHandleCreate0(addressFamily, flags, injectionHandle)`
+/// (rule E15). Failable.
 ///
 /// # Safety
 /// Called by the image (or the host on its behalf) with the arguments
@@ -912,7 +862,8 @@ pub unsafe extern "win64" fn fwps_injection_handle_create0(
     status::SUCCESS
 }
 
-/// `FwpsInjectionHandleDestroy0(injectionHandle)`: a live handle, once.
+/// `FwpsInjectionHandleDestroy0(injectionHandle)`: a live handle, once
+/// (rule E15).
 ///
 /// # Safety
 /// Called by the image (or the host on its behalf) with the arguments

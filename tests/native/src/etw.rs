@@ -2,17 +2,13 @@
 //! `EtwWriteTransfer` (and `EtwWrite`), with a session that can enable the
 //! provider.
 //!
-//! Rules (EtwRegister / EtwWriteTransfer reference pages, "TraceLogging"
-//! documentation): registration and unregistration at `PASSIVE_LEVEL`; a
-//! provider registered by the image must be unregistered before the image
-//! unloads (ETW would later call its enable callback in freed code — the
-//! world checks it at Unload and at a failed DriverEntry); writes name a
-//! registered provider and may come at any IRQL. When a session is running
+//! The rules are in `docs/engine-rules.md`: registration and enabling (T1),
+//! calls only through a registered handle (T2), unregistered before the
+//! image goes (T3, checked by [`crate::world`]), well-formed TraceLogging
+//! events (T4). When a session is running
 //! ([`crate::kernel::Kernel::etw_session`]), `EtwRegister` calls the enable
 //! callback inside the call, as ETW does, so the driver's events are really
-//! written. Each event is decoded from its TraceLogging metadata (event
-//! name, then each field's name and in-type) and its payload must be
-//! exactly what the metadata describes; the decoded event goes to the log.
+//! written; each decoded event goes to the log.
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
@@ -34,7 +30,7 @@ const ENABLE_PROVIDER: u32 = 1;
 
 /// `EtwRegister(ProviderId, EnableCallback, CallbackContext, RegHandle)`:
 /// `PASSIVE_LEVEL`. Failable. A running session enables the provider
-/// inside the call.
+/// inside the call (rule T1).
 ///
 /// # Safety
 /// Called by the image (or the host on its behalf) with the arguments
@@ -90,7 +86,8 @@ pub unsafe extern "win64" fn etw_register(
     status::SUCCESS
 }
 
-/// `EtwUnregister(RegHandle)`: `PASSIVE_LEVEL`; a registered provider.
+/// `EtwUnregister(RegHandle)`: `PASSIVE_LEVEL`; a registered provider (rule
+/// T2).
 ///
 /// # Safety
 /// Called by the image (or the host on its behalf) with the arguments
@@ -105,6 +102,7 @@ pub unsafe extern "win64" fn etw_unregister(handle: u64) -> i32 {
     status::SUCCESS
 }
 
+/// Rule T2: `api` names a provider registered now.
 fn registered(api: &str, max_irql: u8, handle: u64) -> bool {
     let w = enter_api(api, max_irql);
     if lock(&w.kernel.etw).contains_key(&handle) {
@@ -261,7 +259,7 @@ fn take<'a>(data: &'a [u8], at: &mut usize, n: usize) -> Result<&'a [u8], String
 }
 
 /// Decodes a TraceLogging event into "name field=value ..."; the payload
-/// must be consumed exactly.
+/// must be consumed exactly (rule T4).
 fn decode(meta: &[u8], data: &[u8]) -> Result<String, String> {
     let size = usize::from(u16::from_le_bytes([
         *meta.first().ok_or("empty metadata")?,

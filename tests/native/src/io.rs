@@ -2,54 +2,13 @@
 //! IRPs that may stay pending, their completion, cancellation
 //! (`IoCancelIrp`) and the rules around them.
 //!
-//! # The rules, with their sources
+//! # The rules
 //!
-//! 1. **Completed exactly once.** `IofCompleteRequest` takes an IRP that
-//!    was sent to the driver and not yet completed; the I/O manager then
-//!    owns it again (copies the output, frees it: *nothing of the IRP may
-//!    be touched afterwards*). A second completion is a violation (bug check
-//!    0x44 MULTIPLE_IRP_COMPLETE_REQUESTS). *Source:* IoCompleteRequest
-//!    reference; "Completing IRPs".
-//! 2. **Never completed with `STATUS_PENDING`**, and never with a cancel
-//!    routine still set (bug check 0x48 CANCEL_STATE_IN_COMPLETED_IRP).
-//!    *Source:* "Completing IRPs"; bug check 0x48 reference.
-//! 3. **Pending is marked.** A dispatch routine that returns
-//!    `STATUS_PENDING` must have marked the IRP pending
-//!    (`SL_PENDING_RETURNED` in its current stack location, which
-//!    `IoMarkIrpPending` — or `IoCsqInsertIrp` — sets), and one that marked
-//!    it must return `STATUS_PENDING`; one that returns anything else must
-//!    have completed the IRP with that very status before returning.
-//!    *Source:* IoMarkIrpPending reference ("After calling
-//!    IoMarkIrpPending, the dispatch routine must return STATUS_PENDING,
-//!    even if some routine completes the IRP ... before the dispatch
-//!    routine ... returns"); code-analysis warning C28143.
-//! 4. **Cancellation.** `IoCancelIrp` (IRQL ≤ `DISPATCH_LEVEL`, any
-//!    thread: `CancelIoEx`, a thread exiting) sets the IRP's `Cancel` bit
-//!    and, if a cancel routine is set, takes it (atomically: an IRP goes to
-//!    its cancel routine or to whoever cleared the routine first, never to
-//!    both) and calls it; it returns whether it did. *Source:* IoCancelIrp
-//!    reference; IoSetCancelRoutine reference ("uses an interlocked
-//!    exchange").
-//! 5. **Cleanup.** After `IRP_MJ_CLEANUP` of a file object is completed, no
-//!    IRP sent on that file object may still be queued in the driver's
-//!    cancel-safe queue (one the driver already took out, and completes on
-//!    another thread, or one whose cancellation has begun, is not queued): "the
-//!    driver must cancel and complete ... the currently queued IRPs that are
-//!    associated with the file object handle that is being released", with
-//!    `STATUS_CANCELLED`. *Source:* IRP_MJ_CLEANUP reference; "DispatchCleanup
-//!    Routines".
-//! 6. **Nothing after Unload.** No IRP may be completed after the unload
-//!    routine returned (the code completing it would be gone), and none may
-//!    still be pending in the driver then. *Source:* "Releasing
-//!    Driver-Allocated Resources" (an Unload routine "must ensure that no
-//!    other driver routine is currently using or might shortly be using" a
-//!    resource it releases).
-//!
-//! The I/O manager's own guarantees, modelled: no request is dispatched
-//! once the unload routine is about to run (its references on the device
-//! keep the driver loaded otherwise), and none on a handle whose
-//! `IRP_MJ_CLEANUP` was sent (the model closes a handle only when no call
-//! of the issuing program is using it).
+//! The rules are in `docs/engine-rules.md`: completion once (K11), never
+//! pending or cancelable (K12), not while queued (K13), the pending protocol
+//! (K14), every IRP completed (K15), buffered I/O (K16), `IoCancelIrp` (K17),
+//! cleanup (K24), no request once Unload begins (K25), nothing after Unload
+//! (K26). `// Rule Kn` comments mark the code that implements each.
 //!
 //! IRP memory is freed when the IRP is completed (so memcheck reports a
 //! driver touching an IRP it no longer owns), or — with
@@ -561,7 +520,8 @@ impl Io {
     }
 
     /// The I/O manager stops sending requests (the unload routine is
-    /// about to run) and waits for the dispatch routines running now.
+    /// about to run) and waits for the dispatch routines running now (rule
+    /// K25).
     pub fn close_gate(&self) {
         let mut g = lock(&self.gate);
         g.closed = true;
@@ -653,9 +613,10 @@ impl Io {
     }
 }
 
-/// `IofCompleteRequest` (rules 1, 2 and 6): called by the kernel model with
-/// the world already checked in.
+/// `IofCompleteRequest` (rules K11, K12, K13, K16 and K26): called by the
+/// kernel model with the world already checked in.
 pub(crate) fn complete_request(w: &World, irp: usize) {
+    // Rule K26
     if w.unloaded.load(Ordering::SeqCst) {
         w.kernel.violation(format!(
             "IofCompleteRequest({irp:#x}) after the driver was unloaded"
@@ -663,6 +624,7 @@ pub(crate) fn complete_request(w: &World, irp: usize) {
     }
     let level = irql();
     let mut live = lock(&w.io.live);
+    // Rule K11: an outstanding IRP, completed once.
     let Some(ticket) = live.remove(&irp) else {
         drop(live);
         w.kernel.violation(format!(
@@ -672,6 +634,7 @@ pub(crate) fn complete_request(w: &World, irp: usize) {
     };
     let status: i32 = read(irp + IRP_STATUS);
     let information = usize::try_from(read::<u64>(irp + IRP_INFORMATION)).unwrap_or(usize::MAX);
+    // Rule K12
     if cancel_routine(irp).load(Ordering::SeqCst) != 0 {
         w.kernel.violation(format!(
             "IofCompleteRequest({irp:#x}) with a cancel routine still set (bug check 0x48 CANCEL_STATE_IN_COMPLETED_IRP)"
@@ -682,14 +645,15 @@ pub(crate) fn complete_request(w: &World, irp: usize) {
             "IofCompleteRequest({irp:#x}) with IoStatus.Status = STATUS_PENDING"
         ));
     }
+    // Rule K13
     if crate::csq::queued_anywhere(w, irp) {
         w.kernel.violation(format!(
             "IofCompleteRequest({irp:#x}) while it is still in a cancel-safe queue"
         ));
     }
     let mut output = Vec::new();
-    // NT_ERROR (severity 3) returns nothing; success, information and
-    // warning statuses copy the output back.
+    // Rule K16: NT_ERROR (severity 3) returns nothing; success, information
+    // and warning statuses copy the output back.
     if ticket.buffered && status.cast_unsigned() >> 30 != 3 {
         if information > ticket.out_len {
             w.kernel.violation(format!(
@@ -752,7 +716,7 @@ impl World {
 
     /// Builds an IRP for `handle` as the I/O manager does
     /// (`METHOD_BUFFERED`: one system buffer of max(in, out) bytes holding
-    /// the input) and registers it as outstanding; [`World::dispatch`]
+    /// the input; rule K16) and registers it as outstanding; [`World::dispatch`]
     /// sends it. `None` when the driver has no device.
     pub fn prepare_irp(
         &self,
@@ -821,7 +785,7 @@ impl World {
     }
 
     /// Sends a prepared IRP to the driver's dispatch routine at
-    /// `PASSIVE_LEVEL` (rule 3 checked when it returns). `None` when the
+    /// `PASSIVE_LEVEL` (rule K14 checked when it returns). `None` when the
     /// I/O manager would not send it (unload begun, handle closed): the IRP
     /// is discarded.
     pub fn dispatch(&self, handle: &FileHandle, ticket: &Arc<Ticket>) -> Option<i32> {
@@ -832,6 +796,7 @@ impl World {
     /// the handle is closed), or (`None`) for the I/O manager's own
     /// cleanup and close of a closed handle.
     fn dispatch_as(&self, user: Option<&FileHandle>, ticket: &Arc<Ticket>) -> Option<i32> {
+        // Rule K25: nothing on a closed handle, nothing once Unload begins.
         if let Some(handle) = user
             && !handle.begin_use()
         {
@@ -886,7 +851,7 @@ impl World {
             // PASSIVE_LEVEL; the driver owns it until it completes it.
             unsafe { f(device, irp) }
         });
-        // Rule 3, with the IRP still outstanding (its stack location is
+        // Rule K14, with the IRP still outstanding (its stack location is
         // read under the lock that completion takes) or already completed.
         let live = lock(&self.io.live);
         let still_live = live.get(&irp).is_some_and(|t| t.id == ticket.id);
@@ -975,6 +940,7 @@ impl World {
         self.dispatch_as(user, &ticket)?;
         let done = ticket.wait(SYNC_TIMEOUT);
         if done.is_none() {
+            // Rule K15
             self.kernel.violation(format!(
                 "IRP major {major:#x} code {code:#x} still pending after {SYNC_TIMEOUT:?}"
             ));
@@ -1001,7 +967,7 @@ impl World {
     }
 
     /// Closes `handle` as the last `CloseHandle` does: no new request on it,
-    /// `IRP_MJ_CLEANUP` (rule 5 checked when it completes), then
+    /// `IRP_MJ_CLEANUP` (rule K24 checked when it completes), then
     /// `IRP_MJ_CLOSE`. Returns the cleanup's status (`None`: not sent).
     pub fn close_handle(&self, handle: &FileHandle) -> Option<i32> {
         if !handle.close() {
@@ -1030,7 +996,7 @@ impl World {
         Some(cleanup.status)
     }
 
-    /// `IoCancelIrp(Irp)` (rule 4) at `level` (≤ `DISPATCH_LEVEL`), from
+    /// `IoCancelIrp(Irp)` (rule K17) at `level` (≤ `DISPATCH_LEVEL`), from
     /// any thread, for an IRP the host sent. Returns whether a cancel
     /// routine was called (`false` also when the IRP is already complete).
     pub fn cancel_irp(&self, ticket: &Ticket, level: u8) -> bool {

@@ -2,7 +2,8 @@
 //!
 //! Each model checks the documented contract of its function and records a
 //! *violation* (see [`Kernel::violation`]) when the driver breaks it; a run
-//! with any violation fails. Sources are the functions' reference pages on
+//! with any violation fails. The rules are in `docs/engine-rules.md` (K
+//! ids); `// Rule Kn` comments mark the code that implements each. Sources are the functions' reference pages on
 //! learn.microsoft.com (WDK, wdm.h / ntddk.h): the maximum IRQL of each is
 //! in [`crate::imports`]'s table and checked on entry by [`enter_api`].
 //!
@@ -151,6 +152,7 @@ pub fn call_into_image_leaving<R>(
     leaves: Leaves,
     f: impl FnOnce() -> R,
 ) -> R {
+    // Rule K9: the callback returns with the locks and at the IRQL it got.
     let outer_irql = irql();
     if level < outer_irql {
         w.kernel.violation(format!(
@@ -162,6 +164,7 @@ pub fn call_into_image_leaving<R>(
         w.mark_in_image(true);
     }
     DEPTH.with(|d| d.set(depth + 1));
+    // Rule K26
     if w.unloaded.load(Ordering::SeqCst) {
         w.kernel.violation(format!(
             "{what}: driver code called after the image was unloaded"
@@ -223,6 +226,7 @@ pub fn enter_api(api: &str, max_irql: u8) -> Api {
     };
     let w = api_guard.world;
     let level = irql();
+    // Rule K1
     if level > max_irql {
         w.kernel.violation(format!(
             "{api} called at IRQL {level}; its maximum is {max_irql}"
@@ -644,7 +648,7 @@ impl Kernel {
         std::mem::take(&mut f.seen)
     }
 
-    /// Whether this failable call must fail (counts it when armed).
+    /// Whether this failable call must fail (counts it when armed; rule K30).
     pub fn inject(&self, api: &'static str) -> bool {
         let mut f = lock(&self.faults);
         if !f.armed || f.thread != token() {
@@ -661,7 +665,7 @@ impl Kernel {
     }
 
     /// Whether this allocation fails because the pool is "exhausted"
-    /// ([`Kernel::pool_fail_one_in`], drawn per thread).
+    /// ([`Kernel::pool_fail_one_in`], drawn per thread; rule K30).
     fn pool_exhausted(&self) -> bool {
         let n = self.pool_fail_one_in.load(Ordering::Relaxed);
         if n == 0 {
@@ -919,6 +923,7 @@ pub const POOL_FLAG_PAGED: u64 = 0x100;
 /// the function's documented contract allows.
 pub unsafe extern "win64" fn ex_allocate_pool2(flags: u64, size: usize, tag: u32) -> *mut c_void {
     let w = enter_api("ExAllocatePool2", DISPATCH_LEVEL);
+    // Rule K29
     let types = [
         POOL_FLAG_NON_PAGED,
         POOL_FLAG_NON_PAGED_EXECUTE,
@@ -964,6 +969,7 @@ pub unsafe extern "win64" fn ex_allocate_pool2(flags: u64, size: usize, tag: u32
 
 fn free_pool(api: &str, p: *mut c_void, tag: Option<u32>) {
     let w = enter_api(api, DISPATCH_LEVEL);
+    // Rule K28: an outstanding block, freed once, with its tag.
     let Some(block) = lock(&w.kernel.pool).remove(&(p as usize)) else {
         w.kernel.violation(format!(
             "{api}({p:p}): not an outstanding pool block (double free or foreign pointer)"
@@ -1012,6 +1018,7 @@ fn lock_word(
     api: &str,
     lock: *mut u64,
 ) -> Option<&'static std::sync::atomic::AtomicU64> {
+    // Rule K7
     if lock.is_null() || !(lock as usize).is_multiple_of(8) {
         w.kernel
             .violation(format!("{api}({lock:p}): not an aligned KSPIN_LOCK"));
@@ -1028,6 +1035,7 @@ fn acquire(w: &World, api: &str, lock: *mut u64, old_irql: u8) {
         return;
     };
     let me = token();
+    // Rule K4
     if word.load(Ordering::Relaxed) == me {
         w.kernel.violation(format!(
             "{api}({lock:p}): recursive acquisition (deadlock on a real machine)"
@@ -1062,6 +1070,7 @@ fn release(w: &World, api: &str, lock: *mut u64) -> Option<u8> {
     let word = lock_word(w, api, lock)?;
     let me = token();
     let owner = word.load(Ordering::Relaxed);
+    // Rule K3
     if owner != me {
         w.kernel.violation(format!(
             "{api}({lock:p}): released by a thread that does not hold it (owner {owner})"
@@ -1093,7 +1102,7 @@ fn release(w: &World, api: &str, lock: *mut u64) -> Option<u8> {
 }
 
 /// `KeAcquireSpinLockRaiseToDpc(SpinLock)`: IRQL ≤ `DISPATCH_LEVEL`;
-/// raises to `DISPATCH_LEVEL` and returns the previous IRQL.
+/// raises to `DISPATCH_LEVEL` and returns the previous IRQL (rule K2).
 ///
 /// # Safety
 /// Called by the image (or the host on its behalf) with the arguments
@@ -1109,7 +1118,7 @@ pub unsafe extern "win64" fn ke_acquire_spin_lock_raise_to_dpc(lock: *mut u64) -
 /// `KeReleaseSpinLock(SpinLock, NewIrql)`: at `DISPATCH_LEVEL`, by the
 /// owner; lowers to `NewIrql`, which must be the IRQL the acquisition
 /// returned ("NewIrql: the IRQL value saved from the preceding call to
-/// KeAcquireSpinLock[RaiseToDpc]", KeReleaseSpinLock reference).
+/// KeAcquireSpinLock[RaiseToDpc]", KeReleaseSpinLock reference; rule K2).
 ///
 /// # Safety
 /// Called by the image (or the host on its behalf) with the arguments
@@ -1166,7 +1175,7 @@ pub unsafe extern "win64" fn ke_release_spin_lock_from_dpc_level(lock: *mut u64)
 
 /// `KeAcquireInStackQueuedSpinLock(SpinLock, LockHandle)`: IRQL ≤
 /// `DISPATCH_LEVEL`. `KLOCK_QUEUE_HANDLE`: `LockQueue.Lock` at 8,
-/// `OldIrql` at 16.
+/// `OldIrql` at 16 (rule K8).
 ///
 /// # Safety
 /// Called by the image (or the host on its behalf) with the arguments
@@ -1182,7 +1191,8 @@ pub unsafe extern "win64" fn ke_acquire_in_stack_queued_spin_lock(lock: *mut u64
     unsafe { handle.wrapping_add(16).write(old) };
 }
 
-/// `KeReleaseInStackQueuedSpinLock(LockHandle)`.
+/// `KeReleaseInStackQueuedSpinLock(LockHandle)`: the handle's lock, back
+/// to the handle's IRQL (rule K8).
 ///
 /// # Safety
 /// Called by the image (or the host on its behalf) with the arguments
@@ -1233,7 +1243,8 @@ pub unsafe extern "win64" fn ke_initialize_event(event: *mut u8, kind: i32, stat
 }
 
 /// `KeSetEvent(Event, Increment, Wait)`: IRQL ≤ `DISPATCH_LEVEL` (with
-/// `Wait` FALSE); an initialised event. Returns the previous state.
+/// `Wait` FALSE); an initialised event. Returns the previous state (rule
+/// K34).
 ///
 /// # Safety
 /// Called by the image (or the host on its behalf) with the arguments
@@ -1276,7 +1287,8 @@ pub unsafe extern "win64" fn ke_clear_event(event: *mut u8) {
 /// Timeout)`: an initialised event; a wait with a non-zero (or no) timeout
 /// only at IRQL ≤ `APC_LEVEL`, a zero timeout at ≤ `DISPATCH_LEVEL`.
 /// Relative timeouts (negative, 100 ns) are honoured: really, or by moving
-/// the simulated clock. Returns `STATUS_SUCCESS` or `STATUS_TIMEOUT`.
+/// the simulated clock (rule K35). Returns `STATUS_SUCCESS` or
+/// `STATUS_TIMEOUT`. Rule K34.
 ///
 /// # Safety
 /// Called by the image (or the host on its behalf) with the arguments
@@ -1399,7 +1411,7 @@ fn wait_simulated(w: &World, e: &EventState, total_100ns: Option<u64>) -> bool {
     }
 }
 
-/// `KeQueryInterruptTimePrecise(QpcTimeStamp)`: any IRQL.
+/// `KeQueryInterruptTimePrecise(QpcTimeStamp)`: any IRQL (rule K35).
 ///
 /// # Safety
 /// Called by the image (or the host on its behalf) with the arguments
@@ -1421,7 +1433,7 @@ pub unsafe extern "win64" fn ke_query_interrupt_time_precise(qpc: *mut u64) -> u
 /// `IoCreateDevice(DriverObject, DeviceExtensionSize, DeviceName,
 /// DeviceType, DeviceCharacteristics, Exclusive, DeviceObject)`:
 /// `PASSIVE_LEVEL`; our driver object; a well-formed name not in use.
-/// Failable.
+/// Failable. Rule K31.
 #[allow(clippy::too_many_arguments)]
 ///
 /// # Safety
@@ -1509,8 +1521,9 @@ pub unsafe extern "win64" fn io_create_device(
     status::SUCCESS
 }
 
-/// `IoDeleteDevice(DeviceObject)`: `PASSIVE_LEVEL`; a live device of ours,
-/// and no callout registered against it may still be registered.
+/// `IoDeleteDevice(DeviceObject)`: `PASSIVE_LEVEL`; a live device of ours
+/// (rule K31), and no callout registered against it may still be
+/// registered (rule K32).
 ///
 /// # Safety
 /// Called by the image (or the host on its behalf) with the arguments
@@ -1528,8 +1541,8 @@ pub unsafe extern "win64" fn io_delete_device(dev: usize) {
     if still > 0 {
         w.kernel.violation(format!("IoDeleteDevice while {still} callout(s) registered against the device are still registered"));
     }
-    // Rule 8 of the engine: a callout it let go early still has deletions
-    // to deliver; the device must outlive every one of them.
+    // Rule K32, with E14: a callout the engine let go early still has
+    // deletions to deliver; the device must outlive every one of them.
     let owed = w.engine.live_contexts();
     if owed > 0 {
         w.kernel.violation(format!(
@@ -1621,7 +1634,7 @@ pub unsafe extern "win64" fn ob_set_security_object_by_pointer(
 
 /// `ObOpenObjectByPointer(Object, HandleAttributes, PassedAccessState,
 /// DesiredAccess, ObjectType, AccessMode, Handle)`: `PASSIVE_LEVEL`; a live
-/// object. Failable. The handle must be closed (`ZwClose`).
+/// object. Failable. The handle must be closed (`ZwClose`). Rule K33.
 #[allow(clippy::too_many_arguments)]
 ///
 /// # Safety
@@ -1654,7 +1667,7 @@ pub unsafe extern "win64" fn ob_open_object_by_pointer(
 }
 
 /// `ZwSetSecurityObject(Handle, SecurityInformation, SecurityDescriptor)`:
-/// `PASSIVE_LEVEL`; an open handle; a valid descriptor. Failable.
+/// `PASSIVE_LEVEL`; an open handle; a valid descriptor. Failable. Rule K33.
 ///
 /// # Safety
 /// Called by the image (or the host on its behalf) with the arguments
@@ -1679,7 +1692,8 @@ pub unsafe extern "win64" fn zw_set_security_object(handle: u64, _info: u32, sd:
     status::SUCCESS
 }
 
-/// `ZwClose(Handle)`: `PASSIVE_LEVEL`; an open handle, closed once.
+/// `ZwClose(Handle)`: `PASSIVE_LEVEL`; an open handle, closed once (rule
+/// K33).
 ///
 /// # Safety
 /// Called by the image (or the host on its behalf) with the arguments

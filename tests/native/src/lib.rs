@@ -26,8 +26,8 @@
 //!   stay pending, completion, `IoCancelIrp`, cleanup — and its rules;
 //! - [`csq`]: the cancel-safe queue routines (`IoCsq*`), which call the
 //!   driver's queue callbacks;
-//! - [`engine`]: the fake filter engine (its rules and their sources are in
-//!   that module's documentation);
+//! - [`engine`]: the fake filter engine (the rules of every model, with
+//!   their sources, are in `docs/engine-rules.md`);
 //! - [`etw`]: ETW registration, an enabling session, `TraceLogging` events
 //!   decoded into the log;
 //! - [`imports`]: the table of modelled imports (data-driven);

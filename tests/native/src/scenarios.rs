@@ -401,7 +401,7 @@ pub fn slow_deferred_deletions(seed: u64, flows: usize) -> Result<Summary, Strin
     deferred_deletions_outlived(seed, flows, Mode::default())
 }
 
-/// Engine rule 8 (adversarial): every removal is deferred by ten minutes,
+/// Rule E14 (adversarial): every removal is deferred by ten minutes,
 /// and once no live context of a callout is left the engine answers
 /// `STATUS_FWP_CALLOUT_NOT_FOUND` — with the deferred flowDeleteFn calls
 /// still to come. The driver must neither delete its device nor return
@@ -842,9 +842,14 @@ pub fn use_after_delete(seed: u64) -> Result<Summary, String> {
 }
 
 /// The harness checks itself: deliberate host-side breakage that each
-/// check must report — a pool block left behind at Unload, a callback
-/// returning with a spin lock held (and at raised IRQL), and driver code
-/// called after the image was unloaded. Returns the violations recorded.
+/// check must report — a pool block left behind at Unload (rule K27), a
+/// callback returning with a spin lock held and at raised IRQL (rule K9), a
+/// `PASSIVE_LEVEL` routine called at `DISPATCH_LEVEL` (rule K1), paged pool
+/// at `DISPATCH_LEVEL` (rule K29), a wait with a timeout at
+/// `DISPATCH_LEVEL` (rule K34), a device deleted while a callout registered
+/// against it is still registered (rule K32), an ETW provider left
+/// registered at Unload (rule T3), and driver code called after the image
+/// was unloaded (rule K26). Returns the violations recorded.
 ///
 /// # Errors
 /// When the world cannot be built.
@@ -870,6 +875,83 @@ pub fn self_check(seed: u64) -> Result<Vec<String>, String> {
     call_into_image(&w, "self-check: unlock", DISPATCH_LEVEL, || {
         // SAFETY: the lock acquired above by this thread.
         unsafe { kernel::ke_release_spin_lock(&raw mut word, PASSIVE_LEVEL) };
+    });
+    // A PASSIVE_LEVEL routine at DISPATCH_LEVEL (and a handle never opened).
+    call_into_image(&w, "self-check: ZwClose", DISPATCH_LEVEL, || {
+        // SAFETY: the ZwClose model, which only looks the handle up.
+        unsafe { kernel::zw_close(0x1234) }
+    });
+    // Paged pool at DISPATCH_LEVEL (freed again: only the leak above stays).
+    let page_tag = u32::from_le_bytes(*b"Page");
+    let paged = call_into_image(&w, "self-check: paged pool", DISPATCH_LEVEL, || {
+        // SAFETY: the pool model, called as the image would call it.
+        unsafe { kernel::ex_allocate_pool2(kernel::POOL_FLAG_PAGED, 32, page_tag) }
+    });
+    call_into_image(&w, "self-check: free paged", PASSIVE_LEVEL, || {
+        // SAFETY: the block allocated just above, freed once.
+        unsafe { kernel::ex_free_pool_with_tag(paged, page_tag) };
+    });
+    // A wait with a timeout at DISPATCH_LEVEL, on an event never initialised
+    // (the model refuses it before waiting).
+    let mut not_an_event = [0u8; 24];
+    let timeout: i64 = -10;
+    call_into_image(&w, "self-check: wait", DISPATCH_LEVEL, || {
+        // SAFETY: the wait model; both pointers live for the call.
+        unsafe {
+            kernel::ke_wait_for_single_object(
+                not_an_event.as_mut_ptr(),
+                0,
+                0,
+                0,
+                &raw const timeout,
+            )
+        }
+    });
+    // A second device, deleted while a callout registered against it is
+    // still registered; the callout is unregistered afterwards.
+    let mut device = 0usize;
+    call_into_image(&w, "self-check: second device", PASSIVE_LEVEL, || {
+        // SAFETY: the IoCreateDevice model: our driver object, no name, an
+        // output variable alive for the call.
+        unsafe {
+            kernel::io_create_device(
+                w.kernel.driver_object,
+                0,
+                std::ptr::null(),
+                0x22,
+                0,
+                0,
+                &raw mut device,
+            )
+        }
+    });
+    let template = w.callout(0).ok_or("no callout registered")?;
+    let mut callout = [0u8; 48];
+    callout[..16].copy_from_slice(&[0x5A; 16]);
+    callout[24..32].copy_from_slice(&template.classify.to_le_bytes());
+    callout[32..40].copy_from_slice(&template.notify.to_le_bytes());
+    callout[40..].copy_from_slice(&template.flow_delete.to_le_bytes());
+    let mut id = 0u32;
+    call_into_image(&w, "self-check: register on it", PASSIVE_LEVEL, || {
+        // SAFETY: the registration model reads the FWPS_CALLOUT1 (48 bytes)
+        // above and writes the id; both live for the call.
+        unsafe { crate::engine::fwps_callout_register(device, callout.as_ptr(), &raw mut id) }
+    });
+    call_into_image(&w, "self-check: delete it", PASSIVE_LEVEL, || {
+        // SAFETY: the IoDeleteDevice model, for the device created above.
+        unsafe { kernel::io_delete_device(device) };
+    });
+    call_into_image(&w, "self-check: unregister", PASSIVE_LEVEL, || {
+        // SAFETY: the unregister model, for the callout registered above.
+        unsafe { crate::engine::fwps_callout_unregister_by_id0(id) }
+    });
+    // An ETW provider registered and left registered at Unload.
+    let provider = [0x5Au8; 16];
+    let mut etw_handle = 0u64;
+    call_into_image(&w, "self-check: EtwRegister", PASSIVE_LEVEL, || {
+        // SAFETY: the EtwRegister model: a 16-byte provider id, no enable
+        // callback, an output variable alive for the call.
+        unsafe { crate::etw::etw_register(provider.as_ptr(), 0, 0, &raw mut etw_handle) }
     });
     let f = w.open_flow(false, true, false, 1);
     let _ = w.establish(&f, FilterKind::Inspection);
@@ -904,6 +986,10 @@ pub fn self_check(seed: u64) -> Result<Vec<String>, String> {
     call_into_image(&w, "self-check: free", PASSIVE_LEVEL, || {
         // SAFETY: the block allocated above, freed once.
         unsafe { kernel::ex_free_pool_with_tag(leaked, u32::from_le_bytes(*b"Leak")) };
+    });
+    call_into_image(&w, "self-check: EtwUnregister", PASSIVE_LEVEL, || {
+        // SAFETY: the provider registered above, unregistered once.
+        unsafe { crate::etw::etw_unregister(etw_handle) }
     });
     w.end_flow(&f);
     Ok(reported)

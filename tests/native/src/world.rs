@@ -497,6 +497,7 @@ impl World {
         self.check_nothing_left("Unload returned");
     }
 
+    /// Rule K27 (and T3, for the ETW registration).
     fn check_nothing_left(&self, when: &str) {
         let running = self.in_image();
         if running != 0 {
@@ -516,6 +517,7 @@ impl World {
                 "{when} while {live} flow context(s) existed (live or awaiting flowDeleteFn)"
             ));
         }
+        // Rule K15
         let irps = self.io.outstanding();
         if irps != 0 {
             self.kernel.violation(format!(
@@ -543,6 +545,7 @@ impl World {
                 self.kernel.open_handles()
             ));
         }
+        // Rule T3
         if self.kernel.etw_registrations() != 0 {
             self.kernel
                 .violation(format!("{when} leaving an ETW provider registered"));
@@ -1107,7 +1110,7 @@ impl World {
         Some(r)
     }
 
-    /// The flow ends (engine rule 6).
+    /// The flow ends (rule E11).
     pub fn end_flow(&self, f: &HostFlow) {
         if self.unloading.load(Ordering::Relaxed) && !f.flow.contexts().is_empty() {
             self.ended_during_unload.fetch_add(1, Ordering::Relaxed);

@@ -38,6 +38,8 @@ fn run(
     }
 }
 
+/// Rules K17, K19 and K21: a pending read cancelled through the queue's
+/// cancel routine, and one cancelled before it was queued.
 #[test]
 fn the_event_protocol_step_by_step() {
     if let Some(s) = run(
@@ -57,6 +59,8 @@ fn the_event_protocol_step_by_step() {
     }
 }
 
+/// Rules K24 and K20: cleanup cancels a handle's pending reads while other
+/// threads complete and cancel reads.
 #[test]
 fn events_under_concurrency_with_cancellation() {
     if let Some(s) = run(
@@ -136,6 +140,7 @@ fn per_process_totals_are_exact_while_flows_end() {
     }
 }
 
+/// Rule K25: no request reaches the driver once Unload begins.
 #[test]
 fn unload_with_reads_pending_on_several_threads() {
     if let Some(s) = run(
@@ -198,6 +203,8 @@ fn driver_entry_initialises_the_read_queue_first_and_fails_cleanly_there() {
     );
 }
 
+/// Rules K11, K12, K15 and K18 firing: the I/O model reports each
+/// deliberate breakage of [`events::io_self_check`].
 #[test]
 fn the_io_checks_catch_what_they_must() {
     if !image_present() {

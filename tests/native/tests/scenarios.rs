@@ -34,6 +34,8 @@ fn run(
     }
 }
 
+/// Rule K35: the image's reads of `KUSER_SHARED_DATA.InterruptTime` are
+/// found and pointed at the host's page.
 #[test]
 fn loader_resolves_every_import_and_patches_interrupt_time() {
     if !image_present() {
@@ -54,6 +56,8 @@ fn loader_resolves_every_import_and_patches_interrupt_time() {
     assert!(image.is_code(image.entry()));
 }
 
+/// Rule E6: a second association of a flow answers
+/// `STATUS_OBJECT_NAME_EXISTS` (the scenario checks the driver copes).
 #[test]
 fn lifecycle() {
     if let Some(s) = run("lifecycle", 0x1000, 50, scenarios::lifecycle) {
@@ -64,6 +68,8 @@ fn lifecycle() {
     }
 }
 
+/// Rule E8: Unload's removal pass over ten thousand contexts, each
+/// flowDeleteFn inside its `FwpsFlowRemoveContext0`.
 #[test]
 fn ten_thousand_flows() {
     if let Some(s) = run("ten_thousand_flows", 0x2000, 3, |seed| {
@@ -77,6 +83,7 @@ fn ten_thousand_flows() {
     }
 }
 
+/// Rule E4: the engine waits for the classifies in progress.
 #[test]
 fn unload_during_traffic_engine_waits() {
     if let Some(s) = run("unload_during_traffic_engine_waits", 0x3000, 600, |seed| {
@@ -93,6 +100,7 @@ fn unload_during_traffic_engine_waits() {
     }
 }
 
+/// Rule E5: the engine answers busy while a classify is in progress.
 #[test]
 fn unload_during_traffic_engine_answers_busy() {
     if let Some(s) = run(
@@ -112,6 +120,7 @@ fn unload_during_traffic_engine_answers_busy() {
     }
 }
 
+/// Rule E11: flows end on their own during Unload's removal pass.
 #[test]
 fn flows_end_during_the_removal_pass() {
     if let Some(s) = run("flows_end_during_the_removal_pass", 0x4000, 300, |seed| {
@@ -124,6 +133,7 @@ fn flows_end_during_the_removal_pass() {
     }
 }
 
+/// Rule E12: every deletion deferred by ten simulated minutes.
 #[test]
 fn slow_deferred_deletions_are_waited_for() {
     if let Some(s) = run(
@@ -139,6 +149,8 @@ fn slow_deferred_deletions_are_waited_for() {
     }
 }
 
+/// Rules K30 and E1: each failable call of `DriverEntry` fails in turn, while
+/// other threads classify at the callouts registered so far.
 #[test]
 fn a_failure_at_every_failable_driver_entry_call() {
     if !image_present() {
@@ -169,6 +181,8 @@ fn a_failure_at_every_failable_driver_entry_call() {
     );
 }
 
+/// Rules K30 and E7: allocations fail at random; flows left without a
+/// context get no data classify at the conditional callouts.
 #[test]
 fn pool_exhaustion_during_traffic() {
     if let Some(s) = run("pool_exhaustion_during_traffic", 0x9000, 20, |seed| {
@@ -178,6 +192,8 @@ fn pool_exhaustion_during_traffic() {
     }
 }
 
+/// Rules E9 and E11: flows end while another thread classifies them; the
+/// deletion waits for that classify.
 #[test]
 fn flows_shared_by_all_threads() {
     if let Some(s) = run("flows_shared_by_all_threads", 0xA000, 100, |seed| {
@@ -202,6 +218,8 @@ fn ioctls_from_another_thread_during_traffic() {
     }
 }
 
+/// Rules K1, K9, K26, K27, K29, K32, K34 and T3 firing: the harness
+/// reports each deliberate breakage of [`scenarios::self_check`].
 #[test]
 fn the_checks_catch_what_they_must() {
     if !image_present() {
@@ -214,6 +232,11 @@ fn the_checks_catch_what_they_must() {
         "returned at IRQL 2",
         "Unload returned leaving 1 pool block(s) (Leak:64B)",
         "driver code called after the image was unloaded",
+        "ZwClose called at IRQL 2; its maximum is 0",
+        "ExAllocatePool2(POOL_FLAG_PAGED) above APC_LEVEL",
+        "KeWaitForSingleObject with a non-zero timeout at IRQL 2",
+        "IoDeleteDevice while 1 callout(s) registered against the device are still registered",
+        "Unload returned leaving an ETW provider registered",
     ] {
         assert!(
             seen.iter().any(|v| v.contains(expected)),
@@ -239,7 +262,7 @@ fn a_fault_inside_the_image_is_reported_as_an_image_offset() {
     );
 }
 
-/// Engine rule 8: `NOT_FOUND` while deferred `flowDeleteFn` calls are owed,
+/// Rule E14: `NOT_FOUND` while deferred `flowDeleteFn` calls are owed,
 /// with the engine waiting for classifies in progress.
 #[test]
 fn not_found_while_deletions_are_owed_engine_waits() {
@@ -256,7 +279,7 @@ fn not_found_while_deletions_are_owed_engine_waits() {
     }
 }
 
-/// Engine rule 8 with the classify barrier answering busy.
+/// Rule E14 with the classify barrier answering busy.
 #[test]
 fn not_found_while_deletions_are_owed_engine_answers_busy() {
     if let Some(s) = run(
