@@ -10,6 +10,7 @@ use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
+use chrono::TimeZone as _;
 use wfpmon_core::catalog;
 use windows_sys::Win32::Foundation::{
     CloseHandle, ERROR_IO_PENDING, ERROR_MORE_DATA, ERROR_SERVICE_DOES_NOT_EXIST, GENERIC_READ,
@@ -24,9 +25,14 @@ use windows_sys::Win32::System::Console::{
     GetConsoleMode, GetConsoleScreenBufferInfo, GetStdHandle, STD_OUTPUT_HANDLE,
     SetConsoleCtrlHandler, SetConsoleMode,
 };
+use windows_sys::Win32::System::Diagnostics::Debug::{
+    FORMAT_MESSAGE_FROM_HMODULE, FORMAT_MESSAGE_FROM_SYSTEM, FORMAT_MESSAGE_IGNORE_INSERTS,
+    FormatMessageW,
+};
 use windows_sys::Win32::System::IO::{
     CancelIoEx, DeviceIoControl, GetOverlappedResultEx, OVERLAPPED,
 };
+use windows_sys::Win32::System::LibraryLoader::GetModuleHandleW;
 use windows_sys::Win32::System::Services::{
     CloseServiceHandle, OpenSCManagerW, OpenServiceW, QueryServiceStatusEx, SC_MANAGER_CONNECT,
     SC_STATUS_PROCESS_INFO, SERVICE_QUERY_STATUS, SERVICE_STATUS_PROCESS,
@@ -103,7 +109,10 @@ unsafe extern "system" fn on_ctrl(event: u32) -> BOOL {
 
 /// `not_installed` or the [`service_state_name`] of service `name`.
 fn service_state(name: &str) -> Result<&'static str, Error> {
-    let fail = |c, what: &str| Error::system(Step::ServiceControl, c, what);
+    let fail = |c, call: &str| {
+        let action = format!("asking the service control manager about service {name}");
+        Error::system(Step::ServiceControl, c, &action, call)
+    };
     // SAFETY: null machine and database select the local, active
     // database; SC_MANAGER_CONNECT is granted to every user.
     let scm = unsafe { OpenSCManagerW(std::ptr::null(), std::ptr::null(), SC_MANAGER_CONNECT) };
@@ -267,12 +276,15 @@ impl System for Windows {
         };
         // The last error is read before anything (an allocation) can change it.
         let handle = Owned::new(handle, CloseHandle);
-        let what = format!("CreateFileW({})", catalog::DEVICE_USER_PATH);
-        let handle = handle.map_err(|c| Error::system(Step::OpenDevice, c, &what))?;
+        let call = format!("CreateFileW({})", catalog::DEVICE_USER_PATH);
+        let action = "opening the wfpmon control device";
+        let handle = handle.map_err(|c| Error::system(Step::OpenDevice, c, action, call))?;
         // SAFETY: no attributes, no name; manual reset, as overlapped I/O needs.
         let event = unsafe { CreateEventW(std::ptr::null(), 1, 0, std::ptr::null()) };
         let event = Owned::new(event, CloseHandle);
-        let event = event.map_err(|c| Error::system(Step::OpenDevice, c, "CreateEventW"))?;
+        let action = "creating an event for overlapped I/O";
+        let event =
+            event.map_err(|c| Error::system(Step::OpenDevice, c, action, "CreateEventW"))?;
         DEVICE.store(handle.0, Ordering::SeqCst);
         Ok(Device { handle, event })
     }
@@ -352,4 +364,69 @@ impl System for Windows {
     fn interrupted(&mut self) -> bool {
         INTERRUPTED.load(Ordering::SeqCst)
     }
+
+    fn message_text(&mut self, code: SystemCode) -> Option<String> {
+        message_text(code)
+    }
+
+    fn utc_offset(&mut self, time: SystemTime) -> i32 {
+        let utc = chrono::DateTime::<chrono::Utc>::from(time).naive_utc();
+        chrono::Local
+            .offset_from_utc_datetime(&utc)
+            .local_minus_utc()
+    }
+
+    fn warn(&mut self, text: &str) {
+        eprint!("wfpmonctl: {text}");
+    }
+}
+
+/// The system's message text for `code` (`FormatMessageW`, in the user's
+/// language): Win32 errors and HRESULTs from the system's message table
+/// (`FWP_E_*` also from fwpuclnt.dll's, should the system's lack them),
+/// `NTSTATUS` values from ntdll.dll's.
+fn message_text(code: SystemCode) -> Option<String> {
+    let (id, modules): (u32, &[&str]) = match code {
+        SystemCode::Win32(c) => (c, &[""]),
+        SystemCode::HResult(h) => (h.cast_unsigned(), &["", "fwpuclnt.dll"]),
+        SystemCode::NtStatus(s) => (s, &["ntdll.dll"]),
+    };
+    modules.iter().find_map(|module| {
+        let source = if module.is_empty() {
+            std::ptr::null_mut()
+        } else {
+            let name = wide(module);
+            // SAFETY: `name` is NUL-terminated; a module of this process
+            // (both are loaded: ntdll always, fwpuclnt as an import), no
+            // reference taken.
+            let handle = unsafe { GetModuleHandleW(name.as_ptr()) };
+            if handle.is_null() {
+                return None;
+            }
+            handle
+        };
+        let from = if source.is_null() {
+            FORMAT_MESSAGE_FROM_SYSTEM
+        } else {
+            FORMAT_MESSAGE_FROM_HMODULE
+        };
+        let mut buffer = [0u16; 1024];
+        // SAFETY: `buffer` holds the length passed; the source is null or a
+        // loaded module; no inserts are read (IGNORE_INSERTS), so no
+        // arguments are passed; language 0: the user's, with fallbacks.
+        let n = unsafe {
+            FormatMessageW(
+                from | FORMAT_MESSAGE_IGNORE_INSERTS,
+                source.cast_const(),
+                id,
+                0,
+                buffer.as_mut_ptr(),
+                1024,
+                std::ptr::null(),
+            )
+        };
+        let text = String::from_utf16_lossy(buffer.get(..n as usize)?);
+        let text = text.trim_end().to_owned();
+        (!text.is_empty()).then_some(text)
+    })
 }
