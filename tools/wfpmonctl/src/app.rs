@@ -2,6 +2,7 @@
 //! `crate::windows`, a simulated one in the tests.
 
 use std::io::{self, Write};
+use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
 use clap::Parser;
@@ -17,6 +18,7 @@ use crate::engine::{self, FilterEngine};
 use crate::error::{Error, Kind, SystemCode};
 use crate::events::{DroppedDoc, EventDoc};
 use crate::flows::{self, FlowRow, FlowsDoc, Previous};
+use crate::names::{Hosts, Lookup, Services};
 use crate::procs::{self, Names, Proc, ProcRow, ProcsDoc};
 use crate::render::{self, EventLines, StatsDoc, timestamp};
 use crate::status::{Observed, StatusDoc};
@@ -37,6 +39,7 @@ pub struct Terminal {
 pub trait System {
     type Engine: FilterEngine;
     type Device: ControlDevice;
+    type Lookup: Lookup;
     /// Opens a filter-engine session; a `dynamic` one deletes what it added
     /// when it closes.
     fn engine(&mut self, dynamic: bool) -> Result<Self::Engine, Error>;
@@ -61,6 +64,10 @@ pub trait System {
     fn utc_offset(&mut self, time: SystemTime) -> i32;
     /// Writes a warning to standard error.
     fn warn(&mut self, text: &str);
+    /// The running services by process: `(pid, service name)` pairs.
+    fn services(&mut self) -> Result<Vec<(u32, String)>, Error>;
+    /// Reverse-DNS lookups that answer later.
+    fn lookup(&mut self) -> Self::Lookup;
 }
 
 /// Writes `text`; `false` when the reader went away (a closed pipe).
@@ -256,6 +263,64 @@ fn observe<S: System>(sys: &mut S) -> Result<Observed, Error> {
     })
 }
 
+/// How long a one-shot listing (`flows` without refreshes, `events`
+/// without `--follow`) waits, in all, for host names; refreshes and
+/// followed events never wait (names appear once known).
+pub const NAME_WAIT: Duration = Duration::from_secs(1);
+const NAME_STEP: Duration = Duration::from_millis(50);
+
+/// The names a view shows: the services of processes, and (without `-n`)
+/// the host names of remote addresses.
+struct Naming<L> {
+    services: Services,
+    hosts: Option<Hosts<L>>,
+    /// What is left of [`NAME_WAIT`].
+    budget: Duration,
+}
+
+impl<L: Lookup> Naming<L> {
+    fn new<S: System<Lookup = L>>(sys: &mut S, hosts: bool) -> Self {
+        Self {
+            services: Services::default(),
+            hosts: hosts.then(|| Hosts::new(sys.lookup())),
+            budget: NAME_WAIT,
+        }
+    }
+
+    /// Refreshes the services when stale and asks for the names of
+    /// `addrs`; with `wait`, gives their lookups what is left of the budget.
+    fn update<S: System<Lookup = L>>(
+        &mut self,
+        sys: &mut S,
+        addrs: impl IntoIterator<Item = IpAddr>,
+        wait: bool,
+    ) {
+        let now = sys.now().1;
+        self.services.refresh(now, || sys.services());
+        let Some(hosts) = &mut self.hosts else {
+            return;
+        };
+        for addr in addrs {
+            hosts.want(addr, now);
+        }
+        if wait && !self.budget.is_zero() {
+            hosts.settle(now, self.budget, NAME_STEP, &mut |d| {
+                sys.sleep(d);
+                sys.now().1
+            });
+            self.budget = self.budget.saturating_sub(sys.now().1.saturating_sub(now));
+        } else {
+            hosts.poll(now);
+        }
+    }
+
+    /// `row` with its process's services and its remote host's name.
+    fn apply(&self, row: &mut FlowRow) {
+        row.services = self.services.of(row.pid).to_vec();
+        row.remote_host = self.hosts.as_ref().and_then(|h| h.name(row.remote_ip));
+    }
+}
+
 /// `flows`: snapshots with names, and rates from the previous one.
 fn flows<S: System>(
     sys: &mut S,
@@ -268,12 +333,16 @@ fn flows<S: System>(
     let vt = terminal.is_some_and(|t| t.vt);
     let mut previous: Option<(Duration, Previous)> = None;
     let mut names = Names::default();
+    let mut naming = Naming::new(sys, !args.numeric);
+    let one_shot = args.watch.interval().is_none();
     let mut csv = Csv::default();
     repeat(sys, out, (args.watch, form, vt), |sys| {
         let list = device::list_flows(&mut dev)?;
+        let (wall, now) = sys.now();
         let keys: Vec<u64> = list.entries.iter().map(|e| e.process_key).collect();
         learn(sys, &mut dev, &mut names, &keys)?;
-        let (wall, now) = sys.now();
+        let addrs = list.entries.iter().map(flows::remote_ip);
+        naming.update(sys, addrs, one_shot);
         let before = previous.as_mut().map(|(at, p)| {
             p.elapsed = now.saturating_sub(*at).as_secs_f64();
             &*p
@@ -286,6 +355,7 @@ fn flows<S: System>(
             let proc = names.get(e.process_key).cloned();
             let proc = proc.unwrap_or_else(|| Proc::named(by_pid(e.process_id)));
             (row.process, row.path) = (proc.name, proc.path);
+            naming.apply(row);
         };
         let doc = FlowsDoc::from_list(args, timestamp(wall), &list, before, &mut name);
         previous = Some((now, Previous::of(&list.entries)));
@@ -327,6 +397,7 @@ fn events<S: System>(sys: &mut S, out: &mut dyn Write, args: &EventsArgs) -> Res
         0
     };
     let form = Form::of(args.json, args.csv);
+    let mut naming = Naming::new(sys, !args.numeric);
     let mut lines = EventLines::new(args.numbers.units(), !args.numeric);
     let mut csv = Csv::default();
     let mut shown = 0;
@@ -358,14 +429,21 @@ fn events<S: System>(sys: &mut S, out: &mut dyn Write, args: &EventsArgs) -> Res
         }
         let keys: Vec<u64> = batch.iter().map(|e| e.process_key).collect();
         learn(sys, &mut dev, &mut names, &keys)?;
+        let all: Vec<EventDoc> = batch
+            .iter()
+            .map(|e| {
+                let proc = names.get(e.process_key).cloned().unwrap_or_else(|| {
+                    Proc::named(flows::process_name(e.process_id.into(), &mut |p| {
+                        sys.process_name(p)
+                    }))
+                });
+                EventDoc::new(e, proc, header.now, wall)
+            })
+            .collect();
+        naming.update(sys, all.iter().map(|d| d.flow.remote_ip), !args.follow);
         let mut docs = Vec::new();
-        for e in &batch {
-            let proc = names.get(e.process_key).cloned().unwrap_or_else(|| {
-                Proc::named(flows::process_name(e.process_id.into(), &mut |p| {
-                    sys.process_name(p)
-                }))
-            });
-            let doc = EventDoc::new(e, proc, header.now, wall);
+        for mut doc in all {
+            naming.apply(&mut doc.flow);
             if args.kind.as_deref().is_some_and(|k| k != doc.event)
                 || !args.filter.matches(&doc.flow)
                 || since.is_some_and(|t| doc.time < t)
@@ -410,12 +488,19 @@ fn processes<S: System>(
     let drives = sys.dos_devices();
     let mut previous: Option<procs::Previous> = None;
     let mut csv = Csv::default();
+    let mut services = Services::default();
     repeat(sys, out, (args.watch, form, vt), |sys| {
         let list = device::list_processes(&mut dev, &mut |d| sys.sleep(d))?;
         let (wall, now) = (sys.now().0, list.header.now);
+        services.refresh(sys.now().1, || sys.services());
         let rows = list.entries.iter().map(|e| {
             let proc = Proc::of(e, &drives, &mut |p| sys.process_name(p));
-            ProcRow::new(e, proc, (now, wall), previous.as_ref())
+            let mut row = ProcRow::new(e, proc, (now, wall), previous.as_ref());
+            row.services = row
+                .pid
+                .map(|p| services.of(p.into()).to_vec())
+                .unwrap_or_default();
+            row
         });
         let rows = rows.collect();
         let interval = previous.as_ref().map(|p| procs::seconds(p.now, now));
@@ -472,6 +557,7 @@ mod tests {
     use crate::device::sim::{SimDriver, event, flow, process};
     use crate::engine::fake::FakeEngine;
     use crate::error::{Step, SystemCode};
+    use crate::names::tests::Scripted;
     use serde_json::Value;
     use std::cell::RefCell;
     use std::rc::Rc;
@@ -491,6 +577,9 @@ mod tests {
         engine_error: u32,
         bfe_state: Option<&'static str>,
         warnings: Vec<String>,
+        services: Vec<(u32, String)>,
+        service_reads: usize,
+        dns: Scripted,
     }
 
     struct Shared(Rc<RefCell<SimDriver>>);
@@ -503,6 +592,7 @@ mod tests {
     impl System for Fake {
         type Engine = FakeEngine;
         type Device = Shared;
+        type Lookup = Scripted;
         fn engine(&mut self, _: bool) -> Result<FakeEngine, Error> {
             self.engine.take().ok_or_else(|| {
                 let code = SystemCode::Win32(self.engine_error);
@@ -565,6 +655,13 @@ mod tests {
         }
         fn warn(&mut self, text: &str) {
             self.warnings.push(text.to_owned());
+        }
+        fn services(&mut self) -> Result<Vec<(u32, String)>, Error> {
+            self.service_reads += 1;
+            Ok(self.services.clone())
+        }
+        fn lookup(&mut self) -> Scripted {
+            self.dns.clone()
         }
     }
 
@@ -1223,6 +1320,7 @@ mod tests {
     impl System for Wrapped {
         type Engine = FakeEngine;
         type Device = Shared;
+        type Lookup = Scripted;
         fn engine(&mut self, d: bool) -> Result<FakeEngine, Error> {
             self.inner.engine(d)
         }
@@ -1259,6 +1357,12 @@ mod tests {
         }
         fn warn(&mut self, text: &str) {
             self.inner.warn(text);
+        }
+        fn services(&mut self) -> Result<Vec<(u32, String)>, Error> {
+            self.inner.services()
+        }
+        fn lookup(&mut self) -> Scripted {
+            self.inner.lookup()
         }
     }
 
@@ -1311,5 +1415,112 @@ mod tests {
             .collect();
         assert_eq!(names, ["app7.exe", "?", "app103.exe"]);
         assert_eq!(sys.driver.borrow().process_calls, [0]);
+    }
+
+    #[test]
+    fn services_and_host_names_in_flows_events_and_procs() {
+        let mut sys = running();
+        sys.services = vec![
+            (102, "LanmanWorkstation".into()),
+            (102, "Dnscache".into()),
+            (103, "Spooler".into()),
+        ];
+        let remote: IpAddr = "192.0.2.7".parse().unwrap();
+        sys.dns.0.borrow_mut().answers.insert(
+            remote,
+            vec![(Some("edge.example.net".into()), Some(1)); 3].into(),
+        );
+        // One shot: the lookup gets its time (answered at the third look,
+        // after two sleeps of 50 ms).
+        let (code, out) = run_with(&mut sys, &["flows", "--json", "--sort", "pid"]);
+        assert_eq!(code, Ok(0));
+        let doc = &json_lines(&out)[0];
+        let f = &doc["flows"][1];
+        assert_eq!(
+            f["services"],
+            serde_json::json!(["Dnscache", "LanmanWorkstation"])
+        );
+        assert_eq!(f["remote_host"], "edge.example.net");
+        assert_eq!(sys.sleeps, [Duration::from_millis(50); 2]);
+        assert_eq!(
+            sys.dns.0.borrow().started,
+            [remote],
+            "one lookup for three flows"
+        );
+        let (_, out) = run_with(&mut sys, &["flows", "--sort", "pid"]);
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines[0].contains(" HOST "), "{out}");
+        assert!(
+            lines[2].contains("? (Dnscache, LanmanWorkstation)"),
+            "{out}"
+        );
+        assert!(lines[2].contains("edge.example.net"), "{out}");
+        let (_, out) = run_with(&mut sys, &["flows", "--host", "EXAMPLE", "--json"]);
+        assert_eq!(json_lines(&out)[0]["matched"], 3);
+
+        // -n: no lookups, no host column, remote_host null; services stay.
+        let mut sys = running();
+        sys.services = vec![(101, "Svc".into())];
+        let (_, out) = run_with(&mut sys, &["flows", "-n", "--json"]);
+        let doc = &json_lines(&out)[0];
+        assert!(
+            doc["flows"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|f| f["remote_host"].is_null())
+        );
+        assert!(sys.dns.0.borrow().started.is_empty() && sys.sleeps.is_empty());
+        let (_, out) = run_with(&mut sys, &["flows", "-n"]);
+        assert!(
+            !out.contains("HOST") && out.contains("app101.exe (Svc)"),
+            "{out}"
+        );
+
+        // procs: services by PID.
+        sys.driver.borrow_mut().processes = vec![process(1), process(2)];
+        let (_, out) = run_with(&mut sys, &["procs", "--json", "--sort", "pid"]);
+        let doc = &json_lines(&out)[0];
+        assert_eq!(doc["processes"][0]["services"], serde_json::json!(["Svc"]));
+        assert_eq!(doc["processes"][1]["services"], serde_json::json!([]));
+
+        // events: a lookup that never answers costs the one-shot budget once.
+        let mut sys = with_events();
+        sys.dns
+            .0
+            .borrow_mut()
+            .answers
+            .insert(remote, [(None, None)].into());
+        let (_, out) = run_with(&mut sys, &["events", "--json"]);
+        assert!(json_lines(&out).iter().all(|d| d["remote_host"].is_null()));
+        assert_eq!(sys.sleeps.iter().sum::<Duration>(), NAME_WAIT);
+    }
+
+    #[test]
+    fn refreshes_never_wait_for_names_and_pick_them_up_later() {
+        let mut sys = running();
+        let remote: IpAddr = "192.0.2.7".parse().unwrap();
+        // The lookup answers at the third look: refreshes look once each.
+        sys.dns
+            .0
+            .borrow_mut()
+            .answers
+            .insert(remote, [(Some("slow.example".into()), Some(1))].into());
+        sys.services = vec![(101, "Before".into())];
+        let (code, out) = run_with(
+            &mut sys,
+            &["flows", "--json", "--watch", "5", "--count", "3"],
+        );
+        assert_eq!(code, Ok(0));
+        let docs = json_lines(&out);
+        let host = |d: &Value| d["flows"][0]["remote_host"].clone();
+        assert_eq!((host(&docs[0]), host(&docs[1])), (Value::Null, Value::Null));
+        assert_eq!(host(&docs[2]), "slow.example");
+        assert_eq!(
+            sys.sleeps.iter().sum::<Duration>(),
+            Duration::from_secs(10),
+            "only the watch's own sleeps"
+        );
+        assert_eq!(sys.service_reads, 2, "read again after 10 s");
     }
 }

@@ -18,7 +18,7 @@ mod windows;
 // The crate's short paths: the device client, the model and the views by
 // their own names (see the README's "Layout").
 use client::{device, engine, plan};
-use model::{events, flows, procs, status};
+use model::{events, flows, names, procs, status};
 use view::text as render;
 
 /// What `wfpmonctl flows` runs against the driver, public so that other

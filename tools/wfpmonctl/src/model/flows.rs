@@ -154,6 +154,12 @@ fn address(v4: bool, bytes: &[u8; 16]) -> IpAddr {
     }
 }
 
+/// The remote address of a flow entry.
+pub fn remote_ip(e: &FlowEntry) -> IpAddr {
+    let v4 = AddressFamily::from_af(e.address_family) == Some(AddressFamily::V4);
+    address(v4, &e.remote_address)
+}
+
 /// Process name of a PID: the two pseudo-processes by name, others
 /// through `resolve` (`?` when it fails).
 pub fn process_name(pid: u64, resolve: &mut impl FnMut(u64) -> Option<String>) -> String {

@@ -5,5 +5,6 @@
 
 pub mod events;
 pub mod flows;
+pub mod names;
 pub mod procs;
 pub mod status;

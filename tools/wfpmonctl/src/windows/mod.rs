@@ -5,6 +5,7 @@
 //! with `unsafe` code; every decision is left to the portable modules.
 
 mod fwpm;
+mod names;
 
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
@@ -253,6 +254,7 @@ impl ControlDevice for Device {
 impl System for Windows {
     type Engine = fwpm::Session;
     type Device = Device;
+    type Lookup = names::PoolLookup;
 
     fn engine(&mut self, dynamic: bool) -> Result<fwpm::Session, Error> {
         fwpm::Session::open(dynamic)
@@ -378,6 +380,14 @@ impl System for Windows {
 
     fn warn(&mut self, text: &str) {
         eprint!("wfpmonctl: {text}");
+    }
+
+    fn services(&mut self) -> Result<Vec<(u32, String)>, Error> {
+        names::services()
+    }
+
+    fn lookup(&mut self) -> names::PoolLookup {
+        names::PoolLookup::default()
     }
 }
 
