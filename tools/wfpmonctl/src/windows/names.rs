@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use windows_sys::Win32::Foundation::{ERROR_MORE_DATA, GetLastError};
 use windows_sys::Win32::Networking::WinSock::{
     AF_INET, AF_INET6, GetNameInfoW, IN_ADDR, IN_ADDR_0, IN6_ADDR, IN6_ADDR_0, NI_MAXHOST,
-    NI_NAMEREQD, SOCKADDR, SOCKADDR_IN, SOCKADDR_IN6, WSADATA, WSAStartup,
+    NI_NAMEREQD, SOCKADDR, SOCKADDR_IN, SOCKADDR_IN6, SOCKADDR_INET, WSADATA, WSAStartup,
 };
 use windows_sys::Win32::System::Services::{
     CloseServiceHandle, ENUM_SERVICE_STATUS_PROCESSW, EnumServicesStatusExW, OpenSCManagerW,
@@ -103,8 +103,12 @@ unsafe fn wide_string(p: *const u16) -> String {
 /// Answers of finished lookups, shared with the thread-pool callbacks.
 type Answers = Arc<Mutex<Vec<(IpAddr, Option<String>)>>>;
 
-/// One lookup's job, owned by its callback.
+/// One lookup's job, owned by its callback: the socket address first (C
+/// layout, so that the emulated tests read which address a work item asks
+/// for when it is queued).
+#[repr(C)]
 struct Job {
+    sockaddr: SOCKADDR_INET,
     addr: IpAddr,
     answers: Answers,
 }
@@ -128,19 +132,17 @@ pub struct PoolLookup {
 unsafe extern "system" fn look_up(context: *mut c_void) -> u32 {
     // SAFETY: `context` is the `Box<Job>` `start` leaked for this one call.
     let job = unsafe { Box::from_raw(context.cast::<Job>()) };
-    let name = reverse(job.addr);
+    let name = reverse(&job.sockaddr);
     let mut answers = job.answers.lock().unwrap_or_else(PoisonError::into_inner);
     answers.push((job.addr, name));
     0
 }
 
-/// The name of `addr` (`GetNameInfoW`, waiting for the resolver).
-fn reverse(addr: IpAddr) -> Option<String> {
-    let mut host = [0u16; NI_MAXHOST as usize];
-    let (v4, v6);
-    let (sockaddr, len): (*const SOCKADDR, usize) = match addr {
-        IpAddr::V4(a) => {
-            v4 = SOCKADDR_IN {
+/// The socket address of `addr` (port 0).
+fn sockaddr(addr: IpAddr) -> SOCKADDR_INET {
+    match addr {
+        IpAddr::V4(a) => SOCKADDR_INET {
+            Ipv4: SOCKADDR_IN {
                 sin_family: AF_INET,
                 sin_addr: IN_ADDR {
                     S_un: IN_ADDR_0 {
@@ -148,26 +150,37 @@ fn reverse(addr: IpAddr) -> Option<String> {
                     },
                 },
                 ..SOCKADDR_IN::default()
-            };
-            ((&raw const v4).cast(), size_of::<SOCKADDR_IN>())
-        }
-        IpAddr::V6(a) => {
-            v6 = SOCKADDR_IN6 {
+            },
+        },
+        IpAddr::V6(a) => SOCKADDR_INET {
+            Ipv6: SOCKADDR_IN6 {
                 sin6_family: AF_INET6,
                 sin6_addr: IN6_ADDR {
                     u: IN6_ADDR_0 { Byte: a.octets() },
                 },
                 ..SOCKADDR_IN6::default()
-            };
-            ((&raw const v6).cast(), size_of::<SOCKADDR_IN6>())
-        }
+            },
+        },
+    }
+}
+
+/// The name of the address in `sockaddr` (`GetNameInfoW`, waiting for
+/// the resolver).
+fn reverse(sockaddr: &SOCKADDR_INET) -> Option<String> {
+    let mut host = [0u16; NI_MAXHOST as usize];
+    // SAFETY: every variant starts with the family.
+    let v4 = unsafe { sockaddr.si_family } == AF_INET;
+    let len = if v4 {
+        size_of::<SOCKADDR_IN>()
+    } else {
+        size_of::<SOCKADDR_IN6>()
     };
     let len = i32::try_from(len).ok()?;
-    // SAFETY: `sockaddr` points to a socket address of `len` bytes that
-    // outlives the call; `host` holds NI_MAXHOST characters; no service.
+    // SAFETY: `sockaddr` holds a socket address of its family, `len` bytes,
+    // that outlives the call; `host` holds NI_MAXHOST characters; no service.
     let rc = unsafe {
         GetNameInfoW(
-            sockaddr,
+            std::ptr::from_ref(sockaddr).cast::<SOCKADDR>(),
             len,
             host.as_mut_ptr(),
             NI_MAXHOST,
@@ -191,6 +204,7 @@ impl Lookup for PoolLookup {
             return false;
         }
         let job = Box::new(Job {
+            sockaddr: sockaddr(addr),
             addr,
             answers: Arc::clone(&self.answers),
         });
