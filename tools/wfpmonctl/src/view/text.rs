@@ -12,6 +12,7 @@ use crate::events::{DroppedDoc, EventDoc};
 use crate::flows::{FlowRow, FlowsDoc, Totals};
 use crate::procs::ProcsDoc;
 use crate::view::units::{Units, local_time};
+use unicode_width::{UnicodeWidthChar as _, UnicodeWidthStr as _};
 
 /// RFC 3339, UTC, milliseconds: the times of JSON and CSV.
 pub fn timestamp(time: SystemTime) -> String {
@@ -24,18 +25,29 @@ pub fn timestamp(time: SystemTime) -> String {
 #[derive(Clone, Copy, Debug)]
 pub struct Column(pub &'static str, pub bool, pub u8, pub usize);
 
-/// `cell` in at most `width` characters, eliding the middle.
+/// `cell` in at most `width` columns of the terminal, eliding the middle.
 fn fit(cell: &str, width: usize) -> String {
-    let chars: Vec<char> = cell.chars().collect();
-    if chars.len() <= width {
+    if cell.width() <= width {
         return cell.to_owned();
     }
-    let head = (width.saturating_sub(1)) / 2;
-    let tail = width.saturating_sub(1 + head);
-    let mut out: String = chars[..head].iter().collect();
-    out.push('…');
-    out.extend(&chars[chars.len() - tail..]);
-    out
+    // Characters from the start, then from the end, that fit half each.
+    let take = |chars: &mut dyn Iterator<Item = char>, room: usize| {
+        let mut used = 0;
+        chars
+            .take_while(|c| {
+                used += c.width().unwrap_or(0);
+                used <= room
+            })
+            .collect::<Vec<char>>()
+    };
+    let head_room = width.saturating_sub(1) / 2;
+    let head = take(&mut cell.chars(), head_room);
+    let mut tail = take(&mut cell.chars().rev(), width.saturating_sub(1 + head_room));
+    tail.reverse();
+    head.into_iter()
+        .chain(std::iter::once('…'))
+        .chain(tail)
+        .collect()
 }
 
 /// Width of a table whose hidden columns have width 0.
@@ -48,7 +60,7 @@ fn total(widths: &[usize]) -> usize {
 fn widen(widths: &mut [usize], rows: &[Vec<String>]) {
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
+            *w = (*w).max(cell.width());
         }
     }
 }
@@ -62,12 +74,16 @@ fn lines(columns: &[Column], rows: &[Vec<String>], widths: &[usize]) -> String {
         for (i, cell) in row.iter().enumerate().filter(|(i, _)| widths[*i] > 0) {
             let (cell, w) = (fit(cell, widths[i]), widths[i]);
             let sep = if line.is_empty() { "" } else { "  " };
-            let _ = if w == usize::MAX {
-                write!(line, "{sep}{cell}")
-            } else if columns[i].1 {
-                write!(line, "{sep}{cell:>w$}")
+            // Padded to display columns (format! pads to characters).
+            let pad = if w == usize::MAX {
+                String::new()
             } else {
-                write!(line, "{sep}{cell:<w$}")
+                " ".repeat(w.saturating_sub(cell.width()))
+            };
+            let _ = if columns[i].1 {
+                write!(line, "{sep}{pad}{cell}")
+            } else {
+                write!(line, "{sep}{cell}{pad}")
             };
         }
         out.push_str(line.trim_end());
@@ -86,7 +102,7 @@ fn headers(columns: &[Column]) -> Vec<String> {
 // wrap cells; this drops columns by rank and elides the middle of long
 // cells, which none of them does, in fewer lines than configuring one.
 pub fn table(columns: &[Column], rows: &[Vec<String>], width: Option<usize>) -> String {
-    let mut widths: Vec<usize> = columns.iter().map(|c| c.0.chars().count()).collect();
+    let mut widths: Vec<usize> = columns.iter().map(|c| c.0.width()).collect();
     widen(&mut widths, rows);
     if let Some(limit) = width {
         let mut ranks: Vec<(u8, usize)> =
@@ -480,6 +496,16 @@ mod tests {
         ];
         assert_eq!(table(&cols, &rows, None), "A    NUM\nxyz    1\nq    100\n");
         assert_eq!(fit("[2001:db8::53]:443", 9), "[200…:443");
+        // Wide characters take two columns, in widths, padding and elision.
+        assert_eq!(fit("写真アプリ.exe", 9), "写真….exe");
+        let rows = vec![
+            vec!["写真.exe".into(), "1".into()],
+            vec!["a.exe".into(), "22".into()],
+        ];
+        assert_eq!(
+            table(&cols, &rows, None),
+            "A         NUM\n写真.exe    1\na.exe      22\n"
+        );
     }
 
     fn doc(width_rates: bool) -> FlowsDoc {

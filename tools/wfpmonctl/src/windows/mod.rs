@@ -22,9 +22,8 @@ use windows_sys::Win32::Storage::FileSystem::{
     QueryDosDeviceW,
 };
 use windows_sys::Win32::System::Console::{
-    CONSOLE_SCREEN_BUFFER_INFO, CTRL_BREAK_EVENT, CTRL_C_EVENT, ENABLE_VIRTUAL_TERMINAL_PROCESSING,
-    GetConsoleMode, GetConsoleScreenBufferInfo, GetStdHandle, STD_OUTPUT_HANDLE,
-    SetConsoleCtrlHandler, SetConsoleMode,
+    CTRL_BREAK_EVENT, CTRL_C_EVENT, ENABLE_VIRTUAL_TERMINAL_PROCESSING, GetConsoleMode,
+    GetStdHandle, STD_OUTPUT_HANDLE, SetConsoleCtrlHandler, SetConsoleMode,
 };
 use windows_sys::Win32::System::Diagnostics::Debug::{
     FORMAT_MESSAGE_FROM_HMODULE, FORMAT_MESSAGE_FROM_SYSTEM, FORMAT_MESSAGE_IGNORE_INSERTS,
@@ -92,6 +91,11 @@ static DEVICE: AtomicPtr<c_void> = AtomicPtr::new(std::ptr::null_mut());
 /// Ctrl+Break end a refresh loop quietly instead of killing the process,
 /// and cancel a request pending in the driver (`events --follow`), which
 /// then completes with `STATUS_CANCELLED` (`ERROR_OPERATION_ABORTED`).
+// Hand-written rather than the ctrlc crate: that crate runs its closure on
+// a thread it spawns, waiting for a semaphore the handler releases; this
+// handler cancels the pending request itself, on the console's thread, at
+// once (and the emulated tests run it as the console would, with no other
+// thread).
 unsafe extern "system" fn on_ctrl(event: u32) -> BOOL {
     let handled = event == CTRL_C_EVENT || event == CTRL_BREAK_EVENT;
     if handled {
@@ -337,6 +341,8 @@ impl System for Windows {
     }
 
     fn terminal(&mut self) -> Option<Terminal> {
+        // The width from the terminal_size crate; None: stdout is no console.
+        let (terminal_size::Width(width), _) = terminal_size::terminal_size()?;
         // SAFETY: no preconditions.
         let out = unsafe { GetStdHandle(STD_OUTPUT_HANDLE) };
         let mut mode = 0;
@@ -347,11 +353,7 @@ impl System for Windows {
         }
         // SAFETY: `out` is a console output handle.
         let vt = unsafe { SetConsoleMode(out, mode | ENABLE_VIRTUAL_TERMINAL_PROCESSING) } != 0;
-        let mut info = CONSOLE_SCREEN_BUFFER_INFO::default();
-        // SAFETY: `out` is a console output handle and `info` a valid out-pointer.
-        let ok = unsafe { GetConsoleScreenBufferInfo(out, &raw mut info) } != 0;
-        let width = i32::from(info.srWindow.Right) - i32::from(info.srWindow.Left) + 1;
-        let width = usize::try_from(width).ok().filter(|_| ok).unwrap_or(80);
+        let width = usize::from(width);
         Some(Terminal { width, vt })
     }
 
