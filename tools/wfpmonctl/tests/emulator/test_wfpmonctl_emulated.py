@@ -222,7 +222,10 @@ SYSTEM_MESSAGES = {
     1753: "There are no more endpoints available from the endpoint mapper.",
     1764: "The requested operation is not supported.",
 }
-MODULE_MESSAGES = {"fwpuclnt.dll": {FWP_E_ALREADY_EXISTS: "An object with that GUID or LUID already exists."}}
+STATUS_INSUFFICIENT_RESOURCES = 0xC000009A
+MODULE_MESSAGES = {"fwpuclnt.dll": {FWP_E_ALREADY_EXISTS: "An object with that GUID or LUID already exists."},
+                   "ntdll.dll": {STATUS_INSUFFICIENT_RESOURCES:
+                                 "Insufficient system resources exist to complete the API."}}
 # Names: EnumServicesStatusExW (winsvc.h), GetNameInfoW (ws2tcpip.h), the
 # thread pool's QueueUserWorkItem, and the time zone.
 SC_ENUM_PROCESS_INFO, SERVICE_WIN32, SERVICE_ACTIVE, SERVICE_RUNNING = 0, 0x30, 1, 4
@@ -1114,6 +1117,17 @@ def test_already_installed_aborts_and_exits_6(exe):
         "wfpmonctl: error: wfpmon's filter-engine objects are already installed: `wfpmonctl uninstall` removes them "
         "[FwpmProviderAdd0 (provider wfpmon) failed: HRESULT 0x80320009: An object with that GUID or LUID already "
         "exists.]\n"), run.stderr
+
+
+def test_an_ntstatus_carries_ntdlls_message_text(exe):
+    """An Fwpm* call answering HRESULT_FROM_NT(STATUS_INSUFFICIENT_RESOURCES):
+    the NTSTATUS and its text from ntdll.dll's message table."""
+    run = Run(exe, ["install"], {"FwpmProviderAdd0": STATUS_INSUFFICIENT_RESOURCES | 0x10000000})
+    assert run.exit_code == 1
+    assert run.added("FormatMessageW") == [(STATUS_INSUFFICIENT_RESOURCES, "ntdll.dll")]
+    assert run.stderr == (
+        "wfpmonctl: error: adding wfpmon's filter-engine objects failed [FwpmProviderAdd0 (provider wfpmon) failed: "
+        "NTSTATUS 0xC000009A: Insufficient system resources exist to complete the API.]\n"), run.stderr
 
 
 def test_a_late_failure_aborts_everything(exe):
