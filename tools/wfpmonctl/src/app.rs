@@ -2,6 +2,7 @@
 //! `crate::windows`, a simulated one in the tests.
 
 use std::io::{self, Write};
+use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
 use clap::Parser;
@@ -16,10 +17,12 @@ use crate::device::{self, ControlDevice};
 use crate::engine::{self, FilterEngine};
 use crate::error::{Error, Kind, SystemCode};
 use crate::events::{DroppedDoc, EventDoc};
-use crate::flows::{self, FlowsDoc, Previous};
+use crate::flows::{self, FlowRow, FlowsDoc, Previous};
+use crate::names::{Hosts, Lookup, Services};
 use crate::procs::{self, Names, Proc, ProcRow, ProcsDoc};
-use crate::render::{self, StatsDoc, timestamp};
+use crate::render::{self, EventLines, StatsDoc, timestamp};
 use crate::status::{Observed, StatusDoc};
+use crate::view::csv::Csv;
 
 /// Service name of the Base Filtering Engine.
 pub const BFE_SERVICE: &str = "BFE";
@@ -36,6 +39,7 @@ pub struct Terminal {
 pub trait System {
     type Engine: FilterEngine;
     type Device: ControlDevice;
+    type Lookup: Lookup;
     /// Opens a filter-engine session; a `dynamic` one deletes what it added
     /// when it closes.
     fn engine(&mut self, dynamic: bool) -> Result<Self::Engine, Error>;
@@ -54,6 +58,16 @@ pub trait System {
     fn sleep(&mut self, duration: Duration);
     /// Whether Ctrl+C (or Ctrl+Break) was pressed.
     fn interrupted(&mut self) -> bool;
+    /// The system's message text for a status code (`FormatMessageW`).
+    fn message_text(&mut self, code: SystemCode) -> Option<String>;
+    /// The local time zone's offset from UTC at `time`, in seconds east.
+    fn utc_offset(&mut self, time: SystemTime) -> i32;
+    /// Writes a warning to standard error.
+    fn warn(&mut self, text: &str);
+    /// The running services by process: `(pid, service name)` pairs.
+    fn services(&mut self) -> Result<Vec<(u32, String)>, Error>;
+    /// Reverse-DNS lookups that answer later.
+    fn lookup(&mut self) -> Self::Lookup;
 }
 
 /// Writes `text`; `false` when the reader went away (a closed pipe).
@@ -75,24 +89,46 @@ fn show<T: Serialize>(doc: &T, json: bool, text: impl FnOnce(&T) -> String) -> S
     if json { line() } else { text(doc) }
 }
 
-/// Renders once, or every `--watch` seconds until `--count`, Ctrl+C or a
-/// closed output; ends with exit code 0 in all three cases. `clear` clears
-/// the screen before each refresh.
+/// How a view is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Form {
+    Text,
+    /// One JSON object per line.
+    Json,
+    /// A header, then rows.
+    Csv,
+}
+
+impl Form {
+    const fn of(json: bool, csv: bool) -> Self {
+        match (json, csv) {
+            (true, _) => Self::Json,
+            (_, true) => Self::Csv,
+            _ => Self::Text,
+        }
+    }
+}
+
+/// Renders once, or every `--watch` seconds until `--count` reports,
+/// Ctrl+C or a closed output; ends with exit code 0 in all three cases.
+/// Text refreshes clear a console that takes escape sequences (else a
+/// blank line separates them); JSON and CSV lines just follow each other.
 fn repeat<S: System>(
     sys: &mut S,
     out: &mut dyn Write,
-    watch: Watch,
-    clear: bool,
+    (watch, form, vt): (Watch, Form, bool),
     mut render: impl FnMut(&mut S) -> Result<String, Error>,
 ) -> Result<u8, Error> {
+    let interval = watch.interval();
+    let clear = interval.is_some() && form == Form::Text && vt;
     for n in 1.. {
         let mut text = render(sys)?;
         if clear {
             text.insert_str(0, "\x1b[H\x1b[2J");
-        } else if n > 1 && !text.starts_with('{') {
+        } else if n > 1 && form == Form::Text {
             text.insert(0, '\n');
         }
-        let (Some(seconds), true) = (watch.watch, emit(out, &text)?) else {
+        let (Some(seconds), true) = (interval, emit(out, &text)?) else {
             return Ok(0);
         };
         if watch.count.is_some_and(|k| n >= k) {
@@ -111,13 +147,37 @@ fn repeat<S: System>(
     Ok(0)
 }
 
-/// Runs `cli`; returns the exit code.
+/// Opens the control device; a failure is diagnosed with the state of the
+/// wfpmon service (not installed, or installed but not running).
+fn open_device<S: System>(sys: &mut S, write: bool) -> Result<S::Device, Error> {
+    sys.device(write).map_err(|e| {
+        let state = sys.service_state(catalog::SERVICE_NAME);
+        e.device_failure(state.as_deref())
+    })
+}
+
+/// Opens a filter-engine session; a failure is diagnosed with the state of
+/// the BFE service.
+fn open_engine<S: System>(sys: &mut S, dynamic: bool) -> Result<S::Engine, Error> {
+    sys.engine(dynamic).map_err(|e| {
+        let state = sys.service_state(BFE_SERVICE);
+        e.engine_failure(state.as_deref())
+    })
+}
+
+/// Runs `cli`; returns the exit code. A failure carries the system's text
+/// for its Windows code.
 pub fn run<S: System>(cli: &Cli, sys: &mut S, out: &mut dyn Write) -> Result<u8, Error> {
+    command(cli, sys, out).map_err(|e| e.described(&mut |c| sys.message_text(c)))
+}
+
+/// Runs `cli`'s command.
+fn command<S: System>(cli: &Cli, sys: &mut S, out: &mut dyn Write) -> Result<u8, Error> {
     let terminal = sys.terminal();
     let vt = terminal.is_some_and(|t| t.vt);
     match &cli.command {
         Command::Install { persistent } => {
-            let added = engine::install(&mut sys.engine(false)?, *persistent)?.len();
+            let added = engine::install(&mut open_engine(sys, false)?, *persistent)?.len();
             let lifetime = if *persistent {
                 "persistent: they survive reboots until `wfpmonctl uninstall`"
             } else {
@@ -128,7 +188,7 @@ pub fn run<S: System>(cli: &Cli, sys: &mut S, out: &mut dyn Write) -> Result<u8,
             emit(out, &text).map(|_| 0)
         }
         Command::Uninstall => {
-            let done = engine::uninstall(&mut sys.engine(false)?)?;
+            let done = engine::uninstall(&mut open_engine(sys, false)?)?;
             let (deleted, absent) = (done.deleted.len(), done.absent.len());
             let text = format!("uninstalled: {deleted} objects deleted, {absent} already absent\n");
             emit(out, &text).map(|_| 0)
@@ -138,32 +198,31 @@ pub fn run<S: System>(cli: &Cli, sys: &mut S, out: &mut dyn Write) -> Result<u8,
             json,
             verbose,
         } => {
-            let observed = Observed {
-                driver: sys.service_state(catalog::SERVICE_NAME)?,
-                bfe: sys.service_state(BFE_SERVICE)?,
-                device: sys.device(false).map(drop),
-                engine: sys.engine(true).and_then(|mut e| engine::query(&mut e)),
-            };
+            let observed = observe(sys)?;
             let doc = StatusDoc::new(&observed, timestamp(sys.now().0));
             emit(out, &show(&doc, *json, |d| d.text(*verbose)))?;
-            Ok(match &observed.engine {
-                Err(e) => e.exit_code(),
-                Ok(_) if *check && !doc.active => Kind::Inactive as u8,
-                Ok(_) => 0,
+            // Without --check the report is the answer, unless it could not
+            // be made whole (no access, no filter engine).
+            let incomplete = |k: &Kind| matches!(k, Kind::NotElevated | Kind::BfeNotRunning);
+            Ok(match (&observed.engine, doc.kinds.first()) {
+                _ if *check => doc.exit_code,
+                (Err(e), _) => e.exit_code(),
+                (Ok(_), Some(k)) if incomplete(k) => *k as u8,
+                (Ok(_), _) => 0,
             })
         }
         Command::Stats {
             json,
             live,
-            raw,
+            numbers,
             watch,
         } => {
-            let mut dev = sys.device(false)?;
-            let clear = watch.watch.is_some() && !json && vt;
-            repeat(sys, out, *watch, clear, |sys| {
+            let mut dev = open_device(sys, false)?;
+            let form = Form::of(*json, false);
+            repeat(sys, out, (*watch, form, vt), |sys| {
                 let stats = device::query_stats(&mut dev, *live)?;
                 let doc = StatsDoc::new(&stats, timestamp(sys.now().0));
-                Ok(show(&doc, *json, |d| d.text(&stats, *raw)))
+                Ok(show(&doc, *json, |d| d.text(&stats, numbers.units())))
             })
         }
         Command::Flows(args) => flows(sys, out, args, terminal),
@@ -171,29 +230,120 @@ pub fn run<S: System>(cli: &Cli, sys: &mut S, out: &mut dyn Write) -> Result<u8,
         Command::Procs(args) => processes(sys, out, args, terminal),
         Command::Counting { state } => {
             let on = state == "on";
-            device::set_counting(&mut sys.device(true)?, on)?;
+            device::set_counting(&mut open_device(sys, true)?, on)?;
             let text = format!("traffic counting is {}\n", if on { "on" } else { "off" });
             emit(out, &text).map(|_| 0)
         }
     }
 }
 
-/// `flows`: snapshots with process names, and rates from the previous one.
+/// What `status` looks at: both services, the control device and the
+/// driver's protocol version, the filter engine — each failure diagnosed
+/// and with its system text.
+fn observe<S: System>(sys: &mut S) -> Result<Observed, Error> {
+    let (driver, bfe) = (
+        sys.service_state(catalog::SERVICE_NAME)?,
+        sys.service_state(BFE_SERVICE)?,
+    );
+    let (device, protocol) = match sys.device(false) {
+        Ok(mut dev) => {
+            let stats = device::query_stats(&mut dev, false);
+            (Ok(()), Some(stats.map(|s| s.header.version)))
+        }
+        Err(e) => (Err(e.device_failure(Ok(driver))), None),
+    };
+    let engine = sys.engine(true).map_err(|e| e.engine_failure(Ok(bfe)));
+    let engine = engine.and_then(|mut e| engine::query(&mut e));
+    let mut text = |e: Error| e.described(&mut |c| sys.message_text(c));
+    Ok(Observed {
+        driver,
+        bfe,
+        device: device.map_err(&mut text),
+        protocol: protocol.map(|p| p.map_err(&mut text)),
+        engine: engine.map_err(&mut text),
+    })
+}
+
+/// How long a one-shot listing (`flows` without refreshes, `events`
+/// without `--follow`) waits, in all, for host names; refreshes and
+/// followed events never wait (names appear once known).
+pub const NAME_WAIT: Duration = Duration::from_secs(1);
+const NAME_STEP: Duration = Duration::from_millis(50);
+
+/// The names a view shows: the services of processes, and (without `-n`)
+/// the host names of remote addresses.
+struct Naming<L> {
+    services: Services,
+    hosts: Option<Hosts<L>>,
+    /// What is left of [`NAME_WAIT`].
+    budget: Duration,
+}
+
+impl<L: Lookup> Naming<L> {
+    fn new<S: System<Lookup = L>>(sys: &mut S, hosts: bool) -> Self {
+        Self {
+            services: Services::default(),
+            hosts: hosts.then(|| Hosts::new(sys.lookup())),
+            budget: NAME_WAIT,
+        }
+    }
+
+    /// Refreshes the services when stale and asks for the names of
+    /// `addrs`; with `wait`, gives their lookups what is left of the budget.
+    fn update<S: System<Lookup = L>>(
+        &mut self,
+        sys: &mut S,
+        addrs: impl IntoIterator<Item = IpAddr>,
+        wait: bool,
+    ) {
+        let now = sys.now().1;
+        self.services.refresh(now, || sys.services());
+        let Some(hosts) = &mut self.hosts else {
+            return;
+        };
+        for addr in addrs {
+            hosts.want(addr, now);
+        }
+        if wait && !self.budget.is_zero() {
+            hosts.settle(now, self.budget, NAME_STEP, &mut |d| {
+                sys.sleep(d);
+                sys.now().1
+            });
+            self.budget = self.budget.saturating_sub(sys.now().1.saturating_sub(now));
+        } else {
+            hosts.poll(now);
+        }
+    }
+
+    /// `row` with its process's services and its remote host's name.
+    fn apply(&self, row: &mut FlowRow) {
+        row.services = self.services.of(row.pid).to_vec();
+        row.remote_host = self.hosts.as_ref().and_then(|h| h.name(row.remote_ip));
+    }
+}
+
+/// `flows`: snapshots with names, and rates from the previous one.
 fn flows<S: System>(
     sys: &mut S,
     out: &mut dyn Write,
     args: &FlowsArgs,
     terminal: Option<Terminal>,
 ) -> Result<u8, Error> {
-    let mut dev = sys.device(false)?;
-    let clear = args.watch.watch.is_some() && !args.json && terminal.is_some_and(|t| t.vt);
+    let mut dev = open_device(sys, false)?;
+    let form = Form::of(args.json, args.csv);
+    let vt = terminal.is_some_and(|t| t.vt);
     let mut previous: Option<(Duration, Previous)> = None;
     let mut names = Names::default();
-    repeat(sys, out, args.watch, clear, |sys| {
+    let mut naming = Naming::new(sys, !args.numeric);
+    let one_shot = args.watch.interval().is_none();
+    let mut csv = Csv::default();
+    repeat(sys, out, (args.watch, form, vt), |sys| {
         let list = device::list_flows(&mut dev)?;
+        let (wall, now) = sys.now();
         let keys: Vec<u64> = list.entries.iter().map(|e| e.process_key).collect();
         learn(sys, &mut dev, &mut names, &keys)?;
-        let (wall, now) = sys.now();
+        let addrs = list.entries.iter().map(flows::remote_ip);
+        naming.update(sys, addrs, one_shot);
         let before = previous.as_mut().map(|(at, p)| {
             p.elapsed = now.saturating_sub(*at).as_secs_f64();
             &*p
@@ -202,14 +352,18 @@ fn flows<S: System>(
         // entry by PID in user mode, once.
         let process_name = &mut |p| sys.process_name(p);
         let mut by_pid = flows::by_pid(process_name);
-        let mut name_of = |e: &FlowEntry| {
-            names
-                .get(e.process_key)
-                .map_or_else(|| by_pid(e.process_id), |p| p.name.clone())
+        let mut name = |e: &FlowEntry, row: &mut FlowRow| {
+            let proc = names.get(e.process_key).cloned();
+            let proc = proc.unwrap_or_else(|| Proc::named(by_pid(e.process_id)));
+            (row.process, row.path) = (proc.name, proc.path);
+            naming.apply(row);
         };
-        let doc = FlowsDoc::from_list(args, timestamp(wall), &list, before, &mut name_of);
+        let doc = FlowsDoc::from_list(args, timestamp(wall), &list, before, &mut name);
         previous = Some((now, Previous::of(&list.entries)));
-        Ok(flows_output(&doc, args, terminal.map(|t| t.width)))
+        Ok(match form {
+            Form::Csv => csv.flows(&doc.timestamp, &doc.flows),
+            _ => flows_output(&doc, args, terminal.map(|t| t.width)),
+        })
     })
 }
 
@@ -235,22 +389,28 @@ fn learn<S: System>(
 /// `events`: the events the driver holds, or (`--follow`) each as it comes,
 /// until `--count`, Ctrl+C or a closed output (exit code 0).
 fn events<S: System>(sys: &mut S, out: &mut dyn Write, args: &EventsArgs) -> Result<u8, Error> {
-    let mut dev = sys.device(false)?;
+    let mut dev = open_device(sys, false)?;
     let mut names = Names::default();
-    let mut cursor = if args.follow && !args.from_start {
+    let since = args.since.map(|s| s.time(sys.now().0));
+    let mut cursor = if args.follow && !args.from_start && since.is_none() {
         FROM_NOW
     } else {
         0
     };
+    let form = Form::of(args.json, args.csv);
+    let mut naming = Naming::new(sys, !args.numeric);
+    let mut lines = EventLines::new(args.numbers.units(), !args.numeric);
+    let mut csv = Csv::default();
     let mut shown = 0;
     loop {
         let (header, batch) = match device::read_events(&mut dev, cursor, args.follow) {
-            Err(e) if e.system == Some(SystemCode::Win32(ERROR_OPERATION_ABORTED)) => {
+            Err(e) if e.code() == Some(SystemCode::Win32(ERROR_OPERATION_ABORTED)) => {
                 if sys.interrupted() {
                     return Ok(0);
                 }
                 let message = "the pending event read was cancelled: the wfpmon driver is stopping";
-                return Err(Error::new(Kind::DriverNotLoaded, message));
+                let remedy = "start it again with `sc.exe start wfpmon` to follow on";
+                return Err(e.diagnosed(Kind::DriverStopped, message, remedy));
             }
             read => read?,
         };
@@ -261,29 +421,54 @@ fn events<S: System>(sys: &mut S, out: &mut dyn Write, args: &EventsArgs) -> Res
         if header.dropped > 0 && cursor != 0 {
             let first = header.next - batch.len() as u64;
             let doc = DroppedDoc::new(header.dropped, first, wall);
-            text += &show(&doc, args.json, render::dropped_line);
+            match form {
+                Form::Json => text += &show(&doc, true, |_| String::new()),
+                // CSV rows are events only: the loss goes to standard error.
+                Form::Csv => sys.warn(&render::dropped_line(&doc, None)),
+                Form::Text => text += &render::dropped_line(&doc, Some(sys.utc_offset(wall))),
+            }
         }
         let keys: Vec<u64> = batch.iter().map(|e| e.process_key).collect();
         learn(sys, &mut dev, &mut names, &keys)?;
-        for e in &batch {
-            let proc = names.get(e.process_key).cloned().unwrap_or_else(|| Proc {
-                name: flows::process_name(e.process_id.into(), &mut |p| sys.process_name(p)),
-                ..Proc::default()
-            });
-            let doc = EventDoc::new(e, proc, header.now, wall);
+        let all: Vec<EventDoc> = batch
+            .iter()
+            .map(|e| {
+                let proc = names.get(e.process_key).cloned().unwrap_or_else(|| {
+                    Proc::named(flows::process_name(e.process_id.into(), &mut |p| {
+                        sys.process_name(p)
+                    }))
+                });
+                EventDoc::new(e, proc, header.now, wall)
+            })
+            .collect();
+        naming.update(sys, all.iter().map(|d| d.flow.remote_ip), !args.follow);
+        let mut docs = Vec::new();
+        for mut doc in all {
+            naming.apply(&mut doc.flow);
             if args.kind.as_deref().is_some_and(|k| k != doc.event)
                 || !args.filter.matches(&doc.flow)
+                || since.is_some_and(|t| doc.time < t)
             {
                 continue;
             }
-            text += &show(&doc, args.json, |d| render::event_line(d, args.raw));
+            docs.push(doc);
             shown += 1;
             if args.count.is_some_and(|n| shown >= n) {
-                return emit(out, &text).map(|_| 0);
+                break;
             }
         }
+        text += &match form {
+            Form::Json => docs
+                .iter()
+                .map(|d| show(d, true, |_| String::new()))
+                .collect(),
+            Form::Csv => csv.events(&docs),
+            Form::Text if docs.is_empty() => String::new(),
+            Form::Text => lines.batch(&docs, &mut |t| sys.utc_offset(t)),
+        };
+        let done = args.count.is_some_and(|n| shown >= n);
         let caught_up = batch.len() < MAX_EVENTS_PER_CALL;
-        if !emit(out, &text)? || sys.interrupted() || (caught_up && !args.follow) {
+        if !emit(out, &text)? || done || sys.interrupted() || (caught_up && !args.follow) {
             return Ok(0);
         }
         cursor = header.next;
@@ -298,25 +483,37 @@ fn processes<S: System>(
     args: &ProcsArgs,
     terminal: Option<Terminal>,
 ) -> Result<u8, Error> {
-    let mut dev = sys.device(false)?;
-    let clear = args.watch.watch.is_some() && !args.json && terminal.is_some_and(|t| t.vt);
+    let mut dev = open_device(sys, false)?;
+    let form = Form::of(args.json, args.csv);
+    let vt = terminal.is_some_and(|t| t.vt);
     let drives = sys.dos_devices();
     let mut previous: Option<procs::Previous> = None;
-    repeat(sys, out, args.watch, clear, |sys| {
+    let mut csv = Csv::default();
+    let mut services = Services::default();
+    repeat(sys, out, (args.watch, form, vt), |sys| {
         let list = device::list_processes(&mut dev, &mut |d| sys.sleep(d))?;
         let (wall, now) = (sys.now().0, list.header.now);
+        services.refresh(sys.now().1, || sys.services());
         let rows = list.entries.iter().map(|e| {
             let proc = Proc::of(e, &drives, &mut |p| sys.process_name(p));
-            ProcRow::new(e, proc, (now, wall), previous.as_ref())
+            let mut row = ProcRow::new(e, proc, (now, wall), previous.as_ref());
+            row.services = row
+                .pid
+                .map(|p| services.of(p.into()).to_vec())
+                .unwrap_or_default();
+            row
         });
         let rows = rows.collect();
         let interval = previous.as_ref().map(|p| procs::seconds(p.now, now));
         let doc = ProcsDoc::new(args, timestamp(wall), &list, rows, interval);
         previous = Some(procs::Previous::of(&list));
         let width = terminal.map(|t| t.width);
-        Ok(show(&doc, args.json, |d| {
-            render::procs_text(d, args.raw, width)
-        }))
+        Ok(match form {
+            Form::Csv => csv.processes(&doc.timestamp, &doc.processes),
+            _ => show(&doc, args.json, |d| {
+                render::procs_text(d, args.numbers.units(), width)
+            }),
+        })
     })
 }
 
@@ -324,13 +521,14 @@ fn processes<S: System>(
 /// to `width`.
 fn flows_output(doc: &FlowsDoc, args: &FlowsArgs, width: Option<usize>) -> String {
     show(doc, args.json, |d| {
-        render::flows_text(d, args.raw, args.verbose, width)
+        let shown = (args.verbose, !args.numeric);
+        render::flows_text(d, args.numbers.units(), shown, width)
     })
 }
 
-/// `wfpmonctl flows ARGS` once (as its first refresh, without a console)
-/// against `device` at `now`: the whole list paged from the driver, the
-/// document, and what the command prints for it. See
+/// `wfpmonctl flows ARGS` once (as its first refresh, without a console
+/// and without host names) against `device` at `now`: the whole list paged
+/// from the driver, the document, and what the command prints for it. See
 /// [`crate::listing::flows`].
 pub fn flows_once<D: ControlDevice>(
     args: &[&str],
@@ -338,7 +536,7 @@ pub fn flows_once<D: ControlDevice>(
     process_name: &mut impl FnMut(u64) -> Option<String>,
     now: SystemTime,
 ) -> Result<(FlowsDoc, String), Error> {
-    let words = ["wfpmonctl", "flows"]
+    let words = ["wfpmonctl", "flows", "-n"]
         .into_iter()
         .chain(args.iter().copied());
     let cli = Cli::try_parse_from(words).map_err(|e| Error::new(Kind::Usage, e.to_string()))?;
@@ -347,8 +545,8 @@ pub fn flows_once<D: ControlDevice>(
     };
     let list = device::list_flows(device)?;
     let mut by_pid = flows::by_pid(process_name);
-    let doc = FlowsDoc::from_list(&args, timestamp(now), &list, None, &mut |e| {
-        by_pid(e.process_id)
+    let doc = FlowsDoc::from_list(&args, timestamp(now), &list, None, &mut |e, row| {
+        row.process = by_pid(e.process_id);
     });
     let output = flows_output(&doc, &args, None);
     Ok((doc, output))
@@ -360,6 +558,7 @@ mod tests {
     use crate::device::sim::{SimDriver, event, flow, process};
     use crate::engine::fake::FakeEngine;
     use crate::error::{Step, SystemCode};
+    use crate::names::tests::Scripted;
     use serde_json::Value;
     use std::cell::RefCell;
     use std::rc::Rc;
@@ -375,6 +574,13 @@ mod tests {
         interrupt_after: Option<usize>,
         /// Ctrl+C is what cancelled the driver's pending reads.
         ctrl_c_cancels: bool,
+        /// What `FwpmEngineOpen0` fails with once `engine` is taken.
+        engine_error: u32,
+        bfe_state: Option<&'static str>,
+        warnings: Vec<String>,
+        services: Vec<(u32, String)>,
+        service_reads: usize,
+        dns: Scripted,
     }
 
     struct Shared(Rc<RefCell<SimDriver>>);
@@ -387,27 +593,31 @@ mod tests {
     impl System for Fake {
         type Engine = FakeEngine;
         type Device = Shared;
+        type Lookup = Scripted;
         fn engine(&mut self, _: bool) -> Result<FakeEngine, Error> {
             self.engine.take().ok_or_else(|| {
-                Error::system(Step::Engine, SystemCode::Win32(1753), "FwpmEngineOpen0")
+                let code = SystemCode::Win32(self.engine_error);
+                Error::system(Step::Engine, code, "opening a session", "FwpmEngineOpen0")
             })
         }
         fn device(&mut self, _: bool) -> Result<Shared, Error> {
             if self.driver_state == "running" {
                 Ok(Shared(self.driver.clone()))
             } else {
+                let code = SystemCode::Win32(if self.driver_state == "denied" { 5 } else { 2 });
                 Err(Error::system(
                     Step::OpenDevice,
-                    SystemCode::Win32(2),
+                    code,
+                    "opening",
                     "CreateFileW",
                 ))
             }
         }
         fn service_state(&mut self, name: &str) -> Result<&'static str, Error> {
-            Ok(if name == "BFE" {
-                "running"
-            } else {
-                self.driver_state
+            Ok(match (name, self.driver_state) {
+                ("BFE", _) => self.bfe_state.unwrap_or("running"),
+                (_, "denied") => "running",
+                (_, state) => state,
             })
         }
         fn process_name(&mut self, pid: u64) -> Option<String> {
@@ -438,6 +648,22 @@ mod tests {
             self.interrupt_after.is_some_and(|n| self.sleeps.len() >= n)
                 || (self.ctrl_c_cancels && self.driver.borrow().cancelled > 0)
         }
+        fn message_text(&mut self, code: SystemCode) -> Option<String> {
+            Some(format!("text of {code}"))
+        }
+        fn utc_offset(&mut self, _: SystemTime) -> i32 {
+            3600
+        }
+        fn warn(&mut self, text: &str) {
+            self.warnings.push(text.to_owned());
+        }
+        fn services(&mut self) -> Result<Vec<(u32, String)>, Error> {
+            self.service_reads += 1;
+            Ok(self.services.clone())
+        }
+        fn lookup(&mut self) -> Scripted {
+            self.dns.clone()
+        }
     }
 
     fn running() -> Fake {
@@ -448,6 +674,7 @@ mod tests {
         Fake {
             driver: Rc::new(RefCell::new(driver)),
             driver_state: "running",
+            engine_error: 1753,
             ..Fake::default()
         }
     }
@@ -624,6 +851,134 @@ mod tests {
         assert_eq!(run_with(&mut sys, &["stats"]).0.unwrap_err().exit_code(), 5);
     }
 
+    #[test]
+    fn every_diagnosis_has_its_exit_code_message_and_system_text() {
+        let fail = |sys: &mut Fake, args: &[&str]| run_with(sys, args).0.unwrap_err();
+        let mut sys = running();
+        sys.driver_state = "not_installed";
+        let e = fail(&mut sys, &["flows"]);
+        assert_eq!(e.exit_code(), 9);
+        assert_eq!(
+            e.to_string(),
+            "the wfpmon driver is not installed: install the driver package from an elevated prompt with \
+             `pnputil /add-driver wfpmon.inf /install`, then start it with `sc.exe start wfpmon` \
+             [CreateFileW failed: Win32 error 2 (0x00000002): text of Win32 error 2 (0x00000002)]"
+        );
+        sys.driver_state = "stopped";
+        let e = fail(&mut sys, &["events"]);
+        assert_eq!(e.exit_code(), 5);
+        assert!(e.to_string().starts_with(
+            "the wfpmon driver is installed but not running (service stopped): start it"
+        ));
+        sys.driver_state = "denied";
+        let e = fail(&mut sys, &["procs"]);
+        assert_eq!(e.exit_code(), 3);
+        assert!(
+            e.to_string()
+                .starts_with("access denied: run wfpmonctl as administrator"),
+            "{e}"
+        );
+
+        // BFE: stopped (whatever FwpmEngineOpen0 said), absent, or running
+        // with an engine that fails otherwise.
+        let mut sys = running();
+        (sys.bfe_state, sys.engine_error) = (Some("stopped"), 1764);
+        let e = fail(&mut sys, &["install"]);
+        assert_eq!(e.exit_code(), 4);
+        assert!(
+            e.to_string().starts_with(
+                "the Base Filtering Engine (service BFE) is not running (service stopped): start it"
+            ) && e
+                .to_string()
+                .contains("[FwpmEngineOpen0 failed: Win32 error 1764 (0x000006E4): text of"),
+            "{e}"
+        );
+        sys.bfe_state = Some("not_installed");
+        let e = fail(&mut sys, &["uninstall"]);
+        assert_eq!(e.exit_code(), 4);
+        assert!(e.message.contains("does not exist"), "{e}");
+        sys.bfe_state = Some("running");
+        let e = fail(&mut sys, &["install"]);
+        assert_eq!(e.exit_code(), 1);
+        assert!(
+            e.to_string()
+                .starts_with("opening a session failed [FwpmEngineOpen0"),
+            "{e}"
+        );
+
+        // Another protocol version; a driver that stays busy.
+        let mut sys = running();
+        sys.driver.borrow_mut().version = Some(99);
+        let e = fail(&mut sys, &["stats"]);
+        assert_eq!(e.exit_code(), 7);
+        assert!(e.to_string().contains("control-protocol version 99"), "{e}");
+        let mut sys = running();
+        sys.driver.borrow_mut().busy = 5;
+        let e = fail(&mut sys, &["procs"]);
+        assert_eq!(e.exit_code(), 10);
+        assert!(
+            e.to_string().contains("busy") && e.to_string().contains("try again"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn status_check_names_each_case() {
+        let installed = || {
+            let mut e = FakeEngine::default();
+            engine::install(&mut e, false).unwrap();
+            e.registered = (0..6).collect();
+            e
+        };
+        let check = |sys: &mut Fake| {
+            let (code, out) = run_with(sys, &["status", "--check", "--json"]);
+            let v: Value = serde_json::from_str(&out).unwrap();
+            assert_eq!(
+                code,
+                Ok(u8::try_from(v["exit_code"].as_u64().unwrap()).unwrap())
+            );
+            (
+                code.unwrap(),
+                v["diagnosis"].as_str().unwrap().to_owned(),
+                v,
+            )
+        };
+        for (state, code, name) in [
+            ("not_installed", 9, "driver_not_installed"),
+            ("stopped", 5, "driver_stopped"),
+            ("denied", 3, "not_elevated"),
+        ] {
+            let mut sys = running();
+            (sys.driver_state, sys.engine) = (state, Some(installed()));
+            let (c, n, v) = check(&mut sys);
+            assert_eq!((c, n.as_str()), (code, name), "{v}");
+        }
+        let mut sys = running();
+        sys.engine = Some(installed());
+        sys.driver.borrow_mut().version = Some(3);
+        let (c, n, v) = check(&mut sys);
+        assert_eq!((c, n.as_str()), (7, "protocol_mismatch"));
+        assert!(
+            v["problems"][0].as_str().unwrap().contains("version 3"),
+            "{v}"
+        );
+        let mut sys = running();
+        sys.bfe_state = Some("stopped");
+        let (c, n, _) = check(&mut sys);
+        assert_eq!((c, n.as_str()), (4, "bfe_not_running"));
+        let mut sys = running();
+        sys.engine = Some(installed());
+        let (c, n, v) = check(&mut sys);
+        assert_eq!(
+            (c, n.as_str(), v["driver_protocol_version"].as_u64()),
+            (
+                0,
+                "active",
+                Some(u64::from(wfpmon_core::protocol::PROTOCOL_VERSION))
+            )
+        );
+    }
+
     fn json_lines(out: &str) -> Vec<Value> {
         out.lines()
             .map(|l| serde_json::from_str(l).unwrap())
@@ -657,29 +1012,16 @@ mod tests {
         let mut sys = with_events();
         let (code, out) = run_with(&mut sys, &["events"]);
         assert_eq!(code, Ok(0));
-        let lines: Vec<&str> = out.lines().collect();
-        assert_eq!(lines.len(), 4, "{out}");
         // 5 s after boot, read at 7 s after boot when the wall clock said
-        // 2027-01-15T08:00:00Z: 2 s earlier.
+        // 2027-01-15T08:00:00Z: 2 s earlier, shown at the local time (UTC+1
+        // in this fake); a header, then columns that line up.
         assert_eq!(
-            lines[0],
-            r"2027-01-15T07:59:58.000Z established    101 app1.exe  tcp out 10.0.0.1:50000 -> 192.0.2.7:443  C:\apps\app1.exe"
-        );
-        assert!(
-            lines[1].contains(" ended ")
-                && lines[1].contains("after 1.2s, in 3.0 MiB (2.3k pkts), out 4.0 KiB (9 pkts)"),
-            "{}",
-            lines[1]
-        );
-        assert!(
-            lines[2].contains(" 102 ?  tcp"),
-            "evicted key, pid not resolvable: {}",
-            lines[2]
-        );
-        assert!(
-            lines[3].contains("   4 System  tcp") && lines[3].ends_with("[no process]"),
-            "{}",
-            lines[3]
+            out,
+            "TIME                     EVENT        PID  PROCESS   PROTO  DIR  LOCAL           REMOTE         HOST  AFTER                 IN             OUT\n\
+             2027-01-15 08:59:58.000  established  101  app1.exe  tcp    out  10.0.0.1:50000  192.0.2.7:443                                                  C:\\apps\\app1.exe\n\
+             2027-01-15 08:59:58.000  ended        101  app1.exe  tcp    out  10.0.0.1:50000  192.0.2.7:443         1.2s  3 MiB (2.3k pkts)  4 KiB (9 pkts)  C:\\apps\\app1.exe\n\
+             2027-01-15 08:59:58.000  ended        102  ?         tcp    out  10.0.0.1:50000  192.0.2.7:443         1.2s  3 MiB (2.3k pkts)  4 KiB (9 pkts)\n\
+             2027-01-15 08:59:58.000  ended          4  System    tcp    out  10.0.0.1:50000  192.0.2.7:443         1.2s  3 MiB (2.3k pkts)  4 KiB (9 pkts)  [no process]\n"
         );
         let d = sys.driver.borrow();
         assert_eq!(
@@ -707,7 +1049,7 @@ mod tests {
         let d = &docs[0];
         assert_eq!(
             (d["schema"].as_str(), d["event"].as_str(), d["seq"].as_u64()),
-            (Some("wfpmon.event/1"), Some("ended"), Some(1))
+            (Some("wfpmon.event/2"), Some("ended"), Some(1))
         );
         assert_eq!(
             (d["process"].as_str(), d["path"].as_str()),
@@ -768,7 +1110,7 @@ mod tests {
         assert_eq!(code, Ok(0), "Ctrl+C ends the wait quietly");
         let docs = json_lines(&out);
         let schemas: Vec<&str> = docs.iter().map(|d| d["schema"].as_str().unwrap()).collect();
-        assert_eq!(schemas[..4], ["wfpmon.event/1"; 4]);
+        assert_eq!(schemas[..4], ["wfpmon.event/2"; 4]);
         assert_eq!(docs[4]["schema"], "wfpmon.dropped/1");
         assert_eq!(
             (docs[4]["dropped"].as_u64(), docs[4]["next_seq"].as_u64()),
@@ -788,7 +1130,11 @@ mod tests {
     fn events_count_stops_mid_batch_and_text_reports_drops() {
         let mut sys = with_events();
         let (code, out) = run_with(&mut sys, &["events", "--count", "2"]);
-        assert_eq!((code, out.lines().count()), (Ok(0), 2));
+        assert_eq!(
+            (code, out.lines().count()),
+            (Ok(0), 3),
+            "the header and 2 events"
+        );
         let mut sys = with_events();
         sys.driver.borrow_mut().ring = 2;
         sys.driver
@@ -803,8 +1149,71 @@ mod tests {
         assert_eq!(code, Ok(0));
         let lines: Vec<&str> = out.lines().collect();
         assert!(lines[0].ends_with(" dropped 1 event(s), overwritten in the driver before they were read; next: event #5"), "{out}");
-        assert_eq!(lines.len(), 4, "the drop line and 3 events: {out}");
+        assert_eq!(
+            lines.len(),
+            5,
+            "the drop line, the header and 3 events: {out}"
+        );
+        assert!(lines[1].starts_with("TIME "), "{out}");
         assert_eq!(sys.driver.borrow().reads, [(u64::MAX, true), (7, true)]);
+
+        // CSV: events only; the loss is a warning on standard error.
+        let mut sys = with_events();
+        sys.driver.borrow_mut().ring = 2;
+        sys.driver
+            .borrow_mut()
+            .arriving
+            .push_back(vec![event(1 << 32 | 1); 3]);
+        let (code, out) = run_with(&mut sys, &["events", "--follow", "--count", "2", "--csv"]);
+        assert_eq!(code, Ok(0));
+        assert!(
+            out.starts_with("timestamp,seq,event,flags,flow_handle,"),
+            "{out}"
+        );
+        assert_eq!(out.lines().count(), 3, "{out}");
+        assert_eq!(
+            sys.warnings,
+            [
+                "dropped 1 event(s), overwritten in the driver before they were read; next: event #5\n"
+            ]
+        );
+    }
+
+    #[test]
+    fn events_since_skips_older_events_and_reads_from_the_start() {
+        let mut sys = with_events();
+        {
+            let mut d = sys.driver.borrow_mut();
+            // 1 s, 3 s and 6 s after boot, read at 7 s: 6 s, 4 s and 1 s ago.
+            for (e, t) in d
+                .events
+                .iter_mut()
+                .zip([10_000_000, 30_000_000, 60_000_000, 60_000_000])
+            {
+                e.time = t;
+            }
+        }
+        let (code, out) = run_with(&mut sys, &["events", "--since", "5s", "--json"]);
+        assert_eq!(code, Ok(0));
+        let seqs: Vec<u64> = json_lines(&out)
+            .iter()
+            .map(|d| d["seq"].as_u64().unwrap())
+            .collect();
+        assert_eq!(seqs, [1, 2, 3]);
+        let (_, out) = run_with(
+            &mut sys,
+            &["events", "--since", "2027-01-15T07:59:58.5Z", "--json"],
+        );
+        assert_eq!(json_lines(&out).len(), 2, "{out}");
+        let (_, out) = run_with(
+            &mut sys,
+            &["events", "--since", "2027-01-15T09:59:58.5+02:00", "--json"],
+        );
+        assert_eq!(json_lines(&out).len(), 2, "an offset: the same instant");
+        // --follow --since: from the start (filtered), then waiting.
+        let (_, out) = run_with(&mut sys, &["events", "-f", "--since", "1h", "--json"]);
+        assert_eq!(json_lines(&out).len(), 4);
+        assert_eq!(sys.driver.borrow().reads.last(), Some(&(4, true)));
     }
 
     #[test]
@@ -860,9 +1269,10 @@ mod tests {
         let err = run_with(&mut sys, &["procs"]).0.unwrap_err();
         assert!(
             err.message
-                .contains("stayed busy with other process queries (5 attempts)"),
+                .contains("stayed busy with another client's query (5 attempts"),
             "{err}"
         );
+        assert_eq!(err.exit_code(), 10);
         assert_eq!(sys.sleeps.len(), 4);
 
         // Rates from the driver's clock: 2 s later, app2 received 4000 bytes more.
@@ -915,6 +1325,7 @@ mod tests {
     impl System for Wrapped {
         type Engine = FakeEngine;
         type Device = Shared;
+        type Lookup = Scripted;
         fn engine(&mut self, d: bool) -> Result<FakeEngine, Error> {
             self.inner.engine(d)
         }
@@ -942,6 +1353,21 @@ mod tests {
         }
         fn interrupted(&mut self) -> bool {
             self.inner.interrupted()
+        }
+        fn message_text(&mut self, code: SystemCode) -> Option<String> {
+            self.inner.message_text(code)
+        }
+        fn utc_offset(&mut self, t: SystemTime) -> i32 {
+            self.inner.utc_offset(t)
+        }
+        fn warn(&mut self, text: &str) {
+            self.inner.warn(text);
+        }
+        fn services(&mut self) -> Result<Vec<(u32, String)>, Error> {
+            self.inner.services()
+        }
+        fn lookup(&mut self) -> Scripted {
+            self.inner.lookup()
         }
     }
 
@@ -994,5 +1420,112 @@ mod tests {
             .collect();
         assert_eq!(names, ["app7.exe", "?", "app103.exe"]);
         assert_eq!(sys.driver.borrow().process_calls, [0]);
+    }
+
+    #[test]
+    fn services_and_host_names_in_flows_events_and_procs() {
+        let mut sys = running();
+        sys.services = vec![
+            (102, "LanmanWorkstation".into()),
+            (102, "Dnscache".into()),
+            (103, "Spooler".into()),
+        ];
+        let remote: IpAddr = "192.0.2.7".parse().unwrap();
+        sys.dns.0.borrow_mut().answers.insert(
+            remote,
+            vec![(Some("edge.example.net".into()), Some(1)); 3].into(),
+        );
+        // One shot: the lookup gets its time (answered at the third look,
+        // after two sleeps of 50 ms).
+        let (code, out) = run_with(&mut sys, &["flows", "--json", "--sort", "pid"]);
+        assert_eq!(code, Ok(0));
+        let doc = &json_lines(&out)[0];
+        let f = &doc["flows"][1];
+        assert_eq!(
+            f["services"],
+            serde_json::json!(["Dnscache", "LanmanWorkstation"])
+        );
+        assert_eq!(f["remote_host"], "edge.example.net");
+        assert_eq!(sys.sleeps, [Duration::from_millis(50); 2]);
+        assert_eq!(
+            sys.dns.0.borrow().started,
+            [remote],
+            "one lookup for three flows"
+        );
+        let (_, out) = run_with(&mut sys, &["flows", "--sort", "pid"]);
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines[0].contains(" HOST "), "{out}");
+        assert!(
+            lines[2].contains("? (Dnscache, LanmanWorkstation)"),
+            "{out}"
+        );
+        assert!(lines[2].contains("edge.example.net"), "{out}");
+        let (_, out) = run_with(&mut sys, &["flows", "--host", "EXAMPLE", "--json"]);
+        assert_eq!(json_lines(&out)[0]["matched"], 3);
+
+        // -n: no lookups, no host column, remote_host null; services stay.
+        let mut sys = running();
+        sys.services = vec![(101, "Svc".into())];
+        let (_, out) = run_with(&mut sys, &["flows", "-n", "--json"]);
+        let doc = &json_lines(&out)[0];
+        assert!(
+            doc["flows"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|f| f["remote_host"].is_null())
+        );
+        assert!(sys.dns.0.borrow().started.is_empty() && sys.sleeps.is_empty());
+        let (_, out) = run_with(&mut sys, &["flows", "-n"]);
+        assert!(
+            !out.contains("HOST") && out.contains("app101.exe (Svc)"),
+            "{out}"
+        );
+
+        // procs: services by PID.
+        sys.driver.borrow_mut().processes = vec![process(1), process(2)];
+        let (_, out) = run_with(&mut sys, &["procs", "--json", "--sort", "pid"]);
+        let doc = &json_lines(&out)[0];
+        assert_eq!(doc["processes"][0]["services"], serde_json::json!(["Svc"]));
+        assert_eq!(doc["processes"][1]["services"], serde_json::json!([]));
+
+        // events: a lookup that never answers costs the one-shot budget once.
+        let mut sys = with_events();
+        sys.dns
+            .0
+            .borrow_mut()
+            .answers
+            .insert(remote, [(None, None)].into());
+        let (_, out) = run_with(&mut sys, &["events", "--json"]);
+        assert!(json_lines(&out).iter().all(|d| d["remote_host"].is_null()));
+        assert_eq!(sys.sleeps.iter().sum::<Duration>(), NAME_WAIT);
+    }
+
+    #[test]
+    fn refreshes_never_wait_for_names_and_pick_them_up_later() {
+        let mut sys = running();
+        let remote: IpAddr = "192.0.2.7".parse().unwrap();
+        // The lookup answers at the third look: refreshes look once each.
+        sys.dns
+            .0
+            .borrow_mut()
+            .answers
+            .insert(remote, [(Some("slow.example".into()), Some(1))].into());
+        sys.services = vec![(101, "Before".into())];
+        let (code, out) = run_with(
+            &mut sys,
+            &["flows", "--json", "--watch", "5", "--count", "3"],
+        );
+        assert_eq!(code, Ok(0));
+        let docs = json_lines(&out);
+        let host = |d: &Value| d["flows"][0]["remote_host"].clone();
+        assert_eq!((host(&docs[0]), host(&docs[1])), (Value::Null, Value::Null));
+        assert_eq!(host(&docs[2]), "slow.example");
+        assert_eq!(
+            sys.sleeps.iter().sum::<Duration>(),
+            Duration::from_secs(10),
+            "only the watch's own sleeps"
+        );
+        assert_eq!(sys.service_reads, 2, "read again after 10 s");
     }
 }

@@ -1,9 +1,13 @@
 //! The command line (clap derive).
 
+use std::time::{Duration, SystemTime};
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use ipnet::IpNet;
 
 use crate::error::exit_codes_help;
 use crate::flows::protocol_number;
+use crate::view::units::{Unit, Units};
 
 /// Control tool of the wfpmon WFP callout driver.
 ///
@@ -58,9 +62,9 @@ pub enum Command {
         /// Include the traffic of flows still open (the driver walks every flow).
         #[arg(long)]
         live: bool,
-        /// Exact numbers instead of human units.
-        #[arg(long)]
-        raw: bool,
+        /// How numbers are written.
+        #[command(flatten)]
+        numbers: Numbers,
         /// Refreshing.
         #[command(flatten)]
         watch: Watch,
@@ -87,20 +91,55 @@ pub struct Watch {
     /// Refresh every SECONDS (fractions allowed, e.g. 0.5) until Ctrl+C.
     #[arg(long, value_name = "SECONDS", value_parser = seconds)]
     pub watch: Option<f64>,
-    /// Stop after K refreshes.
-    #[arg(long, value_name = "K", requires = "watch", value_parser = clap::value_parser!(u64).range(1..))]
+    /// Stop after N reports; a report is a refresh (with more than one, the
+    /// view refreshes every --watch seconds, 1 unless given).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
 }
 
-/// Options of `flows`.
-#[derive(Clone, Debug, Default, Args)]
-pub struct FlowsArgs {
-    /// Print JSON (schema wfpmon.flows/1; with --watch one object per line).
-    #[arg(long)]
-    pub json: bool,
+impl Watch {
+    /// Seconds between refreshes: `--watch`, or 1 when `--count` asks for
+    /// more than one report; `None`: one report.
+    pub fn interval(self) -> Option<f64> {
+        self.watch
+            .or_else(|| self.count.filter(|&n| n > 1).map(|_| 1.0))
+    }
+}
+
+/// `--units` and `--raw`: how text and CSV write numbers (JSON: exact
+/// bytes always).
+#[derive(Clone, Copy, Debug, Default, Args)]
+pub struct Numbers {
+    /// Traffic in bytes (IEC: KiB, MiB) or bits (SI: kbit/s, Mbit/s).
+    #[arg(long, value_enum, default_value_t)]
+    pub units: Unit,
     /// Exact numbers instead of human units.
     #[arg(long)]
     pub raw: bool,
+}
+
+impl Numbers {
+    pub const fn units(self) -> Units {
+        Units::new(self.units, self.raw)
+    }
+}
+
+/// Options of `flows`.
+#[allow(clippy::struct_excessive_bools)] // independent switches
+#[derive(Clone, Debug, Default, Args)]
+pub struct FlowsArgs {
+    /// Print JSON (schema wfpmon.flows/2; with --watch one object per line).
+    #[arg(long)]
+    pub json: bool,
+    /// Print CSV: a header, then one row per flow (with --watch, per flow and refresh).
+    #[arg(long, conflicts_with = "json")]
+    pub csv: bool,
+    /// How numbers are written.
+    #[command(flatten)]
+    pub numbers: Numbers,
+    /// Numeric: no reverse-DNS names for remote addresses.
+    #[arg(short = 'n', long = "numeric", conflicts_with = "host")]
+    pub numeric: bool,
     /// Also show the filter engine's flow handle.
     #[arg(short, long)]
     pub verbose: bool,
@@ -119,27 +158,37 @@ pub struct FlowsArgs {
 }
 
 /// Options of `events`.
-#[allow(clippy::struct_excessive_bools)] // four independent switches
+#[allow(clippy::struct_excessive_bools)] // independent switches
 #[derive(Clone, Debug, Default, Args)]
 pub struct EventsArgs {
-    /// Wait for new events until Ctrl+C (from now on, unless --from-start).
+    /// Wait for new events until Ctrl+C (from now on, unless --from-start or --since).
     #[arg(short, long)]
     pub follow: bool,
     /// With --follow: begin with the events the driver still holds.
     #[arg(long, requires = "follow")]
     pub from_start: bool,
-    /// Stop after N events (those passing the filters).
+    /// Only events since WHEN: a duration ago (10m, 1h30m) or a time
+    /// (2026-01-15T08:00:00Z, 2026-01-15T09:00:00+01:00).
+    #[arg(long, value_name = "WHEN", value_parser = since)]
+    pub since: Option<Since>,
+    /// Stop after N reports; a report is an event (one passing the filters).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
     /// Only this kind of event.
     #[arg(long, value_parser = ["established", "ended"])]
     pub kind: Option<String>,
-    /// Print one JSON object per line (schemas wfpmon.event/1 and wfpmon.dropped/1).
+    /// Print one JSON object per line (schemas wfpmon.event/2 and wfpmon.dropped/1).
     #[arg(long)]
     pub json: bool,
-    /// Exact numbers instead of human units.
-    #[arg(long)]
-    pub raw: bool,
+    /// Print CSV: a header, then one row per event.
+    #[arg(long, conflicts_with = "json")]
+    pub csv: bool,
+    /// How numbers are written.
+    #[command(flatten)]
+    pub numbers: Numbers,
+    /// Numeric: no reverse-DNS names for remote addresses.
+    #[arg(short = 'n', long = "numeric", conflicts_with = "host")]
+    pub numeric: bool,
     /// Which flows' events to show.
     #[command(flatten)]
     pub filter: Filter,
@@ -148,12 +197,15 @@ pub struct EventsArgs {
 /// Options of `procs`.
 #[derive(Clone, Debug, Default, Args)]
 pub struct ProcsArgs {
-    /// Print JSON (schema wfpmon.procs/1; with --watch one object per line).
+    /// Print JSON (schema wfpmon.procs/2; with --watch one object per line).
     #[arg(long)]
     pub json: bool,
-    /// Exact numbers instead of human units.
-    #[arg(long)]
-    pub raw: bool,
+    /// Print CSV: a header, then one row per process (with --watch, per process and refresh).
+    #[arg(long, conflicts_with = "json")]
+    pub csv: bool,
+    /// How numbers are written.
+    #[command(flatten)]
+    pub numbers: Numbers,
     /// Order of the list (largest first; pid and proc ascending).
     #[arg(long, value_enum, default_value_t)]
     pub sort: ProcSort,
@@ -208,6 +260,14 @@ pub struct Filter {
     /// Only flows established in this direction.
     #[arg(long, value_parser = ["in", "out"])]
     pub direction: Option<String>,
+    /// Only flows with this remote address or one in this CIDR block
+    /// (10.0.0.0/8, or an IPv6 block); repeat for several.
+    #[arg(long, value_name = "ADDR|CIDR", value_parser = remote)]
+    pub remote: Vec<IpNet>,
+    /// Only flows whose remote host name (reverse DNS) contains NAME
+    /// (case-insensitive).
+    #[arg(long, value_name = "NAME")]
+    pub host: Option<String>,
 }
 
 /// Sort orders of `flows`.
@@ -224,6 +284,48 @@ pub enum SortKey {
     Pid,
     /// Process name.
     Proc,
+}
+
+/// `--since`: a duration before the command started, or a time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Since {
+    Ago(Duration),
+    At(SystemTime),
+}
+
+impl Since {
+    /// The time meant, the command having started at `now`.
+    pub fn time(self, now: SystemTime) -> SystemTime {
+        match self {
+            Self::Ago(d) => now.checked_sub(d).unwrap_or(SystemTime::UNIX_EPOCH),
+            Self::At(t) => t,
+        }
+    }
+}
+
+fn since(text: &str) -> Result<Since, String> {
+    if let Ok(d) = humantime::parse_duration(text) {
+        return Ok(Since::Ago(d));
+    }
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| Since::At(t.into()))
+        .ok()
+        .ok_or_else(|| {
+            "expected a duration (30s, 10m, 1h30m) or a time with its offset \
+             (2026-01-15T08:00:00Z, 2026-01-15T09:00:00+01:00)"
+                .to_owned()
+        })
+}
+
+/// `--remote`: an address (a block of one) or a CIDR block.
+fn remote(text: &str) -> Result<IpNet, String> {
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map(|n| n.trunc())
+        .map_err(|_| {
+            "expected an IP address or a CIDR block (192.0.2.7, 10.0.0.0/8, 2001:db8::/32)"
+                .to_owned()
+        })
 }
 
 fn seconds(text: &str) -> Result<f64, String> {
@@ -287,7 +389,7 @@ mod tests {
             panic!()
         };
         assert_eq!(
-            (a.sort, a.top, a.json, a.raw, a.verbose),
+            (a.sort, a.top, a.json, a.numbers.raw, a.verbose),
             (SortKey::Rate, Some(5), true, true, true)
         );
         let f = &a.filter;
@@ -314,12 +416,21 @@ mod tests {
         for args in [
             &["flows", "--watch", "0"][..],
             &["flows", "--watch", "soon"],
-            &["flows", "--count", "2"],
             &["flows", "--watch", "1", "--count", "0"],
             &["flows", "--family", "5"],
             &["flows", "--proto", "ftp"],
             &["flows", "--sort", "size"],
             &["install", "--boot-time"],
+            &["flows", "--units", "nibbles"],
+            &["flows", "--remote", "10.0.0.0/33"],
+            &["flows", "--remote", "example.com"],
+            &["flows", "--remote", "300.1.1.1"],
+            &["flows", "--json", "--csv"],
+            &["flows", "-n", "--host", "example"],
+            &["events", "--since", "yesterday"],
+            &["events", "--since", "2026-01-15 08:00"],
+            &["events", "--csv", "--json"],
+            &["procs", "--units", "bytes/s"],
             &["counting", "maybe"],
             &["status", "--watch", "1"],
         ] {
@@ -328,6 +439,65 @@ mod tests {
         assert_eq!(
             usage_error(&[]),
             ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+        );
+    }
+
+    #[test]
+    fn units_csv_remote_host_since_and_count() {
+        let Command::Flows(a) = parse(&[
+            "flows",
+            "--units",
+            "bits",
+            "--csv",
+            "--remote",
+            "10.1.2.3/8",
+            "--remote",
+            "2001:db8::1",
+            "--host",
+            "Example",
+            "--count",
+            "3",
+        ])
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (a.numbers.units, a.csv, a.numeric),
+            (Unit::Bits, true, false)
+        );
+        let nets: Vec<String> = a.filter.remote.iter().map(ToString::to_string).collect();
+        assert_eq!(nets, ["10.0.0.0/8", "2001:db8::1/128"]);
+        assert_eq!(a.filter.host.as_deref(), Some("Example"));
+        assert_eq!(
+            (a.watch.count, a.watch.interval()),
+            (Some(3), Some(1.0)),
+            "--count N reports: refreshes 1 s apart unless --watch says"
+        );
+        let Command::Flows(one) = parse(&["flows", "--count", "1", "-n"]).unwrap() else {
+            panic!()
+        };
+        assert_eq!((one.watch.interval(), one.numeric), (None, true));
+        let Command::Events(e) = parse(&["events", "--since", "1h30m"]).unwrap() else {
+            panic!()
+        };
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(10_000);
+        assert_eq!(
+            e.since.map(|s| s.time(now)),
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(10_000 - 5400))
+        );
+        let Command::Events(e) =
+            parse(&["events", "--since", "1970-01-01T01:00:00+01:00"]).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(e.since.map(|s| s.time(now)), Some(SystemTime::UNIX_EPOCH));
+        let message = parse(&["flows", "--remote", "10.0.0.0/40"])
+            .unwrap_err()
+            .render()
+            .to_string();
+        assert!(
+            message.contains("expected an IP address or a CIDR block"),
+            "{message}"
         );
     }
 
@@ -395,7 +565,7 @@ mod tests {
                 e.count,
                 e.kind.as_deref(),
                 e.json,
-                e.raw
+                e.numbers.raw
             ),
             (true, true, Some(5), Some("ended"), true, true)
         );
@@ -436,7 +606,6 @@ mod tests {
             &["events", "--kind", "opened"],
             &["events", "--watch", "1"],
             &["procs", "--sort", "size"],
-            &["procs", "--count", "2"],
         ] {
             usage_error(args);
         }

@@ -1,12 +1,21 @@
-//! Failures, their exit codes, and the Windows status codes behind them.
+//! Failures: their diagnosis, remedy and exit code, and the Windows status
+//! codes behind them.
+//!
+//! A failed Windows call becomes an [`Error`] of the [`Kind`] its step and
+//! code reveal ([`classify`]); the states of the wfpmon and BFE services
+//! then tell the cases apart that one code cannot (a missing control device:
+//! driver not installed, or installed but stopped; a failed engine session:
+//! BFE stopped, absent, or something else) — see [`Error::device_failure`]
+//! and [`Error::engine_failure`]. The system's message text for the code
+//! (`FormatMessageW`) is added where the error is reported.
 
 use std::fmt::{self, Write as _};
 
 use windows_sys::Win32::Foundation::{
-    E_ACCESSDENIED, ERROR_ACCESS_DENIED, ERROR_ARITHMETIC_OVERFLOW, ERROR_FILE_NOT_FOUND,
-    ERROR_INSUFFICIENT_BUFFER, ERROR_INVALID_FUNCTION, ERROR_INVALID_PARAMETER,
-    ERROR_INVALID_USER_BUFFER, ERROR_NO_SUCH_DEVICE, ERROR_PATH_NOT_FOUND, ERROR_REVISION_MISMATCH,
-    FWP_E_ALREADY_EXISTS,
+    E_ACCESSDENIED, ERROR_ACCESS_DENIED, ERROR_ARITHMETIC_OVERFLOW, ERROR_BUSY,
+    ERROR_FILE_NOT_FOUND, ERROR_INSUFFICIENT_BUFFER, ERROR_INVALID_FUNCTION,
+    ERROR_INVALID_PARAMETER, ERROR_INVALID_USER_BUFFER, ERROR_NO_SUCH_DEVICE, ERROR_PATH_NOT_FOUND,
+    ERROR_REVISION_MISMATCH, FWP_E_ALREADY_EXISTS,
 };
 use windows_sys::Win32::System::Rpc::{EPT_S_NOT_REGISTERED, RPC_S_SERVER_UNAVAILABLE};
 
@@ -19,29 +28,118 @@ pub enum Kind {
     Usage = 2,
     NotElevated = 3,
     BfeNotRunning = 4,
-    DriverNotLoaded = 5,
+    DriverStopped = 5,
     AlreadyInstalled = 6,
     ProtocolMismatch = 7,
     Inactive = 8,
+    DriverNotInstalled = 9,
+    DeviceBusy = 10,
 }
 
 /// Every exit code and its meaning, as `--help` lists them.
-pub const EXIT_CODES: [(Kind, &str); 8] = [
-    (Kind::Other, "any other failure (Windows code printed)"),
-    (Kind::Usage, "usage error"),
-    (Kind::NotElevated, "not elevated / access denied"),
-    (Kind::BfeNotRunning, "Base Filtering Engine not running"),
-    (Kind::DriverNotLoaded, "wfpmon driver not loaded"),
-    (Kind::AlreadyInstalled, "objects already installed"),
-    (Kind::ProtocolMismatch, "control-protocol mismatch"),
-    (Kind::Inactive, "status --check: not fully active"),
+pub const EXIT_CODES: [(Kind, &str); 10] = [
+    (
+        Kind::Other,
+        "any other failure (the Windows code and its text are printed)",
+    ),
+    (
+        Kind::Usage,
+        "usage error (bad option, filter, address, CIDR block, unit or time)",
+    ),
+    (Kind::NotElevated, "not elevated: access denied"),
+    (
+        Kind::BfeNotRunning,
+        "the Base Filtering Engine (BFE) is not running or absent",
+    ),
+    (
+        Kind::DriverStopped,
+        "the wfpmon driver is installed but not running (or stopped during events --follow)",
+    ),
+    (
+        Kind::AlreadyInstalled,
+        "wfpmon's filter-engine objects are already installed",
+    ),
+    (
+        Kind::ProtocolMismatch,
+        "the driver and wfpmonctl speak different control-protocol versions",
+    ),
+    (
+        Kind::Inactive,
+        "status --check: monitoring not fully active (objects missing, callouts not registered)",
+    ),
+    (
+        Kind::DriverNotInstalled,
+        "the wfpmon driver is not installed",
+    ),
+    (
+        Kind::DeviceBusy,
+        "the driver stayed busy with another client's query",
+    ),
 ];
+
+/// Remedies, one per case.
+pub const ELEVATE: &str = "run wfpmonctl as administrator (from an elevated prompt)";
+pub const INSTALL_DRIVER: &str = "install the driver package from an elevated prompt with \
+                              `pnputil /add-driver wfpmon.inf /install`, then start it with `sc.exe start wfpmon`";
+pub const START_DRIVER: &str = "start it from an elevated prompt with `sc.exe start wfpmon`";
+pub const START_BFE: &str = "start it from an elevated prompt with `sc.exe start bfe` \
+                         (if it is disabled: `sc.exe config bfe start= auto` first)";
+pub const RESTORE_BFE: &str =
+    "wfpmon needs the Windows Filtering Platform; BFE is part of Windows and has to be restored";
+pub const SAME_BUILD: &str = "install the driver and wfpmonctl from the same build";
+pub const UNINSTALL: &str = "`wfpmonctl uninstall` removes them";
+pub const RETRY: &str = "try again in a moment";
+
+impl Kind {
+    /// The name of the case in `status --json` (`diagnosis`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Other => "other",
+            Self::Usage => "usage",
+            Self::NotElevated => "not_elevated",
+            Self::BfeNotRunning => "bfe_not_running",
+            Self::DriverStopped => "driver_stopped",
+            Self::AlreadyInstalled => "already_installed",
+            Self::ProtocolMismatch => "protocol_mismatch",
+            Self::Inactive => "inactive",
+            Self::DriverNotInstalled => "driver_not_installed",
+            Self::DeviceBusy => "device_busy",
+        }
+    }
+
+    /// What a failure of this kind means, and what to do about it, when
+    /// nothing more precise is known.
+    const fn diagnosis(self) -> Option<(&'static str, &'static str)> {
+        Some(match self {
+            Self::NotElevated => ("access denied", ELEVATE),
+            Self::BfeNotRunning => (
+                "the Base Filtering Engine (service BFE) is not running",
+                START_BFE,
+            ),
+            Self::DriverStopped => ("the wfpmon driver is not running", START_DRIVER),
+            Self::DriverNotInstalled => ("the wfpmon driver is not installed", INSTALL_DRIVER),
+            Self::AlreadyInstalled => (
+                "wfpmon's filter-engine objects are already installed",
+                UNINSTALL,
+            ),
+            Self::ProtocolMismatch => (
+                "the wfpmon driver refused a request of this wfpmonctl: they come from different builds",
+                SAME_BUILD,
+            ),
+            Self::DeviceBusy => (
+                "the wfpmon driver stayed busy with another client's query",
+                RETRY,
+            ),
+            Self::Other | Self::Usage | Self::Inactive => return None,
+        })
+    }
+}
 
 /// The "Exit codes:" section of `--help`.
 pub fn exit_codes_help() -> String {
-    let mut text = String::from("Exit codes:\n  0  success\n");
+    let mut text = String::from("Exit codes:\n   0  success\n");
     for (kind, meaning) in EXIT_CODES {
-        let _ = writeln!(text, "  {}  {meaning}", kind as u8);
+        let _ = writeln!(text, "  {:>2}  {meaning}", kind as u8);
     }
     text
 }
@@ -52,14 +150,22 @@ pub enum SystemCode {
     Win32(u32),
     /// An HRESULT that is not a wrapped Win32 code (e.g. `FWP_E_*`).
     HResult(i32),
+    /// An `NTSTATUS` (an HRESULT with the `FACILITY_NT_BIT` carries one).
+    NtStatus(u32),
 }
+
+/// `FACILITY_NT_BIT` (winerror.h): `HRESULT_FROM_NT(x)` is `x | FACILITY_NT_BIT`.
+const FACILITY_NT_BIT: u32 = 0x1000_0000;
 
 impl SystemCode {
     /// Classifies the `DWORD` an `Fwpm*` function returned: an HRESULT when
-    /// its top bit is set (unwrapping `HRESULT_FROM_WIN32`), else Win32.
+    /// its top bit is set (unwrapping `HRESULT_FROM_WIN32` and
+    /// `HRESULT_FROM_NT`), else Win32.
     pub const fn from_dword(value: u32) -> Self {
         if value & 0xFFFF_0000 == 0x8007_0000 {
             Self::Win32(value & 0xFFFF)
+        } else if value & 0x8000_0000 != 0 && value & FACILITY_NT_BIT != 0 {
+            Self::NtStatus(value & !FACILITY_NT_BIT)
         } else if value & 0x8000_0000 != 0 {
             Self::HResult(value.cast_signed())
         } else {
@@ -88,6 +194,7 @@ impl fmt::Display for SystemCode {
         match *self {
             Self::Win32(c) => write!(f, "Win32 error {c} (0x{c:08X})"),
             Self::HResult(c) => write!(f, "HRESULT 0x{:08X}", c.cast_unsigned()),
+            Self::NtStatus(c) => write!(f, "NTSTATUS 0x{c:08X}"),
         }
     }
 }
@@ -115,9 +222,12 @@ pub const fn classify(step: Step, code: SystemCode) -> Kind {
         (
             Step::OpenDevice,
             Win32(ERROR_FILE_NOT_FOUND | ERROR_PATH_NOT_FOUND | ERROR_NO_SUCH_DEVICE),
-        ) => Kind::DriverNotLoaded,
+        ) => Kind::DriverStopped,
+        (Step::OpenDevice | Step::DeviceControl, Win32(ERROR_BUSY)) => Kind::DeviceBusy,
         // The driver refused a request encoded with the shared protocol
-        // definitions: its idea of the protocol differs.
+        // definitions: its idea of the protocol differs
+        // (STATUS_REVISION_MISMATCH: another version; the others: another
+        // layout).
         (
             Step::DeviceControl,
             Win32(
@@ -133,13 +243,25 @@ pub const fn classify(step: Step, code: SystemCode) -> Kind {
     }
 }
 
-/// A failure ready to be reported: kind (hence exit code), a message that
-/// says what to do, and the Windows code behind it when there is one.
+/// The Windows call behind a failure.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cause {
+    /// The call, as the SDK names it (`FwpmEngineOpen0`,
+    /// `DeviceIoControl(IOCTL_WFPMON_LIST_FLOWS)`).
+    pub call: String,
+    pub code: SystemCode,
+    /// The system's message text for `code` (`FormatMessageW`), once known.
+    pub text: Option<String>,
+}
+
+/// A failure ready to be reported: kind (hence exit code), what is wrong,
+/// what to do, and the Windows call and code behind it when there is one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Error {
     pub kind: Kind,
     pub message: String,
-    pub system: Option<SystemCode>,
+    pub remedy: Option<String>,
+    pub cause: Option<Cause>,
 }
 
 impl Error {
@@ -147,28 +269,112 @@ impl Error {
         Self {
             kind,
             message: message.into(),
-            system: None,
+            remedy: None,
+            cause: None,
         }
     }
 
-    /// `what` failed with `code` during `step`; the message gains the
-    /// remedy of the kind [`classify`] gives.
-    pub fn system(step: Step, code: SystemCode, what: &str) -> Self {
+    /// `call`, made while `action`, failed with `code` during `step`: the
+    /// diagnosis and remedy of the kind [`classify`] gives, or (another
+    /// failure) "`action` failed".
+    pub fn system(step: Step, code: SystemCode, action: &str, call: impl Into<String>) -> Self {
         let kind = classify(step, code);
-        let remedy = match kind {
-            Kind::NotElevated => ": run wfpmonctl from an elevated prompt",
-            Kind::BfeNotRunning => ": the Base Filtering Engine is not running (sc.exe start bfe)",
-            Kind::DriverNotLoaded => ": the wfpmon driver is not loaded (`sc.exe start wfpmon`)",
-            Kind::AlreadyInstalled => ": wfpmon's objects are already there (wfpmonctl uninstall)",
-            Kind::ProtocolMismatch => ": driver and wfpmonctl come from different builds",
-            Kind::Other | Kind::Usage | Kind::Inactive => "",
-        };
-        let message = format!("{what} failed{remedy}");
+        let (message, remedy) = kind.diagnosis().map_or_else(
+            || (format!("{action} failed"), None),
+            |(m, r)| (m.to_owned(), Some(r.to_owned())),
+        );
         Self {
             kind,
             message,
-            system: Some(code),
+            remedy,
+            cause: Some(Cause {
+                call: call.into(),
+                code,
+                text: None,
+            }),
         }
+    }
+
+    /// A failure of `kind` without a Windows code: `message`, `remedy`.
+    pub fn with_remedy(kind: Kind, message: impl Into<String>, remedy: &str) -> Self {
+        Self {
+            remedy: Some(remedy.to_owned()),
+            ..Self::new(kind, message)
+        }
+    }
+
+    /// The same failure diagnosed as `kind`: `message`, `remedy`.
+    #[must_use]
+    pub fn diagnosed(self, kind: Kind, message: impl Into<String>, remedy: &str) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            remedy: Some(remedy.to_owned()),
+            ..self
+        }
+    }
+
+    /// The Windows code behind the failure.
+    pub fn code(&self) -> Option<SystemCode> {
+        self.cause.as_ref().map(|c| c.code)
+    }
+
+    /// Opening the control device failed with `self`; `driver` is the
+    /// state of the wfpmon service (`not_installed` or a service state).
+    /// A missing device is "not installed" or "installed but not running".
+    #[must_use]
+    pub fn device_failure(self, driver: Result<&str, &Self>) -> Self {
+        match (self.kind, driver) {
+            (Kind::DriverStopped, Ok("not_installed")) => {
+                let message = "the wfpmon driver is not installed";
+                self.diagnosed(Kind::DriverNotInstalled, message, INSTALL_DRIVER)
+            }
+            (Kind::DriverStopped, Ok("running")) => {
+                let message = "the wfpmon service is running but its control device is absent";
+                let remedy = "restart it from an elevated prompt with `sc.exe stop wfpmon` and `sc.exe start wfpmon`";
+                self.diagnosed(Kind::DriverStopped, message, remedy)
+            }
+            (Kind::DriverStopped, Ok(state)) => {
+                let state = state.replace('_', " ");
+                let message =
+                    format!("the wfpmon driver is installed but not running (service {state})");
+                self.diagnosed(Kind::DriverStopped, message, START_DRIVER)
+            }
+            _ => self,
+        }
+    }
+
+    /// Opening a filter-engine session failed with `self`; `bfe` is the
+    /// state of the BFE service. Unless access was denied, a BFE that is
+    /// not running (or absent) is the diagnosis, whatever the code.
+    #[must_use]
+    pub fn engine_failure(self, bfe: Result<&str, &Self>) -> Self {
+        match (self.kind, bfe) {
+            (Kind::NotElevated, _) | (_, Ok("running") | Err(_)) => self,
+            (_, Ok("not_installed")) => {
+                let message =
+                    "the Base Filtering Engine service (BFE) does not exist on this system";
+                self.diagnosed(Kind::BfeNotRunning, message, RESTORE_BFE)
+            }
+            (_, Ok(state)) => {
+                let state = state.replace('_', " ");
+                let message = format!(
+                    "the Base Filtering Engine (service BFE) is not running (service {state})"
+                );
+                self.diagnosed(Kind::BfeNotRunning, message, START_BFE)
+            }
+        }
+    }
+
+    /// Adds the system's message text for the code (`text` gives it).
+    #[must_use]
+    pub fn described(mut self, text: &mut impl FnMut(SystemCode) -> Option<String>) -> Self {
+        if let Some(cause) = &mut self.cause
+            && cause.text.is_none()
+        {
+            cause.text = text(cause.code);
+        }
+        self
     }
 
     pub const fn exit_code(&self) -> u8 {
@@ -177,9 +383,20 @@ impl Error {
 }
 
 impl fmt::Display for Error {
+    /// `message: remedy [call: code: text]`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.message)?;
-        self.system.map_or(Ok(()), |code| write!(f, " [{code}]"))
+        if let Some(remedy) = &self.remedy {
+            write!(f, ": {remedy}")?;
+        }
+        if let Some(c) = &self.cause {
+            write!(f, " [{} failed: {}", c.call, c.code)?;
+            if let Some(text) = &c.text {
+                write!(f, ": {text}")?;
+            }
+            f.write_str("]")?;
+        }
+        Ok(())
     }
 }
 
@@ -203,10 +420,12 @@ mod tests {
         let help = exit_codes_help();
         for (kind, meaning) in EXIT_CODES {
             assert!(
-                help.contains(&format!("\n  {}  {meaning}\n", kind as u8)),
+                help.contains(&format!("\n  {:>2}  {meaning}\n", kind as u8)),
                 "{help}"
             );
         }
+        let names: HashSet<&str> = EXIT_CODES.iter().map(|(k, _)| k.name()).collect();
+        assert_eq!(names.len(), EXIT_CODES.len());
     }
 
     #[test]
@@ -217,12 +436,21 @@ mod tests {
             SystemCode::from_dword(FWP_E_ALREADY_EXISTS.cast_unsigned()),
             SystemCode::HResult(FWP_E_ALREADY_EXISTS)
         );
+        // HRESULT_FROM_NT(STATUS_REVISION_MISMATCH)
+        assert_eq!(
+            SystemCode::from_dword(0xD000_0059),
+            SystemCode::NtStatus(0xC000_0059)
+        );
         assert!(SystemCode::from_dword(FWP_E_FILTER_NOT_FOUND.cast_unsigned()).is_not_found());
         assert!(!SystemCode::from_dword(FWP_E_IN_USE.cast_unsigned()).is_not_found());
         assert!(!SystemCode::Win32(ERROR_FILE_NOT_FOUND).is_not_found());
         assert_eq!(
             SystemCode::HResult(FWP_E_ALREADY_EXISTS).to_string(),
             "HRESULT 0x80320009"
+        );
+        assert_eq!(
+            SystemCode::NtStatus(0xC000_0059).to_string(),
+            "NTSTATUS 0xC0000059"
         );
     }
 
@@ -247,7 +475,7 @@ mod tests {
         let exists = SystemCode::HResult(FWP_E_ALREADY_EXISTS);
         assert_eq!(classify(Step::Add, exists), Kind::AlreadyInstalled);
         assert_eq!(classify(Step::Engine, exists), Kind::Other);
-        assert_eq!(classify(Step::OpenDevice, w(2)), Kind::DriverNotLoaded);
+        assert_eq!(classify(Step::OpenDevice, w(2)), Kind::DriverStopped);
         assert_eq!(classify(Step::ServiceControl, w(2)), Kind::Other);
         assert_eq!(
             classify(Step::DeviceControl, w(1306)),
@@ -257,29 +485,103 @@ mod tests {
             classify(Step::DeviceControl, w(1784)),
             Kind::ProtocolMismatch
         );
+        assert_eq!(classify(Step::DeviceControl, w(170)), Kind::DeviceBusy);
+        assert_eq!(classify(Step::Engine, w(170)), Kind::Other);
     }
 
     #[test]
-    fn messages_carry_code_and_remedy() {
+    fn messages_carry_diagnosis_remedy_call_code_and_text() {
         let e = Error::system(
             Step::Add,
             SystemCode::HResult(FWP_E_ALREADY_EXISTS),
+            "adding the filter-engine objects",
             "FwpmProviderAdd0",
         );
         assert_eq!(e.exit_code(), 6);
-        let text = e.to_string();
-        assert!(
-            text.starts_with("FwpmProviderAdd0 failed: wfpmon's objects are already there"),
-            "{text}"
-        );
-        assert!(
-            text.contains("uninstall") && text.ends_with("[HRESULT 0x80320009]"),
-            "{text}"
-        );
-        let e = Error::system(Step::Engine, SystemCode::Win32(31), "FwpmCalloutGetByKey0");
         assert_eq!(
             e.to_string(),
-            "FwpmCalloutGetByKey0 failed [Win32 error 31 (0x0000001F)]"
+            "wfpmon's filter-engine objects are already installed: `wfpmonctl uninstall` removes them \
+             [FwpmProviderAdd0 failed: HRESULT 0x80320009]"
         );
+        let e = Error::system(
+            Step::Engine,
+            SystemCode::Win32(31),
+            "reading the filter-engine objects",
+            "FwpmCalloutGetByKey0",
+        )
+        .described(&mut |c| {
+            (c == SystemCode::Win32(31))
+                .then(|| "A device attached to the system is not functioning.".into())
+        });
+        assert_eq!(
+            e.to_string(),
+            "reading the filter-engine objects failed [FwpmCalloutGetByKey0 failed: Win32 error 31 (0x0000001F): \
+             A device attached to the system is not functioning.]"
+        );
+        assert!(!e.to_string().contains("::"), "no module paths");
+    }
+
+    #[test]
+    fn a_missing_device_is_told_apart_by_the_service() {
+        let missing = || {
+            Error::system(
+                Step::OpenDevice,
+                SystemCode::Win32(ERROR_FILE_NOT_FOUND),
+                "opening the control device",
+                "CreateFileW",
+            )
+        };
+        let e = missing().device_failure(Ok("not_installed"));
+        assert_eq!(e.kind, Kind::DriverNotInstalled);
+        assert_eq!(e.exit_code(), 9);
+        assert!(
+            e.to_string()
+                .contains("pnputil /add-driver wfpmon.inf /install"),
+            "{e}"
+        );
+        let e = missing().device_failure(Ok("stop_pending"));
+        assert_eq!(e.exit_code(), 5);
+        assert!(
+            e.to_string().starts_with(
+                "the wfpmon driver is installed but not running (service stop pending): start it"
+            ),
+            "{e}"
+        );
+        let scm = Error::new(Kind::Other, "scm");
+        assert_eq!(
+            missing().device_failure(Err(&scm)),
+            missing(),
+            "the code alone"
+        );
+        let denied = Error::system(
+            Step::OpenDevice,
+            SystemCode::Win32(ERROR_ACCESS_DENIED),
+            "opening the control device",
+            "CreateFileW",
+        );
+        let e = denied.clone().device_failure(Ok("running"));
+        assert_eq!((e.exit_code(), e), (3, denied));
+    }
+
+    #[test]
+    fn a_failed_session_is_told_apart_by_bfe() {
+        let failed = |code| {
+            Error::system(
+                Step::Engine,
+                SystemCode::Win32(code),
+                "opening a filter-engine session",
+                "FwpmEngineOpen0",
+            )
+        };
+        // RPC_S_CANNOT_SUPPORT: no BFE code, but BFE is stopped.
+        let e = failed(1764).engine_failure(Ok("stopped"));
+        assert_eq!(e.exit_code(), 4);
+        assert!(e.to_string().contains("sc.exe start bfe"), "{e}");
+        let e = failed(1753).engine_failure(Ok("not_installed"));
+        assert_eq!(e.exit_code(), 4);
+        assert!(e.message.contains("does not exist"), "{e}");
+        assert_eq!(failed(1753).engine_failure(Ok("running")).exit_code(), 4);
+        assert_eq!(failed(1764).engine_failure(Ok("running")).exit_code(), 1);
+        assert_eq!(failed(5).engine_failure(Ok("stopped")).exit_code(), 3);
     }
 }

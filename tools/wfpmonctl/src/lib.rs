@@ -8,17 +8,18 @@
 
 mod app;
 mod cli;
-mod device;
-mod engine;
+mod client;
 mod error;
-mod events;
-mod flows;
-mod plan;
-mod procs;
-mod render;
-mod status;
+mod model;
+mod view;
 #[cfg(windows)]
 mod windows;
+
+// The crate's short paths: the device client, the model and the views by
+// their own names (see the README's "Layout").
+use client::{device, engine, plan};
+use model::{events, flows, names, procs, status};
+use view::text as render;
 
 /// What `wfpmonctl flows` runs against the driver, public so that other
 /// hosts can run it against a real driver image.

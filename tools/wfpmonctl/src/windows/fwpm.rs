@@ -18,7 +18,7 @@ use crate::engine::{FilterEngine, Transaction};
 use crate::error::{Error, Step, SystemCode};
 use crate::plan::{self, Object};
 
-/// How long `wfp::FwpmTransactionBegin0` waits for another session's
+/// How long `FwpmTransactionBegin0` waits for another session's
 /// transaction (the documented default, stated explicitly).
 const TXN_WAIT_TIMEOUT_MS: u32 = 15_000;
 
@@ -65,9 +65,10 @@ impl Session {
                 &raw mut handle,
             )
         };
-        result(rc)
-            .map(|()| Self(handle))
-            .map_err(|c| Error::system(Step::Engine, c, "wfp::FwpmEngineOpen0"))
+        result(rc).map(|()| Self(handle)).map_err(|c| {
+            let action = "opening a filter-engine session";
+            Error::system(Step::Engine, c, action, "FwpmEngineOpen0")
+        })
     }
 
     /// Reads the flags of an object a `Fwpm*GetByKey0` call returned, then frees it.
@@ -97,7 +98,7 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        // SAFETY: the handle came from wfp::FwpmEngineOpen0 and is closed once.
+        // SAFETY: the handle came from FwpmEngineOpen0 and is closed once.
         unsafe { wfp::FwpmEngineClose0(self.0) };
     }
 }

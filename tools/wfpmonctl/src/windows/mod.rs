@@ -5,11 +5,13 @@
 //! with `unsafe` code; every decision is left to the portable modules.
 
 mod fwpm;
+mod names;
 
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
+use chrono::TimeZone as _;
 use wfpmon_core::catalog;
 use windows_sys::Win32::Foundation::{
     CloseHandle, ERROR_IO_PENDING, ERROR_MORE_DATA, ERROR_SERVICE_DOES_NOT_EXIST, GENERIC_READ,
@@ -20,13 +22,17 @@ use windows_sys::Win32::Storage::FileSystem::{
     QueryDosDeviceW,
 };
 use windows_sys::Win32::System::Console::{
-    CONSOLE_SCREEN_BUFFER_INFO, CTRL_BREAK_EVENT, CTRL_C_EVENT, ENABLE_VIRTUAL_TERMINAL_PROCESSING,
-    GetConsoleMode, GetConsoleScreenBufferInfo, GetStdHandle, STD_OUTPUT_HANDLE,
-    SetConsoleCtrlHandler, SetConsoleMode,
+    CTRL_BREAK_EVENT, CTRL_C_EVENT, ENABLE_VIRTUAL_TERMINAL_PROCESSING, GetConsoleMode,
+    GetStdHandle, STD_OUTPUT_HANDLE, SetConsoleCtrlHandler, SetConsoleMode,
+};
+use windows_sys::Win32::System::Diagnostics::Debug::{
+    FORMAT_MESSAGE_FROM_HMODULE, FORMAT_MESSAGE_FROM_SYSTEM, FORMAT_MESSAGE_IGNORE_INSERTS,
+    FormatMessageW,
 };
 use windows_sys::Win32::System::IO::{
     CancelIoEx, DeviceIoControl, GetOverlappedResultEx, OVERLAPPED,
 };
+use windows_sys::Win32::System::LibraryLoader::GetModuleHandleW;
 use windows_sys::Win32::System::Services::{
     CloseServiceHandle, OpenSCManagerW, OpenServiceW, QueryServiceStatusEx, SC_MANAGER_CONNECT,
     SC_STATUS_PROCESS_INFO, SERVICE_QUERY_STATUS, SERVICE_STATUS_PROCESS,
@@ -85,6 +91,11 @@ static DEVICE: AtomicPtr<c_void> = AtomicPtr::new(std::ptr::null_mut());
 /// Ctrl+Break end a refresh loop quietly instead of killing the process,
 /// and cancel a request pending in the driver (`events --follow`), which
 /// then completes with `STATUS_CANCELLED` (`ERROR_OPERATION_ABORTED`).
+// Hand-written rather than the ctrlc crate: that crate runs its closure on
+// a thread it spawns, waiting for a semaphore the handler releases; this
+// handler cancels the pending request itself, on the console's thread, at
+// once (and the emulated tests run it as the console would, with no other
+// thread).
 unsafe extern "system" fn on_ctrl(event: u32) -> BOOL {
     let handled = event == CTRL_C_EVENT || event == CTRL_BREAK_EVENT;
     if handled {
@@ -103,7 +114,10 @@ unsafe extern "system" fn on_ctrl(event: u32) -> BOOL {
 
 /// `not_installed` or the [`service_state_name`] of service `name`.
 fn service_state(name: &str) -> Result<&'static str, Error> {
-    let fail = |c, what: &str| Error::system(Step::ServiceControl, c, what);
+    let fail = |c, call: &str| {
+        let action = format!("asking the service control manager about service {name}");
+        Error::system(Step::ServiceControl, c, &action, call)
+    };
     // SAFETY: null machine and database select the local, active
     // database; SC_MANAGER_CONNECT is granted to every user.
     let scm = unsafe { OpenSCManagerW(std::ptr::null(), std::ptr::null(), SC_MANAGER_CONNECT) };
@@ -244,6 +258,7 @@ impl ControlDevice for Device {
 impl System for Windows {
     type Engine = fwpm::Session;
     type Device = Device;
+    type Lookup = names::PoolLookup;
 
     fn engine(&mut self, dynamic: bool) -> Result<fwpm::Session, Error> {
         fwpm::Session::open(dynamic)
@@ -267,12 +282,15 @@ impl System for Windows {
         };
         // The last error is read before anything (an allocation) can change it.
         let handle = Owned::new(handle, CloseHandle);
-        let what = format!("CreateFileW({})", catalog::DEVICE_USER_PATH);
-        let handle = handle.map_err(|c| Error::system(Step::OpenDevice, c, &what))?;
+        let call = format!("CreateFileW({})", catalog::DEVICE_USER_PATH);
+        let action = "opening the wfpmon control device";
+        let handle = handle.map_err(|c| Error::system(Step::OpenDevice, c, action, call))?;
         // SAFETY: no attributes, no name; manual reset, as overlapped I/O needs.
         let event = unsafe { CreateEventW(std::ptr::null(), 1, 0, std::ptr::null()) };
         let event = Owned::new(event, CloseHandle);
-        let event = event.map_err(|c| Error::system(Step::OpenDevice, c, "CreateEventW"))?;
+        let action = "creating an event for overlapped I/O";
+        let event =
+            event.map_err(|c| Error::system(Step::OpenDevice, c, action, "CreateEventW"))?;
         DEVICE.store(handle.0, Ordering::SeqCst);
         Ok(Device { handle, event })
     }
@@ -323,6 +341,8 @@ impl System for Windows {
     }
 
     fn terminal(&mut self) -> Option<Terminal> {
+        // The width from the terminal_size crate; None: stdout is no console.
+        let (terminal_size::Width(width), _) = terminal_size::terminal_size()?;
         // SAFETY: no preconditions.
         let out = unsafe { GetStdHandle(STD_OUTPUT_HANDLE) };
         let mut mode = 0;
@@ -333,11 +353,7 @@ impl System for Windows {
         }
         // SAFETY: `out` is a console output handle.
         let vt = unsafe { SetConsoleMode(out, mode | ENABLE_VIRTUAL_TERMINAL_PROCESSING) } != 0;
-        let mut info = CONSOLE_SCREEN_BUFFER_INFO::default();
-        // SAFETY: `out` is a console output handle and `info` a valid out-pointer.
-        let ok = unsafe { GetConsoleScreenBufferInfo(out, &raw mut info) } != 0;
-        let width = i32::from(info.srWindow.Right) - i32::from(info.srWindow.Left) + 1;
-        let width = usize::try_from(width).ok().filter(|_| ok).unwrap_or(80);
+        let width = usize::from(width);
         Some(Terminal { width, vt })
     }
 
@@ -352,4 +368,77 @@ impl System for Windows {
     fn interrupted(&mut self) -> bool {
         INTERRUPTED.load(Ordering::SeqCst)
     }
+
+    fn message_text(&mut self, code: SystemCode) -> Option<String> {
+        message_text(code)
+    }
+
+    fn utc_offset(&mut self, time: SystemTime) -> i32 {
+        let utc = chrono::DateTime::<chrono::Utc>::from(time).naive_utc();
+        chrono::Local
+            .offset_from_utc_datetime(&utc)
+            .local_minus_utc()
+    }
+
+    fn warn(&mut self, text: &str) {
+        eprint!("wfpmonctl: {text}");
+    }
+
+    fn services(&mut self) -> Result<Vec<(u32, String)>, Error> {
+        names::services()
+    }
+
+    fn lookup(&mut self) -> names::PoolLookup {
+        names::PoolLookup::default()
+    }
+}
+
+/// The system's message text for `code` (`FormatMessageW`, in the user's
+/// language): Win32 errors and HRESULTs from the system's message table
+/// (`FWP_E_*` also from fwpuclnt.dll's, should the system's lack them),
+/// `NTSTATUS` values from ntdll.dll's.
+fn message_text(code: SystemCode) -> Option<String> {
+    let (id, modules): (u32, &[&str]) = match code {
+        SystemCode::Win32(c) => (c, &[""]),
+        SystemCode::HResult(h) => (h.cast_unsigned(), &["", "fwpuclnt.dll"]),
+        SystemCode::NtStatus(s) => (s, &["ntdll.dll"]),
+    };
+    modules.iter().find_map(|module| {
+        let source = if module.is_empty() {
+            std::ptr::null_mut()
+        } else {
+            let name = wide(module);
+            // SAFETY: `name` is NUL-terminated; a module of this process
+            // (both are loaded: ntdll always, fwpuclnt as an import), no
+            // reference taken.
+            let handle = unsafe { GetModuleHandleW(name.as_ptr()) };
+            if handle.is_null() {
+                return None;
+            }
+            handle
+        };
+        let from = if source.is_null() {
+            FORMAT_MESSAGE_FROM_SYSTEM
+        } else {
+            FORMAT_MESSAGE_FROM_HMODULE
+        };
+        let mut buffer = [0u16; 1024];
+        // SAFETY: `buffer` holds the length passed; the source is null or a
+        // loaded module; no inserts are read (IGNORE_INSERTS), so no
+        // arguments are passed; language 0: the user's, with fallbacks.
+        let n = unsafe {
+            FormatMessageW(
+                from | FORMAT_MESSAGE_IGNORE_INSERTS,
+                source.cast_const(),
+                id,
+                0,
+                buffer.as_mut_ptr(),
+                1024,
+                std::ptr::null(),
+            )
+        };
+        let text = String::from_utf16_lossy(buffer.get(..n as usize)?);
+        let text = text.trim_end().to_owned();
+        (!text.is_empty()).then_some(text)
+    })
 }

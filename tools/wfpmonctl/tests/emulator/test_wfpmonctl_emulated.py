@@ -206,6 +206,37 @@ FLOW_ENTRY, EVENT_SIZE, PROCESS_ENTRY = 104, 128, 624
 FROM_NOW = (1 << 64) - 1
 BOOT = 3600 * 10_000_000  # the driver's interrupt time when the emulated clock starts: 1 h after boot
 FWPM_CALLOUT_FLAG_REGISTERED = 0x40000
+ERROR_ACCESS_DENIED, ERROR_REVISION_MISMATCH, ERROR_MR_MID_NOT_FOUND = 5, 1306, 317
+RPC_S_SERVER_UNAVAILABLE, RPC_S_CANNOT_SUPPORT = 1722, 1764
+FORMAT_MESSAGE_IGNORE_INSERTS, FORMAT_MESSAGE_FROM_HMODULE, FORMAT_MESSAGE_FROM_SYSTEM = 0x200, 0x800, 0x1000
+# FormatMessageW's message tables: the system's (Win32 codes; the texts of
+# Microsoft's "System Error Codes" pages, with the CR LF the tables end
+# each message with) and fwpuclnt.dll's (the WFP codes, "WFP Error Codes").
+SYSTEM_MESSAGES = {
+    2: "The system cannot find the file specified.",
+    5: "Access is denied.",
+    170: "The requested resource is in use.",
+    995: "The I/O operation has been aborted because of either a thread exit or an application request.",
+    1306: "Indicates two revision levels are incompatible.",
+    1722: "The RPC server is unavailable.",
+    1753: "There are no more endpoints available from the endpoint mapper.",
+    1764: "The requested operation is not supported.",
+}
+STATUS_INSUFFICIENT_RESOURCES = 0xC000009A
+MODULE_MESSAGES = {"fwpuclnt.dll": {FWP_E_ALREADY_EXISTS: "An object with that GUID or LUID already exists."},
+                   "ntdll.dll": {STATUS_INSUFFICIENT_RESOURCES:
+                                 "Insufficient system resources exist to complete the API."}}
+# Names: EnumServicesStatusExW (winsvc.h), GetNameInfoW (ws2tcpip.h), the
+# thread pool's QueueUserWorkItem, and the time zone.
+SC_ENUM_PROCESS_INFO, SERVICE_WIN32, SERVICE_ACTIVE, SERVICE_RUNNING = 0, 0x30, 1, 4
+ENUM_SERVICE_STATUS_PROCESS_SIZE = 56  # two pointers, SERVICE_STATUS_PROCESS (9 DWORDs), padding
+NI_NAMEREQD, NI_MAXHOST, WSAHOST_NOT_FOUND, WT_EXECUTELONGFUNCTION = 4, 1025, 11001, 0x10
+AF_INET6_WIN = 23
+# TIME_ZONE_INFORMATION of "W. Europe Standard Time": UTC+1, summer time
+# (UTC+2) from the last Sunday of March 02:00 to the last Sunday of October
+# 03:00 (SYSTEMTIME: year 0, month, day of week, occurrence 5 = last, hour).
+W_EUROPE = dict(bias=-60, standard=(0, 10, 0, 5, 3, 0, 0, 0), standard_bias=0,
+                daylight=(0, 3, 0, 5, 2, 0, 0, 0), daylight_bias=-60)
 NOT_FOUND = {"Provider": 0x80320005, "SubLayer": 0x80320007, "Callout": 0x80320001, "Filter": 0x80320003}
 
 
@@ -272,6 +303,7 @@ class FakeDriver:
         # walk-free statistics' totals; with STATS_LIVE_TRAFFIC the open
         # flows' traffic is added.
         self.ended = (0, 0, 0, 0)
+        self.version = VERSION  # another build's driver has another
 
     def stats(self, live):
         sums = [sum(f[k] for f in self.flows) if live else 0
@@ -323,7 +355,10 @@ class FakeDriver:
     def ioctl(self, code, request, out_len):
         """(Win32 status, output bytes), or (PENDING, resolved cursor)."""
         version, size = struct.unpack_from("<II", request)
-        if version != VERSION or size != len(request):
+        if version != self.version:
+            # STATUS_REVISION_MISMATCH, as RtlNtStatusToDosError maps it.
+            return ERROR_REVISION_MISMATCH, b""
+        if size != len(request):
             return ERROR_INVALID_PARAMETER, b""
         if code == IOCTL_QUERY_STATS and len(request) == 16 and out_len >= 88:
             flags, reserved = struct.unpack_from("<II", request, 8)
@@ -396,6 +431,15 @@ class Machine:
         self.registered = set(registered)  # callout keys the driver has registered
         self.processes = processes or {}  # pid -> image path
         self.console = console  # stdout console width, or None: stdout is a pipe
+        self.device_error = None  # what CreateFileW fails with on a present device (ERROR_ACCESS_DENIED: not elevated)
+        self.service_table: list[tuple[int, str]] = []  # running services: (pid, name)
+        self.services_per_call = None  # EnumServicesStatusExW returns at most this many (then ERROR_MORE_DATA)
+        # Reverse DNS: address -> the answers of successive lookups, each
+        # (name or None, milliseconds it takes or None: never answers);
+        # other addresses have no name and answer at once.
+        self.dns: dict[str, list[tuple]] = {}
+        self.time_zone = W_EUROPE
+        self.wall_start = None  # the wall clock at the start (FILETIME; None: 2026-01-01T00:00:00Z)
         self.closed_stdout_after = closed_stdout_after  # writes accepted before the pipe closes
         self.ctrl_c_at_sleep = None  # Ctrl+C is pressed during the n-th Sleep (1-based)
         self.drives = {"C:": r"\Device\HarddiskVolume3", "E:": r"\Device\HarddiskVolume30"}  # QueryDosDeviceW
@@ -498,6 +542,13 @@ class Run:
             ("kernel32", "QueryPerformanceFrequency", 1, self._qpf),
             ("kernel32", "QueryPerformanceCounter", 1, self._qpc),
             ("kernel32", "GetSystemTimePreciseAsFileTime", 1, self._filetime),
+            ("kernel32", "FormatMessageW", 7, self._format_message),
+            ("kernel32", "GetTimeZoneInformationForYear", 3, self._time_zone),
+            ("kernel32", "QueueUserWorkItem", 3, self._queue_work),
+            ("ws2_32", "WSAStartup", 2, self._wsa_startup),
+            ("ws2_32", "GetNameInfoW", 7, self._get_name_info),
+            ("advapi32", "EnumServicesStatusExW", 10, self._enum_services),
+            ("kernel32", "GetModuleHandleW", 1, self._get_module_handle),
             ("advapi32", "OpenSCManagerW", 3, lambda emu, a: self.SCM),
             ("advapi32", "OpenServiceW", 3, self._open_service),
             ("advapi32", "QueryServiceStatusEx", 5, self._query_service),
@@ -505,6 +556,10 @@ class Run:
         ]
         self.std_handles: dict[int, str] = {}
         self.services_by_handle: dict[int, str] = {}
+        self.modules: dict[int, str] = {}  # GetModuleHandleW's answers
+        self.work: list[dict] = []  # queued thread-pool work items not run yet
+        self.answering: dict[str, list] = {}  # per address: the answers of work items running
+        self.lookups: list[str] = []  # the addresses GetNameInfoW was asked for, in order
         for module_name, api, argc, fn in hooks:
             self.se.add_api_hook(self._plain(fn), module_name, api, argc=argc)
         self.se.run_module(module, all_entrypoints=False)
@@ -611,7 +666,8 @@ class Run:
         return self._capture(emu, handle, self.se.mem_read(buf, count * 2).decode("utf-16-le"), count, written)
 
     def _nt_write_file(self, emu, api_name, func, args):
-        handle, iosb, buf, count = args[0], args[4], args[5], args[6]
+        # Length is a ULONG: the register's upper half is not part of it.
+        handle, iosb, buf, count = args[0], args[4], args[5], args[6] & 0xFFFFFFFF
         if handle not in self.std_handles:
             return func(args)
         if not self._capture(emu, handle, self.se.mem_read(buf, count).decode("utf-8"), count, 0):
@@ -625,8 +681,9 @@ class Run:
             return func(args)
         self.calls.append(("CreateFileW", (path, args[1])))
         self.device_flags = args[5]
-        if self.machine.driver is None:
-            emu.set_last_error(ERROR_FILE_NOT_FOUND)
+        error = ERROR_FILE_NOT_FOUND if self.machine.driver is None else self.machine.device_error
+        if error:
+            emu.set_last_error(error)
             return 0xFFFFFFFFFFFFFFFF
         return self.DEVICE
 
@@ -774,6 +831,141 @@ class Run:
             return 1
         return func(args)
 
+    def _get_module_handle(self, emu, api_name, func, args):
+        handle = func(args)
+        if handle and args[0]:
+            self.modules[handle] = self.wstr(args[0]).lower()
+        return handle
+
+    def _format_message(self, emu, args):
+        """FormatMessageW(flags, source, id, language, buffer, size, args)
+        from the fake message tables; a message no table holds fails with
+        ERROR_MR_MID_NOT_FOUND, as documented."""
+        flags, source, code, _, buffer, size, arguments = args[:7]
+        module = self.modules.get(source) if flags & FORMAT_MESSAGE_FROM_HMODULE else None
+        self.calls.append(("FormatMessageW", (code, module)))
+        assert flags & FORMAT_MESSAGE_IGNORE_INSERTS and not arguments, "no inserts are expanded"
+        text = MODULE_MESSAGES.get(module, {}).get(code) if flags & FORMAT_MESSAGE_FROM_HMODULE else None
+        if text is None and flags & FORMAT_MESSAGE_FROM_SYSTEM:
+            text = SYSTEM_MESSAGES.get(code)
+        if text is None:
+            emu.set_last_error(ERROR_MR_MID_NOT_FOUND)
+            return 0
+        data = (text + "\r\n").encode("utf-16-le")
+        assert len(data) // 2 < size
+        self.se.mem_write(buffer, data + b"\0\0")
+        return len(data) // 2
+
+    # -- names ---------------------------------------------------------------
+
+    def _time_zone(self, emu, args):
+        """GetTimeZoneInformationForYear(year, NULL, &tzi): the machine's zone."""
+        year, dynamic, tzi = args[:3]
+        assert dynamic == 0, "the current time zone"
+        self.calls.append(("GetTimeZoneInformationForYear", year & 0xFFFF))
+        z = self.machine.time_zone
+        self.se.mem_write(tzi, struct.pack("<l64s8Hl64s8Hl", z["bias"], "Standard".encode("utf-16-le"), *z["standard"],
+                                           z["standard_bias"], "Daylight".encode("utf-16-le"), *z["daylight"],
+                                           z["daylight_bias"]))
+        return 1
+
+    def _wsa_startup(self, emu, args):
+        assert args[0] & 0xFFFF == 0x0202
+        self.calls.append(("WSAStartup", None))
+        return 0
+
+    def _sockaddr(self, addr: int) -> str:
+        import ipaddress
+        family = struct.unpack("<H", self.se.mem_read(addr, 2))[0]
+        if family == 2:
+            return str(ipaddress.IPv4Address(bytes(self.se.mem_read(addr + 4, 4))))
+        assert family == AF_INET6_WIN, family
+        return str(ipaddress.IPv6Address(bytes(self.se.mem_read(addr + 8, 16))))
+
+    def _queue_work(self, emu, args):
+        """QueueUserWorkItem: the pool runs the callback later, on a thread
+        of its own; here during the Sleep by which its lookup has answered
+        (a lookup that never answers is never run). The job's socket address
+        says which lookup it is."""
+        fn, ctx, flags = args[:3]
+        assert flags & WT_EXECUTELONGFUNCTION, "a lookup may block: a long function"
+        addr = self._sockaddr(ctx)
+        answers = self.machine.dns.get(addr)
+        name, ms = answers.pop(0) if answers else (None, 0)
+        self.calls.append(("QueueUserWorkItem", addr))
+        self.work.append(dict(fn=fn, ctx=ctx, addr=addr, name=name,
+                              due=None if ms is None else self.clock_ms + ms))
+        return 1
+
+    def _run_due_work(self, emu):
+        due = [w for w in self.work if w["due"] is not None and w["due"] <= self.clock_ms]
+        if not due:
+            return
+        kernel32, _ = emu.api.get_export_func_handler("kernel32", "Sleep")
+        for w in due:
+            self.work.remove(w)
+            self.answering.setdefault(w["addr"], []).append(w["name"])
+            kernel32.setup_callback(w["fn"], [w["ctx"]])
+
+    def _get_name_info(self, emu, args):
+        """GetNameInfoW(sockaddr, len, host, hostlen, serv, servlen, flags)
+        with NI_NAMEREQD: the name, or WSAHOST_NOT_FOUND when there is none."""
+        sa, salen, host, hostlen, serv, servlen, flags = args[:7]
+        assert flags & NI_NAMEREQD and not serv and hostlen & 0xFFFFFFFF == NI_MAXHOST
+        addr = self._sockaddr(sa)
+        assert salen & 0xFFFFFFFF == (16 if "." in addr else 28)
+        self.lookups.append(addr)
+        name = self.answering[addr].pop(0)
+        if name is None:
+            emu.set_last_error(WSAHOST_NOT_FOUND)
+            return WSAHOST_NOT_FOUND
+        self.se.mem_write(host, name.encode("utf-16-le") + b"\0\0")
+        return 0
+
+    def _enum_services(self, emu, args):
+        """EnumServicesStatusExW(scm, SC_ENUM_PROCESS_INFO, SERVICE_WIN32,
+        SERVICE_ACTIVE, buffer, size, &needed, &returned, &resume, NULL): as
+        many ENUM_SERVICE_STATUS_PROCESSW records as fit, their strings at
+        the buffer's end; ERROR_MORE_DATA, the bytes the rest needs and the
+        resume index when some did not fit."""
+        scm, level, kind, state, buf, size, needed, returned, resume, group = args[:10]
+        assert (level, kind, state, group) == (SC_ENUM_PROCESS_INFO, SERVICE_WIN32, SERVICE_ACTIVE, 0)
+        assert buf % 8 == 0, "records hold pointers"
+        start = struct.unpack("<I", self.se.mem_read(resume, 4))[0]
+        self.calls.append(("EnumServicesStatusExW", start))
+        table = self.machine.service_table[start:]
+        limit = self.machine.services_per_call or len(table)
+        size &= 0xFFFFFFFF
+        fit, end = 0, size
+        for pid, name in table[:limit]:
+            text = (name + "\0").encode("utf-16-le")
+            if (fit + 1) * ENUM_SERVICE_STATUS_PROCESS_SIZE > end - 2 * len(text):
+                break
+            end -= 2 * len(text)  # the name, and the same as display name
+            self.se.mem_write(buf + end, text + text)
+            record = struct.pack("<QQ9I", buf + end, buf + end + len(text), 0x20, SERVICE_RUNNING, 1, 0, 0, 0, 0,
+                                 pid, 0)
+            self.se.mem_write(buf + fit * ENUM_SERVICE_STATUS_PROCESS_SIZE, record.ljust(56, b"\0"))
+            fit += 1
+        rest = table[fit:]
+        self.se.mem_write(returned, struct.pack("<I", fit))
+        self.se.mem_write(needed, struct.pack("<I", sum(56 + 4 * (len(n) + 1) for _, n in rest)))
+        self.se.mem_write(resume, struct.pack("<I", start + fit if rest else 0))
+        if rest:
+            emu.set_last_error(ERROR_MORE_DATA)
+            return 0
+        return 1
+
+    def local(self, utc_iso: str) -> str:
+        """wfpmonctl's local time of an RFC 3339 UTC time, on this machine's
+        zone: computed with Python's tz database (Europe/Berlin keeps the
+        rules W_EUROPE states), independently of Windows' structure."""
+        import datetime
+        import zoneinfo
+        assert self.machine.time_zone is W_EUROPE
+        t = datetime.datetime.fromisoformat(utc_iso.replace("Z", "+00:00"))
+        return t.astimezone(zoneinfo.ZoneInfo("Europe/Berlin")).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
     def _open_process(self, emu, args):
         pid = args[2]
         if pid not in self.machine.processes:
@@ -790,6 +982,7 @@ class Run:
     def _sleep(self, emu, args):
         self.sleeps.append(args[0])
         self.clock_ms += args[0]
+        self._run_due_work(emu)
         if self.machine.ctrl_c_at_sleep == len(self.sleeps):
             # The console delivers CTRL_C_EVENT: the registered handler runs
             # as if Sleep had called it, and returns to Sleep's caller.
@@ -811,7 +1004,8 @@ class Run:
         return 1
 
     def _filetime(self, emu, args):
-        self.se.mem_write(args[0], struct.pack("<Q", self.FILETIME_2026 + self.clock_ms * 10_000))
+        start = self.machine.wall_start or self.FILETIME_2026
+        self.se.mem_write(args[0], struct.pack("<Q", start + self.clock_ms * 10_000))
         return 0
 
     def _open_service(self, emu, args):
@@ -925,22 +1119,44 @@ def test_already_installed_aborts_and_exits_6(exe):
     run = Run(exe, ["install"], {"FwpmProviderAdd0": FWP_E_ALREADY_EXISTS})
     assert run.exit_code == 6
     assert run.names() == ["FwpmEngineOpen0", "FwpmTransactionBegin0", "FwpmProviderAdd0",
-                           "FwpmTransactionAbort0", "FwpmEngineClose0"]
-    assert "already" in run.stderr and "uninstall" in run.stderr
+                           "FwpmTransactionAbort0", "FwpmEngineClose0", "FormatMessageW", "FormatMessageW"]
+    assert run.added("FormatMessageW") == [(FWP_E_ALREADY_EXISTS, None), (FWP_E_ALREADY_EXISTS, "fwpuclnt.dll")], \
+        "the system's message table, then fwpuclnt.dll's"
+    assert run.stderr == (
+        "wfpmonctl: error: wfpmon's filter-engine objects are already installed: `wfpmonctl uninstall` removes them "
+        "[FwpmProviderAdd0 (provider wfpmon) failed: HRESULT 0x80320009: An object with that GUID or LUID already "
+        "exists.]\n"), run.stderr
+
+
+def test_an_ntstatus_carries_ntdlls_message_text(exe):
+    """An Fwpm* call answering HRESULT_FROM_NT(STATUS_INSUFFICIENT_RESOURCES):
+    the NTSTATUS and its text from ntdll.dll's message table."""
+    run = Run(exe, ["install"], {"FwpmProviderAdd0": STATUS_INSUFFICIENT_RESOURCES | 0x10000000})
+    assert run.exit_code == 1
+    assert run.added("FormatMessageW") == [(STATUS_INSUFFICIENT_RESOURCES, "ntdll.dll")]
+    assert run.stderr == (
+        "wfpmonctl: error: adding wfpmon's filter-engine objects failed [FwpmProviderAdd0 (provider wfpmon) failed: "
+        "NTSTATUS 0xC000009A: Insufficient system resources exist to complete the API.]\n"), run.stderr
 
 
 def test_a_late_failure_aborts_everything(exe):
     run = Run(exe, ["install"], {"FwpmFilterAdd0": lambda i: FWP_E_ALREADY_EXISTS if i == 3 else 0})
     assert run.exit_code == 6
     assert "FwpmTransactionCommit0" not in run.names()
-    assert run.names()[-2:] == ["FwpmTransactionAbort0", "FwpmEngineClose0"]
+    assert [n for n in run.names() if n != "FormatMessageW"][-2:] == ["FwpmTransactionAbort0", "FwpmEngineClose0"]
 
 
 def test_bfe_not_running_exits_4(exe):
-    run = Run(exe, ["install"], {"FwpmEngineOpen0": EPT_S_NOT_REGISTERED})
+    machine = Machine(services={"BFE": 1, "wfpmon": 4})
+    run = Run(exe, ["install"], {"FwpmEngineOpen0": EPT_S_NOT_REGISTERED}, machine=machine)
     assert run.exit_code == 4
-    assert run.names() == ["FwpmEngineOpen0"]
-    assert "Base Filtering Engine" in run.stderr
+    assert run.names() == ["FwpmEngineOpen0", "QueryServiceStatusEx", "FormatMessageW"], \
+        "the engine refused, BFE's state says why, the code's text is read"
+    assert run.stderr == (
+        "wfpmonctl: error: the Base Filtering Engine (service BFE) is not running (service stopped): start it from an "
+        "elevated prompt with `sc.exe start bfe` (if it is disabled: `sc.exe config bfe start= auto` first) "
+        "[FwpmEngineOpen0 failed: Win32 error 1753 (0x000006D9): There are no more endpoints available from the "
+        "endpoint mapper.]\n"), run.stderr
 
 
 def test_usage_errors_exit_2_and_touch_nothing(exe):
@@ -999,7 +1215,7 @@ def test_status_active_and_check(exe):
 def test_status_check_fails_unless_everything_is_active(exe):
     stopped = Machine(driver=None, installed=installed_everything())
     run = Run(exe, ["status", "--check"], machine=stopped)
-    assert run.exit_code == 8
+    assert run.exit_code == 5, "installed, stopped"
     assert run.stdout.splitlines()[0] == "monitoring INACTIVE: driver stopped, 0/6 callouts registered, 6/6 filters"
     assert "sc.exe start wfpmon" in run.stdout
     assert Run(exe, ["status"], machine=stopped).exit_code == 0, "without --check the verdict is no failure"
@@ -1015,15 +1231,111 @@ def test_status_check_fails_unless_everything_is_active(exe):
     assert "not_installed" not in run.stdout and "driver not installed" in run.stdout
 
 
+# --- diagnoses: each case with its message, remedy, system text and exit code --
+
+PNPUTIL = "`pnputil /add-driver wfpmon.inf /install`"
+
+
+def diagnosis_machine(case):
+    """A machine showing one case; `status` and the commands must tell it apart."""
+    if case == "driver_not_installed":
+        return Machine(driver=None, services={"BFE": 4}, installed=installed_everything())
+    if case == "driver_stopped":
+        return Machine(driver=None, services={"BFE": 4, "wfpmon": 1}, installed=installed_everything())
+    machine = running_machine(driver=FakeDriver(sample_flows(), processes=process_table()))
+    if case == "not_elevated":
+        # The control device's DACL admits SYSTEM and Administrators only.
+        machine.device_error = ERROR_ACCESS_DENIED
+    elif case == "protocol_mismatch":
+        machine.driver.version = VERSION + 1
+    elif case in ("bfe_stopped", "bfe_absent"):
+        machine.services = {"wfpmon": 4} if case == "bfe_absent" else {"BFE": 1, "wfpmon": 4}
+    elif case == "device_busy":
+        machine.driver.busy = 100  # another client's process query holds the table
+    return machine
+
+
+ENGINE_DOWN = {"bfe_stopped": {"FwpmEngineOpen0": EPT_S_NOT_REGISTERED},
+               "bfe_absent": {"FwpmEngineOpen0": RPC_S_SERVER_UNAVAILABLE}}
+
+
+@pytest.mark.parametrize("case, args, code, message, text", [
+    ("driver_not_installed", ["flows"], 9,
+     f"the wfpmon driver is not installed: install the driver package from an elevated prompt with {PNPUTIL}, then "
+     "start it with `sc.exe start wfpmon`", "Win32 error 2 (0x00000002): The system cannot find the file specified."),
+    ("driver_stopped", ["events"], 5,
+     "the wfpmon driver is installed but not running (service stopped): start it from an elevated prompt with "
+     "`sc.exe start wfpmon`", "Win32 error 2 (0x00000002): The system cannot find the file specified."),
+    ("not_elevated", ["procs"], 3,
+     "access denied: run wfpmonctl as administrator (from an elevated prompt)",
+     "Win32 error 5 (0x00000005): Access is denied."),
+    ("bfe_stopped", ["install"], 4,
+     "the Base Filtering Engine (service BFE) is not running (service stopped): start it from an elevated prompt with "
+     "`sc.exe start bfe`", "Win32 error 1753 (0x000006D9): There are no more endpoints available from the endpoint mapper."),
+    ("bfe_absent", ["uninstall"], 4,
+     "the Base Filtering Engine service (BFE) does not exist on this system: wfpmon needs the Windows Filtering "
+     "Platform", "Win32 error 1722 (0x000006BA): The RPC server is unavailable."),
+    ("protocol_mismatch", ["flows"], 7,
+     "the wfpmon driver refused a request of this wfpmonctl: they come from different builds: install the driver and "
+     "wfpmonctl from the same build", "Win32 error 1306 (0x0000051A): Indicates two revision levels are incompatible."),
+    ("device_busy", ["procs"], 10,
+     "the wfpmon driver stayed busy with another client's query (5 attempts, 20 ms apart): try again in a moment",
+     "Win32 error 170 (0x000000AA): The requested resource is in use."),
+])
+def test_each_diagnosis_has_its_message_remedy_text_and_exit_code(exe, case, args, code, message, text):
+    run = Run(exe, args, ENGINE_DOWN.get(case), machine=diagnosis_machine(case))
+    assert run.exit_code == code, run.stderr
+    assert run.stdout == ""
+    assert run.stderr.startswith(f"wfpmonctl: error: {message}"), run.stderr
+    assert run.stderr.endswith(f" failed: {text}]\n"), run.stderr
+    assert "::" not in run.stderr and run.stderr.count("\n") == 1, "one line, no internal names"
+
+
+@pytest.mark.parametrize("case, code, diagnosis, problem", [
+    ("driver_not_installed", 9, "driver_not_installed", PNPUTIL),
+    ("driver_stopped", 5, "driver_stopped", "sc.exe start wfpmon"),
+    ("not_elevated", 3, "not_elevated", "as administrator"),
+    ("bfe_stopped", 4, "bfe_not_running", "sc.exe start bfe"),
+    ("bfe_absent", 4, "bfe_not_running", "does not exist"),
+    ("protocol_mismatch", 7, "protocol_mismatch", "same build"),
+])
+def test_status_check_exits_with_each_diagnosis(exe, case, code, diagnosis, problem):
+    run = Run(exe, ["status", "--check", "--json"], ENGINE_DOWN.get(case), machine=diagnosis_machine(case))
+    assert run.exit_code == code, run.stdout + run.stderr
+    (doc,) = run.json_lines()
+    check_schema(doc)
+    assert (doc["diagnosis"], doc["exit_code"], doc["active"]) == (diagnosis, code, False)
+    assert doc["verdict"].startswith("monitoring INACTIVE: ")
+    first = doc["problems"][0]
+    assert problem in first and first.endswith(".]") and "failed: Win32 error" in first, "the code and its text"
+
+
+def test_status_text_lists_the_problems_with_their_remedies(exe):
+    run = Run(exe, ["status", "--check"], machine=diagnosis_machine("driver_not_installed"))
+    assert run.exit_code == 9
+    assert run.stdout.splitlines() == [
+        "monitoring INACTIVE: driver not installed, 0/6 callouts registered, 6/6 filters",
+        f"  - the wfpmon driver is not installed: install the driver package from an elevated prompt with {PNPUTIL}, "
+        "then start it with `sc.exe start wfpmon` [CreateFileW(\\\\.\\GLOBALROOT\\Device\\WfpMon) failed: Win32 error 2 "
+        "(0x00000002): The system cannot find the file specified.]",
+    ]
+
+
+def test_status_reads_the_drivers_protocol_version(exe):
+    (doc,) = Run(exe, ["status", "--json"], machine=running_machine()).json_lines()
+    assert (doc["diagnosis"], doc["exit_code"], doc["driver_protocol_version"]) == ("active", 0, VERSION)
+
+
 README = (HERE.parents[1] / "README.md").read_text()
-JSON_TYPES = {"string": str, "integer": int, "number": float, "boolean": bool, "array": list, "object": dict}
+JSON_TYPES = {"string": str, "integer": int, "number": float, "boolean": bool, "array": list, "object": dict,
+              "string or null": (str, type(None))}
 
 
 def readme_schema(name: str) -> dict:
     """{key path: (JSON type, optional)} from the README's table of `name`."""
     section = README[README.index(f"### `{name}`"):]
     section = section[:section.index("\n\n", section.index("| key |"))]
-    rows = re.findall(r"^\| `([^`]+)` \| (\w+) \| (.*) \|$", section, re.M)
+    rows = re.findall(r"^\| `([^`]+)` \| (\w+(?: or null)?) \| (.*) \|$", section, re.M)
     assert rows, name
     return {key: (JSON_TYPES[kind], "*optional*" in meaning) for key, kind, meaning in rows}
 
@@ -1048,6 +1360,7 @@ def check_schema(doc: dict):
         assert path in schema, f"{doc['schema']}: undocumented key {path}"
         kind, _ = schema[path]
         assert isinstance(value, kind) and not (kind is int and isinstance(value, bool)), (path, value)
+        assert isinstance(kind, tuple) or value is not None, f"{path}: null only where documented"
         seen.add(path)
     for path, (_, optional) in schema.items():
         parent = path.rsplit("[].", 1)[0] if "[]." in path else None
@@ -1058,7 +1371,7 @@ def check_schema(doc: dict):
 def test_status_json_schema(exe):
     (doc,) = Run(exe, ["status", "--json"], machine=running_machine()).json_lines()
     check_schema(doc)
-    assert doc["schema"] == "wfpmon.status/1" and doc["timestamp"] == "2026-01-01T00:00:00.000Z"
+    assert doc["schema"] == "wfpmon.status/2" and doc["timestamp"] == "2026-01-01T00:00:00.000Z"
     assert (doc["active"], doc["driver_service"], doc["device"]) == (True, "running", "present")
     assert len(doc["objects"]) == 14
     (doc,) = Run(exe, ["status", "--json"], machine=Machine(driver=None)).json_lines()
@@ -1117,7 +1430,7 @@ def test_flows_table_names_sort_and_filters(exe):
     assert lines[0].split()[:6] == ["PID", "PROCESS", "PROTO", "DIR", "LOCAL", "REMOTE"]
     first = lines[1].split()
     assert first[:6] == ["1234", "firefox.exe", "tcp", "out", "10.0.0.5:50000", "93.184.216.34:443"]
-    assert "3.0 MiB" in lines[1] and "2.3k" in lines[1]
+    assert "3 MiB" in lines[1] and "2.3k" in lines[1]
     assert any(l.split()[:3] == ["4", "System", "icmp"] and "8/0" in l and "8.8.8.8 " in l + " " for l in lines)
     assert any(l.split()[:2] == ["888", "?"] and "[2001:db8:1234:5678:9abc:def0:1234:5678]:5353" in l for l in lines)
     assert lines[-1].startswith("3 of 3 matching flows (3 active)")
@@ -1149,7 +1462,7 @@ def test_flows_watch_json_is_ndjson_with_rates(exe):
     assert "\x1b" not in run.stdout and len(run.stdout.splitlines()) == 2
     for doc in (first, second):
         check_schema(doc)
-        assert doc["schema"] == "wfpmon.flows/1"
+        assert doc["schema"] == "wfpmon.flows/2"
     assert "interval_s" not in first and "rate_in" not in first["flows"][0]
     assert second["interval_s"] == 0.1 and second["timestamp"] == "2026-01-01T00:00:00.100Z"
     top = second["flows"][0]
@@ -1210,7 +1523,7 @@ def test_counting_and_an_absent_driver(exe):
     for args in (["counting", "on"], ["stats"], ["flows"]):
         run = Run(exe, args, machine=Machine(driver=None))
         assert run.exit_code == 5, args
-        assert "wfpmon driver is not loaded" in run.stderr and run.stdout == ""
+        assert "the wfpmon driver is installed but not running" in run.stderr and run.stdout == ""
 
 
 # --- events, procs and process names from the driver ---------------------------
@@ -1253,18 +1566,21 @@ def events_machine(**kw):
 
 def test_events_lists_what_the_driver_holds(exe):
     machine = events_machine()
-    run = Run(exe, ["events"], machine=machine)
+    run = Run(exe, ["events", "-n"], machine=machine)
     assert run.exit_code == 0, run.stderr
-    lines = run.stdout.splitlines()
-    assert lines == [
-        "2025-12-31T23:59:50.000Z established   1234 firefox.exe  tcp out 10.0.0.5:50000 -> 93.184.216.34:443"
-        r"  C:\program files\mozilla firefox\firefox.exe",
-        "2025-12-31T23:59:58.000Z ended         1234 firefox.exe  tcp out 10.0.0.5:50000 -> 93.184.216.34:443"
-        r"  after 8.0s, in 3.0 MiB (2.3k pkts), out 39.1 KiB (900 pkts)  C:\program files\mozilla firefox\firefox.exe",
-        "2025-12-31T23:59:59.000Z established    888 svchost.exe  udp in [2001:db8::5]:5353 <- [ff02::fb]:5353"
-        r"  E:\windows\system32\svchost.exe",
-        "2025-12-31T23:59:59.500Z established      4 System  icmp 8/0 out 10.0.0.5 -> 8.8.8.8 [no process]",
-    ], run.stdout
+    ff, svc = r"C:\program files\mozilla firefox\firefox.exe", r"E:\windows\system32\svchost.exe"
+    # -n: no HOST column (its header and cells are left out).
+    header = EVENT_HEADER.replace(" HOST", "")
+    assert run.stdout.splitlines() == columns(header, [
+        ["2026-01-01 00:59:50.000", "established", "1234", "firefox.exe", "tcp", "out", "10.0.0.5:50000",
+         "93.184.216.34:443", "", "", "", ff],
+        ["2026-01-01 00:59:58.000", "ended", "1234", "firefox.exe", "tcp", "out", "10.0.0.5:50000",
+         "93.184.216.34:443", "8.0s", "3 MiB (2.3k pkts)", "39.1 KiB (900 pkts)", ff],
+        ["2026-01-01 00:59:59.000", "established", "888", "svchost.exe", "udp", "in", "[2001:db8::5]:5353",
+         "[ff02::fb]:5353", "", "", "", svc],
+        ["2026-01-01 00:59:59.500", "established", "4", "System", "icmp 8/0", "out", "10.0.0.5", "8.8.8.8", "", "",
+         "", "[no process]"],
+    ], EVENT_RIGHT, tail=True), run.stdout
     assert machine.driver.requests == ["events 0", "processes 0"], "one read, one pass over the process table"
     assert [a for n, a in run.calls if n == "QueryDosDeviceW"] == [f"{chr(c)}:" for c in range(65, 91)], \
         "every drive letter, once"
@@ -1287,7 +1603,7 @@ def test_events_json_lines_follow_the_schema_and_filters_apply(exe):
     only = Run(exe, ["events", "--json", "--kind", "established", "--proto", "udp"], machine=events_machine())
     assert [d["seq"] for d in only.json_lines()] == [2]
     first = Run(exe, ["events", "--count", "2"], machine=events_machine())
-    assert len(first.stdout.splitlines()) == 2 and first.exit_code == 0
+    assert len(first.stdout.splitlines()) == 3 and first.exit_code == 0, "the header and 2 events"
 
 
 def test_follow_waits_in_the_driver_and_prints_events_as_they_come(exe):
@@ -1299,9 +1615,10 @@ def test_follow_waits_in_the_driver_and_prints_events_as_they_come(exe):
     assert run.exit_code == 0, run.stderr
     assert machine.driver.requests == [f"events {len(held_events())} wait", "processes 0", "events 5 wait"], \
         "from now (FROM_NOW resolved to the head), pending, then on from the cursor the answer gave"
-    lines = run.stdout.splitlines()
-    assert len(lines) == 2 and all(l.startswith("2026-01-01T00:00:03.000Z ended ") for l in lines), run.stdout
-    assert "svchost.exe  udp in" in lines[0] and "after 4.0s, in 700 B (5 pkts)" in lines[0]
+    header, *lines = run.stdout.splitlines()
+    assert header.startswith("TIME ") and len(lines) == 2, run.stdout
+    assert all(l.startswith("2026-01-01 01:00:03.000  ended ") for l in lines), run.stdout
+    assert "svchost.exe  udp    in " in lines[0] and "  4.0s  700 B (5 pkts)  0 B (0 pkts)" in lines[0], lines[0]
     # 3 s: three waits of a second time out (the service, running, is looked
     # at after each), the fourth gets the answer; then 1 s: one, and one.
     assert [a for n, a in run.calls if n == "wait"] == ["events"] * 6
@@ -1319,7 +1636,7 @@ def test_follow_from_start_reports_events_the_ring_overwrote(exe):
     for d in docs:
         check_schema(d)
     schemas = [d["schema"] for d in docs]
-    assert schemas == ["wfpmon.event/1"] * 4 + ["wfpmon.dropped/1"] + ["wfpmon.event/1"] * 6
+    assert schemas == ["wfpmon.event/2"] * 4 + ["wfpmon.dropped/1"] + ["wfpmon.event/2"] * 6
     # Held 0..3; 10 more into a ring of 6: 4..7 were overwritten before the
     # reader (at cursor 4) got them.
     assert (docs[4]["dropped"], docs[4]["next_seq"]) == (4, 8)
@@ -1359,7 +1676,7 @@ def test_follow_gives_way_to_a_service_stop(exe):
     machine.waits = [("events", [later], 2500), "service_stop"]
     run = Run(exe, ["events", "--follow"], machine=machine)
     assert run.exit_code == 5 and "the wfpmon driver is stopping" in run.stderr, run.stderr
-    assert len(run.stdout.splitlines()) == 1 and "svchost.exe" in run.stdout, "the event that came after 2.5 s"
+    assert len(run.stdout.splitlines()) == 2 and "svchost.exe" in run.stdout, "the header, the event after 2.5 s"
     assert [a for n, a in run.calls if n == "wait"] == ["events"] * 3 + ["service_stop"], \
         "two 1-s timeouts, the event, then a timeout that finds the service stopping"
     queries = [n for n, _ in run.calls if n == "QueryServiceStatusEx"]
@@ -1375,7 +1692,7 @@ def test_procs_table_with_driver_names_paths_and_footer(exe):
     assert run.exit_code == 0, run.stderr
     lines = run.stdout.splitlines()
     assert lines[0].split() == ["PID", "PROCESS", "FLOWS", "TOTAL", "IN", "OUT", "PATH"]
-    assert lines[1].split() == ["1234", "firefox.exe", "2", "40", "4.0", "MiB", "48.8", "KiB",
+    assert lines[1].split() == ["1234", "firefox.exe", "2", "40", "4", "MiB", "48.8", "KiB",
                                 "C:\\program", "files\\mozilla", "firefox\\firefox.exe"]
     assert lines[2].split() == ["888", "svchost.exe", "1", "3", "512", "B", "0", "B", r"E:\windows\system32\svchost.exe"]
     assert lines[3].split() == ["-", "?", "0", "1", "10", "B", "10", "B"], "no id, no path: nothing invented"
@@ -1409,8 +1726,9 @@ def test_procs_retries_a_busy_driver(exe):
     assert machine.driver.requests == ["processes 0"] * 3 and run.sleeps == [20, 20]
     machine = events_machine(busy=100)
     run = Run(exe, ["procs"], machine=machine)
-    assert run.exit_code == 1 and machine.driver.requests == ["processes 0"] * 5
-    assert "IOCTL_WFPMON_LIST_PROCESSES" in run.stderr and "stayed busy" in run.stderr and "[Win32 error 170" in run.stderr
+    assert run.exit_code == 10 and machine.driver.requests == ["processes 0"] * 5
+    assert "stayed busy" in run.stderr and "[DeviceIoControl(IOCTL_WFPMON_LIST_PROCESSES) failed: Win32 error 170" \
+        in run.stderr
 
 
 def test_procs_watch_shows_rates_from_the_drivers_clock(exe):
@@ -1452,3 +1770,209 @@ def test_ctrl_c_just_before_the_read_pends_is_not_lost(exe):
     assert cancels[1][0] == Run.DEVICE and cancels[1][1] != 0, "the request's own, naming its OVERLAPPED"
     assert not run.hung and (run.exit_code, run.stdout, run.stderr) == (0, "", "")
     assert machine.driver.requests == [f"events {len(held_events())} wait", "cancelled"]
+
+
+# --- units, local time, CSV, filters, --count ------------------------------------
+
+
+def columns(header: str, rows: list[list[str]], right: set[str], tail: bool = False) -> list[str]:
+    """The lines wfpmonctl's text tables are made of (README: columns as
+    wide as their widest cell or header, two spaces apart, numbers to the
+    right, trailing blanks trimmed; `tail`: the last column unpadded),
+    written independently of the Rust layout code."""
+    names = header.split()
+    cells = [names, *rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(names))]
+    lines = []
+    for r in cells:
+        parts = [(c.rjust(w) if n in right else c.ljust(w)) for c, w, n in zip(r, widths, names)]
+        if tail:
+            parts.append(r[len(names)] if len(r) > len(names) else "")
+        lines.append("  ".join(parts).rstrip())
+    return lines
+
+
+EVENT_HEADER = "TIME EVENT PID PROCESS PROTO DIR LOCAL REMOTE HOST AFTER IN OUT"
+EVENT_RIGHT = {"PID", "AFTER", "IN", "OUT"}
+
+
+def test_events_text_is_in_columns_at_local_time_with_names(exe):
+    machine = events_machine()
+    machine.service_table = [(888, "Dnscache"), (888, "mDNS"), (1234, "Unrelated")]
+    machine.dns = {"93.184.216.34": [("example.com", 30)]}
+    run = Run(exe, ["events"], machine=machine)
+    assert run.exit_code == 0, run.stderr
+    path_ff, path_svc = r"C:\program files\mozilla firefox\firefox.exe", r"E:\windows\system32\svchost.exe"
+    rows = [
+        [run.local("2025-12-31T23:59:50.000Z"), "established", "1234", "firefox.exe (Unrelated)", "tcp", "out",
+         "10.0.0.5:50000", "93.184.216.34:443", "example.com", "", "", "", path_ff],
+        [run.local("2025-12-31T23:59:58.000Z"), "ended", "1234", "firefox.exe (Unrelated)", "tcp", "out",
+         "10.0.0.5:50000", "93.184.216.34:443", "example.com", "8.0s", "3 MiB (2.3k pkts)", "39.1 KiB (900 pkts)",
+         path_ff],
+        [run.local("2025-12-31T23:59:59.000Z"), "established", "888", "svchost.exe (Dnscache, mDNS)", "udp", "in",
+         "[2001:db8::5]:5353", "[ff02::fb]:5353", "", "", "", "", path_svc],
+        [run.local("2025-12-31T23:59:59.500Z"), "established", "4", "System", "icmp 8/0", "out", "10.0.0.5",
+         "8.8.8.8", "", "", "", "", "[no process]"],
+    ]
+    assert rows[0][0] == "2026-01-01 00:59:50.000", "UTC+1 in winter"
+    assert run.stdout.splitlines() == columns(EVENT_HEADER, rows, EVENT_RIGHT, tail=True), run.stdout
+    # The lookup of 93.184.216.34 took 30 ms: one 50 ms wait; 8.8.8.8 has
+    # no name; ff02::fb (multicast) is not looked up.
+    assert run.sleeps == [50]
+    assert [a for n, a in run.calls if n == "QueueUserWorkItem"] == ["93.184.216.34", "8.8.8.8"]
+    assert run.lookups == ["93.184.216.34", "8.8.8.8"]
+    (doc, *_) = Run(exe, ["events", "--json", "-n"], machine=events_machine()).json_lines()
+    check_schema(doc)
+    assert doc["timestamp"] == "2025-12-31T23:59:50.000Z" and doc["remote_host"] is None, "JSON stays UTC"
+
+
+def test_local_time_follows_summer_time(exe):
+    machine = events_machine()
+    machine.wall_start = (1_782_864_000 + 11_644_473_600) * 10_000_000  # 2026-07-01T00:00:00Z
+    run = Run(exe, ["events", "--count", "1", "-n"], machine=machine)
+    assert run.stdout.splitlines()[1].startswith("2026-07-01 01:59:50.000  established"), run.stdout
+    assert run.local("2026-06-30T23:59:50.000Z") == "2026-07-01 01:59:50.000", "UTC+2 in summer"
+
+
+def test_units_bits_and_bytes_in_flows_procs_stats(exe):
+    run = Run(exe, ["flows", "--units", "bits", "-n", "--sort", "pid"], machine=flows_machine())
+    assert run.exit_code == 0, run.stderr
+    lines = run.stdout.splitlines()
+    firefox = lines[3].split()
+    # 3 MiB = 25 165 824 bits; 40 000 bytes = 320 kbit.
+    assert "25.2 Mbit" in lines[3] and "320 kbit" in lines[3], lines[3]
+    assert firefox[:2] == ["1234", "firefox.exe"]
+    assert lines[-1].endswith("in 25.2 Mbit, out 320.7 kbit"), lines[-1]
+    raw = Run(exe, ["flows", "--units", "bits", "--raw", "-n", "--pid", "1234"], machine=flows_machine()).stdout
+    assert str((3 << 20) * 8) in raw and " 320000 " in raw + " "
+
+    def traffic(flows):
+        flows[0]["bytes_in"] += 125_000  # 1 Mbit per 0.1 s refresh... per 1 s: 10 Mbit/s
+    machine = flows_machine(growth=traffic)
+    run = Run(exe, ["flows", "--units", "bits", "-n", "--watch", "0.1", "--count", "2"], machine=machine)
+    assert "now 10 Mbit/s in, 0 bits/s out" in run.stdout.splitlines()[-1], run.stdout
+    stats = Run(exe, ["stats", "--units", "bits"], machine=flows_machine()).stdout
+    assert any(l.startswith("bytes in") and l.endswith("25.2 Mbit") for l in stats.splitlines()), stats
+    procs = Run(exe, ["procs", "--units", "bits"], machine=events_machine()).stdout
+    assert procs.splitlines()[1].split()[4:8] == ["33.6", "Mbit", "400", "kbit"], procs
+
+
+def test_bad_input_is_a_usage_error_with_a_clear_message(exe):
+    # (Every message is also checked on the host: src/cli.rs.)
+    for args, message in [
+        (["flows", "--remote", "10.0.0.0/33"], "expected an IP address or a CIDR block"),
+        (["events", "--remote", "2001:db8::/129"], "expected an IP address or a CIDR block"),
+        (["flows", "--units", "nibbles"], "invalid value 'nibbles' for '--units"),
+        (["events", "--since", "yesterday"], "expected a duration (30s, 10m, 1h30m) or a time"),
+        (["flows", "-n", "--host", "example"], "cannot be used with"),
+    ]:
+        run = Run(exe, args, machine=flows_machine())
+        assert run.exit_code == 2, (args, run.stderr)
+        assert message in run.stderr, (args, run.stderr)
+        assert run.stdout == "" and not [c for c in run.calls if c[0] == "CreateFileW"], "nothing touched"
+
+
+def test_remote_cidr_and_host_filters(exe):
+    def pids(*args, dns=None):
+        machine = flows_machine()
+        machine.dns = copy.deepcopy(dns or {})
+        run = Run(exe, ["flows", "--json", "--sort", "pid", *args], machine=machine)
+        assert run.exit_code == 0, run.stderr
+        return [f["pid"] for f in run.json_lines()[0]["flows"]]
+
+    assert pids("-n", "--remote", "93.184.216.0/24") == [1234]
+    assert pids("-n", "--remote", "ff00::/8", "--remote", "8.8.8.8") == [4, 888], "any of several; an address"
+    assert pids("-n", "--remote", "10.0.0.0/8") == [], "the local address does not count"
+    named = {"93.184.216.34": [("edge.EXAMPLE.com", 0)], "8.8.8.8": [("dns.google", 0)]}
+    assert pids("--host", "example", dns=named) == [1234], "case-insensitive"
+    assert pids("--host", "o") == [], "no name: no match"
+
+
+def test_csv_of_flows_procs_and_events(exe):
+    import csv
+    import io
+    machine = flows_machine()
+    machine.dns = {"93.184.216.34": [("example.com", 0)]}
+    machine.service_table = [(888, "Dnscache"), (888, "mDNS")]
+    run = Run(exe, ["flows", "--csv", "--sort", "pid"], machine=machine)
+    assert run.exit_code == 0, run.stderr
+    rows = list(csv.DictReader(io.StringIO(run.stdout)))
+    assert [r["pid"] for r in rows] == ["4", "888", "1234"]
+    assert rows[1]["services"] == "Dnscache;mDNS" and rows[2]["remote_host"] == "example.com"
+    assert rows[2]["bytes_in"] == str(3 << 20) and rows[2]["timestamp"] == "2026-01-01T00:00:00.000Z"
+    assert (rows[0]["icmp_type"], rows[0]["local_port"], rows[0]["rate_in"]) == ("8", "", "")
+
+    def traffic(flows):
+        flows[0]["bytes_in"] += 1000
+    run = Run(exe, ["flows", "--csv", "-n", "--watch", "0.1", "--count", "2"], machine=flows_machine(growth=traffic))
+    assert run.stdout.count("timestamp,") == 1 and "\x1b" not in run.stdout, "one header, no screen clearing"
+    rows = list(csv.DictReader(io.StringIO(run.stdout)))
+    assert len(rows) == 6 and {r["timestamp"] for r in rows[3:]} == {"2026-01-01T00:00:00.100Z"}
+    assert rows[3]["rate_in"] == "10000"
+
+    procs = list(csv.DictReader(io.StringIO(Run(exe, ["procs", "--csv"], machine=events_machine()).stdout)))
+    assert [(p["pid"], p["process"], p["bytes_in"]) for p in procs] == [
+        ("1234", "firefox.exe", str(4 << 20)), ("888", "svchost.exe", "512")]
+    assert procs[0]["path"] == r"C:\program files\mozilla firefox\firefox.exe"
+    events = list(csv.DictReader(io.StringIO(Run(exe, ["events", "--csv", "-n"], machine=events_machine()).stdout)))
+    assert [(e["seq"], e["event"], e["flags"]) for e in events] == [
+        ("0", "established", ""), ("1", "ended", ""), ("2", "established", ""), ("3", "established", "no_process")]
+    assert events[1]["age_ms"] == "8000" and events[1]["timestamp"] == "2025-12-31T23:59:58.000Z"
+
+
+def test_count_means_reports_everywhere_and_since_filters_events(exe):
+    run = Run(exe, ["flows", "--json", "-n", "--count", "3"], machine=flows_machine())
+    assert (len(run.json_lines()), run.sleeps) == (3, [100] * 20), "3 refreshes, 1 s apart without --watch"
+    run = Run(exe, ["events", "--json", "-n", "--count", "3"], machine=events_machine())
+    assert [d["seq"] for d in run.json_lines()] == [0, 1, 2], "3 events"
+    run = Run(exe, ["events", "--json", "-n", "--since", "1500ms"], machine=events_machine())
+    assert [d["seq"] for d in run.json_lines()] == [2, 3], "held 10 s, 2 s, 1 s and 0.5 s before the start"
+    run = Run(exe, ["events", "--json", "-n", "--since", "2025-12-31T23:59:58Z"], machine=events_machine())
+    assert [d["seq"] for d in run.json_lines()] == [1, 2, 3]
+
+
+# --- names: services through the SCM, host names through GetNameInfoW ---------
+
+
+def test_a_pid_hosting_several_services_and_the_scm_paged(exe):
+    machine = flows_machine()
+    machine.service_table = [(888, f"Svc{i:03}") for i in range(300)] + [(1234, "Other"), (0, "Stopped")]
+    machine.services_per_call = 120
+    run = Run(exe, ["flows", "--json", "-n", "--sort", "pid"], machine=machine)
+    assert run.exit_code == 0, run.stderr
+    flows = run.json_lines()[0]["flows"]
+    assert flows[1]["services"] == [f"Svc{i:03}" for i in range(300)], "sorted, every page"
+    assert flows[2]["services"] == ["Other"] and flows[0]["services"] == []
+    assert [a for n, a in run.calls if n == "EnumServicesStatusExW"] == [0, 120, 240], "on from the resume handle"
+    text = Run(exe, ["flows", "-n", "--pid", "888"], machine=machine).stdout
+    assert "? (Svc000, Svc001, Svc002" in text
+
+
+def test_host_lookups_never_hold_up_a_refresh_and_names_change(exe):
+    """A lookup that takes 2.5 s and a name that changes: refreshes every
+    100 s, names kept 5 minutes from when they are taken; the refreshes
+    never wait."""
+    machine = flows_machine()
+    machine.dns = {"93.184.216.34": [("old.example", 2500), ("new.example", 0)],
+                   "8.8.8.8": [(None, None)]}  # never answers: counts as failed after 10 s
+    run = Run(exe, ["flows", "--json", "--watch", "100", "--count", "6"], machine=machine)
+    assert run.exit_code == 0, run.stderr
+    hosts = [[f["remote_host"] for f in d["flows"] if f["pid"] == 1234][0] for d in run.json_lines()]
+    assert hosts == [None, "old.example", "old.example", "old.example", "old.example", "new.example"], \
+        "not yet; taken at 100 s; expired at 400 s (the old name until the new answer); changed"
+    assert sum(run.sleeps) == 5 * 100_000 and set(run.sleeps) == {100}, "only the watch's sleeps"
+    assert [a for n, a in run.calls if n == "QueueUserWorkItem"].count("93.184.216.34") == 2
+    assert [a for n, a in run.calls if n == "QueueUserWorkItem"].count("8.8.8.8") == 3, \
+        "timed out at the first look after 10 s, no name kept a minute: asked again at 200 s and 400 s"
+
+
+def test_a_one_shot_listing_waits_at_most_a_second_for_names(exe):
+    machine = flows_machine()
+    machine.dns = {"93.184.216.34": [("slow.example", 5000)]}
+    run = Run(exe, ["flows", "--json"], machine=machine)
+    assert run.exit_code == 0, run.stderr
+    assert all(f["remote_host"] is None for f in run.json_lines()[0]["flows"])
+    assert sum(run.sleeps) == 1000 and run.lookups == ["8.8.8.8"], "the slow one never answered in time"
+    machine = flows_machine()
+    run = Run(exe, ["flows", "-n"], machine=machine)
+    assert run.sleeps == [] and "WSAStartup" not in run.names() and "QueueUserWorkItem" not in run.names()

@@ -65,8 +65,8 @@ import pytest
 
 from test_wfpmonctl_emulated import (  # noqa: F401 - `exe` is a fixture
     ALL_CALLOUT_KEYS, CTRL_C_EVENT, DEVICE_PATH, ERROR_IO_INCOMPLETE, ERROR_IO_PENDING, ERROR_NOT_FOUND,
-    ERROR_TIMEOUT, FILE_FLAG_OVERLAPPED, SERVICE_STOP_PENDING, WAIT_TIMEOUT, Machine, Run, check_schema, exe,
-    installed_everything)
+    ERROR_TIMEOUT, EVENT_HEADER, EVENT_RIGHT, FILE_FLAG_OVERLAPPED, SERVICE_STOP_PENDING, WAIT_TIMEOUT, Machine,
+    Run, check_schema, columns, exe, installed_everything)
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parents[3]
@@ -536,13 +536,16 @@ IEC = [" B", " KiB", " MiB", " GiB"]
 
 
 def human(n: int, base: int = 1024, units=IEC) -> str:
-    """wfpmonctl's human units (tools/wfpmonctl/README.md: `512 B`, `1.5 KiB`, `12.3k`)."""
+    """wfpmonctl's human units (tools/wfpmonctl/README.md: `512 B`, `1.5 KiB`,
+    `3 MiB`, `12.3k`): one decimal unless the value is whole."""
     if n < base:
         return f"{n}{units[0]}"
     value, unit = float(n), 0
     while value >= base and unit + 1 < len(units):
         value /= base
         unit += 1
+    if units is IEC and value.is_integer():
+        return f"{value:.0f}{units[unit]}"
     return f"{value:.1f}{units[unit]}"
 
 
@@ -560,32 +563,38 @@ def endpoint(address: str, port: int) -> str:
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
-def event_line(run: DriverRun, kind: str, c: Conn, t: int, counters) -> str:
-    """The text line of an event (`wfpmonctl events`, README: time, kind,
-    PID and process, protocol, direction and endpoints; for an ended flow
-    its duration and final counters; the image path)."""
+def event_row(run: DriverRun, kind: str, c: Conn, t: int, counters) -> list[str]:
+    """The cells of an event's text line (`wfpmonctl events`, README: local
+    time, kind, PID and process, protocol, direction, endpoints, host name
+    (none here), for an ended flow its duration and final counters each
+    way; the image path)."""
     local, remote = endpoint(*c.endpoint("local")), endpoint(*c.endpoint("remote"))
     direction = "in" if c.direction == L.FWP_DIRECTION_INBOUND else "out"
-    arrow = "<-" if direction == "in" else "->"
-    line = f"{run.stamp(t)} {kind:<11} {c.app.pid:>6} {c.app.name}  {c.proto} {direction} {local} {arrow} {remote}"
+    after = traffic_in = traffic_out = ""
     if kind == "ended":
         bin_, bout, pin, pout = counters
-        line += (f"  after {age((t - c.established) // MS)}, in {human(bin_)} ({count(pin)} pkts), "
-                 f"out {human(bout)} ({count(pout)} pkts)")
-    return line + f"  {c.app.path}"
+        after = age((t - c.established) // MS)
+        traffic_in, traffic_out = f"{human(bin_)} ({count(pin)} pkts)", f"{human(bout)} ({count(pout)} pkts)"
+    return [run.local(run.stamp(t)), kind, str(c.app.pid), c.app.name, c.proto, direction, local, remote, "",
+            after, traffic_in, traffic_out, c.app.path]
+
+
+def event_lines(run: DriverRun, events) -> list[str]:
+    """The header and the lines of `events`, in their columns."""
+    return columns(EVENT_HEADER, [event_row(run, *ev) for ev in events], EVENT_RIGHT, tail=True)
 
 
 def check_event_doc(run: DriverRun, doc: dict, seq: int, kind: str, c: Conn, t: int, counters) -> None:
-    """A `wfpmon.event/1` document against the event the test caused."""
+    """A `wfpmon.event/2` document against the event the test caused."""
     check_schema(doc)
     local, lport = c.endpoint("local")
     remote, rport = c.endpoint("remote")
     expected = dict(
-        schema="wfpmon.event/1", timestamp=run.stamp(t), seq=seq, event=kind, flags=[], path=c.app.path,
-        flow_handle=f"{c.handle:#018x}", pid=c.app.pid, process=c.app.name, protocol=c.proto,
+        schema="wfpmon.event/2", timestamp=run.stamp(t), seq=seq, event=kind, flags=[], path=c.app.path,
+        flow_handle=f"{c.handle:#018x}", pid=c.app.pid, process=c.app.name, services=[], protocol=c.proto,
         ip_protocol=c.protocol, family="ipv4" if c.family == 4 else "ipv6",
         direction="in" if c.direction == L.FWP_DIRECTION_INBOUND else "out",
-        local_address=local, remote_address=remote, local_port=lport, remote_port=rport,
+        local_address=local, remote_address=remote, remote_host=None, local_port=lport, remote_port=rport,
         age_ms=(t - c.established) // MS, bytes_in=counters[0], bytes_out=counters[1],
         packets_in=counters[2], packets_out=counters[3])
     assert doc == expected
@@ -596,7 +605,7 @@ def expected_process(run: DriverRun, net: Net, app: App) -> dict:
     conns = net.of(app)
     totals = [sum(c.counters[i] for c in conns) for i in range(4)]
     times = [c.established for c in conns] + [c.ended for c in conns if c.ended is not None]
-    return dict(pid=app.pid, process=app.name, path=app.path, path_truncated=False,
+    return dict(pid=app.pid, process=app.name, services=[], path=app.path, path_truncated=False,
                 active_flows=sum(c.ended is None for c in conns), flows_total=len(conns),
                 bytes_in=totals[0], bytes_out=totals[1], packets_in=totals[2], packets_out=totals[3],
                 first_seen=run.stamp(min(times)), last_seen=run.stamp(max(times)))
@@ -758,7 +767,7 @@ def test_events_lists_what_the_driver_holds(exe, image):
     machine = DriverMachine(e)
     run = DriverRun(exe, ["events"], machine=machine)
     assert run.exit_code == 0, run.stderr
-    assert run.stdout.splitlines() == [event_line(run, *ev) for ev in net.events]
+    assert run.stdout.splitlines() == event_lines(run, net.events), run.stdout
     assert run.ioctls() == [("events", False, 0), ("processes", False, 0)], \
         "one read from the start (nothing pends without --follow), one pass over the process table"
     assert run.stderr == "" and not run.hung
@@ -832,7 +841,7 @@ def test_ctrl_c_cancels_the_read_pending_in_the_driver(exe, image):
     run = DriverRun(exe, ["events", "--follow"], machine=machine)
     assert (run.exit_code, run.stderr) == (0, ""), run.stderr
     assert not run.hung, "the read pending in the driver was cancelled"
-    assert run.stdout.splitlines() == [event_line(run, *net.events[0])]
+    assert run.stdout.splitlines() == event_lines(run, net.events[:1]), run.stdout
     assert [a[0] for n, a in run.calls if n == "CancelIoEx"] == [Run.DEVICE]
     cancels = [c for c in e.calls if c.api == "IoCancelIrp"]
     assert len(cancels) == 1 and cancels[0].ret == 1, "IoCancelIrp found the queue's cancel routine"

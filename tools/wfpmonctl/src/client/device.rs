@@ -17,7 +17,7 @@ use wfpmon_core::protocol::{
 };
 use windows_sys::Win32::Foundation::ERROR_BUSY;
 
-use crate::error::{Error, Kind, Step, SystemCode};
+use crate::error::{Error, Kind, SAME_BUILD, Step, SystemCode};
 
 /// How a `DeviceIoControl` call failed. (Protocol 3 has no partial
 /// answers: the flow list is paged, so `ERROR_MORE_DATA` is a failure too.)
@@ -48,30 +48,45 @@ fn call<D: ControlDevice>(
     input: &[u8],
     output: &mut [u8],
 ) -> Result<usize, Error> {
-    let name = match code {
-        QUERY_STATS => "IOCTL_WFPMON_QUERY_STATS",
-        LIST_FLOWS => "IOCTL_WFPMON_LIST_FLOWS",
-        READ_EVENTS => "IOCTL_WFPMON_READ_EVENTS",
-        LIST_PROCESSES => "IOCTL_WFPMON_LIST_PROCESSES",
-        _ => "IOCTL_WFPMON_SET_COUNTING",
+    let (name, action) = match code {
+        QUERY_STATS => (
+            "IOCTL_WFPMON_QUERY_STATS",
+            "reading the driver's statistics",
+        ),
+        LIST_FLOWS => ("IOCTL_WFPMON_LIST_FLOWS", "reading the driver's flow list"),
+        READ_EVENTS => (
+            "IOCTL_WFPMON_READ_EVENTS",
+            "reading the driver's flow events",
+        ),
+        LIST_PROCESSES => (
+            "IOCTL_WFPMON_LIST_PROCESSES",
+            "reading the driver's process table",
+        ),
+        _ => (
+            "IOCTL_WFPMON_SET_COUNTING",
+            "turning traffic counting on or off",
+        ),
     };
     match device.ioctl(code, input, output) {
         Ok(n) => Ok(n.min(output.len())),
         Err(IoctlError(c)) => {
-            let what = format!("DeviceIoControl({name})");
-            Err(Error::system(Step::DeviceControl, c, &what))
+            let call = format!("DeviceIoControl({name})");
+            Err(Error::system(Step::DeviceControl, c, action, call))
         }
     }
 }
 
 fn protocol_error(e: DecodeError) -> Error {
-    let detail = match e {
-        DecodeError::Version(v) => format!("control-protocol version {v}, not {PROTOCOL_VERSION}"),
-        DecodeError::Truncated | DecodeError::Size => "a malformed response".to_owned(),
+    let message = match e {
+        DecodeError::Version(v) => format!(
+            "the wfpmon driver speaks control-protocol version {v}, this wfpmonctl version {PROTOCOL_VERSION}"
+        ),
+        DecodeError::Truncated | DecodeError::Size => {
+            "the wfpmon driver sent a malformed response: it and wfpmonctl come from different builds"
+                .to_owned()
+        }
     };
-    let message =
-        format!("the driver sent {detail}: driver and wfpmonctl come from different builds");
-    Error::new(Kind::ProtocolMismatch, message)
+    Error::with_remedy(Kind::ProtocolMismatch, message, SAME_BUILD)
 }
 
 /// Reads the driver-wide statistics: the walk-free query (ended flows'
@@ -121,7 +136,7 @@ pub struct FlowList {
 /// meanwhile at most once.
 pub fn list_flows<D: ControlDevice>(device: &mut D) -> Result<FlowList, Error> {
     let size = protocol::flow_list_size(protocol::MAX_FLOWS_PER_CALL)
-        .ok_or_else(|| Error::new(Kind::Other, "flow list batch too large"))?;
+        .ok_or_else(|| Error::new(Kind::Other, "the flow list's batch size overflows"))?;
     let mut out = vec![0u8; size];
     let mut list = FlowList::default();
     let mut cursor = (0, 0);
@@ -189,11 +204,12 @@ pub fn list_processes<D: ControlDevice>(
         let mut attempt = 1;
         let n = loop {
             match call(device, LIST_PROCESSES, &request, &mut out) {
-                Err(e) if e.system == Some(SystemCode::Win32(ERROR_BUSY)) => {
+                Err(e) if e.code() == Some(SystemCode::Win32(ERROR_BUSY)) => {
                     if attempt == BUSY_ATTEMPTS {
                         let message = format!(
-                            "{}: the driver stayed busy with other process queries ({BUSY_ATTEMPTS} attempts); try again",
-                            e.message
+                            "{} ({BUSY_ATTEMPTS} attempts, {} ms apart)",
+                            e.message,
+                            BUSY_PAUSE.as_millis()
                         );
                         return Err(Error { message, ..e });
                     }
@@ -580,7 +596,9 @@ mod tests {
             d.version = Some(version);
             let err = query_stats(&mut d, false).unwrap_err();
             assert_eq!(err.exit_code(), 7);
-            let expected = format!("control-protocol version {version}, not {PROTOCOL_VERSION}");
+            let expected = format!(
+                "control-protocol version {version}, this wfpmonctl version {PROTOCOL_VERSION}"
+            );
             assert!(err.message.contains(&expected), "{}", err.message);
         }
     }
@@ -594,6 +612,7 @@ mod tests {
             }
         }
         assert_eq!(list_flows(&mut Refusing(1306)).unwrap_err().exit_code(), 7);
+        assert_eq!(list_flows(&mut Refusing(170)).unwrap_err().exit_code(), 10);
         assert_eq!(
             set_counting(&mut Refusing(5), true)
                 .unwrap_err()
@@ -659,7 +678,7 @@ mod tests {
         let err = read_events(&mut Old, 0, false).unwrap_err();
         assert_eq!(err.exit_code(), 7);
         let expected = format!(
-            "control-protocol version {}, not {PROTOCOL_VERSION}",
+            "control-protocol version {}, this wfpmonctl version {PROTOCOL_VERSION}",
             PROTOCOL_VERSION - 1
         );
         assert!(err.message.contains(&expected), "{err}");

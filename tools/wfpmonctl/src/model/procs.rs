@@ -1,5 +1,5 @@
 //! Processes as the driver records them: names and paths by process key,
-//! the `procs` view (schema `wfpmon.procs/1`, documented in the README), and
+//! the `procs` view (schema `wfpmon.procs/2`, documented in the README), and
 //! the driver's clock on the wall clock.
 //!
 //! The driver interns processes by id and image path at flow establishment
@@ -74,6 +74,14 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// A process known by its name only.
+    pub fn named(name: String) -> Self {
+        Self {
+            name,
+            ..Self::default()
+        }
+    }
+
     /// The process of a driver entry. Without a path, the name `resolve`
     /// finds for its id (`System`, `Idle`, `?`, see [`process_name`]).
     pub fn of(
@@ -179,6 +187,8 @@ pub struct ProcRow {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
     pub process: String,
+    /// The services the process hosts, sorted.
+    pub services: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     pub path_truncated: bool,
@@ -217,6 +227,7 @@ impl ProcRow {
             key: format!("{:#018x}", e.key),
             pid: (e.flags & PROCESS_ID_MISSING == 0).then_some(e.process_id),
             process: proc.name,
+            services: Vec::new(),
             path: proc.path,
             path_truncated: proc.truncated,
             active_flows: e.active_flows,
@@ -237,7 +248,7 @@ impl ProcRow {
     }
 }
 
-/// The `wfpmon.procs/1` document.
+/// The `wfpmon.procs/2` document.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ProcsDoc {
     pub schema: &'static str,
@@ -304,7 +315,7 @@ impl ProcsDoc {
         let matched = rows.len();
         rows.truncate(args.top.unwrap_or(usize::MAX));
         Self {
-            schema: "wfpmon.procs/1",
+            schema: "wfpmon.procs/2",
             timestamp,
             interval_s: interval,
             capacity: list.header.capacity,

@@ -1,6 +1,6 @@
 //! The `flows` view: flow entries with process names and rates, filtered,
 //! sorted and cut after the whole list is fetched, as serde structures
-//! (schema `wfpmon.flows/1`, documented in the README).
+//! (schema `wfpmon.flows/2`, documented in the README).
 //!
 //! ICMP: at the ALE layers WFP carries the ICMP type in the local-port field
 //! and the ICMP code in the remote-port field (fwpmu.h:
@@ -9,7 +9,7 @@
 //! driver stores those fields as they come, so ICMP flows show type/code.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::Serialize;
 use wfpmon_core::catalog::AddressFamily;
@@ -92,6 +92,12 @@ pub struct FlowRow {
     pub pid: u64,
     /// Process name (`System`, `Idle`, or `?` when it cannot be read).
     pub process: String,
+    /// The services the process hosts (service control manager), sorted.
+    pub services: Vec<String>,
+    /// Image path, drive-letter form where possible (from the driver's
+    /// process table; `…` starts a truncated one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
     /// Protocol name (`tcp`, `udp`, `icmp`, `icmpv6`) or number.
     pub protocol: String,
     /// IP protocol number.
@@ -104,6 +110,12 @@ pub struct FlowRow {
     pub local_address: String,
     /// Remote address.
     pub remote_address: String,
+    /// The remote address's reverse-DNS name (`None`, JSON `null`: not
+    /// known, not looked up, or `-n`).
+    pub remote_host: Option<String>,
+    /// The remote address, for filters.
+    #[serde(skip)]
+    pub remote_ip: IpAddr,
     /// Local port (not for ICMP).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub local_port: Option<u16>,
@@ -134,12 +146,18 @@ pub struct FlowRow {
     pub rate_out: Option<f64>,
 }
 
-fn address(v4: bool, bytes: &[u8; 16]) -> String {
+fn address(v4: bool, bytes: &[u8; 16]) -> IpAddr {
     if v4 {
-        Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]).to_string()
+        Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]).into()
     } else {
-        Ipv6Addr::from(*bytes).to_string()
+        Ipv6Addr::from(*bytes).into()
     }
+}
+
+/// The remote address of a flow entry.
+pub fn remote_ip(e: &FlowEntry) -> IpAddr {
+    let v4 = AddressFamily::from_af(e.address_family) == Some(AddressFamily::V4);
+    address(v4, &e.remote_address)
 }
 
 /// Process name of a PID: the two pseudo-processes by name, others
@@ -165,16 +183,21 @@ impl FlowRow {
             let before = p.bytes.get(&e.flow_id).copied();
             rates((e.bytes_inbound, e.bytes_outbound), before, p.elapsed, age)
         });
+        let remote_ip = address(v4, &e.remote_address);
         Self {
             flow_handle: format!("{:#018x}", e.flow_id),
             pid: e.process_id,
             process,
+            services: Vec::new(),
+            path: None,
             protocol: protocol_name(e.ip_protocol),
             ip_protocol: e.ip_protocol,
             family: if v4 { "ipv4" } else { "ipv6" },
             direction: if e.direction == 1 { "in" } else { "out" },
-            local_address: address(v4, &e.local_address),
-            remote_address: address(v4, &e.remote_address),
+            local_address: address(v4, &e.local_address).to_string(),
+            remote_address: remote_ip.to_string(),
+            remote_host: None,
+            remote_ip,
             local_port: (!icmp).then_some(e.local_port),
             remote_port: (!icmp).then_some(e.remote_port),
             icmp_type: icmp.then_some(e.local_port),
@@ -198,7 +221,15 @@ impl Filter {
     /// Whether `f` passes every filter given.
     pub fn matches(&self, f: &FlowRow) -> bool {
         let name = self.process.as_deref().map(str::to_lowercase);
-        self.pid.is_none_or(|p| p == f.pid)
+        let host = self.host.as_deref().map(str::to_lowercase);
+        let remote = || self.remote.iter().any(|net| net.contains(&f.remote_ip));
+        (self.remote.is_empty() || remote())
+            && host.is_none_or(|h| {
+                f.remote_host
+                    .as_deref()
+                    .is_some_and(|n| n.to_lowercase().contains(&h))
+            })
+            && self.pid.is_none_or(|p| p == f.pid)
             && name.is_none_or(|n| f.process.to_lowercase().contains(&n))
             && self.protocol.is_none_or(|p| p == f.ip_protocol)
             && self
@@ -228,10 +259,10 @@ pub struct Totals {
     pub rate_out: Option<f64>,
 }
 
-/// The `wfpmon.flows/1` document.
+/// The `wfpmon.flows/2` document.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct FlowsDoc {
-    /// `wfpmon.flows/1`.
+    /// `wfpmon.flows/2`.
     pub schema: &'static str,
     /// When the list was read (RFC 3339).
     pub timestamp: String,
@@ -250,17 +281,21 @@ pub struct FlowsDoc {
 
 impl FlowsDoc {
     /// What one refresh of `flows` shows of the driver's flow `list`: a row
-    /// per entry, with the process name `name_of` gives it and the rates
-    /// since `previous` (`None` on the first refresh), filtered, totalled,
-    /// sorted and cut as `args` say.
+    /// per entry, with the rates since `previous` (`None` on the first
+    /// refresh) and the names `name` gives it (process, path, services,
+    /// host), filtered, totalled, sorted and cut as `args` say.
     pub(crate) fn from_list(
         args: &FlowsArgs,
         timestamp: String,
         list: &FlowList,
         previous: Option<&Previous>,
-        name_of: &mut impl FnMut(&FlowEntry) -> String,
+        name: &mut impl FnMut(&FlowEntry, &mut FlowRow),
     ) -> Self {
-        let mut row = |e: &FlowEntry| FlowRow::new(e, name_of(e), previous);
+        let mut row = |e: &FlowEntry| {
+            let mut row = FlowRow::new(e, String::new(), previous);
+            name(e, &mut row);
+            row
+        };
         let all = list.entries.iter().map(&mut row).collect();
         Self::new(
             args,
@@ -305,7 +340,7 @@ impl FlowsDoc {
         let matched = flows.len();
         flows.truncate(args.top.unwrap_or(usize::MAX));
         Self {
-            schema: "wfpmon.flows/1",
+            schema: "wfpmon.flows/2",
             timestamp,
             interval_s: interval,
             active,
@@ -392,7 +427,10 @@ pub mod tests {
     #[test]
     fn json_keys_and_types() {
         let v = serde_json::to_value(doc(&FlowsArgs::default())).unwrap();
-        assert_eq!(v["schema"], "wfpmon.flows/1");
+        assert_eq!(v["schema"], "wfpmon.flows/2");
+        assert_eq!(v["flows"][0]["remote_host"], serde_json::Value::Null);
+        assert_eq!(v["flows"][0]["services"], serde_json::json!([]));
+        assert!(v["flows"][0].get("path").is_none() && v["flows"][0].get("remote_ip").is_none());
         assert!(v.get("interval_s").is_none());
         let icmp = v["flows"]
             .as_array()
@@ -512,6 +550,47 @@ pub mod tests {
         );
         assert_eq!(protocol_number("ICMPv6"), Ok(58));
         assert_eq!(protocol_name(47), "47");
+    }
+
+    #[test]
+    fn remote_address_cidr_and_host_filters() {
+        let net = |s: &str| s.parse::<ipnet::IpNet>().unwrap();
+        let count = |filter: Filter| {
+            let mut rows = flows(None);
+            rows[0].remote_host = Some("Edge.Example.NET".into());
+            rows[1].remote_host = Some("printer.local".into());
+            let args = FlowsArgs {
+                filter,
+                ..FlowsArgs::default()
+            };
+            FlowsDoc::new(&args, "t".into(), 3, rows, None).matched
+        };
+        let remote = |nets: &[&str]| {
+            count(Filter {
+                remote: nets.iter().map(|n| net(n)).collect(),
+                ..Filter::default()
+            })
+        };
+        assert_eq!(remote(&["192.0.2.0/24"]), 2, "TCP and ICMP to 192.0.2.7");
+        assert_eq!(remote(&["192.0.2.7/32"]), 2);
+        assert_eq!(remote(&["192.0.2.8/32"]), 0);
+        assert_eq!(
+            remote(&["10.0.0.0/8"]),
+            0,
+            "the local address does not count"
+        );
+        assert_eq!(remote(&["fe80::/10"]), 1);
+        assert_eq!(remote(&["fe80::/10", "192.0.2.0/25"]), 3, "any of several");
+        assert_eq!(remote(&["::/0"]), 1, "an IPv6 block holds no IPv4 address");
+        let host = |h: &str| {
+            count(Filter {
+                host: Some(h.into()),
+                ..Filter::default()
+            })
+        };
+        assert_eq!(host("example.net"), 1, "case-insensitive");
+        assert_eq!(host("."), 2, "a flow without a name never matches");
+        assert_eq!(host("nowhere"), 0);
     }
 
     #[test]

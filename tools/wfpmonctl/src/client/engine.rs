@@ -43,7 +43,7 @@ fn in_transaction<E: FilterEngine, T>(
     engine: &mut E,
     body: impl FnOnce(&mut E) -> Result<T, Error>,
 ) -> Result<T, Error> {
-    let fail = |c, what| Error::system(Step::Engine, c, what);
+    let fail = |c, call| Error::system(Step::Engine, c, "a filter-engine transaction", call);
     let begun = engine.transaction(Transaction::Begin);
     begun.map_err(|c| fail(c, "FwpmTransactionBegin0"))?;
     let mut result = body(engine);
@@ -64,7 +64,8 @@ pub fn install<E: FilterEngine>(engine: &mut E, persistent: bool) -> Result<Vec<
         let order = Object::add_order();
         for &object in &order {
             let added = engine.add(object, persistent);
-            added.map_err(|c| Error::system(Step::Add, c, &api(object, "Add")))?;
+            let action = "adding wfpmon's filter-engine objects";
+            added.map_err(|c| Error::system(Step::Add, c, action, api(object, "Add")))?;
         }
         Ok(order)
     })
@@ -87,11 +88,20 @@ pub fn uninstall<E: FilterEngine>(engine: &mut E) -> Result<Uninstalled, Error> 
                 Ok(()) => report.deleted.push(object),
                 Err(c) if c.is_not_found() => report.absent.push(object),
                 Err(c) => {
-                    let mut err = Error::system(Step::Engine, c, &api(object, "DeleteByKey"));
+                    let action = "deleting wfpmon's filter-engine objects";
+                    let call = api(object, "DeleteByKey");
+                    let mut err = Error::system(Step::Engine, c, action, call);
                     if c == SystemCode::HResult(FWP_E_IN_USE) {
-                        err.message.push_str(
-                            "; a filter-engine object wfpmonctl did not add still references it; \
-                             nothing was deleted",
+                        err.message = format!(
+                            "{} (nothing was deleted): a filter-engine object wfpmonctl did not add still \
+                             references {} {}",
+                            err.message,
+                            object.noun(),
+                            object.name()
+                        );
+                        err.remedy = Some(
+                            "remove that object first (`netsh wfp show filters` lists the filters)"
+                                .to_owned(),
                         );
                     }
                     return Err(err);
@@ -109,7 +119,10 @@ pub fn query<E: FilterEngine>(engine: &mut E) -> Result<Vec<(Object, Option<u32>
         let flags = engine.flags(o);
         all.push((
             o,
-            flags.map_err(|c| Error::system(Step::Engine, c, &api(o, "GetByKey")))?,
+            flags.map_err(|c| {
+                let action = "reading wfpmon's filter-engine objects";
+                Error::system(Step::Engine, c, action, api(o, "GetByKey"))
+            })?,
         ));
     }
     Ok(all)
@@ -253,11 +266,7 @@ mod tests {
         let before = e.committed.clone();
         let err = install(&mut e, false).unwrap_err();
         assert_eq!(err.exit_code(), 6);
-        assert!(
-            err.message.contains("wfpmonctl uninstall"),
-            "{}",
-            err.message
-        );
+        assert!(err.to_string().contains("wfpmonctl uninstall"), "{err}");
         assert_eq!(e.log.last().unwrap(), "Abort");
         assert_eq!(e.committed, before);
     }
@@ -320,7 +329,7 @@ mod tests {
         e.committed.insert(1, foreign);
         let count = e.committed.len();
         let err = uninstall(&mut e).unwrap_err();
-        assert_eq!(err.system, Some(SystemCode::HResult(FWP_E_IN_USE)));
+        assert_eq!(err.code(), Some(SystemCode::HResult(FWP_E_IN_USE)));
         assert!(
             err.message.contains("nothing was deleted"),
             "{}",

@@ -1,5 +1,5 @@
-//! Text output: human units, tables that fit the terminal, the flows and
-//! statistics views.
+//! Text output: tables that fit the terminal, the flows, processes and
+//! statistics views, and event lines in aligned columns.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -11,55 +11,12 @@ use wfpmon_core::protocol::Stats;
 use crate::events::{DroppedDoc, EventDoc};
 use crate::flows::{FlowRow, FlowsDoc, Totals};
 use crate::procs::ProcsDoc;
+use crate::view::units::{Units, local_time};
+use unicode_width::{UnicodeWidthChar as _, UnicodeWidthStr as _};
 
-/// RFC 3339, UTC, milliseconds: every time wfpmonctl shows.
+/// RFC 3339, UTC, milliseconds: the times of JSON and CSV.
 pub fn timestamp(time: SystemTime) -> String {
     humantime::format_rfc3339_millis(time).to_string()
-}
-
-const IEC: [&str; 6] = [" B", " KiB", " MiB", " GiB", " TiB", " PiB"];
-const SI: [&str; 6] = ["", "k", "M", "G", "T", "P"];
-
-/// `n` bytes in IEC units (`512 B`, `1.5 KiB`), or exact with `raw`.
-pub fn bytes(n: u64, raw: bool) -> String {
-    human(n, raw, 1024, &IEC)
-}
-
-/// A count in SI units (`999`, `12.3k`), or exact with `raw`.
-pub fn count(n: u64, raw: bool) -> String {
-    human(n, raw, 1000, &SI)
-}
-
-/// Bytes per second in IEC units, whole bytes with `raw`.
-pub fn rate(n: f64, raw: bool) -> String {
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // a rounded rate
-    human(n.round() as u64, raw, 1024, &IEC)
-}
-
-#[allow(clippy::cast_precision_loss)] // display only
-fn human(n: u64, raw: bool, base: u64, units: &[&str]) -> String {
-    if raw || n < base {
-        return format!("{n}{}", if raw { "" } else { units[0] });
-    }
-    let (mut value, mut unit) = (n as f64, 0);
-    while value >= base as f64 && unit + 1 < units.len() {
-        value /= base as f64;
-        unit += 1;
-    }
-    format!("{value:.1}{}", units[unit])
-}
-
-/// Milliseconds as `2d03h`, `1h02m`, `2m03s` or `3.4s`; exact with `raw`.
-pub fn age(ms: u64, raw: bool) -> String {
-    let s = ms / 1000;
-    let (d, h, m, sec) = (s / 86_400, (s / 3600) % 24, (s / 60) % 60, s % 60);
-    match () {
-        () if raw => format!("{ms}ms"),
-        () if d > 0 => format!("{d}d{h:02}h"),
-        () if h > 0 => format!("{h}h{m:02}m"),
-        () if m > 0 => format!("{m}m{sec:02}s"),
-        () => format!("{sec}.{}s", (ms % 1000) / 100),
-    }
 }
 
 /// A table column: header, right-aligned (numbers), the rank by which
@@ -68,18 +25,29 @@ pub fn age(ms: u64, raw: bool) -> String {
 #[derive(Clone, Copy, Debug)]
 pub struct Column(pub &'static str, pub bool, pub u8, pub usize);
 
-/// `cell` in at most `width` characters, eliding the middle.
+/// `cell` in at most `width` columns of the terminal, eliding the middle.
 fn fit(cell: &str, width: usize) -> String {
-    let chars: Vec<char> = cell.chars().collect();
-    if chars.len() <= width {
+    if cell.width() <= width {
         return cell.to_owned();
     }
-    let head = (width.saturating_sub(1)) / 2;
-    let tail = width.saturating_sub(1 + head);
-    let mut out: String = chars[..head].iter().collect();
-    out.push('…');
-    out.extend(&chars[chars.len() - tail..]);
-    out
+    // Characters from the start, then from the end, that fit half each.
+    let take = |chars: &mut dyn Iterator<Item = char>, room: usize| {
+        let mut used = 0;
+        chars
+            .take_while(|c| {
+                used += c.width().unwrap_or(0);
+                used <= room
+            })
+            .collect::<Vec<char>>()
+    };
+    let head_room = width.saturating_sub(1) / 2;
+    let head = take(&mut cell.chars(), head_room);
+    let mut tail = take(&mut cell.chars().rev(), width.saturating_sub(1 + head_room));
+    tail.reverse();
+    head.into_iter()
+        .chain(std::iter::once('…'))
+        .chain(tail)
+        .collect()
 }
 
 /// Width of a table whose hidden columns have width 0.
@@ -88,15 +56,54 @@ fn total(widths: &[usize]) -> usize {
     shown.map(|w| w + 2).sum::<usize>().saturating_sub(2)
 }
 
-/// Lays out `rows` under `columns`; with a `width`, drops and shrinks
-/// columns (see [`Column`]) until every line fits, if it can.
-pub fn table(columns: &[Column], rows: &[Vec<String>], width: Option<usize>) -> String {
-    let mut widths: Vec<usize> = columns.iter().map(|c| c.0.chars().count()).collect();
+/// Widens `widths` to every cell of `rows`.
+fn widen(widths: &mut [usize], rows: &[Vec<String>]) {
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
+            *w = (*w).max(cell.width());
         }
     }
+}
+
+/// `rows` laid out in columns of `widths` (0: hidden; `usize::MAX`: as it
+/// comes, for a last column), two spaces apart.
+fn lines(columns: &[Column], rows: &[Vec<String>], widths: &[usize]) -> String {
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate().filter(|(i, _)| widths[*i] > 0) {
+            let (cell, w) = (fit(cell, widths[i]), widths[i]);
+            let sep = if line.is_empty() { "" } else { "  " };
+            // Padded to display columns (format! pads to characters).
+            let pad = if w == usize::MAX {
+                String::new()
+            } else {
+                " ".repeat(w.saturating_sub(cell.width()))
+            };
+            let _ = if columns[i].1 {
+                write!(line, "{sep}{pad}{cell}")
+            } else {
+                write!(line, "{sep}{cell}{pad}")
+            };
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn headers(columns: &[Column]) -> Vec<String> {
+    columns.iter().map(|c| c.0.to_owned()).collect()
+}
+
+/// Lays out `rows` under `columns`; with a `width`, drops and shrinks
+/// columns (see [`Column`]) until every line fits, if it can.
+// Hand-written: the table crates (comfy-table, tabled) draw borders and
+// wrap cells; this drops columns by rank and elides the middle of long
+// cells, which none of them does, in fewer lines than configuring one.
+pub fn table(columns: &[Column], rows: &[Vec<String>], width: Option<usize>) -> String {
+    let mut widths: Vec<usize> = columns.iter().map(|c| c.0.width()).collect();
+    widen(&mut widths, rows);
     if let Some(limit) = width {
         let mut ranks: Vec<(u8, usize)> =
             columns.iter().enumerate().map(|(i, c)| (c.2, i)).collect();
@@ -111,23 +118,9 @@ pub fn table(columns: &[Column], rows: &[Vec<String>], width: Option<usize>) -> 
             widths[i] = widths[i].saturating_sub(excess).max(c.3.min(widths[i]));
         }
     }
-    let mut out = String::new();
-    let headers: Vec<String> = columns.iter().map(|c| c.0.to_owned()).collect();
-    for row in std::iter::once(&headers).chain(rows) {
-        let mut line = String::new();
-        for (i, cell) in row.iter().enumerate().filter(|(i, _)| widths[*i] > 0) {
-            let (cell, w) = (fit(cell, widths[i]), widths[i]);
-            let sep = if line.is_empty() { "" } else { "  " };
-            let _ = if columns[i].1 {
-                write!(line, "{sep}{cell:>w$}")
-            } else {
-                write!(line, "{sep}{cell:<w$}")
-            };
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
+    let mut all = vec![headers(columns)];
+    all.extend_from_slice(rows);
+    lines(columns, &all, &widths)
 }
 
 fn endpoint(address: &str, port: Option<u16>) -> String {
@@ -145,12 +138,28 @@ fn protocol(f: &FlowRow) -> String {
     }
 }
 
-/// The flows view as text (`raw`: exact numbers; `verbose`: flow handles).
-pub fn flows_text(doc: &FlowsDoc, raw: bool, verbose: bool, width: Option<usize>) -> String {
+/// A process as shown: its name, and the services it hosts
+/// (`svchost.exe (Dnscache, LanmanWorkstation)`).
+pub fn process_label(name: &str, services: &[String]) -> String {
+    if services.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{name} ({})", services.join(", "))
+    }
+}
+
+/// The flows view as text: `verbose` adds flow handles, `hosts` the
+/// remote host names (without `-n`).
+pub fn flows_text(
+    doc: &FlowsDoc,
+    units: Units,
+    (verbose, hosts): (bool, bool),
+    width: Option<usize>,
+) -> String {
     let rates = doc.interval_s.is_some();
-    // Dropped first when too wide: packets, age, direction, then the
+    // Dropped first when too wide: packets, age, direction, the host, the
     // handle, and in a refresh the byte totals (the rates stay).
-    let totals = if rates { 6 } else { 0 };
+    let totals = if rates { 7 } else { 0 };
     let mut columns = vec![
         Column("PID", true, 0, 0),
         Column("PROCESS", false, 0, 6),
@@ -158,10 +167,15 @@ pub fn flows_text(doc: &FlowsDoc, raw: bool, verbose: bool, width: Option<usize>
         Column("DIR", false, 4, 0),
         Column("LOCAL", false, 0, 13),
         Column("REMOTE", false, 0, 14),
+    ];
+    if hosts {
+        columns.push(Column("HOST", false, 5, 8));
+    }
+    columns.extend([
         Column("AGE", true, 3, 0),
         Column("IN", true, totals, 0),
         Column("OUT", true, totals, 0),
-    ];
+    ]);
     if rates {
         columns.extend([Column("IN/s", true, 0, 0), Column("OUT/s", true, 0, 0)]);
     }
@@ -170,7 +184,7 @@ pub fn flows_text(doc: &FlowsDoc, raw: bool, verbose: bool, width: Option<usize>
         Column("PKTS OUT", true, 2, 0),
     ]);
     if verbose {
-        columns.push(Column("HANDLE", false, 5, 0));
+        columns.push(Column("HANDLE", false, 6, 0));
     }
     let rows: Vec<Vec<String>> = doc
         .flows
@@ -178,20 +192,25 @@ pub fn flows_text(doc: &FlowsDoc, raw: bool, verbose: bool, width: Option<usize>
         .map(|f| {
             let mut row = vec![
                 f.pid.to_string(),
-                f.process.clone(),
+                process_label(&f.process, &f.services),
                 protocol(f),
                 f.direction.to_owned(),
                 endpoint(&f.local_address, f.local_port),
                 endpoint(&f.remote_address, f.remote_port),
-                age(f.age_ms, raw),
-                bytes(f.bytes_in, raw),
-                bytes(f.bytes_out, raw),
             ];
-            if rates {
-                row.push(rate(f.rate_in.unwrap_or(0.0), raw));
-                row.push(rate(f.rate_out.unwrap_or(0.0), raw));
+            if hosts {
+                row.push(f.remote_host.clone().unwrap_or_default());
             }
-            row.extend([count(f.packets_in, raw), count(f.packets_out, raw)]);
+            row.extend([
+                units.age(f.age_ms),
+                units.volume(f.bytes_in),
+                units.volume(f.bytes_out),
+            ]);
+            if rates {
+                row.push(units.rate(f.rate_in.unwrap_or(0.0)));
+                row.push(units.rate(f.rate_out.unwrap_or(0.0)));
+            }
+            row.extend([units.count(f.packets_in), units.count(f.packets_out)]);
             if verbose {
                 row.push(f.flow_handle.clone());
             }
@@ -206,74 +225,146 @@ pub fn flows_text(doc: &FlowsDoc, raw: bool, verbose: bool, width: Option<usize>
         doc.matched,
         doc.active
     );
-    footer(out, &doc.totals, raw)
+    footer(out, &doc.totals, units)
 }
 
 /// Ends a view's last line with its traffic totals (and rates).
-fn footer(mut out: String, t: &Totals, raw: bool) -> String {
-    let (bin, bout) = (bytes(t.bytes_in, raw), bytes(t.bytes_out, raw));
+fn footer(mut out: String, t: &Totals, units: Units) -> String {
+    let (bin, bout) = (units.volume(t.bytes_in), units.volume(t.bytes_out));
     let _ = write!(out, "; in {bin}, out {bout}");
     if let (Some(rin), Some(rout)) = (t.rate_in, t.rate_out) {
-        let _ = write!(
-            out,
-            "; now {}/s in, {}/s out",
-            rate(rin, raw),
-            rate(rout, raw)
-        );
+        let (rin, rout) = (units.per_second(rin), units.per_second(rout));
+        let _ = write!(out, "; now {rin} in, {rout} out");
     }
     out.push('\n');
     out
 }
 
-/// An event as one line: time, kind, PID and process, protocol, direction
-/// and endpoints; for an ended flow its duration and final counters; flags;
-/// the image path.
-pub fn event_line(d: &EventDoc, raw: bool) -> String {
-    let f = &d.flow;
-    let arrow = if f.direction == "in" { "<-" } else { "->" };
-    let mut line = format!(
-        "{} {:<11} {:>6} {}  {} {} {} {arrow} {}",
-        d.timestamp,
-        d.event,
-        f.pid,
-        f.process,
-        protocol(f),
-        f.direction,
-        endpoint(&f.local_address, f.local_port),
-        endpoint(&f.remote_address, f.remote_port),
-    );
-    if d.event == "ended" {
-        let _ = write!(
-            line,
-            "  after {}, in {} ({} pkts), out {} ({} pkts)",
-            age(f.age_ms, raw),
-            bytes(f.bytes_in, raw),
-            count(f.packets_in, raw),
-            bytes(f.bytes_out, raw),
-            count(f.packets_out, raw)
-        );
-    }
-    for flag in &d.flags {
-        let _ = write!(line, " [{}]", flag.replace('_', " "));
-    }
-    if let Some(path) = &d.path {
-        let _ = write!(line, "  {path}");
-    }
-    line.push('\n');
-    line
+/// The columns of an event line; the flags and the image path follow the
+/// last.
+const EVENT_COLUMNS: [Column; 12] = [
+    Column("TIME", false, 0, 0),
+    Column("EVENT", false, 0, 0),
+    Column("PID", true, 0, 0),
+    Column("PROCESS", false, 0, 0),
+    Column("PROTO", false, 0, 0),
+    Column("DIR", false, 0, 0),
+    Column("LOCAL", false, 0, 0),
+    Column("REMOTE", false, 0, 0),
+    Column("HOST", false, 0, 0),
+    Column("AFTER", true, 0, 0),
+    Column("IN", true, 0, 0),
+    Column("OUT", true, 0, 0),
+];
+
+/// Event lines in columns that stay aligned as events come: a column is
+/// as wide as its widest cell so far (and its header), so it only widens.
+#[derive(Clone, Debug)]
+pub struct EventLines {
+    units: Units,
+    /// Whether the HOST column is shown (names are looked up).
+    hosts: bool,
+    widths: Vec<usize>,
+    header_done: bool,
 }
 
-/// The line that says events were lost.
-pub fn dropped_line(d: &DroppedDoc) -> String {
+impl EventLines {
+    pub fn new(units: Units, hosts: bool) -> Self {
+        let mut widths: Vec<usize> = EVENT_COLUMNS.iter().map(|c| c.0.len()).collect();
+        widths[0] = "2026-01-01 00:00:00.000".len();
+        if !hosts {
+            widths[8] = 0;
+        }
+        Self {
+            units,
+            hosts,
+            widths,
+            header_done: false,
+        }
+    }
+
+    /// The cells of `d`, the event's time shown at `offset` seconds east
+    /// of UTC (the local zone's offset then); flags and path last.
+    fn cells(&self, d: &EventDoc, offset: i32) -> Vec<String> {
+        let (f, u) = (&d.flow, self.units);
+        let ended = d.event == "ended";
+        let traffic = |bytes, packets| format!("{} ({} pkts)", u.volume(bytes), u.count(packets));
+        let mut tail: Vec<String> = d
+            .flags
+            .iter()
+            .map(|flag| format!("[{}]", flag.replace('_', " ")))
+            .collect();
+        tail.extend(f.path.clone());
+        vec![
+            local_time(d.time, offset),
+            d.event.to_owned(),
+            f.pid.to_string(),
+            process_label(&f.process, &f.services),
+            protocol(f),
+            f.direction.to_owned(),
+            endpoint(&f.local_address, f.local_port),
+            endpoint(&f.remote_address, f.remote_port),
+            f.remote_host.clone().unwrap_or_default(),
+            if ended {
+                u.age(f.age_ms)
+            } else {
+                String::new()
+            },
+            if ended {
+                traffic(f.bytes_in, f.packets_in)
+            } else {
+                String::new()
+            },
+            if ended {
+                traffic(f.bytes_out, f.packets_out)
+            } else {
+                String::new()
+            },
+            tail.join("  "),
+        ]
+    }
+
+    /// The lines of a batch of events (`offset` gives each one's local
+    /// offset), after the header the first time.
+    pub fn batch(
+        &mut self,
+        docs: &[EventDoc],
+        offset: &mut impl FnMut(SystemTime) -> i32,
+    ) -> String {
+        let rows: Vec<Vec<String>> = docs.iter().map(|d| self.cells(d, offset(d.time))).collect();
+        let hosts = self.hosts;
+        widen(&mut self.widths, &rows);
+        if !hosts {
+            self.widths[8] = 0;
+        }
+        let mut columns = EVENT_COLUMNS.to_vec();
+        columns.push(Column("", false, 0, 0));
+        let mut widths = self.widths.clone();
+        widths.push(usize::MAX);
+        // The free last column is never padded or cut.
+        let mut all = Vec::new();
+        if !self.header_done {
+            self.header_done = true;
+            all.push(headers(&columns));
+        }
+        all.extend(rows);
+        lines(&columns, &all, &widths)
+    }
+}
+
+/// The line that says events were lost: at local time (`offset` seconds
+/// east of UTC), or without a time (`None`: a warning on its own).
+pub fn dropped_line(d: &DroppedDoc, offset: Option<i32>) -> String {
+    let time = offset.map_or_else(String::new, |o| local_time(d.time, o) + " ");
     format!(
-        "{} dropped {} event(s), overwritten in the driver before they were read; next: event #{}\n",
-        d.timestamp, d.dropped, d.next_seq
+        "{time}dropped {} event(s), overwritten in the driver before they were read; next: event #{}\n",
+        d.dropped, d.next_seq
     )
 }
 
 /// The processes view as text: one row per process, the driver's table
 /// in the footer.
-pub fn procs_text(doc: &ProcsDoc, raw: bool, width: Option<usize>) -> String {
+pub fn procs_text(doc: &ProcsDoc, units: Units, width: Option<usize>) -> String {
     let rates = doc.interval_s.is_some();
     let totals = if rates { 2 } else { 0 };
     let mut columns = vec![
@@ -294,15 +385,15 @@ pub fn procs_text(doc: &ProcsDoc, raw: bool, width: Option<usize>) -> String {
         .map(|p| {
             let mut row = vec![
                 p.pid.map_or_else(|| "-".to_owned(), |pid| pid.to_string()),
-                p.process.clone(),
+                process_label(&p.process, &p.services),
                 p.active_flows.to_string(),
                 p.flows_total.to_string(),
-                bytes(p.bytes_in, raw),
-                bytes(p.bytes_out, raw),
+                units.volume(p.bytes_in),
+                units.volume(p.bytes_out),
             ];
             if rates {
-                row.push(rate(p.rate_in.unwrap_or(0.0), raw));
-                row.push(rate(p.rate_out.unwrap_or(0.0), raw));
+                row.push(units.rate(p.rate_in.unwrap_or(0.0)));
+                row.push(units.rate(p.rate_out.unwrap_or(0.0)));
             }
             row.push(p.path.clone().unwrap_or_default());
             row
@@ -319,7 +410,7 @@ pub fn procs_text(doc: &ProcsDoc, raw: bool, width: Option<usize>) -> String {
         doc.evictions,
         doc.unattributed_flows,
     );
-    footer(out, &doc.totals, raw)
+    footer(out, &doc.totals, units)
 }
 
 /// The `wfpmon.stats/2` document: schema, time, and every counter of
@@ -369,7 +460,7 @@ impl StatsDoc {
     }
 
     /// As a two-column table, in [`counters`] order.
-    pub fn text(&self, s: &Stats, raw: bool) -> String {
+    pub fn text(&self, s: &Stats, units: Units) -> String {
         let mut rows = vec![
             vec![
                 "counting".to_owned(),
@@ -387,8 +478,8 @@ impl StatsDoc {
         ];
         for (name, n) in counters(s) {
             let value = match name.split('_').next() {
-                Some("bytes") => bytes(n, raw),
-                Some("packets") => count(n, raw),
+                Some("bytes") => units.volume(n),
+                Some("packets") => units.count(n),
                 _ => n.to_string(),
             };
             rows.push(vec![name.replace('_', " "), value]);
@@ -410,25 +501,10 @@ mod tests {
     use crate::cli::FlowsArgs;
     use crate::flows::tests::entries;
     use crate::flows::{FlowRow, Previous};
+    use crate::view::units::Unit;
 
-    #[test]
-    fn units() {
-        assert_eq!(bytes(0, false), "0 B");
-        assert_eq!(bytes(1023, false), "1023 B");
-        assert_eq!(bytes(1536, false), "1.5 KiB");
-        assert_eq!(bytes(5 << 30, false), "5.0 GiB");
-        assert_eq!(bytes(u64::MAX, true), u64::MAX.to_string());
-        assert_eq!(rate(1536.4, false), "1.5 KiB");
-        assert_eq!(rate(1536.4, true), "1536");
-        assert_eq!(count(999, false), "999");
-        assert_eq!(count(12_345, false), "12.3k");
-        assert_eq!(count(u64::MAX, true), u64::MAX.to_string());
-        assert_eq!(age(1_500, false), "1.5s");
-        assert_eq!(age(123_000, false), "2m03s");
-        assert_eq!(age(3_723_000, false), "1h02m");
-        assert_eq!(age(2 * 86_400_000 + 3_600_000 * 3, false), "2d03h");
-        assert_eq!(age(1_500, true), "1500ms");
-    }
+    const U: Units = Units::new(Unit::Bytes, false);
+    const RAW: Units = Units::new(Unit::Bytes, true);
 
     #[test]
     fn table_alignment_and_elision() {
@@ -439,6 +515,16 @@ mod tests {
         ];
         assert_eq!(table(&cols, &rows, None), "A    NUM\nxyz    1\nq    100\n");
         assert_eq!(fit("[2001:db8::53]:443", 9), "[200…:443");
+        // Wide characters take two columns, in widths, padding and elision.
+        assert_eq!(fit("写真アプリ.exe", 9), "写真….exe");
+        let rows = vec![
+            vec!["写真.exe".into(), "1".into()],
+            vec!["a.exe".into(), "22".into()],
+        ];
+        assert_eq!(
+            table(&cols, &rows, None),
+            "A         NUM\n写真.exe    1\na.exe      22\n"
+        );
     }
 
     fn doc(width_rates: bool) -> FlowsDoc {
@@ -460,7 +546,7 @@ mod tests {
 
     #[test]
     fn flows_text_shows_every_flow_with_process_and_endpoints() {
-        let text = flows_text(&doc(false), false, false, None);
+        let text = flows_text(&doc(false), U, (false, false), None);
         let lines: Vec<_> = text.lines().collect();
         assert!(
             lines[0].starts_with("PID")
@@ -480,14 +566,14 @@ mod tests {
             lines.last().unwrap(),
             &"3 of 3 matching flows (3 active); in 600 B, out 60 B"
         );
-        assert!(flows_text(&doc(false), true, true, None).contains("0x0000000000001001"));
+        assert!(flows_text(&doc(false), RAW, (true, false), None).contains("0x0000000000001001"));
     }
 
     #[test]
     fn flows_text_fits_narrow_terminals() {
         for width in [80, 100, 120] {
             for rates in [false, true] {
-                let text = flows_text(&doc(rates), false, true, Some(width));
+                let text = flows_text(&doc(rates), U, (true, true), Some(width));
                 let table: Vec<_> = text.lines().collect();
                 for line in &table[..table.len() - 1] {
                     assert!(line.chars().count() <= width, "{width}: {line}");
@@ -500,7 +586,7 @@ mod tests {
                 assert_eq!(table[0].contains("IN/s"), rates);
             }
         }
-        let wide = flows_text(&doc(true), false, true, Some(400));
+        let wide = flows_text(&doc(true), U, (true, true), Some(400));
         assert!(
             wide.contains("HANDLE") && wide.contains("PKTS IN"),
             "nothing dropped when it fits"
@@ -537,14 +623,14 @@ mod tests {
         );
         assert_eq!(live.traffic_of, "all_flows");
         assert!(
-            live.text(&s, false)
+            live.text(&s, U)
                 .lines()
                 .any(|l| l.starts_with("traffic of") && l.ends_with("all flows"))
         );
-        let t = d.text(&s, false);
+        let t = d.text(&s, U);
         assert!(
             t.lines()
-                .any(|l| l.starts_with("bytes in") && l.ends_with("2.0 KiB")),
+                .any(|l| l.starts_with("bytes in") && l.ends_with("2 KiB")),
             "{t}"
         );
         assert!(
@@ -552,7 +638,7 @@ mod tests {
                 .any(|l| l.starts_with("counting") && l.ends_with("on")),
             "{t}"
         );
-        let raw = d.text(&s, true);
+        let raw = d.text(&s, RAW);
         assert!(
             raw.lines()
                 .any(|l| l.starts_with("bytes in") && l.ends_with(" 2048"))
@@ -587,21 +673,52 @@ mod tests {
             50_000_000,
             wall,
         );
+        let mut lines = EventLines::new(U, true);
+        let mut offset = |_| 3600;
+        let first = lines.batch(std::slice::from_ref(&d), &mut offset);
         assert_eq!(
-            event_line(&d, false),
-            "1970-01-01T00:01:40.000Z established    102 a.exe  tcp in [2001:db8::1]:50000 <- [2001:db8::2]:443 [not tracked]\n"
+            first,
+            "TIME                     EVENT        PID  PROCESS  PROTO  DIR  LOCAL                REMOTE             HOST  AFTER  IN  OUT\n\
+             1970-01-01 01:01:40.000  established  102  a.exe    tcp    in   [2001:db8::1]:50000  [2001:db8::2]:443                        [not tracked]\n"
         );
+        // An ended flow with a host name and a longer process name: the
+        // columns widen, and stay aligned with later lines.
         e.kind = wfpmon_core::events::EVENT_ENDED;
         e.flags = 0;
-        let d = EventDoc::new(&e, Proc::default(), 50_000_000, wall);
+        let mut d = EventDoc::new(&e, Proc::default(), 50_000_000, wall);
+        d.flow.process = "svchost.exe".into();
+        d.flow.services = vec!["Dnscache".into()];
+        d.flow.remote_host = Some("dns.example".into());
+        d.flow.path = Some(r"C:\Windows\svchost.exe".into());
+        let second = lines.batch(&[d.clone(), d.clone()], &mut offset);
+        let rows: Vec<&str> = second.lines().collect();
+        assert_eq!(rows.len(), 2, "no second header: {second}");
+        assert_eq!(rows[0], rows[1]);
+        assert!(rows[0].starts_with("1970-01-01 01:01:40.000  ended        102  svchost.exe (Dnscache)  tcp    in   [2001:db8::1]:50000  [2001:db8::2]:443  dns.example   1.2s  3 MiB (2.3k pkts)  4 KiB (9 pkts)  C:\\Windows\\svchost.exe"), "{second}");
+        let later = lines.batch(std::slice::from_ref(&d), &mut offset);
+        assert_eq!(
+            later,
+            format!("{}\n", rows[0]),
+            "same widths for later batches"
+        );
+        let mut raw = EventLines::new(RAW, false);
+        let text = raw.batch(std::slice::from_ref(&d), &mut offset);
         assert!(
-            event_line(&d, true)
-                .ends_with(" after 1234ms, in 3145728 (2300 pkts), out 4096 (9 pkts)\n")
+            text.lines()
+                .nth(1)
+                .unwrap()
+                .contains(" 1234ms  3145728 (2300 pkts)  4096 (9 pkts)  C:"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("HOST") && !text.contains("dns.example"),
+            "-n: no host column"
         );
         assert_eq!(
-            dropped_line(&DroppedDoc::new(3, 7, wall)),
-            "1970-01-01T00:01:40.000Z dropped 3 event(s), overwritten in the driver before they were read; next: event #7\n"
+            dropped_line(&DroppedDoc::new(3, 7, wall), Some(0)),
+            "1970-01-01 00:01:40.000 dropped 3 event(s), overwritten in the driver before they were read; next: event #7\n"
         );
+        assert!(dropped_line(&DroppedDoc::new(3, 7, wall), None).starts_with("dropped 3 event(s)"));
     }
 
     #[test]
@@ -639,7 +756,7 @@ mod tests {
         };
         for width in [80, 100] {
             for rates in [false, true] {
-                let text = procs_text(&doc(rates), false, Some(width));
+                let text = procs_text(&doc(rates), U, Some(width));
                 let lines: Vec<&str> = text.lines().collect();
                 for line in &lines[..lines.len() - 1] {
                     assert!(line.chars().count() <= width, "{width}: {line}");
@@ -652,7 +769,7 @@ mod tests {
                 assert!(lines[1].trim_start().starts_with("103 "), "{text}");
             }
         }
-        let wide = procs_text(&doc(true), true, None);
+        let wide = procs_text(&doc(true), RAW, None);
         assert!(
             wide.contains(r"\device\harddiskvolume3\apps\app3.exe")
                 && wide.contains("a-long-process-name-103.exe")
@@ -661,7 +778,7 @@ mod tests {
             wide.lines()
                 .last()
                 .unwrap()
-                .contains("; now 3006/s in, 300/s out"),
+                .contains("; now 3006 B/s in, 300 B/s out"),
             "{wide}"
         );
     }

@@ -1,6 +1,5 @@
-//! The `events` view: flow events as serde documents (schemas
-//! `wfpmon.event/1` and `wfpmon.dropped/1`, documented in the
-//! README) and as text lines.
+//! Flow events as serde documents (schemas `wfpmon.event/2` and
+//! `wfpmon.dropped/1`, documented in the README), placed on the wall clock.
 
 use std::time::SystemTime;
 
@@ -22,19 +21,20 @@ const FLAGS: [(u8, &str); 3] = [
     (EVENT_FLAG_NOT_TRACKED, "not_tracked"),
 ];
 
-/// One flow event (`wfpmon.event/1`): the flow's fields as `flows` shows
-/// them, its counters at the event (final when it ended), and `age_ms` the
-/// time from establishment to the event (0 when established; the flow's
-/// duration when it ended).
+/// One flow event (`wfpmon.event/2`): the flow's fields as `flows` shows
+/// them (names and path included), its counters at the event (final when
+/// it ended), and `age_ms` the time from establishment to the event (0 when
+/// established; the flow's duration when it ended).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct EventDoc {
     pub schema: &'static str,
     pub timestamp: String,
+    /// When the event happened (`timestamp`), for the local-time text.
+    #[serde(skip)]
+    pub time: SystemTime,
     pub seq: u64,
     pub event: &'static str,
     pub flags: Vec<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub path: Option<String>,
     #[serde(flatten)]
     pub flow: FlowRow,
 }
@@ -65,9 +65,13 @@ impl EventDoc {
             EVENT_ENDED => "ended",
             _ => "unknown",
         };
+        let time = wall_time(e.time, now, wall);
+        let mut flow = FlowRow::new(&entry, proc.name, None);
+        flow.path = proc.path;
         Self {
-            schema: "wfpmon.event/1",
-            timestamp: timestamp(wall_time(e.time, now, wall)),
+            schema: "wfpmon.event/2",
+            timestamp: timestamp(time),
+            time,
             seq: e.seq,
             event,
             flags: FLAGS
@@ -75,8 +79,7 @@ impl EventDoc {
                 .filter(|(bit, _)| e.flags & bit != 0)
                 .map(|(_, name)| *name)
                 .collect(),
-            path: proc.path,
-            flow: FlowRow::new(&entry, proc.name, None),
+            flow,
         }
     }
 }
@@ -87,6 +90,8 @@ impl EventDoc {
 pub struct DroppedDoc {
     pub schema: &'static str,
     pub timestamp: String,
+    #[serde(skip)]
+    pub time: SystemTime,
     pub dropped: u64,
     /// Sequence number of the next event shown.
     pub next_seq: u64,
@@ -97,6 +102,7 @@ impl DroppedDoc {
         Self {
             schema: "wfpmon.dropped/1",
             timestamp: timestamp(wall),
+            time: wall,
             dropped,
             next_seq,
         }
@@ -138,7 +144,7 @@ mod tests {
                 v["path"].as_str(),
                 v["process"].as_str()
             ),
-            (Some("wfpmon.event/1"), Some(r"C:\app.exe"), Some("app.exe"))
+            (Some("wfpmon.event/2"), Some(r"C:\app.exe"), Some("app.exe"))
         );
         assert!(
             v.get("rate_in").is_none() && v.get("flow").is_none(),
