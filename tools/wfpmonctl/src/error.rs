@@ -23,10 +23,11 @@ pub enum Kind {
     AlreadyInstalled = 6,
     ProtocolMismatch = 7,
     Inactive = 8,
+    NotATerminal = 9,
 }
 
 /// Every exit code and its meaning, as `--help` lists them.
-pub const EXIT_CODES: [(Kind, &str); 8] = [
+pub const EXIT_CODES: [(Kind, &str); 9] = [
     (Kind::Other, "any other failure (Windows code printed)"),
     (Kind::Usage, "usage error"),
     (Kind::NotElevated, "not elevated / access denied"),
@@ -35,6 +36,7 @@ pub const EXIT_CODES: [(Kind, &str); 8] = [
     (Kind::AlreadyInstalled, "objects already installed"),
     (Kind::ProtocolMismatch, "control-protocol mismatch"),
     (Kind::Inactive, "status --check: not fully active"),
+    (Kind::NotATerminal, "top: standard output is not a terminal"),
 ];
 
 /// The "Exit codes:" section of `--help`.
@@ -161,7 +163,7 @@ impl Error {
             Kind::DriverNotLoaded => ": the wfpmon driver is not loaded (`sc.exe start wfpmon`)",
             Kind::AlreadyInstalled => ": wfpmon's objects are already there (wfpmonctl uninstall)",
             Kind::ProtocolMismatch => ": driver and wfpmonctl come from different builds",
-            Kind::Other | Kind::Usage | Kind::Inactive => "",
+            Kind::Other | Kind::Usage | Kind::Inactive | Kind::NotATerminal => "",
         };
         let message = format!("{what} failed{remedy}");
         Self {
