@@ -113,7 +113,7 @@ pub const CONNECTION_COLUMNS: [Column; 12] = [
     col("OUT", true),
 ];
 pub const EVENT_COLUMNS: [Column; 11] = [
-    col("TIME", true),
+    col("TIME UTC", true),
     col("EVENT", false),
     col("PID", false),
     col("PROGRAM", false),
@@ -235,7 +235,6 @@ pub struct EventRow {
     pub program: String,
     lower: String,
     pub protocol: u8,
-    pub inbound: bool,
     pub local: IpAddr,
     pub remote: IpAddr,
     pub local_port: u16,
@@ -573,7 +572,6 @@ impl Model {
                 program,
                 lower,
                 protocol: e.ip_protocol,
-                inbound: e.direction == 1,
                 local: address(e.address_family, &e.local_address),
                 remote,
                 local_port: e.local_port,

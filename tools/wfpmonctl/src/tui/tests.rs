@@ -724,7 +724,7 @@ fn check_tab(m: &mut Model, width: u16) {
             }
         }
         Tab::Events => {
-            for title in ["TIME▼", "EVENT", "PROGRAM", "REMOTE"] {
+            for title in ["TIME UTC▼", "EVENT", "PROGRAM", "REMOTE"] {
                 assert!(lines[2].contains(title), "{width}: {title} in {}", lines[2]);
             }
             assert!(

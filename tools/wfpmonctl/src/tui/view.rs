@@ -45,13 +45,13 @@ const fn layout(tab: Tab) -> &'static [(Width, u8)] {
         // PID PROGRAM PROTO LOCAL REMOTE HOST DIR AGE IN/s OUT/s IN OUT
         Tab::Connections => &[
             (Fixed(7), 7),
-            (Flex(10, 2), 0),
+            (Flex(10, 4), 0),
             (Fixed(9), 6),
-            (Flex(21, 2), 5),
+            (Flex(21, 2), 3),
             (Flex(21, 3), 0),
             (Flex(12, 2), 8),
-            (Fixed(4), 3),
-            (Fixed(6), 4),
+            (Fixed(4), 4),
+            (Fixed(6), 5),
             (Fixed(12), 0),
             (Fixed(12), 0),
             (Fixed(10), 2),
