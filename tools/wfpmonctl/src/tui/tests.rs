@@ -766,6 +766,93 @@ fn every_tab_at_every_width_from_60_to_200() {
     }
 }
 
+/// Keys pressed on the fixture.
+type KeySteps = fn(&mut Model);
+
+/// Each key's screen at every width from 60 to 200: what the key shows
+/// is on the screen.
+#[test]
+fn every_key_at_every_width_from_60_to_200() {
+    let states: [(&str, KeySteps, &str); 8] = [
+        (
+            "help",
+            |m| {
+                press(m, &[KeyCode::Char('?')]);
+            },
+            "wfpmonctl top: keys",
+        ),
+        (
+            "typing",
+            |m| {
+                press(m, &[KeyCode::Char('/')]);
+                typed(m, "svc :53");
+            },
+            "/svc :53█",
+        ),
+        (
+            "bad CIDR",
+            |m| {
+                press(m, &[KeyCode::Char('/')]);
+                typed(m, "::/200");
+                press(m, &[KeyCode::Enter]);
+            },
+            "bad CIDR '::/200'",
+        ),
+        (
+            "filtered",
+            |m| {
+                press(m, &[KeyCode::Char('/')]);
+                typed(m, "dnscache");
+                press(m, &[KeyCode::Enter]);
+            },
+            "svchost.exe",
+        ),
+        (
+            "unknown key",
+            |m| {
+                press(m, &[KeyCode::Char('z')]);
+            },
+            "unknown key 'z'",
+        ),
+        (
+            "paused",
+            |m| {
+                press(m, &[KeyCode::Char(' ')]);
+            },
+            "PAUSED",
+        ),
+        (
+            "bits",
+            |m| {
+                press(m, &[KeyCode::Char('b')]);
+            },
+            "Mbit/s",
+        ),
+        (
+            "expanded",
+            |m| {
+                press(m, &[KeyCode::Home, KeyCode::Enter]);
+            },
+            "└ 93.184",
+        ),
+    ];
+    for (name, key, shown) in states {
+        let mut m = fixture();
+        key(&mut m);
+        for width in 60..=200 {
+            let t = draw(&mut m, width, 24);
+            let s = screen(&t);
+            assert!(
+                s.contains(shown),
+                "{name} at {width}: {shown:?} not shown:\n{s}"
+            );
+            if name == "filtered" {
+                assert!(!s.contains("firefox"), "{name} at {width}:\n{s}");
+            }
+        }
+    }
+}
+
 #[test]
 fn snapshots_of_every_tab() {
     let mut m = fixture();
