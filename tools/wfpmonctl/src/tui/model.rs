@@ -176,6 +176,8 @@ pub struct Program {
     pub services: Option<String>,
     /// Lower case name, path and services, for the filter.
     lower: String,
+    /// Lower case name, for sorting.
+    name_lower: String,
     pub life: Life,
     /// Live connections.
     pub conns: u32,
@@ -298,6 +300,8 @@ pub struct Model {
     /// Selected row (index into `rows`) and first row shown, per tab.
     pub selected: [usize; 3],
     pub offset: [usize; 3],
+    /// Rates of the connections that pass the filter (in, out).
+    shown: (f64, f64),
 }
 
 fn address(family: u16, bytes: &[u8; 16]) -> IpAddr {
@@ -354,6 +358,7 @@ impl Model {
             rows: [Vec::new(), Vec::new(), Vec::new()],
             selected: [0; 3],
             offset: [0; 3],
+            shown: (0.0, 0.0),
         }
     }
 
@@ -495,6 +500,7 @@ impl Model {
                 let proc = naming(c.program.key, c.program.pid);
                 Program {
                     id: c.program,
+                    name_lower: proc.name.to_lowercase(),
                     name: proc.name,
                     path: proc.path,
                     services: None,
@@ -607,7 +613,7 @@ impl Model {
     }
 
     fn compare_conns(&self, sort: Sort, a: &Conn, b: &Conn) -> Ordering {
-        let name = |c: &Conn| self.programs.get(&c.program).map(|p| p.name.to_lowercase());
+        let name = |c: &Conn| self.programs.get(&c.program).map(|p| p.name_lower.as_str());
         let order = match sort.column {
             0 => a.program.pid.cmp(&b.program.pid),
             1 => name(a).cmp(&name(b)),
@@ -633,7 +639,7 @@ impl Model {
     fn compare_programs(sort: Sort, a: &Program, b: &Program) -> Ordering {
         let order = match sort.column {
             0 => a.id.pid.cmp(&b.id.pid),
-            1 => a.name.to_lowercase().cmp(&b.name.to_lowercase()),
+            1 => a.name_lower.cmp(&b.name_lower),
             2 => a.conns.cmp(&b.conns),
             3 => by_f64(a.rate.0, b.rate.0).then(by_f64(a.rate.1, b.rate.1)),
             4 => by_f64(a.rate.1, b.rate.1).then(by_f64(a.rate.0, b.rate.0)),
@@ -675,29 +681,36 @@ impl Model {
     pub fn rebuild(&mut self) {
         let selected: [Option<Row>; 3] =
             std::array::from_fn(|t| self.rows[t].get(self.selected[t]).copied());
-        // Connections.
-        let mut conns: Vec<&Conn> = self
+        // Connections, each matched once and sorted once: the matching
+        // ones are the Connections tab.
+        let sort = self.sort[Tab::Connections.index()];
+        let mut all: Vec<(&Conn, bool)> = self
             .conns
             .values()
-            .filter(|c| self.conn_matches(c))
+            .map(|c| (c, self.conn_matches(c)))
             .collect();
-        let sort = self.sort[Tab::Connections.index()];
-        conns.sort_unstable_by(|a, b| self.compare_conns(sort, a, b));
-        let conn_rows: Vec<Row> = conns.iter().map(|c| Row::Conn(c.id)).collect();
+        all.sort_unstable_by(|a, b| self.compare_conns(sort, a.0, b.0));
+        let conn_rows: Vec<Row> = all
+            .iter()
+            .filter(|(_, m)| *m)
+            .map(|(c, _)| Row::Conn(c.id))
+            .collect();
+        let shown = all
+            .iter()
+            .filter(|(_, m)| *m)
+            .fold((0.0, 0.0), |(i, o), (c, _)| (i + c.rate.0, o + c.rate.1));
         // Programs: those matching by name or pid show every connection;
         // others show when a connection matches, with the matching ones.
         let filtered = !self.filter.is_empty();
-        let mut children: HashMap<ProgramId, Vec<u64>> = HashMap::new();
         let whole: HashSet<ProgramId> = self
             .programs
             .values()
             .filter(|p| !filtered || self.filter.matches_program(p.id.pid, &p.lower))
             .map(|p| p.id)
             .collect();
-        let mut all_sorted: Vec<&Conn> = self.conns.values().collect();
-        all_sorted.sort_unstable_by(|a, b| self.compare_conns(sort, a, b));
-        for c in all_sorted {
-            if whole.contains(&c.program) || self.conn_matches(c) {
+        let mut children: HashMap<ProgramId, Vec<u64>> = HashMap::new();
+        for (c, matched) in &all {
+            if *matched || whole.contains(&c.program) {
                 children.entry(c.program).or_default().push(c.id);
             }
         }
@@ -735,6 +748,7 @@ impl Model {
         events.sort_unstable_by(|a, b| Self::compare_events(esort, a, b));
         let event_rows = events.iter().map(|e| Row::Event(e.seq)).collect();
         self.rows = [program_rows, conn_rows, event_rows];
+        self.shown = shown;
         for (t, row) in selected.into_iter().enumerate() {
             let found = row.and_then(|r| self.rows[t].iter().position(|x| *x == r));
             self.selected[t] = found
@@ -754,10 +768,7 @@ impl Model {
     }
 
     /// Rates of the connections that pass the filter (in, out).
-    pub fn shown_rates(&self) -> (f64, f64) {
-        self.conns
-            .values()
-            .filter(|c| self.conn_matches(c))
-            .fold((0.0, 0.0), |(i, o), c| (i + c.rate.0, o + c.rate.1))
+    pub const fn shown_rates(&self) -> (f64, f64) {
+        self.shown
     }
 }
