@@ -1,5 +1,7 @@
 //! Keys of the live view and what they do to the [`Model`].
 
+use std::fmt::Write as _;
+
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
 use super::filter::Filter;
@@ -43,16 +45,22 @@ pub enum Action {
 }
 
 fn describe(code: KeyCode, modifiers: KeyModifiers) -> String {
-    let name = match code {
-        KeyCode::Char(c) => format!("'{c}'"),
-        KeyCode::F(n) => format!("F{n}"),
-        other => format!("{other:?}"),
-    };
-    if modifiers.is_empty() || modifiers == KeyModifiers::SHIFT {
-        name
-    } else {
-        format!("{modifiers:?}+{name}").replace(" | ", "+")
+    let mut name = String::new();
+    for (bit, word) in [
+        (KeyModifiers::CONTROL, "Ctrl+"),
+        (KeyModifiers::ALT, "Alt+"),
+        (KeyModifiers::SUPER, "Win+"),
+    ] {
+        if modifiers.contains(bit) {
+            name.push_str(word);
+        }
     }
+    let _ = match code {
+        KeyCode::Char(c) => write!(name, "'{c}'"),
+        KeyCode::F(n) => write!(name, "F{n}"),
+        other => write!(name, "{other:?}"),
+    };
+    name
 }
 
 /// Applies `key` to `model`.

@@ -629,6 +629,16 @@ fn bad_filters_and_unknown_keys_are_explained_without_losing_the_view() {
         assert_eq!(row, 19, "on the status line");
         assert_eq!(fg_at(&t, row), Color::Red);
     }
+    let alt_x = KeyEvent::new(
+        KeyCode::Char('x'),
+        KeyModifiers::ALT | KeyModifiers::CONTROL,
+    );
+    assert_eq!(keys::handle(&mut m, alt_x), Action::Redraw);
+    assert_eq!(
+        m.status.as_ref().map(|s| s.text.as_str()),
+        Some("unknown key Ctrl+Alt+'x': press ? for the list of keys")
+    );
+    keys::handle(&mut m, key(KeyCode::Insert));
     insta::assert_snapshot!("unknown_key", screen(&draw(&mut m, 100, 20)));
     press(&mut m, &[KeyCode::Down]);
     assert!(m.status.is_none(), "the next key clears the hint");
