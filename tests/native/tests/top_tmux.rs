@@ -10,7 +10,8 @@
 //! connections tab with new and ended connections marked, the events tab,
 //! an unknown key's hint, the help, pause, a resize and a terminal too
 //! small, quit giving back the shell with the terminal restored (`stty`
-//! shows canonical mode and echo again), and a panic inside the view
+//! shows canonical mode and echo again), the same after the driver fails
+//! (the error and its exit code shown after the view), and a panic inside the view
 //! restoring the terminal before it is reported (the process then aborts:
 //! the workspace builds with `panic = "abort"`).
 //!
@@ -316,7 +317,8 @@ fn resize(tmux: &Tmux) {
     });
 }
 
-/// Quit and a panic: the shell is back each time, the terminal restored.
+/// Quit, a failing driver and a panic: the shell is back each time, the
+/// terminal restored.
 fn quit_and_panic(tmux: &Tmux, binary: &str, image: &str) {
     // Quit: the shell is back, the terminal restored.
     tmux.keys(&["q"]);
@@ -331,6 +333,24 @@ fn quit_and_panic(tmux: &Tmux, binary: &str, image: &str) {
         "{screen}"
     );
     check_terminal_restored(tmux, "after q");
+
+    // The driver failing: the view ends, the terminal is restored, then
+    // the tool's error and exit code.
+    tmux.run(&["send-keys", "-t", "top", "clear", "Enter"]);
+    tmux.type_text(&format!(
+        "WFPMON_SYS={image} {binary} --fail-test --interval 0.5; echo fail-exit=$?"
+    ));
+    tmux.keys(&["Enter"]);
+    let screen = tmux.wait_for("a failing driver", |s| printed(s, "fail-exit=").is_some());
+    assert_eq!(printed(&screen, "fail-exit="), Some("1"), "{screen}");
+    assert!(
+        screen.contains(
+            "wfpmonctl: error: DeviceIoControl(IOCTL_WFPMON_LIST_FLOWS) failed [Win32 error 21"
+        ),
+        "{screen}"
+    );
+    assert!(!screen.contains("wfpmonctl top │"), "{screen}");
+    check_terminal_restored(tmux, "after the error");
 
     // A panic inside the view: the terminal is restored, then the panic
     // is reported and the process aborts (the workspace's panic = "abort").

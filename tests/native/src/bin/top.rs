@@ -5,7 +5,7 @@
 //! command) reading the driver through `IRP_MJ_DEVICE_CONTROL`.
 //!
 //! ```text
-//! wfpmon-native-top [--panic-test] [wfpmonctl top options, e.g. --interval 0.5]
+//! wfpmon-native-top [--panic-test | --fail-test] [wfpmonctl top options, e.g. --interval 0.5]
 //! ```
 //!
 //! The programs (process id, image path as the engine supplies it):
@@ -18,7 +18,10 @@
 //! and naming it panics inside the view — the terminal must come back
 //! (the view's panic hook) before the panic is reported. The workspace
 //! builds with `panic = "abort"` (so does wfpmonctl.exe): the process then
-//! aborts (the shell reports exit status 134, SIGABRT).
+//! aborts (the shell reports exit status 134, SIGABRT). `--fail-test`:
+//! after 2 s every request to the control device fails (`ERROR_NOT_READY`)
+//! — the view ends with the tool's error message and exit code after the
+//! terminal is restored.
 //!
 //! `tests/native/tests/top_tmux.rs` runs it inside tmux.
 
@@ -44,8 +47,12 @@ mod host {
     const PANIC_PID: u64 = 6666;
 
     /// The control device as `DeviceIoControl` sees it (as in
-    /// `tests/wfpmonctl_flows.rs`).
-    struct Device<'w>(&'w World);
+    /// `tests/wfpmonctl_flows.rs`); from `fail_from` on, every request
+    /// fails with `ERROR_NOT_READY`.
+    struct Device<'w> {
+        world: &'w World,
+        fail_from: Option<Instant>,
+    }
 
     impl ControlDevice for Device<'_> {
         fn ioctl(
@@ -54,7 +61,10 @@ mod host {
             input: &[u8],
             output: &mut [u8],
         ) -> Result<usize, IoctlError> {
-            let (status, out) = self.0.ioctl(code, input, output.len());
+            if self.fail_from.is_some_and(|t| Instant::now() >= t) {
+                return Err(IoctlError::win32(21));
+            }
+            let (status, out) = self.world.ioctl(code, input, output.len());
             if status < 0 {
                 return Err(IoctlError::win32(win32_error(status)));
             }
@@ -161,7 +171,8 @@ mod host {
     pub fn main() -> ExitCode {
         let mut args: Vec<String> = std::env::args().skip(1).collect();
         let panic_test = args.iter().any(|a| a == "--panic-test");
-        args.retain(|a| a != "--panic-test");
+        let fail_test = args.iter().any(|a| a == "--fail-test");
+        args.retain(|a| a != "--panic-test" && a != "--fail-test");
         let image = wfpmon_native_host::image_path();
         if !image.exists() {
             eprintln!(
@@ -191,7 +202,10 @@ mod host {
             s.spawn(|| traffic(w, &stop, panic_test));
             let _stop = StopOnDrop(&stop);
             let words: Vec<&str> = args.iter().map(String::as_str).collect();
-            let mut device = Device(w);
+            let mut device = Device {
+                world: w,
+                fail_from: fail_test.then(|| Instant::now() + Duration::from_secs(2)),
+            };
             wfpmonctl::top::run(
                 &words,
                 &mut device,
