@@ -15,7 +15,8 @@
 #     Linux process and driven from real threads (scenarios repeated with
 #     consecutive seeds), then under valgrind memcheck (a stress scenario
 #     that must be clean, and a deliberately broken one that must be
-#     reported).
+#     reported); and wfpmonctl top, the tool's live view, in tmux against
+#     the real wfpmon.sys with traffic running (screens asserted and printed).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -70,7 +71,11 @@ step "native host: the real wfpmon.sys on real threads (tests/native)"
 # The tests skip (loudly) without an image; here the image was just built,
 # so a missing one is an error, not a skip.
 [[ -f "$WFPMON_SYS" ]] || { echo "test.sh: no image at $WFPMON_SYS" >&2; exit 1; }
-cargo test --locked --release -p wfpmon-native-host
+cargo test --locked --release -p wfpmon-native-host -- --skip top_in_tmux
+
+step "native host: wfpmonctl top in tmux against the real wfpmon.sys (screens printed)"
+command -v tmux >/dev/null || { echo "test.sh: tmux is missing (scripts/linux/setup.sh installs it)" >&2; exit 1; }
+cargo test --locked --release -p wfpmon-native-host --test top_tmux -- --nocapture
 
 step "native host under valgrind memcheck"
 cargo build --locked --release -p wfpmon-native-host --bin wfpmon-native-stress

@@ -65,8 +65,10 @@ flock 9
 #                         (no MSVC CRT exists here to link the msvc build)
 #   valgrind              memcheck run of the native host (tests/native);
 #                         skipped when `valgrind --version` already answers
+#   tmux                  the terminal `wfpmonctl top` runs in against the
+#                         real image (tests/native/tests/top_tmux.rs)
 # ---------------------------------------------------------------------------
-apt_packages=(mingw-w64-x86-64-dev clang libclang-dev llvm python3-venv gcc-mingw-w64-x86-64)
+apt_packages=(mingw-w64-x86-64-dev clang libclang-dev llvm python3-venv gcc-mingw-w64-x86-64 tmux)
 missing=()
 for pkg in "${apt_packages[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then

@@ -12,7 +12,7 @@ use wfpmon_core::events::FROM_NOW;
 use wfpmon_core::protocol::{FlowEntry, MAX_EVENTS_PER_CALL};
 use windows_sys::Win32::Foundation::ERROR_OPERATION_ABORTED;
 
-use crate::cli::{Cli, Command, EventsArgs, FlowsArgs, ProcsArgs, Watch};
+use crate::cli::{Cli, Command, EventsArgs, FlowsArgs, ProcsArgs, TopArgs, Watch};
 use crate::device::{self, ControlDevice};
 use crate::engine::{self, FilterEngine};
 use crate::error::{Error, Kind, SystemCode};
@@ -228,6 +228,7 @@ fn command<S: System>(cli: &Cli, sys: &mut S, out: &mut dyn Write) -> Result<u8,
         Command::Flows(args) => flows(sys, out, args, terminal),
         Command::Events(args) => events(sys, out, args),
         Command::Procs(args) => processes(sys, out, args, terminal),
+        Command::Top(args) => top(sys, args, terminal),
         Command::Counting { state } => {
             let on = state == "on";
             device::set_counting(&mut open_device(sys, true)?, on)?;
@@ -517,6 +518,24 @@ fn processes<S: System>(
     })
 }
 
+/// `top`: the live view on the console (refused when standard output is
+/// not one). Host names and services are not looked up yet (`NoNames`).
+fn top<S: System>(sys: &mut S, args: &TopArgs, terminal: Option<Terminal>) -> Result<u8, Error> {
+    if terminal.is_none() {
+        return Err(crate::tui::run::not_a_terminal());
+    }
+    let mut dev = sys.device(false)?;
+    let drives = sys.dos_devices();
+    // Both hooks reach the system; they are never called at once.
+    let sys = std::cell::RefCell::new(sys);
+    let process_name = |pid| sys.borrow_mut().process_name(pid);
+    let mut source =
+        crate::tui::source::DeviceSource::new(&mut dev, process_name, drives, std::thread::sleep);
+    let mut interrupted = || sys.borrow_mut().interrupted();
+    crate::tui::top(args, &mut source, &crate::tui::NoNames, &mut interrupted)?;
+    Ok(0)
+}
+
 /// What a refresh of `flows` prints for `doc`: JSON, or the table fitted
 /// to `width`.
 fn flows_output(doc: &FlowsDoc, args: &FlowsArgs, width: Option<usize>) -> String {
@@ -685,6 +704,23 @@ mod tests {
         let mut out = Vec::new();
         let code = run(&cli, sys, &mut out);
         (code, String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn top_refuses_when_output_is_not_a_console() {
+        let mut sys = running();
+        let (code, out) = run_with(&mut sys, &["top"]);
+        let err = code.unwrap_err();
+        assert_eq!((err.exit_code(), out.as_str()), (11, ""));
+        assert!(
+            err.message.contains("needs a terminal") && err.message.contains("flows --watch"),
+            "{err}"
+        );
+        assert_eq!(
+            sys.driver.borrow().list_calls,
+            0,
+            "nothing asked of the driver"
+        );
     }
 
     #[test]

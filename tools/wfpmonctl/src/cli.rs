@@ -77,6 +77,11 @@ pub enum Command {
     Events(EventsArgs),
     /// Show per-process totals (active and ended flows), like Resource Monitor.
     Procs(ProcsArgs),
+    /// Live view: programs, connections and events, with keys to sort, filter and pause.
+    ///
+    /// Full screen; needs a terminal (for logs and scripts use `flows --watch`).
+    /// Press ? in the view for the keys.
+    Top(TopArgs),
     /// Turn traffic counting on or off (flows are tracked either way).
     Counting {
         /// on or off.
@@ -155,6 +160,20 @@ pub struct FlowsArgs {
     /// Refreshing (rates appear from the second refresh on).
     #[command(flatten)]
     pub watch: Watch,
+}
+
+/// Options of `top`.
+#[derive(Clone, Debug, Args)]
+pub struct TopArgs {
+    /// Refresh every SECONDS (fractions allowed, e.g. 0.5).
+    #[arg(long, value_name = "SECONDS", value_parser = seconds, default_value_t = 1.0)]
+    pub interval: f64,
+    /// Rates and amounts in bytes (KiB/s) or bits (kbit/s); b switches in the view.
+    #[arg(long, value_enum, default_value_t)]
+    pub units: crate::tui::units::Units,
+    /// Numeric: no host names for remote addresses.
+    #[arg(short = 'n', long)]
+    pub numeric: bool,
 }
 
 /// Options of `events`.
@@ -529,6 +548,33 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn top_options() {
+        let Command::Top(t) = parse(&["top"]).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (t.interval, t.units, t.numeric),
+            (1.0, crate::tui::units::Units::Bytes, false)
+        );
+        let Command::Top(t) =
+            parse(&["top", "--interval", "0.5", "--units", "bits", "-n"]).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (t.interval, t.units, t.numeric),
+            (0.5, crate::tui::units::Units::Bits, true)
+        );
+        for args in [
+            &["top", "--interval", "0"][..],
+            &["top", "--units", "nibbles"],
+            &["top", "--watch", "1"],
+        ] {
+            usage_error(args);
+        }
     }
 
     #[test]

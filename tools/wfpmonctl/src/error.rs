@@ -34,10 +34,11 @@ pub enum Kind {
     Inactive = 8,
     DriverNotInstalled = 9,
     DeviceBusy = 10,
+    NotATerminal = 11,
 }
 
 /// Every exit code and its meaning, as `--help` lists them.
-pub const EXIT_CODES: [(Kind, &str); 10] = [
+pub const EXIT_CODES: [(Kind, &str); 11] = [
     (
         Kind::Other,
         "any other failure (the Windows code and its text are printed)",
@@ -75,6 +76,10 @@ pub const EXIT_CODES: [(Kind, &str); 10] = [
         Kind::DeviceBusy,
         "the driver stayed busy with another client's query",
     ),
+    (
+        Kind::NotATerminal,
+        "top: standard output is not a terminal (use flows --watch)",
+    ),
 ];
 
 /// Remedies, one per case.
@@ -104,6 +109,7 @@ impl Kind {
             Self::Inactive => "inactive",
             Self::DriverNotInstalled => "driver_not_installed",
             Self::DeviceBusy => "device_busy",
+            Self::NotATerminal => "not_a_terminal",
         }
     }
 
@@ -130,7 +136,7 @@ impl Kind {
                 "the wfpmon driver stayed busy with another client's query",
                 RETRY,
             ),
-            Self::Other | Self::Usage | Self::Inactive => return None,
+            Self::Other | Self::Usage | Self::Inactive | Self::NotATerminal => return None,
         })
     }
 }

@@ -11,6 +11,7 @@ mod cli;
 mod client;
 mod error;
 mod model;
+mod tui;
 mod view;
 #[cfg(windows)]
 mod windows;
@@ -54,6 +55,122 @@ pub mod listing {
     ) -> Result<(FlowsDoc, String), (u8, String)> {
         crate::app::flows_once(args, device, &mut process_name, now)
             .map_err(|e| (e.exit_code(), e.to_string()))
+    }
+}
+
+/// `wfpmonctl top`, public so that other hosts can run it against a real
+/// driver image.
+///
+/// The native test host runs [`run`](top::run) against the real
+/// `wfpmon.sys` in a terminal (inside tmux, `tests/native/tests/top_tmux.rs`);
+/// the benchmark (`benches/top_refresh.rs`) times [`View`](top::View)'s
+/// refresh and drawing.
+pub mod top {
+    use std::time::{Duration, SystemTime};
+
+    use clap::Parser;
+    use ratatui::Terminal;
+    use ratatui::backend::Backend;
+
+    pub use crate::device::{ControlDevice, IoctlError};
+    pub use crate::tui::units::Units;
+    pub use crate::tui::{Names, NoNames};
+
+    use crate::cli::{Cli, Command, TopArgs};
+    use crate::error::{Error, Kind};
+    use crate::tui::model::Model;
+    use crate::tui::source::DeviceSource;
+
+    fn parse(args: &[&str]) -> Result<TopArgs, Error> {
+        let words = ["wfpmonctl", "top"].into_iter().chain(args.iter().copied());
+        let cli = Cli::try_parse_from(words).map_err(|e| Error::new(Kind::Usage, e.to_string()))?;
+        let Command::Top(args) = cli.command else {
+            unreachable!("the words name the top command");
+        };
+        Ok(args)
+    }
+
+    /// `wfpmonctl top ARGS` on this process's terminal against `device`
+    /// until a quit key: process names from the driver's table (else
+    /// `process_name` by PID), services and host names from `names`.
+    ///
+    /// # Errors
+    /// The exit code and message `wfpmonctl` would end with: a usage
+    /// error, standard output not a terminal (9), a failed request, a
+    /// terminal failure.
+    pub fn run(
+        args: &[&str],
+        device: &mut impl ControlDevice,
+        process_name: impl FnMut(u64) -> Option<String>,
+        names: &dyn Names,
+    ) -> Result<(), (u8, String)> {
+        let code = |e: Error| (e.exit_code(), e.to_string());
+        let args = parse(args).map_err(code)?;
+        let mut source = DeviceSource::new(device, process_name, Vec::new(), std::thread::sleep);
+        crate::tui::top(&args, &mut source, names, &mut || false).map_err(code)
+    }
+
+    /// The live view without a terminal of its own: its refresh and its
+    /// drawing into any ratatui backend (for benchmarks).
+    pub struct View<'d, D, P> {
+        model: Model,
+        source: DeviceSource<'d, D, P>,
+    }
+
+    impl<'d, D: ControlDevice, P: FnMut(u64) -> Option<String>> View<'d, D, P> {
+        /// The view `wfpmonctl top ARGS` shows, reading `device`.
+        ///
+        /// # Errors
+        /// A usage error in `args` (exit code and message).
+        pub fn new(
+            args: &[&str],
+            device: &'d mut D,
+            process_name: P,
+        ) -> Result<Self, (u8, String)> {
+            let args = parse(args).map_err(|e| (e.exit_code(), e.to_string()))?;
+            Ok(Self {
+                model: crate::tui::model(&args),
+                source: DeviceSource::new(device, process_name, Vec::new(), std::thread::sleep),
+            })
+        }
+
+        /// One sample of the driver taken into the view, at wall time
+        /// `wall` and monotonic time `mono`.
+        ///
+        /// # Errors
+        /// A failed request (exit code and message).
+        pub fn refresh(&mut self, wall: SystemTime, mono: Duration) -> Result<(), (u8, String)> {
+            use crate::tui::source::Source;
+            let sample = self
+                .source
+                .sample(wall, mono)
+                .map_err(|e| (e.exit_code(), e.to_string()))?;
+            let source = &mut self.source;
+            self.model
+                .update(sample, &mut |key, pid| source.name(key, pid), &NoNames);
+            Ok(())
+        }
+
+        /// Draws the view.
+        ///
+        /// # Errors
+        /// The backend's.
+        pub fn draw<B: Backend>(&mut self, terminal: &mut Terminal<B>) -> Result<(), B::Error> {
+            terminal
+                .draw(|frame| crate::tui::view::draw(frame, &mut self.model))
+                .map(drop)
+        }
+
+        /// Applies a key as the terminal view does; `false` when it quits.
+        pub fn key(&mut self, key: ratatui::crossterm::event::KeyEvent) -> bool {
+            crate::tui::keys::handle(&mut self.model, key) != crate::tui::keys::Action::Quit
+        }
+
+        /// Connections and programs the view holds.
+        #[must_use]
+        pub fn counts(&self) -> (usize, usize) {
+            (self.model.conns.len(), self.model.programs.len())
+        }
     }
 }
 

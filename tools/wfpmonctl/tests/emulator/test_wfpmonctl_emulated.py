@@ -1526,6 +1526,17 @@ def test_counting_and_an_absent_driver(exe):
         assert "the wfpmon driver is installed but not running" in run.stderr and run.stdout == ""
 
 
+def test_top_refuses_when_stdout_is_not_a_console(exe):
+    machine = running_machine()
+    run = Run(exe, ["top"], machine=machine)
+    assert (run.exit_code, run.stdout) == (11, ""), run.stderr
+    assert "top is interactive and needs a terminal" in run.stderr, run.stderr
+    assert "`wfpmonctl flows --watch SECONDS`" in run.stderr, run.stderr
+    assert not run.added("CreateFileW"), "the device is not even opened"
+    run = Run(exe, ["--help"], machine=machine)
+    assert "  9  top: standard output is not a terminal" in run.stdout, run.stdout
+
+
 # --- events, procs and process names from the driver ---------------------------
 
 FIREFOX_DEVICE = r"\device\harddiskvolume3\program files\mozilla firefox\firefox.exe"
