@@ -532,8 +532,12 @@ fn top<S: System>(sys: &mut S, args: &TopArgs, terminal: Option<Terminal>) -> Re
     let mut source =
         crate::tui::source::DeviceSource::new(&mut dev, process_name, drives, std::thread::sleep);
     let mut interrupted = || sys.borrow_mut().interrupted();
-    crate::tui::top(args, &mut source, &crate::tui::NoNames, &mut interrupted)?;
-    Ok(0)
+    match crate::tui::top(args, &mut source, &crate::tui::NoNames, &mut interrupted) {
+        // Ctrl+Break cancels a request in flight (the control handler's
+        // CancelIoEx): an end, not a failure.
+        Err(_) if sys.borrow_mut().interrupted() => Ok(0),
+        result => result.map(|()| 0),
+    }
 }
 
 /// What a refresh of `flows` prints for `doc`: JSON, or the table fitted
