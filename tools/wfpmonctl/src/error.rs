@@ -129,7 +129,7 @@ impl Kind {
                 UNINSTALL,
             ),
             Self::ProtocolMismatch => (
-                "the wfpmon driver refused a request of this wfpmonctl: they come from different builds",
+                "the wfpmon driver refused this wfpmonctl's request (they come from different builds)",
                 SAME_BUILD,
             ),
             Self::DeviceBusy => (

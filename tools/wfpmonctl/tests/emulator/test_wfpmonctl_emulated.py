@@ -1276,7 +1276,7 @@ ENGINE_DOWN = {"bfe_stopped": {"FwpmEngineOpen0": EPT_S_NOT_REGISTERED},
      "the Base Filtering Engine service (BFE) does not exist on this system: wfpmon needs the Windows Filtering "
      "Platform", "Win32 error 1722 (0x000006BA): The RPC server is unavailable."),
     ("protocol_mismatch", ["flows"], 7,
-     "the wfpmon driver refused a request of this wfpmonctl: they come from different builds: install the driver and "
+     "the wfpmon driver refused this wfpmonctl's request (they come from different builds): install the driver and "
      "wfpmonctl from the same build", "Win32 error 1306 (0x0000051A): Indicates two revision levels are incompatible."),
     ("device_busy", ["procs"], 10,
      "the wfpmon driver stayed busy with another client's query (5 attempts, 20 ms apart): try again in a moment",
