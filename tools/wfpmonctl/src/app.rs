@@ -526,17 +526,62 @@ fn top<S: System>(sys: &mut S, args: &TopArgs, terminal: Option<Terminal>) -> Re
     }
     let mut dev = sys.device(false)?;
     let drives = sys.dos_devices();
-    // Both hooks reach the system; they are never called at once.
+    let naming = std::cell::RefCell::new(Naming::new(sys, !args.numeric));
+    // The hooks and the names reach the system; they are never called at
+    // once (each borrow ends with its call).
     let sys = std::cell::RefCell::new(sys);
+    let names = TopNames {
+        sys: &sys,
+        naming,
+        polled: std::cell::Cell::new(None),
+    };
     let process_name = |pid| sys.borrow_mut().process_name(pid);
     let mut source =
         crate::tui::source::DeviceSource::new(&mut dev, process_name, drives, std::thread::sleep);
     let mut interrupted = || sys.borrow_mut().interrupted();
-    match crate::tui::top(args, &mut source, &crate::tui::NoNames, &mut interrupted) {
+    match crate::tui::top(args, &mut source, &names, &mut interrupted) {
         // Ctrl+Break cancels a request in flight (the control handler's
         // CancelIoEx): an end, not a failure.
         Err(_) if sys.borrow_mut().interrupted() => Ok(0),
         result => result.map(|()| 0),
+    }
+}
+
+/// The live view's names, from the same caches as the other commands: the
+/// services of a process (refreshed when stale), and — without `-n` — the
+/// host name of a remote address, asked for when the view shows it, with
+/// the answers taken at most every [`NAME_STEP`]: never a wait (a refresh
+/// shows what is known; names appear as they arrive).
+struct TopNames<'a, S: System> {
+    sys: &'a std::cell::RefCell<&'a mut S>,
+    naming: std::cell::RefCell<Naming<S::Lookup>>,
+    polled: std::cell::Cell<Option<Duration>>,
+}
+
+impl<S: System> crate::tui::Names for TopNames<'_, S> {
+    fn services(&self, pid: u64) -> Option<String> {
+        let mut sys = self.sys.borrow_mut();
+        let now = sys.now().1;
+        let mut naming = self.naming.borrow_mut();
+        naming.services.refresh(now, || sys.services());
+        let services = naming.services.of(pid);
+        (!services.is_empty()).then(|| services.join(", "))
+    }
+
+    fn remote_host(&self, address: IpAddr) -> Option<String> {
+        let now = self.sys.borrow_mut().now().1;
+        let mut naming = self.naming.borrow_mut();
+        let hosts = naming.hosts.as_mut()?;
+        hosts.want(address, now);
+        if self
+            .polled
+            .get()
+            .is_none_or(|at| now.saturating_sub(at) >= NAME_STEP)
+        {
+            hosts.poll(now);
+            self.polled.set(Some(now));
+        }
+        hosts.name(address)
     }
 }
 
@@ -1460,6 +1505,54 @@ mod tests {
             .collect();
         assert_eq!(names, ["app7.exe", "?", "app103.exe"]);
         assert_eq!(sys.driver.borrow().process_calls, [0]);
+    }
+
+    /// `top`'s names: services at once, a host name asked for when shown
+    /// and taken at a later refresh — never a wait; `-n` asks nothing.
+    #[test]
+    fn top_names_services_and_hosts_without_waiting() {
+        use crate::tui::Names as _;
+        let mut sys = running();
+        sys.services = vec![(102, "LanmanWorkstation".into()), (102, "Dnscache".into())];
+        let remote: IpAddr = "192.0.2.7".parse().unwrap();
+        sys.dns.0.borrow_mut().answers.insert(
+            remote,
+            vec![(Some("edge.example.net".into()), Some(1))].into(),
+        );
+        let naming = std::cell::RefCell::new(Naming::new(&mut sys, true));
+        let cell = std::cell::RefCell::new(&mut sys);
+        let names = TopNames {
+            sys: &cell,
+            naming,
+            polled: std::cell::Cell::new(None),
+        };
+        assert_eq!(
+            names.services(102).as_deref(),
+            Some("Dnscache, LanmanWorkstation")
+        );
+        assert_eq!(names.services(999), None);
+        assert_eq!(names.remote_host(remote), None, "asked, not waited for");
+        let mut shown = None;
+        for _ in 0..5 {
+            cell.borrow_mut().sleep(Duration::from_secs(1));
+            shown = names.remote_host(remote);
+        }
+        assert_eq!(shown.as_deref(), Some("edge.example.net"));
+        assert_eq!(cell.borrow().sleeps.len(), 5, "only the test's own sleeps");
+        drop(names);
+        assert_eq!(sys.dns.0.borrow().started, [remote], "one lookup");
+
+        let mut sys = running();
+        let naming = std::cell::RefCell::new(Naming::new(&mut sys, false));
+        let cell = std::cell::RefCell::new(&mut sys);
+        let names = TopNames {
+            sys: &cell,
+            naming,
+            polled: std::cell::Cell::new(None),
+        };
+        assert_eq!(names.remote_host(remote), None);
+        drop(names);
+        assert!(sys.dns.0.borrow().started.is_empty(), "-n: no lookup");
     }
 
     #[test]
