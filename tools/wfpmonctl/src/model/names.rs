@@ -190,6 +190,7 @@ impl<L: Lookup> Hosts<L> {
     }
 
     /// Addresses in the cache.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.known.len()
     }
