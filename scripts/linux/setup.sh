@@ -65,8 +65,12 @@ flock 9
 #                         (no MSVC CRT exists here to link the msvc build)
 #   valgrind              memcheck run of the native host (tests/native);
 #                         skipped when `valgrind --version` already answers
+#   nfdump                nfcapd (IPFIX collector) and nfdump (reads its
+#                         files) for the exporter's tests (tools/wfpmon-export)
+#   prometheus            promtool, which checks the exporter's metrics files
 # ---------------------------------------------------------------------------
-apt_packages=(mingw-w64-x86-64-dev clang libclang-dev llvm python3-venv gcc-mingw-w64-x86-64)
+apt_packages=(mingw-w64-x86-64-dev clang libclang-dev llvm python3-venv gcc-mingw-w64-x86-64
+    nfdump prometheus)
 missing=()
 for pkg in "${apt_packages[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
