@@ -45,7 +45,12 @@ impl Counters {
     }
 
     const fn array(self) -> [u64; 4] {
-        [self.bytes_in, self.bytes_out, self.packets_in, self.packets_out]
+        [
+            self.bytes_in,
+            self.bytes_out,
+            self.packets_in,
+            self.packets_out,
+        ]
     }
 
     /// Field by field `self - other`, saturating at zero.
@@ -224,8 +229,20 @@ impl Accountant {
     }
 
     /// An "established" event; `start_ms`: its establishment (Unix ms).
-    pub fn established(&mut self, id: u64, tuple: Tuple, pid: u32, process_key: u64, start_ms: u64, out: &mut Vec<Delta>) {
-        if self.flows.get(&id).is_some_and(|f| f.tuple == tuple && f.process_key == process_key) {
+    pub fn established(
+        &mut self,
+        id: u64,
+        tuple: Tuple,
+        pid: u32,
+        process_key: u64,
+        start_ms: u64,
+        out: &mut Vec<Delta>,
+    ) {
+        if self
+            .flows
+            .get(&id)
+            .is_some_and(|f| f.tuple == tuple && f.process_key == process_key)
+        {
             return; // already known from a listing
         }
         let flow = Flow {
@@ -243,7 +260,8 @@ impl Accountant {
     }
 
     /// An "ended" event with the flow's final counters at `end_ms`
-    /// (`driver_time`: the event's interrupt time).
+    /// (`driver_time`: the event's interrupt time; `reason`: end of flow,
+    /// or forced end when the driver removed its context at unload).
     #[allow(clippy::too_many_arguments)]
     pub fn ended(
         &mut self,
@@ -255,6 +273,7 @@ impl Accountant {
         start_ms: u64,
         end_ms: u64,
         driver_time: u64,
+        reason: u8,
         out: &mut Vec<Delta>,
     ) {
         // Towards the reconciliation of the period the event falls in.
@@ -292,7 +311,7 @@ impl Accountant {
                 }
             }
         };
-        push_delta(id, &flow, final_counters, end_ms, end_reason::END_OF_FLOW, out);
+        push_delta(id, &flow, final_counters, end_ms, reason, out);
     }
 
     /// Starts a listing pass.
@@ -302,7 +321,17 @@ impl Accountant {
 
     /// A flow in the current listing pass with its live counters;
     /// `start_ms`: its establishment.
-    pub fn listed(&mut self, id: u64, tuple: Tuple, pid: u32, process_key: u64, counters: Counters, start_ms: u64, now_ms: u64, out: &mut Vec<Delta>) {
+    pub fn listed(
+        &mut self,
+        id: u64,
+        tuple: Tuple,
+        pid: u32,
+        process_key: u64,
+        counters: Counters,
+        start_ms: u64,
+        now_ms: u64,
+        out: &mut Vec<Delta>,
+    ) {
         let pass = self.pass;
         match self.flows.get_mut(&id) {
             Some(f) if f.tuple == tuple && counters.covers(f.known) => {
@@ -330,7 +359,9 @@ impl Accountant {
     /// active timeout ago whose counters moved gets an active-timeout delta.
     pub fn end_pass(&mut self, now_ms: u64, out: &mut Vec<Delta>) {
         for (id, f) in &mut self.flows {
-            if now_ms.saturating_sub(f.last_export_ms) >= self.active_timeout_ms && f.known != f.exported {
+            if now_ms.saturating_sub(f.last_export_ms) >= self.active_timeout_ms
+                && f.known != f.exported
+            {
                 push_delta(*id, f, f.known, now_ms, end_reason::ACTIVE_TIMEOUT, out);
                 f.exported = f.known;
                 f.interval_start_ms = now_ms;
@@ -410,7 +441,10 @@ impl Accountant {
             }
         }
         // The rest (no process entry): the driver-wide remainder.
-        let global = snapshot.global.minus(self.base.global).minus(self.since_global);
+        let global = snapshot
+            .global
+            .minus(self.base.global)
+            .minus(self.since_global);
         let remainder = global.minus(assigned_global);
         let rest: Vec<usize> = by_process.into_values().flatten().collect();
         if !rest.is_empty() {
@@ -438,7 +472,9 @@ impl Accountant {
 /// hold their last known counters): each keeps at least its known counters,
 /// the first gets what the residual has beyond their sum.
 fn spread(residual: Counters, members: &[usize], finals: &mut [Counters]) {
-    let known = members.iter().fold(Counters::default(), |a, i| a.plus(finals[*i]));
+    let known = members
+        .iter()
+        .fold(Counters::default(), |a, i| a.plus(finals[*i]));
     let extra = residual.minus(known);
     if let Some(first) = members.first() {
         finals[*first] = finals[*first].plus(extra);
@@ -552,7 +588,7 @@ mod tests {
                         ended_global = ended_global.plus(c);
                         truth.insert(id, c);
                         if deliver {
-                            acc.ended(id, tuple(id), 7, key, c, time, time, time, &mut out);
+                            acc.ended(id, tuple(id), 7, key, c, time, time, time, end_reason::END_OF_FLOW, &mut out);
                         } else {
                             lost_any = true;
                             if seen_by_exporter.contains(&id) {
@@ -647,24 +683,64 @@ mod tests {
         acc.established(1, tuple(1), 5, 9, 100, &mut out);
         acc.established(2, tuple(2), 5, 10, 100, &mut out);
         acc.begin_pass();
-        let c1 = Counters { bytes_in: 10, bytes_out: 20, packets_in: 1, packets_out: 2 };
+        let c1 = Counters {
+            bytes_in: 10,
+            bytes_out: 20,
+            packets_in: 1,
+            packets_out: 2,
+        };
         acc.listed(1, tuple(1), 5, 9, c1, 100, 200, &mut out);
         acc.listed(2, tuple(2), 5, 10, c1, 100, 200, &mut out);
         acc.end_pass(200, &mut out);
         assert!(out.is_empty(), "no timeout yet: {out:?}");
         // Flow 1 ends with more traffic; its event is lost. Flow 2 ends
         // and its event arrives.
-        let f1 = Counters { bytes_in: 15, bytes_out: 40, packets_in: 2, packets_out: 4 };
-        let f2 = Counters { bytes_in: 11, bytes_out: 21, packets_in: 2, packets_out: 3 };
-        acc.ended(2, tuple(2), 5, 10, f2, 100, 300, 300, &mut out);
+        let f1 = Counters {
+            bytes_in: 15,
+            bytes_out: 40,
+            packets_in: 2,
+            packets_out: 4,
+        };
+        let f2 = Counters {
+            bytes_in: 11,
+            bytes_out: 21,
+            packets_in: 2,
+            packets_out: 3,
+        };
+        acc.ended(
+            2,
+            tuple(2),
+            5,
+            10,
+            f2,
+            100,
+            300,
+            300,
+            end_reason::END_OF_FLOW,
+            &mut out,
+        );
         acc.begin_pass();
         acc.end_pass(400, &mut out);
         acc.snapshot_taken(400);
         let per_process = HashMap::from([(9, f1), (10, f2)]);
-        acc.reconcile(EndedTotals { driver_time: 400, per_process, global: f1.plus(f2) }, 400, &mut out);
+        acc.reconcile(
+            EndedTotals {
+                driver_time: 400,
+                per_process,
+                global: f1.plus(f2),
+            },
+            400,
+            &mut out,
+        );
         assert_eq!(out.len(), 2);
-        assert_eq!((out[0].flow_id, out[0].counters, out[0].reason), (2, f2, end_reason::END_OF_FLOW));
-        assert_eq!((out[1].flow_id, out[1].counters, out[1].reason), (1, f1, end_reason::LACK_OF_RESOURCES));
+        assert_eq!(
+            (out[0].flow_id, out[0].counters, out[0].reason),
+            (2, f2, end_reason::END_OF_FLOW)
+        );
+        assert_eq!(
+            (out[1].flow_id, out[1].counters, out[1].reason),
+            (1, f1, end_reason::LACK_OF_RESOURCES)
+        );
         assert_eq!(acc.stats.unattributed_bytes, 0);
         assert!(acc.is_empty());
     }
@@ -676,17 +752,41 @@ mod tests {
         acc.established(1, tuple(1), 5, 9, 0, &mut out);
         let mut c = Counters::default();
         for t in (10_000..=200_000).step_by(10_000) {
-            c = c.plus(Counters { bytes_in: 7, bytes_out: 3, packets_in: 1, packets_out: 1 });
+            c = c.plus(Counters {
+                bytes_in: 7,
+                bytes_out: 3,
+                packets_in: 1,
+                packets_out: 1,
+            });
             acc.begin_pass();
             acc.listed(1, tuple(1), 5, 9, c, 0, t, &mut out);
             acc.end_pass(t, &mut out);
         }
         let ends: Vec<(u64, u64)> = out.iter().map(|d| (d.start_ms, d.end_ms)).collect();
         assert_eq!(ends, [(0, 60_000), (60_000, 120_000), (120_000, 180_000)]);
-        let fin = c.plus(Counters { bytes_in: 1, ..Counters::default() });
-        acc.ended(1, tuple(1), 5, 9, fin, 0, 201_000, 201_000, &mut out);
-        let sum = out.iter().fold(Counters::default(), |a, d| a.plus(d.counters));
+        let fin = c.plus(Counters {
+            bytes_in: 1,
+            ..Counters::default()
+        });
+        acc.ended(
+            1,
+            tuple(1),
+            5,
+            9,
+            fin,
+            0,
+            201_000,
+            201_000,
+            end_reason::END_OF_FLOW,
+            &mut out,
+        );
+        let sum = out
+            .iter()
+            .fold(Counters::default(), |a, d| a.plus(d.counters));
         assert_eq!(sum, fin);
-        assert_eq!(out.last().map(|d| (d.start_ms, d.reason)), Some((180_000, end_reason::END_OF_FLOW)));
+        assert_eq!(
+            out.last().map(|d| (d.start_ms, d.reason)),
+            Some((180_000, end_reason::END_OF_FLOW))
+        );
     }
 }

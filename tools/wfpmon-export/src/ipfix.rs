@@ -7,12 +7,12 @@
 //! templates, MTU packing and the RFC's sequence numbering; the encoding
 //! itself is a few big-endian fields.
 //!
-//! Each record is unidirectional (see the README for why: nfdump shows the
-//! unidirectional pair correctly). A flow's delta becomes one record per
-//! direction that carried traffic (one record when neither did, so that
-//! every flow appears): "sent" with the local endpoint as source and
-//! `flowDirection` egress, "received" with the remote endpoint as source and
-//! `flowDirection` ingress.
+//! Each record is a biflow (RFC 5103): the source is the flow's initiator
+//! (the local endpoint of an outbound flow, the remote one of an inbound
+//! flow), `octetDeltaCount`/`packetDeltaCount` count the initiator's
+//! traffic and the reverse elements (the same numbers under PEN 29305) the
+//! responder's. nfdump 1.7 shows them as "in" and "out" bytes and packets of
+//! one flow line (checked against Debian's nfcapd; see the README).
 
 use std::collections::HashMap;
 
@@ -30,6 +30,9 @@ pub const TEMPLATE_V4: u16 = 256;
 pub const TEMPLATE_V6: u16 = 257;
 /// "Variable length" in a field specifier.
 pub const VARIABLE: u16 = 0xFFFF;
+/// The reverse-element PEN of RFC 5103 (IANA's "reverse information
+/// element private enterprise number").
+pub const REVERSE_PEN: u32 = 29305;
 /// Private Enterprise Number reserved for documentation (RFC 5612); the
 /// default of [`Templates::new`]'s `pen` (configurable).
 pub const DOCUMENTATION_PEN: u32 = 32473;
@@ -104,15 +107,6 @@ const fn iana(id: u16, len: u16) -> Field {
     Field { id, len, pen: None }
 }
 
-/// The direction of a unidirectional record.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Direction {
-    /// From the remote endpoint to the local one (`flowDirection` 0, ingress).
-    Received,
-    /// From the local endpoint (`flowDirection` 1, egress).
-    Sent,
-}
-
 /// One data record to export.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
@@ -120,7 +114,7 @@ pub struct Record {
     pub flow_id: u64,
     /// IPv6?
     pub v6: bool,
-    /// Source address (IPv4 in the first 4 bytes).
+    /// Source address: the initiator's (IPv4 in the first 4 bytes).
     pub source: [u8; 16],
     /// Destination address.
     pub destination: [u8; 16],
@@ -130,12 +124,16 @@ pub struct Record {
     pub destination_port: u16,
     /// IP protocol.
     pub protocol: u8,
-    /// Direction of the traffic counted.
-    pub direction: Direction,
-    /// Payload bytes in this delta.
+    /// `flowDirection`: 0 ingress (established inbound), 1 egress.
+    pub direction: u8,
+    /// Payload bytes the initiator sent in this delta.
     pub octets: u64,
-    /// Packets in this delta.
+    /// Packets the initiator sent in this delta.
     pub packets: u64,
+    /// Payload bytes the responder sent (reverse octetDeltaCount).
+    pub reverse_octets: u64,
+    /// Packets the responder sent (reverse packetDeltaCount).
+    pub reverse_packets: u64,
     /// Start of the interval (Unix ms).
     pub start_ms: u64,
     /// End of the interval (Unix ms).
@@ -167,6 +165,16 @@ impl Templates {
                 iana(ie::FLOW_END_MILLISECONDS, 8),
                 iana(ie::OCTET_DELTA_COUNT, 8),
                 iana(ie::PACKET_DELTA_COUNT, 8),
+                Field {
+                    id: ie::OCTET_DELTA_COUNT,
+                    len: 8,
+                    pen: Some(REVERSE_PEN),
+                },
+                Field {
+                    id: ie::PACKET_DELTA_COUNT,
+                    len: 8,
+                    pen: Some(REVERSE_PEN),
+                },
                 iana(ie::FLOW_ID, 8),
                 iana(src, alen),
                 iana(dst, alen),
@@ -198,7 +206,11 @@ impl Templates {
     /// The fields of template `id` ([`TEMPLATE_V4`] or [`TEMPLATE_V6`]).
     #[must_use]
     pub fn fields(&self, id: u16) -> &[Field] {
-        if id == TEMPLATE_V6 { &self.v6 } else { &self.v4 }
+        if id == TEMPLATE_V6 {
+            &self.v6
+        } else {
+            &self.v4
+        }
     }
 
     /// The template set carrying both templates.
@@ -267,6 +279,17 @@ pub const MAX_STRING: usize = 1024;
 /// Encodes `r` as a data record of `fields`.
 fn put_record(v: &mut Vec<u8>, fields: &[Field], r: &Record, domain: u32) {
     for f in fields {
+        if f.pen == Some(REVERSE_PEN) {
+            put64(
+                v,
+                if f.id == ie::OCTET_DELTA_COUNT {
+                    r.reverse_octets
+                } else {
+                    r.reverse_packets
+                },
+            );
+            continue;
+        }
         match (f.pen.is_some(), f.id) {
             (false, ie::FLOW_START_MILLISECONDS) => put64(v, r.start_ms),
             (false, ie::FLOW_END_MILLISECONDS) => put64(v, r.end_ms),
@@ -281,10 +304,7 @@ fn put_record(v: &mut Vec<u8>, fields: &[Field], r: &Record, domain: u32) {
             (false, ie::DESTINATION_TRANSPORT_PORT) => put16(v, r.destination_port),
             (false, ie::OBSERVATION_DOMAIN_ID) => put32(v, domain),
             (false, ie::PROTOCOL_IDENTIFIER) => v.push(r.protocol),
-            (false, ie::FLOW_DIRECTION) => v.push(match r.direction {
-                Direction::Received => 0,
-                Direction::Sent => 1,
-            }),
+            (false, ie::FLOW_DIRECTION) => v.push(r.direction),
             (false, ie::FLOW_END_REASON) => v.push(r.end_reason),
             (false, ie::APPLICATION_NAME) => put_string(v, &r.app_name, MAX_STRING),
             (true, ie::PEN_PROCESS_ID) => put32(v, r.pid),
@@ -297,7 +317,15 @@ fn put_record(v: &mut Vec<u8>, fields: &[Field], r: &Record, domain: u32) {
 
 /// Upper bound of a record's encoded size.
 fn record_bound(r: &Record) -> usize {
-    8 * 5 + 32 + 4 + 4 + 4 + 3 + 2 * 3 + r.app_name.len().min(MAX_STRING) + r.app_path.len().min(MAX_STRING)
+    8 * 7
+        + 32
+        + 4
+        + 4
+        + 4
+        + 3
+        + 2 * 3
+        + r.app_name.len().min(MAX_STRING)
+        + r.app_path.len().min(MAX_STRING)
 }
 
 /// When templates are sent again over UDP (RFC 7011 §8.4): after
@@ -309,6 +337,15 @@ pub struct Refresh {
     pub interval_ms: u64,
     /// Messages between template sends.
     pub messages: u64,
+}
+
+/// One encoded message and the data records in it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Encoded {
+    /// The message.
+    pub bytes: Vec<u8>,
+    /// Data records it carries.
+    pub records: u32,
 }
 
 /// Packs records into messages.
@@ -379,8 +416,10 @@ impl Encoder {
         match self.last_templates_ms {
             None => true,
             Some(last) => {
-                (self.refresh.interval_ms > 0 && now_ms.saturating_sub(last) >= self.refresh.interval_ms)
-                    || (self.refresh.messages > 0 && self.messages_since_templates >= self.refresh.messages)
+                (self.refresh.interval_ms > 0
+                    && now_ms.saturating_sub(last) >= self.refresh.interval_ms)
+                    || (self.refresh.messages > 0
+                        && self.messages_since_templates >= self.refresh.messages)
             }
         }
     }
@@ -390,7 +429,13 @@ impl Encoder {
     /// schedule says so. Every message is at most the MTU (a record larger
     /// than a message cannot be: strings are cut at [`MAX_STRING`] and the
     /// MTU is at least 512... so a huge path is cut further to fit).
-    pub fn encode(&mut self, records: &[Record], now_ms: u64, with_templates: bool, out: &mut Vec<Vec<u8>>) {
+    pub fn encode(
+        &mut self,
+        records: &[Record],
+        now_ms: u64,
+        with_templates: bool,
+        out: &mut Vec<Encoded>,
+    ) {
         let mut i = 0;
         while i < records.len() {
             let mut m = self.header(now_ms);
@@ -412,11 +457,15 @@ impl Encoder {
                     }
                     // A single record too large for an empty message: its
                     // strings are cut to what fits.
-                    let room = self.mtu.saturating_sub(m.len() + 4 + record_bound(&Record {
-                        app_name: String::new(),
-                        app_path: String::new(),
-                        ..r.clone()
-                    }));
+                    let room = self.mtu.saturating_sub(
+                        m.len()
+                            + 4
+                            + record_bound(&Record {
+                                app_name: String::new(),
+                                app_path: String::new(),
+                                ..r.clone()
+                            }),
+                    );
                     let mut cut = r.clone();
                     cut.app_name = truncate(&r.app_name, room / 2);
                     cut.app_path = truncate(&r.app_path, room / 2);
@@ -450,7 +499,10 @@ impl Encoder {
             self.records += u64::from(count);
             self.messages += 1;
             self.messages_since_templates += 1;
-            out.push(m);
+            out.push(Encoded {
+                bytes: m,
+                records: count,
+            });
         }
     }
 }
@@ -554,8 +606,12 @@ impl Decoder {
             }
             let body = &msg[at + 4..at + set_len];
             match id {
-                TEMPLATE_SET_ID => self.templates_of(body, out.domain, &mut out.templates, false)?,
-                OPTIONS_TEMPLATE_SET_ID => self.templates_of(body, out.domain, &mut out.templates, true)?,
+                TEMPLATE_SET_ID => {
+                    self.templates_of(body, out.domain, &mut out.templates, false)?
+                }
+                OPTIONS_TEMPLATE_SET_ID => {
+                    self.templates_of(body, out.domain, &mut out.templates, true)?
+                }
                 256.. => {
                     if let Some(fields) = self.templates.get(&(out.domain, id)) {
                         decode_records(body, fields, id, &mut out.records)?;
@@ -568,7 +624,13 @@ impl Decoder {
         Ok(out)
     }
 
-    fn templates_of(&mut self, body: &[u8], domain: u32, ids: &mut Vec<u16>, options: bool) -> Result<(), DecodeError> {
+    fn templates_of(
+        &mut self,
+        body: &[u8],
+        domain: u32,
+        ids: &mut Vec<u16>,
+        options: bool,
+    ) -> Result<(), DecodeError> {
         let mut at = 0;
         let bad = DecodeError::Malformed("template");
         // Padding: fewer than 4 bytes left cannot be a template header.
@@ -589,7 +651,11 @@ impl Decoder {
                 } else {
                     None
                 };
-                fields.push(Field { id: raw & 0x7FFF, len, pen });
+                fields.push(Field {
+                    id: raw & 0x7FFF,
+                    len,
+                    pen,
+                });
             }
             if id < 256 {
                 return Err(bad);
@@ -601,10 +667,21 @@ impl Decoder {
     }
 }
 
-fn decode_records(body: &[u8], fields: &[Field], id: u16, out: &mut Vec<(u16, Fields)>) -> Result<(), DecodeError> {
+fn decode_records(
+    body: &[u8],
+    fields: &[Field],
+    id: u16,
+    out: &mut Vec<(u16, Fields)>,
+) -> Result<(), DecodeError> {
     let min: usize = fields
         .iter()
-        .map(|f| if f.len == VARIABLE { 1 } else { usize::from(f.len) })
+        .map(|f| {
+            if f.len == VARIABLE {
+                1
+            } else {
+                usize::from(f.len)
+            }
+        })
         .sum();
     let mut at = 0;
     while min > 0 && at + min <= body.len() {
@@ -614,7 +691,9 @@ fn decode_records(body: &[u8], fields: &[Field], id: u16, out: &mut Vec<(u16, Fi
                 let first = usize::from(*body.get(at).ok_or(DecodeError::Malformed("varlen"))?);
                 at += 1;
                 if first == 255 {
-                    let l = body.get(at..at + 2).ok_or(DecodeError::Malformed("varlen"))?;
+                    let l = body
+                        .get(at..at + 2)
+                        .ok_or(DecodeError::Malformed("varlen"))?;
                     at += 2;
                     usize::try_from(be(l)).unwrap_or(0)
                 } else {
@@ -623,7 +702,9 @@ fn decode_records(body: &[u8], fields: &[Field], id: u16, out: &mut Vec<(u16, Fi
             } else {
                 usize::from(f.len)
             };
-            let bytes = body.get(at..at + len).ok_or(DecodeError::Malformed("field"))?;
+            let bytes = body
+                .get(at..at + len)
+                .ok_or(DecodeError::Malformed("field"))?;
             at += len;
             let is_number = f.len != VARIABLE && matches!(len, 1 | 2 | 4 | 8) && !is_address(f);
             let value = if is_number {
@@ -642,7 +723,10 @@ const fn is_address(f: &Field) -> bool {
     f.pen.is_none()
         && matches!(
             f.id,
-            ie::SOURCE_IPV4_ADDRESS | ie::DESTINATION_IPV4_ADDRESS | ie::SOURCE_IPV6_ADDRESS | ie::DESTINATION_IPV6_ADDRESS
+            ie::SOURCE_IPV4_ADDRESS
+                | ie::DESTINATION_IPV4_ADDRESS
+                | ie::SOURCE_IPV6_ADDRESS
+                | ie::DESTINATION_IPV6_ADDRESS
         )
 }
 
@@ -678,13 +762,11 @@ pub fn record_of(template: u16, f: &Fields, pen: u32) -> Option<Record> {
         source_port: u16::try_from(num((0, ie::SOURCE_TRANSPORT_PORT))?).ok()?,
         destination_port: u16::try_from(num((0, ie::DESTINATION_TRANSPORT_PORT))?).ok()?,
         protocol: u8::try_from(num((0, ie::PROTOCOL_IDENTIFIER))?).ok()?,
-        direction: if num((0, ie::FLOW_DIRECTION))? == 0 {
-            Direction::Received
-        } else {
-            Direction::Sent
-        },
+        direction: u8::try_from(num((0, ie::FLOW_DIRECTION))?).ok()?,
         octets: num((0, ie::OCTET_DELTA_COUNT))?,
         packets: num((0, ie::PACKET_DELTA_COUNT))?,
+        reverse_octets: num((REVERSE_PEN, ie::OCTET_DELTA_COUNT))?,
+        reverse_packets: num((REVERSE_PEN, ie::PACKET_DELTA_COUNT))?,
         start_ms: num((0, ie::FLOW_START_MILLISECONDS))?,
         end_ms: num((0, ie::FLOW_END_MILLISECONDS))?,
         end_reason: u8::try_from(num((0, ie::FLOW_END_REASON))?).ok()?,
@@ -707,33 +789,46 @@ mod tests {
             any::<[u8; 16]>(),
             any::<(u16, u16, u8, bool)>(),
             any::<(u64, u64, u64, u64)>(),
-            (0u8..6, any::<u32>()),
+            (0u8..6, any::<u32>(), any::<(u64, u64)>()),
             ("[a-z.]{0,20}", "\\PC{0,300}"),
         )
-            .prop_map(|(flow_id, v6, mut s, mut d, (sp, dp, proto, sent), (o, p, a, b), (reason, pid), (name, path))| {
-                if !v6 {
-                    s[4..].fill(0);
-                    d[4..].fill(0);
-                }
-                Record {
+            .prop_map(
+                |(
                     flow_id,
                     v6,
-                    source: s,
-                    destination: d,
-                    source_port: sp,
-                    destination_port: dp,
-                    protocol: proto,
-                    direction: if sent { Direction::Sent } else { Direction::Received },
-                    octets: o,
-                    packets: p,
-                    start_ms: a.min(b),
-                    end_ms: a.max(b),
-                    end_reason: reason,
-                    pid,
-                    app_name: name,
-                    app_path: path,
-                }
-            })
+                    mut s,
+                    mut d,
+                    (sp, dp, proto, sent),
+                    (o, p, a, b),
+                    (reason, pid, (ro, rp)),
+                    (name, path),
+                )| {
+                    if !v6 {
+                        s[4..].fill(0);
+                        d[4..].fill(0);
+                    }
+                    Record {
+                        flow_id,
+                        v6,
+                        source: s,
+                        destination: d,
+                        source_port: sp,
+                        destination_port: dp,
+                        protocol: proto,
+                        direction: u8::from(sent),
+                        octets: o,
+                        packets: p,
+                        reverse_octets: ro,
+                        reverse_packets: rp,
+                        start_ms: a.min(b),
+                        end_ms: a.max(b),
+                        end_reason: reason,
+                        pid,
+                        app_name: name,
+                        app_path: path,
+                    }
+                },
+            )
     }
 
     fn roundtrip(records: &[Record], mtu: usize, refresh: Refresh) -> (Vec<Vec<u8>>, Vec<Message>) {
@@ -741,8 +836,14 @@ mod tests {
         let mut out = Vec::new();
         enc.encode(records, 1_700_000_000_123, true, &mut out);
         let mut dec = Decoder::default();
-        let msgs = out.iter().map(|m| dec.decode(m).expect("decodes")).collect();
-        (out, msgs)
+        let msgs: Vec<Message> = out
+            .iter()
+            .map(|m| dec.decode(&m.bytes).expect("decodes"))
+            .collect();
+        for (m, d) in out.iter().zip(&msgs) {
+            assert_eq!(m.records as usize, d.records.len());
+        }
+        (out.into_iter().map(|m| m.bytes).collect(), msgs)
     }
 
     proptest! {
@@ -790,8 +891,8 @@ mod tests {
         fn templates_are_resent_on_schedule(n in 1usize..400, every in 1u64..10) {
             let r = Record {
                 flow_id: 1, v6: false, source: [1; 16], destination: [2; 16], source_port: 1,
-                destination_port: 2, protocol: 6, direction: Direction::Sent, octets: 1,
-                packets: 1, start_ms: 0, end_ms: 0, end_reason: 3, pid: 0,
+                destination_port: 2, protocol: 6, direction: 1, octets: 1,
+                packets: 1, reverse_octets: 2, reverse_packets: 3, start_ms: 0, end_ms: 0, end_reason: 3, pid: 0,
                 app_name: String::new(), app_path: String::new(),
             };
             let records = vec![r; n];
@@ -804,7 +905,15 @@ mod tests {
 
     #[test]
     fn templates_are_resent_after_the_interval() {
-        let mut enc = Encoder::new(Templates::new(1), 1, 1400, Refresh { interval_ms: 1000, messages: 0 });
+        let mut enc = Encoder::new(
+            Templates::new(1),
+            1,
+            1400,
+            Refresh {
+                interval_ms: 1000,
+                messages: 0,
+            },
+        );
         let r = Record {
             flow_id: 1,
             v6: true,
@@ -813,9 +922,11 @@ mod tests {
             source_port: 1,
             destination_port: 2,
             protocol: 17,
-            direction: Direction::Received,
+            direction: 0,
             octets: 1,
             packets: 1,
+            reverse_octets: 0,
+            reverse_packets: 0,
             start_ms: 0,
             end_ms: 0,
             end_reason: 2,
@@ -828,11 +939,17 @@ mod tests {
             enc.encode(std::slice::from_ref(&r), t, true, &mut out);
         }
         let mut dec = Decoder::default();
-        let with: Vec<bool> = out.iter().map(|m| !dec.decode(m).unwrap().templates.is_empty()).collect();
+        let with: Vec<bool> = out
+            .iter()
+            .map(|m| !dec.decode(&m.bytes).unwrap().templates.is_empty())
+            .collect();
         assert_eq!(with, [true, false, false, true, false, true]);
         // A template-only message decodes to no records and both templates.
         let t = dec.decode(&enc.template_message(5000)).unwrap();
-        assert_eq!((t.templates, t.records.len(), t.sequence), (vec![TEMPLATE_V4, TEMPLATE_V6], 0, 6));
+        assert_eq!(
+            (t.templates, t.records.len(), t.sequence),
+            (vec![TEMPLATE_V4, TEMPLATE_V6], 0, 6)
+        );
     }
 
     #[test]
@@ -845,7 +962,10 @@ mod tests {
         let mut m = vec![0, 10, 0, 24];
         m.extend_from_slice(&[0; 12]);
         m.extend_from_slice(&[0, 2, 0, 200, 0, 0, 0, 0]);
-        assert_eq!(dec.decode(&m).unwrap_err(), DecodeError::Malformed("set length"));
+        assert_eq!(
+            dec.decode(&m).unwrap_err(),
+            DecodeError::Malformed("set length")
+        );
     }
 
     proptest! {

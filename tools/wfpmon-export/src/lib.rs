@@ -4,4 +4,8 @@
 //! README.md describes the modules and the choices behind them.
 
 pub mod accounting;
+pub mod config;
+pub mod exporter;
 pub mod ipfix;
+pub mod metrics;
+pub mod transport;
