@@ -501,7 +501,7 @@ mod tests {
 
     fn tuple(n: u64) -> Tuple {
         Tuple {
-            v6: n % 2 == 0,
+            v6: n.is_multiple_of(2),
             local: [1; 16],
             remote: [u8::try_from(n % 200).unwrap(); 16],
             local_port: u16::try_from(1000 + n).unwrap(),

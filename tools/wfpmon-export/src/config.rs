@@ -206,7 +206,7 @@ pub fn parse(
         .map_err(|e| invalid(format!("configuration: {}", e.to_string().trim_end())))?;
     let collector = match raw.collector {
         None => None,
-        Some(c) => Some(collector(c, resolve)?),
+        Some(c) => Some(collector(&c, resolve)?),
     };
     let e = raw.export;
     let m = raw.metrics;
@@ -225,11 +225,10 @@ pub fn parse(
         ),
     };
     let file_name = m.file_name.unwrap_or_else(|| "wfpmon.prom".into());
-    if !Path::new(&file_name)
+    let is_prom = Path::new(&file_name)
         .extension()
-        .is_some_and(|x| x == "prom")
-        || file_name.contains(['/', '\\'])
-    {
+        .is_some_and(|x| x == "prom");
+    if !is_prom || file_name.contains(['/', '\\']) {
         return Err(invalid(format!(
             "metrics.file_name: \"{file_name}\" must be a plain file name ending in .prom (windows_exporter reads *.prom)"
         )));
@@ -283,7 +282,7 @@ pub fn parse(
 }
 
 fn collector(
-    c: RawCollector,
+    c: &RawCollector,
     resolve: &dyn Fn(&str) -> std::io::Result<Vec<SocketAddr>>,
 ) -> Result<Collector, Error> {
     let name = c.address.trim().to_owned();
@@ -425,7 +424,7 @@ top_programs = 5
         let c = parse("[collector]\naddress = \"127.0.0.1:4739\"\n", &resolve).unwrap();
         let col = c.collector.unwrap();
         assert_eq!((col.transport, col.mtu), (Transport::Udp, 1400));
-        assert_eq!(c.active_timeout, Duration::from_secs(60));
+        assert_eq!(c.active_timeout, Duration::from_mins(1));
         assert_eq!(c.enterprise_number, 32473);
         assert_eq!(c.metrics_listen, None);
     }

@@ -1,4 +1,6 @@
-//! The exporter: reads the driver (events with a cursor, listing passes,
+//! The exporter: the driver in, IPFIX and metrics out.
+//!
+//! It reads the driver (events with a cursor, listing passes,
 //! the process table, statistics) through any [`ControlDevice`], keeps the
 //! accounting, encodes IPFIX and hands it to a [`Sink`], and renders the
 //! metrics. Platform-independent: the Windows service runs it over
@@ -510,39 +512,39 @@ impl Exporter {
     /// with the current health.
     pub fn refresh_metrics<D: ControlDevice>(&mut self, dev: Option<&mut D>) -> &str {
         let mut global = Global::default();
-        if let Some(dev) = dev {
-            if let (Ok(stats), Ok((_, entries))) = (
+        if let Some(dev) = dev
+            && let (Ok(stats), Ok((_, entries))) = (
                 client::query_stats(dev, true),
                 client::list_processes(dev, &mut std::thread::sleep),
-            ) {
-                global = Global {
-                    traffic: Counters {
-                        bytes_in: stats.bytes_inbound,
-                        bytes_out: stats.bytes_outbound,
-                        packets_in: stats.packets_inbound,
-                        packets_out: stats.packets_outbound,
-                    },
-                    flows: stats.flows_tracked,
-                    active_flows: stats.flows_active,
-                };
-                let mut totals = Vec::with_capacity(entries.len());
-                for p in &entries {
-                    self.remember(p);
-                    let name = self
-                        .processes
-                        .get(&p.key)
-                        .map(|x| x.name.to_string())
-                        .unwrap_or_default();
-                    totals.push(ProcessTotals {
-                        key: p.key,
-                        program: name,
-                        traffic: Counters::from_array(p.active).plus(Counters::from_array(p.ended)),
-                        flows: p.flows_total,
-                        active_flows: u64::from(p.active_flows),
-                    });
-                }
-                self.metrics.update(&totals);
+            )
+        {
+            global = Global {
+                traffic: Counters {
+                    bytes_in: stats.bytes_inbound,
+                    bytes_out: stats.bytes_outbound,
+                    packets_in: stats.packets_inbound,
+                    packets_out: stats.packets_outbound,
+                },
+                flows: stats.flows_tracked,
+                active_flows: stats.flows_active,
+            };
+            let mut totals = Vec::with_capacity(entries.len());
+            for p in &entries {
+                self.remember(p);
+                let name = self
+                    .processes
+                    .get(&p.key)
+                    .map(|x| x.name.to_string())
+                    .unwrap_or_default();
+                totals.push(ProcessTotals {
+                    key: p.key,
+                    program: name,
+                    traffic: Counters::from_array(p.active).plus(Counters::from_array(p.ended)),
+                    flows: p.flows_total,
+                    active_flows: u64::from(p.active_flows),
+                });
             }
+            self.metrics.update(&totals);
         }
         self.metrics_text = self.metrics.render(&global, &self.health());
         &self.metrics_text
@@ -606,7 +608,7 @@ pub fn unix_ms() -> u64 {
 /// The direction-neutral view used by [`ipfix`]'s decoder users: bytes and
 /// packets (local → remote, remote → local) of a decoded record.
 #[must_use]
-pub fn local_view(r: &Record) -> (u64, u64, u64, u64) {
+pub const fn local_view(r: &Record) -> (u64, u64, u64, u64) {
     // direction 1 (egress): the source is local; its forward counts are
     // bytes out.
     if r.direction == 1 {

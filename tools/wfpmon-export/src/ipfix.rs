@@ -221,16 +221,13 @@ impl Templates {
             put16(&mut set, id);
             put16(&mut set, u16::try_from(fields.len()).unwrap_or(u16::MAX));
             for f in fields {
-                match f.pen {
-                    Some(pen) => {
-                        put16(&mut set, f.id | 0x8000);
-                        put16(&mut set, f.len);
-                        put32(&mut set, pen);
-                    }
-                    None => {
-                        put16(&mut set, f.id);
-                        put16(&mut set, f.len);
-                    }
+                if let Some(pen) = f.pen {
+                    put16(&mut set, f.id | 0x8000);
+                    put16(&mut set, f.len);
+                    put32(&mut set, pen);
+                } else {
+                    put16(&mut set, f.id);
+                    put16(&mut set, f.len);
                 }
             }
         }
@@ -412,16 +409,12 @@ impl Encoder {
         m
     }
 
-    fn templates_due(&self, now_ms: u64) -> bool {
-        match self.last_templates_ms {
-            None => true,
-            Some(last) => {
-                (self.refresh.interval_ms > 0
-                    && now_ms.saturating_sub(last) >= self.refresh.interval_ms)
-                    || (self.refresh.messages > 0
-                        && self.messages_since_templates >= self.refresh.messages)
-            }
-        }
+    const fn templates_due(&self, now_ms: u64) -> bool {
+        let Some(last) = self.last_templates_ms else {
+            return true;
+        };
+        (self.refresh.interval_ms > 0 && now_ms.saturating_sub(last) >= self.refresh.interval_ms)
+            || (self.refresh.messages > 0 && self.messages_since_templates >= self.refresh.messages)
     }
 
     /// Encodes `records` into messages appended to `out`; with
@@ -607,10 +600,10 @@ impl Decoder {
             let body = &msg[at + 4..at + set_len];
             match id {
                 TEMPLATE_SET_ID => {
-                    self.templates_of(body, out.domain, &mut out.templates, false)?
+                    self.templates_of(body, out.domain, &mut out.templates, false)?;
                 }
                 OPTIONS_TEMPLATE_SET_ID => {
-                    self.templates_of(body, out.domain, &mut out.templates, true)?
+                    self.templates_of(body, out.domain, &mut out.templates, true)?;
                 }
                 256.. => {
                     if let Some(fields) = self.templates.get(&(out.domain, id)) {

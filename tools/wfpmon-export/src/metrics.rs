@@ -1,5 +1,5 @@
 //! Prometheus metrics: the text exposition format (version 0.0.4), written
-//! atomically for windows_exporter's textfile collector and optionally
+//! atomically for `windows_exporter`'s textfile collector and optionally
 //! served on a local port.
 //!
 //! Per-program counters add up the driver's per-process totals (traffic of
@@ -104,7 +104,7 @@ impl Metrics {
     }
 
     fn label(
-        &mut self,
+        &self,
         program: &str,
         weight: u64,
         pending: &mut Vec<(u64, String)>,
@@ -394,7 +394,9 @@ pub fn write_atomically(dir: &Path, name: &str, text: &str) -> std::io::Result<(
     std::fs::rename(&tmp, dir.join(name))
 }
 
-/// Serves the latest text on `listener`: every request gets it (HTTP/1.0,
+/// Serves the latest text on `listener` until `stop` is set.
+///
+/// Every request gets it (HTTP/1.0,
 /// `text/plain; version=0.0.4`), then the connection closes. Hand-written
 /// (a dozen lines) rather than an HTTP server crate: one fixed document, no
 /// routing, no keep-alive. Returns when `stop` is set (checked between

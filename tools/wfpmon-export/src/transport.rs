@@ -212,20 +212,16 @@ fn sender(s: &Shared, collector: SocketAddr, reconnect_max: Duration, templates:
                 return;
             }
         }
-        let stream = TcpStream::connect_timeout(&collector, Duration::from_secs(5));
-        let mut stream = match stream {
-            Ok(st) => st,
-            Err(_) => {
-                c.errors.fetch_add(1, Ordering::Relaxed);
-                c.up.store(false, Ordering::Relaxed);
-                let q = lock(s);
-                if q.stop {
-                    return; // stopping: what is left is counted by `drop`
-                }
-                let _ = s.wake.wait_timeout(q, pause);
-                pause = (pause * 2).min(reconnect_max);
-                continue 'connect;
+        let Ok(mut stream) = TcpStream::connect_timeout(&collector, Duration::from_secs(5)) else {
+            c.errors.fetch_add(1, Ordering::Relaxed);
+            c.up.store(false, Ordering::Relaxed);
+            let q = lock(s);
+            if q.stop {
+                return; // stopping: what is left is counted by `drop`
             }
+            let _ = s.wake.wait_timeout(q, pause);
+            pause = (pause * 2).min(reconnect_max);
+            continue 'connect;
         };
         let _ = stream.set_nodelay(true);
         let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));

@@ -33,9 +33,10 @@ pub mod listing {
     pub use crate::device::{ControlDevice, IoctlError};
     pub use crate::flows::{FlowRow, FlowsDoc, Totals};
 
-    /// The device client's requests, for other tools built on it (the
-    /// exporter, `tools/wfpmon-export`): event reads, the paged process
-    /// table and the statistics — wfpmonctl's own code, with its failures
+    /// The device client's requests, for other tools built on it.
+    ///
+    /// The exporter (`tools/wfpmon-export`) reads events, the paged process
+    /// table and the statistics with wfpmonctl's own code; failures are
     /// flattened into [`client::Failure`].
     pub mod client {
         use std::time::Duration;
