@@ -251,7 +251,12 @@ fn sender(s: &Shared, collector: SocketAddr, reconnect_max: Duration, templates:
                 q.in_flight = true;
                 m
             };
-            if stream.write_all(&message.bytes).is_ok() {
+            // A collector never writes to the exporter: anything readable is
+            // its end of the connection (EOF or a reset). Checked before
+            // each write so that a message is not handed to a connection the
+            // peer already closed (the write would succeed and the message
+            // be lost).
+            if peer_alive(&stream) && stream.write_all(&message.bytes).is_ok() {
                 let mut q = lock(s);
                 q.in_flight = false;
                 c.queued.store(q.messages.len() as u64, Ordering::Relaxed);
@@ -270,6 +275,16 @@ fn sender(s: &Shared, collector: SocketAddr, reconnect_max: Duration, templates:
             }
         }
     }
+}
+
+/// The peer has not closed or reset the connection (nothing to read).
+fn peer_alive(stream: &TcpStream) -> bool {
+    if stream.set_nonblocking(true).is_err() {
+        return false;
+    }
+    let mut byte = [0u8; 1];
+    let alive = matches!(stream.peek(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+    stream.set_nonblocking(false).is_ok() && alive
 }
 
 impl Sink for Tcp {
