@@ -68,6 +68,9 @@ struct Process {
 
 /// The exporter's state.
 pub struct Exporter {
+    /// Unix time now, in ms (the system clock; the tests' follows the
+    /// driver's simulated time).
+    clock: Box<dyn Fn() -> u64 + Send>,
     accountant: Accountant,
     encoder: Encoder,
     sink: Option<Box<dyn Sink>>,
@@ -126,6 +129,7 @@ impl Exporter {
         );
         let templates = Templates::new(config.enterprise_number);
         Self {
+            clock: Box::new(unix_ms),
             accountant: Accountant::new(
                 u64::try_from(config.active_timeout.as_millis()).unwrap_or(u64::MAX),
             ),
@@ -146,6 +150,17 @@ impl Exporter {
             passes: 0,
             metrics_text: String::new(),
         }
+    }
+
+    /// The same exporter on another clock (Unix ms).
+    #[must_use]
+    pub fn with_clock(mut self, clock: Box<dyn Fn() -> u64 + Send>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    fn now(&self) -> u64 {
+        (self.clock)()
     }
 
     /// The templates-only message for a new TCP connection (its sequence
@@ -190,17 +205,17 @@ impl Exporter {
     ///
     /// # Errors
     /// A failed request.
-    pub fn start<D: ControlDevice>(&mut self, dev: &mut D, now_ms: u64) -> Result<(), DeviceError> {
+    pub fn start<D: ControlDevice>(&mut self, dev: &mut D) -> Result<(), DeviceError> {
         let (h, _) = client::read_events(dev, FROM_NOW, false).map_err(|e| failed(&e))?;
         self.cursor = h.next;
-        self.offset_ms = i128::from(now_ms) - i128::from(h.now / 10_000);
+        self.offset_ms = i128::from(self.now()) - i128::from(h.now / 10_000);
         let snapshot = self.snapshot(dev)?;
         self.accountant.snapshot_taken(snapshot.driver_time);
-        self.drain(dev, now_ms)?;
+        self.drain(dev)?;
         self.accountant.set_base(snapshot);
         self.started = true;
         self.need_reconcile = false;
-        self.scan(dev, now_ms)
+        self.scan(dev)
     }
 
     /// The driver's ended totals now (and the process names on the way).
@@ -248,10 +263,9 @@ impl Exporter {
         &mut self,
         dev: &mut D,
         wait: bool,
-        now_ms: u64,
     ) -> Result<usize, DeviceError> {
         let (h, events) = client::read_events(dev, self.cursor, wait).map_err(|e| failed(&e))?;
-        self.offset_ms = i128::from(now_ms) - i128::from(h.now / 10_000);
+        self.offset_ms = i128::from(self.now()) - i128::from(h.now / 10_000);
         if h.dropped > 0 {
             self.event_ring_dropped += h.dropped;
             self.need_reconcile = true;
@@ -268,9 +282,9 @@ impl Exporter {
     ///
     /// # Errors
     /// A failed request.
-    pub fn drain<D: ControlDevice>(&mut self, dev: &mut D, now_ms: u64) -> Result<(), DeviceError> {
+    pub fn drain<D: ControlDevice>(&mut self, dev: &mut D) -> Result<(), DeviceError> {
         for _ in 0..4096 {
-            if self.poll(dev, false, now_ms)? == 0 {
+            if self.poll(dev, false)? == 0 {
                 break;
             }
         }
@@ -335,14 +349,17 @@ impl Exporter {
     ///
     /// # Errors
     /// A failed request.
-    pub fn scan<D: ControlDevice>(&mut self, dev: &mut D, now_ms: u64) -> Result<(), DeviceError> {
+    pub fn scan<D: ControlDevice>(&mut self, dev: &mut D) -> Result<(), DeviceError> {
         let reconcile = self.need_reconcile;
         if reconcile {
-            self.drain(dev, now_ms)?;
+            self.drain(dev)?;
         }
         self.accountant.begin_pass();
         let mut cursor = (0, 0);
         loop {
+            // A pass over many flows takes a while: each batch's ages are
+            // taken against the time of that batch.
+            let batch_ms = self.now();
             let request = ListFlowsRequest::resume(0, cursor.0, cursor.1).to_bytes();
             let n = dev
                 .ioctl(
@@ -355,7 +372,7 @@ impl Exporter {
             let result = protocol::decode_flow_list(&listing[..n.min(listing.len())]).map(
                 |(header, entries)| {
                     for e in entries {
-                        self.listed(&e, now_ms);
+                        self.listed(&e, batch_ms);
                     }
                     header
                 },
@@ -373,14 +390,14 @@ impl Exporter {
             cursor = next;
         }
         self.passes += 1;
-        self.accountant.end_pass(now_ms, &mut self.pending);
+        self.accountant.end_pass(self.now(), &mut self.pending);
         if reconcile {
-            self.drain(dev, now_ms)?;
+            self.drain(dev)?;
             let snapshot = self.snapshot(dev)?;
             self.accountant.snapshot_taken(snapshot.driver_time);
-            self.drain(dev, now_ms)?;
-            self.accountant
-                .reconcile(snapshot, now_ms, &mut self.pending);
+            self.drain(dev)?;
+            let now = self.now();
+            self.accountant.reconcile(snapshot, now, &mut self.pending);
             self.need_reconcile = false;
         }
         Ok(())
@@ -417,7 +434,8 @@ impl Exporter {
 
     /// The driver went away: every flow ends now (forced end); the exporter
     /// starts again with [`Exporter::start`] once the driver is back.
-    pub fn driver_lost(&mut self, now_ms: u64) {
+    pub fn driver_lost(&mut self) {
+        let now_ms = self.now();
         if self.started {
             self.accountant
                 .end_all(now_ms, end_reason::FORCED_END, &mut self.pending);
@@ -430,7 +448,8 @@ impl Exporter {
     }
 
     /// The exporter stops: every flow ends now (forced end).
-    pub fn stop(&mut self, now_ms: u64) {
+    pub fn stop(&mut self) {
+        let now_ms = self.now();
         self.accountant
             .end_all(now_ms, end_reason::FORCED_END, &mut self.pending);
         self.started = false;
@@ -438,7 +457,8 @@ impl Exporter {
 
     /// Encodes the pending deltas and sends them. Process names unknown so
     /// far are asked of the driver first (one `LIST_PROCESSES` walk).
-    pub fn flush<D: ControlDevice>(&mut self, dev: Option<&mut D>, now_ms: u64) -> usize {
+    pub fn flush<D: ControlDevice>(&mut self, dev: Option<&mut D>) -> usize {
+        let now_ms = self.now();
         if self.pending.is_empty() {
             return 0;
         }
@@ -513,7 +533,7 @@ impl Exporter {
     pub fn refresh_metrics<D: ControlDevice>(&mut self, dev: Option<&mut D>) -> &str {
         let mut global = Global::default();
         if let Some(dev) = dev
-            && let (Ok(stats), Ok((_, entries))) = (
+            && let (Ok(stats), Ok((header, entries))) = (
                 client::query_stats(dev, true),
                 client::list_processes(dev, &mut std::thread::sleep),
             )
@@ -527,6 +547,7 @@ impl Exporter {
                 },
                 flows: stats.flows_tracked,
                 active_flows: stats.flows_active,
+                unattributed_flows: header.unattributed_flows,
             };
             let mut totals = Vec::with_capacity(entries.len());
             for p in &entries {

@@ -69,6 +69,10 @@ pub struct Global {
     pub flows: u64,
     /// Flows active.
     pub active_flows: u64,
+    /// Flows the driver tracks without a process (a shard of its process
+    /// table was full of active processes): their traffic is in the
+    /// driver-wide counters, not in any program's.
+    pub unattributed_flows: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -204,6 +208,17 @@ impl Metrics {
         let _ = writeln!(t, "wfpmon_flows_total {}", global.flows);
         family(&mut t, "wfpmon_active_flows", "gauge", "Flows tracked now.");
         let _ = writeln!(t, "wfpmon_active_flows {}", global.active_flows);
+        family(
+            &mut t,
+            "wfpmon_unattributed_flows_total",
+            "counter",
+            "Flows tracked without a process (the driver's process table was full); their traffic is in no program's counters.",
+        );
+        let _ = writeln!(
+            t,
+            "wfpmon_unattributed_flows_total {}",
+            global.unattributed_flows
+        );
 
         let mut names: Vec<&String> = self.programs.keys().collect();
         names.sort();

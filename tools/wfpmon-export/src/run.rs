@@ -105,7 +105,7 @@ pub fn run<D: ControlDevice>(
         if device.is_none() && now >= next_open {
             next_open = now + ms(REOPEN_PAUSE);
             match open() {
-                Ok(mut d) => match exporter.start(&mut d, now) {
+                Ok(mut d) => match exporter.start(&mut d) {
                     Ok(()) => {
                         log(Level::Info, "connected to the wfpmon driver");
                         device = Some(d);
@@ -125,14 +125,14 @@ pub fn run<D: ControlDevice>(
         }
         let mut result = Ok(());
         if let Some(d) = device.as_mut() {
-            result = match exporter.poll(d, wait, unix_ms()) {
+            result = match exporter.poll(d, wait) {
                 Ok(_) | Err(DeviceError::Aborted) => Ok(()),
                 Err(e) => Err(e),
             };
             let now = unix_ms();
             if result.is_ok() && now >= next_scan {
                 next_scan = now + ms(config.scan_interval);
-                result = exporter.scan(d, now);
+                result = exporter.scan(d);
             }
         }
         if let Err(e) = result {
@@ -143,10 +143,10 @@ pub fn run<D: ControlDevice>(
                     REOPEN_PAUSE.as_secs()
                 ),
             );
-            exporter.driver_lost(unix_ms());
+            exporter.driver_lost();
             device = None;
         }
-        exporter.flush(device.as_mut(), unix_ms());
+        exporter.flush(device.as_mut());
         let now = unix_ms();
         if now >= next_metrics {
             next_metrics = now + ms(config.metrics_interval);
@@ -172,8 +172,8 @@ pub fn run<D: ControlDevice>(
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-    exporter.stop(unix_ms());
-    exporter.flush(device.as_mut(), unix_ms());
+    exporter.stop();
+    exporter.flush(device.as_mut());
     if !exporter.drain_sink(Duration::from_secs(5)) {
         log(
             Level::Error,

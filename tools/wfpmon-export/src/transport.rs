@@ -283,7 +283,8 @@ fn peer_alive(stream: &TcpStream) -> bool {
         return false;
     }
     let mut byte = [0u8; 1];
-    let alive = matches!(stream.peek(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+    let alive =
+        matches!(stream.peek(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
     stream.set_nonblocking(false).is_ok() && alive
 }
 
