@@ -802,7 +802,13 @@ fn ipfix_to_nfcapd_every_flow_exact_and_metrics_pass_promtool() {
     if let Err(e) = world.finish() {
         panic!("{e}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    // WFPMON_EXPORT_KEEP=1 keeps the capture and the metrics file (the
+    // examples in docs/windows.md were made so).
+    if std::env::var_os("WFPMON_EXPORT_KEEP").is_some() {
+        eprintln!("kept: {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
 
 fn collector_dir(dir: &Path) -> PathBuf {
