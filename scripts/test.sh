@@ -5,15 +5,17 @@
 #  2. host crates: cargo test (catalog, flow registry, unload protocol,
 #     control protocol incl. property tests, fwpsk-sys layouts, wfpmonctl),
 #     and loom model checking of the flow registry's concurrency protocol;
-#  3. lints: clippy -D warnings for the host crates, for the driver on its
-#     kernel target, and for wfpmonctl on the Windows target (type-check);
+#  3. lints: clippy -D warnings for the host crates (wfpmon-export
+#     included), for the driver on its kernel target, and for wfpmonctl
+#     and wfpmon-export on the Windows target (type-check);
 #  4. pytest: static checks of the image, the emulator suite on the real
 #     wfpmon.sys, the INF checks, the Hyper-V kit checks, and the rulebook
 #     check (every rule of docs/engine-rules.md cited by the fake hosts'
 #     models and by a test);
 #  5. the native host (tests/native): the real wfpmon.sys loaded into a
 #     Linux process and driven from real threads (scenarios repeated with
-#     consecutive seeds), then under valgrind memcheck (a stress scenario
+#     consecutive seeds; the exporter against real nfcapd/nfdump and
+#     promtool), then under valgrind memcheck (a stress scenario
 #     that must be clean, and a deliberately broken one that must be
 #     reported); and wfpmonctl top, the tool's live view, in tmux against
 #     the real wfpmon.sys with traffic running (screens asserted and printed).
@@ -38,7 +40,7 @@ step() { printf '\n=== %s\n' "$*"; }
 step "set-up and release build of wfpmon.sys"
 scripts/linux/build.sh
 
-host_crates=(-p wfpmon-core -p fwpsk-sys -p wfpmonctl)
+host_crates=(-p wfpmon-core -p fwpsk-sys -p wfpmonctl -p wfpmon-export)
 
 step "formatting (cargo fmt --check)"
 cargo fmt --all -- --check
@@ -62,6 +64,9 @@ cargo clippy --locked --release --target "$WFPMON_TARGET" -p wfpmon -- -D warnin
 step "clippy: wfpmonctl on x86_64-pc-windows-msvc (user mode, type-check)"
 cargo clippy --locked --target "$WFPMON_TARGET" -p wfpmonctl -- -D warnings
 
+step "clippy: wfpmon-export on x86_64-pc-windows-msvc (user mode, type-check)"
+cargo clippy --locked --target "$WFPMON_TARGET" -p wfpmon-export -- -D warnings
+
 step "pytest: image, emulator (driver and wfpmonctl.exe), INF, VM kit, rulebook"
 export WFPMON_SYS="$root/target/$WFPMON_TARGET/release/wfpmon.sys"
 "$WFPMON_VENV/bin/python" -m pytest -q tests/image tests/emulator tests/inf tests/vm \
@@ -71,7 +76,9 @@ step "native host: the real wfpmon.sys on real threads (tests/native)"
 # The tests skip (loudly) without an image; here the image was just built,
 # so a missing one is an error, not a skip.
 [[ -f "$WFPMON_SYS" ]] || { echo "test.sh: no image at $WFPMON_SYS" >&2; exit 1; }
-cargo test --locked --release -p wfpmon-native-host -- --skip top_in_tmux
+# The exporter's tests (export_collectors) need nfcapd, nfdump and promtool,
+# which set-up installs: here a missing one fails them instead of skipping.
+WFPMON_REQUIRE_COLLECTORS=1 cargo test --locked --release -p wfpmon-native-host -- --skip top_in_tmux
 
 step "native host: wfpmonctl top in tmux against the real wfpmon.sys (screens printed)"
 command -v tmux >/dev/null || { echo "test.sh: tmux is missing (scripts/linux/setup.sh installs it)" >&2; exit 1; }

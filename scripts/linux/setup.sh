@@ -67,8 +67,12 @@ flock 9
 #                         skipped when `valgrind --version` already answers
 #   tmux                  the terminal `wfpmonctl top` runs in against the
 #                         real image (tests/native/tests/top_tmux.rs)
+#   nfdump                nfcapd (IPFIX collector) and nfdump (reads its
+#                         files) for the exporter's tests (tools/wfpmon-export)
+#   prometheus            promtool, which checks the exporter's metrics files
 # ---------------------------------------------------------------------------
-apt_packages=(mingw-w64-x86-64-dev clang libclang-dev llvm python3-venv gcc-mingw-w64-x86-64 tmux)
+apt_packages=(mingw-w64-x86-64-dev clang libclang-dev llvm python3-venv gcc-mingw-w64-x86-64 tmux
+    nfdump prometheus)
 missing=()
 for pkg in "${apt_packages[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then

@@ -102,3 +102,10 @@ fn interrupt_time_cell() -> &'static AtomicU64 {
 pub fn publish() {
     interrupt_time_cell().store(now_100ns(), Ordering::Release);
 }
+
+/// The interrupt time the image reads now (the page's value, which trails
+/// [`now_100ns`] by up to the updater's period — more on a loaded machine).
+#[must_use]
+pub fn published_100ns() -> u64 {
+    interrupt_time_cell().load(Ordering::Acquire)
+}

@@ -35,6 +35,82 @@ pub mod listing {
     pub use crate::device::{ControlDevice, IoctlError};
     pub use crate::flows::{FlowRow, FlowsDoc, Totals};
 
+    /// The device client's requests, for other tools built on it.
+    ///
+    /// The exporter (`tools/wfpmon-export`) reads events, the paged process
+    /// table and the statistics with wfpmonctl's own code; failures are
+    /// flattened into [`client::Failure`].
+    pub mod client {
+        use std::time::Duration;
+
+        use wfpmon_core::events::FlowEvent;
+        use wfpmon_core::protocol::{EventsHeader, ProcessEntry, ProcessListHeader, Stats};
+
+        use super::ControlDevice;
+        use crate::error::{Error, SystemCode};
+
+        /// A failed request.
+        #[derive(Clone, Debug, PartialEq, Eq)]
+        pub struct Failure {
+            /// What wfpmonctl would print.
+            pub message: String,
+            /// The Win32 code the call failed with (none: the answer broke
+            /// the protocol).
+            pub win32: Option<u32>,
+        }
+
+        impl std::fmt::Display for Failure {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.message)
+            }
+        }
+
+        fn failure(e: &Error) -> Failure {
+            Failure {
+                message: e.to_string(),
+                win32: match e.cause.as_ref().map(|c| c.code) {
+                    Some(SystemCode::Win32(c)) => Some(c),
+                    _ => None,
+                },
+            }
+        }
+
+        /// One batch of flow events from `cursor` (`wait`: a pending read).
+        ///
+        /// # Errors
+        /// The failed request.
+        pub fn read_events<D: ControlDevice>(
+            device: &mut D,
+            cursor: u64,
+            wait: bool,
+        ) -> Result<(EventsHeader, Vec<FlowEvent>), Failure> {
+            crate::device::read_events(device, cursor, wait).map_err(|e| failure(&e))
+        }
+
+        /// The driver's whole process table, page by page (a busy driver
+        /// is asked again after `pause`).
+        ///
+        /// # Errors
+        /// The failed request.
+        pub fn list_processes<D: ControlDevice>(
+            device: &mut D,
+            pause: &mut dyn FnMut(Duration),
+        ) -> Result<(ProcessListHeader, Vec<ProcessEntry>), Failure> {
+            crate::device::list_processes(device, pause)
+                .map(|l| (l.header, l.entries))
+                .map_err(|e| failure(&e))
+        }
+
+        /// The driver-wide statistics (`live`: with the traffic of open
+        /// flows, which makes the driver walk them).
+        ///
+        /// # Errors
+        /// The failed request.
+        pub fn query_stats<D: ControlDevice>(device: &mut D, live: bool) -> Result<Stats, Failure> {
+            crate::device::query_stats(device, live).map_err(|e| failure(&e))
+        }
+    }
+
     /// `wfpmonctl flows ARGS` once against `device`, time-stamped `now`.
     ///
     /// It runs as the command's first refresh without a console (`--watch`

@@ -1,0 +1,403 @@
+//! Windows only: the device, the service, the ETW provider.
+//!
+//! The control device over `DeviceIoControl` (overlapped,
+//! so a pending read can be bounded and cancelled), the service (the
+//! `windows-service` crate: dispatcher, control handler, install and
+//! removal), and the ETW provider errors are written to.
+//!
+//! Type-checked on Linux (clippy for x86_64-pc-windows-msvc); not run on
+//! a real Windows here (see README: what is verified where).
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tracelogging as tlg;
+use wfpmonctl::listing::{ControlDevice, IoctlError};
+use windows_service::service::{
+    ServiceAccess, ServiceControl, ServiceControlAccept, ServiceErrorControl, ServiceExitCode,
+    ServiceInfo, ServiceStartType, ServiceState, ServiceStatus, ServiceType,
+};
+use windows_service::service_control_handler::{self, ServiceControlHandlerResult};
+use windows_service::service_dispatcher;
+use windows_service::service_manager::{ServiceManager, ServiceManagerAccess};
+use windows_sys::Win32::Foundation::{
+    CloseHandle, ERROR_IO_PENDING, GENERIC_READ, GetLastError, HANDLE, INVALID_HANDLE_VALUE,
+    WAIT_TIMEOUT,
+};
+use windows_sys::Win32::Storage::FileSystem::{
+    CreateFileW, FILE_FLAG_OVERLAPPED, FILE_SHARE_READ, FILE_SHARE_WRITE, OPEN_EXISTING,
+};
+use windows_sys::Win32::System::IO::{
+    CancelIoEx, DeviceIoControl, GetOverlappedResultEx, OVERLAPPED,
+};
+use windows_sys::Win32::System::Threading::CreateEventW;
+
+use crate::config::{self, Config, Error, ExitCode};
+use crate::run::{self, Level};
+
+/// The service's name.
+pub const SERVICE_NAME: &str = "wfpmon-export";
+const DISPLAY_NAME: &str = "wfpmon flow exporter (IPFIX, Prometheus)";
+
+tlg::define_provider!(PROVIDER, "wfpmon-export");
+
+/// Registers the ETW provider (once, at start).
+pub fn register_provider() {
+    // SAFETY: an executable, not a DLL: the provider stays registered for
+    // the life of the process; called once, from `main`, before any thread
+    // writes an event.
+    unsafe { PROVIDER.register() };
+}
+
+/// Writes a log line as an ETW event of provider "wfpmon-export" (level
+/// Error or Informational, field "Message").
+pub fn log(level: Level, message: &str) {
+    match level {
+        Level::Error => {
+            tlg::write_event!(PROVIDER, "Error", level(Error), str8("Message", message))
+        }
+        Level::Info => tlg::write_event!(
+            PROVIDER,
+            "Info",
+            level(Informational),
+            str8("Message", message)
+        ),
+    };
+}
+
+/// Longest a pending event read waits before it is cancelled (the loop then
+/// does its scans and metrics and reads again).
+pub const PENDING_READ_BOUND: Duration = Duration::from_millis(250);
+
+struct Handle(HANDLE);
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // SAFETY: a handle this process opened, closed only here.
+        unsafe { CloseHandle(self.0) };
+    }
+}
+
+fn wide(s: &str) -> Vec<u16> {
+    s.encode_utf16().chain(Some(0)).collect()
+}
+
+/// The driver's control device, opened for overlapped I/O.
+pub struct Device {
+    handle: Handle,
+    event: Handle,
+    stop: Arc<AtomicBool>,
+}
+
+impl Device {
+    /// Opens `\\.\GLOBALROOT\Device\WfpMon` (read access is enough for
+    /// every request the exporter makes).
+    ///
+    /// # Errors
+    /// The Win32 error, as text.
+    pub fn open(stop: Arc<AtomicBool>) -> Result<Self, String> {
+        let path = wide(wfpmon_core::catalog::DEVICE_USER_PATH);
+        // SAFETY: `path` is NUL-terminated and outlives the call; no
+        // security attributes, no template.
+        let handle = unsafe {
+            CreateFileW(
+                path.as_ptr(),
+                GENERIC_READ,
+                FILE_SHARE_READ | FILE_SHARE_WRITE,
+                std::ptr::null(),
+                OPEN_EXISTING,
+                FILE_FLAG_OVERLAPPED,
+                std::ptr::null_mut(),
+            )
+        };
+        if handle == INVALID_HANDLE_VALUE {
+            // SAFETY: no precondition.
+            let e = unsafe { GetLastError() };
+            return Err(format!(
+                "opening the wfpmon control device: Win32 error {e}"
+            ));
+        }
+        let handle = Handle(handle);
+        // SAFETY: default security, manual reset, not signalled, no name.
+        let event = unsafe { CreateEventW(std::ptr::null(), 1, 0, std::ptr::null()) };
+        if event.is_null() {
+            // SAFETY: no precondition.
+            let e = unsafe { GetLastError() };
+            return Err(format!("CreateEventW: Win32 error {e}"));
+        }
+        Ok(Self {
+            handle,
+            event: Handle(event),
+            stop,
+        })
+    }
+}
+
+impl ControlDevice for Device {
+    fn ioctl(&mut self, code: u32, input: &[u8], output: &mut [u8]) -> Result<usize, IoctlError> {
+        let too_big = |_| IoctlError::win32(234); // ERROR_MORE_DATA
+        let in_len = u32::try_from(input.len()).map_err(too_big)?;
+        let out_len = u32::try_from(output.len()).map_err(too_big)?;
+        let out = if output.is_empty() {
+            std::ptr::null_mut()
+        } else {
+            output.as_mut_ptr()
+        };
+        let handle = self.handle.0;
+        let mut overlapped = OVERLAPPED {
+            hEvent: self.event.0,
+            ..OVERLAPPED::default()
+        };
+        // SAFETY: the handle is open for overlapped I/O; the buffers and
+        // `overlapped` are valid for the lengths passed and outlive the
+        // request, which this function waits for below.
+        let ok = unsafe {
+            DeviceIoControl(
+                handle,
+                code,
+                input.as_ptr().cast(),
+                in_len,
+                out.cast(),
+                out_len,
+                std::ptr::null_mut(),
+                &raw mut overlapped,
+            )
+        };
+        if ok == 0 {
+            // SAFETY: no precondition.
+            let e = unsafe { GetLastError() };
+            if e != ERROR_IO_PENDING {
+                return Err(IoctlError::win32(e));
+            }
+        }
+        let started = Instant::now();
+        let mut cancelled = false;
+        loop {
+            let mut returned = 0u32;
+            // SAFETY: `overlapped` is the request's; TRUE when complete,
+            // FALSE with WAIT_TIMEOUT while pending (this loop waits again);
+            // nothing refers to the buffers once it is complete.
+            let ok = unsafe {
+                GetOverlappedResultEx(handle, &raw const overlapped, &raw mut returned, 50, 0)
+            };
+            if ok != 0 {
+                return Ok((returned as usize).min(output.len()));
+            }
+            // SAFETY: no precondition.
+            let e = unsafe { GetLastError() };
+            if e != WAIT_TIMEOUT {
+                return Err(IoctlError::win32(e));
+            }
+            let due = started.elapsed() >= PENDING_READ_BOUND || self.stop.load(Ordering::SeqCst);
+            if due && !cancelled {
+                cancelled = true;
+                // SAFETY: `overlapped` is the pending request's; the
+                // request completes with ERROR_OPERATION_ABORTED, which the
+                // loop above then returns.
+                unsafe { CancelIoEx(handle, &raw const overlapped) };
+            }
+        }
+    }
+}
+
+/// The stop flag the service control handler sets.
+static STOP: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
+/// The configuration path the service was installed with.
+static CONFIG_PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+windows_service::define_windows_service!(ffi_service_main, service_main);
+
+fn service_main(_arguments: Vec<OsString>) {
+    let stop = Arc::clone(STOP.get_or_init(|| Arc::new(AtomicBool::new(false))));
+    let handler_stop = Arc::clone(&stop);
+    let handler = move |control| match control {
+        ServiceControl::Stop | ServiceControl::Shutdown => {
+            handler_stop.store(true, Ordering::SeqCst);
+            ServiceControlHandlerResult::NoError
+        }
+        ServiceControl::Interrogate => ServiceControlHandlerResult::NoError,
+        _ => ServiceControlHandlerResult::NotImplemented,
+    };
+    let Ok(status) = service_control_handler::register(SERVICE_NAME, handler) else {
+        log(Level::Error, "RegisterServiceCtrlHandlerExW failed");
+        return;
+    };
+    let report = |state, accept, exit: u32, wait: Duration| {
+        let _ = status.set_service_status(ServiceStatus {
+            service_type: ServiceType::OWN_PROCESS,
+            current_state: state,
+            controls_accepted: accept,
+            exit_code: ServiceExitCode::ServiceSpecific(exit),
+            checkpoint: 0,
+            wait_hint: wait,
+            process_id: None,
+        });
+    };
+    report(
+        ServiceState::StartPending,
+        ServiceControlAccept::empty(),
+        0,
+        Duration::from_secs(10),
+    );
+    let path = CONFIG_PATH
+        .get()
+        .cloned()
+        .unwrap_or_else(default_config_path);
+    let result = config::load(&path).and_then(|config| {
+        report(
+            ServiceState::Running,
+            ServiceControlAccept::STOP | ServiceControlAccept::SHUTDOWN,
+            0,
+            Duration::ZERO,
+        );
+        let device_stop = Arc::clone(&stop);
+        run::run(
+            &config,
+            || Device::open(Arc::clone(&device_stop)),
+            &stop,
+            true,
+            &mut log,
+        )
+    });
+    let code = match result {
+        Ok(()) => 0,
+        Err(e) => {
+            log(Level::Error, &e.message);
+            u32::from(e.code as u8)
+        }
+    };
+    report(
+        ServiceState::Stopped,
+        ServiceControlAccept::empty(),
+        code,
+        Duration::ZERO,
+    );
+}
+
+/// `%ProgramData%\wfpmon\wfpmon-export.toml`.
+#[must_use]
+pub fn default_config_path() -> PathBuf {
+    let base = std::env::var_os("ProgramData")
+        .map_or_else(|| PathBuf::from(r"C:\ProgramData"), PathBuf::from);
+    base.join("wfpmon").join("wfpmon-export.toml")
+}
+
+/// Runs as the service (the SCM started the process with `service`).
+///
+/// # Errors
+/// [`ExitCode::Service`] when the process was not started by the SCM.
+pub fn run_service(config: &Path) -> Result<(), Error> {
+    let _ = CONFIG_PATH.set(config.to_path_buf());
+    service_dispatcher::start(SERVICE_NAME, ffi_service_main).map_err(|e| {
+        Error::new(
+            ExitCode::Service,
+            format!("not started by the service control manager: {e}"),
+        )
+    })
+}
+
+/// Console control handler: Ctrl+C, Ctrl+Break and closing the console
+/// stop the loop (flows then get their forced-end records).
+unsafe extern "system" fn on_ctrl(_event: u32) -> windows_sys::core::BOOL {
+    if let Some(stop) = STOP.get() {
+        stop.store(true, Ordering::SeqCst);
+    }
+    1
+}
+
+/// Runs in the console until Ctrl+C.
+///
+/// # Errors
+/// Set-up failures with their exit codes.
+pub fn run_foreground(config: &Config) -> Result<(), Error> {
+    let stop = Arc::clone(STOP.get_or_init(|| Arc::new(AtomicBool::new(false))));
+    // SAFETY: `on_ctrl` lives as long as the process and only stores to an
+    // atomic.
+    unsafe { windows_sys::Win32::System::Console::SetConsoleCtrlHandler(Some(on_ctrl), 1) };
+    let device_stop = Arc::clone(&stop);
+    let mut log = |level: Level, m: &str| {
+        log(level, m);
+        eprintln!("wfpmon-export: {m}");
+    };
+    run::run(
+        config,
+        || Device::open(Arc::clone(&device_stop)),
+        &stop,
+        true,
+        &mut log,
+    )
+}
+
+/// Installs the service (automatic start, `LocalSystem`), to run this
+/// executable with `service --config PATH`.
+///
+/// # Errors
+/// [`ExitCode::Service`] with the system's error.
+pub fn install(config: &Path) -> Result<(), Error> {
+    let fail = |e: windows_service::Error| {
+        Error::new(ExitCode::Service, format!("installing the service: {e}"))
+    };
+    let manager = ServiceManager::local_computer(
+        None::<&str>,
+        ServiceManagerAccess::CONNECT | ServiceManagerAccess::CREATE_SERVICE,
+    )
+    .map_err(fail)?;
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::new(ExitCode::Service, format!("the executable's path: {e}")))?;
+    let info = ServiceInfo {
+        name: SERVICE_NAME.into(),
+        display_name: DISPLAY_NAME.into(),
+        service_type: ServiceType::OWN_PROCESS,
+        start_type: ServiceStartType::AutoStart,
+        error_control: ServiceErrorControl::Normal,
+        executable_path: exe,
+        launch_arguments: vec![
+            "service".into(),
+            "--config".into(),
+            config.as_os_str().to_owned(),
+        ],
+        dependencies: vec![],
+        account_name: None,
+        account_password: None,
+    };
+    let service = manager
+        .create_service(&info, ServiceAccess::CHANGE_CONFIG)
+        .map_err(fail)?;
+    service
+        .set_description("Streams the wfpmon driver's process-attributed flows to IPFIX collectors and Prometheus")
+        .map_err(fail)?;
+    Ok(())
+}
+
+/// Stops (if running) and removes the service.
+///
+/// # Errors
+/// [`ExitCode::Service`] with the system's error.
+pub fn uninstall() -> Result<(), Error> {
+    let fail = |e: windows_service::Error| {
+        Error::new(ExitCode::Service, format!("removing the service: {e}"))
+    };
+    let manager = ServiceManager::local_computer(None::<&str>, ServiceManagerAccess::CONNECT)
+        .map_err(fail)?;
+    let service = manager
+        .open_service(
+            SERVICE_NAME,
+            ServiceAccess::QUERY_STATUS | ServiceAccess::STOP | ServiceAccess::DELETE,
+        )
+        .map_err(fail)?;
+    if service.query_status().map_err(fail)?.current_state != ServiceState::Stopped {
+        let _ = service.stop();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline
+            && service
+                .query_status()
+                .is_ok_and(|s| s.current_state != ServiceState::Stopped)
+        {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    service.delete().map_err(fail)
+}
