@@ -1087,3 +1087,181 @@ fn ipfix_over_tcp_survives_a_collector_restart_and_a_driver_restart() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `GET /metrics` from the exporter's local endpoint.
+fn http_get(port: u16) -> Option<String> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.0 200").then(|| body.to_owned())
+}
+
+fn value_in(text: &str, series: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Sets the loop's stop flag when dropped: a failed check must not leave
+/// the loop running (the scope would wait for it forever).
+struct StopOnDrop<'a>(&'a AtomicBool);
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn the_service_loop_waits_for_the_driver_exports_serves_metrics_and_stops_with_forced_ends() {
+    if !image_present() {
+        return;
+    }
+    // The collector: a UDP socket this test reads with the exporter's
+    // decoder.
+    let collector = UdpSocket::bind("127.0.0.1:0").expect("collector socket");
+    collector
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .expect("timeout");
+    let port = collector.local_addr().expect("address").port();
+    let metrics_port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let dir = scratch("loop");
+    let text = format!(
+        "[collector]\naddress = \"127.0.0.1:{port}\"\n[export]\nscan_interval_seconds = 1\n[metrics]\ndirectory = '{}'\nlisten = \"127.0.0.1:{metrics_port}\"\ninterval_seconds = 1\n",
+        dir.display()
+    );
+    let config = config::parse(&text, &config::system_resolve).expect("configuration");
+    let world = World::create(world_config(0xE7_0004)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(world.driver_entry(), 0, "DriverEntry failed");
+    let stop = AtomicBool::new(false);
+    let driver_present = AtomicBool::new(false);
+    let opens = AtomicU64::new(0);
+    let log = std::sync::Mutex::new(Vec::<String>::new());
+    let clock = Clock::new();
+    let mut records: Vec<ipfix::Record> = Vec::new();
+    let mut traffic = Traffic::new(&world, clock, 1);
+    std::thread::scope(|s| {
+        let _stop_on_drop = StopOnDrop(&stop);
+        let runner = s.spawn(|| {
+            let mut log_line = |_: run::Level, m: &str| {
+                log.lock().expect("log").push(m.to_owned());
+            };
+            run::run(
+                &config,
+                || {
+                    opens.fetch_add(1, Ordering::SeqCst);
+                    if driver_present.load(Ordering::SeqCst) {
+                        Ok(NativeDevice { world: &world })
+                    } else {
+                        Err("the wfpmon control device does not exist".to_owned())
+                    }
+                },
+                &stop,
+                false,
+                Duration::from_millis(200),
+                &mut log_line,
+            )
+        });
+        // No driver yet: the loop keeps trying and serves its health.
+        wait_for("metrics without a driver", || {
+            http_get(metrics_port)
+                .is_some_and(|t| value_in(&t, "wfpmon_export_driver_up") == Some(0))
+        });
+        wait_for("a second attempt to open", || {
+            opens.load(Ordering::SeqCst) >= 2
+        });
+        driver_present.store(true, Ordering::SeqCst);
+        wait_for("the driver picked up", || {
+            http_get(metrics_port)
+                .is_some_and(|t| value_in(&t, "wfpmon_export_driver_up") == Some(1))
+        });
+        // Flows: 30 end, 20 stay open until the stop.
+        let ids: Vec<u64> = (0..50).map(|_| traffic.open()).collect();
+        for n in &ids {
+            traffic.send(*n, 1);
+        }
+        for n in &ids[..30] {
+            traffic.end(*n);
+        }
+        let mut decoder = Decoder::default();
+        let mut buf = vec![0u8; 65_536];
+        let mut receive = |records: &mut Vec<ipfix::Record>| {
+            while let Ok(k) = collector.recv(&mut buf) {
+                let m = decoder.decode(&buf[..k]).expect("valid IPFIX");
+                for (t, f) in &m.records {
+                    records
+                        .push(ipfix::record_of(*t, f, config.enterprise_number).expect("fields"));
+                }
+            }
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while records.len() < 30 && Instant::now() < deadline {
+            receive(&mut records);
+        }
+        assert_eq!(
+            records.len(),
+            30,
+            "the 30 ended flows' records; log {:?}; metrics {:?}",
+            log.lock().map(|l| l.clone()).unwrap_or_default(),
+            http_get(metrics_port).map(|t| t
+                .lines()
+                .filter(|l| l.starts_with("wfpmon_export"))
+                .collect::<Vec<_>>()
+                .join("; "))
+        );
+        let totals = traffic.totals();
+        wait_for("metrics with the traffic", || {
+            http_get(metrics_port).is_some_and(|t| {
+                value_in(&t, "wfpmon_bytes_total{direction=\"in\"}") == Some(totals.bytes_in)
+                    && value_in(&t, "wfpmon_active_flows") == Some(20)
+            })
+        });
+        stop.store(true, Ordering::SeqCst);
+        runner
+            .join()
+            .expect("loop thread")
+            .expect("the loop ends cleanly");
+        receive(&mut records);
+    });
+    // The stop gave the 20 open flows their forced-end records: every flow
+    // sums to what it carried.
+    assert_eq!(records.len(), 50, "30 ends and 20 forced ends");
+    let forced = records
+        .iter()
+        .filter(|r| r.end_reason == ipfix::end_reason::FORCED_END)
+        .count();
+    assert_eq!(forced, 20);
+    let sums = sum_records(&records);
+    for (n, t) in &traffic.flows {
+        assert_eq!(
+            sums.get(&key_of(t)).copied().unwrap_or_default(),
+            t.counters,
+            "flow {n}"
+        );
+    }
+    let log = log.lock().expect("log").clone();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("connected to the wfpmon driver")),
+        "{log:?}"
+    );
+    let file = std::fs::read_to_string(dir.join("wfpmon.prom")).expect("the metrics file");
+    assert!(file.contains("wfpmon_export_records_total 50"), "{file}");
+    if let Some(bins) = tools(&["promtool"]) {
+        promtool_check(&bins[0], &dir.join("wfpmon.prom"));
+    }
+    for n in traffic.open_ids() {
+        traffic.end(n);
+    }
+    world.unload();
+    if let Err(e) = world.finish() {
+        panic!("{e}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -33,7 +33,7 @@ pub enum Level {
 /// console).
 pub type Log<'a> = &'a mut dyn FnMut(Level, &str);
 
-/// Pause between attempts to open the control device.
+/// Pause between attempts to open the control device (the service's).
 pub const REOPEN_PAUSE: Duration = Duration::from_secs(5);
 
 /// Makes the transport of `config`.
@@ -74,8 +74,9 @@ pub fn bind_metrics(config: &Config) -> Result<Option<TcpListener>, Error> {
         .transpose()
 }
 
-/// Runs until `stop` is set. `open` opens the control device; `wait`: read
-/// events with pending reads (the device bounds each wait itself).
+/// Runs until `stop` is set. `open` opens the control device (tried again
+/// every `reopen` while it fails); `wait`: read events with pending reads
+/// (the device bounds each wait itself).
 ///
 /// # Errors
 /// Set-up failures (transport, metrics address) with their exit codes.
@@ -84,6 +85,7 @@ pub fn run<D: ControlDevice>(
     mut open: impl FnMut() -> Result<D, String>,
     stop: &AtomicBool,
     wait: bool,
+    reopen: Duration,
     log: Log<'_>,
 ) -> Result<(), Error> {
     let listener = bind_metrics(config)?;
@@ -103,7 +105,7 @@ pub fn run<D: ControlDevice>(
     while !stop.load(Ordering::SeqCst) {
         let now = unix_ms();
         if device.is_none() && now >= next_open {
-            next_open = now + ms(REOPEN_PAUSE);
+            next_open = now + ms(reopen);
             match open() {
                 Ok(mut d) => match exporter.start(&mut d) {
                     Ok(()) => {
@@ -139,8 +141,8 @@ pub fn run<D: ControlDevice>(
             log(
                 Level::Error,
                 &format!(
-                    "the wfpmon driver went away ({e}); its flows end (forced end) and the device is opened again every {} s",
-                    REOPEN_PAUSE.as_secs()
+                    "the wfpmon driver went away ({e}); its flows end (forced end) and the device is opened again every {} ms",
+                    reopen.as_millis()
                 ),
             );
             exporter.driver_lost();

@@ -259,6 +259,7 @@ fn service_main(_arguments: Vec<OsString>) {
             || Device::open(Arc::clone(&device_stop)),
             &stop,
             true,
+            run::REOPEN_PAUSE,
             &mut log,
         )
     });
@@ -327,6 +328,7 @@ pub fn run_foreground(config: &Config) -> Result<(), Error> {
         || Device::open(Arc::clone(&device_stop)),
         &stop,
         true,
+        run::REOPEN_PAUSE,
         &mut log,
     )
 }
