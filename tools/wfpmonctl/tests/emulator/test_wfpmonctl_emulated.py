@@ -1504,10 +1504,16 @@ def test_ctrl_c_ends_the_watch_quietly(exe):
     assert run.stdout.count(" matching flows ") == 1 and run.stderr == ""
 
 
+class LongRun(Run):
+    """A run emulating much (300 flows take 35-55 s of Speakeasy on a busy
+    2-core machine): more than Speakeasy's default 60 s."""
+    CONFIG = {"timeout": 240}
+
+
 def test_a_list_larger_than_one_batch_is_paged_through(exe):
     many = [flow(0x1000 + i, 1234, bytes_in=i) for i in range(300)]
     machine = running_machine(driver=FakeDriver(many), processes={1234: FIREFOX})
-    (doc,) = Run(exe, ["flows", "--json"], machine=machine).json_lines()
+    (doc,) = LongRun(exe, ["flows", "--json"], machine=machine).json_lines()
     assert machine.driver.requests == ["list", "list"], "256 flows, then the rest from the cursor"
     assert (doc["active"], doc["matched"], len(doc["flows"])) == (300, 300, 300)
     assert doc["totals"]["bytes_in"] == sum(range(300))
