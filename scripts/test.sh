@@ -11,7 +11,8 @@
 #  4. pytest: static checks of the image, the emulator suite on the real
 #     wfpmon.sys, the INF checks, the Hyper-V kit checks, and the rulebook
 #     check (every rule of docs/engine-rules.md cited by the fake hosts'
-#     models and by a test);
+#     models and by a test), and the docs check (README.md and docs/*.md:
+#     relative links and anchors resolve, the README stays short);
 #  5. the native host (tests/native): the real wfpmon.sys loaded into a
 #     Linux process and driven from real threads (scenarios repeated with
 #     consecutive seeds; the exporter against real nfcapd/nfdump and
@@ -35,7 +36,26 @@ summary_file="$root/target/test-summary.txt"
 rm -f "$summary_file"
 exec > >(tee "$output_log") 2>&1
 
-step() { printf '\n=== %s\n' "$*"; }
+# Each step prints its name, and when the next one begins (or the run
+# ends), how long it took; the summary lists every step's time (the
+# per-suite times of docs/testing.md come from these lines).
+run_start=$(date +%s)
+step_name=""
+step_start=$run_start
+step_times=()
+step_done() {
+    [[ -n $step_name ]] || return 0
+    local took=$(($(date +%s) - step_start))
+    printf '=== %s: %d s\n' "$step_name" "$took"
+    step_times+=("$(printf '%5d s  %s' "$took" "$step_name")")
+    step_name=""
+}
+step() {
+    step_done
+    step_name="$*"
+    step_start=$(date +%s)
+    printf '\n=== %s\n' "$*"
+}
 
 step "set-up and release build of wfpmon.sys"
 scripts/linux/build.sh
@@ -67,10 +87,28 @@ cargo clippy --locked --target "$WFPMON_TARGET" -p wfpmonctl -- -D warnings
 step "clippy: wfpmon-export on x86_64-pc-windows-msvc (user mode, type-check)"
 cargo clippy --locked --target "$WFPMON_TARGET" -p wfpmon-export -- -D warnings
 
-step "pytest: image, emulator (driver and wfpmonctl.exe), INF, VM kit, rulebook"
+step "pytest: image, emulator (driver and wfpmonctl.exe), INF, VM kit, rulebook, docs"
 export WFPMON_SYS="$root/target/$WFPMON_TARGET/release/wfpmon.sys"
-"$WFPMON_VENV/bin/python" -m pytest -q tests/image tests/emulator tests/inf tests/vm \
-    tools/wfpmonctl/tests/emulator tests/rules
+pytest_suites=(tests/image tests/emulator tests/inf tests/vm tools/wfpmonctl/tests/emulator
+    tests/rules tests/docs)
+junit="$root/target/pytest-junit.xml"
+"$WFPMON_VENV/bin/python" -m pytest -q --junit-xml="$junit" "${pytest_suites[@]}"
+# The time of each suite of that one run: the sum of its tests' times
+# (set-up, call and tear-down; collection is in the step's total only).
+"$WFPMON_VENV/bin/python" - "$junit" "${pytest_suites[@]}" <<'PY'
+import sys
+import xml.etree.ElementTree as ET
+
+junit, suites = sys.argv[1], sys.argv[2:]
+seconds = dict.fromkeys(suites, 0.0)
+for case in ET.parse(junit).iter("testcase"):
+    path = case.get("classname", "").replace(".", "/")
+    suite = next((s for s in suites if path.startswith(s + "/")), None)
+    if suite is not None:
+        seconds[suite] += float(case.get("time", 0))
+for suite in suites:
+    print(f"=== pytest suite {suite}: {seconds[suite]:.0f} s")
+PY
 
 step "native host: the real wfpmon.sys on real threads (tests/native)"
 # The tests skip (loudly) without an image; here the image was just built,
@@ -87,6 +125,10 @@ cargo test --locked --release -p wfpmon-native-host --test top_tmux -- --nocaptu
 step "native host under valgrind memcheck"
 cargo build --locked --release -p wfpmon-native-host --bin wfpmon-native-stress
 tests/native/memcheck.sh "$root/target/release/wfpmon-native-stress"
+
+step_done
+printf '\n=== step times (total %d s)\n' "$(($(date +%s) - run_start))"
+printf '%s\n' "${step_times[@]}"
 
 step "summary"
 # cargo test: "test result: ok. 9 passed; 0 failed; 1 ignored; ..."
