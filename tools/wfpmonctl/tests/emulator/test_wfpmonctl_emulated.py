@@ -1407,7 +1407,7 @@ def test_stats_text_and_json(exe):
     assert rows["bytes in"] == "1 MiB", rows
     # --live: the open flows' traffic added (the driver walks every flow).
     rows = table(["stats", "--live"])
-    assert rows["traffic of"] == "all flows" and rows["bytes in"] == "4 MiB", rows
+    assert rows["traffic of"] == "all flows" and rows["bytes in"] == "4.0 MiB", rows
     (doc,) = Run(exe, ["stats", "--json", "--live"], machine=machine).json_lines()
     assert doc["schema"] == "wfpmon.stats/2" and doc["protocol_version"] == VERSION
     assert doc["traffic_of"] == "all_flows"
