@@ -149,8 +149,10 @@ struct Flow {
 /// A snapshot of the driver's ended-flow totals.
 #[derive(Clone, Debug, Default)]
 pub struct EndedTotals {
-    /// Driver interrupt time (100 ns) of the snapshot.
-    pub driver_time: u64,
+    /// The first event sequence number whose flow is *not* in these
+    /// totals: "ended" events before it are counted in them (the driver
+    /// adds a flow to its ended totals before it publishes the event).
+    pub boundary: u64,
     /// Per process key: traffic of its ended flows.
     pub per_process: HashMap<u64, Counters>,
     /// Driver-wide traffic of ended flows (`QUERY_STATS` without the walk).
@@ -260,7 +262,7 @@ impl Accountant {
     }
 
     /// An "ended" event with the flow's final counters at `end_ms`
-    /// (`driver_time`: the event's interrupt time; `reason`: end of flow,
+    /// (`seq`: the event's sequence number; `reason`: end of flow,
     /// or forced end when the driver removed its context at unload).
     #[allow(clippy::too_many_arguments)]
     pub fn ended(
@@ -272,15 +274,15 @@ impl Accountant {
         final_counters: Counters,
         start_ms: u64,
         end_ms: u64,
-        driver_time: u64,
+        seq: u64,
         reason: u8,
         out: &mut Vec<Delta>,
     ) {
         // Towards the reconciliation of the period the event falls in.
         let (since, global) = match self.pending_time {
-            Some(t) if driver_time > t => (&mut self.next_since, &mut self.next_since_global),
+            Some(b) if seq >= b => (&mut self.next_since, &mut self.next_since_global),
             _ => {
-                if driver_time <= self.base.driver_time {
+                if seq < self.base.boundary {
                     // Already in the base snapshot's totals.
                     (&mut HashMap::new(), &mut Counters::default())
                 } else {
@@ -378,10 +380,11 @@ impl Accountant {
         }
     }
 
-    /// A new snapshot of ended totals is being taken at `driver_time`:
-    /// "ended" events after that time count towards the next period.
-    pub const fn snapshot_taken(&mut self, driver_time: u64) {
-        self.pending_time = Some(driver_time);
+    /// A snapshot of ended totals was taken with `boundary` (see
+    /// [`EndedTotals::boundary`]): "ended" events from it on count towards
+    /// the next period.
+    pub const fn snapshot_taken(&mut self, boundary: u64) {
+        self.pending_time = Some(boundary);
     }
 
     /// Starts accounting from `snapshot` (at start, or after the driver
@@ -609,8 +612,8 @@ mod tests {
                         }
                         acc.end_pass(time, &mut out);
                         if lost_any {
-                            acc.snapshot_taken(time);
-                            acc.reconcile(EndedTotals { driver_time: time, per_process: ended_total.clone(), global: ended_global }, time, &mut out);
+                            acc.snapshot_taken(time + 1);
+                            acc.reconcile(EndedTotals { boundary: time + 1, per_process: ended_total.clone(), global: ended_global }, time, &mut out);
                             lost_any = false;
                             lost_flows_per_process.clear();
                         }
@@ -625,8 +628,8 @@ mod tests {
                 acc.listed(*id, tuple(*id), 7, key_of(*slot), *c, time, time, &mut out);
             }
             acc.end_pass(time, &mut out);
-            acc.snapshot_taken(time);
-            acc.reconcile(EndedTotals { driver_time: time, per_process: ended_total.clone(), global: ended_global }, time, &mut out);
+            acc.snapshot_taken(time + 1);
+            acc.reconcile(EndedTotals { boundary: time + 1, per_process: ended_total.clone(), global: ended_global }, time, &mut out);
             for (id, (_, c)) in &live {
                 truth.insert(*id, *c);
             }
@@ -725,7 +728,7 @@ mod tests {
         let per_process = HashMap::from([(9, f1), (10, f2)]);
         acc.reconcile(
             EndedTotals {
-                driver_time: 400,
+                boundary: 400,
                 per_process,
                 global: f1.plus(f2),
             },

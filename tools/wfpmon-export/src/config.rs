@@ -212,6 +212,14 @@ pub fn parse(
     let m = raw.metrics;
     let metrics_listen = match m.listen {
         None => None,
+        // A bare port means loopback (127.0.0.1:PORT).
+        Some(s) if s.trim().parse::<u16>().is_ok() => {
+            let port = s.trim().parse::<u16>().unwrap_or(0);
+            if port == 0 {
+                return Err(invalid("metrics.listen: port 0 is not a port".into()));
+            }
+            Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port))
+        }
         Some(s) => Some(
             s.parse::<SocketAddr>()
                 .map_err(|_| invalid(format!("metrics.listen: \"{s}\" is not an IP address and port (e.g. 127.0.0.1:9653)")))
@@ -361,7 +369,7 @@ pub fn load(path: &Path) -> Result<Config, Error> {
         .map_err(|e| Error::new(e.code, format!("{}: {}", path.display(), e.message)))
 }
 
-/// The loopback address metrics are served on by default in examples.
+/// `metrics.listen = "9653"`: a bare port is served on loopback.
 pub const DEFAULT_METRICS_LISTEN: SocketAddr =
     SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9653);
 
@@ -427,6 +435,9 @@ top_programs = 5
         assert_eq!(c.active_timeout, Duration::from_mins(1));
         assert_eq!(c.enterprise_number, 32473);
         assert_eq!(c.metrics_listen, None);
+        // A bare port is served on loopback only.
+        let c = parse("[metrics]\nlisten = \"9653\"\n", &resolve).unwrap();
+        assert_eq!(c.metrics_listen, Some(DEFAULT_METRICS_LISTEN));
     }
 
     #[test]

@@ -210,7 +210,7 @@ impl Exporter {
         self.cursor = h.next;
         self.offset_ms = i128::from(self.now()) - i128::from(h.now / 10_000);
         let snapshot = self.snapshot(dev)?;
-        self.accountant.snapshot_taken(snapshot.driver_time);
+        self.accountant.snapshot_taken(snapshot.boundary);
         self.drain(dev)?;
         self.accountant.set_base(snapshot);
         self.started = true;
@@ -218,18 +218,42 @@ impl Exporter {
         self.scan(dev)
     }
 
-    /// The driver's ended totals now (and the process names on the way).
+    /// The driver's ended totals now (and the process names on the way),
+    /// with the event boundary they correspond to.
+    ///
+    /// The driver adds an ending flow to its totals and then publishes its
+    /// "ended" event, so every event before the head read *before* the
+    /// query is in the totals, and every event from the head read *after*
+    /// it is not — except a flow caught between the two steps. The query is
+    /// repeated (a few times) until no event was published during it, so
+    /// that the two heads agree; under constant churn the last try is kept
+    /// and a flow ending during the query may be settled wrongly (README,
+    /// "Accounting").
     fn snapshot<D: ControlDevice>(&mut self, dev: &mut D) -> Result<EndedTotals, DeviceError> {
-        let stats = client::query_stats(dev, false).map_err(|e| failed(&e))?;
-        let (header, entries) =
-            client::list_processes(dev, &mut std::thread::sleep).map_err(|e| failed(&e))?;
+        let head = |dev: &mut D| {
+            client::read_events(dev, FROM_NOW, false)
+                .map(|(h, _)| h.next)
+                .map_err(|e| failed(&e))
+        };
+        let mut attempt = 0;
+        let (stats, entries, boundary) = loop {
+            attempt += 1;
+            let before = head(dev)?;
+            let stats = client::query_stats(dev, false).map_err(|e| failed(&e))?;
+            let (_, entries) =
+                client::list_processes(dev, &mut std::thread::sleep).map_err(|e| failed(&e))?;
+            let after = head(dev)?;
+            if before == after || attempt == 5 {
+                break (stats, entries, after);
+            }
+        };
         let mut per_process = HashMap::new();
         for p in &entries {
             per_process.insert(p.key, Counters::from_array(p.ended));
             self.remember(p);
         }
         Ok(EndedTotals {
-            driver_time: header.now,
+            boundary,
             per_process,
             global: Counters {
                 bytes_in: stats.bytes_inbound,
@@ -335,7 +359,7 @@ impl Exporter {
                     fin,
                     start,
                     end,
-                    ev.time,
+                    ev.seq,
                     reason,
                     &mut self.pending,
                 );
@@ -394,7 +418,7 @@ impl Exporter {
         if reconcile {
             self.drain(dev)?;
             let snapshot = self.snapshot(dev)?;
-            self.accountant.snapshot_taken(snapshot.driver_time);
+            self.accountant.snapshot_taken(snapshot.boundary);
             self.drain(dev)?;
             let now = self.now();
             self.accountant.reconcile(snapshot, now, &mut self.pending);
