@@ -345,7 +345,7 @@ fn quit_and_panic(tmux: &Tmux, binary: &str, image: &str) {
     assert_eq!(printed(&screen, "fail-exit="), Some("1"), "{screen}");
     assert!(
         screen.contains(
-            "wfpmonctl: error: DeviceIoControl(IOCTL_WFPMON_LIST_FLOWS) failed [Win32 error 21"
+            "wfpmonctl: error: reading the driver's flow list failed [DeviceIoControl(IOCTL_WFPMON_LIST_FLOWS) failed: Win32 error 21"
         ),
         "{screen}"
     );
