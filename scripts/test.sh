@@ -92,7 +92,9 @@ export WFPMON_SYS="$root/target/$WFPMON_TARGET/release/wfpmon.sys"
 pytest_suites=(tests/image tests/emulator tests/inf tests/vm tools/wfpmonctl/tests/emulator
     tests/rules tests/docs)
 junit="$root/target/pytest-junit.xml"
-"$WFPMON_VENV/bin/python" -m pytest -q --junit-xml="$junit" "${pytest_suites[@]}"
+# On every core (pytest-xdist): each test is an emulation of its own, with
+# no state shared between tests, so they are handed out one at a time.
+"$WFPMON_VENV/bin/python" -m pytest -q -n "$(nproc)" --dist load --junit-xml="$junit" "${pytest_suites[@]}"
 # The time of each suite of that one run: the sum of its tests' times
 # (set-up, call and tear-down; collection is in the step's total only).
 "$WFPMON_VENV/bin/python" - "$junit" "${pytest_suites[@]}" <<'PY'

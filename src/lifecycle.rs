@@ -14,7 +14,7 @@ use wdk_sys::{DRIVER_OBJECT, NTSTATUS, STATUS_PENDING, STATUS_SUCCESS, STATUS_UN
 use wfpmon_core::catalog::{CALLOUT_COUNT, CALLOUTS, CalloutIndex};
 use wfpmon_core::flow::Traffic;
 use wfpmon_core::unload::{
-    LogBackoff, MAX_WAIT_100NS, MIN_WAIT_100NS, Outcome, Step, Unregistration, unregistration_order,
+    Backoff, LogBackoff, Outcome, Step, Unregistration, unregistration_order,
 };
 
 use crate::control;
@@ -256,7 +256,7 @@ fn wait_full(timeout_100ns: i64) {
 fn wait_until_no_record_is_tracked() {
     let started = time::interrupt_time();
     let mut report = LogBackoff::new();
-    let mut timeout = MIN_WAIT_100NS;
+    let mut backoff = Backoff::new();
     let mut before = SHARED.flows.len();
     while before != 0 {
         let elapsed = time::interrupt_time().saturating_sub(started);
@@ -267,13 +267,11 @@ fn wait_until_no_record_is_tracked() {
                 elapsed / MILLISECONDS
             );
         }
-        SHARED.flow_deleted.wait(timeout);
+        SHARED.flow_deleted.wait(backoff.next_100ns());
         let left = SHARED.flows.len();
-        timeout = if left < before {
-            MIN_WAIT_100NS
-        } else {
-            (timeout * 2).min(MAX_WAIT_100NS)
-        };
+        if left < before {
+            backoff.reset();
+        }
         before = left;
     }
 }

@@ -116,7 +116,7 @@ pub struct Unregistration {
     attempts: u32,
     next: Step,
     /// Length of the next wait.
-    wait_100ns: i64,
+    backoff: Backoff,
     /// Flows of the callout still tracked after the previous removal pass.
     tracked_before: Option<usize>,
     last_status: Option<i32>,
@@ -141,7 +141,7 @@ impl Unregistration {
         Self {
             attempts: 0,
             next: Step::Unregister,
-            wait_100ns: MIN_WAIT_100NS,
+            backoff: Backoff::new(),
             tracked_before: None,
             last_status: None,
             released: None,
@@ -190,7 +190,7 @@ impl Unregistration {
         self.attempts = self.attempts.saturating_add(1);
         if self.last_status.is_some_and(|last| last != status) {
             // The engine's answer changed: something moved; look again soon.
-            self.wait_100ns = MIN_WAIT_100NS;
+            self.backoff.reset();
         }
         self.last_status = Some(status);
         self.next = match status {
@@ -233,7 +233,7 @@ impl Unregistration {
                 .tracked_before
                 .is_some_and(|before| still_tracked < before)
         {
-            self.wait_100ns = MIN_WAIT_100NS;
+            self.backoff.reset();
         }
         self.tracked_before = Some(still_tracked);
         self.next = if removed > 0 && still_tracked == 0 {
@@ -272,7 +272,7 @@ impl Unregistration {
             Step::Finished(outcome)
         } else {
             self.grace_owed = true;
-            self.wait_100ns = MIN_WAIT_100NS;
+            self.backoff.reset();
             self.tracked_before = Some(still_tracked);
             self.wait()
         }
@@ -286,7 +286,7 @@ impl Unregistration {
                 .tracked_before
                 .is_some_and(|before| still_tracked < before)
             {
-                self.wait_100ns = MIN_WAIT_100NS;
+                self.backoff.reset();
             }
             self.tracked_before = Some(still_tracked);
             return self.wait();
@@ -302,13 +302,56 @@ impl Unregistration {
 
     /// The next wait, and the one after it twice as long (capped).
     const fn wait(&mut self) -> Step {
-        let timeout_100ns = self.wait_100ns;
-        self.wait_100ns = if timeout_100ns >= MAX_WAIT_100NS / 2 {
+        Step::Wait {
+            timeout_100ns: self.backoff.next_100ns(),
+        }
+    }
+}
+
+/// The lengths of the waits of a loop that waits for as long as it takes.
+///
+/// [`MIN_WAIT_100NS`] first, doubling up to [`MAX_WAIT_100NS`] while nothing
+/// changes, back to the minimum as soon as something does ([`Backoff::reset`]).
+///
+/// Both unbounded waits of teardown use it: [`Unregistration`] for one
+/// callout, and the driver's final wait for the registry to empty before it
+/// deletes its device object. It has no bound by design (see the module's
+/// documentation); only the wait's length grows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backoff {
+    next_100ns: i64,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Backoff {
+    /// Waits that begin at the minimum.
+    #[must_use]
+    pub const fn new() -> Self {
+        Self {
+            next_100ns: MIN_WAIT_100NS,
+        }
+    }
+
+    /// The length of the wait to make now; the one after it is twice as
+    /// long, up to [`MAX_WAIT_100NS`].
+    pub const fn next_100ns(&mut self) -> i64 {
+        let now = self.next_100ns;
+        self.next_100ns = if now >= MAX_WAIT_100NS / 2 {
             MAX_WAIT_100NS
         } else {
-            timeout_100ns * 2
+            now * 2
         };
-        Step::Wait { timeout_100ns }
+        now
+    }
+
+    /// Progress was seen: the next wait is the minimum again.
+    pub const fn reset(&mut self) {
+        self.next_100ns = MIN_WAIT_100NS;
     }
 }
 

@@ -4,7 +4,8 @@
 use proptest::prelude::*;
 use wfpmon_core::status::*;
 use wfpmon_core::unload::{
-    LogBackoff, MAX_WAIT_100NS, MIN_WAIT_100NS, Outcome, Step, Unregistration, unregistration_order,
+    Backoff, LogBackoff, MAX_WAIT_100NS, MIN_WAIT_100NS, Outcome, Step, Unregistration,
+    unregistration_order,
 };
 
 #[test]
@@ -124,6 +125,27 @@ fn progress_brings_the_wait_back_to_its_minimum() {
             timeout_100ns: MIN_WAIT_100NS
         }
     );
+}
+
+#[test]
+fn backoff_doubles_to_its_cap_and_resets_on_progress() {
+    let mut b = Backoff::new();
+    let waits: Vec<i64> = (0..12).map(|_| b.next_100ns()).collect();
+    assert_eq!(waits[0], MIN_WAIT_100NS);
+    assert!(
+        waits
+            .windows(2)
+            .all(|w| w[1] == (w[0] * 2).min(MAX_WAIT_100NS)),
+        "{waits:?}"
+    );
+    assert_eq!(
+        *waits.last().unwrap(),
+        MAX_WAIT_100NS,
+        "capped, never unbounded growth"
+    );
+    b.reset();
+    assert_eq!(b.next_100ns(), MIN_WAIT_100NS);
+    assert_eq!(b.next_100ns(), 2 * MIN_WAIT_100NS);
 }
 
 #[test]
