@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use tracelogging as tlg;
 use wfpmonctl::listing::{ControlDevice, IoctlError};
+use windows_service::service::Service;
 use windows_service::service::{
     ServiceAccess, ServiceControl, ServiceControlAccept, ServiceErrorControl, ServiceExitCode,
     ServiceInfo, ServiceStartType, ServiceState, ServiceStatus, ServiceType,
@@ -90,16 +91,37 @@ fn wide(s: &str) -> Vec<u16> {
     s.encode_utf16().chain(Some(0)).collect()
 }
 
-/// The driver's control device, opened for overlapped I/O.
+/// The driver's control device, opened for overlapped I/O, and the
+/// driver's service (to see it stopping).
 pub struct Device {
     handle: Handle,
     event: Handle,
     stop: Arc<AtomicBool>,
+    driver: Option<(ServiceManager, Service)>,
+}
+
+/// What a request the exporter gave up because the driver is stopping
+/// fails with: `ERROR_DEVICE_REMOVED` ("The device has been removed").
+const ERROR_DEVICE_REMOVED: u32 = 1617;
+
+/// The driver's service, to query its state (`None`: the query is not
+/// possible; the device is then closed only when a request fails).
+fn driver_service() -> Option<(ServiceManager, Service)> {
+    let manager =
+        ServiceManager::local_computer(None::<&str>, ServiceManagerAccess::CONNECT).ok()?;
+    let service = manager
+        .open_service(
+            wfpmon_core::catalog::SERVICE_NAME,
+            ServiceAccess::QUERY_STATUS,
+        )
+        .ok()?;
+    Some((manager, service))
 }
 
 impl Device {
     /// Opens `\\.\GLOBALROOT\Device\WfpMon` (read access is enough for
-    /// every request the exporter makes).
+    /// every request the exporter makes), and the driver's service with
+    /// `SERVICE_QUERY_STATUS`.
     ///
     /// # Errors
     /// The Win32 error, as text.
@@ -137,6 +159,7 @@ impl Device {
             handle,
             event: Handle(event),
             stop,
+            driver: driver_service(),
         })
     }
 }
@@ -180,6 +203,7 @@ impl ControlDevice for Device {
         }
         let started = Instant::now();
         let mut cancelled = false;
+        let mut stopping = false;
         loop {
             let mut returned = 0u32;
             // SAFETY: `overlapped` is the request's; TRUE when complete,
@@ -194,9 +218,29 @@ impl ControlDevice for Device {
             // SAFETY: no precondition.
             let e = unsafe { GetLastError() };
             if e != WAIT_TIMEOUT {
-                return Err(IoctlError::win32(e));
+                return Err(IoctlError::win32(if stopping {
+                    ERROR_DEVICE_REMOVED
+                } else {
+                    e
+                }));
             }
-            let due = started.elapsed() >= PENDING_READ_BOUND || self.stop.load(Ordering::SeqCst);
+            let bound = started.elapsed() >= PENDING_READ_BOUND;
+            // The I/O manager unloads a driver only once no handle to its
+            // device is open ("Unload Routine Environment"): `sc stop
+            // wfpmon` waits (STOP_PENDING) until this handle is closed. So
+            // a stopping driver fails the request, and the caller closes
+            // the device (forced ends; it is opened again later).
+            if bound && !cancelled {
+                stopping = self.driver.as_ref().is_some_and(|(_, service)| {
+                    service.query_status().is_ok_and(|s| {
+                        matches!(
+                            s.current_state,
+                            ServiceState::StopPending | ServiceState::Stopped
+                        )
+                    })
+                });
+            }
+            let due = bound || self.stop.load(Ordering::SeqCst);
             if due && !cancelled {
                 cancelled = true;
                 // SAFETY: `overlapped` is the pending request's; the

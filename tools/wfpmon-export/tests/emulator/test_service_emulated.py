@@ -223,13 +223,15 @@ def decode_ipfix(datagrams: list[bytes]) -> tuple[list[dict], list[dict]]:
     return headers, records
 
 
-def check_sequence_numbers(headers: list[dict]) -> None:
+def check_sequence_numbers(headers: list[dict], lost: int = 0) -> None:
     """RFC 7011 §3.1: each message's sequence number is the number of data
-    records sent before it in the observation domain."""
-    sent = 0
+    records sent before it in the observation domain; `lost` records went in
+    messages that did not arrive (the collector sees them as the gap)."""
+    received = 0
     for h in headers:
-        assert h["sequence"] == sent, (h, sent)
-        sent += h["records"]
+        assert received <= h["sequence"] <= received + lost, (h, received, lost)
+        received += h["records"]
+    assert not headers or headers[-1]["sequence"] + headers[-1]["records"] == received + lost
 
 
 # --- the machine --------------------------------------------------------------
@@ -873,10 +875,10 @@ def test_start_run_and_stop_by_the_scms_rules(export_exe):
     m = ServiceMachine(driver=driver, config=config_text())
     ended = dict(short, bytes_in=700, bytes_out=90, packets_in=3, packets_out=2)
     m.timeline = [
-        (1500, ("end", ended)),
-        (3000, ("control", SERVICE_CONTROL_INTERROGATE)),
-        (4000, ("control", SERVICE_CONTROL_STOP)),
-        (4000, ("control", SERVICE_CONTROL_INTERROGATE)),
+        (600, ("end", ended)),
+        (1200, ("control", SERVICE_CONTROL_INTERROGATE)),
+        (1600, ("control", SERVICE_CONTROL_STOP)),
+        (1600, ("control", SERVICE_CONTROL_INTERROGATE)),
     ]
     run = service_run(export_exe, m)
     assert_clean(run)
@@ -918,3 +920,199 @@ def test_start_run_and_stop_by_the_scms_rules(export_exe):
     assert [m for _, m in run.etw if m.startswith("stopping:")] == [
         "stopping: every open flow ended (forced end): 1 final records",
         "stopping: the collector has every message", "stopping: final metrics written"]
+
+
+def test_system_shutdown_sends_shutdown_and_the_service_stops_clean(export_exe):
+    driver, long_lived, short = two_flows_driver()
+    m = ServiceMachine(driver=driver, config=config_text())
+    m.timeline = [(800, ("shutdown",))]
+    run = service_run(export_exe, m)
+    assert_clean(run)
+    assert run.exit_code == 0
+    (shutdown,) = run.controls
+    assert shutdown["control"] == SERVICE_CONTROL_SHUTDOWN, "no PRESHUTDOWN: the service does not accept it"
+    assert shutdown["delivered"] and shutdown["answer"] == NO_ERROR
+    states = run.states()
+    assert states[0:2] == [SERVICE_START_PENDING, SERVICE_RUNNING] and states[-1] == SERVICE_STOPPED
+    assert set(states[2:-1]) == {SERVICE_STOP_PENDING}
+    assert run.statuses[-1]["win32"] == NO_ERROR
+    assert run.statuses[-1]["at"] - shutdown["at"] < 20_000, "within the ~20 s the system gives"
+    headers, records = run.ipfix()
+    check_sequence_numbers(headers)
+    assert sorted((r[(0, IE_FLOW_ID)], r[(0, IE_END_REASON)]) for r in records) == [
+        (long_lived["handle"], FORCED_END), (short["handle"], FORCED_END)]
+
+
+@pytest.mark.parametrize("files, code, text", [
+    ({}, EXIT_CONFIG_UNREADABLE, "wfpmon-export.toml"),
+    ({CONFIG_PATH: '[collector]\naddress = "192.0.2.10:4739"\ncolour = "blue"\n'}, EXIT_CONFIG_INVALID, "colour"),
+])
+def test_bad_configuration_stops_the_service_with_its_documented_code(export_exe, files, code, text):
+    driver, _, _ = two_flows_driver()
+    m = ServiceMachine(driver=driver)
+    m.files.update({k.lower(): v.encode() for k, v in files.items()})
+    run = service_run(export_exe, m)
+    assert_clean(run)
+    assert run.states() == [SERVICE_START_PENDING, SERVICE_STOPPED], "never RUNNING"
+    stopped = run.statuses[-1]
+    assert (stopped["win32"], stopped["specific"]) == (ERROR_SERVICE_SPECIFIC_ERROR, code)
+    assert run.dispatcher_returned_after_stop is True
+    errors = [msg for level, msg in run.etw if level == "Error"]
+    assert len(errors) == 1 and text in errors[0], run.etw
+    assert run.datagrams == [] and m.driver.requests == []
+
+
+def test_the_service_command_outside_the_scm_exits_6(export_exe):
+    m = ServiceMachine(driver=None, config=config_text(), started_by_scm=False)
+    run = service_run(export_exe, m)
+    assert run.exit_code == EXIT_SERVICE
+    assert run.statuses == [] and run.handler is None
+    assert run.stderr.startswith("wfpmon-export: error: not started by the service control manager"), run.stderr
+
+
+def test_the_driver_stopping_underneath_gives_forced_ends_and_the_service_resumes(export_exe):
+    driver, long_lived, short = two_flows_driver()
+    m = ServiceMachine(driver=driver, config=config_text())
+    newcomer = flow(0xC3, 4242, bytes_in=10, bytes_out=20, packets_in=1, packets_out=1, key=1 << 32 | 1)
+    back = FakeDriver(flows=[newcomer], processes=[process(1, 4242, FIREFOX)])
+    m.timeline = [
+        (500, ("driver_stop",)),
+        (2000, ("driver_start", back)),
+        (6_500, ("control", SERVICE_CONTROL_STOP)),
+    ]
+    run = service_run(export_exe, m)
+    assert_clean(run)
+    unloaded = [at for name, at in run.calls if name == "driver unloaded"]
+    assert len(unloaded) == 1 and unloaded[0] < 1000, "the exporter let go of the device: the driver unloaded"
+    assert run.states()[:2] == [SERVICE_START_PENDING, SERVICE_RUNNING]
+    stop_control = run.controls[0]
+    assert stop_control["delivered"] and stop_control["at"] >= 6_500
+    assert [s["at"] for s in run.statuses if s["state"] == SERVICE_STOP_PENDING][0] == stop_control["at"], \
+        "RUNNING until the STOP: the service kept running without the driver"
+    assert run.statuses[-1]["win32"] == NO_ERROR and run.exit_code == 0
+
+    levels = [(level, msg.split(" (")[0].split(":")[0]) for level, msg in run.etw]
+    assert levels[:3] == [("Info", "connected to the wfpmon driver"), ("Error", "the wfpmon driver went away"),
+                          ("Info", "connected to the wfpmon driver")], run.etw
+    assert "The device has been removed" in run.etw[1][1] or "1617" in run.etw[1][1], run.etw[1]
+
+    headers, records = run.ipfix()
+    check_sequence_numbers(headers)
+    got = sorted((r[(0, IE_FLOW_ID)], r[(0, IE_END_REASON)], r[(0, IE_OCTETS)]) for r in records)
+    assert got == [(long_lived["handle"], FORCED_END, 1200), (short["handle"], FORCED_END, 60),
+                   (newcomer["handle"], FORCED_END, 20)], got
+    assert "list" in back.requests, "the new driver instance was read"
+
+
+def test_the_collector_going_away_is_counted_and_the_service_keeps_running(export_exe):
+    driver, long_lived, short = two_flows_driver()
+    m = ServiceMachine(driver=driver, config=config_text())
+    ended = dict(short, bytes_out=75, packets_out=2)
+    m.timeline = [
+        (200, ("collector_down",)),
+        (500, ("end", ended)),
+        (1000, ("collector_up",)),
+        (1500, ("control", SERVICE_CONTROL_STOP)),
+    ]
+    run = service_run(export_exe, m)
+    assert_clean(run)
+    assert run.states()[:2] == [SERVICE_START_PENDING, SERVICE_RUNNING]
+    assert run.statuses[-1]["win32"] == NO_ERROR and run.exit_code == 0
+    assert run.send_failures >= 1
+    headers, records = run.ipfix()
+    check_sequence_numbers(headers, lost=1)
+    # The end record was lost with its message (and the templates with it:
+    # the next message carries them again); the forced end came.
+    assert [(r[(0, IE_FLOW_ID)], r[(0, IE_END_REASON)]) for r in records] == [(long_lived["handle"], FORCED_END)]
+    prom = m.files[(METRICS_DIR + "\\wfpmon.prom").lower()].decode()
+    counters = {line.split()[0]: int(line.split()[1]) for line in prom.splitlines()
+                if line.startswith("wfpmon_export_") and " " in line}
+    assert counters["wfpmon_export_collector_errors_total"] >= 1, prom
+    assert counters["wfpmon_export_dropped_records_total"] == 1, prom
+    assert counters["wfpmon_export_records_total"] == 1, prom
+
+
+# --- install-service / uninstall-service ---------------------------------------
+
+CONFIG_WITH_SPACE = "C:\\ProgramData\\wfpmon\\export config\\wfpmon-export.toml"
+
+
+def install_run(exe, machine, config=CONFIG_WITH_SPACE):
+    machine.files.setdefault(config.lower(), config_text().encode())
+    # `Run` joins the arguments with spaces into the command line: the one
+    # with a space is quoted there, as a shell would.
+    return ServiceRun(exe, ["--config", f'"{config}"', "install-service"], machine)
+
+
+def test_install_service_creates_an_own_process_auto_start_service_with_a_quoted_path(export_exe):
+    m = ServiceMachine(started_by_scm=False)
+    run = install_run(export_exe, m)
+    assert run.exit_code == 0, run.stderr
+    names = [n for n, _ in run.scm_calls]
+    assert names == ["OpenSCManagerW", "CreateServiceW", "ChangeServiceConfig2W"], names
+    assert run.scm_calls[0][1] == (None, None, SC_MANAGER_CONNECT | SC_MANAGER_CREATE_SERVICE)
+    created = run.scm_calls[1][1]
+    assert created["name"] == SERVICE and created["display"].startswith("wfpmon flow exporter")
+    assert (created["type"], created["start"], created["error_control"]) == (
+        SERVICE_WIN32_OWN_PROCESS, SERVICE_AUTO_START, SERVICE_ERROR_NORMAL)
+    assert created["binary"] == f'"{EXE_PATH}" service --config "{CONFIG_WITH_SPACE}"', created["binary"]
+    assert created["account"] is None and created["password"] is None, "LocalSystem"
+    assert run.scm_calls[2][1] == (SERVICE, SERVICE_CONFIG_DESCRIPTION,
+                                   "Streams the wfpmon driver's process-attributed flows to IPFIX collectors "
+                                   "and Prometheus")
+    assert run.stdout == (f"service {SERVICE} installed (automatic start), configuration {CONFIG_WITH_SPACE}\n")
+
+
+@pytest.mark.parametrize("error, installed, text", [
+    ({"OpenSCManagerW": ERROR_ACCESS_DENIED}, False,
+     "installing the service needs administrator rights: run it from an elevated prompt [OpenSCManagerW: "),
+    ({}, True, f"service {SERVICE} is already installed: `wfpmon-export uninstall-service` removes it "
+               "[CreateServiceW: "),
+])
+def test_install_service_errors_are_explained_and_exit_6(export_exe, error, installed, text):
+    m = ServiceMachine(started_by_scm=False)
+    m.scm_errors.update(error)
+    if installed:
+        m.database[SERVICE] = dict(state=SERVICE_STOPPED)
+    run = install_run(export_exe, m)
+    assert run.exit_code == EXIT_SERVICE
+    assert run.stderr.startswith("wfpmon-export: error: " + text), run.stderr
+    assert "ChangeServiceConfig2W" not in [n for n, _ in run.scm_calls]
+
+
+def test_uninstall_service_stops_a_running_service_then_deletes_it(export_exe):
+    m = ServiceMachine(started_by_scm=False)
+    m.database[SERVICE] = dict(state=SERVICE_RUNNING)
+    run = ServiceRun(export_exe, ["uninstall-service"], m)
+    assert run.exit_code == 0, run.stderr
+    names = [n for n, _ in run.scm_calls]
+    assert names[:3] == ["OpenSCManagerW", "OpenServiceW", "QueryServiceStatusEx"]
+    assert run.scm_calls[1][1] == (SERVICE, SERVICE_QUERY_STATUS | SERVICE_STOP | DELETE)
+    assert ("ControlService", (SERVICE, SERVICE_CONTROL_STOP)) in run.scm_calls
+    assert names[-1] == "DeleteService" and m.database[SERVICE]["state"] == SERVICE_STOPPED, \
+        "deleted once it had stopped"
+    assert m.database[SERVICE]["marked"]
+    assert run.stdout == f"service {SERVICE} removed\n"
+
+
+@pytest.mark.parametrize("setup, code, out", [
+    (lambda m: None, 0, f"service {SERVICE} is not installed: nothing to remove\n"),
+    (lambda m: m.database.update({SERVICE: dict(state=SERVICE_STOPPED, marked=True)}), 0,
+     f"service {SERVICE} was already marked for deletion: it goes when the last handle to it closes\n"),
+])
+def test_uninstall_service_when_there_is_nothing_to_remove(export_exe, setup, code, out):
+    m = ServiceMachine(started_by_scm=False)
+    setup(m)
+    run = ServiceRun(export_exe, ["uninstall-service"], m)
+    assert (run.exit_code, run.stdout) == (code, out), run.stderr
+
+
+def test_uninstall_service_without_rights_exits_6(export_exe):
+    m = ServiceMachine(started_by_scm=False)
+    m.database[SERVICE] = dict(state=SERVICE_STOPPED)
+    m.scm_errors["OpenServiceW"] = ERROR_ACCESS_DENIED
+    run = ServiceRun(export_exe, ["uninstall-service"], m)
+    assert run.exit_code == EXIT_SERVICE
+    assert run.stderr.startswith("wfpmon-export: error: removing the service needs administrator rights: run it "
+                                 "from an elevated prompt [OpenServiceW: "), run.stderr
+    assert "DeleteService" not in [n for n, _ in run.scm_calls]
