@@ -862,7 +862,7 @@ mod tests {
             app_name: String::new(),
             app_path: String::new(),
         };
-        let mut sent = |enc: &mut Encoder| {
+        let sent = |enc: &mut Encoder| {
             let mut out = Vec::new();
             enc.encode(std::slice::from_ref(&record), 1_000, true, &mut out);
             out.iter().map(|m| m.templates).collect::<Vec<_>>()
