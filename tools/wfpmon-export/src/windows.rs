@@ -1,7 +1,7 @@
 //! Windows only: the device, the service, the ETW provider.
 //!
-//! The control device over `DeviceIoControl` (overlapped,
-//! so a pending read can be bounded and cancelled), the service (the
+//! The control device over `DeviceIoControl` (wfpmonctl's overlapped
+//! transport, so a pending read can be bounded and cancelled), the service (the
 //! `windows-service` crate: dispatcher, control handler, install and
 //! removal), and the ETW provider errors are written to.
 //!
@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use tracelogging as tlg;
 use wfpmonctl::listing::{ControlDevice, IoctlError};
+use wfpmonctl::overlapped::{OpenError, Overlapped, Pending};
 use windows_service::service::Service;
 use windows_service::service::{
     ServiceAccess, ServiceControl, ServiceControlAccept, ServiceErrorControl, ServiceExitCode,
@@ -26,17 +27,7 @@ use windows_service::service_control_handler::{
 };
 use windows_service::service_dispatcher;
 use windows_service::service_manager::{ServiceManager, ServiceManagerAccess};
-use windows_sys::Win32::Foundation::{
-    CloseHandle, ERROR_IO_PENDING, GENERIC_READ, GetLastError, HANDLE, INVALID_HANDLE_VALUE,
-    WAIT_TIMEOUT,
-};
-use windows_sys::Win32::Storage::FileSystem::{
-    CreateFileW, FILE_FLAG_OVERLAPPED, FILE_SHARE_READ, FILE_SHARE_WRITE, OPEN_EXISTING,
-};
-use windows_sys::Win32::System::IO::{
-    CancelIoEx, DeviceIoControl, GetOverlappedResultEx, OVERLAPPED,
-};
-use windows_sys::Win32::System::Threading::CreateEventW;
+use windows_sys::Win32::Foundation::GENERIC_READ;
 
 use crate::config::{self, Config, Error, ExitCode};
 use crate::run::{self, Level};
@@ -78,24 +69,11 @@ pub fn log(level: Level, message: &str) {
 /// does its scans and metrics and reads again).
 pub const PENDING_READ_BOUND: Duration = Duration::from_millis(250);
 
-struct Handle(HANDLE);
-
-impl Drop for Handle {
-    fn drop(&mut self) {
-        // SAFETY: a handle this process opened, closed only here.
-        unsafe { CloseHandle(self.0) };
-    }
-}
-
-fn wide(s: &str) -> Vec<u16> {
-    s.encode_utf16().chain(Some(0)).collect()
-}
-
-/// The driver's control device, opened for overlapped I/O, and the
-/// driver's service (to see it stopping).
+/// The driver's control device, opened for overlapped I/O through
+/// wfpmonctl's transport ([`wfpmonctl::overlapped`]), and the driver's
+/// service (to see it stopping).
 pub struct Device {
-    handle: Handle,
-    event: Handle,
+    io: Overlapped,
     stop: Arc<AtomicBool>,
     driver: Option<(ServiceManager, Service)>,
 }
@@ -126,128 +104,77 @@ impl Device {
     /// # Errors
     /// The Win32 error, as text.
     pub fn open(stop: Arc<AtomicBool>) -> Result<Self, String> {
-        let path = wide(wfpmon_core::catalog::DEVICE_USER_PATH);
-        // SAFETY: `path` is NUL-terminated and outlives the call; no
-        // security attributes, no template.
-        let handle = unsafe {
-            CreateFileW(
-                path.as_ptr(),
-                GENERIC_READ,
-                FILE_SHARE_READ | FILE_SHARE_WRITE,
-                std::ptr::null(),
-                OPEN_EXISTING,
-                FILE_FLAG_OVERLAPPED,
-                std::ptr::null_mut(),
-            )
-        };
-        if handle == INVALID_HANDLE_VALUE {
-            // SAFETY: no precondition.
-            let e = unsafe { GetLastError() };
-            return Err(format!(
-                "opening the wfpmon control device: Win32 error {e}"
-            ));
-        }
-        let handle = Handle(handle);
-        // SAFETY: default security, manual reset, not signalled, no name.
-        let event = unsafe { CreateEventW(std::ptr::null(), 1, 0, std::ptr::null()) };
-        if event.is_null() {
-            // SAFETY: no precondition.
-            let e = unsafe { GetLastError() };
-            return Err(format!("CreateEventW: Win32 error {e}"));
-        }
+        let io = Overlapped::open(wfpmon_core::catalog::DEVICE_USER_PATH, GENERIC_READ).map_err(
+            |e| match e {
+                OpenError::CreateFile(c) => {
+                    format!("opening the wfpmon control device: Win32 error {c}")
+                }
+                OpenError::CreateEvent(c) => format!("CreateEventW: Win32 error {c}"),
+            },
+        )?;
         Ok(Self {
-            handle,
-            event: Handle(event),
+            io,
             stop,
             driver: driver_service(),
         })
     }
 }
 
+/// The exporter's policy for a pending read: it is cancelled once it has
+/// waited [`PENDING_READ_BOUND`] (the loop then does its scans and metrics
+/// and reads again) or when the exporter stops. At the bound the driver's
+/// service is asked for its state: the I/O manager unloads a driver only
+/// once no handle to its device is open ("Unload Routine Environment"), so
+/// `sc stop wfpmon` waits (`STOP_PENDING`) until this handle is closed; a
+/// stopping driver fails the request, and the caller closes the device
+/// (forced ends; it is opened again later).
+struct Bounded<'a> {
+    started: Instant,
+    stop: &'a AtomicBool,
+    driver: Option<&'a Service>,
+    cancelled: bool,
+    stopping: bool,
+}
+
+impl Pending for Bounded<'_> {
+    fn pending(&mut self) -> bool {
+        false
+    }
+
+    fn waited(&mut self) -> bool {
+        let bound = self.started.elapsed() >= PENDING_READ_BOUND;
+        if bound && !self.cancelled {
+            self.stopping = self.driver.is_some_and(|service| {
+                service.query_status().is_ok_and(|s| {
+                    matches!(
+                        s.current_state,
+                        ServiceState::StopPending | ServiceState::Stopped
+                    )
+                })
+            });
+        }
+        let due = bound || self.stop.load(Ordering::SeqCst);
+        let cancel = due && !self.cancelled;
+        self.cancelled |= cancel;
+        cancel
+    }
+}
+
 impl ControlDevice for Device {
     fn ioctl(&mut self, code: u32, input: &[u8], output: &mut [u8]) -> Result<usize, IoctlError> {
-        let too_big = |_| IoctlError::win32(234); // ERROR_MORE_DATA
-        let in_len = u32::try_from(input.len()).map_err(too_big)?;
-        let out_len = u32::try_from(output.len()).map_err(too_big)?;
-        let out = if output.is_empty() {
-            std::ptr::null_mut()
-        } else {
-            output.as_mut_ptr()
+        let mut policy = Bounded {
+            started: Instant::now(),
+            stop: &self.stop,
+            driver: self.driver.as_ref().map(|(_, service)| service),
+            cancelled: false,
+            stopping: false,
         };
-        let handle = self.handle.0;
-        let mut overlapped = OVERLAPPED {
-            hEvent: self.event.0,
-            ..OVERLAPPED::default()
-        };
-        // SAFETY: the handle is open for overlapped I/O; the buffers and
-        // `overlapped` are valid for the lengths passed and outlive the
-        // request, which this function waits for below.
-        let ok = unsafe {
-            DeviceIoControl(
-                handle,
-                code,
-                input.as_ptr().cast(),
-                in_len,
-                out.cast(),
-                out_len,
-                std::ptr::null_mut(),
-                &raw mut overlapped,
-            )
-        };
-        if ok == 0 {
-            // SAFETY: no precondition.
-            let e = unsafe { GetLastError() };
-            if e != ERROR_IO_PENDING {
-                return Err(IoctlError::win32(e));
-            }
-        }
-        let started = Instant::now();
-        let mut cancelled = false;
-        let mut stopping = false;
-        loop {
-            let mut returned = 0u32;
-            // SAFETY: `overlapped` is the request's; TRUE when complete,
-            // FALSE with WAIT_TIMEOUT while pending (this loop waits again);
-            // nothing refers to the buffers once it is complete.
-            let ok = unsafe {
-                GetOverlappedResultEx(handle, &raw const overlapped, &raw mut returned, 50, 0)
-            };
-            if ok != 0 {
-                return Ok((returned as usize).min(output.len()));
-            }
-            // SAFETY: no precondition.
-            let e = unsafe { GetLastError() };
-            if e != WAIT_TIMEOUT {
-                return Err(IoctlError::win32(if stopping {
-                    ERROR_DEVICE_REMOVED
-                } else {
-                    e
-                }));
-            }
-            let bound = started.elapsed() >= PENDING_READ_BOUND;
-            // The I/O manager unloads a driver only once no handle to its
-            // device is open ("Unload Routine Environment"): `sc stop
-            // wfpmon` waits (STOP_PENDING) until this handle is closed. So
-            // a stopping driver fails the request, and the caller closes
-            // the device (forced ends; it is opened again later).
-            if bound && !cancelled {
-                stopping = self.driver.as_ref().is_some_and(|(_, service)| {
-                    service.query_status().is_ok_and(|s| {
-                        matches!(
-                            s.current_state,
-                            ServiceState::StopPending | ServiceState::Stopped
-                        )
-                    })
-                });
-            }
-            let due = bound || self.stop.load(Ordering::SeqCst);
-            if due && !cancelled {
-                cancelled = true;
-                // SAFETY: `overlapped` is the pending request's; the
-                // request completes with ERROR_OPERATION_ABORTED, which the
-                // loop above then returns.
-                unsafe { CancelIoEx(handle, &raw const overlapped) };
-            }
+        match self
+            .io
+            .request(code, input, output, Duration::from_millis(50), &mut policy)
+        {
+            Err(_) if policy.stopping => Err(IoctlError::win32(ERROR_DEVICE_REMOVED)),
+            result => result,
         }
     }
 }

@@ -74,8 +74,8 @@ The SCM's rules modelled here, and their sources (learn.microsoft.com):
 - CreateServiceW / ChangeServiceConfig2W / DeleteService / OpenSCManagerW /
   OpenServiceW: ERROR_ACCESS_DENIED without administrator rights,
   ERROR_SERVICE_EXISTS (1073) for a name in use, ERROR_SERVICE_DOES_NOT_EXIST
-  (1060), ERROR_SERVICE_MARKED_FOR_DELETE (1072); a binary path with spaces
-  must be quoted (CreateServiceW: lpBinaryPathName "...should be quoted").
+  (1060), ERROR_SERVICE_MARKED_FOR_DELETE (1072); a binary path that
+  contains a space must be quoted (CreateServiceW, lpBinaryPathName).
 
 Everything the exporter writes to ETW is captured from EventWriteTransfer
 (the event's name and its "Message" field); files live in a dictionary
