@@ -297,9 +297,15 @@ pub fn default_config_path() -> PathBuf {
 pub fn run_service(config: &Path) -> Result<(), Error> {
     let _ = CONFIG_PATH.set(config.to_path_buf());
     service_dispatcher::start(SERVICE_NAME, ffi_service_main).map_err(|e| {
+        let detail = match &e {
+            windows_service::Error::Winapi(io) => io.to_string(),
+            other => other.to_string(),
+        };
         Error::new(
             ExitCode::Service,
-            format!("not started by the service control manager: {e}"),
+            format!(
+                "not started by the service control manager: `service` is for the SCM (`sc start {SERVICE_NAME}`); in a console use --foreground [StartServiceCtrlDispatcherW: {detail}]"
+            ),
         )
     })
 }

@@ -967,7 +967,10 @@ def test_the_service_command_outside_the_scm_exits_6(export_exe):
     run = service_run(export_exe, m)
     assert run.exit_code == EXIT_SERVICE
     assert run.statuses == [] and run.handler is None
-    assert run.stderr.startswith("wfpmon-export: error: not started by the service control manager"), run.stderr
+    assert run.stderr.startswith("wfpmon-export: error: not started by the service control manager: `service` is "
+                                 "for the SCM (`sc start wfpmon-export`); in a console use --foreground "
+                                 "[StartServiceCtrlDispatcherW: "), run.stderr
+    assert "(os error 1063)" in run.stderr, run.stderr
 
 
 def test_the_driver_stopping_underneath_gives_forced_ends_and_the_service_resumes(export_exe):
