@@ -841,7 +841,7 @@ class ServiceRun(Run):
         return [s["state"] for s in self.statuses]
 
 
-def config_text(**extra) -> str:
+def config_text() -> str:
     return (f'[collector]\naddress = "{COLLECTOR[0]}:{COLLECTOR[1]}"\n'
             f"[export]\nobservation_domain_id = 7\nscan_interval_seconds = 1\n"
             f"[metrics]\ndirectory = '{METRICS_DIR}'\ninterval_seconds = 1\n")
