@@ -87,10 +87,10 @@ cargo clippy --locked --target "$WFPMON_TARGET" -p wfpmonctl -- -D warnings
 step "clippy: wfpmon-export on x86_64-pc-windows-msvc (user mode, type-check)"
 cargo clippy --locked --target "$WFPMON_TARGET" -p wfpmon-export -- -D warnings
 
-step "pytest: image, emulator (driver and wfpmonctl.exe), INF, VM kit, rulebook, docs"
+step "pytest: image, emulator (driver, wfpmonctl.exe, wfpmon-export.exe), INF, VM kit, rulebook, docs"
 export WFPMON_SYS="$root/target/$WFPMON_TARGET/release/wfpmon.sys"
 pytest_suites=(tests/image tests/emulator tests/inf tests/vm tools/wfpmonctl/tests/emulator
-    tests/rules tests/docs)
+    tools/wfpmon-export/tests/emulator tests/rules tests/docs)
 junit="$root/target/pytest-junit.xml"
 # On every core (pytest-xdist): each test is an emulation of its own, with
 # no state shared between tests, so they are handed out one at a time.

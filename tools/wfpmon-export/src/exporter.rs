@@ -509,6 +509,9 @@ impl Exporter {
         }
         let n = self.records.len();
         if let Some(sink) = self.sink.as_mut() {
+            if sink.templates_lost() {
+                self.encoder.templates_lost();
+            }
             let mut out = Vec::new();
             self.encoder
                 .encode(&self.records, now_ms, sink.templates_inline(), &mut out);

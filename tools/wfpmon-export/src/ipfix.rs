@@ -343,6 +343,9 @@ pub struct Encoded {
     pub bytes: Vec<u8>,
     /// Data records it carries.
     pub records: u32,
+    /// It carries the templates (UDP: if it is lost, the next message must
+    /// carry them again, or the collector cannot read the data that follows).
+    pub templates: bool,
 }
 
 /// Packs records into messages.
@@ -409,6 +412,12 @@ impl Encoder {
         m
     }
 
+    /// The templates sent last did not reach the collector: the next
+    /// message carries them.
+    pub const fn templates_lost(&mut self) {
+        self.last_templates_ms = None;
+    }
+
     const fn templates_due(&self, now_ms: u64) -> bool {
         let Some(last) = self.last_templates_ms else {
             return true;
@@ -432,7 +441,8 @@ impl Encoder {
         let mut i = 0;
         while i < records.len() {
             let mut m = self.header(now_ms);
-            if with_templates && self.templates_due(now_ms) {
+            let templates = with_templates && self.templates_due(now_ms);
+            if templates {
                 m.extend_from_slice(&self.template_set);
                 self.last_templates_ms = Some(now_ms);
                 self.messages_since_templates = 0;
@@ -495,6 +505,7 @@ impl Encoder {
             out.push(Encoded {
                 bytes: m,
                 records: count,
+                templates,
             });
         }
     }
@@ -822,6 +833,49 @@ mod tests {
                     }
                 },
             )
+    }
+
+    #[test]
+    fn templates_go_again_after_the_message_carrying_them_was_lost() {
+        let refresh = Refresh {
+            interval_ms: 60_000,
+            messages: 100,
+        };
+        let mut enc = Encoder::new(Templates::new(DOCUMENTATION_PEN), 1, 1400, refresh);
+        let record = Record {
+            flow_id: 1,
+            v6: false,
+            source: [0; 16],
+            destination: [0; 16],
+            source_port: 1,
+            destination_port: 2,
+            protocol: 6,
+            direction: 1,
+            octets: 3,
+            packets: 1,
+            reverse_octets: 0,
+            reverse_packets: 0,
+            start_ms: 0,
+            end_ms: 1_000,
+            end_reason: 3,
+            pid: 4,
+            app_name: String::new(),
+            app_path: String::new(),
+        };
+        let sent = |enc: &mut Encoder| {
+            let mut out = Vec::new();
+            enc.encode(std::slice::from_ref(&record), 1_000, true, &mut out);
+            out.iter().map(|m| m.templates).collect::<Vec<_>>()
+        };
+        assert_eq!(sent(&mut enc), [true], "the first message");
+        assert_eq!(sent(&mut enc), [false], "not due again yet");
+        enc.templates_lost();
+        assert_eq!(
+            sent(&mut enc),
+            [true],
+            "again, since the collector never had them"
+        );
+        assert_eq!(sent(&mut enc), [false]);
     }
 
     fn roundtrip(records: &[Record], mtu: usize, refresh: Refresh) -> (Vec<Vec<u8>>, Vec<Message>) {

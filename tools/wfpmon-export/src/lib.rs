@@ -22,6 +22,7 @@ pub mod exporter;
 pub mod ipfix;
 pub mod metrics;
 pub mod run;
+pub mod service_status;
 pub mod transport;
 #[cfg(windows)]
 pub mod windows;

@@ -100,8 +100,16 @@ fn platform(
             Ok(())
         }
         Some(Command::UninstallService) => {
-            w::uninstall()?;
-            println!("service {} removed", w::SERVICE_NAME);
+            let name = w::SERVICE_NAME;
+            match w::uninstall()? {
+                w::Removal::Removed => println!("service {name} removed"),
+                w::Removal::NotInstalled => {
+                    println!("service {name} is not installed: nothing to remove");
+                }
+                w::Removal::AlreadyMarked => println!(
+                    "service {name} was already marked for deletion: it goes when the last handle to it closes"
+                ),
+            }
             Ok(())
         }
         Some(Command::Service) => w::run_service(path),

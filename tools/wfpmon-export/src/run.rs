@@ -174,17 +174,31 @@ pub fn run<D: ControlDevice>(
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+    // Each step of the stop is logged (the service reports each as a
+    // checkpoint of its STOP_PENDING status).
     exporter.stop();
-    exporter.flush(device.as_mut());
-    if !exporter.drain_sink(Duration::from_secs(5)) {
+    let flushed = exporter.flush(device.as_mut());
+    log(
+        Level::Info,
+        &format!("stopping: every open flow ended (forced end): {flushed} final records"),
+    );
+    if exporter.drain_sink(Duration::from_secs(5)) {
+        log(Level::Info, "stopping: the collector has every message");
+    } else {
         log(
             Level::Error,
-            "the collector did not take every queued message before the stop",
+            "stopping: the collector did not take every queued message before the stop",
         );
     }
     let body = exporter.refresh_metrics(device.as_mut()).to_owned();
     if let Some(dir) = &config.metrics_directory {
-        let _ = write_atomically(dir, &config.metrics_file_name, &body);
+        match write_atomically(dir, &config.metrics_file_name, &body) {
+            Ok(()) => log(Level::Info, "stopping: final metrics written"),
+            Err(e) => log(
+                Level::Error,
+                &format!("stopping: final metrics file in {}: {e}", dir.display()),
+            ),
+        }
     }
     server_stop.store(true, Ordering::SeqCst);
     if let Some(s) = server {

@@ -56,6 +56,11 @@ pub trait Sink: Send {
     /// Waits up to `timeout` for queued messages to go out; true when none
     /// is left.
     fn drain(&mut self, timeout: Duration) -> bool;
+    /// Whether a message carrying the templates was dropped since the last
+    /// call (UDP): the encoder then sends them again.
+    fn templates_lost(&mut self) -> bool {
+        false
+    }
 }
 
 /// UDP to one collector.
@@ -63,6 +68,7 @@ pub trait Sink: Send {
 pub struct Udp {
     socket: UdpSocket,
     counters: Arc<Counters>,
+    templates_lost: bool,
 }
 
 impl Udp {
@@ -80,7 +86,11 @@ impl Udp {
         socket.connect(collector)?;
         let counters = Arc::new(Counters::default());
         counters.up.store(true, Ordering::Relaxed);
-        Ok(Self { socket, counters })
+        Ok(Self {
+            socket,
+            counters,
+            templates_lost: false,
+        })
     }
 }
 
@@ -99,6 +109,7 @@ impl Sink for Udp {
                 c.records_sent
                     .fetch_add(u64::from(m.records), Ordering::Relaxed);
             } else {
+                self.templates_lost |= m.templates;
                 c.errors.fetch_add(1, Ordering::Relaxed);
                 c.messages_dropped.fetch_add(1, Ordering::Relaxed);
                 c.records_dropped
@@ -113,6 +124,10 @@ impl Sink for Udp {
 
     fn templates_inline(&self) -> bool {
         true
+    }
+
+    fn templates_lost(&mut self) -> bool {
+        std::mem::take(&mut self.templates_lost)
     }
 
     fn drain(&mut self, _: Duration) -> bool {
@@ -363,7 +378,11 @@ mod tests {
         bytes.extend_from_slice(&[0; 4]);
         bytes.extend_from_slice(&seq.to_be_bytes());
         bytes.extend_from_slice(&[0; 4]);
-        Encoded { bytes, records }
+        Encoded {
+            bytes,
+            records,
+            templates: false,
+        }
     }
 
     #[test]

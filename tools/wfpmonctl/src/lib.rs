@@ -16,6 +16,11 @@ mod view;
 #[cfg(windows)]
 mod windows;
 
+/// The control device over overlapped `DeviceIoControl` (Windows only):
+/// wfpmonctl's transport, used by wfpmon-export too.
+#[cfg(windows)]
+pub use windows::overlapped;
+
 // The crate's short paths: the device client, the model and the views by
 // their own names (see the README's "Layout").
 use client::{device, engine, plan};

@@ -6,6 +6,7 @@
 
 mod fwpm;
 mod names;
+pub mod overlapped;
 
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
@@ -14,13 +15,10 @@ use std::time::{Duration, Instant, SystemTime};
 use chrono::TimeZone as _;
 use wfpmon_core::catalog;
 use windows_sys::Win32::Foundation::{
-    CloseHandle, ERROR_IO_PENDING, ERROR_MORE_DATA, ERROR_SERVICE_DOES_NOT_EXIST, GENERIC_READ,
-    GENERIC_WRITE, GetLastError, HANDLE, INVALID_HANDLE_VALUE, WAIT_TIMEOUT,
+    CloseHandle, ERROR_SERVICE_DOES_NOT_EXIST, GENERIC_READ, GENERIC_WRITE, GetLastError, HANDLE,
+    INVALID_HANDLE_VALUE,
 };
-use windows_sys::Win32::Storage::FileSystem::{
-    CreateFileW, FILE_FLAG_OVERLAPPED, FILE_SHARE_READ, FILE_SHARE_WRITE, OPEN_EXISTING,
-    QueryDosDeviceW,
-};
+use windows_sys::Win32::Storage::FileSystem::QueryDosDeviceW;
 use windows_sys::Win32::System::Console::{
     CTRL_BREAK_EVENT, CTRL_C_EVENT, ENABLE_VIRTUAL_TERMINAL_PROCESSING, GetConsoleMode,
     GetStdHandle, STD_OUTPUT_HANDLE, SetConsoleCtrlHandler, SetConsoleMode,
@@ -29,17 +27,14 @@ use windows_sys::Win32::System::Diagnostics::Debug::{
     FORMAT_MESSAGE_FROM_HMODULE, FORMAT_MESSAGE_FROM_SYSTEM, FORMAT_MESSAGE_IGNORE_INSERTS,
     FormatMessageW,
 };
-use windows_sys::Win32::System::IO::{
-    CancelIoEx, DeviceIoControl, GetOverlappedResultEx, OVERLAPPED,
-};
+use windows_sys::Win32::System::IO::CancelIoEx;
 use windows_sys::Win32::System::LibraryLoader::GetModuleHandleW;
 use windows_sys::Win32::System::Services::{
     CloseServiceHandle, OpenSCManagerW, OpenServiceW, QueryServiceStatusEx, SC_MANAGER_CONNECT,
     SC_STATUS_PROCESS_INFO, SERVICE_QUERY_STATUS, SERVICE_STATUS_PROCESS,
 };
 use windows_sys::Win32::System::Threading::{
-    CreateEventW, OpenProcess, PROCESS_NAME_WIN32, PROCESS_QUERY_LIMITED_INFORMATION,
-    QueryFullProcessImageNameW,
+    OpenProcess, PROCESS_NAME_WIN32, PROCESS_QUERY_LIMITED_INFORMATION, QueryFullProcessImageNameW,
 };
 use windows_sys::core::BOOL;
 
@@ -168,10 +163,9 @@ impl Windows {
 }
 
 /// The open control device (opened for overlapped I/O, so that Ctrl+C can
-/// cancel a pending request), and the event its requests signal.
+/// cancel a pending request).
 pub struct Device {
-    handle: Owned,
-    event: Owned,
+    io: overlapped::Overlapped,
 }
 
 impl Drop for Device {
@@ -180,78 +174,36 @@ impl Drop for Device {
     }
 }
 
+/// wfpmonctl's policy for a pending request: Ctrl+C before it was pending
+/// found nothing to cancel, so it is cancelled then; a request pending for
+/// a second (`events --follow`) is cancelled when the driver's service is
+/// stopping — the I/O manager calls a driver's Unload only when no handle
+/// to its device is open and no request is outstanding ("Unload Routine
+/// Environment"), so a stop of the service waits for this one.
+struct Interactive;
+
+impl overlapped::Pending for Interactive {
+    fn pending(&mut self) -> bool {
+        INTERRUPTED.load(Ordering::SeqCst)
+    }
+
+    fn waited(&mut self) -> bool {
+        matches!(
+            service_state(catalog::SERVICE_NAME),
+            Ok("stop_pending" | "stopped")
+        )
+    }
+}
+
 impl ControlDevice for Device {
     fn ioctl(&mut self, code: u32, input: &[u8], output: &mut [u8]) -> Result<usize, IoctlError> {
-        let too_big = |_| IoctlError(SystemCode::Win32(ERROR_MORE_DATA));
-        let in_len = u32::try_from(input.len()).map_err(too_big)?;
-        let out_len = u32::try_from(output.len()).map_err(too_big)?;
-        // No output (SET_COUNTING): a null buffer, not a dangling one.
-        let out = if output.is_empty() {
-            std::ptr::null_mut()
-        } else {
-            output.as_mut_ptr()
-        };
-        let handle = self.handle.0;
-        let mut overlapped = OVERLAPPED {
-            hEvent: self.event.0,
-            ..OVERLAPPED::default()
-        };
-        // SAFETY: the handle is open (for overlapped I/O, so an OVERLAPPED
-        // with a manual-reset event is passed, and the byte count comes from
-        // GetOverlappedResultEx); the buffers and `overlapped` are valid for
-        // the lengths passed and outlive the request, which this function
-        // waits for below.
-        let ok = unsafe {
-            DeviceIoControl(
-                handle,
-                code,
-                input.as_ptr().cast(),
-                in_len,
-                out.cast(),
-                out_len,
-                std::ptr::null_mut(),
-                &raw mut overlapped,
-            )
-        };
-        if ok == 0 {
-            let error = last_error();
-            if error != SystemCode::Win32(ERROR_IO_PENDING) {
-                return Err(IoctlError(error));
-            }
-            // Ctrl+C before the request was pending found nothing to cancel.
-            if INTERRUPTED.load(Ordering::SeqCst) {
-                // SAFETY: `overlapped` is the pending request's.
-                unsafe { CancelIoEx(handle, &raw const overlapped) };
-            }
-        }
-        let mut returned = 0u32;
-        loop {
-            // SAFETY: `overlapped` is the request's; the call returns TRUE,
-            // or FALSE with WAIT_TIMEOUT while the request is still pending
-            // (this loop then waits again), or FALSE once it is complete:
-            // nothing refers to the buffers after the loop.
-            let ok = unsafe {
-                GetOverlappedResultEx(handle, &raw const overlapped, &raw mut returned, 1000, 0)
-            };
-            if ok != 0 {
-                return Ok((returned as usize).min(output.len()));
-            }
-            let error = last_error();
-            if error != SystemCode::Win32(WAIT_TIMEOUT) {
-                return Err(IoctlError(error));
-            }
-            // A request pending for a second (`events --follow`): the I/O
-            // manager calls a driver's Unload only when no handle to its
-            // device is open and no request is outstanding ("Unload Routine
-            // Environment"), so a stop of the service waits for this one.
-            if matches!(
-                service_state(catalog::SERVICE_NAME),
-                Ok("stop_pending" | "stopped")
-            ) {
-                // SAFETY: `overlapped` is the pending request's.
-                unsafe { CancelIoEx(handle, &raw const overlapped) };
-            }
-        }
+        self.io.request(
+            code,
+            input,
+            output,
+            Duration::from_secs(1),
+            &mut Interactive,
+        )
     }
 }
 
@@ -265,34 +217,26 @@ impl System for Windows {
     }
 
     fn device(&mut self, write: bool) -> Result<Device, Error> {
-        let path = wide(catalog::DEVICE_USER_PATH);
         let access = GENERIC_READ | if write { GENERIC_WRITE } else { 0 };
-        // SAFETY: `path` is NUL-terminated and outlives the call; no
-        // security attributes, no template.
-        let handle = unsafe {
-            CreateFileW(
-                path.as_ptr(),
-                access,
-                FILE_SHARE_READ | FILE_SHARE_WRITE,
-                std::ptr::null(),
-                OPEN_EXISTING,
-                FILE_FLAG_OVERLAPPED,
-                std::ptr::null_mut(),
-            )
-        };
-        // The last error is read before anything (an allocation) can change it.
-        let handle = Owned::new(handle, CloseHandle);
-        let call = format!("CreateFileW({})", catalog::DEVICE_USER_PATH);
-        let action = "opening the wfpmon control device";
-        let handle = handle.map_err(|c| Error::system(Step::OpenDevice, c, action, call))?;
-        // SAFETY: no attributes, no name; manual reset, as overlapped I/O needs.
-        let event = unsafe { CreateEventW(std::ptr::null(), 1, 0, std::ptr::null()) };
-        let event = Owned::new(event, CloseHandle);
-        let action = "creating an event for overlapped I/O";
-        let event =
-            event.map_err(|c| Error::system(Step::OpenDevice, c, action, "CreateEventW"))?;
-        DEVICE.store(handle.0, Ordering::SeqCst);
-        Ok(Device { handle, event })
+        let io =
+            overlapped::Overlapped::open(catalog::DEVICE_USER_PATH, access).map_err(
+                |e| match e {
+                    overlapped::OpenError::CreateFile(c) => Error::system(
+                        Step::OpenDevice,
+                        SystemCode::Win32(c),
+                        "opening the wfpmon control device",
+                        format!("CreateFileW({})", catalog::DEVICE_USER_PATH),
+                    ),
+                    overlapped::OpenError::CreateEvent(c) => Error::system(
+                        Step::OpenDevice,
+                        SystemCode::Win32(c),
+                        "creating an event for overlapped I/O",
+                        "CreateEventW",
+                    ),
+                },
+            )?;
+        DEVICE.store(io.handle(), Ordering::SeqCst);
+        Ok(Device { io })
     }
 
     fn service_state(&mut self, name: &str) -> Result<&'static str, Error> {
