@@ -524,7 +524,7 @@ class Run:
             ("ntdll", "RtlNtStatusToDosError", 1, lambda emu, a: {STATUS_PIPE_BROKEN: ERROR_BROKEN_PIPE}.get(a[0], 317)),
             ("kernel32", "GetStdHandle", 1, self._get_std_handle),
             ("kernel32", "GetConsoleMode", 2, self._get_console_mode),
-            ("kernel32", "SetConsoleMode", 2, lambda emu, a: 1),
+            ("kernel32", "SetConsoleMode", 2, self._set_console_mode),
             ("kernel32", "GetConsoleScreenBufferInfo", 2, self._screen_buffer_info),
             ("kernel32", "CreateFileW", 7, self._create_file),
             ("kernel32", "DeviceIoControl", 8, self._device_io_control),
@@ -560,12 +560,20 @@ class Run:
         self.work: list[dict] = []  # queued thread-pool work items not run yet
         self.answering: dict[str, list] = {}  # per address: the answers of work items running
         self.lookups: list[str] = []  # the addresses GetNameInfoW was asked for, in order
-        for module_name, api, argc, fn in hooks:
+        for module_name, api, argc, fn in hooks + self.more_hooks():
             self.se.add_api_hook(self._plain(fn), module_name, api, argc=argc)
+        self.prepare(module)
         self.se.run_module(module, all_entrypoints=False)
         entry = self.se.get_report().model_dump()["entry_points"][-1]
         assert entry["error"] is None, entry["error"]
         self.exit_code = int(entry["ret_val"], 16)
+
+    def prepare(self, module):
+        """What a subclass does to the loaded image before it runs."""
+
+    def more_hooks(self) -> list:
+        """Hooks a subclass adds: (module, api, argc, fn) as above."""
+        return []
 
     @staticmethod
     def _plain(fn):
@@ -639,6 +647,9 @@ class Run:
             return 0
         if args[1]:
             self.se.mem_write(args[1], struct.pack("<I", 3))
+        return 1
+
+    def _set_console_mode(self, emu, args):
         return 1
 
     def _screen_buffer_info(self, emu, args):
