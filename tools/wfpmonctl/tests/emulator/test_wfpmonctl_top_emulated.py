@@ -25,61 +25,21 @@ run is deterministic. This shows what the console API and the VT stream
 make of the view; real Windows Terminal and conhost were not run.
 
 Each test is one emulation with its own machine and console: no shared
-state, no files, any order (pytest-xdist safe).
+state, no files, any order (pytest-xdist safe). A session of keys takes a
+few seconds because `Run` puts the heap, memory and TLS imports in the
+guest (guest_runtime.py); through Speakeasy's handlers it took minutes.
 """
 
 import ctypes as C
-import pathlib
 import re
-import shutil
-import subprocess
 
 import pytest
 
 pyte = pytest.importorskip("pyte")
 
-import pefile  # noqa: E402
-from speakeasy import common  # noqa: E402
 from test_wfpmonctl_emulated import (  # noqa: E402,F401 - `exe` is a fixture
     BOOT, FIREFOX_DEVICE, IOCTL_LIST_FLOWS, SVCHOST_DEVICE, FakeDriver, Run, exe, flow, flow_event, pkey, process,
     running_machine)
-
-HERE = pathlib.Path(__file__).resolve().parent
-
-# --- the guest runtime (guest_runtime.c: why, and what it does) -------------
-
-GUEST_IMPORTS = {("kernel32.dll", "HeapAlloc"): "rt_heap_alloc", ("kernel32.dll", "HeapFree"): "rt_heap_free",
-                 ("kernel32.dll", "HeapReAlloc"): "rt_heap_realloc",
-                 ("kernel32.dll", "GetProcessHeap"): "rt_get_process_heap",
-                 ("msvcrt.dll", "memcpy"): "rt_memcpy", ("msvcrt.dll", "memmove"): "rt_memmove",
-                 ("msvcrt.dll", "memset"): "rt_memset", ("msvcrt.dll", "memcmp"): "rt_memcmp",
-                 ("kernel32.dll", "TlsAlloc"): "rt_tls_alloc", ("kernel32.dll", "TlsGetValue"): "rt_tls_get_value",
-                 ("kernel32.dll", "TlsSetValue"): "rt_tls_set_value", ("kernel32.dll", "TlsFree"): "rt_tls_free"}
-GUEST_HEAP = 256 << 20
-
-
-@pytest.fixture(scope="session")
-def guest_runtime(tmp_path_factory):
-    """guest_runtime.c compiled: (its .text, {symbol: offset})."""
-    tools = [f"x86_64-w64-mingw32-{t}" for t in ("gcc", "objcopy", "nm")]
-    missing = [t for t in tools if shutil.which(t) is None]
-    if missing:
-        pytest.skip(f"{missing} not installed (apt-get install gcc-mingw-w64-x86-64)")
-    return compile_guest_runtime(tmp_path_factory.mktemp("guest_runtime"), tools)
-
-
-def compile_guest_runtime(out: pathlib.Path, tools: list[str]):
-    obj, text = out / "rt.o", out / "rt.text"
-    subprocess.run([tools[0], "-c", "-O2", "-ffreestanding", "-fno-builtin", "-fno-tree-loop-distribute-patterns",
-                    "-fno-stack-protector", "-fno-asynchronous-unwind-tables", str(HERE / "guest_runtime.c"),
-                    "-o", str(obj)], check=True)
-    subprocess.run([tools[1], "-O", "binary", "-j", ".text", str(obj), str(text)], check=True)
-    symbols = {}
-    for line in subprocess.run([tools[2], str(obj)], capture_output=True, text=True, check=True).stdout.splitlines():
-        value, kind, name = line.split()
-        if kind in "Tt" and name.startswith(("rt_", "state", "tls")):
-            symbols[name] = int(value, 16)
-    return text.read_bytes(), symbols
 
 # --- console structures (wincontypes.h / wincon.h), x64 layout -------------
 
@@ -225,54 +185,13 @@ class TopRun(Run):
 
     CONSOLE_HANDLE = 0xC0_0000  # CONIN$ / CONOUT$ handles count up from here
 
-    def __init__(self, exe, args, machine, console: Console, runtime):
-        self.runtime = runtime
+    def __init__(self, exe, args, machine, console: Console):
         self.console = console
         self.console_handles: dict[int, str] = {}  # open CONIN$ ("in") and CONOUT$ ("out") handles
         self.opened = 0
-        self.exe_path = exe
         machine.console = console.width
         super().__init__(exe, args, machine=machine)
         console.screens.append(("exit", console.lines(), self.listings()))
-
-    def prepare(self, module):
-        """The guest runtime in, and the image's import slots of the heap and
-        memory functions pointed at it."""
-        code, symbols = self.runtime
-        base = self.se.mem_alloc(len(code) + GUEST_HEAP + 0x1000, tag="guest_runtime")
-        heap = (base + len(code) + 0xFFF) & ~0xFFF
-        self.se.mem_write(base, code)
-        self.se.mem_write(base + symbols["state"], heap.to_bytes(8, "little") + (heap + GUEST_HEAP).to_bytes(8, "little"))
-        pe = pefile.PE(self.exe_path, fast_load=True)
-        pe.parse_data_directories([pefile.DIRECTORY_ENTRY["IMAGE_DIRECTORY_ENTRY_IMPORT"]])
-        patched = set()
-        for d in pe.DIRECTORY_ENTRY_IMPORT:
-            for i in d.imports:
-                target = GUEST_IMPORTS.get((d.dll.decode().lower(), (i.name or b"").decode()))
-                if target:
-                    slot = module.base + i.address - pe.OPTIONAL_HEADER.ImageBase
-                    self.se.mem_write(slot, (base + symbols[target]).to_bytes(8, "little"))
-                    patched.add(target)
-        assert patched == set(GUEST_IMPORTS.values()), patched
-        # Speakeasy adds a per-instruction code hook for deferred work (SEH
-        # dispatch, temporary mappings) when it handles a fault, and once
-        # the work is done only disables it in Python: Unicorn still calls
-        # it for every instruction, which makes the guest several times
-        # slower. Removed when disabled (Speakeasy adds it again when it
-        # next needs it); the removed hooks are kept referenced, since the
-        # one being removed is running.
-        emu, disable = self.se.emu, self.se.emu.disable_code_hook
-        self.removed_hooks = []
-
-        def disable_and_remove():
-            disable()
-            hook = emu.tmp_code_hook
-            if hook is not None:
-                emu.emu_eng.hook_remove(hook.handle)
-                emu.hooks[common.HOOK_CODE].remove(hook)
-                emu.tmp_code_hook = None
-                self.removed_hooks.append(hook)
-        emu.disable_code_hook = disable_and_remove
 
     def more_hooks(self):
         return [
@@ -508,11 +427,11 @@ SESSION = [
 ]
 
 
-def test_top_keys_tabs_sort_filter_pause_units_help_expand_resize_quit(exe, guest_runtime):
+def test_top_keys_tabs_sort_filter_pause_units_help_expand_resize_quit(exe):
     """One session at the keyboard, every screen read back from pyte."""
     console = Console(width=100, height=24, steps=SESSION)
     machine = top_machine()
-    run = TopRun(exe, ["top", "--interval", "1"], machine, console, guest_runtime)
+    run = TopRun(exe, ["top", "--interval", "1"], machine, console)
     assert (run.exit_code, run.stderr) == (0, ""), run.stderr
     assert run.added("CreateFileW"), "the device is opened"
 
@@ -582,11 +501,11 @@ def test_top_keys_tabs_sort_filter_pause_units_help_expand_resize_quit(exe, gues
     assert_restored(run)
 
 
-def test_too_small_a_window_then_resized_and_ctrl_c_quits(exe, guest_runtime):
+def test_too_small_a_window_then_resized_and_ctrl_c_quits(exe):
     """A 50x8 window gets the message (no panic); enlarged, the view; Ctrl+C
     as a key event (processed input is off in raw mode) quits with 0."""
     console = Console(width=50, height=8, steps=[resize(100, 12, after=700), ctrl("c")])
-    run = TopRun(exe, ["top", "-n"], top_machine(), console, guest_runtime)
+    run = TopRun(exe, ["top", "-n"], top_machine(), console)
     assert (run.exit_code, run.stderr) == (0, ""), run.stderr
     small = run.screen("resize 100x12")
     assert "The terminal is too small (50×8): wfpmonctl top needs at least 60×10" in re.sub(r"\s+", " ", small), small
@@ -611,12 +530,12 @@ class FailingDriver(FakeDriver):
         return super().ioctl(code, request, out_len)
 
 
-def test_a_driver_failing_mid_run_restores_the_console(exe, guest_runtime):
+def test_a_driver_failing_mid_run_restores_the_console(exe):
     driver = FailingDriver(3, ERROR_NO_SYSTEM_RESOURCES, flows=[FIREFOX], growth=traffic,
                            processes=[process(3, 1234, FIREFOX_DEVICE)])
     machine = running_machine(driver=driver)
     console = Console(steps=[press("Tab", after=400), press("q", after=5000)])
-    run = TopRun(exe, ["top"], machine, console, guest_runtime)
+    run = TopRun(exe, ["top"], machine, console)
     assert run.exit_code == 1, (run.exit_code, run.stderr)
     assert driver.requests.count("list") == 3 and driver.requests[-1] == "list failed"
     assert run.stderr.startswith("wfpmonctl: error: ") and "1450" in run.stderr, run.stderr
@@ -626,13 +545,13 @@ def test_a_driver_failing_mid_run_restores_the_console(exe, guest_runtime):
     assert_restored(run)
 
 
-def test_a_legacy_console_without_vt_is_refused(exe, guest_runtime):
+def test_a_legacy_console_without_vt_is_refused(exe):
     """crossterm's fallback for a console without VT processing (console API
     calls, its alternate screen a second screen buffer) would draw where
     nobody looks, since ratatui writes through standard output: refused."""
     machine = top_machine()
     console = Console(vt=False, steps=[press("q")])
-    run = TopRun(exe, ["top"], machine, console, guest_runtime)
+    run = TopRun(exe, ["top"], machine, console)
     assert run.exit_code == 11, run.stderr
     assert "top needs a console that takes virtual-terminal sequences" in run.stderr, run.stderr
     assert "`wfpmonctl flows --watch SECONDS`" in run.stderr
