@@ -417,6 +417,7 @@ def assert_restored(run: TopRun):
 SESSION = [
     press("Tab", after=700),  # the first paint came at 250 ms (two samples); names by now
     press("Tab"), press("Tab"),  # connections, events, programs again
+    press(">"),  # programs sorted by the next column (OUT/s)
     press("c"), press("r"),  # connections, then their order reversed
     press("p"), press("/"), *typed("fire"), press("Enter"),  # a filter typed char by char
     press("/"), ctrl("u"), *typed("::/200"), press("Enter"),  # a bad CIDR block: a message
@@ -452,7 +453,9 @@ def test_top_keys_tabs_sort_filter_pause_units_help_expand_resize_quit(exe):
              "192.168.1.1:53": "router.lan", "[2001:db8::53]:53": "ns.example"}
     assert any(rows_with(conns, a, h) for a, h in hosts.items()), "a host name by the first paint\n" + conns
     assert rows_with(run.screen("Tab", 2), "established", "svchost.exe", "192.168.1.1:53"), "the events tab"
-    assert "PROGRAM" in run.screen("c") and "CONNS" in run.screen("c"), "Tab three times: programs again"
+    assert "CONNS" in run.screen(">") and "IN/s▼" in run.screen(">"), "Tab three times: programs again"
+    by_out = run.screen("c")
+    assert "OUT/s▼" in by_out and by_out.index("svchost.exe") < by_out.index("firefox.exe"), by_out
 
     def order(screen):
         return [line.split()[2 if "▸" in line or "▾" in line else 1] for line in screen.splitlines()
