@@ -10,7 +10,8 @@ The console is faked from Microsoft's console documentation, as crossterm
 - `GetConsoleMode` / `SetConsoleMode`: raw mode clears
   ENABLE_LINE_INPUT | ENABLE_ECHO_INPUT | ENABLE_PROCESSED_INPUT on the input;
   ENABLE_VIRTUAL_TERMINAL_PROCESSING on the output, which a legacy console
-  refuses (`SetConsoleMode` fails with ERROR_INVALID_PARAMETER there);
+  refuses (`SetConsoleMode` fails; ERROR_INVALID_PARAMETER is what consoles
+  before Windows 10 are reported to answer);
 - `WaitForMultipleObjects` on the input handle (the input buffer is
   signalled while it holds records; crossterm is built without
   `event-stream`, so no waker semaphore is waited on), then
@@ -244,8 +245,8 @@ class TopRun(Run):
     def _set_console_mode(self, emu, args):
         buffer, mode = self._buffer(args[0]), args[1] & 0xFFFFFFFF
         assert buffer, f"SetConsoleMode on {args[0]:#x}"
-        # A legacy console knows no VT processing: "If the console doesn't
-        # support it, SetConsoleMode fails" (ERROR_INVALID_PARAMETER).
+        # A legacy console knows no VT processing: SetConsoleMode fails
+        # (with ERROR_INVALID_PARAMETER, as reported for older consoles).
         accepted = not (buffer == "out" and mode & ENABLE_VIRTUAL_TERMINAL_PROCESSING and not self.console.vt)
         self.console.mode_calls.append((buffer, mode, accepted))
         if not accepted:
