@@ -53,6 +53,11 @@ pub trait System {
     fn dos_devices(&mut self) -> Vec<(String, String)>;
     /// Standard output as a console, or `None` (file, pipe).
     fn terminal(&mut self) -> Option<Terminal>;
+    /// Readies the console's input for the live view: keeps its mode, to
+    /// be set back when the process ends (raw mode changes it), and asks
+    /// for window-size events, which raw mode does not. Default: nothing
+    /// to ready.
+    fn console_input(&mut self) {}
     /// Wall-clock time and a monotonic time.
     fn now(&mut self) -> (SystemTime, Duration);
     fn sleep(&mut self, duration: Duration);
@@ -519,12 +524,15 @@ fn processes<S: System>(
 }
 
 /// `top`: the live view on the console (refused when standard output is
-/// not one). Host names and services are not looked up yet (`NoNames`).
+/// not one, or a console that takes no VT sequences).
 fn top<S: System>(sys: &mut S, args: &TopArgs, terminal: Option<Terminal>) -> Result<u8, Error> {
-    if terminal.is_none() {
-        return Err(crate::tui::run::not_a_terminal());
+    match terminal {
+        None => return Err(crate::tui::run::not_a_terminal()),
+        Some(Terminal { vt: false, .. }) => return Err(crate::tui::run::no_vt_console()),
+        Some(_) => {}
     }
     let mut dev = sys.device(false)?;
+    sys.console_input();
     let drives = sys.dos_devices();
     let naming = std::cell::RefCell::new(Naming::new(sys, !args.numeric));
     // The hooks and the names reach the system; they are never called at
@@ -770,6 +778,25 @@ mod tests {
             0,
             "nothing asked of the driver"
         );
+    }
+
+    #[test]
+    fn top_refuses_a_console_without_vt_sequences() {
+        let mut sys = running();
+        sys.terminal = Some(Terminal {
+            width: 80,
+            vt: false,
+        });
+        let (code, out) = run_with(&mut sys, &["top"]);
+        let err = code.unwrap_err();
+        assert_eq!((err.exit_code(), out.as_str()), (11, ""));
+        assert!(
+            err.message.contains("virtual-terminal sequences")
+                && err.message.contains("legacy console")
+                && err.message.contains("flows --watch"),
+            "{err}"
+        );
+        assert_eq!(sys.driver.borrow().list_calls, 0, "the driver is not asked");
     }
 
     #[test]

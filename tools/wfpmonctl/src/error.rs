@@ -78,7 +78,7 @@ pub const EXIT_CODES: [(Kind, &str); 11] = [
     ),
     (
         Kind::NotATerminal,
-        "top: standard output is not a terminal (use flows --watch)",
+        "top: standard output is not a terminal, or a console without VT sequences (use flows --watch)",
     ),
 ];
 

@@ -185,3 +185,17 @@ pub fn not_a_terminal() -> Error {
         "top is interactive and needs a terminal (a console window); standard output is a file or a pipe. For a log or a script use `wfpmonctl flows --watch SECONDS` (or `procs --watch`, `events --follow`), which print plain text or JSON",
     )
 }
+
+/// The refusal on a console that takes no virtual-terminal sequences (the
+/// legacy console: `SetConsoleMode` refuses `ENABLE_VIRTUAL_TERMINAL_PROCESSING`).
+///
+/// crossterm would fall back to console API calls there, but its alternate
+/// screen is then a second screen buffer made active, while ratatui writes
+/// the text through standard output, which stays on the first one: the view
+/// would draw on a buffer nobody sees. Refusing is the honest answer.
+pub fn no_vt_console() -> Error {
+    Error::new(
+        Kind::NotATerminal,
+        "top needs a console that takes virtual-terminal sequences (Windows Terminal, or the console host of Windows 10 or later with \"Use legacy console\" off); this console refused them. Use `wfpmonctl flows --watch SECONDS` (or `procs --watch`, `events --follow`) instead",
+    )
+}

@@ -20,8 +20,8 @@ use windows_sys::Win32::Foundation::{
 };
 use windows_sys::Win32::Storage::FileSystem::QueryDosDeviceW;
 use windows_sys::Win32::System::Console::{
-    CTRL_BREAK_EVENT, CTRL_C_EVENT, ENABLE_VIRTUAL_TERMINAL_PROCESSING, GetConsoleMode,
-    GetStdHandle, STD_OUTPUT_HANDLE, SetConsoleCtrlHandler, SetConsoleMode,
+    CTRL_BREAK_EVENT, CTRL_C_EVENT, ENABLE_VIRTUAL_TERMINAL_PROCESSING, ENABLE_WINDOW_INPUT,
+    GetConsoleMode, GetStdHandle, STD_OUTPUT_HANDLE, SetConsoleCtrlHandler, SetConsoleMode,
 };
 use windows_sys::Win32::System::Diagnostics::Debug::{
     FORMAT_MESSAGE_FROM_HMODULE, FORMAT_MESSAGE_FROM_SYSTEM, FORMAT_MESSAGE_IGNORE_INSERTS,
@@ -55,6 +55,7 @@ fn last_error() -> SystemCode {
 }
 
 /// A handle this process opened; closed once, on drop.
+#[derive(Debug)]
 struct Owned(HANDLE, Close);
 
 type Close = unsafe extern "system" fn(HANDLE) -> BOOL;
@@ -149,6 +150,12 @@ fn service_state(name: &str) -> Result<&'static str, Error> {
 #[derive(Debug)]
 pub struct Windows {
     start: Instant,
+    /// Standard output and its console mode before virtual-terminal
+    /// processing was turned on, set back on drop.
+    output_mode: Option<(HANDLE, u32)>,
+    /// The console input (`CONIN$`) and its mode before the live view, set
+    /// back on drop.
+    input_mode: Option<(Owned, u32)>,
 }
 
 impl Windows {
@@ -158,7 +165,30 @@ impl Windows {
         // process and only stores to an atomic.
         unsafe { SetConsoleCtrlHandler(Some(on_ctrl), 1) };
         let start = Instant::now();
-        Self { start }
+        Self {
+            start,
+            output_mode: None,
+            input_mode: None,
+        }
+    }
+}
+
+/// The console as wfpmonctl found it: the modes it changed are set back
+/// exactly (crossterm's `disable_raw_mode` only turns its three bits back
+/// on, and nothing turns virtual-terminal processing off). The live view
+/// has already left raw mode and the alternate screen by then.
+impl Drop for Windows {
+    fn drop(&mut self) {
+        if let Some((input, mode)) = self.input_mode.take() {
+            // SAFETY: `input` is the open console input handle; a failure
+            // leaves the mode as it is, which nothing could do better.
+            unsafe { SetConsoleMode(input.0, mode) };
+        }
+        if let Some((output, mode)) = self.output_mode.take() {
+            // SAFETY: `output` is standard output, a console screen buffer
+            // (its mode was read); as above, a failure is left alone.
+            unsafe { SetConsoleMode(output, mode) };
+        }
     }
 }
 
@@ -297,8 +327,47 @@ impl System for Windows {
         }
         // SAFETY: `out` is a console output handle.
         let vt = unsafe { SetConsoleMode(out, mode | ENABLE_VIRTUAL_TERMINAL_PROCESSING) } != 0;
+        if vt && mode & ENABLE_VIRTUAL_TERMINAL_PROCESSING == 0 && self.output_mode.is_none() {
+            self.output_mode = Some((out, mode));
+        }
         let width = usize::from(width);
         Some(Terminal { width, vt })
+    }
+
+    fn console_input(&mut self) {
+        if self.input_mode.is_some() {
+            return;
+        }
+        // The console's input buffer even when standard input is
+        // redirected, as crossterm opens it.
+        let name = wide("CONIN$");
+        // SAFETY: `name` is NUL-terminated and outlives the call; no
+        // security attributes, no template.
+        let handle = unsafe {
+            CreateFileW(
+                name.as_ptr(),
+                GENERIC_READ | GENERIC_WRITE,
+                FILE_SHARE_READ | FILE_SHARE_WRITE,
+                std::ptr::null(),
+                OPEN_EXISTING,
+                0,
+                std::ptr::null_mut(),
+            )
+        };
+        let Ok(input) = Owned::new(handle, CloseHandle) else {
+            return;
+        };
+        let mut mode = 0;
+        // SAFETY: `input` is open; `mode` is a valid out-pointer.
+        if unsafe { GetConsoleMode(input.0, &raw mut mode) } == 0 {
+            return;
+        }
+        // Window-size events (WINDOW_BUFFER_SIZE_RECORD) reach the input
+        // buffer only in window-aware mode; crossterm's raw mode keeps the
+        // bit, so a resize repaints at once rather than at the next refresh.
+        // SAFETY: `input` is a console input handle.
+        unsafe { SetConsoleMode(input.0, mode | ENABLE_WINDOW_INPUT) };
+        self.input_mode = Some((input, mode));
     }
 
     fn now(&mut self) -> (SystemTime, Duration) {
