@@ -189,12 +189,6 @@ impl<L: Lookup> Hosts<L> {
         self.queue.len() + self.known.values().filter(|e| e.pending.is_some()).count()
     }
 
-    /// Addresses in the cache.
-    #[cfg(test)]
-    pub fn len(&self) -> usize {
-        self.known.len()
-    }
-
     /// The name known for `addr` now, if any.
     pub fn name(&self, addr: IpAddr) -> Option<String> {
         self.known.get(&addr).and_then(|e| e.name.clone())
