@@ -7,7 +7,7 @@
 #     and loom model checking of the flow registry's concurrency protocol;
 #  3. lints: clippy -D warnings for the host crates (wfpmon-export
 #     included), for the driver on its kernel target, and for wfpmonctl
-#     and wfpmon-export on the Windows target (type-check);
+#     and wfpmon-export with their tests on the Windows target (type-check);
 #  4. pytest: static checks of the image, the emulator suite on the real
 #     wfpmon.sys, the INF checks, the Hyper-V kit checks, and the rulebook
 #     check (every rule of docs/engine-rules.md cited by the fake hosts'
@@ -81,11 +81,8 @@ cargo clippy --locked -p wfpmon-native-host --all-targets -- -D warnings
 step "clippy: driver on x86_64-pc-windows-msvc (kernel image)"
 cargo clippy --locked --release --target "$WFPMON_TARGET" -p wfpmon -- -D warnings
 
-step "clippy: wfpmonctl on x86_64-pc-windows-msvc (user mode, type-check)"
-cargo clippy --locked --target "$WFPMON_TARGET" -p wfpmonctl -- -D warnings
-
-step "clippy: wfpmon-export on x86_64-pc-windows-msvc (user mode, type-check)"
-cargo clippy --locked --target "$WFPMON_TARGET" -p wfpmon-export -- -D warnings
+step "clippy: wfpmonctl and wfpmon-export on x86_64-pc-windows-msvc (user mode and their tests, type-check)"
+cargo clippy --locked --target "$WFPMON_TARGET" -p wfpmonctl -p wfpmon-export --all-targets -- -D warnings
 
 step "pytest: image, emulator (driver, wfpmonctl.exe, wfpmon-export.exe), INF, VM kit, rulebook, docs"
 export WFPMON_SYS="$root/target/$WFPMON_TARGET/release/wfpmon.sys"
