@@ -181,23 +181,18 @@ impl Metrics {
             "counter",
             "Payload bytes of every flow the driver tracked, by direction.",
         );
-        let _ = writeln!(t, "wfpmon_bytes_total{{direction=\"in\"}} {}", g.bytes_in);
-        let _ = writeln!(t, "wfpmon_bytes_total{{direction=\"out\"}} {}", g.bytes_out);
+        by_direction(&mut t, "wfpmon_bytes_total", "", (g.bytes_in, g.bytes_out));
         family(
             &mut t,
             "wfpmon_packets_total",
             "counter",
             "Packets (datagrams or stream indications) of every tracked flow, by direction.",
         );
-        let _ = writeln!(
-            t,
-            "wfpmon_packets_total{{direction=\"in\"}} {}",
-            g.packets_in
-        );
-        let _ = writeln!(
-            t,
-            "wfpmon_packets_total{{direction=\"out\"}} {}",
-            g.packets_out
+        by_direction(
+            &mut t,
+            "wfpmon_packets_total",
+            "",
+            (g.packets_in, g.packets_out),
         );
         family(
             &mut t,
@@ -229,17 +224,13 @@ impl Metrics {
             "Payload bytes by program (image file name; the top programs, then other) and direction.",
         );
         for n in &names {
-            let p = &self.programs[*n];
-            let n = escape(n);
-            let _ = writeln!(
-                t,
-                "wfpmon_process_bytes_total{{direction=\"in\",process=\"{n}\"}} {}",
-                p.traffic.bytes_in
-            );
-            let _ = writeln!(
-                t,
-                "wfpmon_process_bytes_total{{direction=\"out\",process=\"{n}\"}} {}",
-                p.traffic.bytes_out
+            let p = &self.programs[*n].traffic;
+            let process = format!(",process=\"{}\"", escape(n));
+            by_direction(
+                &mut t,
+                "wfpmon_process_bytes_total",
+                &process,
+                (p.bytes_in, p.bytes_out),
             );
         }
         family(
@@ -249,17 +240,13 @@ impl Metrics {
             "Packets by program and direction.",
         );
         for n in &names {
-            let p = &self.programs[*n];
-            let n = escape(n);
-            let _ = writeln!(
-                t,
-                "wfpmon_process_packets_total{{direction=\"in\",process=\"{n}\"}} {}",
-                p.traffic.packets_in
-            );
-            let _ = writeln!(
-                t,
-                "wfpmon_process_packets_total{{direction=\"out\",process=\"{n}\"}} {}",
-                p.traffic.packets_out
+            let p = &self.programs[*n].traffic;
+            let process = format!(",process=\"{}\"", escape(n));
+            by_direction(
+                &mut t,
+                "wfpmon_process_packets_total",
+                &process,
+                (p.packets_in, p.packets_out),
             );
         }
         family(
@@ -376,6 +363,13 @@ impl Metrics {
 fn family(t: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(t, "# HELP {name} {help}");
     let _ = writeln!(t, "# TYPE {name} {kind}");
+}
+
+/// One sample per direction: `name{direction="in"<more>} in`, then "out";
+/// `more` is further labels, each with its leading comma (or empty).
+fn by_direction(t: &mut String, name: &str, more: &str, (inbound, outbound): (u64, u64)) {
+    let _ = writeln!(t, "{name}{{direction=\"in\"{more}}} {inbound}");
+    let _ = writeln!(t, "{name}{{direction=\"out\"{more}}} {outbound}");
 }
 
 /// A label value escaped as the exposition format requires.
