@@ -164,7 +164,16 @@ pub fn terminal(
     if !io::stdout().is_terminal() {
         return Err(not_a_terminal());
     }
-    let mut terminal = ratatui::try_init().map_err(|e| terminal_error(&e))?;
+    let mut terminal = match ratatui::try_init() {
+        Ok(terminal) => terminal,
+        Err(e) => {
+            // try_init may fail after raw mode and the alternate screen
+            // (reading the size comes last): leave them before the error
+            // is printed. Its own failure adds nothing to report.
+            let _ = ratatui::try_restore();
+            return Err(terminal_error(&e));
+        }
+    };
     let result = run(
         &mut terminal,
         model,

@@ -10,6 +10,7 @@ pub mod overlapped;
 
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant, SystemTime};
 
 use chrono::TimeZone as _;
@@ -173,6 +174,76 @@ impl Windows {
             input_mode: None,
         }
     }
+
+    /// Opens the console input and turns window-size events on, keeping
+    /// the mode found for `Drop`.
+    fn window_input(&mut self) {
+        if self.input_mode.is_some() {
+            return;
+        }
+        // The console's input buffer even when standard input is
+        // redirected, as crossterm opens it.
+        let name = wide("CONIN$");
+        // SAFETY: `name` is NUL-terminated and outlives the call; no
+        // security attributes, no template.
+        let handle = unsafe {
+            CreateFileW(
+                name.as_ptr(),
+                GENERIC_READ | GENERIC_WRITE,
+                FILE_SHARE_READ | FILE_SHARE_WRITE,
+                std::ptr::null(),
+                OPEN_EXISTING,
+                0,
+                std::ptr::null_mut(),
+            )
+        };
+        let Ok(input) = Owned::new(handle, CloseHandle) else {
+            return;
+        };
+        let mut mode = 0;
+        // SAFETY: `input` is open; `mode` is a valid out-pointer.
+        if unsafe { GetConsoleMode(input.0, &raw mut mode) } == 0 {
+            return;
+        }
+        // Window-size events (WINDOW_BUFFER_SIZE_RECORD) reach the input
+        // buffer only in window-aware mode; crossterm's raw mode keeps the
+        // bit, so a resize repaints at once rather than at the next refresh.
+        // SAFETY: `input` is a console input handle.
+        unsafe { SetConsoleMode(input.0, mode | ENABLE_WINDOW_INPUT) };
+        self.input_mode = Some((input, mode));
+    }
+}
+
+/// The console modes to set back if wfpmonctl panics in the live view: the
+/// release build aborts on a panic (`panic = "abort"`), so `Drop for
+/// Windows` would not run. Handles by address (a `HANDLE` is not `Send`);
+/// emptied by `Drop for Windows` before it closes them.
+static MODES_TO_SET_BACK: Mutex<Vec<(usize, u32)>> = Mutex::new(Vec::new());
+
+/// Keeps `saved` for the panic hook, installed once: it sets those modes
+/// back, then reports the panic as the hook before it did. ratatui's hook,
+/// installed after this one by `ratatui::try_init`, runs first, so raw mode
+/// and the alternate screen are left while VT processing is still on.
+fn set_modes_back_on_panic(saved: Vec<(usize, u32)>) {
+    static HOOK: Once = Once::new();
+    if let Ok(mut modes) = MODES_TO_SET_BACK.lock() {
+        *modes = saved;
+    }
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            // try_lock: a panic while the lock is held must not deadlock.
+            if let Ok(mut modes) = MODES_TO_SET_BACK.try_lock() {
+                for (handle, mode) in modes.drain(..) {
+                    // SAFETY: the handle is standard output or the open
+                    // console input: `Drop for Windows` empties the list
+                    // before it closes the input; a failure changes nothing.
+                    unsafe { SetConsoleMode(std::ptr::with_exposed_provenance_mut(handle), mode) };
+                }
+            }
+            previous(info);
+        }));
+    });
 }
 
 /// The console as wfpmonctl found it: the modes it changed are set back
@@ -181,6 +252,10 @@ impl Windows {
 /// has already left raw mode and the alternate screen by then.
 impl Drop for Windows {
     fn drop(&mut self) {
+        // The panic hook must not touch these handles once they are closed.
+        if let Ok(mut modes) = MODES_TO_SET_BACK.lock() {
+            modes.clear();
+        }
         if let Some((input, mode)) = self.input_mode.take() {
             // SAFETY: `input` is the open console input handle; a failure
             // leaves the mode as it is, which nothing could do better.
@@ -337,39 +412,16 @@ impl System for Windows {
     }
 
     fn console_input(&mut self) {
-        if self.input_mode.is_some() {
-            return;
-        }
-        // The console's input buffer even when standard input is
-        // redirected, as crossterm opens it.
-        let name = wide("CONIN$");
-        // SAFETY: `name` is NUL-terminated and outlives the call; no
-        // security attributes, no template.
-        let handle = unsafe {
-            CreateFileW(
-                name.as_ptr(),
-                GENERIC_READ | GENERIC_WRITE,
-                FILE_SHARE_READ | FILE_SHARE_WRITE,
-                std::ptr::null(),
-                OPEN_EXISTING,
-                0,
-                std::ptr::null_mut(),
-            )
-        };
-        let Ok(input) = Owned::new(handle, CloseHandle) else {
-            return;
-        };
-        let mut mode = 0;
-        // SAFETY: `input` is open; `mode` is a valid out-pointer.
-        if unsafe { GetConsoleMode(input.0, &raw mut mode) } == 0 {
-            return;
-        }
-        // Window-size events (WINDOW_BUFFER_SIZE_RECORD) reach the input
-        // buffer only in window-aware mode; crossterm's raw mode keeps the
-        // bit, so a resize repaints at once rather than at the next refresh.
-        // SAFETY: `input` is a console input handle.
-        unsafe { SetConsoleMode(input.0, mode | ENABLE_WINDOW_INPUT) };
-        self.input_mode = Some((input, mode));
+        self.window_input();
+        // The modes saved so far (input first, as on drop) for a panic.
+        let saved = self
+            .input_mode
+            .iter()
+            .map(|(input, mode)| (input.0, *mode))
+            .chain(self.output_mode)
+            .map(|(handle, mode)| (handle.expose_provenance(), mode))
+            .collect();
+        set_modes_back_on_panic(saved);
     }
 
     fn now(&mut self) -> (SystemTime, Duration) {

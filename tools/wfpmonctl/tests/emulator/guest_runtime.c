@@ -17,7 +17,9 @@
  * - TlsAlloc, TlsGetValue, TlsSetValue, TlsFree: the slots of the one
  *   emulated thread (the emulation runs every callback on it; the lookup
  *   work items touch no thread-local state), TLS_OUT_OF_INDEXES when all
- *   1088 are taken (a freed index is not given out again).
+ *   1088 are taken (a freed index is not given out again); unlike
+ *   Windows, TlsGetValue leaves the last error alone (Speakeasy keeps it
+ *   outside the guest; see guest_runtime.py);
  *
  * Position-independent (the state lives in .text, reached RIP-relative):
  * the harness compiles it with the mingw-w64 compiler, copies .text into

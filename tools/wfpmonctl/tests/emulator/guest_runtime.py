@@ -1,9 +1,16 @@
-"""Makes wfpmonctl.exe run several times faster in Speakeasy, with the same
-behaviour: guest_runtime.c (its comment says why and what it does) takes
+"""Makes wfpmonctl.exe run several times faster in Speakeasy, with the
+documented behaviour but for the last error (below): guest_runtime.c (its comment says why and what it does) takes
 the process heap, the C runtime's memory functions and thread-local
 storage inside the guest, and Speakeasy's idle per-instruction hook is
 removed. `install` is called by `Run` between loading the image and
-running it."""
+running it.
+
+The last error: Speakeasy keeps a thread's last error in Python, out of the
+guest's reach, so the guest's TlsGetValue does not clear it on success and
+TlsGetValue/TlsSetValue do not set ERROR_INVALID_PARAMETER for an index out
+of range, as Microsoft documents they do. wfpmonctl reads GetLastError only
+right after the call that failed (overlapped.rs, windows/mod.rs,
+model/names.rs), so no test depends on it."""
 
 import functools
 import pathlib

@@ -3,15 +3,21 @@ through an emulated console: keys and resizes reach it as console input
 records, what it draws is rendered by a real terminal emulator (pyte), and
 the tests assert on the rendered screen.
 
-The console is faked from Microsoft's console documentation, as crossterm
-0.29 (the version in Cargo.lock) uses it on Windows:
+The console is faked from Microsoft's console documentation (learn.microsoft.com,
+"Console Reference": CreateFile's "Consoles" section, GetConsoleMode,
+SetConsoleMode, "High-Level Console Modes", WaitForMultipleObjects,
+GetNumberOfConsoleInputEvents, ReadConsoleInput, INPUT_RECORD,
+KEY_EVENT_RECORD, WINDOW_BUFFER_SIZE_RECORD, GetConsoleScreenBufferInfo,
+"Console Virtual Terminal Sequences"), as crossterm 0.29 (the version in
+Cargo.lock) uses it on Windows:
 - `CreateFileW("CONIN$")` / `("CONOUT$")` for the console's input buffer
   and active screen buffer (crossterm opens and closes them per call);
 - `GetConsoleMode` / `SetConsoleMode`: raw mode clears
   ENABLE_LINE_INPUT | ENABLE_ECHO_INPUT | ENABLE_PROCESSED_INPUT on the input;
   ENABLE_VIRTUAL_TERMINAL_PROCESSING on the output, which a legacy console
-  refuses (`SetConsoleMode` fails; ERROR_INVALID_PARAMETER is what consoles
-  before Windows 10 are reported to answer);
+  refuses (`SetConsoleMode` fails; the error code is not documented: 87,
+  ERROR_INVALID_PARAMETER, is what third parties report, and wfpmonctl
+  does not read it);
 - `WaitForMultipleObjects` on the input handle (the input buffer is
   signalled while it holds records; crossterm is built without
   `event-stream`, so no waker semaphore is waited on), then
@@ -90,9 +96,13 @@ LEFT_CTRL_PRESSED, SHIFT_PRESSED = 0x8, 0x10
 ENABLE_PROCESSED_INPUT, ENABLE_LINE_INPUT, ENABLE_ECHO_INPUT, ENABLE_WINDOW_INPUT = 0x1, 0x2, 0x4, 0x8
 ENABLE_VIRTUAL_TERMINAL_PROCESSING = 0x4
 RAW_OFF = ENABLE_LINE_INPUT | ENABLE_ECHO_INPUT | ENABLE_PROCESSED_INPUT
-# A console's modes as a new conhost window has them: input with processed,
-# line, echo, mouse, insert, quick-edit, extended flags and auto-position
-# (0x1F7, no window input); output with processed output and wrap at EOL.
+# A console's modes as a new window has them. Input: "all input modes except
+# ENABLE_WINDOW_INPUT and ENABLE_VIRTUAL_TERMINAL_INPUT are enabled by
+# default" (SetConsoleMode) — processed, line, echo, mouse, insert,
+# quick-edit, extended flags — plus 0x100 (ENABLE_AUTO_POSITION in
+# wincon.h; not on Microsoft's pages, as third parties report a new window's
+# mode 0x1F7); output: processed output and wrap at EOL
+# ("High-Level Console Modes").
 CONHOST_INPUT_MODE, CONHOST_OUTPUT_MODE = 0x1F7, 0x3
 STD_INPUT_HANDLE = 0xFFFFFFF6  # (DWORD)-10
 GENERIC_READ_WRITE = 0xC0000000
@@ -164,6 +174,9 @@ class Console:
         self.vt = vt  # False: a legacy console, which refuses VT processing
         self.modes = {"in": CONHOST_INPUT_MODE, "out": CONHOST_OUTPUT_MODE}
         self.mode_calls: list[tuple[str, int, bool]] = []  # SetConsoleMode: (buffer, mode, accepted)
+        # SetConsoleMode calls and writes to the screen in the order they
+        # came: ("mode", buffer, mode, accepted) and ("write", text, VT on).
+        self.log: list[tuple] = []
         self.steps = list(steps)
         self.queue: list[INPUT_RECORD] = []
         self.due = None  # when the next step comes (ms on the run's clock)
@@ -245,10 +258,11 @@ class TopRun(Run):
     def _set_console_mode(self, emu, args):
         buffer, mode = self._buffer(args[0]), args[1] & 0xFFFFFFFF
         assert buffer, f"SetConsoleMode on {args[0]:#x}"
-        # A legacy console knows no VT processing: SetConsoleMode fails
-        # (with ERROR_INVALID_PARAMETER, as reported for older consoles).
+        # A legacy console knows no VT processing: SetConsoleMode fails (the
+        # code is undocumented; 87 as third parties report; never read).
         accepted = not (buffer == "out" and mode & ENABLE_VIRTUAL_TERMINAL_PROCESSING and not self.console.vt)
         self.console.mode_calls.append((buffer, mode, accepted))
+        self.console.log.append(("mode", buffer, mode, accepted))
         if not accepted:
             emu.set_last_error(ERROR_INVALID_PARAMETER)
             return 0
@@ -258,7 +272,10 @@ class TopRun(Run):
     def _screen_buffer_info(self, emu, args):
         assert self._buffer(args[0]) == "out"
         w, h = self.console.width, self.console.height
-        # The alternate screen's buffer is the window's size.
+        # The alternate screen's buffer is the window's size ("Console
+        # Virtual Terminal Sequences", Alternate Screen Buffer). Before it
+        # is entered the real buffer is larger; crossterm and terminal_size
+        # read only srWindow, which is the window either way.
         info = CONSOLE_SCREEN_BUFFER_INFO(dwSize=COORD(w, h), wAttributes=7, srWindow=SMALL_RECT(0, 0, w - 1, h - 1),
                                           dwMaximumWindowSize=COORD(w, h))
         self.se.mem_write(args[1], bytes(info))
@@ -273,6 +290,7 @@ class TopRun(Run):
                 # Without VT processing the console shows escapes as text.
                 self.console.stream.feed(text.replace("\x1b", "\u241b"))
             self.console.raw += text
+            self.console.log.append(("write", text, bool(self.console.modes["out"] & ENABLE_VIRTUAL_TERMINAL_PROCESSING)))
         return ok
 
     # -- input ----------------------------------------------------------------
@@ -402,15 +420,28 @@ def rows_with(screen: str, *words) -> list[str]:
 
 
 def assert_restored(run: TopRun):
-    """The alternate screen left after it was entered, and the modes
-    wfpmonctl found set back exactly, last (after raw mode was left)."""
-    raw = run.console.raw
+    """The alternate screen left after it was entered, while VT processing
+    was still on (else the console shows the escape as text); then raw mode
+    left; then the modes wfpmonctl found set back exactly, last."""
+    raw, log = run.console.raw, run.console.log
     assert raw.count(ENTER_ALT) == 1 and raw.count(LEAVE_ALT) == 1, raw[-200:]
     assert raw.index(ENTER_ALT) < raw.index(LEAVE_ALT), "left after it was entered"
     assert run.console.modes == {"in": CONHOST_INPUT_MODE, "out": CONHOST_OUTPUT_MODE}, run.console.modes
     ins, outs = run.input_modes(), run.output_modes()
     assert ins[-1] == (CONHOST_INPUT_MODE, True) and outs[-1] == (CONHOST_OUTPUT_MODE, True), (ins, outs)
-    assert (CONHOST_INPUT_MODE | ENABLE_WINDOW_INPUT) & ~RAW_OFF in [m for m, _ in ins], "raw mode was on"
+
+    def last(entry) -> int:
+        return max(i for i, e in enumerate(log) if e == entry)
+
+    (leave,) = [i for i, e in enumerate(log) if e[0] == "write" and LEAVE_ALT in e[1]]
+    assert log[leave][2], "the alternate screen was left with VT processing on"
+    raw_on = log.index(("mode", "in", (CONHOST_INPUT_MODE | ENABLE_WINDOW_INPUT) & ~RAW_OFF, True))
+    # crossterm leaves raw mode by turning its three bits back on; the
+    # window-input bit wfpmonctl added is still set then.
+    raw_left = last(("mode", "in", CONHOST_INPUT_MODE | ENABLE_WINDOW_INPUT, True))
+    restored_in, restored_out = last(("mode", "in", CONHOST_INPUT_MODE, True)), last(("mode", "out", CONHOST_OUTPUT_MODE, True))
+    assert raw_on < raw_left < restored_in, log
+    assert leave < restored_out, "VT processing turned off only after the alternate screen was left"
 
 
 # --- the tests ----------------------------------------------------------------
@@ -481,10 +512,12 @@ def test_top_keys_tabs_sort_filter_pause_units_help_expand_resize_quit(exe):
     assert rows_with(v6_conns, "[2001:db8::53]:53", "ns.example") and not rows_with(v6_conns, "192.168.1.1"), \
         v6_conns
 
+    _, lists_at_pause = run.seen(" ")
     paused, lists_paused = run.seen("b")
     _, lists_resumed = run.seen(" ", 1)
     assert "PAUSED" in " ".join(paused), paused
-    assert lists_resumed == lists_paused, "no listing for 2.5 s while paused"
+    assert lists_paused == lists_at_pause, "no listing for the 2.5 s of the pause"
+    assert lists_resumed == lists_paused, "nor while bits were switched on"
     bits, _ = run.seen(" ", 1)
     bits = "\n".join(bits)
     assert "bits/s" in bits and "KiB/s" not in bits, bits
