@@ -346,6 +346,19 @@ def test_code_and_data_are_not_pageable(pe: pefile.PE) -> None:
     )
 
 
+def test_resident_memory_is_the_documented_six_point_six_mib(pe: pefile.PE) -> None:
+    """docs/design.md#memory: each load keeps about 6.6 MiB of non-paged
+    memory resident, `.data`'s virtual size (the flow buckets, the event
+    ring and the process table as zero-filled statics)."""
+    (data,) = [s for s in pe.sections if section_name(s) == ".data"]
+    mib = data.Misc_VirtualSize / 2**20
+    assert round(mib, 1) == 6.6, f".data is {data.Misc_VirtualSize} bytes ({mib:.2f} MiB); update docs/design.md#memory"
+    assert data.Characteristics & SCN_MEM_NOT_PAGED, ".data is non-paged"
+    assert data.SizeOfRawData <= 4096, (
+        f".data stores {data.SizeOfRawData} bytes in the file: the statics should be zero-filled at load"
+    )
+
+
 def test_checksum_is_valid(pe: pefile.PE) -> None:
     stored = pe.OPTIONAL_HEADER.CheckSum
     computed = pe.generate_checksum()
