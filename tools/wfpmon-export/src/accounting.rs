@@ -289,7 +289,7 @@ impl Accountant {
     /// (every part is a part of it, or less); equal to it once the events
     /// are read and a listing pass has seen the live counters.
     #[must_use]
-    pub fn total_traffic(&self) -> Counters {
+    pub const fn total_traffic(&self) -> Counters {
         self.base
             .global
             .plus(self.since_global)

@@ -76,9 +76,10 @@ pub const UDP_NOT_PROBED: &str = "UDP collector not probed: UDP has no handshake
     system";
 
 /// `check-config`'s probe of the collector: for TCP a connection within
-/// `timeout` (then closed); UDP is not probed ([`UDP_NOT_PROBED`]). The
-/// running exporter never calls this: it keeps running and reconnecting
-/// while the collector is away.
+/// `timeout` (then closed); UDP is not probed ([`UDP_NOT_PROBED`]).
+///
+/// The running exporter never calls this: it keeps running and
+/// reconnecting while the collector is away.
 ///
 /// # Errors
 /// [`ExitCode::CollectorUnreachable`], naming the collector, its address and

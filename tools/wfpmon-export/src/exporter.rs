@@ -809,7 +809,6 @@ mod tests {
                     ip_protocol: 6,
                     direction: 0,
                     process_key: KEY,
-                    ..FlowEntry::decode(&[0; FlowEntry::SIZE]).unwrap_or_else(|_| unreachable!())
                 })
                 .collect();
             Self {

@@ -77,7 +77,9 @@ pub mod ie {
     pub const PEN_PROCESS_PATH: u16 = 2;
 }
 
-/// flowEndReason values (IANA "flowEndReason" sub-registry). Idle timeout
+/// flowEndReason values (IANA "flowEndReason" sub-registry).
+///
+/// Idle timeout
 /// (1) is never sent: the driver has no idle timer — a flow ends when the
 /// TCP/IP stack deletes it (the WFP flow-delete callback), and the "ended"
 /// event does not say whether the stack deleted it after a FIN/RST or after
