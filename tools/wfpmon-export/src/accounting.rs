@@ -157,6 +157,23 @@ pub struct EndedTotals {
     pub per_process: HashMap<u64, Counters>,
     /// Driver-wide traffic of ended flows (`QUERY_STATS` without the walk).
     pub global: Counters,
+    /// Per process key: flows ever attributed to it (`LIST_PROCESSES`'
+    /// `flows_total`); key 0: flows tracked without a process (the
+    /// header's `unattributed_flows`).
+    pub flows: HashMap<u64, u64>,
+}
+
+/// What the exporter knows of one process's traffic and flows now (see
+/// [`Accountant::processes`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcessView {
+    /// Traffic of its ended flows and the last known counters of its live
+    /// ones.
+    pub traffic: Counters,
+    /// Flows ever attributed to it, as far as known.
+    pub flows: u64,
+    /// Its live flows in the exporter's table.
+    pub active_flows: u64,
 }
 
 /// Accounting figures, for the health metrics.
@@ -188,6 +205,15 @@ pub struct Accountant {
     pending_time: Option<u64>,
     next_since: HashMap<u64, Counters>,
     next_since_global: Counters,
+    /// Flows established (event after the base snapshot) since, per
+    /// process key; and for the next period, as `next_since`.
+    flows_since: HashMap<u64, u64>,
+    next_flows_since: HashMap<u64, u64>,
+    /// Live flows' last known counters and number, per process key and
+    /// driver-wide: kept up to date at every change of a flow (so that the
+    /// metrics never sum the table).
+    live: HashMap<u64, (Counters, u64)>,
+    live_global: Counters,
     /// Figures.
     pub stats: AccountingStats,
 }
@@ -206,6 +232,10 @@ impl Accountant {
             pending_time: None,
             next_since: HashMap::new(),
             next_since_global: Counters::default(),
+            flows_since: HashMap::new(),
+            next_flows_since: HashMap::new(),
+            live: HashMap::new(),
+            live_global: Counters::default(),
             stats: AccountingStats::default(),
         }
     }
@@ -222,15 +252,86 @@ impl Accountant {
         self.flows.is_empty()
     }
 
+    /// A flow with `known` counters joins the live figures of `key`.
+    fn live_enter(&mut self, key: u64, known: Counters) {
+        let e = self.live.entry(key).or_default();
+        e.0 = e.0.plus(known);
+        e.1 += 1;
+        self.live_global = self.live_global.plus(known);
+    }
+
+    /// A flow with `known` counters leaves the live figures of `key`.
+    fn live_leave(&mut self, key: u64, known: Counters) {
+        if let Some(e) = self.live.get_mut(&key) {
+            e.0 = e.0.minus(known);
+            e.1 = e.1.saturating_sub(1);
+            if e.1 == 0 {
+                self.live.remove(&key);
+            }
+        }
+        self.live_global = self.live_global.minus(known);
+    }
+
+    /// A live flow's counters grew from `old` to `new`.
+    fn live_grow(&mut self, key: u64, old: Counters, new: Counters) {
+        let grown = new.minus(old);
+        if let Some(e) = self.live.get_mut(&key) {
+            e.0 = e.0.plus(grown);
+        }
+        self.live_global = self.live_global.plus(grown);
+    }
+
+    /// Driver-wide traffic of every flow as the exporter knows it: the
+    /// driver's ended totals at the last snapshot, the final counters of
+    /// the flows it heard end since, and the last known counters of the
+    /// live ones. Costs the same at any number of flows (kept up to date
+    /// as flows change). Never above the driver's true total at the moment
+    /// (every part is a part of it, or less); equal to it once the events
+    /// are read and a listing pass has seen the live counters.
+    #[must_use]
+    pub const fn total_traffic(&self) -> Counters {
+        self.base
+            .global
+            .plus(self.since_global)
+            .plus(self.live_global)
+    }
+
+    /// Per process key (0: flows without a process included), what
+    /// [`Accountant::total_traffic`] is driver-wide, with the flows ever
+    /// attributed to it (the snapshot's `flows_total` plus the
+    /// "established" events since) and its live flows. Costs one entry per
+    /// process, not per flow.
+    #[must_use]
+    pub fn processes(&self) -> HashMap<u64, ProcessView> {
+        let mut out: HashMap<u64, ProcessView> = HashMap::new();
+        for (k, c) in self.base.per_process.iter().chain(&self.since) {
+            let v = out.entry(*k).or_default();
+            v.traffic = v.traffic.plus(*c);
+        }
+        for (k, n) in self.base.flows.iter().chain(&self.flows_since) {
+            out.entry(*k).or_default().flows += n;
+        }
+        for (k, (c, n)) in &self.live {
+            let v = out.entry(*k).or_default();
+            v.traffic = v.traffic.plus(*c);
+            v.active_flows += n;
+        }
+        out
+    }
+
     fn insert(&mut self, id: u64, flow: Flow, now_ms: u64, out: &mut Vec<Delta>) {
+        self.live_enter(flow.process_key, flow.known);
         if let Some(old) = self.flows.insert(id, flow) {
+            self.live_leave(old.process_key, old.known);
             // The engine reused a handle whose end we never heard of: the
             // old flow ends with what is known of it.
             push_delta(id, &old, old.known, now_ms, end_reason::FORCED_END, out);
         }
     }
 
-    /// An "established" event; `start_ms`: its establishment (Unix ms).
+    /// An "established" event; `start_ms`: its establishment (Unix ms);
+    /// `seq`: the event's sequence number.
+    #[allow(clippy::too_many_arguments)]
     pub fn established(
         &mut self,
         id: u64,
@@ -238,8 +339,19 @@ impl Accountant {
         pid: u32,
         process_key: u64,
         start_ms: u64,
+        seq: u64,
         out: &mut Vec<Delta>,
     ) {
+        // Towards the flow counts of the period the event falls in (as the
+        // "ended" events' traffic: see `ended`).
+        let flows = match self.pending_time {
+            Some(b) if seq >= b => Some(&mut self.next_flows_since),
+            _ if seq < self.base.boundary => None, // in the base snapshot
+            _ => Some(&mut self.flows_since),
+        };
+        if let Some(flows) = flows {
+            *flows.entry(process_key).or_default() += 1;
+        }
         if self
             .flows
             .get(&id)
@@ -293,7 +405,11 @@ impl Accountant {
         let e = since.entry(process_key).or_default();
         *e = e.plus(final_counters);
         *global = global.plus(final_counters);
-        let flow = match self.flows.remove(&id) {
+        let removed = self.flows.remove(&id);
+        if let Some(f) = &removed {
+            self.live_leave(f.process_key, f.known);
+        }
+        let flow = match removed {
             Some(f) if f.tuple == tuple => f,
             other => {
                 if let Some(old) = other {
@@ -337,8 +453,10 @@ impl Accountant {
         let pass = self.pass;
         match self.flows.get_mut(&id) {
             Some(f) if f.tuple == tuple && counters.covers(f.known) => {
+                let (key, old) = (f.process_key, f.known);
                 f.known = counters;
                 f.seen_pass = pass;
+                self.live_grow(key, old, counters);
             }
             _ => {
                 let flow = Flow {
@@ -378,6 +496,8 @@ impl Accountant {
         for (id, f) in self.flows.drain() {
             push_delta(id, &f, f.known, now_ms, reason, out);
         }
+        self.live.clear();
+        self.live_global = Counters::default();
     }
 
     /// A snapshot of ended totals was taken with `boundary` (see
@@ -393,6 +513,7 @@ impl Accountant {
         self.base = snapshot;
         self.since = std::mem::take(&mut self.next_since);
         self.since_global = std::mem::take(&mut self.next_since_global);
+        self.flows_since = std::mem::take(&mut self.next_flows_since);
         self.pending_time = None;
     }
 
@@ -418,6 +539,7 @@ impl Accountant {
             .collect();
         for id in ids {
             if let Some(f) = self.flows.remove(&id) {
+                self.live_leave(f.process_key, f.known);
                 vanished.push((id, f));
             }
         }
@@ -560,6 +682,7 @@ mod tests {
             let mut flow_key: HashMap<u64, u64> = HashMap::new();
             let mut multi_loss = false;
             let key_of = |slot: u8| u64::from(slot % 5) + 1; // 5 processes
+            let mut opened: HashMap<u64, u64> = HashMap::new(); // flows per key
             for step in steps {
                 time += 1;
                 let deliver = lose == 0;
@@ -570,8 +693,9 @@ mod tests {
                         let id = next_id; next_id += 1;
                         live.insert(id, (slot, Counters::default()));
                         flow_key.insert(id, key_of(slot));
+                        *opened.entry(key_of(slot)).or_default() += 1;
                         if deliver {
-                            acc.established(id, tuple(id), 7, key_of(slot), time, &mut out);
+                            acc.established(id, tuple(id), 7, key_of(slot), time, time, &mut out);
                             seen_by_exporter.insert(id);
                         } else {
                             lost_any = true;
@@ -613,9 +737,31 @@ mod tests {
                         acc.end_pass(time, &mut out);
                         if lost_any {
                             acc.snapshot_taken(time + 1);
-                            acc.reconcile(EndedTotals { boundary: time + 1, per_process: ended_total.clone(), global: ended_global }, time, &mut out);
+                            acc.reconcile(EndedTotals { boundary: time + 1, per_process: ended_total.clone(), global: ended_global, flows: opened.clone() }, time, &mut out);
                             lost_any = false;
                             lost_flows_per_process.clear();
+                        }
+                        // The metrics' figures (no walk): after a pass with
+                        // nothing lost since the last reconciliation, exactly
+                        // the driver's totals, driver-wide and per process.
+                        let mut by_key: HashMap<u64, (Counters, u64, u64)> = HashMap::new();
+                        for (key, c) in &ended_total {
+                            by_key.entry(*key).or_default().0 = *c;
+                        }
+                        for (key, n) in &opened {
+                            by_key.entry(*key).or_default().1 = *n;
+                        }
+                        for (slot, c) in live.values() {
+                            let e = by_key.entry(key_of(*slot)).or_default();
+                            e.0 = e.0.plus(*c);
+                            e.2 += 1;
+                        }
+                        let driver = by_key.values().fold(Counters::default(), |a, v| a.plus(v.0));
+                        prop_assert_eq!(acc.total_traffic(), driver);
+                        let view = acc.processes();
+                        for (key, (c, n, active)) in &by_key {
+                            let v = view.get(key).copied().unwrap_or_default();
+                            prop_assert_eq!((v.traffic, v.flows, v.active_flows), (*c, *n, *active), "process {}", key);
                         }
                     }
                     Step::Lose(n) => lose = n,
@@ -629,7 +775,7 @@ mod tests {
             }
             acc.end_pass(time, &mut out);
             acc.snapshot_taken(time + 1);
-            acc.reconcile(EndedTotals { boundary: time + 1, per_process: ended_total.clone(), global: ended_global }, time, &mut out);
+            acc.reconcile(EndedTotals { boundary: time + 1, per_process: ended_total.clone(), global: ended_global, flows: opened.clone() }, time, &mut out);
             for (id, (_, c)) in &live {
                 truth.insert(*id, *c);
             }
@@ -683,8 +829,8 @@ mod tests {
         let mut acc = Accountant::new(60_000);
         let mut out = Vec::new();
         acc.set_base(EndedTotals::default());
-        acc.established(1, tuple(1), 5, 9, 100, &mut out);
-        acc.established(2, tuple(2), 5, 10, 100, &mut out);
+        acc.established(1, tuple(1), 5, 9, 100, 1, &mut out);
+        acc.established(2, tuple(2), 5, 10, 100, 2, &mut out);
         acc.begin_pass();
         let c1 = Counters {
             bytes_in: 10,
@@ -731,6 +877,7 @@ mod tests {
                 boundary: 400,
                 per_process,
                 global: f1.plus(f2),
+                flows: HashMap::new(),
             },
             400,
             &mut out,
@@ -752,7 +899,7 @@ mod tests {
     fn long_flows_are_split_at_the_active_timeout() {
         let mut acc = Accountant::new(60_000);
         let mut out = Vec::new();
-        acc.established(1, tuple(1), 5, 9, 0, &mut out);
+        acc.established(1, tuple(1), 5, 9, 0, 1, &mut out);
         let mut c = Counters::default();
         for t in (10_000..=200_000).step_by(10_000) {
             c = c.plus(Counters {

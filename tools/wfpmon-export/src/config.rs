@@ -29,10 +29,12 @@ pub enum ExitCode {
     Service = 6,
     /// The metrics port cannot be bound.
     MetricsBind = 7,
+    /// `check-config`: a TCP collector does not accept a connection.
+    CollectorUnreachable = 8,
 }
 
 /// Every exit code and its meaning.
-pub const EXIT_CODES: [(ExitCode, &str); 7] = [
+pub const EXIT_CODES: [(ExitCode, &str); 8] = [
     (ExitCode::Failure, "any other failure"),
     (ExitCode::Usage, "usage error"),
     (ExitCode::ConfigUnreadable, "configuration file unreadable"),
@@ -49,7 +51,57 @@ pub const EXIT_CODES: [(ExitCode, &str); 7] = [
         "service installation / removal / start failed",
     ),
     (ExitCode::MetricsBind, "metrics address cannot be bound"),
+    (
+        ExitCode::CollectorUnreachable,
+        "check-config: the TCP collector does not accept a connection",
+    ),
 ];
+
+/// How long `check-config` waits for a TCP collector to accept.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What [`probe_collector`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Probe {
+    /// The TCP collector accepted a connection (closed again at once).
+    Accepted,
+    /// Not probed, and why.
+    NotProbed(&'static str),
+}
+
+/// Why a UDP collector is not probed (README, "Exit codes").
+pub const UDP_NOT_PROBED: &str = "UDP collector not probed: UDP has no handshake, a collector \
+    that is up sends nothing back, and an ICMP \"port unreachable\" answer is neither \
+    guaranteed (filtered, rate-limited, remote hosts) nor reported the same way on every \
+    system";
+
+/// `check-config`'s probe of the collector: for TCP a connection within
+/// `timeout` (then closed); UDP is not probed ([`UDP_NOT_PROBED`]).
+///
+/// The running exporter never calls this: it keeps running and
+/// reconnecting while the collector is away.
+///
+/// # Errors
+/// [`ExitCode::CollectorUnreachable`], naming the collector, its address and
+/// the system's error.
+pub fn probe_collector(c: &Collector, timeout: Duration) -> Result<Probe, Error> {
+    match c.transport {
+        Transport::Udp => Ok(Probe::NotProbed(UDP_NOT_PROBED)),
+        Transport::Tcp => std::net::TcpStream::connect_timeout(&c.address, timeout)
+            .map(|_| Probe::Accepted)
+            .map_err(|e| {
+                Error::new(
+                    ExitCode::CollectorUnreachable,
+                    format!(
+                        "collector.address {} ({}, tcp): no connection within {} s: {e}",
+                        c.name,
+                        c.address,
+                        timeout.as_secs()
+                    ),
+                )
+            }),
+    }
+}
 
 /// A failure with its exit code.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -376,6 +428,44 @@ pub const DEFAULT_METRICS_LISTEN: SocketAddr =
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn tcp_collector(address: SocketAddr) -> Collector {
+        let text = format!("[collector]\naddress = \"{address}\"\ntransport = \"tcp\"\n");
+        parse(&text, &|_| Ok(vec![address]))
+            .expect("configuration")
+            .collector
+            .expect("a collector")
+    }
+
+    /// `check-config`'s probe: a listening TCP port is accepted; a closed
+    /// one is exit code 8 with the address and the system's error.
+    #[test]
+    fn the_probe_tells_a_listening_tcp_collector_from_a_closed_port() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let open = listener.local_addr().expect("address");
+        assert_eq!(
+            probe_collector(&tcp_collector(open), PROBE_TIMEOUT),
+            Ok(Probe::Accepted)
+        );
+        drop(listener);
+        // The port just closed: nothing listens there now (another program
+        // could take it in between; then this test fails, not passes).
+        let e = probe_collector(&tcp_collector(open), PROBE_TIMEOUT).expect_err("closed port");
+        assert_eq!(e.code, ExitCode::CollectorUnreachable);
+        assert_eq!(e.code as u8, 8);
+        assert!(
+            e.message.contains(&open.to_string()) && e.message.contains("refused"),
+            "{}",
+            e.message
+        );
+        // UDP: not probed, and said so.
+        let mut udp = tcp_collector(open);
+        udp.transport = Transport::Udp;
+        assert_eq!(
+            probe_collector(&udp, PROBE_TIMEOUT),
+            Ok(Probe::NotProbed(UDP_NOT_PROBED))
+        );
+    }
 
     fn resolve(name: &str) -> std::io::Result<Vec<SocketAddr>> {
         match name.rsplit_once(':').map(|(h, _)| h) {

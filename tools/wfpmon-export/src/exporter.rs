@@ -75,6 +75,8 @@ pub struct Exporter {
     encoder: Encoder,
     sink: Option<Box<dyn Sink>>,
     metrics: Metrics,
+    /// Driver-wide figures of the last refresh (traffic: the highest yet).
+    global: Global,
     processes: HashMap<u64, Process>,
     cursor: u64,
     /// Unix ms minus driver ms.
@@ -136,6 +138,7 @@ impl Exporter {
             encoder: Encoder::new(templates, config.observation_domain_id, mtu, refresh),
             sink,
             metrics: Metrics::new(config.top_programs),
+            global: Global::default(),
             processes: HashMap::new(),
             cursor: FROM_NOW,
             offset_ms: 0,
@@ -236,20 +239,22 @@ impl Exporter {
                 .map_err(|e| failed(&e))
         };
         let mut attempt = 0;
-        let (stats, entries, boundary) = loop {
+        let (stats, header, entries, boundary) = loop {
             attempt += 1;
             let before = head(dev)?;
             let stats = client::query_stats(dev, false).map_err(|e| failed(&e))?;
-            let (_, entries) =
+            let (header, entries) =
                 client::list_processes(dev, &mut std::thread::sleep).map_err(|e| failed(&e))?;
             let after = head(dev)?;
             if before == after || attempt == 5 {
-                break (stats, entries, after);
+                break (stats, header, entries, after);
             }
         };
         let mut per_process = HashMap::new();
+        let mut flows = HashMap::from([(0, header.unattributed_flows)]);
         for p in &entries {
             per_process.insert(p.key, Counters::from_array(p.ended));
+            flows.insert(p.key, p.flows_total);
             self.remember(p);
         }
         Ok(EndedTotals {
@@ -261,6 +266,7 @@ impl Exporter {
                 packets_in: stats.packets_inbound,
                 packets_out: stats.packets_outbound,
             },
+            flows,
         })
     }
 
@@ -335,6 +341,7 @@ impl Exporter {
                     pid,
                     ev.process_key,
                     start,
+                    ev.seq,
                     &mut self.pending,
                 );
             }
@@ -469,6 +476,8 @@ impl Exporter {
         self.need_reconcile = false;
         self.cursor = FROM_NOW;
         self.metrics.forget_processes();
+        // The next driver instance counts from zero (a counter reset).
+        self.global = Global::default();
     }
 
     /// The exporter stops: every flow ends now (forced end).
@@ -553,48 +562,84 @@ impl Exporter {
         h
     }
 
-    /// Refreshes the metrics from the driver (statistics with live traffic,
-    /// the process table) and returns the text (also kept in
+    /// Refreshes the metrics and returns the text (also kept in
     /// [`Exporter::metrics_text`]). Without the driver, the last figures
     /// with the current health.
+    ///
+    /// No request here walks the driver's flows, so a refresh costs the
+    /// same at any number of flows (README, "Prometheus metrics"): the
+    /// driver is asked only for its walk-free statistics (`QUERY_STATS`
+    /// without `STATS_LIVE_TRAFFIC`: flow counts), and the traffic is the
+    /// exporter's own account ([`Accountant::total_traffic`],
+    /// [`Accountant::processes`]): the driver's ended totals at the last
+    /// snapshot, the final counters of every "ended" event read since, and
+    /// each live flow's counters from the last listing pass — kept up to
+    /// date flow by flow, never summed here. `LIST_PROCESSES` (which walks
+    /// every flow once per page of 64 processes) is asked only when a
+    /// process the exporter has no name for yet has flows, as
+    /// [`Exporter::flush`] does.
     pub fn refresh_metrics<D: ControlDevice>(&mut self, dev: Option<&mut D>) -> &str {
-        let mut global = Global::default();
         if let Some(dev) = dev
-            && let (Ok(stats), Ok((header, entries))) = (
-                client::query_stats(dev, true),
-                client::list_processes(dev, &mut std::thread::sleep),
-            )
+            && let Ok(stats) = client::query_stats(dev, false)
         {
-            global = Global {
-                traffic: Counters {
-                    bytes_in: stats.bytes_inbound,
-                    bytes_out: stats.bytes_outbound,
-                    packets_in: stats.packets_inbound,
-                    packets_out: stats.packets_outbound,
-                },
-                flows: stats.flows_tracked,
-                active_flows: stats.flows_active,
-                unattributed_flows: header.unattributed_flows,
+            let view = self.accountant.processes();
+            if view
+                .keys()
+                .any(|k| *k != 0 && !self.processes.contains_key(k))
+                && let Ok((_, entries)) = client::list_processes(dev, &mut std::thread::sleep)
+            {
+                for p in &entries {
+                    self.remember(p);
+                }
+            }
+            // Monotonic counters. Every part of the account is a part of the
+            // driver's true total at this moment or less (ended totals of a
+            // driver snapshot, final counters of flows ended since, live
+            // counters as of the last pass), so it never exceeds the truth,
+            // and equals it once the events are read and a pass has listed
+            // the live flows. It can still fall back for a while: a flow
+            // whose end was lost with overwritten events leaves the live
+            // figures when the engine reuses its handle, before the
+            // reconciliation adds it to the ended totals. A Prometheus
+            // counter that goes down reads as a reset (`rate()` would count
+            // the whole value again), so the highest value is kept — still
+            // never above the truth, which only grows. A new driver instance
+            // starts from zero: a real counter reset.
+            let traffic = self.accountant.total_traffic();
+            let g = &mut self.global;
+            g.traffic = Counters {
+                bytes_in: g.traffic.bytes_in.max(traffic.bytes_in),
+                bytes_out: g.traffic.bytes_out.max(traffic.bytes_out),
+                packets_in: g.traffic.packets_in.max(traffic.packets_in),
+                packets_out: g.traffic.packets_out.max(traffic.packets_out),
             };
-            let mut totals = Vec::with_capacity(entries.len());
-            for p in &entries {
-                self.remember(p);
+            g.flows = stats.flows_tracked;
+            g.active_flows = stats.flows_active;
+            g.unattributed_flows = g
+                .unattributed_flows
+                .max(view.get(&0).map_or(0, |v| v.flows));
+            let mut totals = Vec::with_capacity(view.len());
+            for (key, v) in &view {
+                if *key == 0 {
+                    continue; // no process: in no program's figures
+                }
                 let name = self
                     .processes
-                    .get(&p.key)
+                    .get(key)
                     .map(|x| x.name.to_string())
                     .unwrap_or_default();
                 totals.push(ProcessTotals {
-                    key: p.key,
+                    key: *key,
                     program: name,
-                    traffic: Counters::from_array(p.active).plus(Counters::from_array(p.ended)),
-                    flows: p.flows_total,
-                    active_flows: u64::from(p.active_flows),
+                    traffic: v.traffic,
+                    flows: v.flows,
+                    active_flows: v.active_flows,
                 });
             }
+            totals.sort_by_key(|t| t.key);
             self.metrics.update(&totals);
         }
-        self.metrics_text = self.metrics.render(&global, &self.health());
+        self.metrics_text = self.metrics.render(&self.global, &self.health());
         &self.metrics_text
     }
 }
@@ -731,5 +776,236 @@ mod tests {
             (10, 5000, 7, 100, 1)
         );
         assert_eq!(local_view(&out), (100, 7, 2, 1));
+    }
+
+    /// A fake driver on the control protocol: live flows of one process,
+    /// ended totals, no events; it records what it was asked.
+    struct FakeDriver {
+        live: Vec<FlowEntry>,
+        ended: Counters,
+        /// `QUERY_STATS` flags asked, in order.
+        stats_flags: Vec<u32>,
+        process_lists: usize,
+    }
+
+    const KEY: u64 = 1 << 32 | 3;
+
+    impl FakeDriver {
+        fn new(flows: u64) -> Self {
+            let live = (0..flows)
+                .map(|i| FlowEntry {
+                    flow_id: 100 + i,
+                    process_id: 42,
+                    age_ms: 5,
+                    bytes_inbound: 1000 + i,
+                    bytes_outbound: 10 + i,
+                    packets_inbound: 3,
+                    packets_outbound: 1,
+                    local_address: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                    remote_address: [10, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                    local_port: u16::try_from(5000 + i).unwrap(),
+                    remote_port: 443,
+                    address_family: 2,
+                    ip_protocol: 6,
+                    direction: 0,
+                    process_key: KEY,
+                })
+                .collect();
+            Self {
+                live,
+                ended: Counters {
+                    bytes_in: 70_000,
+                    bytes_out: 8_000,
+                    packets_in: 90,
+                    packets_out: 40,
+                },
+                stats_flags: Vec::new(),
+                process_lists: 0,
+            }
+        }
+
+        fn live_traffic(&self) -> Counters {
+            self.live.iter().fold(Counters::default(), |a, e| {
+                a.plus(Counters {
+                    bytes_in: e.bytes_inbound,
+                    bytes_out: e.bytes_outbound,
+                    packets_in: e.packets_inbound,
+                    packets_out: e.packets_outbound,
+                })
+            })
+        }
+    }
+
+    fn header(size: usize) -> protocol::Header {
+        protocol::Header {
+            version: protocol::PROTOCOL_VERSION,
+            size: u32::try_from(size).unwrap(),
+        }
+    }
+
+    impl ControlDevice for FakeDriver {
+        fn ioctl(
+            &mut self,
+            code: u32,
+            input: &[u8],
+            output: &mut [u8],
+        ) -> Result<usize, wfpmonctl::listing::IoctlError> {
+            match code {
+                protocol::IOCTL_WFPMON_READ_EVENTS => Ok(protocol::EventsHeader {
+                    header: header(protocol::EventsHeader::SIZE),
+                    returned: 0,
+                    event_size: u32::try_from(FlowEvent::SIZE).unwrap(),
+                    next: 7,
+                    dropped: 0,
+                    oldest: 0,
+                    now: 10_000_000,
+                }
+                .encode(output)),
+                protocol::IOCTL_WFPMON_QUERY_STATS => {
+                    let flags = u32::from_le_bytes(input[8..12].try_into().unwrap());
+                    self.stats_flags.push(flags);
+                    let t = if flags & protocol::STATS_LIVE_TRAFFIC == 0 {
+                        self.ended
+                    } else {
+                        self.ended.plus(self.live_traffic())
+                    };
+                    Ok(protocol::Stats {
+                        header: header(protocol::Stats::SIZE),
+                        counting_enabled: 1,
+                        flags: flags & protocol::STATS_LIVE_TRAFFIC,
+                        flows_active: self.live.len() as u64,
+                        flows_tracked: self.live.len() as u64 + 9,
+                        flows_deleted: 9,
+                        bytes_inbound: t.bytes_in,
+                        bytes_outbound: t.bytes_out,
+                        packets_inbound: t.packets_in,
+                        packets_outbound: t.packets_out,
+                        ..protocol::Stats::default()
+                    }
+                    .encode(output))
+                }
+                protocol::IOCTL_WFPMON_LIST_PROCESSES => {
+                    self.process_lists += 1;
+                    let path: Vec<u16> = "\\device\\harddiskvolume3\\app.exe"
+                        .encode_utf16()
+                        .collect();
+                    let mut p = protocol::ProcessEntry {
+                        key: KEY,
+                        process_id: 42,
+                        flags: 0,
+                        path_units: u16::try_from(path.len()).unwrap(),
+                        active_flows: u32::try_from(self.live.len()).unwrap(),
+                        reserved: 0,
+                        flows_total: self.live.len() as u64 + 9,
+                        first_seen: 0,
+                        last_seen: 0,
+                        active: [0; 4],
+                        ended: [
+                            self.ended.bytes_in,
+                            self.ended.bytes_out,
+                            self.ended.packets_in,
+                            self.ended.packets_out,
+                        ],
+                        path: [0; wfpmon_core::process::PATH_UNITS],
+                    };
+                    p.path[..path.len()].copy_from_slice(&path);
+                    let size = protocol::ProcessListHeader::SIZE + protocol::ProcessEntry::SIZE;
+                    protocol::ProcessListHeader {
+                        header: header(size),
+                        returned: 1,
+                        entry_size: u32::try_from(protocol::ProcessEntry::SIZE).unwrap(),
+                        capacity: 1024,
+                        ..protocol::ProcessListHeader::default()
+                    }
+                    .encode(output);
+                    p.encode(&mut output[protocol::ProcessListHeader::SIZE..]);
+                    Ok(size)
+                }
+                protocol::IOCTL_WFPMON_LIST_FLOWS => {
+                    let size = protocol::FlowListHeader::SIZE + self.live.len() * FlowEntry::SIZE;
+                    protocol::FlowListHeader {
+                        header: header(size),
+                        total_flows: u32::try_from(self.live.len()).unwrap(),
+                        returned: u32::try_from(self.live.len()).unwrap(),
+                        entry_size: u32::try_from(FlowEntry::SIZE).unwrap(),
+                        ..protocol::FlowListHeader::default()
+                    }
+                    .encode(output);
+                    for (i, e) in self.live.iter().enumerate() {
+                        e.encode(
+                            &mut output[protocol::FlowListHeader::SIZE + i * FlowEntry::SIZE..],
+                        );
+                    }
+                    Ok(size)
+                }
+                _ => Err(wfpmonctl::listing::IoctlError::win32(1)),
+            }
+        }
+    }
+
+    fn value(text: &str, series: &str) -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{series} in {text}"))
+    }
+
+    /// The metrics refresh never asks the driver to walk its flows
+    /// (`STATS_LIVE_TRAFFIC`), nor for the process table once every
+    /// process is named; its traffic is still the driver's exact total
+    /// (ended + live) after a listing pass, driver-wide and per program.
+    #[test]
+    fn metrics_refresh_asks_for_no_walk_and_gives_the_driver_totals() {
+        let config = crate::config::parse("[metrics]\nlisten = \"9653\"\n", &|_| Ok(Vec::new()))
+            .expect("configuration");
+        let mut dev = FakeDriver::new(5);
+        let mut exporter = Exporter::new(&config, None);
+        exporter.start(&mut dev).expect("start");
+        let lists_after_start = dev.process_lists;
+        for round in 0..3u64 {
+            for e in &mut dev.live {
+                e.bytes_inbound += 100 * round;
+                e.packets_outbound += round;
+            }
+            exporter.scan(&mut dev).expect("listing pass");
+            dev.stats_flags.clear();
+            let text = exporter.refresh_metrics(Some(&mut dev)).to_owned();
+            assert!(!dev.stats_flags.is_empty(), "statistics asked");
+            assert!(
+                dev.stats_flags
+                    .iter()
+                    .all(|f| f & protocol::STATS_LIVE_TRAFFIC == 0),
+                "the refresh asked for the walk: {:?}",
+                dev.stats_flags
+            );
+            let truth = dev.ended.plus(dev.live_traffic());
+            assert_eq!(
+                value(&text, "wfpmon_bytes_total{direction=\"in\"}"),
+                truth.bytes_in
+            );
+            assert_eq!(
+                value(&text, "wfpmon_packets_total{direction=\"out\"}"),
+                truth.packets_out
+            );
+            assert_eq!(
+                value(
+                    &text,
+                    "wfpmon_process_bytes_total{direction=\"in\",process=\"app.exe\"}"
+                ),
+                truth.bytes_in
+            );
+            assert_eq!(
+                value(&text, "wfpmon_process_flows_total{process=\"app.exe\"}"),
+                14
+            );
+            assert_eq!(
+                value(&text, "wfpmon_process_active_flows{process=\"app.exe\"}"),
+                5
+            );
+            assert_eq!(value(&text, "wfpmon_active_flows"), 5);
+        }
+        assert_eq!(
+            dev.process_lists, lists_after_start,
+            "the process table (a walk) was asked again though every process was named"
+        );
     }
 }

@@ -78,9 +78,14 @@ pub mod ie {
 }
 
 /// flowEndReason values (IANA "flowEndReason" sub-registry).
+///
+/// Idle timeout
+/// (1) is never sent: the driver has no idle timer — a flow ends when the
+/// TCP/IP stack deletes it (the WFP flow-delete callback), and the "ended"
+/// event does not say whether the stack deleted it after a FIN/RST or after
+/// its own idle timeout (UDP), so every such end is "end of flow detected"
+/// (README, "Templates").
 pub mod end_reason {
-    /// idle timeout.
-    pub const IDLE_TIMEOUT: u8 = 1;
     /// active timeout (the flow goes on; a delta record).
     pub const ACTIVE_TIMEOUT: u8 = 2;
     /// end of flow detected.

@@ -66,6 +66,22 @@ fn run(cli: &Cli) -> Result<(), config::Error> {
             let c = config::load(&path)?;
             println!("{}: valid", path.display());
             println!("{c:#?}");
+            // The collector: a TCP one must accept a connection (exit code
+            // 8 otherwise); UDP cannot be probed honestly (README).
+            if let Some(collector) = &c.collector {
+                match config::probe_collector(collector, config::PROBE_TIMEOUT)? {
+                    config::Probe::Accepted => println!(
+                        "collector {} ({}, tcp): accepts connections",
+                        collector.name, collector.address
+                    ),
+                    config::Probe::NotProbed(why) => {
+                        println!(
+                            "collector {} ({}): {why}",
+                            collector.name, collector.address
+                        );
+                    }
+                }
+            }
             Ok(())
         }
         (None, false) => Err(config::Error::new(

@@ -2,8 +2,9 @@
 //! atomically for `windows_exporter`'s textfile collector and optionally
 //! served on a local port.
 //!
-//! Per-program counters add up the driver's per-process totals (traffic of
-//! active and ended flows, from `LIST_PROCESSES`) by image file name. They
+//! Per-program counters add up per-process totals (traffic of active and
+//! ended flows, from the exporter's own account: see
+//! `Exporter::refresh_metrics`) by image file name. They
 //! never go down: a process's contribution is kept after its entry leaves
 //! the driver's table, and a program keeps the label it was given. Label
 //! cardinality is bounded: the first `top` programs by traffic (when labels
@@ -60,7 +61,8 @@ pub struct ProcessTotals {
     pub active_flows: u64,
 }
 
-/// Driver-wide figures (`QUERY_STATS` with live traffic).
+/// Driver-wide figures (traffic: the exporter's account, no walk; flow
+/// counts: the walk-free `QUERY_STATS`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Global {
     /// Traffic of every flow, active or ended, since the driver started.
@@ -163,10 +165,15 @@ impl Metrics {
                 .unwrap_or_else(|| OTHER.to_owned());
             let (last, last_flows) = self.last.get(&p.key).copied().unwrap_or_default();
             let prog = self.programs.entry(label).or_default();
-            prog.traffic = prog.traffic.plus(p.traffic.minus(last));
+            // Only growth beyond the highest figure yet is added, and that
+            // figure is kept: a process's figures that fall back for a
+            // while (see `Exporter::refresh_metrics`) add nothing twice.
+            let grown = p.traffic.minus(last);
+            prog.traffic = prog.traffic.plus(grown);
             prog.flows += p.flows.saturating_sub(last_flows);
             prog.active_flows += p.active_flows;
-            self.last.insert(p.key, (p.traffic, p.flows));
+            self.last
+                .insert(p.key, (last.plus(grown), last_flows.max(p.flows)));
         }
     }
 
