@@ -556,6 +556,7 @@ class ServiceRun(Run):
         the wait lasts `timeout` on the emulated clock (what is due in it
         happens); the pending read completes with events written by then."""
         handle, overlapped, transferred, timeout_ms, alertable = args[:5]
+        timeout_ms, alertable = timeout_ms & 0xFFFFFFFF, alertable & 0xFFFFFFFF  # DWORD, BOOL
         assert handle == self.DEVICE and not alertable
         if overlapped in self.completed:
             return self._finish(emu, *self.completed.pop(overlapped), transferred)
@@ -596,11 +597,13 @@ class ServiceRun(Run):
 
     def _open_scm(self, emu, args):
         machine_name, database, access = args[:3]
+        access &= 0xFFFFFFFF  # DWORD: the register's upper half is undefined
         self.scm_calls.append(("OpenSCManagerW", (self.wstr(machine_name), self.wstr(database), access)))
         return 0 if self._fail(emu, "OpenSCManagerW") else self.SCM
 
     def _open_service(self, emu, args):
         scm, name_ptr, access = args[:3]
+        access &= 0xFFFFFFFF
         name = self.wstr(name_ptr)
         self.scm_calls.append(("OpenServiceW", (name, access)))
         assert scm == self.SCM
@@ -620,6 +623,7 @@ class ServiceRun(Run):
 
     def _query_service(self, emu, args):
         handle, level, buf, size, needed = args[:5]
+        level, size = level & 0xFFFFFFFF, size & 0xFFFFFFFF
         name = self.services_by_handle[handle]
         self.scm_calls.append(("QueryServiceStatusEx", name))
         self.se.mem_write(buf, struct.pack("<9I", SERVICE_WIN32_OWN_PROCESS, self._service_state(name),
@@ -628,6 +632,7 @@ class ServiceRun(Run):
 
     def _create_service(self, emu, args):
         scm, name, display, access, kind, start, error_control, binary, group, tag, deps, account, password = args[:13]
+        access, kind, start, error_control = (a & 0xFFFFFFFF for a in (access, kind, start, error_control))
         detail = dict(name=self.wstr(name), display=self.wstr(display), access=access, type=kind, start=start,
                       error_control=error_control, binary=self.wstr(binary), group=self.wstr(group), tag=tag,
                       dependencies=self.wstr(deps) if deps else None, account=self.wstr(account),
@@ -645,6 +650,7 @@ class ServiceRun(Run):
 
     def _change_config2(self, emu, args):
         handle, level, info = args[:3]
+        level &= 0xFFFFFFFF
         name = self.services_by_handle[handle]
         text = self.wstr(self.u64(info)) if level == SERVICE_CONFIG_DESCRIPTION else None
         self.scm_calls.append(("ChangeServiceConfig2W", (name, level, text)))
@@ -655,6 +661,7 @@ class ServiceRun(Run):
 
     def _control_service(self, emu, args):
         handle, control, status = args[:3]
+        control &= 0xFFFFFFFF
         name = self.services_by_handle[handle]
         self.scm_calls.append(("ControlService", (name, control)))
         service = self.machine.database[name]
@@ -749,7 +756,8 @@ class ServiceRun(Run):
         return len(EXE_PATH)
 
     def _open_file(self, emu, path, args):
-        access, disposition = args[1], args[4]
+        # DWORD arguments: only the low 32 bits of the register are defined.
+        access, disposition = args[1] & 0xFFFFFFFF, args[4] & 0xFFFFFFFF
         key = path.lower()
         exists = key in self.machine.files
         # CREATE_NEW 1, CREATE_ALWAYS 2, OPEN_EXISTING 3, OPEN_ALWAYS 4,
@@ -812,6 +820,7 @@ class ServiceRun(Run):
 
     def _set_file_information(self, emu, api_name, func, args):
         handle, info_class, info, size = args[:4]
+        info_class &= 0xFFFFFFFF  # FILE_INFO_BY_HANDLE_CLASS, a 32-bit enum
         f = self.open_files.get(handle)
         if f is not None and info_class in (FILE_ALLOCATION_INFO, FILE_END_OF_FILE_INFO):
             size = self.u64(info)
