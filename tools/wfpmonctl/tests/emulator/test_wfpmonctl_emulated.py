@@ -682,6 +682,7 @@ class Run:
 
     def _write_console(self, emu, api_name, func, args):
         handle, buf, count, written = args[:4]
+        count &= 0xFFFFFFFF  # DWORD: the register's upper half is undefined
         return self._capture(emu, handle, self.se.mem_read(buf, count * 2).decode("utf-16-le"), count, written)
 
     def _nt_write_file(self, emu, api_name, func, args):
@@ -708,6 +709,7 @@ class Run:
 
     def _device_io_control(self, emu, args):
         handle, code, inbuf, inlen, outbuf, outlen, returned, overlapped = args[:8]
+        code, inlen, outlen = code & 0xFFFFFFFF, inlen & 0xFFFFFFFF, outlen & 0xFFFFFFFF  # DWORDs
         assert handle == self.DEVICE
         # "If hDevice was opened with FILE_FLAG_OVERLAPPED, lpOverlapped must
         # point to a valid OVERLAPPED structure" (DeviceIoControl); wfpmonctl
@@ -758,6 +760,7 @@ class Run:
 
     def _get_overlapped_result(self, emu, args):
         handle, overlapped, transferred, timeout_ms, alertable = args[:5]
+        timeout_ms, alertable = timeout_ms & 0xFFFFFFFF, alertable & 0xFFFFFFFF  # DWORD, BOOL
         assert handle == self.DEVICE and not alertable
         self._arrived()
         if overlapped in self.completed:
@@ -833,6 +836,7 @@ class Run:
 
     def _query_dos_device(self, emu, args):
         name, target, size = args[:3]
+        size &= 0xFFFFFFFF
         drive = self.wstr(name)
         self.calls.append(("QueryDosDeviceW", drive))
         device = self.machine.drives.get(drive)
@@ -861,6 +865,7 @@ class Run:
         from the fake message tables; a message no table holds fails with
         ERROR_MR_MID_NOT_FOUND, as documented."""
         flags, source, code, _, buffer, size, arguments = args[:7]
+        flags, code, size = flags & 0xFFFFFFFF, code & 0xFFFFFFFF, size & 0xFFFFFFFF  # DWORDs
         module = self.modules.get(source) if flags & FORMAT_MESSAGE_FROM_HMODULE else None
         self.calls.append(("FormatMessageW", (code, module)))
         assert flags & FORMAT_MESSAGE_IGNORE_INSERTS and not arguments, "no inserts are expanded"
@@ -907,6 +912,7 @@ class Run:
         (a lookup that never answers is never run). The job's socket address
         says which lookup it is."""
         fn, ctx, flags = args[:3]
+        flags &= 0xFFFFFFFF
         assert flags & WT_EXECUTELONGFUNCTION, "a lookup may block: a long function"
         addr = self._sockaddr(ctx)
         answers = self.machine.dns.get(addr)
@@ -930,6 +936,7 @@ class Run:
         """GetNameInfoW(sockaddr, len, host, hostlen, serv, servlen, flags)
         with NI_NAMEREQD: the name, or WSAHOST_NOT_FOUND when there is none."""
         sa, salen, host, hostlen, serv, servlen, flags = args[:7]
+        flags &= 0xFFFFFFFF
         assert flags & NI_NAMEREQD and not serv and hostlen & 0xFFFFFFFF == NI_MAXHOST
         addr = self._sockaddr(sa)
         assert salen & 0xFFFFFFFF == (16 if "." in addr else 28)
@@ -948,6 +955,7 @@ class Run:
         the buffer's end; ERROR_MORE_DATA, the bytes the rest needs and the
         resume index when some did not fit."""
         scm, level, kind, state, buf, size, needed, returned, resume, group = args[:10]
+        level, kind, state, size = (a & 0xFFFFFFFF for a in (level, kind, state, size))  # DWORDs
         assert (level, kind, state, group) == (SC_ENUM_PROCESS_INFO, SERVICE_WIN32, SERVICE_ACTIVE, 0)
         assert buf % 8 == 0, "records hold pointers"
         start = struct.unpack("<I", self.se.mem_read(resume, 4))[0]
