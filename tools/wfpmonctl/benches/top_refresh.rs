@@ -1,16 +1,28 @@
 //! The cost of `wfpmonctl top` per refresh with 10 000 live flows: the
 //! paged listing through the device client, decoding, the model (rates,
-//! marks, programs, filter, sort) and drawing the screen into a ratatui
+//! marks, programs, filter, sort), the names (services per program, the
+//! host name per connection) and drawing the screen into a ratatui
 //! `TestBackend` (200 × 50), in this thread's CPU time — beside, in the
 //! same run and on the same data, one refresh of the existing `flows`
-//! listing (`wfpmonctl flows`: listing, decoding, rows, sort, the printed
-//! table of every flow).
+//! listing (`wfpmonctl flows -n`: listing, decoding, rows, sort, the
+//! printed table of every flow).
 //!
-//! The driver is simulated: a `ControlDevice` answering `LIST_FLOWS` in
-//! batches of 256 (as the driver pages), `READ_EVENTS` with a few events
-//! and `LIST_PROCESSES` with 100 processes; between refreshes every flow
-//! moves traffic, its age grows by the interval, and 1 % of the flows end
-//! and are replaced by new ones.
+//! The driver is simulated: the listing goes through wfpmonctl's device
+//! client against a `ControlDevice` answering `LIST_FLOWS` in batches of
+//! 256 (as the driver pages), `READ_EVENTS` with a few events and
+//! `LIST_PROCESSES` with 100 processes; between refreshes every flow moves
+//! traffic, its age grows by the interval, and 1 % of the flows end and are
+//! replaced by new ones (to new remote addresses).
+//!
+//! The names are the command's own code (`CachedNames`: the service table
+//! cache and the host-name cache with its queue and expiry, asked once per
+//! program and once per connection at every refresh, as `top` asks them),
+//! over a fake service table (120 running services, a quarter of the
+//! programs hosting three each) and a fake resolver that answers every
+//! lookup at the next poll. The caches are warm, as at a steady 1 s
+//! refresh: before the timed refreshes, every remote address has its name
+//! (the warm-up polls the cache until none is missing). Real lookups cost
+//! the system's resolver, on its thread pool, not this thread.
 //!
 //! ```text
 //! cargo bench -p wfpmonctl --bench top_refresh            # 10 000 flows
@@ -23,7 +35,8 @@
 // casts between integer widths cannot truncate.
 #![allow(clippy::cast_possible_truncation)]
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::net::{IpAddr, Ipv4Addr};
 use std::rc::Rc;
 use std::time::{Duration, SystemTime};
 
@@ -37,7 +50,9 @@ use wfpmon_core::protocol::{
     ProcessListHeader, Request,
 };
 use wfpmonctl::listing;
-use wfpmonctl::top::{ControlDevice, IoctlError, View};
+use wfpmonctl::top::{
+    CachedNames, ControlDevice, Hosts, IoctlError, Lookup, NAME_STEP, Names, View,
+};
 
 const PROCESSES: u64 = 100;
 
@@ -222,6 +237,69 @@ impl ControlDevice for Handle {
     }
 }
 
+/// A resolver that answers every lookup at the next poll, with a name.
+#[derive(Default)]
+struct Resolver {
+    running: Vec<IpAddr>,
+    started: usize,
+}
+
+impl Lookup for Resolver {
+    fn start(&mut self, addr: IpAddr) -> bool {
+        self.running.push(addr);
+        self.started += 1;
+        true
+    }
+
+    fn finished(&mut self) -> Vec<(IpAddr, Option<String>)> {
+        self.running
+            .drain(..)
+            .map(|a| {
+                let name = a.to_string().replace('.', "-") + ".cdn.example.net";
+                (a, Some(name))
+            })
+            .collect()
+    }
+}
+
+/// The service control manager's running services by process: three each
+/// in every fourth program's process, the rest in processes without flows.
+#[allow(clippy::unnecessary_wraps)] // the shape of the SCM read
+fn services() -> Result<Vec<(u32, String)>, ()> {
+    let mut table: Vec<(u32, String)> = (0..PROCESSES as u32)
+        .filter(|slot| slot % 4 == 0)
+        .flat_map(|slot| (0..3).map(move |k| (1000 + slot, format!("Service{slot}x{k}"))))
+        .collect();
+    let hosted = table.len() as u32;
+    table.extend((hosted..120).map(|i| (5000 + i, format!("Other{i}"))));
+    Ok(table)
+}
+
+/// The remote address of each flow the driver holds.
+fn remotes(driver: &Driver) -> Vec<IpAddr> {
+    driver
+        .flows
+        .iter()
+        .map(|f| {
+            let a = f.remote_address;
+            IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]))
+        })
+        .collect()
+}
+
+/// Warms the caches of `names`: asks for every address of `addrs`, a name
+/// step of `clock` apart, until each has its name (the fake resolver
+/// answers at the next poll); returns the time then.
+fn warm(names: &impl Names, clock: &Cell<Duration>, addrs: &[IpAddr]) -> Duration {
+    let mut steps = 0;
+    while addrs.iter().any(|a| names.remote_host(*a).is_none()) {
+        steps += 1;
+        clock.set(NAME_STEP * steps);
+    }
+    assert!(names.services(1000).is_some(), "services known");
+    clock.get()
+}
+
 fn cpu<T>(f: impl FnOnce() -> T) -> (T, Duration) {
     let start = ThreadTime::now();
     let value = f();
@@ -254,9 +332,21 @@ fn main() {
         let mut handle = Handle(Rc::clone(&driver));
         let mut baseline = Handle(Rc::new(RefCell::new(Driver::new(n))));
         let mut view = View::new(&[], &mut handle, |_| None).expect("arguments");
+        // The names' monotonic clock: the warm-up's steps, then the
+        // refreshes' time.
+        let clock = Rc::new(Cell::new(Duration::ZERO));
+        let names = {
+            let clock = Rc::clone(&clock);
+            CachedNames::new(
+                Some(Hosts::new(Resolver::default())),
+                move || clock.get(),
+                services,
+            )
+        };
         // The priming sample, and a first paint.
-        view.refresh(wall, Duration::ZERO).expect("refresh");
+        view.refresh(wall, Duration::ZERO, &names).expect("refresh");
         let _ = view.draw(&mut terminal);
+        let warm = warm(&names, &clock, &remotes(&driver.borrow()));
         let key = |code| KeyEvent::new(code, KeyModifiers::NONE);
         if tab == 'f' {
             let mut keys = vec![KeyCode::Char('c'), KeyCode::Char('/')];
@@ -272,7 +362,10 @@ fn main() {
         for round in 1..=rounds {
             let mono = Duration::from_secs(round);
             driver.borrow_mut().advance(1000);
-            let ((), refresh) = cpu(|| view.refresh(wall + mono, mono).expect("refresh"));
+            clock.set(warm + mono);
+            let ((), refresh) = cpu(|| {
+                view.refresh(wall + mono, mono, &names).expect("refresh");
+            });
             let ((), drawing) = cpu(|| {
                 let _ = view.draw(&mut terminal);
             });
@@ -294,7 +387,7 @@ fn main() {
         tabs.push(tab);
     }
     println!(
-        "wfpmonctl top: one refresh with {n} live flows (median of {rounds} refreshes per tab, this thread's CPU time)"
+        "wfpmonctl top: one refresh with {n} live flows, services and host names from warm caches (median of {rounds} refreshes per tab, this thread's CPU time; the driver simulated)"
     );
     for tab in tabs {
         let rows: Vec<&(char, Duration, Duration)> = top.iter().filter(|r| r.0 == tab).collect();
@@ -307,7 +400,7 @@ fn main() {
         let drawing = median(rows.iter().map(|r| r.2).collect());
         let total = median(rows.iter().map(|r| r.1 + r.2).collect());
         println!(
-            "  top, {tab:<40}: listing + decoding + model {:7.2} ms, drawing {:5.2} ms, total {:7.2} ms = {:.2} % of one core at a 1 s refresh",
+            "  top, {tab:<40}: listing + decoding + model + names {:7.2} ms, drawing {:5.2} ms, total {:7.2} ms = {:.2} % of one core at a 1 s refresh",
             ms(refresh),
             ms(drawing),
             ms(total),
@@ -316,7 +409,7 @@ fn main() {
     }
     let baseline = median(flows);
     println!(
-        "  baseline: `wfpmonctl flows` (listing, decoding, rows, sort, the text of every flow): {:7.2} ms = {:.2} % at 1 s",
+        "  baseline: `wfpmonctl flows -n` (listing, decoding, rows, sort, the text of every flow): {:7.2} ms = {:.2} % at 1 s",
         ms(baseline),
         ms(baseline) / 10.0
     );

@@ -18,7 +18,7 @@ use crate::engine::{self, FilterEngine};
 use crate::error::{Error, Kind, SystemCode};
 use crate::events::{DroppedDoc, EventDoc};
 use crate::flows::{self, FlowRow, FlowsDoc, Previous};
-use crate::names::{Hosts, Lookup, Services};
+use crate::names::{Hosts, Lookup, NAME_STEP, Services};
 use crate::procs::{self, Names, Proc, ProcRow, ProcsDoc};
 use crate::render::{self, EventLines, StatsDoc, timestamp};
 use crate::status::{Observed, StatusDoc};
@@ -274,7 +274,6 @@ fn observe<S: System>(sys: &mut S) -> Result<Observed, Error> {
 /// without `--follow`) waits, in all, for host names; refreshes and
 /// followed events never wait (names appear once known).
 pub const NAME_WAIT: Duration = Duration::from_secs(1);
-const NAME_STEP: Duration = Duration::from_millis(50);
 
 /// The names a view shows: the services of processes, and (without `-n`)
 /// the host names of remote addresses.
@@ -534,15 +533,11 @@ fn top<S: System>(sys: &mut S, args: &TopArgs, terminal: Option<Terminal>) -> Re
     let mut dev = sys.device(false)?;
     sys.console_input();
     let drives = sys.dos_devices();
-    let naming = std::cell::RefCell::new(Naming::new(sys, !args.numeric));
+    let hosts = (!args.numeric).then(|| Hosts::new(sys.lookup()));
     // The hooks and the names reach the system; they are never called at
     // once (each borrow ends with its call).
     let sys = std::cell::RefCell::new(sys);
-    let names = TopNames {
-        sys: &sys,
-        naming,
-        polled: std::cell::Cell::new(None),
-    };
+    let names = top_names(&sys, hosts);
     let process_name = |pid| sys.borrow_mut().process_name(pid);
     let mut source =
         crate::tui::source::DeviceSource::new(&mut dev, process_name, drives, std::thread::sleep);
@@ -555,42 +550,17 @@ fn top<S: System>(sys: &mut S, args: &TopArgs, terminal: Option<Terminal>) -> Re
     }
 }
 
-/// The live view's names, from the same caches as the other commands: the
-/// services of a process (refreshed when stale), and — without `-n` — the
-/// host name of a remote address, asked for when the view shows it, with
-/// the answers taken at most every [`NAME_STEP`]: never a wait (a refresh
-/// shows what is known; names appear as they arrive).
-struct TopNames<'a, S: System> {
-    sys: &'a std::cell::RefCell<&'a mut S>,
-    naming: std::cell::RefCell<Naming<S::Lookup>>,
-    polled: std::cell::Cell<Option<Duration>>,
-}
-
-impl<S: System> crate::tui::Names for TopNames<'_, S> {
-    fn services(&self, pid: u64) -> Option<String> {
-        let mut sys = self.sys.borrow_mut();
-        let now = sys.now().1;
-        let mut naming = self.naming.borrow_mut();
-        naming.services.refresh(now, || sys.services());
-        let services = naming.services.of(pid);
-        (!services.is_empty()).then(|| services.join(", "))
-    }
-
-    fn remote_host(&self, address: IpAddr) -> Option<String> {
-        let now = self.sys.borrow_mut().now().1;
-        let mut naming = self.naming.borrow_mut();
-        let hosts = naming.hosts.as_mut()?;
-        hosts.want(address, now);
-        if self
-            .polled
-            .get()
-            .is_none_or(|at| now.saturating_sub(at) >= NAME_STEP)
-        {
-            hosts.poll(now);
-            self.polled.set(Some(now));
-        }
-        hosts.name(address)
-    }
+/// The live view's names over the system: its monotonic clock and its
+/// service table (see [`crate::tui::CachedNames`]).
+fn top_names<'a, S: System>(
+    sys: &'a std::cell::RefCell<&mut S>,
+    hosts: Option<Hosts<S::Lookup>>,
+) -> impl crate::tui::Names + 'a {
+    crate::tui::CachedNames::new(
+        hosts,
+        || sys.borrow_mut().now().1,
+        || sys.borrow_mut().services(),
+    )
 }
 
 /// What a refresh of `flows` prints for `doc`: JSON, or the table fitted
@@ -1546,13 +1516,9 @@ mod tests {
             remote,
             vec![(Some("edge.example.net".into()), Some(1))].into(),
         );
-        let naming = std::cell::RefCell::new(Naming::new(&mut sys, true));
+        let hosts = Hosts::new(sys.lookup());
         let cell = std::cell::RefCell::new(&mut sys);
-        let names = TopNames {
-            sys: &cell,
-            naming,
-            polled: std::cell::Cell::new(None),
-        };
+        let names = top_names(&cell, Some(hosts));
         assert_eq!(
             names.services(102).as_deref(),
             Some("Dnscache, LanmanWorkstation")
@@ -1570,13 +1536,8 @@ mod tests {
         assert_eq!(sys.dns.0.borrow().started, [remote], "one lookup");
 
         let mut sys = running();
-        let naming = std::cell::RefCell::new(Naming::new(&mut sys, false));
         let cell = std::cell::RefCell::new(&mut sys);
-        let names = TopNames {
-            sys: &cell,
-            naming,
-            polled: std::cell::Cell::new(None),
-        };
+        let names = top_names(&cell, None);
         assert_eq!(names.remote_host(remote), None);
         drop(names);
         assert!(sys.dns.0.borrow().started.is_empty(), "-n: no lookup");

@@ -145,7 +145,9 @@ pub mod listing {
 /// The native test host runs [`run`](top::run) against the real
 /// `wfpmon.sys` in a terminal (inside tmux, `tests/native/tests/top_tmux.rs`);
 /// the benchmark (`benches/top_refresh.rs`) times [`View`](top::View)'s
-/// refresh and drawing.
+/// refresh and drawing, with the names the command uses
+/// ([`CachedNames`](top::CachedNames)) over a fake resolver and service
+/// table.
 pub mod top {
     use std::time::{Duration, SystemTime};
 
@@ -154,8 +156,9 @@ pub mod top {
     use ratatui::backend::Backend;
 
     pub use crate::device::{ControlDevice, IoctlError};
+    pub use crate::names::{Hosts, Lookup, NAME_STEP};
     pub use crate::tui::units::Units;
-    pub use crate::tui::{Names, NoNames};
+    pub use crate::tui::{CachedNames, Names, NoNames};
 
     use crate::cli::{Cli, Command, TopArgs};
     use crate::error::{Error, Kind};
@@ -216,19 +219,30 @@ pub mod top {
         }
 
         /// One sample of the driver taken into the view, at wall time
-        /// `wall` and monotonic time `mono`.
+        /// `wall` and monotonic time `mono`, with services and host names
+        /// from `names` (as the command asks them: per program and per
+        /// connection).
         ///
         /// # Errors
         /// A failed request (exit code and message).
-        pub fn refresh(&mut self, wall: SystemTime, mono: Duration) -> Result<(), (u8, String)> {
+        pub fn refresh(
+            &mut self,
+            wall: SystemTime,
+            mono: Duration,
+            names: &dyn Names,
+        ) -> Result<(), (u8, String)> {
             use crate::tui::source::Source;
             let sample = self
                 .source
                 .sample(wall, mono)
                 .map_err(|e| (e.exit_code(), e.to_string()))?;
             let source = &mut self.source;
-            self.model
-                .update(sample, &mut |key, pid| source.name(key, pid), &NoNames);
+            self.model.update(
+                sample,
+                &mut |key, pid| source.name(key, pid),
+                names,
+                &mut crate::view::units::local_offset,
+            );
             Ok(())
         }
 

@@ -26,6 +26,9 @@ pub const NO_NAME_TTL: Duration = Duration::from_mins(1);
 /// A lookup without an answer after this long counts as failed (its
 /// answer is still taken should it come).
 pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a view that never waits takes the lookups' answers (and
+/// starts queued ones), and the step of a one-shot listing's wait.
+pub const NAME_STEP: Duration = Duration::from_millis(50);
 /// Lookups running at once (each holds a thread-pool thread while the
 /// resolver waits); more wait in a queue.
 pub const MAX_IN_FLIGHT: usize = 16;
@@ -110,6 +113,7 @@ const fn nameable(addr: IpAddr) -> bool {
 }
 
 impl<L: Lookup> Hosts<L> {
+    /// An empty cache over the resolver `lookup`.
     pub fn new(lookup: L) -> Self {
         Self {
             lookup,

@@ -20,11 +20,13 @@ pub mod view;
 #[cfg(test)]
 mod tests;
 
+use std::cell::{Cell, RefCell};
 use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::cli::TopArgs;
 use crate::error::Error;
+use crate::names::{Hosts, Lookup, NAME_STEP, Services};
 
 /// Names people recognize, as far as they are known: the services a
 /// process hosts and the host names of remote addresses.
@@ -49,6 +51,72 @@ impl Names for NoNames {
     }
     fn remote_host(&self, _: IpAddr) -> Option<String> {
         None
+    }
+}
+
+/// The live view's names, from the same caches as the other commands.
+///
+/// From `crate::names`: the services of a process (the table read again
+/// through `read_services` when stale), and — with a [`Hosts`] cache, that
+/// is without `-n` — the host name of a remote address, asked for when the
+/// view shows it, with the lookups' answers taken at most every
+/// [`NAME_STEP`] of `now` (monotonic): never a wait (a refresh shows what
+/// is known; names appear as they arrive).
+pub struct CachedNames<L, N, R> {
+    services: RefCell<Services>,
+    hosts: RefCell<Option<Hosts<L>>>,
+    polled: Cell<Option<Duration>>,
+    now: N,
+    read_services: R,
+}
+
+impl<L, N, R, E> CachedNames<L, N, R>
+where
+    L: Lookup,
+    N: Fn() -> Duration,
+    R: Fn() -> Result<Vec<(u32, String)>, E>,
+{
+    /// Names from `hosts` (`None`: no host names) and the service table
+    /// `read_services` gives, at the monotonic time `now` gives.
+    pub fn new(hosts: Option<Hosts<L>>, now: N, read_services: R) -> Self {
+        Self {
+            services: RefCell::new(Services::default()),
+            hosts: RefCell::new(hosts),
+            polled: Cell::new(None),
+            now,
+            read_services,
+        }
+    }
+}
+
+impl<L, N, R, E> Names for CachedNames<L, N, R>
+where
+    L: Lookup,
+    N: Fn() -> Duration,
+    R: Fn() -> Result<Vec<(u32, String)>, E>,
+{
+    fn services(&self, pid: u64) -> Option<String> {
+        let now = (self.now)();
+        let mut services = self.services.borrow_mut();
+        services.refresh(now, &self.read_services);
+        let names = services.of(pid);
+        (!names.is_empty()).then(|| names.join(", "))
+    }
+
+    fn remote_host(&self, address: IpAddr) -> Option<String> {
+        let now = (self.now)();
+        let mut hosts = self.hosts.borrow_mut();
+        let hosts = hosts.as_mut()?;
+        hosts.want(address, now);
+        if self
+            .polled
+            .get()
+            .is_none_or(|at| now.saturating_sub(at) >= NAME_STEP)
+        {
+            hosts.poll(now);
+            self.polled.set(Some(now));
+        }
+        hosts.name(address)
     }
 }
 

@@ -113,7 +113,7 @@ pub const CONNECTION_COLUMNS: [Column; 12] = [
     col("OUT", true),
 ];
 pub const EVENT_COLUMNS: [Column; 11] = [
-    col("TIME UTC", true),
+    col("TIME", true),
     col("EVENT", false),
     col("PID", false),
     col("PROGRAM", false),
@@ -231,6 +231,9 @@ impl Conn {
 pub struct EventRow {
     pub seq: u64,
     pub wall: SystemTime,
+    /// The local time zone's offset from UTC at `wall`, in seconds east
+    /// (the text views show local times).
+    pub offset: i32,
     pub established: bool,
     pub known_kind: bool,
     pub pid: u64,
@@ -384,12 +387,15 @@ impl Model {
 
     /// Takes in a sample: connections and their rates, programs named by
     /// `naming(key, pid)` (asked once per program), services and host names
-    /// from `names`, and new events.
+    /// from `names`, and new events, each with the local time zone's offset
+    /// from UTC at its time from `zone` (seconds east; the caller's clock
+    /// knows the zone, so that the tests choose it).
     pub fn update(
         &mut self,
         sample: Sample,
         naming: &mut dyn FnMut(u64, u64) -> Proc,
         names: &dyn Names,
+        zone: &mut dyn FnMut(SystemTime) -> i32,
     ) {
         self.samples += 1;
         let generation = self.samples;
@@ -425,7 +431,7 @@ impl Model {
                 }
             }
         }
-        self.take_events(sample.events, naming, names);
+        self.take_events(sample.events, naming, names, zone);
         self.events_dropped += sample.dropped;
         self.rebuild();
     }
@@ -549,6 +555,7 @@ impl Model {
         events: Vec<(FlowEvent, SystemTime)>,
         naming: &mut dyn FnMut(u64, u64) -> Proc,
         names: &dyn Names,
+        zone: &mut dyn FnMut(SystemTime) -> i32,
     ) {
         for (e, wall) in events {
             let id = ProgramId {
@@ -572,6 +579,7 @@ impl Model {
             self.events.push_back(EventRow {
                 seq: e.seq,
                 wall,
+                offset: zone(wall),
                 established: e.kind == EVENT_ESTABLISHED,
                 known_kind: e.kind == EVENT_ESTABLISHED || e.kind == EVENT_ENDED,
                 pid: id.pid,

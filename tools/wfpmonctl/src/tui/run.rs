@@ -33,9 +33,11 @@ pub trait Input {
     fn next(&mut self, timeout: Duration) -> io::Result<Option<Event>>;
 }
 
-/// Wall-clock and monotonic time.
+/// Wall-clock and monotonic time, and the local time zone.
 pub trait Clock {
     fn now(&mut self) -> (SystemTime, Duration);
+    /// The local time zone's offset from UTC at `time`, in seconds east.
+    fn utc_offset(&mut self, time: SystemTime) -> i32;
 }
 
 /// The system clocks.
@@ -50,6 +52,10 @@ impl Default for SystemClock {
 impl Clock for SystemClock {
     fn now(&mut self) -> (SystemTime, Duration) {
         (SystemTime::now(), self.0.elapsed())
+    }
+
+    fn utc_offset(&mut self, time: SystemTime) -> i32 {
+        crate::view::units::local_offset(time)
     }
 }
 
@@ -74,7 +80,12 @@ fn refresh(
 ) -> Result<Duration, Error> {
     let (wall, mono) = clock.now();
     let sample = source.sample(wall, mono)?;
-    model.update(sample, &mut |key, pid| source.name(key, pid), names);
+    model.update(
+        sample,
+        &mut |key, pid| source.name(key, pid),
+        names,
+        &mut |t| clock.utc_offset(t),
+    );
     Ok(mono)
 }
 

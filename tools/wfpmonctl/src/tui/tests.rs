@@ -217,6 +217,12 @@ fn wall(seconds: u64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + seconds)
 }
 
+/// The fixture's time zone: UTC+1 (Central European Time in January), so
+/// that a time shown in UTC cannot pass for the local one.
+const fn cet(_: SystemTime) -> i32 {
+    3600
+}
+
 fn event(seq: u64, kind: u8, key: u64, pid: u32, remote: [u8; 4]) -> (FlowEvent, SystemTime) {
     let mut e = FlowEvent {
         seq,
@@ -254,7 +260,7 @@ fn fixture() -> Model {
         ],
         dropped: 0,
     };
-    m.update(first, &mut naming, &FakeNames);
+    m.update(first, &mut naming, &FakeNames, &mut cet);
     let second = Sample {
         wall: Some(wall(1)),
         mono: Duration::from_secs(11),
@@ -266,7 +272,7 @@ fn fixture() -> Model {
         ],
         dropped: 3,
     };
-    m.update(second, &mut naming, &FakeNames);
+    m.update(second, &mut naming, &FakeNames, &mut cet);
     m
 }
 
@@ -386,7 +392,7 @@ fn the_driver_time_of_each_flow_is_used_even_when_samples_are_uneven() {
             flows: vec![f],
             ..Sample::default()
         };
-        m.update(s, &mut naming, &super::NoNames);
+        m.update(s, &mut naming, &super::NoNames, &mut cet);
     }
     assert_eq!(m.conns[&0x11].rate.0, 2000.0);
 }
@@ -401,7 +407,7 @@ fn marks_fade_and_ended_connections_go() {
             flows: flows(true),
             ..Sample::default()
         };
-        m.update(s, &mut naming, &FakeNames);
+        m.update(s, &mut naming, &FakeNames, &mut cet);
         assert_eq!(m.mark(m.conns[&0x51].life) == Mark::New, new, "at {mono} s");
         assert_eq!(m.conns.contains_key(&0x13), ended_listed, "at {mono} s");
     }
@@ -416,7 +422,7 @@ fn marks_fade_and_ended_connections_go() {
             flows: gone.clone(),
             ..Sample::default()
         };
-        m.update(s, &mut naming, &FakeNames);
+        m.update(s, &mut naming, &FakeNames, &mut cet);
         let backup = m.programs.values().find(|p| p.name == "backup.exe");
         match mono {
             15..=17 => assert_eq!(
@@ -441,9 +447,31 @@ fn a_reused_flow_handle_is_a_new_connection() {
         flows: list,
         ..Sample::default()
     };
-    m.update(s, &mut naming, &FakeNames);
+    m.update(s, &mut naming, &FakeNames, &mut cet);
     assert_eq!(m.mark(m.conns[&0x12].life), Mark::New);
     assert_eq!(m.conns[&0x12].rate.0, 10.0, "its bytes over the interval");
+}
+
+#[test]
+fn events_take_the_zone_offset_at_their_own_time() {
+    // Daylight saving starts between the two events of one sample.
+    let mut asked = Vec::new();
+    let mut zone = |t: SystemTime| {
+        asked.push(t);
+        if t < wall(2) { 3600 } else { 7200 }
+    };
+    let mut m = Model::new(Duration::from_secs(1), Units::Bytes, false);
+    let s = Sample {
+        events: vec![
+            event(1, EVENT_ESTABLISHED, FIREFOX, 1200, [93, 184, 216, 35]),
+            event(2, EVENT_ENDED, FIREFOX, 1200, [93, 184, 216, 35]),
+        ],
+        ..Sample::default()
+    };
+    m.update(s, &mut naming, &FakeNames, &mut zone);
+    assert_eq!(asked, [wall(1), wall(2)]);
+    let offsets: Vec<i32> = m.events.iter().map(|e| e.offset).collect();
+    assert_eq!(offsets, [3600, 7200]);
 }
 
 #[test]
@@ -453,7 +481,7 @@ fn no_host_names_with_numeric() {
         flows: flows(false),
         ..Sample::default()
     };
-    m.update(s, &mut naming, &FakeNames);
+    m.update(s, &mut naming, &FakeNames, &mut cet);
     assert!(m.conns.values().all(|c| c.host.is_none()));
 }
 
@@ -734,11 +762,12 @@ fn check_tab(m: &mut Model, width: u16) {
             }
         }
         Tab::Events => {
-            for title in ["TIME UTC▼", "EVENT", "PROGRAM", "REMOTE"] {
+            for title in ["TIME▼", "EVENT", "PROGRAM", "REMOTE"] {
                 assert!(lines[2].contains(title), "{width}: {title} in {}", lines[2]);
             }
             assert!(
-                lines[3].contains("08:00:03.000")
+                // 08:00:03 UTC at UTC+1.
+                lines[3].contains("09:00:03.000")
                     && lines[3].contains("established")
                     && lines[3].contains("curl"),
                 "{width}:\n{s}"
@@ -1076,6 +1105,9 @@ impl Clock for ScriptClock {
     fn now(&mut self) -> (SystemTime, Duration) {
         let t = self.0.get();
         (wall(t.as_secs()), t)
+    }
+    fn utc_offset(&mut self, time: SystemTime) -> i32 {
+        cet(time)
     }
 }
 

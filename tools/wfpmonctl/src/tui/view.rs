@@ -14,7 +14,7 @@ use ratatui::widgets::{
 use super::keys::HELP;
 use super::model::{Conn, EventRow, Mark, Model, Program, Row, Tab, columns};
 use crate::flows::protocol_name;
-use crate::view::units::Units as Format;
+use crate::view::units::{Units as Format, local_time};
 
 /// Ages and durations as the other commands write them (human units).
 const AGE: Format = Format::new(crate::view::units::Unit::Bytes, false);
@@ -213,7 +213,8 @@ fn program_cells(model: &Model, p: &Program) -> Vec<Cell<'static>> {
 fn event_cells(model: &Model, e: &EventRow) -> Vec<Cell<'static>> {
     let units = model.units;
     let icmp = e.is_icmp();
-    let time = humantime::format_rfc3339_millis(e.wall).to_string();
+    // Local time, as the other text views show it (JSON and CSV keep UTC).
+    let time = local_time(e.wall, e.offset);
     let kind = match (e.known_kind, e.established) {
         (false, _) => "unknown",
         (true, true) => "established",

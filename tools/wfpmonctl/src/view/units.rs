@@ -3,7 +3,7 @@
 
 use std::time::SystemTime;
 
-use chrono::{DateTime, FixedOffset, Offset as _, Utc};
+use chrono::{DateTime, FixedOffset, Local, Offset as _, TimeZone as _, Utc};
 use clap::ValueEnum;
 use humansize::{BaseUnit, FormatSizeOptions, Kilo, SizeFormatter, format_size_i};
 
@@ -105,6 +105,14 @@ impl Units {
             () => format!("{sec}.{}s", (ms % 1000) / 100),
         }
     }
+}
+
+/// The local time zone's offset from UTC at `time`, in seconds east (the
+/// zone's rules at that instant, daylight saving included; on Windows
+/// chrono asks `GetTimeZoneInformationForYear`).
+pub fn local_offset(time: SystemTime) -> i32 {
+    let utc = DateTime::<Utc>::from(time).naive_utc();
+    Local.offset_from_utc_datetime(&utc).local_minus_utc()
 }
 
 /// `time` on the local clock, `offset` seconds east of UTC (the local time

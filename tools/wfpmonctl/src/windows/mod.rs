@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant, SystemTime};
 
-use chrono::TimeZone as _;
 use wfpmon_core::catalog;
 use windows_sys::Win32::Foundation::{
     CloseHandle, ERROR_SERVICE_DOES_NOT_EXIST, GENERIC_READ, GENERIC_WRITE, GetLastError, HANDLE,
@@ -441,10 +440,7 @@ impl System for Windows {
     }
 
     fn utc_offset(&mut self, time: SystemTime) -> i32 {
-        let utc = chrono::DateTime::<chrono::Utc>::from(time).naive_utc();
-        chrono::Local
-            .offset_from_utc_datetime(&utc)
-            .local_minus_utc()
+        crate::view::units::local_offset(time)
     }
 
     fn warn(&mut self, text: &str) {

@@ -1279,6 +1279,17 @@ def diagnosis_machine(case):
         machine.services = {"wfpmon": 4} if case == "bfe_absent" else {"BFE": 1, "wfpmon": 4}
     elif case == "device_busy":
         machine.driver.busy = 100  # another client's process query holds the table
+    elif case == "device_busy_on_open":
+        # A driver completing IRP_MJ_CREATE with STATUS_DEVICE_BUSY
+        # (0x80000011): the I/O manager's status reaches CreateFileW through
+        # RtlNtStatusToDosError, which maps it to ERROR_BUSY (170, "The
+        # requested resource is in use") — Microsoft's table "Mapping NT
+        # status error codes to Win32 error codes" (KB 113996). wfpmonctl
+        # classifies ERROR_BUSY from the open as the busy case (src/error.rs,
+        # `classify`). wfpmon's own create dispatch (src/control.rs) never
+        # answers so; `status` reads no process table, so an open refused
+        # this way is how its check meets the case.
+        machine.device_error = ERROR_BUSY
     return machine
 
 
@@ -1325,6 +1336,7 @@ def test_each_diagnosis_has_its_message_remedy_text_and_exit_code(exe, case, arg
     ("bfe_stopped", 4, "bfe_not_running", "sc.exe start bfe"),
     ("bfe_absent", 4, "bfe_not_running", "does not exist"),
     ("protocol_mismatch", 7, "protocol_mismatch", "same build"),
+    ("device_busy_on_open", 10, "device_busy", "try again in a moment"),
 ])
 def test_status_check_exits_with_each_diagnosis(exe, case, code, diagnosis, problem):
     run = Run(exe, ["status", "--check", "--json"], ENGINE_DOWN.get(case), machine=diagnosis_machine(case))

@@ -484,7 +484,13 @@ def test_top_keys_tabs_sort_filter_pause_units_help_expand_resize_quit(exe):
     hosts = {"93.184.216.34:443": "example.com", "151.101.1.69:443": "cdn.example",
              "192.168.1.1:53": "router.lan", "[2001:db8::53]:53": "ns.example"}
     assert any(rows_with(conns, a, h) for a, h in hosts.items()), "a host name by the first paint\n" + conns
-    assert rows_with(run.screen("Tab", 2), "established", "svchost.exe", "192.168.1.1:53"), "the events tab"
+    events = run.screen("Tab", 2)
+    # The event came 1 s before the start (2025-12-31T23:59:59Z), shown at
+    # the machine's local time (UTC+1) as the other text views show it.
+    local = run.local("2025-12-31T23:59:59.000Z")
+    assert local == "2026-01-01 00:59:59.000", "UTC+1 in winter"
+    assert rows_with(events, local[11:], "established", "svchost.exe", "192.168.1.1:53"), "the events tab\n" + events
+    assert "TIME▼" in events and "UTC" not in events, events
     assert "CONNS" in run.screen(">") and "IN/s▼" in run.screen(">"), "Tab three times: programs again"
     by_out = run.screen("c")
     assert "OUT/s▼" in by_out and by_out.index("svchost.exe") < by_out.index("firefox.exe"), by_out
