@@ -488,6 +488,24 @@ impl Exporter {
         self.started = false;
     }
 
+    /// `key` names a process (0: none) whose name the exporter has not
+    /// learnt yet.
+    fn unnamed(&self, key: u64) -> bool {
+        key != 0 && !self.processes.contains_key(&key)
+    }
+
+    /// Learns the names of the driver's processes (one `LIST_PROCESSES`,
+    /// which walks every flow once per page of 64 processes: asked only
+    /// for a process [`Exporter::unnamed`]). A failure leaves the names
+    /// unknown; the next call asks again.
+    fn learn_names<D: ControlDevice>(&mut self, dev: &mut D) {
+        if let Ok((_, entries)) = client::list_processes(dev, &mut std::thread::sleep) {
+            for p in &entries {
+                self.remember(p);
+            }
+        }
+    }
+
     /// Encodes the pending deltas and sends them. Process names unknown so
     /// far are asked of the driver first (one `LIST_PROCESSES` walk).
     pub fn flush<D: ControlDevice>(&mut self, dev: Option<&mut D>) -> usize {
@@ -496,15 +514,9 @@ impl Exporter {
             return 0;
         }
         if let Some(dev) = dev
-            && self
-                .pending
-                .iter()
-                .any(|d| d.process_key != 0 && !self.processes.contains_key(&d.process_key))
-            && let Ok((_, entries)) = client::list_processes(dev, &mut std::thread::sleep)
+            && self.pending.iter().any(|d| self.unnamed(d.process_key))
         {
-            for p in &entries {
-                self.remember(p);
-            }
+            self.learn_names(dev);
         }
         let pending = std::mem::take(&mut self.pending);
         self.records.clear();
@@ -583,14 +595,8 @@ impl Exporter {
             && let Ok(stats) = client::query_stats(dev, false)
         {
             let view = self.accountant.processes();
-            if view
-                .keys()
-                .any(|k| *k != 0 && !self.processes.contains_key(k))
-                && let Ok((_, entries)) = client::list_processes(dev, &mut std::thread::sleep)
-            {
-                for p in &entries {
-                    self.remember(p);
-                }
+            if view.keys().any(|k| self.unnamed(*k)) {
+                self.learn_names(dev);
             }
             // Monotonic counters. Every part of the account is a part of the
             // driver's true total at this moment or less (ended totals of a
