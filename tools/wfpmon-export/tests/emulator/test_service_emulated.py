@@ -105,10 +105,9 @@ sys.path.insert(0, str(ROOT / "tools" / "wfpmonctl" / "tests" / "emulator"))
 speakeasy = pytest.importorskip("speakeasy")
 
 from test_wfpmonctl_emulated import (  # noqa: E402
-    BOOT, ERROR_FILE_NOT_FOUND, ERROR_OPERATION_ABORTED, FakeDriver, Machine, Run, flow, flow_event, process)
+    BOOT, ERROR_FILE_NOT_FOUND, ERROR_OPERATION_ABORTED, LINKER, TARGET, FakeDriver, Machine, Run, flow, flow_event,
+    process, skip_without_the_gnu_toolchain)
 
-TARGET = "x86_64-pc-windows-gnu"
-LINKER = "x86_64-w64-mingw32-gcc"
 SERVICE = "wfpmon-export"
 CONFIG_PATH = "C:\\ProgramData\\wfpmon\\wfpmon-export.toml"
 METRICS_DIR = "C:\\ProgramData\\wfpmon\\metrics"
@@ -150,12 +149,7 @@ def export_exe() -> str:
     given = os.environ.get("WFPMON_EXPORT_EXE")
     if given:
         return given
-    libdir = subprocess.run(["rustc", "--print", "target-libdir", "--target", TARGET],
-                            capture_output=True, text=True)
-    if libdir.returncode != 0 or not pathlib.Path(libdir.stdout.strip()).is_dir():
-        pytest.skip(f"the Rust standard library for {TARGET} is not installed (rustup target add {TARGET})")
-    if shutil.which(LINKER) is None:
-        pytest.skip(f"{LINKER} is not installed (apt-get install gcc-mingw-w64-x86-64)")
+    skip_without_the_gnu_toolchain()
     advapi32 = subprocess.run([LINKER, "-print-file-name=libadvapi32.a"], capture_output=True, text=True,
                               check=True).stdout.strip()
     shim = ROOT / "target" / TARGET / "onecore-apiset"

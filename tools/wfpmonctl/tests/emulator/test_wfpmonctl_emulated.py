@@ -159,17 +159,23 @@ assert C.sizeof(FILTER) == 200 and FILTER.action.offset == 128 and FILTER.raw_co
 # --- the emulated run --------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def exe() -> str:
-    given = os.environ.get("WFPMONCTL_EXE")
-    if given:
-        return given
+def skip_without_the_gnu_toolchain() -> None:
+    """Skips (saying what to install) unless the Rust standard library for
+    TARGET and its linker are there: what building an .exe here needs."""
     libdir = subprocess.run(["rustc", "--print", "target-libdir", "--target", TARGET],
                             capture_output=True, text=True)
     if libdir.returncode != 0 or not pathlib.Path(libdir.stdout.strip()).is_dir():
         pytest.skip(f"the Rust standard library for {TARGET} is not installed (rustup target add {TARGET})")
     if shutil.which(LINKER) is None:
         pytest.skip(f"{LINKER} is not installed (apt-get install gcc-mingw-w64-x86-64)")
+
+
+@pytest.fixture(scope="session")
+def exe() -> str:
+    given = os.environ.get("WFPMONCTL_EXE")
+    if given:
+        return given
+    skip_without_the_gnu_toolchain()
     env = dict(os.environ, CARGO_TARGET_X86_64_PC_WINDOWS_GNU_LINKER=LINKER)
     subprocess.run(["cargo", "build", "--release", "-p", "wfpmonctl", "--target", TARGET],
                    cwd=ROOT, env=env, check=True)
